@@ -1,0 +1,57 @@
+"""One error tree for the library, so callers can catch by meaning.
+
+    FhirLupusError
+     +-- MappingError(ValueError)       the data in mappings/ is inconsistent (found at load time)
+     +-- UnitError(ValueError)          an unknown unit, or a conversion UCUM forbids
+     +-- TerminologyError(ValueError)   no catalogue code matches what the lab reported
+     +-- InputError(ValueError)         a located problem in an input file (file, line, column)
+     +-- ResourceInvalidError(ValueError)  a mapped resource failed FHIR validation (a bug, never input)
+
+Errors subclass ValueError so generic handlers still catch them; the CLI turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FhirLupusError",
+    "InputError",
+    "MappingError",
+    "ResourceInvalidError",
+    "TerminologyError",
+    "UnitError",
+]
+
+
+class FhirLupusError(Exception):
+    """Base of every error the library raises on purpose."""
+
+
+class MappingError(FhirLupusError, ValueError):
+    """The mapping data (YAML in mappings/) is missing, malformed or self-contradictory."""
+
+
+class UnitError(FhirLupusError, ValueError):
+    """A unit is not UCUM (after aliases), or a conversion between two units is not allowed."""
+
+
+class TerminologyError(FhirLupusError, ValueError):
+    """No code of the lab catalogue fits the analyte, value kind, unit and method reported."""
+
+
+class InputError(FhirLupusError, ValueError):
+    """A problem located in an input file.
+
+    ``line`` is the physical line (header = 1); ``column`` the CSV column name, or None for the whole row.
+    """
+
+    def __init__(self, file: str, line: int, column: str | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.column = column
+        self.message = message
+        where = f"{file}:{line}" + (f": column {column}" if column else "")
+        super().__init__(f"{where}: {message}")
+
+
+class ResourceInvalidError(FhirLupusError, ValueError):
+    """A mapped resource does not validate; raised before anything is emitted."""

@@ -1,0 +1,88 @@
+"""What every mapper needs: the study, the mapping pack, deterministic ids and common building blocks.
+
+Ids are UUIDv5 of the resource type and its business key, so the same input always yields the same
+resources (and the same bundle bytes). Mappers reference each other as ``Type/id``; the bundle builder
+turns those into ``urn:uuid:`` references for a transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from fhir_lupus.model.study import StudyDefinition
+from fhir_lupus.scoring.sledai import SledaiDefinition
+from fhir_lupus.terminology._pack import CodeRef, MappingPack
+from fhir_lupus.terminology.units import UnitConverter
+
+__all__ = ["ID_NAMESPACE", "MappingContext", "Resource", "fhir_datetime"]
+
+Resource = dict[str, Any]
+# Fixed namespace of this project's UUIDv5 ids: changing it changes every id, so it never changes.
+ID_NAMESPACE = uuid.UUID("6f1d7c4e-2b7a-5c1e-9a53-4c2f1b0d8e71")
+
+
+def fhir_datetime(value: datetime | date) -> str:
+    """ISO 8601 as FHIR wants it; date-times keep their offset (the loader requires one)."""
+    return value.isoformat()
+
+
+@dataclass(frozen=True)
+class MappingContext:
+    study: StudyDefinition
+    pack: MappingPack
+    units: UnitConverter
+    sledai: SledaiDefinition
+
+    @property
+    def nct_id(self) -> str:
+        return self.study.nct_id
+
+    def resource_id(self, resource_type: str, *key: str) -> str:
+        return str(uuid.uuid5(ID_NAMESPACE, "|".join((resource_type, *key))))
+
+    def reference(self, resource_type: str, *key: str, display: str | None = None) -> dict[str, str]:
+        ref = {"reference": f"{resource_type}/{self.resource_id(resource_type, *key)}"}
+        if display:
+            ref["display"] = display
+        return ref
+
+    def identifier(self, kind: str, value: str, **extra: Any) -> dict[str, Any]:
+        return {"system": self.pack.identifier_system(kind, study=self.nct_id), "value": value, **extra}
+
+    # business keys of the shared resources, in one place so references and resources agree
+    def study_ref(self) -> dict[str, str]:
+        return self.reference("ResearchStudy", self.nct_id)
+
+    def patient_ref(self, patient_identifier: dict[str, Any]) -> dict[str, str]:
+        return self.reference("Patient", patient_identifier["system"], patient_identifier["value"])
+
+    def research_subject_ref(self, subject_id: str) -> dict[str, str]:
+        return self.reference("ResearchSubject", self.nct_id, subject_id)
+
+    def encounter_ref(self, subject_id: str, visit_code: str) -> dict[str, str]:
+        return self.reference("Encounter", self.nct_id, subject_id, visit_code)
+
+    def study_extension(self) -> dict[str, Any]:
+        """The standard workflow-researchStudy extension that ties an event resource to the study."""
+        return {"url": self.pack.extension_url("workflow_research_study"), "valueReference": self.study_ref()}
+
+    def concept(self, ref: CodeRef) -> dict[str, Any]:
+        concept: dict[str, Any] = {"coding": [self.pack.coding(ref)]}
+        if ref.text or ref.display:
+            concept["text"] = ref.text or ref.display
+        return concept
+
+    def project_concept(self, code: str) -> dict[str, Any]:
+        coding = self.pack.coding(CodeRef(system="project", code=code))
+        return {"coding": [coding], "text": coding["display"]}
+
+    def quantity(self, value: float | int, ucum: str) -> dict[str, Any]:
+        return {
+            "value": value,
+            "unit": self.units.display(ucum),
+            "system": self.pack.system_uri("ucum"),
+            "code": ucum,
+        }

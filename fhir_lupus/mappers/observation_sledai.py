@@ -1,0 +1,61 @@
+"""SLEDAI-2K assessment -> Observation (category survey).
+
+The total is the value; each descriptor present is a component whose value is its weight. A descriptor the
+calculator derived from labs is marked with an extension, and the lab Observations it rests on are listed in
+derivedFrom, so a reader can tell a clinician's finding from an inference.
+"""
+
+from __future__ import annotations
+
+from fhir_lupus.mappers._context import MappingContext, Resource
+from fhir_lupus.mappers._observation import observation_base
+from fhir_lupus.model.entities import Subject
+from fhir_lupus.model.loader import ScoredAssessment
+
+__all__ = ["descriptor_code", "map_sledai_observation"]
+
+
+def descriptor_code(key: str) -> str:
+    """The project CodeSystem code of a SLEDAI-2K descriptor."""
+    return f"sledai-{key.replace('_', '-')}"
+
+
+def map_sledai_observation(scored: ScoredAssessment, subject: Subject, ctx: MappingContext) -> Resource:
+    assessment, score = scored.assessment, scored.score
+    project = ctx.pack.system_uri("project")
+    resource = observation_base(
+        ctx=ctx,
+        identifier=ctx.identifier("sledai", f"{assessment.subject_id}/{assessment.visit_code}"),
+        key=("sledai", assessment.subject_id, assessment.visit_code),
+        subject=subject,
+        visit_code=assessment.visit_code,
+        category="survey",
+        code=ctx.project_concept("sledai-2k-total"),
+        effective=assessment.assessed_on.isoformat(),
+    )
+    resource["extension"].append({"url": ctx.pack.extension_url("sledai_window"), "valueInteger": score.window_days})
+    resource["valueInteger"] = score.total
+    if assessment.assessor:
+        resource["performer"] = [{"display": assessment.assessor}]
+    components = []
+    evidence: list[str] = []
+    for scored_descriptor in score.descriptors:
+        descriptor = ctx.sledai.descriptor(scored_descriptor.key)
+        component: Resource = {
+            "code": {
+                "coding": [{"system": project, "code": descriptor_code(descriptor.key), "display": descriptor.display}],
+                "text": descriptor.display,
+            },
+            "valueInteger": scored_descriptor.weight,
+        }
+        if scored_descriptor.source == "derived":
+            component["extension"] = [{"url": ctx.pack.extension_url("derived_descriptor"), "valueBoolean": True}]
+            evidence.extend(scored_descriptor.evidence)
+        components.append(component)
+    if components:
+        resource["component"] = components
+    if evidence:
+        resource["derivedFrom"] = [
+            ctx.reference("Observation", ctx.nct_id, "lab", result_id) for result_id in dict.fromkeys(evidence)
+        ]
+    return resource

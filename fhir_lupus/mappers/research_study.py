@@ -1,0 +1,63 @@
+"""Study definition -> ResearchStudy (R4 shape).
+
+The registered recruitment status has no R4 equivalent when it is "Unknown": the study definition chooses
+the R4 status and the registered value travels in an extension and a note (see mappings/studies/).
+"""
+
+from __future__ import annotations
+
+from fhir_lupus.mappers._context import MappingContext, Resource
+
+__all__ = ["map_research_study"]
+
+
+def map_research_study(ctx: MappingContext) -> Resource:
+    study = ctx.study
+    status = study.recruitment_status
+    return {
+        "resourceType": "ResearchStudy",
+        "id": ctx.resource_id("ResearchStudy", study.nct_id),
+        "extension": [
+            {
+                "url": ctx.pack.extension_url("registered_status"),
+                "valueCodeableConcept": {"text": status.registered},
+            }
+        ],
+        "identifier": [
+            {"use": "official", "system": ctx.pack.identifier_system("study", study=study.nct_id), "value": study.nct_id}
+        ],
+        "title": study.title,
+        "status": status.fhir_r4,
+        "phase": {
+            "coding": [{"system": ctx.pack.system_uri("research-study-phase"), "code": study.phase}],
+            "text": study.phase.replace("-", " ").title(),
+        },
+        "condition": [ctx.concept(condition) for condition in study.conditions],
+        "description": study.description,
+        "enrollment": [ctx.reference("Group", study.nct_id, "enrollment")],
+        "sponsor": ctx.reference("Organization", study.sponsor.key, display=study.sponsor.name),
+        "site": [ctx.reference("Location", study.site.key, display=study.site.name)],
+        "note": [
+            {
+                "text": f"Registered overall status (ClinicalTrials.gov): {status.registered}. "
+                f"FHIR status '{status.fhir_r4}' is this adapter's mapping, not a verified registry value."
+            }
+        ],
+        "arm": [
+            {"name": arm.name, "type": {"text": arm.type}, "description": arm.description} for arm in study.arms
+        ],
+        "objective": [
+            {
+                "name": f"{outcome.name} ({outcome.time_frame})",
+                "type": {
+                    "coding": [
+                        {
+                            "system": ctx.pack.system_uri("research-study-objective-type"),
+                            "code": outcome.type,
+                        }
+                    ]
+                },
+            }
+            for outcome in study.outcomes
+        ],
+    }

@@ -1,0 +1,110 @@
+"""Where a record came from, and what happens to rows that are refused."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+__all__ = ["Finding", "LoadReport", "Located", "Reject", "write_quarantine"]
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class Located(Generic[E]):
+    """A record with the file and physical line it was read from, so any later problem can name them."""
+
+    record: E
+    file: str
+    line: int
+    row: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A refused row: its location, the column at fault (None = whole row), the reason and the raw cells."""
+
+    file: str
+    line: int
+    column: str | None
+    reason: str
+    row: dict[str, str]
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" + (f": column {self.column}" if self.column else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something worth telling that does not refuse the row (a protocol deviation, a missed visit)."""
+
+    file: str
+    line: int | None
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        return f"{where}: {self.kind}: {self.message}"
+
+
+@dataclass
+class LoadReport:
+    """Counts per file of rows read, accepted and rejected, plus the rejects and findings themselves."""
+
+    read: Counter[str] = field(default_factory=Counter)
+    rejects: list[Reject] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    def reject(self, where: Located[object] | tuple[str, int, dict[str, str]], column: str | None, reason: str) -> None:
+        if isinstance(where, Located):
+            file, line, row = where.file, where.line, where.row
+        else:
+            file, line, row = where
+        self.rejects.append(Reject(file=file, line=line, column=column, reason=reason, row=row))
+
+    @property
+    def rejected(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        # a row refused for several reasons counts once
+        for file, _line in {(r.file, r.line) for r in self.rejects}:
+            counts[file] += 1
+        return counts
+
+    def accepted(self, file: str) -> int:
+        return self.read[file] - self.rejected[file]
+
+
+def write_quarantine(rejects: list[Reject], directory: Path) -> list[Path]:
+    """Write each file's refused rows to ``<file>.rejected.csv``: original columns + _line, _column, _reason.
+
+    Rows refused for several reasons are written once, with the reasons joined, so the quarantine count
+    equals the rejected count.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    by_file: dict[str, dict[int, list[Reject]]] = {}
+    for reject in rejects:
+        by_file.setdefault(reject.file, {}).setdefault(reject.line, []).append(reject)
+    written = []
+    for file, rows in sorted(by_file.items()):
+        path = directory / f"{Path(file).name}.rejected.csv"
+        columns: list[str] = []
+        for group in rows.values():
+            for name in group[0].row:
+                if name not in columns:
+                    columns.append(name)
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[*columns, "_line", "_column", "_reason"])
+            writer.writeheader()
+            for line, group in sorted(rows.items()):
+                record = dict(group[0].row)
+                record["_line"] = str(line)
+                record["_column"] = ";".join(dict.fromkeys(r.column or "" for r in group))
+                record["_reason"] = " | ".join(r.reason for r in group)
+                writer.writerow(record)
+        written.append(path)
+    return written

@@ -1,0 +1,430 @@
+"""Read a trial data directory (docs/csv-layout.md) into checked, located records.
+
+Three passes, each of which refuses rows rather than stopping: (1) every row against its entity model,
+(2) uniqueness of business keys, (3) references between files and the terminology (a visit's subject, a
+lab's analyte, unit and LOINC code, a SLEDAI total). A refused row keeps its file, line, column and reason;
+rows that depend on a refused row are refused too, naming it. Nothing is dropped without a reject.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from fhir_lupus.errors import InputError, MappingError, TerminologyError, UnitError
+from fhir_lupus.model._records import LoadReport, Located
+from fhir_lupus.model.entities import (
+    LabResult,
+    SledaiAssessment,
+    Subject,
+    TreatmentProcedure,
+    TregMeasurement,
+    Visit,
+)
+from fhir_lupus.model.study import StudyDefinition, load_study
+from fhir_lupus.scoring.sledai import LabEvidence, SledaiDefinition, SledaiScore, load_sledai_definition, score_sledai
+from fhir_lupus.terminology._pack import MappingPack, load_pack
+from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
+
+__all__ = ["CheckedLab", "ScoredAssessment", "TrialData", "load_trial", "read_study_id"]
+
+M = TypeVar("M", bound=BaseModel)
+
+SUBJECTS, VISITS, LABS, SLEDAI, TREG, PROCEDURES = (
+    "subjects.csv",
+    "visits.csv",
+    "labs.csv",
+    "sledai.csv",
+    "treg.csv",
+    "procedures.csv",
+)
+
+
+@dataclass(frozen=True)
+class CheckedLab:
+    """A lab row with its value read and its LOINC code chosen, done once at load time."""
+
+    lab: LabResult
+    value: LabValue
+    resolved: ResolvedLab
+
+
+@dataclass(frozen=True)
+class ScoredAssessment:
+    assessment: SledaiAssessment
+    score: SledaiScore
+
+
+@dataclass
+class TrialData:
+    """Everything accepted from one data directory, each record with its source location."""
+
+    study: StudyDefinition
+    subjects: list[Located[Subject]]
+    visits: list[Located[Visit]]
+    labs: list[Located[CheckedLab]]
+    sledai: list[Located[ScoredAssessment]]
+    treg: list[Located[TregMeasurement]]
+    procedures: list[Located[TreatmentProcedure]]
+
+
+def read_study_id(data_dir: Path) -> str:
+    """The NCT id a data directory declares in trial.txt."""
+    path = data_dir / "trial.txt"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise InputError(str(path), 1, None, "missing: it names the study (one line, the NCT id)") from None
+
+
+def load_trial(
+    data_dir: Path,
+    *,
+    study: StudyDefinition | None = None,
+    mappings_dir: Path | None = None,
+) -> tuple[TrialData, LoadReport]:
+    """Load and check a data directory. Refused rows are in the report, never raised."""
+    if not data_dir.is_dir():
+        raise InputError(str(data_dir), 0, None, "not a directory")
+    pack = load_pack(mappings_dir)
+    study = study or load_study(read_study_id(data_dir), mappings_dir)
+    report = LoadReport()
+    checker = _Checker(data_dir, study, pack, load_sledai_definition(mappings_dir), report)
+    return checker.run(), report
+
+
+class _Checker:
+    def __init__(
+        self,
+        data_dir: Path,
+        study: StudyDefinition,
+        pack: MappingPack,
+        sledai: SledaiDefinition,
+        report: LoadReport,
+    ) -> None:
+        self.data_dir = data_dir
+        self.study = study
+        self.catalogue = LabCatalogue(pack)
+        self.sledai = sledai
+        self.report = report
+        self.schedule = {visit.code: visit for visit in study.visits()}
+
+    def run(self) -> TrialData:
+        subjects = self._subjects(self._read(SUBJECTS, Subject, ("subject_id",), required=True))
+        visits = self._visits(self._read(VISITS, Visit, ("subject_id", "visit_code")), subjects)
+        visit_keys = {(v.record.subject_id, v.record.visit_code): v for v in visits}
+        labs = self._labs(self._read(LABS, LabResult, ("result_id",)), subjects, visit_keys)
+        sledai = self._sledai(self._read(SLEDAI, SledaiAssessment, ("subject_id", "visit_code")), subjects, visit_keys, labs)
+        treg = [
+            row
+            for row in self._read(TREG, TregMeasurement, ("measurement_id",))
+            if self._belongs(row, row.record.subject_id, row.record.visit_code, subjects, visit_keys)
+        ]
+        procedures = self._procedures(self._read(PROCEDURES, TreatmentProcedure, ("procedure_id",)), subjects)
+        return TrialData(self.study, list(subjects.values()), visits, labs, sledai, treg, procedures)
+
+    # -- pass 1 and 2: rows against models, keys unique ---------------------------------------------------
+
+    def _read(self, name: str, model: type[M], key: tuple[str, ...], *, required: bool = False) -> list[Located[M]]:
+        path = self.data_dir / name
+        if not path.exists():
+            if required:
+                raise InputError(str(path), 0, None, "required file is missing")
+            return []
+        accepted: list[Located[M]] = []
+        first_seen: dict[tuple[Any, ...], int] = {}
+        for line, row, header_problem in _rows(path, model):
+            self.report.read[name] += 1
+            if header_problem:
+                self.report.reject((name, line, row), header_problem[0], header_problem[1])
+                continue
+            try:
+                record = model.model_validate({k: v for k, v in row.items() if v.strip()})
+            except ValidationError as exc:
+                for error in exc.errors():
+                    column = str(error["loc"][0]) if error["loc"] else None
+                    message = error["msg"].removeprefix("Value error, ")
+                    self.report.reject((name, line, row), column, message)
+                continue
+            business_key = tuple(getattr(record, field) for field in key)
+            if business_key in first_seen:
+                self.report.reject(
+                    (name, line, row), key[-1], f"duplicate {'/'.join(map(str, business_key))} (first at line {first_seen[business_key]})"
+                )
+                continue
+            first_seen[business_key] = line
+            accepted.append(Located(record, name, line, row))
+        return accepted
+
+    # -- pass 3: references and terminology ---------------------------------------------------------------
+
+    def _subjects(self, rows: list[Located[Subject]]) -> dict[str, Located[Subject]]:
+        subjects = {}
+        for row in rows:
+            if row.record.arm not in {arm.name for arm in self.study.arms}:
+                self.report.reject(row, "arm", f"arm {row.record.arm!r} is not an arm of {self.study.nct_id}")
+                continue
+            subjects[row.record.subject_id] = row
+        return subjects
+
+    def _subject_ok(self, row: Located[Any], subject_id: str, subjects: dict[str, Located[Subject]]) -> bool:
+        if subject_id in subjects:
+            return True
+        refused = [r for r in self.report.rejects if r.file == SUBJECTS and r.row.get("subject_id") == subject_id]
+        reason = (
+            f"subject {subject_id} was rejected ({SUBJECTS}:{refused[0].line})"
+            if refused
+            else f"unknown subject {subject_id} (not in {SUBJECTS})"
+        )
+        self.report.reject(row, "subject_id", reason)
+        return False
+
+    def _belongs(
+        self,
+        row: Located[Any],
+        subject_id: str,
+        visit_code: str,
+        subjects: dict[str, Located[Subject]],
+        visits: dict[tuple[str, str], Located[Visit]],
+    ) -> bool:
+        if not self._subject_ok(row, subject_id, subjects):
+            return False
+        if (subject_id, visit_code) not in visits:
+            self.report.reject(row, "visit_code", f"no accepted visit {visit_code} for {subject_id} in {VISITS}")
+            return False
+        return True
+
+    def _visits(self, rows: list[Located[Visit]], subjects: dict[str, Located[Subject]]) -> list[Located[Visit]]:
+        accepted = []
+        for row in rows:
+            visit = row.record
+            if not self._subject_ok(row, visit.subject_id, subjects):
+                continue
+            if visit.visit_code not in self.schedule:
+                self.report.reject(row, "visit_code", f"{visit.visit_code!r} is not a visit of the protocol schedule")
+                continue
+            subject = subjects[visit.subject_id].record
+            if visit.visit_date < subject.enrolled_on:
+                self.report.reject(row, "visit_date", f"visit before enrolment ({subject.enrolled_on})")
+                continue
+            if subject.off_study_on and visit.visit_date > subject.off_study_on:
+                self.report.reject(row, "visit_date", f"visit after the subject left the study ({subject.off_study_on})")
+                continue
+            accepted.append(row)
+        self._schedule_findings(accepted, subjects)
+        return accepted
+
+    def _schedule_findings(self, visits: list[Located[Visit]], subjects: dict[str, Located[Subject]]) -> None:
+        """Visits outside their window, and protocol visits missed before the subject's last contact."""
+        window = timedelta(days=self.study.protocol.visit_window_days)
+        by_subject: dict[str, dict[str, Located[Visit]]] = defaultdict(dict)
+        for row in visits:
+            by_subject[row.record.subject_id][row.record.visit_code] = row
+        for subject_id, held in sorted(by_subject.items()):
+            baseline = held.get("BL")
+            if baseline is None:
+                self.report.findings.append(Finding_(VISITS, None, "no-baseline", f"{subject_id} has no BL visit"))
+                continue
+            last_month = max(self.schedule[code].month for code in held)
+            for protocol_visit in self.study.visits():
+                if protocol_visit.month > last_month:
+                    break
+                expected = baseline.record.visit_date + timedelta(days=30 * protocol_visit.month)
+                row = held.get(protocol_visit.code)
+                if row is None:
+                    if protocol_visit.month <= 24:
+                        self.report.findings.append(
+                            Finding_(VISITS, None, "missed-visit", f"{subject_id} {protocol_visit.code} (due {expected})")
+                        )
+                elif abs(row.record.visit_date - expected) > window:
+                    self.report.findings.append(
+                        Finding_(
+                            VISITS,
+                            row.line,
+                            "out-of-window",
+                            f"{subject_id} {protocol_visit.code} on {row.record.visit_date}, due {expected} "
+                            f"+/- {window.days} days",
+                        )
+                    )
+
+    def _labs(
+        self,
+        rows: list[Located[LabResult]],
+        subjects: dict[str, Located[Subject]],
+        visits: dict[tuple[str, str], Located[Visit]],
+    ) -> list[Located[CheckedLab]]:
+        accepted = []
+        ordinals = self.catalogue.pack.ordinals
+        for row in rows:
+            lab = row.record
+            if not self._belongs(row, lab.subject_id, lab.visit_code, subjects, visits):
+                continue
+            if lab.analyte not in self.catalogue.pack.labs.analytes:
+                self.report.reject(row, "analyte", f"analyte {lab.analyte!r} is not in the lab catalogue")
+                continue
+            try:
+                value = parse_lab_value(lab.value, ordinals)
+            except ValueError as exc:
+                self.report.reject(row, "value", str(exc))
+                continue
+            if value.kind != "quantity" and (lab.ref_low is not None or lab.ref_high is not None):
+                self.report.reject(row, "ref_low", f"a reference range needs a numeric result, not a {value.kind}")
+                continue
+            try:
+                resolved = self.catalogue.resolve(lab.analyte, value, lab.unit, lab.method)
+            except UnitError as exc:
+                self.report.reject(row, "unit", str(exc))
+                continue
+            except TerminologyError as exc:
+                self.report.reject(row, "method" if lab.method else "unit", str(exc))
+                continue
+            accepted.append(Located(CheckedLab(lab, value, resolved), row.file, row.line, row.row))
+        return accepted
+
+    def _sledai(
+        self,
+        rows: list[Located[SledaiAssessment]],
+        subjects: dict[str, Located[Subject]],
+        visits: dict[tuple[str, str], Located[Visit]],
+        labs: list[Located[CheckedLab]],
+    ) -> list[Located[ScoredAssessment]]:
+        evidence: dict[str, list[LabEvidence]] = defaultdict(list)
+        for row in labs:
+            checked = row.record
+            evidence[checked.lab.subject_id].append(
+                LabEvidence(
+                    result_id=checked.lab.result_id,
+                    analyte=checked.lab.analyte,
+                    collected_at=checked.lab.collected_at,
+                    value=checked.value,
+                    ucum=checked.resolved.ucum,
+                    ref_low=checked.lab.ref_low,
+                    ref_high=checked.lab.ref_high,
+                )
+            )
+        accepted = []
+        for row in rows:
+            assessment = row.record
+            if not self._belongs(row, assessment.subject_id, assessment.visit_code, subjects, visits):
+                continue
+            unknown = [key for key in assessment.descriptors if key not in {d.key for d in self.sledai.descriptors}]
+            if unknown:
+                self.report.reject(row, "descriptors", f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}")
+                continue
+            try:
+                score = score_sledai(
+                    self.sledai,
+                    flagged=assessment.descriptors,
+                    labs=evidence[assessment.subject_id],
+                    assessed_on=assessment.assessed_on,
+                    window_days=assessment.window_days,
+                    units=self.catalogue.units,
+                )
+            except ValueError as exc:
+                self.report.reject(row, "window_days", str(exc))
+                continue
+            if assessment.reported_total is not None and assessment.reported_total != score.total:
+                derived = ", ".join(score.derived) or "none"
+                self.report.reject(
+                    row,
+                    "reported_total",
+                    f"CRF total {assessment.reported_total} but descriptors give {score.total} (derived from labs: {derived})",
+                )
+                continue
+            accepted.append(Located(ScoredAssessment(assessment, score), row.file, row.line, row.row))
+        return accepted
+
+    def _procedures(
+        self, rows: list[Located[TreatmentProcedure]], subjects: dict[str, Located[Subject]]
+    ) -> list[Located[TreatmentProcedure]]:
+        accepted = [row for row in rows if self._subject_ok(row, row.record.subject_id, subjects)]
+        window = self.study.protocol.pretreatment_to_infusion_hours
+        by_subject: dict[str, list[Located[TreatmentProcedure]]] = defaultdict(list)
+        for row in accepted:
+            by_subject[row.record.subject_id].append(row)
+        for subject_id, procedures in sorted(by_subject.items()):
+            pretreatments = [p for p in procedures if p.record.kind == "cyclophosphamide_pretreatment" and p.record.status == "completed"]
+            for infusion in (p for p in procedures if p.record.kind == "msc_infusion" and p.record.status == "completed"):
+                started = infusion.record.started_at
+                before = [p for p in pretreatments if p.record.started_at <= started]
+                if not before:
+                    self.report.findings.append(
+                        Finding_(PROCEDURES, infusion.line, "protocol-deviation", f"{subject_id}: MSC infusion without a prior cyclophosphamide pretreatment")
+                    )
+                    continue
+                latest = max(before, key=lambda p: p.record.started_at)
+                hours = (started - latest.record.started_at).total_seconds() / 3600
+                if not window.min <= hours <= window.max:
+                    self.report.findings.append(
+                        Finding_(
+                            PROCEDURES,
+                            infusion.line,
+                            "protocol-deviation",
+                            f"{subject_id}: MSC infusion {hours:.1f} h after the cyclophosphamide pretreatment "
+                            f"(line {latest.line}); protocol: {window.min:g}-{window.max:g} h",
+                        )
+                    )
+        return accepted
+
+
+def _rows(path: Path, model: type[BaseModel]) -> Any:
+    """Yield (line, row-dict, header-problem) for each non-blank record of a CSV file.
+
+    The line is where the record starts (quoted cells may span lines). A header problem (unknown or
+    missing column) refuses every row with the same reason, so a typo in one column name loses nothing.
+    """
+    fields = model.model_fields
+    required = [name for name, info in fields.items() if info.is_required()]
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(str(path), 0, None, f"cannot be read: {exc}") from None
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = [cell.strip() for cell in next(reader)]
+        except StopIteration:
+            return
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InputError(path.name, 1, None, f"unreadable header: {exc}") from None
+        problem: tuple[str | None, str] | None = None
+        unknown = [name for name in header if name not in fields]
+        missing = [name for name in required if name not in header]
+        if unknown:
+            problem = (unknown[0], f"header has unknown column(s) {', '.join(unknown)}")
+        elif missing:
+            problem = (missing[0], f"header lacks required column(s) {', '.join(missing)}")
+        elif len(set(header)) != len(header):
+            problem = (None, "header repeats a column")
+        line = reader.line_num + 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise InputError(path.name, line, None, f"malformed CSV: {exc}") from None
+            start, line = line, reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue
+            row = dict(zip(header, cells, strict=False))
+            if len(cells) != len(header) and problem is None:
+                yield start, row, (None, f"row has {len(cells)} cells, the header has {len(header)}")
+                continue
+            yield start, row, problem
+
+
+def Finding_(file: str, line: int | None, kind: str, message: str) -> Any:  # noqa: N802 - local shorthand
+    from fhir_lupus.model._records import Finding
+
+    return Finding(file=file, line=line, kind=kind, message=message)
+
+
+# MappingError is re-exported for callers that load studies through this module.
+_ = MappingError

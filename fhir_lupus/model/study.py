@@ -1,0 +1,174 @@
+"""The study definition (mappings/studies/<NCT id>.yaml) as a frozen pydantic contract."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fhir_lupus.errors import MappingError
+from fhir_lupus.terminology._pack import CodeRef, default_mappings_dir, parse_model, read_yaml
+
+__all__ = ["Eligibility", "Outcome", "ProtocolVisit", "StudyDefinition", "load_study"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RecruitmentStatus(_Frozen):
+    registered: str
+    fhir_r4: str
+    fhir_r5: str
+
+
+class Sponsor(_Frozen):
+    name: str
+    key: str
+
+
+class Site(_Frozen):
+    key: str
+    name: str
+    city: str
+    state: str
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    mrn_system: str
+
+
+class Arm(_Frozen):
+    name: str
+    type: str
+    description: str
+
+
+class RangeValue(_Frozen):
+    low: float | None = None
+    high: float | None = None
+    unit: str
+
+
+class EligibilityValue(_Frozen):
+    boolean: bool | None = None
+    range: RangeValue | None = None
+    concept: CodeRef | None = None
+    text: str | None = None
+
+
+class Eligibility(_Frozen):
+    text: str
+    code: CodeRef
+    value: EligibilityValue
+    exclude: bool = False
+
+
+class Outcome(_Frozen):
+    type: Literal["primary", "secondary", "exploratory"]
+    name: str
+    time_frame: str
+    measures: tuple[str, ...]
+
+
+class HoursWindow(_Frozen):
+    min: float
+    max: float
+
+
+class ScheduleEntry(_Frozen):
+    code: str | None = None
+    pattern: str | None = None
+    name: str
+    month: int | None = None
+    months: tuple[int, int] | None = None
+    every: int = 1
+    encounter_class: Literal["AMB", "IMP"] = "AMB"  # HL7 v3-ActCode: the baseline is an in-patient admission
+
+
+class Protocol(_Frozen):
+    pretreatment_to_infusion_hours: HoursWindow
+    visit_window_days: int = Field(ge=0)
+    schedule: tuple[ScheduleEntry, ...]
+    treg_every_months: int = Field(gt=0)
+
+
+class ProtocolVisit(_Frozen):
+    """One visit of the protocol schedule: code, name and month after baseline."""
+
+    code: str
+    name: str
+    month: int
+    encounter_class: str = "AMB"
+
+
+class StudyDefinition(_Frozen):
+    nct_id: str = Field(pattern=r"^NCT\d{8}$")
+    title: str
+    description: str
+    phase: str
+    study_type: str
+    design: str
+    recruitment_status: RecruitmentStatus
+    sponsor: Sponsor
+    site: Site
+    arms: tuple[Arm, ...] = Field(min_length=1)
+    target_enrollment: int = Field(gt=0)
+    sex: str
+    conditions: tuple[CodeRef, ...]
+    protocol: Protocol
+    eligibility: tuple[Eligibility, ...]
+    outcomes: tuple[Outcome, ...]
+
+    def visits(self) -> tuple[ProtocolVisit, ...]:
+        """The schedule expanded: BL, M01..M24, FU30, FU36, ... in month order."""
+        visits: list[ProtocolVisit] = []
+        for entry in self.protocol.schedule:
+            if entry.code is not None and entry.month is not None:
+                visits.append(
+                    ProtocolVisit(code=entry.code, name=entry.name, month=entry.month, encounter_class=entry.encounter_class)
+                )
+            elif entry.pattern and entry.months:
+                first, last = entry.months
+                start = first if entry.every == 1 else first + (-first % entry.every)
+                for month in range(start, last + 1, entry.every):
+                    visits.append(
+                        ProtocolVisit(
+                            code=entry.pattern.format(n=month),
+                            name=entry.name.format(n=month),
+                            month=month,
+                            encounter_class=entry.encounter_class,
+                        )
+                    )
+        return tuple(sorted(visits, key=lambda visit: visit.month))
+
+    def visit(self, code: str) -> ProtocolVisit:
+        for visit in self.visits():
+            if visit.code == code:
+                return visit
+        raise KeyError(code)
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise KeyError(name)
+
+
+def load_study(nct_id: str, mappings_dir: Path | None = None) -> StudyDefinition:
+    """Load mappings/studies/<nct_id>.yaml; MappingError when missing or malformed."""
+    if not re.fullmatch(r"NCT\d{8}", nct_id):
+        raise MappingError(f"{nct_id!r} is not an NCT id (NCT followed by 8 digits)")
+    path = (mappings_dir or default_mappings_dir()) / "studies" / f"{nct_id}.yaml"
+    study = parse_model(StudyDefinition, path, read_yaml(path))
+    if study.nct_id != nct_id:
+        raise MappingError(f"{path}: nct_id {study.nct_id} does not match the file name")
+    return study
+
+
+def expected_visit_date(baseline: date, month: int) -> date:
+    """Protocol date of a monthly visit: baseline + 30 days per month (the trial's convention)."""
+    from datetime import timedelta
+
+    return baseline + timedelta(days=30 * month)

@@ -1,0 +1,121 @@
+"""The map step: accepted trial records -> validated FHIR resources, with per-record failure handling.
+
+A record whose resource does not validate is refused like a bad input row (file, line, reason) instead of
+stopping the run; records that depend on it (a subject's labs) are refused with it. Study-level resources
+come from mappings/ and must validate, or the run stops with a MappingError.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fhir_lupus.errors import FhirLupusError, MappingError
+from fhir_lupus.mappers import (
+    map_encounter,
+    map_enrollment_group,
+    map_lab_observation,
+    map_patient,
+    map_procedure,
+    map_project_codesystem,
+    map_research_study,
+    map_research_subject,
+    map_site_location,
+    map_sledai_observation,
+    map_sponsor_organization,
+    map_treg_observation,
+)
+from fhir_lupus.mappers._context import MappingContext, Resource
+from fhir_lupus.mappers.r5 import to_r5
+from fhir_lupus.model._records import LoadReport, Located
+from fhir_lupus.model.entities import Subject
+from fhir_lupus.model.loader import TrialData
+from fhir_lupus.scoring.sledai import load_sledai_definition
+from fhir_lupus.terminology._pack import load_pack
+from fhir_lupus.terminology.units import UnitConverter
+from fhir_lupus.validation import FhirVersion, validate_resource
+
+__all__ = ["MapResult", "make_context", "map_trial"]
+
+R = TypeVar("R")
+
+
+@dataclass
+class MapResult:
+    resources: list[Resource]
+    fhir_version: FhirVersion
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(resource["resourceType"] for resource in self.resources)
+
+
+def make_context(data: TrialData, mappings_dir: Path | None = None) -> MappingContext:
+    pack = load_pack(mappings_dir)
+    return MappingContext(
+        study=data.study, pack=pack, units=UnitConverter(pack), sledai=load_sledai_definition(mappings_dir)
+    )
+
+
+def map_trial(
+    data: TrialData,
+    report: LoadReport,
+    *,
+    fhir_version: FhirVersion = "R4",
+    mappings_dir: Path | None = None,
+) -> MapResult:
+    """Map every accepted record; refused ones are added to ``report``. Output order is deterministic."""
+    ctx = make_context(data, mappings_dir)
+
+    def finish(resource: Resource) -> Resource:
+        final = to_r5(resource, ctx) if fhir_version == "R5" else resource
+        validate_resource(final, fhir_version)
+        return final
+
+    resources: list[Resource] = []
+    for study_mapper in (
+        map_project_codesystem,
+        map_sponsor_organization,
+        map_site_location,
+        map_enrollment_group,
+        map_research_study,
+    ):
+        try:
+            resources.append(finish(study_mapper(ctx)))
+        except FhirLupusError as exc:
+            raise MappingError(f"study definition {data.study.nct_id} does not map: {exc}") from exc
+
+    subjects: dict[str, Subject] = {}
+    for row in data.subjects:
+        mapped = _map_record(row, report, lambda s: [finish(map_patient(s, ctx)), finish(map_research_subject(s, ctx))])
+        if mapped is not None:
+            resources.extend(mapped)
+            subjects[row.record.subject_id] = row.record
+
+    def dependent(rows: list[Located[Any]], subject_of: Callable[[Any], str], mapper: Callable[[Any, Subject], Resource]) -> None:
+        for row in rows:
+            subject = subjects.get(subject_of(row.record))
+            if subject is None:
+                report.reject(row, "subject_id", f"subject {subject_of(row.record)} could not be mapped")
+                continue
+            mapped = _map_record(row, report, lambda record, subject=subject: [finish(mapper(record, subject))])
+            if mapped is not None:
+                resources.extend(mapped)
+
+    dependent(data.visits, lambda v: v.subject_id, lambda v, s: map_encounter(v, s, ctx))
+    dependent(data.procedures, lambda p: p.subject_id, lambda p, s: map_procedure(p, s, ctx))
+    dependent(data.labs, lambda c: c.lab.subject_id, lambda c, s: map_lab_observation(c, s, ctx))
+    dependent(data.sledai, lambda a: a.assessment.subject_id, lambda a, s: map_sledai_observation(a, s, ctx))
+    dependent(data.treg, lambda t: t.subject_id, lambda t, s: map_treg_observation(t, s, ctx))
+    return MapResult(resources=resources, fhir_version=fhir_version)
+
+
+def _map_record(row: Located[R], report: LoadReport, build: Callable[[R], list[Resource]]) -> list[Resource] | None:
+    try:
+        return build(row.record)
+    except FhirLupusError as exc:
+        report.reject(row, None, f"does not map to valid FHIR: {exc}")
+        return None

@@ -1,0 +1,228 @@
+"""Loading of mappings/: the data that says what every code, unit and study setting is.
+
+The contract is frozen pydantic with ``extra="forbid"``: a misspelt key in a YAML file fails when the pack is
+loaded, before any data moves.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fhir_lupus.errors import MappingError
+
+__all__ = [
+    "CodeChoice",
+    "CodeRef",
+    "CrossConversion",
+    "LabAnalyte",
+    "MappingPack",
+    "OrdinalAnswer",
+    "ProjectConcept",
+    "default_mappings_dir",
+    "load_pack",
+    "parse_model",
+    "read_yaml",
+]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CodeRef(_Frozen):
+    """A code written in mappings/ as ``{system: <short name>, code: ..., display: ...}``."""
+
+    system: str
+    code: str
+    display: str | None = None
+    text: str | None = None
+
+
+class CodeWhen(_Frozen):
+    value_kind: Literal["quantity", "ordinal", "titer"]
+    unit_like: str | None = None
+    method: tuple[str | None, ...] | None = None
+
+
+class CodeChoice(_Frozen):
+    loinc: str = Field(pattern=r"^\d{1,6}-\d$")
+    display: str
+    when: CodeWhen
+
+
+class LabAnalyte(_Frozen):
+    display: str
+    trial_unit: str | None = None
+    molar_mass: float | None = Field(default=None, gt=0)
+    codes: tuple[CodeChoice, ...] = Field(min_length=1)
+
+
+class CrossConversion(_Frozen):
+    from_: str = Field(alias="from")
+    to: str
+    mass_per_mol: float = Field(gt=0)
+    why: str
+
+
+class SpecimenCode(_Frozen):
+    code: str
+    display: str
+
+
+class LabCatalogueFile(_Frozen):
+    analytes: dict[str, LabAnalyte]
+    cross_conversions: tuple[CrossConversion, ...] = ()
+    specimens: dict[str, SpecimenCode]
+
+    @model_validator(mode="after")
+    def _conversions_name_analytes(self) -> LabCatalogueFile:
+        for conv in self.cross_conversions:
+            for key in (conv.from_, conv.to):
+                if key not in self.analytes:
+                    raise ValueError(f"cross_conversions names unknown analyte {key!r}")
+        return self
+
+
+class UnitsFile(_Frozen):
+    aliases: dict[str, str]
+    arbitrary_markers: tuple[str, ...]
+    display: dict[str, str]
+
+
+class OrdinalAnswer(_Frozen):
+    code: str
+    display: str
+    rank: int
+
+
+class ProjectConcept(_Frozen):
+    code: str
+    display: str
+    definition: str
+
+
+class ProjectCodeSystemFile(_Frozen):
+    name: str
+    title: str
+    status: str
+    content: str
+    concepts: tuple[ProjectConcept, ...]
+
+
+class ProjectFile(_Frozen):
+    canonical_base: str
+    mapping_version: str
+    identifier_systems: dict[str, str]
+    extensions: dict[str, str]
+
+
+class MappingPack(_Frozen):
+    """Everything in mappings/ except studies and scoring, validated and ready to use."""
+
+    root: Path
+    systems: dict[str, str]
+    project: ProjectFile
+    labs: LabCatalogueFile
+    units: UnitsFile
+    ordinals: dict[str, OrdinalAnswer]
+    codesystem: ProjectCodeSystemFile
+
+    def system_uri(self, short: str) -> str:
+        """The URI for a short system name used in mappings/ (``loinc``, ``snomed``, ``project``...)."""
+        try:
+            return self.systems[short]
+        except KeyError:
+            raise MappingError(f"unknown code system short name {short!r} (mappings/terminology/systems.yaml)")
+
+    def expand(self, template: str, *, study: str = "") -> str:
+        """Fill ``{base}`` and ``{study}`` in an identifier-system or extension template."""
+        return template.format(base=self.project.canonical_base, study=study)
+
+    def identifier_system(self, key: str, *, study: str) -> str:
+        try:
+            return self.expand(self.project.identifier_systems[key], study=study)
+        except KeyError:
+            raise MappingError(f"no identifier system {key!r} in mappings/project.yaml")
+
+    def extension_url(self, key: str) -> str:
+        try:
+            return self.expand(self.project.extensions[key])
+        except KeyError:
+            raise MappingError(f"no extension {key!r} in mappings/project.yaml")
+
+    def project_concept(self, code: str) -> ProjectConcept:
+        for concept in self.codesystem.concepts:
+            if concept.code == code:
+                return concept
+        raise MappingError(f"code {code!r} is not in mappings/terminology/project-codesystem.yaml")
+
+    def coding(self, ref: CodeRef) -> dict[str, str]:
+        """A FHIR Coding for a CodeRef; project codes get their display from the project CodeSystem."""
+        display = ref.display
+        if ref.system == "project":
+            display = display or self.project_concept(ref.code).display
+        coding = {"system": self.system_uri(ref.system), "code": ref.code}
+        if display:
+            coding["display"] = display
+        return coding
+
+
+def read_yaml(path: Path) -> Any:
+    """Read one YAML file, turning a parse error into a MappingError naming the file."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise MappingError(f"{path}: mapping file missing") from None
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{path}: not valid YAML: {exc}") from None
+
+
+def parse_model(model: type[M], path: Path, data: Any) -> M:
+    """Validate YAML data against its contract; the error names the file and the key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise MappingError(f"{path}: {problems}") from None
+
+
+def default_mappings_dir() -> Path:
+    """mappings/ beside the package (source checkout), or FHIR_LUPUS_MAPPINGS when set."""
+    env = os.environ.get("FHIR_LUPUS_MAPPINGS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "mappings"
+
+
+@functools.lru_cache(maxsize=8)
+def load_pack(root: Path | None = None) -> MappingPack:
+    """Load and check mappings/ once per process (the files are small and read-only)."""
+    root = (root or default_mappings_dir()).resolve()
+    term = root / "terminology"
+    files = {
+        "project": (ProjectFile, root / "project.yaml"),
+        "labs": (LabCatalogueFile, term / "labs.yaml"),
+        "units": (UnitsFile, term / "units.yaml"),
+        "codesystem": (ProjectCodeSystemFile, term / "project-codesystem.yaml"),
+    }
+    parsed: dict[str, Any] = {key: parse_model(model, path, read_yaml(path)) for key, (model, path) in files.items()}
+    systems_path = term / "systems.yaml"
+    systems = read_yaml(systems_path)
+    if not isinstance(systems, dict):
+        raise MappingError(f"{systems_path}: expected a mapping of short name -> URI")
+    ordinals_path = term / "ordinals.yaml"
+    ordinals = {
+        str(key).lower(): parse_model(OrdinalAnswer, ordinals_path, value)
+        for key, value in (read_yaml(ordinals_path) or {}).items()
+    }
+    return MappingPack(root=root, systems=systems, ordinals=ordinals, **parsed)

@@ -1,0 +1,110 @@
+"""Validation of every emitted resource: the fhir.resources model of its FHIR version, then FHIRPath invariants.
+
+The models check structure, cardinality and primitive formats; the invariants (mappings/fhir/invariants.yaml,
+evaluated with fhirpathpy) check the rules the models do not, such as obs-6 and obs-7. A failure is a
+ResourceInvalidError that names the resource and every broken rule.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from fhir_lupus.errors import MappingError, ResourceInvalidError
+from fhir_lupus.terminology._pack import default_mappings_dir, read_yaml
+
+__all__ = ["FhirVersion", "check_invariants", "validate_resource"]
+
+FhirVersion = Literal["R4", "R5"]
+
+
+@dataclass(frozen=True)
+class _Invariant:
+    key: str
+    human: str
+    versions: tuple[str, ...]
+    check: Callable[[dict[str, Any], dict[str, Any]], list[Any]]
+
+
+@functools.lru_cache(maxsize=2)
+def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant, ...]]:
+    from fhirpathpy import compile as compile_fhirpath
+    from fhirpathpy.models import models
+
+    path = (mappings_dir or default_mappings_dir()) / "fhir" / "invariants.yaml"
+    compiled: dict[str, tuple[_Invariant, ...]] = {}
+    for resource_type, entries in (read_yaml(path) or {}).items():
+        items = []
+        for entry in entries:
+            try:
+                versions = tuple(entry.get("versions", ("R4", "R5")))
+                check = compile_fhirpath(entry["expression"], models["r4"])
+                items.append(_Invariant(entry["key"], entry["human"], versions, check))
+            except Exception as exc:
+                raise MappingError(f"{path}: invariant {entry.get('key')!r} does not compile: {exc}") from None
+        compiled[resource_type] = tuple(items)
+    return compiled
+
+
+def check_invariants(resource: dict[str, Any], version: FhirVersion = "R4") -> list[str]:
+    """The keys and texts of the invariants a resource breaks (empty list when it passes)."""
+    rules = _invariants()
+    broken = [f"ele-1: All FHIR elements must have a @value or children ({path})" for path in _empty_elements(resource)]
+    context = {"resource": resource, "rootResource": resource}
+    for invariant in (*rules.get("*", ()), *rules.get(resource["resourceType"], ())):
+        if version not in invariant.versions:
+            continue
+        try:
+            result = invariant.check(resource, context)
+        except Exception as exc:  # fhirpathpy raises bare Exceptions for unsupported functions
+            raise MappingError(f"invariant {invariant.key} cannot be evaluated: {exc}") from None
+        if result != [True]:
+            broken.append(f"{invariant.key}: {invariant.human}")
+    return broken
+
+
+def _empty_elements(node: Any, path: str = "") -> list[str]:
+    """Paths of elements with neither a value nor children: "", {}, [] or null (ele-1)."""
+    if node is None or node == "" or node == {} or node == []:
+        return [path or "<root>"]
+    if isinstance(node, dict):
+        return [hit for key, value in node.items() for hit in _empty_elements(value, f"{path}.{key}" if path else key)]
+    if isinstance(node, list):
+        return [hit for index, value in enumerate(node) for hit in _empty_elements(value, f"{path}[{index}]")]
+    return []
+
+
+@functools.lru_cache(maxsize=64)
+def _model(version: FhirVersion, resource_type: str) -> Any:
+    if version == "R4":
+        from fhir.resources.R4B import get_fhir_model_class as r4b_model
+
+        return r4b_model(resource_type)
+    from fhir.resources import get_fhir_model_class as r5_model
+
+    return r5_model(resource_type)
+
+
+def validate_resource(resource: dict[str, Any], version: FhirVersion = "R4") -> None:
+    """Raise ResourceInvalidError unless the resource passes its model and its invariants."""
+    resource_type = resource.get("resourceType")
+    label = f"{resource_type}/{resource.get('id', '?')}"
+    try:
+        model = _model(version, str(resource_type))
+    except Exception:
+        raise ResourceInvalidError(f"{label}: unknown resource type for FHIR {version}") from None
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise ResourceInvalidError(f"{label}: FHIR {version} model: {problems}") from None
+    broken = check_invariants(resource, version)
+    if broken:
+        raise ResourceInvalidError(f"{label}: FHIRPath invariants broken: {'; '.join(broken)}")
