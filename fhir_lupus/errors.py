@@ -41,7 +41,7 @@ class TerminologyError(FhirLupusError, ValueError):
 class InputError(FhirLupusError, ValueError):
     """A problem located in an input file.
 
-    ``line`` is the physical line (header = 1); ``column`` the CSV column name, or None for the whole row.
+    ``line`` is the physical line (header = 1; 0 = the file as a whole); ``column`` the CSV column name, or None for the whole row.
     """
 
     def __init__(self, file: str, line: int, column: str | None, message: str) -> None:
@@ -49,7 +49,7 @@ class InputError(FhirLupusError, ValueError):
         self.line = line
         self.column = column
         self.message = message
-        where = f"{file}:{line}" + (f": column {column}" if column else "")
+        where = file + (f":{line}" if line > 0 else "") + (f": column {column}" if column else "")
         super().__init__(f"{where}: {message}")
 
 

@@ -1,0 +1,204 @@
+"""Every class of bad input is refused with file, line and column, quarantined and counted; nothing is lost."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_lupus.errors import InputError
+from fhir_lupus.model import LoadReport, load_trial, write_quarantine
+
+Rows = dict[str, list[dict[str, str]]]
+Edit = Callable[[Rows], Any]
+
+
+def load(dataset: Callable[..., Path], edit: Edit | None = None) -> LoadReport:
+    return load_trial(dataset(edit))[1]
+
+
+def only_reject(report: LoadReport) -> tuple[str, int, str | None, str]:
+    assert len(report.rejects) == 1, [str(r) for r in report.rejects]
+    reject = report.rejects[0]
+    return reject.file, reject.line, reject.column, reject.reason
+
+
+def test_clean_dataset_has_no_rejects(dataset: Callable[..., Path]) -> None:
+    data, report = load_trial(dataset())
+    assert report.rejects == []
+    assert report.read == {"subjects.csv": 2, "visits.csv": 3, "labs.csv": 11, "sledai.csv": 2, "treg.csv": 1,
+                           "procedures.csv": 2}
+    assert len(data.labs) == 11 and len(data.sledai) == 2
+
+
+@pytest.mark.parametrize(
+    ("file", "index", "column", "value", "reason"),
+    [
+        ("subjects.csv", 0, "sex", "f", "Input should be"),
+        ("subjects.csv", 0, "birth_date", "01/05/1980", "YYYY"),
+        ("subjects.csv", 0, "enrolled_on", "2008-13-01", "date"),
+        ("subjects.csv", 0, "status", "active", "Input should be"),
+        ("subjects.csv", 0, "arm", "Placebo", "not an arm"),
+        ("visits.csv", 1, "visit_code", "M99", "not a visit of the protocol"),
+        ("visits.csv", 1, "visit_date", "2007-12-01", "before enrolment"),
+        ("labs.csv", 0, "value", "high", "neither a number"),
+        ("labs.csv", 0, "unit", "furlongs", "not a UCUM unit"),
+        ("labs.csv", 0, "unit", "mmol/L", "no LOINC code for c3"),
+        ("labs.csv", 7, "method", "cockcroft-gault", "no LOINC code for egfr"),
+        ("labs.csv", 0, "analyte", "troponin", "not in the lab catalogue"),
+        ("labs.csv", 0, "collected_at", "2008-01-05T08:00:00", "UTC offset"),
+        ("labs.csv", 0, "specimen", "saliva", "Input should be"),
+        ("labs.csv", 0, "ref_low", "2.0", "ref_low is above ref_high"),
+        ("labs.csv", 4, "ref_low", "0", "needs a numeric result"),
+        ("labs.csv", 0, "visit_code", "M02", "no accepted visit M02"),
+        ("sledai.csv", 0, "descriptors", "arthritis;headache", "unknown SLEDAI-2K descriptor"),
+        ("sledai.csv", 0, "window_days", "14", "window_days 14"),
+        ("treg.csv", 0, "percent", "140", "less than or equal to 100"),
+        ("procedures.csv", 1, "cells_per_kg", "", "needs cells_per_kg"),
+        ("procedures.csv", 0, "route", "oral", "Input should be"),
+    ],
+)
+def test_bad_cell_is_located(dataset: Callable[..., Path], file: str, index: int, column: str, value: str, reason: str) -> None:
+    def spoil(rows: Rows) -> None:
+        rows[file][index][column] = value
+
+    report = load(dataset, spoil)
+    rejected_file, line, rejected_column, message = next(
+        (r.file, r.line, r.column, r.reason) for r in report.rejects if r.file == file
+    )
+    assert (rejected_file, line) == (file, index + 2)  # header is line 1
+    assert reason in message
+    if rejected_column is not None:
+        assert rejected_column == column or column in message
+    assert "must" not in str(report.rejects[0]) or str(report.rejects[0]).startswith(f"{file}:{index + 2}")
+
+
+def test_reported_total_mismatch_names_the_derived_descriptors(dataset: Callable[..., Path]) -> None:
+    def spoil(rows: Rows) -> None:
+        rows["sledai.csv"][0]["reported_total"] = "6"
+
+    file, line, column, reason = only_reject(load(dataset, spoil))
+    # arthritis 4 + rash 2 flagged; proteinuria 4, low complement 2, thrombocytopenia 1 derived from labs = 13
+    assert (file, line, column) == ("sledai.csv", 2, "reported_total")
+    assert "CRF total 6 but descriptors give 13" in reason and "proteinuria" in reason
+
+
+def test_duplicate_business_key(dataset: Callable[..., Path]) -> None:
+    def spoil(rows: Rows) -> None:
+        rows["labs.csv"].append(dict(rows["labs.csv"][1]))
+
+    file, line, column, reason = only_reject(load(dataset, spoil))
+    assert (file, line, column) == ("labs.csv", 13, "result_id")
+    assert "duplicate L2 (first at line 3)" in reason
+
+
+def test_unknown_subject(dataset: Callable[..., Path]) -> None:
+    def spoil(rows: Rows) -> None:
+        rows["treg.csv"][0]["subject_id"] = "MSC-999"
+
+    assert only_reject(load(dataset, spoil))[2:] == ("subject_id", "unknown subject MSC-999 (not in subjects.csv)")
+
+
+def test_rejected_subject_takes_its_rows_with_it(dataset: Callable[..., Path]) -> None:
+    def spoil(rows: Rows) -> None:
+        rows["subjects.csv"][1]["sex"] = "x"
+
+    report = load(dataset, spoil)
+    by_file = report.rejected
+    assert by_file == {"subjects.csv": 1, "visits.csv": 1, "labs.csv": 1}
+    cascade = [r for r in report.rejects if r.file != "subjects.csv"]
+    assert all("subject MSC-002 was rejected (subjects.csv:3)" in r.reason for r in cascade)
+
+
+def test_subject_without_mrn_or_pseudonym(dataset: Callable[..., Path]) -> None:
+    def spoil(rows: Rows) -> None:
+        rows["subjects.csv"][1]["pseudonym"] = ""
+
+    report = load(dataset, spoil)
+    assert any(r.file == "subjects.csv" and "mrn or a pseudonym" in r.reason for r in report.rejects)
+
+
+def test_unknown_header_column_refuses_every_row_of_that_file(dataset: Callable[..., Path]) -> None:
+    def spoil(rows: Rows) -> None:
+        for row in rows["treg.csv"]:
+            row["percnt"] = row.pop("percent")
+
+    report = load(dataset, spoil)
+    assert report.rejected == {"treg.csv": 1}
+    assert "unknown column(s) percnt" in report.rejects[0].reason
+
+
+def test_missing_required_column(dataset: Callable[..., Path]) -> None:
+    def spoil(rows: Rows) -> None:
+        for row in rows["visits.csv"]:
+            del row["visit_date"]
+
+    report = load(dataset, spoil)
+    assert report.rejected["visits.csv"] == 3
+    assert report.rejects[0].column == "visit_date" and "lacks required column" in report.rejects[0].reason
+
+
+def test_row_with_extra_cells(dataset: Callable[..., Path]) -> None:
+    path = dataset()
+    with (path / "treg.csv").open("a", encoding="utf-8") as handle:
+        handle.write("T2,MSC-001,BL,2008-01-05T08:00:00+08:00,3.1,lab,surplus\n")
+    report = load_trial(path)[1]
+    assert [(r.file, r.line, r.reason) for r in report.rejects] == [("treg.csv", 3, "row has 7 cells, the header has 6")]
+
+
+def test_missing_subjects_file_is_an_input_error(dataset: Callable[..., Path]) -> None:
+    path = dataset()
+    (path / "subjects.csv").unlink()
+    with pytest.raises(InputError, match="subjects.csv: required file is missing"):
+        load_trial(path)
+
+
+def test_missing_trial_txt(dataset: Callable[..., Path]) -> None:
+    path = dataset()
+    (path / "trial.txt").unlink()
+    with pytest.raises(InputError, match="trial.txt"):
+        load_trial(path)
+
+
+def test_quarantine_keeps_every_rejected_row_once(dataset: Callable[..., Path], tmp_path: Path) -> None:
+    def spoil(rows: Rows) -> None:
+        rows["labs.csv"][0]["collected_at"] = "2008-01-05"
+        rows["labs.csv"][0]["specimen"] = "saliva"  # two problems, one row
+        rows["labs.csv"][2]["unit"] = "furlongs"
+
+    report = load(dataset, spoil)
+    assert report.rejected == {"labs.csv": 2}
+    (path,) = write_quarantine(report.rejects, tmp_path / "q")
+    with path.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["_line"] for row in rows] == ["2", "4"]
+    assert rows[0]["result_id"] == "L1" and rows[0]["specimen"] == "saliva"
+    assert "Input should be" in rows[0]["_reason"] and "UTC offset" in rows[0]["_reason"]
+    assert rows[0]["_column"] == "specimen;collected_at"
+    assert rows[1]["_column"] == "unit"
+
+
+def test_protocol_findings(dataset: Callable[..., Path]) -> None:
+    def late_infusion(rows: Rows) -> None:
+        rows["procedures.csv"][1]["started_at"] = "2008-01-09T08:00:00+08:00"
+        rows["procedures.csv"][1]["ended_at"] = "2008-01-09T09:00:00+08:00"
+
+    report = load(dataset, late_infusion)
+    deviations = [f for f in report.findings if f.kind == "protocol-deviation"]
+    assert len(deviations) == 1 and "72.0 h after" in deviations[0].message and deviations[0].line == 3
+    assert report.rejects == []  # a deviation is reported, not refused
+    on_time = load(dataset)
+    assert not [f for f in on_time.findings if f.kind == "protocol-deviation"]
+
+
+def test_missed_and_out_of_window_visits(dataset: Callable[..., Path]) -> None:
+    def shift(rows: Rows) -> None:
+        rows["visits.csv"].append(dict(subject_id="MSC-001", visit_code="M03", visit_date="2008-04-20"))
+
+    report = load(dataset, shift)
+    kinds = {(f.kind, f.message.split(" (")[0]) for f in report.findings}
+    assert ("missed-visit", "MSC-001 M02") in kinds
+    assert any(f.kind == "out-of-window" and "M03" in f.message for f in report.findings)
