@@ -65,7 +65,9 @@ def transaction_bundle(resources: Iterable[Resource]) -> Resource:
             request = {"method": "POST", "url": "Patient", "ifNoneExist": query}
         else:
             request = {"method": "PUT", "url": f"{resource_type}?{query}"}
-        entries.append({"fullUrl": full_urls[f"{resource_type}/{resource['id']}"], "resource": body, "request": request})
+        entries.append(
+            {"fullUrl": full_urls[f"{resource_type}/{resource['id']}"], "resource": body, "request": request}
+        )
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
@@ -76,7 +78,8 @@ def _rewrite_references(node: Any, full_urls: dict[str, str], owner: Resource) -
             if key == "reference" and isinstance(value, str) and not value.startswith("#"):
                 if value not in full_urls:
                     raise ResourceInvalidError(
-                        f"{owner['resourceType']}/{owner['id']} references {value}, which is not in the bundle"
+                        f"{owner['resourceType']}/{owner['id']} references {value}, "
+                        "which is not in the bundle"
                     )
                 out[key] = full_urls[value]
             else:

@@ -41,7 +41,8 @@ class TerminologyError(FhirLupusError, ValueError):
 class InputError(FhirLupusError, ValueError):
     """A problem located in an input file.
 
-    ``line`` is the physical line (header = 1; 0 = the file as a whole); ``column`` the CSV column name, or None for the whole row.
+    ``line`` is the physical line (header = 1; 0 = the file as a whole); ``column`` the CSV column name,
+    or None for the whole row.
     """
 
     def __init__(self, file: str, line: int, column: str | None, message: str) -> None:

@@ -90,18 +90,26 @@ def map_trial(
 
     subjects: dict[str, Subject] = {}
     for row in data.subjects:
-        mapped = _map_record(row, report, lambda s: [finish(map_patient(s, ctx)), finish(map_research_subject(s, ctx))])
+        mapped = _map_record(
+            row, report, lambda s: [finish(map_patient(s, ctx)), finish(map_research_subject(s, ctx))]
+        )
         if mapped is not None:
             resources.extend(mapped)
             subjects[row.record.subject_id] = row.record
 
-    def dependent(rows: list[Located[Any]], subject_of: Callable[[Any], str], mapper: Callable[[Any, Subject], Resource]) -> None:
+    def dependent(
+        rows: list[Located[Any]], subject_of: Callable[[Any], str], mapper: Callable[[Any, Subject], Resource]
+    ) -> None:
         for row in rows:
             subject = subjects.get(subject_of(row.record))
             if subject is None:
                 report.reject(row, "subject_id", f"subject {subject_of(row.record)} could not be mapped")
                 continue
-            mapped = _map_record(row, report, lambda record, subject=subject: [finish(mapper(record, subject))])
+
+            def build(record: Any, subject: Subject = subject) -> list[Resource]:
+                return [finish(mapper(record, subject))]
+
+            mapped = _map_record(row, report, build)
             if mapped is not None:
                 resources.extend(mapped)
 
@@ -113,7 +121,9 @@ def map_trial(
     return MapResult(resources=resources, fhir_version=fhir_version)
 
 
-def _map_record(row: Located[R], report: LoadReport, build: Callable[[R], list[Resource]]) -> list[Resource] | None:
+def _map_record(
+    row: Located[R], report: LoadReport, build: Callable[[R], list[Resource]]
+) -> list[Resource] | None:
     try:
         return build(row.record)
     except FhirLupusError as exc:

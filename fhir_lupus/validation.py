@@ -1,4 +1,4 @@
-"""Validation of every emitted resource: the fhir.resources model of its FHIR version, then FHIRPath invariants.
+"""Validation of every emitted resource: its FHIR version's fhir.resources model, then FHIRPath invariants.
 
 The models check structure, cardinality and primitive formats; the invariants (mappings/fhir/invariants.yaml,
 evaluated with fhirpathpy) check the rules the models do not, such as obs-6 and obs-7. A failure is a
@@ -46,7 +46,9 @@ def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant,
                 check = compile_fhirpath(entry["expression"], models["r4"])
                 items.append(_Invariant(entry["key"], entry["human"], versions, check))
             except Exception as exc:
-                raise MappingError(f"{path}: invariant {entry.get('key')!r} does not compile: {exc}") from None
+                raise MappingError(
+                    f"{path}: invariant {entry.get('key')!r} does not compile: {exc}"
+                ) from None
         compiled[resource_type] = tuple(items)
     return compiled
 
@@ -54,7 +56,10 @@ def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant,
 def check_invariants(resource: dict[str, Any], version: FhirVersion = "R4") -> list[str]:
     """The keys and texts of the invariants a resource breaks (empty list when it passes)."""
     rules = _invariants()
-    broken = [f"ele-1: All FHIR elements must have a @value or children ({path})" for path in _empty_elements(resource)]
+    broken = [
+        f"ele-1: All FHIR elements must have a @value or children ({path})"
+        for path in _empty_elements(resource)
+    ]
     context = {"resource": resource, "rootResource": resource}
     for invariant in (*rules.get("*", ()), *rules.get(resource["resourceType"], ())):
         if version not in invariant.versions:
@@ -73,7 +78,11 @@ def _empty_elements(node: Any, path: str = "") -> list[str]:
     if node is None or node == "" or node == {} or node == []:
         return [path or "<root>"]
     if isinstance(node, dict):
-        return [hit for key, value in node.items() for hit in _empty_elements(value, f"{path}.{key}" if path else key)]
+        return [
+            hit
+            for key, value in node.items()
+            for hit in _empty_elements(value, f"{path}.{key}" if path else key)
+        ]
     if isinstance(node, list):
         return [hit for index, value in enumerate(node) for hit in _empty_elements(value, f"{path}[{index}]")]
     return []

@@ -23,11 +23,30 @@ LAB = "Drum Tower Hospital Central Laboratory"
 def base_rows() -> dict[str, list[dict[str, str]]]:
     """Two subjects, baseline and month 1, a few labs of each value kind, one SLEDAI, Treg and procedures."""
     subjects = [
-        dict(subject_id="MSC-001", mrn="DT0000001", pseudonym="", sex="female", birth_date="1980-05-01",
-             enrolled_on="2008-01-02", status="follow-up", off_study_on="", off_study_reason="", arm="AlloMSC"),
-        dict(subject_id="MSC-002", mrn="", pseudonym="P-0a1b2c3d", sex="male", birth_date="1975",
-             enrolled_on="2008-02-01", status="withdrawn", off_study_on="2008-04-01",
-             off_study_reason="moved away", arm="AlloMSC"),
+        dict(
+            subject_id="MSC-001",
+            mrn="DT0000001",
+            pseudonym="",
+            sex="female",
+            birth_date="1980-05-01",
+            enrolled_on="2008-01-02",
+            status="follow-up",
+            off_study_on="",
+            off_study_reason="",
+            arm="AlloMSC",
+        ),
+        dict(
+            subject_id="MSC-002",
+            mrn="",
+            pseudonym="P-0a1b2c3d",
+            sex="male",
+            birth_date="1975",
+            enrolled_on="2008-02-01",
+            status="withdrawn",
+            off_study_on="2008-04-01",
+            off_study_reason="moved away",
+            arm="AlloMSC",
+        ),
     ]
     visits = [
         dict(subject_id="MSC-001", visit_code="BL", visit_date="2008-01-05"),
@@ -35,12 +54,35 @@ def base_rows() -> dict[str, list[dict[str, str]]]:
         dict(subject_id="MSC-002", visit_code="BL", visit_date="2008-02-03"),
     ]
 
-    def lab(rid: str, subject: str, visit: str, analyte: str, value: str, unit: str = "", low: str = "",
-            high: str = "", method: str = "", specimen: str = "serum", at: str = "2008-01-05T08:00:00+08:00",
-            local: str = "") -> dict[str, str]:
-        return dict(result_id=rid, subject_id=subject, visit_code=visit, analyte=analyte, value=value, unit=unit,
-                    ref_low=low, ref_high=high, method=method, specimen=specimen, collected_at=at, lab=LAB,
-                    local_code=local)
+    def lab(
+        rid: str,
+        subject: str,
+        visit: str,
+        analyte: str,
+        value: str,
+        unit: str = "",
+        low: str = "",
+        high: str = "",
+        method: str = "",
+        specimen: str = "serum",
+        at: str = "2008-01-05T08:00:00+08:00",
+        local: str = "",
+    ) -> dict[str, str]:
+        return dict(
+            result_id=rid,
+            subject_id=subject,
+            visit_code=visit,
+            analyte=analyte,
+            value=value,
+            unit=unit,
+            ref_low=low,
+            ref_high=high,
+            method=method,
+            specimen=specimen,
+            collected_at=at,
+            lab=LAB,
+            local_code=local,
+        )
 
     labs = [
         lab("L1", "MSC-001", "BL", "c3", "0.45", "g/L", "0.9", "1.8", local="DT-C3"),
@@ -56,25 +98,71 @@ def base_rows() -> dict[str, list[dict[str, str]]]:
         lab("L11", "MSC-002", "BL", "c4", "0.05", "g/L", "0.1", "0.4", at="2008-02-03T08:00:00+08:00"),
     ]
     sledai = [
-        dict(subject_id="MSC-001", visit_code="BL", assessed_on="2008-01-05", descriptors="arthritis;rash",
-             window_days="10", reported_total="", assessor="WJ"),
-        dict(subject_id="MSC-001", visit_code="M01", assessed_on="2008-02-04", descriptors="",
-             window_days="", reported_total="0", assessor=""),
+        dict(
+            subject_id="MSC-001",
+            visit_code="BL",
+            assessed_on="2008-01-05",
+            descriptors="arthritis;rash",
+            window_days="10",
+            reported_total="",
+            assessor="WJ",
+        ),
+        dict(
+            subject_id="MSC-001",
+            visit_code="M01",
+            assessed_on="2008-02-04",
+            descriptors="",
+            window_days="",
+            reported_total="0",
+            assessor="",
+        ),
     ]
     treg = [
-        dict(measurement_id="T1", subject_id="MSC-001", visit_code="BL", measured_at="2008-01-05T08:00:00+08:00",
-             percent="2.5", lab=LAB),
+        dict(
+            measurement_id="T1",
+            subject_id="MSC-001",
+            visit_code="BL",
+            measured_at="2008-01-05T08:00:00+08:00",
+            percent="2.5",
+            lab=LAB,
+        ),
     ]
     procedures = [
-        dict(procedure_id="P1", subject_id="MSC-001", kind="cyclophosphamide_pretreatment", status="completed",
-             started_at="2008-01-06T08:00:00+08:00", ended_at="2008-01-06T10:00:00+08:00", dose_mg="1400",
-             dose_mg_per_m2="850", cells_per_kg="", route="intravenous", donor_id=""),
-        dict(procedure_id="P2", subject_id="MSC-001", kind="msc_infusion", status="completed",
-             started_at="2008-01-07T08:00:00+08:00", ended_at="2008-01-07T09:00:00+08:00", dose_mg="",
-             dose_mg_per_m2="", cells_per_kg="1000000", route="intravenous", donor_id="D-2008-01"),
+        dict(
+            procedure_id="P1",
+            subject_id="MSC-001",
+            kind="cyclophosphamide_pretreatment",
+            status="completed",
+            started_at="2008-01-06T08:00:00+08:00",
+            ended_at="2008-01-06T10:00:00+08:00",
+            dose_mg="1400",
+            dose_mg_per_m2="850",
+            cells_per_kg="",
+            route="intravenous",
+            donor_id="",
+        ),
+        dict(
+            procedure_id="P2",
+            subject_id="MSC-001",
+            kind="msc_infusion",
+            status="completed",
+            started_at="2008-01-07T08:00:00+08:00",
+            ended_at="2008-01-07T09:00:00+08:00",
+            dose_mg="",
+            dose_mg_per_m2="",
+            cells_per_kg="1000000",
+            route="intravenous",
+            donor_id="D-2008-01",
+        ),
     ]
-    return {"subjects.csv": subjects, "visits.csv": visits, "labs.csv": labs, "sledai.csv": sledai,
-            "treg.csv": treg, "procedures.csv": procedures}
+    return {
+        "subjects.csv": subjects,
+        "visits.csv": visits,
+        "labs.csv": labs,
+        "sledai.csv": sledai,
+        "treg.csv": treg,
+        "procedures.csv": procedures,
+    }
 
 
 def write_dataset(directory: Path, rows: dict[str, list[dict[str, str]]]) -> Path:

@@ -47,20 +47,27 @@ def test_patient_is_conditional_create_and_others_conditional_update(bundle: dic
         assert "id" not in resource  # the server decides, or matches
         if resource["resourceType"] == "Patient":
             identifier = resource["identifier"][0]
-            assert request == {"method": "POST", "url": "Patient",
-                               "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}"}
+            assert request == {
+                "method": "POST",
+                "url": "Patient",
+                "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
+            }
         elif resource["resourceType"] == "CodeSystem":
             assert request == {"method": "PUT", "url": f"CodeSystem?url={resource['url']}"}
         else:
             identifier = resource["identifier"][0]
-            assert request == {"method": "PUT",
-                               "url": f"{resource['resourceType']}?identifier={identifier['system']}|{identifier['value']}"}
+            assert request == {
+                "method": "PUT",
+                "url": f"{resource['resourceType']}?identifier={identifier['system']}|{identifier['value']}",
+            }
 
 
 def test_every_reference_is_an_entry_of_the_bundle(bundle: dict[str, Any]) -> None:
     full_urls = {entry["fullUrl"] for entry in bundle["entry"]}
     assert all(url.startswith("urn:uuid:") for url in full_urls)
-    references = [r for entry in bundle["entry"] for r in _references(entry["resource"]) if not r.startswith("#")]
+    references = [
+        r for entry in bundle["entry"] for r in _references(entry["resource"]) if not r.startswith("#")
+    ]
     assert references and set(references) <= full_urls
 
 
@@ -74,14 +81,22 @@ def test_same_input_same_bytes(dataset: Callable[..., Path]) -> None:
 
 
 def test_identifier_values_are_url_encoded_in_the_request() -> None:
-    resource = {"resourceType": "Observation", "id": "x", "identifier": [{"system": "urn:s", "value": "a b&c"}]}
+    resource = {
+        "resourceType": "Observation",
+        "id": "x",
+        "identifier": [{"system": "urn:s", "value": "a b&c"}],
+    }
     entry = transaction_bundle([resource])["entry"][0]
     assert entry["request"]["url"] == "Observation?identifier=urn:s|a%20b%26c"
 
 
 def test_dangling_reference_is_refused() -> None:
-    resource = {"resourceType": "Observation", "id": "x", "identifier": [{"system": "urn:s", "value": "1"}],
-                "subject": {"reference": "Patient/missing"}}
+    resource = {
+        "resourceType": "Observation",
+        "id": "x",
+        "identifier": [{"system": "urn:s", "value": "1"}],
+        "subject": {"reference": "Patient/missing"},
+    }
     with pytest.raises(ResourceInvalidError, match="not in the bundle"):
         transaction_bundle([resource])
 

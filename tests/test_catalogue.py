@@ -10,7 +10,9 @@ from fhir_lupus.errors import TerminologyError, UnitError
 from fhir_lupus.terminology import LabCatalogue, MappingPack, parse_lab_value
 
 
-def resolve(catalogue: LabCatalogue, analyte: str, value: str, unit: str | None = None, method: str | None = None) -> str:
+def resolve(
+    catalogue: LabCatalogue, analyte: str, value: str, unit: str | None = None, method: str | None = None
+) -> str:
     parsed = parse_lab_value(value, catalogue.pack.ordinals)
     return catalogue.resolve(analyte, parsed, unit, method).code.loinc
 
@@ -82,7 +84,9 @@ class TestParseValue:
             parse_lab_value(bad, pack.ordinals)
 
 
-def test_every_catalogue_code_names_loinc_and_every_unit_is_ucum(pack: MappingPack, catalogue: LabCatalogue) -> None:
+def test_every_catalogue_code_names_loinc_and_every_unit_is_ucum(
+    pack: MappingPack, catalogue: LabCatalogue
+) -> None:
     for key, analyte in pack.labs.analytes.items():
         for choice in analyte.codes:
             assert choice.display, key

@@ -6,13 +6,12 @@ import csv
 from typing import Any
 
 import pytest
+from conftest import EXAMPLE
 
 from fhir_lupus.bundle import transaction_bundle
 from fhir_lupus.model import LoadReport, load_trial
 from fhir_lupus.pipeline import MapResult, map_trial
 from fhir_lupus.validation import check_invariants, validate_resource
-
-from conftest import EXAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,9 @@ def test_example_reports_the_planted_deviation_and_dropouts(example: tuple[MapRe
     result, report = example
     deviations = [f for f in report.findings if f.kind == "protocol-deviation"]
     assert [d.message.split(":")[0] for d in deviations] == ["MSC-013"]
-    withdrawn = [r for r in result.resources if r["resourceType"] == "ResearchSubject" and r["status"] == "withdrawn"]
+    withdrawn = [
+        r for r in result.resources if r["resourceType"] == "ResearchSubject" and r["status"] == "withdrawn"
+    ]
     assert len(withdrawn) == 3
 
 
@@ -56,7 +57,9 @@ def test_example_labs_use_chinese_hospital_units(example: tuple[MapResult, LoadR
     units: dict[str, set[str]] = {}
     for resource in result.resources:
         if resource["resourceType"] == "Observation" and "valueQuantity" in resource:
-            units.setdefault(resource["code"]["coding"][0]["code"], set()).add(resource["valueQuantity"]["code"])
+            units.setdefault(resource["code"]["coding"][0]["code"], set()).add(
+                resource["valueQuantity"]["code"]
+            )
     assert units["4485-9"] == {"g/L"}  # C3
     assert units["14682-9"] == {"umol/L"}  # creatinine, molar
     assert units["22664-7"] == {"mmol/L"}  # urea, not BUN

@@ -28,7 +28,11 @@ def mapped(dataset: Callable[..., Path]) -> list[dict[str, Any]]:
 
 
 def one(resources: list[dict[str, Any]], resource_type: str, identifier: str) -> dict[str, Any]:
-    found = [r for r in resources if r["resourceType"] == resource_type and r.get("identifier", [{}])[0].get("value") == identifier]
+    found = [
+        r
+        for r in resources
+        if r["resourceType"] == resource_type and r.get("identifier", [{}])[0].get("value") == identifier
+    ]
     assert len(found) == 1, (resource_type, identifier)
     return found[0]
 
@@ -54,7 +58,9 @@ class TestResearchStudy:
         sponsor = next(r for r in mapped if r["resourceType"] == "Organization")
         site = next(r for r in mapped if r["resourceType"] == "Location")
         group = next(r for r in mapped if r["resourceType"] == "Group")
-        assert study["sponsor"]["reference"] == ref(sponsor) and sponsor["name"] == "Nanjing Medical University"
+        assert (
+            study["sponsor"]["reference"] == ref(sponsor) and sponsor["name"] == "Nanjing Medical University"
+        )
         assert study["site"][0]["reference"] == ref(site) and site["address"]["city"] == "Nanjing"
         assert study["enrollment"][0]["reference"] == ref(group)
 
@@ -66,9 +72,16 @@ class TestResearchStudy:
         assert age["valueRange"]["low"]["value"] == 15 and age["valueRange"]["high"]["value"] == 70
         assert age["exclude"] is False
         protein = next(c for c in chars if c["code"]["coding"][0]["code"] == "2889-4")
-        assert protein["valueRange"]["low"] == {"value": 1, "unit": "g/24 h", "system": UCUM, "code": "g/(24.h)"}
+        assert protein["valueRange"]["low"] == {
+            "value": 1,
+            "unit": "g/24 h",
+            "system": UCUM,
+            "code": "g/(24.h)",
+        }
         excluded = [c["code"]["text"] for c in chars if c["exclude"]]
-        assert "End-stage renal failure" in excluded and len(excluded) == 9  # 5 registered bullets, split per concept
+        assert (
+            "End-stage renal failure" in excluded and len(excluded) == 9
+        )  # 5 registered bullets, split per concept
 
 
 class TestPatientAndSubject:
@@ -97,13 +110,23 @@ class TestPatientAndSubject:
 class TestLabObservation:
     def test_quantity_with_units_range_and_interpretation(self, mapped: list[dict[str, Any]]) -> None:
         obs = one(mapped, "Observation", "L2")
-        assert obs["code"]["coding"][0] == {"system": LOINC, "code": "14682-9", "display": "Creatinine [Moles/volume] in Serum or Plasma"}
+        assert obs["code"]["coding"][0] == {
+            "system": LOINC,
+            "code": "14682-9",
+            "display": "Creatinine [Moles/volume] in Serum or Plasma",
+        }
         assert obs["valueQuantity"] == {"value": 88, "unit": "µmol/L", "system": UCUM, "code": "umol/L"}
-        assert obs["referenceRange"][0]["low"]["value"] == 44 and obs["referenceRange"][0]["high"]["value"] == 133
+        assert (
+            obs["referenceRange"][0]["low"]["value"] == 44
+            and obs["referenceRange"][0]["high"]["value"] == 133
+        )
         assert obs["interpretation"][0]["coding"][0]["code"] == "N"
         assert obs["category"][0]["coding"][0]["code"] == "laboratory"
         assert obs["effectiveDateTime"] == "2008-01-05T08:00:00+08:00"
-        assert obs["extension"][0] == {"url": STUDY_EXT, "valueReference": {"reference": ref(one(mapped, "ResearchStudy", "NCT00698191"))}}
+        assert obs["extension"][0] == {
+            "url": STUDY_EXT,
+            "valueReference": {"reference": ref(one(mapped, "ResearchStudy", "NCT00698191"))},
+        }
         encounter = one(mapped, "Encounter", "MSC-001/BL")
         assert obs["encounter"]["reference"] == ref(encounter)
         assert obs["subject"]["reference"] == ref(one(mapped, "Patient", "DT0000001"))
@@ -124,7 +147,11 @@ class TestLabObservation:
     def test_ordinal_is_snomed_and_titer_is_a_string(self, mapped: list[dict[str, Any]]) -> None:
         dip = one(mapped, "Observation", "L5")
         assert dip["code"]["coding"][0]["code"] == "20454-5"
-        assert dip["valueCodeableConcept"]["coding"][0] == {"system": SNOMED, "code": "260348001", "display": "++"}
+        assert dip["valueCodeableConcept"]["coding"][0] == {
+            "system": SNOMED,
+            "code": "260348001",
+            "display": "++",
+        }
         ana = one(mapped, "Observation", "L4")
         assert ana["code"]["coding"][0]["code"] == "5048-4" and ana["valueString"] == "1:320"
 
@@ -137,11 +164,22 @@ class TestSledaiAndTreg:
     def test_sledai_total_components_and_derivation(self, mapped: list[dict[str, Any]]) -> None:
         obs = one(mapped, "Observation", "MSC-001/BL")
         assert obs["category"][0]["coding"][0]["code"] == "survey"
-        assert obs["code"]["coding"][0] == {"system": PROJECT, "code": "sledai-2k-total", "display": "SLEDAI-2K total score"}
-        # arthritis 4 + rash 2 flagged; proteinuria 4 (1.8 g/24 h), low complement 2 (C3 0.45), thrombocytopenia 1
+        assert obs["code"]["coding"][0] == {
+            "system": PROJECT,
+            "code": "sledai-2k-total",
+            "display": "SLEDAI-2K total score",
+        }
+        # arthritis 4 + rash 2 flagged; derived: proteinuria 4 (1.8 g/24 h), low complement 2 (C3 0.45),
+        # thrombocytopenia 1 (platelets 85)
         assert obs["valueInteger"] == 13
         components = {c["code"]["coding"][0]["code"]: c for c in obs["component"]}
-        assert set(components) == {"sledai-arthritis", "sledai-rash", "sledai-proteinuria", "sledai-low-complement", "sledai-thrombocytopenia"}
+        assert set(components) == {
+            "sledai-arthritis",
+            "sledai-rash",
+            "sledai-proteinuria",
+            "sledai-low-complement",
+            "sledai-thrombocytopenia",
+        }
         assert "extension" not in components["sledai-arthritis"]
         assert components["sledai-proteinuria"]["extension"][0]["valueBoolean"] is True
         derived_from = {d["reference"] for d in obs["derivedFrom"]}
@@ -190,7 +228,12 @@ class TestProcedureEncounterCodeSystem:
             defined.add(concept["code"])
             stack.extend(concept.get("concept", []))
         assert codesystem["count"] == len(defined)
-        used = {coding["code"] for resource in mapped for coding in _codings(resource) if coding.get("system") == PROJECT}
+        used = {
+            coding["code"]
+            for resource in mapped
+            for coding in _codings(resource)
+            if coding.get("system") == PROJECT
+        }
         assert used and used <= defined
 
 

@@ -19,19 +19,43 @@ def definition() -> SledaiDefinition:
     return load_sledai_definition()
 
 
-def lab(catalogue: LabCatalogue, analyte: str, value: str, unit: str | None = None, *, days_before: int = 0,
-        low: str | None = None, high: str | None = None, rid: str | None = None) -> LabEvidence:
+def lab(
+    catalogue: LabCatalogue,
+    analyte: str,
+    value: str,
+    unit: str | None = None,
+    *,
+    days_before: int = 0,
+    low: str | None = None,
+    high: str | None = None,
+    rid: str | None = None,
+) -> LabEvidence:
     parsed = parse_lab_value(value, catalogue.pack.ordinals)
     resolved = catalogue.resolve(analyte, parsed, unit, "ifa" if analyte == "ana" else None)
-    collected = datetime.combine(ASSESSED - timedelta(days=days_before), datetime.min.time(), CST).replace(hour=8)
-    return LabEvidence(rid or f"{analyte}-{value}", analyte, collected, parsed, resolved.ucum,
-                       Decimal(low) if low else None, Decimal(high) if high else None)
+    collected = datetime.combine(ASSESSED - timedelta(days=days_before), datetime.min.time(), CST).replace(
+        hour=8
+    )
+    return LabEvidence(
+        rid or f"{analyte}-{value}",
+        analyte,
+        collected,
+        parsed,
+        resolved.ucum,
+        Decimal(low) if low else None,
+        Decimal(high) if high else None,
+    )
 
 
-def score(definition: SledaiDefinition, units: UnitConverter, flagged: tuple[str, ...] = (),
-          labs: list[LabEvidence] | None = None, window: int | None = None) -> tuple[int, dict[str, str]]:
-    result = score_sledai(definition, flagged=flagged, labs=labs or [], assessed_on=ASSESSED,
-                          window_days=window, units=units)
+def score(
+    definition: SledaiDefinition,
+    units: UnitConverter,
+    flagged: tuple[str, ...] = (),
+    labs: list[LabEvidence] | None = None,
+    window: int | None = None,
+) -> tuple[int, dict[str, str]]:
+    result = score_sledai(
+        definition, flagged=flagged, labs=labs or [], assessed_on=ASSESSED, window_days=window, units=units
+    )
     return result.total, {d.key: d.source for d in result.descriptors}
 
 
@@ -40,8 +64,15 @@ class TestWeights:
         weights = {d.key: d.weight for d in definition.descriptors}
         assert len(weights) == 24 and sum(weights.values()) == 105
         assert [k for k, w in weights.items() if w == 8] == [
-            "seizure", "psychosis", "organic_brain_syndrome", "visual_disturbance", "cranial_nerve_disorder",
-            "lupus_headache", "cva", "vasculitis"]
+            "seizure",
+            "psychosis",
+            "organic_brain_syndrome",
+            "visual_disturbance",
+            "cranial_nerve_disorder",
+            "lupus_headache",
+            "cva",
+            "vasculitis",
+        ]
         assert {k for k, w in weights.items() if w == 1} == {"fever", "thrombocytopenia", "leukopenia"}
 
     def test_all_descriptors_give_105(self, definition: SledaiDefinition, units: UnitConverter) -> None:
@@ -62,39 +93,63 @@ class TestWeights:
 
 
 class TestDerivedFromLabs:
-    def test_proteinuria_above_half_gram(self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue) -> None:
-        assert score(definition, units, labs=[lab(catalogue, "urine_protein_24h", "0.6", "g/24h")]) == (4, {"proteinuria": "derived"})
+    def test_proteinuria_above_half_gram(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
+        assert score(definition, units, labs=[lab(catalogue, "urine_protein_24h", "0.6", "g/24h")]) == (
+            4,
+            {"proteinuria": "derived"},
+        )
         assert score(definition, units, labs=[lab(catalogue, "urine_protein_24h", "0.5", "g/24h")])[0] == 0
         # the same threshold in mg: 600 mg/24 h counts, 450 does not
         assert score(definition, units, labs=[lab(catalogue, "urine_protein_24h", "600", "mg/24h")])[0] == 4
         assert score(definition, units, labs=[lab(catalogue, "urine_protein_24h", "450", "mg/24h")])[0] == 0
 
-    def test_hematuria_pyuria_and_cell_counts(self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue) -> None:
+    def test_hematuria_pyuria_and_cell_counts(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
         labs = [
             lab(catalogue, "urine_rbc", "6", "/HPF"),  # > 5: hematuria 4
             lab(catalogue, "urine_wbc", "5", "/HPF"),  # not > 5
             lab(catalogue, "platelets", "99", "10^9/L"),  # < 100: 1
             lab(catalogue, "wbc", "3.0", "10^9/L"),  # not < 3
         ]
-        assert score(definition, units, labs=labs) == (5, {"hematuria": "derived", "thrombocytopenia": "derived"})
+        assert score(definition, units, labs=labs) == (
+            5,
+            {"hematuria": "derived", "thrombocytopenia": "derived"},
+        )
 
-    def test_low_complement_uses_the_lab_reference_range(self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue) -> None:
+    def test_low_complement_uses_the_lab_reference_range(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
         below = lab(catalogue, "c4", "0.08", "g/L", low="0.1", high="0.4")
         inside = lab(catalogue, "c3", "0.95", "g/L", low="0.9", high="1.8")
         no_range = lab(catalogue, "c3", "0.2", "g/L")
         assert score(definition, units, labs=[below, inside])[0] == 2
         assert score(definition, units, labs=[inside, no_range])[0] == 0
 
-    def test_dna_binding_from_iu_or_titer(self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue) -> None:
-        assert score(definition, units, labs=[lab(catalogue, "anti_dsdna", "180", "IU/mL", high="100")])[0] == 2
-        assert score(definition, units, labs=[lab(catalogue, "anti_dsdna", "<10", "IU/mL", high="100")])[0] == 0
-        assert score(definition, units, labs=[lab(catalogue, "anti_dsdna", ">300", "IU/mL", high="100")])[0] == 2
+    def test_dna_binding_from_iu_or_titer(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
+        assert (
+            score(definition, units, labs=[lab(catalogue, "anti_dsdna", "180", "IU/mL", high="100")])[0] == 2
+        )
+        assert (
+            score(definition, units, labs=[lab(catalogue, "anti_dsdna", "<10", "IU/mL", high="100")])[0] == 0
+        )
+        assert (
+            score(definition, units, labs=[lab(catalogue, "anti_dsdna", ">300", "IU/mL", high="100")])[0] == 2
+        )
 
-    def test_flagged_wins_over_derived_and_is_not_counted_twice(self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue) -> None:
+    def test_flagged_wins_over_derived_and_is_not_counted_twice(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
         labs = [lab(catalogue, "urine_rbc", "30", "/HPF")]
         assert score(definition, units, ("hematuria",), labs) == (4, {"hematuria": "flagged"})
 
-    def test_window_10_and_30_days(self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue) -> None:
+    def test_window_10_and_30_days(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
         old = [lab(catalogue, "urine_protein_24h", "2.0", "g/24h", days_before=20)]
         assert score(definition, units, labs=old)[0] == 0
         assert score(definition, units, labs=old, window=30)[0] == 4
@@ -105,8 +160,15 @@ class TestDerivedFromLabs:
         with pytest.raises(ValueError, match="window_days"):
             score(definition, units, window=14)
 
-    def test_evidence_names_the_results(self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue) -> None:
-        labs = [lab(catalogue, "urine_rbc", "30", "/HPF", rid="R-1"), lab(catalogue, "urine_rbc", "2", "/HPF", rid="R-2")]
-        result = score_sledai(definition, flagged=(), labs=labs, assessed_on=ASSESSED, window_days=None, units=units)
+    def test_evidence_names_the_results(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
+        labs = [
+            lab(catalogue, "urine_rbc", "30", "/HPF", rid="R-1"),
+            lab(catalogue, "urine_rbc", "2", "/HPF", rid="R-2"),
+        ]
+        result = score_sledai(
+            definition, flagged=(), labs=labs, assessed_on=ASSESSED, window_days=None, units=units
+        )
         assert result.derived == ("hematuria",)
         assert result.descriptors[0].evidence == ("R-1",)

@@ -27,13 +27,51 @@ def observation(**extra: Any) -> dict[str, Any]:
         (observation(effectivePeriod={"start": "2009-02-01", "end": "2009-01-01"}), "per-1"),
         (observation(note=[{}]), "ele-1"),
         (observation(contained=[{"resourceType": "Specimen", "id": "s"}]), "dom-3"),
-        ({"resourceType": "Group", "type": "person", "actual": False, "member": [{"entity": {"reference": "Patient/1"}}]}, "grp-1"),
-        ({"resourceType": "CodeSystem", "status": "active", "content": "complete",
-          "concept": [{"code": "a"}, {"code": "b", "concept": [{"code": "a"}]}]}, "csd-1"),
-        ({"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1", "request": {"method": "GET", "url": "x"}}]}, "bdl-3"),
-        ({"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"fullUrl": "urn:uuid:1", "resource": observation(), "request": {"method": "POST", "url": "Observation"}},
-            {"fullUrl": "urn:uuid:1", "resource": observation(), "request": {"method": "POST", "url": "Observation"}}]}, "bdl-7"),
+        (
+            {
+                "resourceType": "Group",
+                "type": "person",
+                "actual": False,
+                "member": [{"entity": {"reference": "Patient/1"}}],
+            },
+            "grp-1",
+        ),
+        (
+            {
+                "resourceType": "CodeSystem",
+                "status": "active",
+                "content": "complete",
+                "concept": [{"code": "a"}, {"code": "b", "concept": [{"code": "a"}]}],
+            },
+            "csd-1",
+        ),
+        (
+            {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"fullUrl": "urn:uuid:1", "request": {"method": "GET", "url": "x"}}],
+            },
+            "bdl-3",
+        ),
+        (
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {
+                        "fullUrl": "urn:uuid:1",
+                        "resource": observation(),
+                        "request": {"method": "POST", "url": "Observation"},
+                    },
+                    {
+                        "fullUrl": "urn:uuid:1",
+                        "resource": observation(),
+                        "request": {"method": "POST", "url": "Observation"},
+                    },
+                ],
+            },
+            "bdl-7",
+        ),
     ],
 )
 def test_broken_rule_is_reported(resource: dict[str, Any], key: str) -> None:
@@ -42,8 +80,10 @@ def test_broken_rule_is_reported(resource: dict[str, Any], key: str) -> None:
 
 
 def test_good_observation_passes() -> None:
-    resource = observation(valueQuantity={"value": 1, "code": "g/L", "system": "http://unitsofmeasure.org"},
-                           component=[{"code": {"text": "other"}, "valueInteger": 2}])
+    resource = observation(
+        valueQuantity={"value": 1, "code": "g/L", "system": "http://unitsofmeasure.org"},
+        component=[{"code": {"text": "other"}, "valueInteger": 2}],
+    )
     assert check_invariants(resource) == []
     validate_resource(resource)
 

@@ -11,9 +11,9 @@ from fhir_lupus.mappers.observation_treg import map_treg_observation
 from fhir_lupus.mappers.organization import map_sponsor_organization
 from fhir_lupus.mappers.patient import map_patient
 from fhir_lupus.mappers.procedure import map_procedure
+from fhir_lupus.mappers.r5 import to_r5
 from fhir_lupus.mappers.research_study import map_research_study
 from fhir_lupus.mappers.research_subject import map_research_subject
-from fhir_lupus.mappers.r5 import to_r5
 
 __all__ = [
     "MappingContext",

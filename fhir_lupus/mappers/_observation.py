@@ -35,9 +35,7 @@ def observation_base(
         "extension": [ctx.study_extension()],
         "identifier": [identifier],
         "status": "final",
-        "category": [
-            {"coding": [{"system": ctx.pack.system_uri("observation-category"), "code": category}]}
-        ],
+        "category": [{"coding": [{"system": ctx.pack.system_uri("observation-category"), "code": category}]}],
         "code": code,
         "subject": ctx.patient_ref(patient_identifier(subject, ctx)),
         "encounter": ctx.encounter_ref(subject.subject_id, visit_code),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fhir_lupus.mappers._context import MappingContext, Resource
 from fhir_lupus.mappers.observation_sledai import descriptor_code
 
@@ -11,7 +13,9 @@ __all__ = ["map_project_codesystem"]
 def map_project_codesystem(ctx: MappingContext) -> Resource:
     source = ctx.pack.codesystem
     url = ctx.pack.system_uri("project")
-    concepts = [{"code": c.code, "display": c.display, "definition": c.definition} for c in source.concepts]
+    concepts: list[dict[str, Any]] = [
+        {"code": c.code, "display": c.display, "definition": c.definition} for c in source.concepts
+    ]
     parent = next(c for c in concepts if c["code"] == "sledai-descriptor")
     parent["concept"] = [
         {
@@ -31,7 +35,8 @@ def map_project_codesystem(ctx: MappingContext) -> Resource:
         "status": source.status,
         "experimental": False,
         "description": (
-            "Concepts of the NCT00698191 trial for which no LOINC, SNOMED CT or HL7 code was found: the SLEDAI-2K "
+            "Concepts of the NCT00698191 trial for which no LOINC, SNOMED CT or HL7 code was found: "
+            "the SLEDAI-2K "
             "total and descriptors, regulatory T cells (CD4+CD25+FOXP3+ % of CD4+), the MSC infusion and its "
             "cyclophosphamide pretreatment, and eligibility concepts. Owned by the fhir_lupus project."
         ),

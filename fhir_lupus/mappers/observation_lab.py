@@ -22,7 +22,13 @@ _INTERPRETATION = {"H": "High", "L": "Low", "N": "Normal"}
 def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingContext) -> Resource:
     lab, value, resolved = checked.lab, checked.value, checked.resolved
     analyte = ctx.pack.labs.analytes[lab.analyte]
-    codings = [{"system": ctx.pack.system_uri("loinc"), "code": resolved.code.loinc, "display": resolved.code.display}]
+    codings = [
+        {
+            "system": ctx.pack.system_uri("loinc"),
+            "code": resolved.code.loinc,
+            "display": resolved.code.display,
+        }
+    ]
     if lab.local_code:
         local_system = ctx.pack.identifier_system("hospital_local_code", study=ctx.nct_id)
         codings.append({"system": local_system, "code": lab.local_code})
@@ -47,7 +53,11 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
             resource["interpretation"] = [
                 {
                     "coding": [
-                        {"system": ctx.pack.system_uri("interpretation"), "code": flag, "display": _INTERPRETATION[flag]}
+                        {
+                            "system": ctx.pack.system_uri("interpretation"),
+                            "code": flag,
+                            "display": _INTERPRETATION[flag],
+                        }
                     ]
                 }
             ]
@@ -55,7 +65,9 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
         assert value.ordinal is not None
         answer = ctx.pack.ordinals[value.ordinal]
         resource["valueCodeableConcept"] = {
-            "coding": [{"system": ctx.pack.system_uri("snomed"), "code": answer.code, "display": answer.display}],
+            "coding": [
+                {"system": ctx.pack.system_uri("snomed"), "code": answer.code, "display": answer.display}
+            ],
             "text": value.raw,
         }
     else:
@@ -70,7 +82,13 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
             "resourceType": "Specimen",
             "id": "specimen",
             "type": {
-                "coding": [{"system": ctx.pack.system_uri("snomed"), "code": specimen.code, "display": specimen.display}]
+                "coding": [
+                    {
+                        "system": ctx.pack.system_uri("snomed"),
+                        "code": specimen.code,
+                        "display": specimen.display,
+                    }
+                ]
             },
             "collection": {"collectedDateTime": fhir_datetime(lab.collected_at)},
         }

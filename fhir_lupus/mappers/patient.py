@@ -20,12 +20,19 @@ def patient_identifier(subject: Subject, ctx: MappingContext) -> dict[str, Any]:
     if subject.mrn:
         mr_type = {
             "coding": [
-                {"system": ctx.pack.system_uri("identifier-type"), "code": ctx.pack.project.extensions["mrn_type"]}
+                {
+                    "system": ctx.pack.system_uri("identifier-type"),
+                    "code": ctx.pack.project.extensions["mrn_type"],
+                }
             ]
         }
         return {"use": "usual", "type": mr_type, "system": ctx.study.site.mrn_system, "value": subject.mrn}
     assert subject.pseudonym, "the Subject model guarantees an mrn or a pseudonym"
-    return {"use": "secondary", "system": ctx.pack.identifier_system("pseudonym", study=ctx.nct_id), "value": subject.pseudonym}
+    return {
+        "use": "secondary",
+        "system": ctx.pack.identifier_system("pseudonym", study=ctx.nct_id),
+        "value": subject.pseudonym,
+    }
 
 
 def map_patient(subject: Subject, ctx: MappingContext) -> Resource:

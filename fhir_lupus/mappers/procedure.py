@@ -28,29 +28,44 @@ def map_procedure(procedure: TreatmentProcedure, subject: Subject, ctx: MappingC
         {
             "url": ctx.pack.extension_url("procedure_route"),
             "valueCodeableConcept": {
-                "coding": [{"system": snomed, "code": _INTRAVENOUS_ROUTE[0], "display": _INTRAVENOUS_ROUTE[1]}]
+                "coding": [
+                    {"system": snomed, "code": _INTRAVENOUS_ROUTE[0], "display": _INTRAVENOUS_ROUTE[1]}
+                ]
             },
         },
     ]
     dose_url = ctx.pack.extension_url("procedure_dose")
     if procedure.kind == "cyclophosphamide_pretreatment":
         code = ctx.project_concept("cyclophosphamide-pretreatment")
-        code["coding"].insert(0, {"system": snomed, "code": _ADMINISTRATION_OF_DRUG[0], "display": _ADMINISTRATION_OF_DRUG[1]})
+        code["coding"].insert(
+            0, {"system": snomed, "code": _ADMINISTRATION_OF_DRUG[0], "display": _ADMINISTRATION_OF_DRUG[1]}
+        )
         if procedure.dose_mg is not None:
-            extensions.append({"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.dose_mg), "mg")})
+            extensions.append(
+                {"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.dose_mg), "mg")}
+            )
         if procedure.dose_mg_per_m2 is not None:
             extensions.append(
-                {"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.dose_mg_per_m2), "mg/m2")}
+                {
+                    "url": dose_url,
+                    "valueQuantity": ctx.quantity(json_number(procedure.dose_mg_per_m2), "mg/m2"),
+                }
             )
     else:
         code = ctx.project_concept("msc-infusion")
         if procedure.cells_per_kg is not None:
             extensions.append(
-                {"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.cells_per_kg), "{cells}/kg")}
+                {
+                    "url": dose_url,
+                    "valueQuantity": ctx.quantity(json_number(procedure.cells_per_kg), "{cells}/kg"),
+                }
             )
         if procedure.donor_id:
             extensions.append(
-                {"url": ctx.pack.extension_url("msc_donor"), "valueIdentifier": ctx.identifier("msc_donor", procedure.donor_id)}
+                {
+                    "url": ctx.pack.extension_url("msc_donor"),
+                    "valueIdentifier": ctx.identifier("msc_donor", procedure.donor_id),
+                }
             )
     resource: Resource = {
         "resourceType": "Procedure",
@@ -62,11 +77,22 @@ def map_procedure(procedure: TreatmentProcedure, subject: Subject, ctx: MappingC
         "subject": ctx.patient_ref(patient_identifier(subject, ctx)),
     }
     if procedure.ended_at:
-        resource["performedPeriod"] = {"start": fhir_datetime(procedure.started_at), "end": fhir_datetime(procedure.ended_at)}
+        resource["performedPeriod"] = {
+            "start": fhir_datetime(procedure.started_at),
+            "end": fhir_datetime(procedure.ended_at),
+        }
     else:
         resource["performedDateTime"] = fhir_datetime(procedure.started_at)
     if procedure.kind == "cyclophosphamide_pretreatment":
         resource["usedCode"] = [
-            {"coding": [{"system": rxnorm, "code": _CYCLOPHOSPHAMIDE_RXNORM[0], "display": _CYCLOPHOSPHAMIDE_RXNORM[1]}]}
+            {
+                "coding": [
+                    {
+                        "system": rxnorm,
+                        "code": _CYCLOPHOSPHAMIDE_RXNORM[0],
+                        "display": _CYCLOPHOSPHAMIDE_RXNORM[1],
+                    }
+                ]
+            }
         ]
     return resource

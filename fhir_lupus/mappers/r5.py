@@ -68,7 +68,10 @@ def _encounter(resource: Resource, ctx: MappingContext) -> Resource:
 
 
 def _procedure(resource: Resource, ctx: MappingContext) -> Resource:
-    for r4_name, r5_name in (("performedPeriod", "occurrencePeriod"), ("performedDateTime", "occurrenceDateTime")):
+    for r4_name, r5_name in (
+        ("performedPeriod", "occurrencePeriod"),
+        ("performedDateTime", "occurrenceDateTime"),
+    ):
         if r4_name in resource:
             resource[r5_name] = resource.pop(r4_name)
     if "usedCode" in resource:

@@ -24,7 +24,11 @@ def map_research_study(ctx: MappingContext) -> Resource:
             }
         ],
         "identifier": [
-            {"use": "official", "system": ctx.pack.identifier_system("study", study=study.nct_id), "value": study.nct_id}
+            {
+                "use": "official",
+                "system": ctx.pack.identifier_system("study", study=study.nct_id),
+                "value": study.nct_id,
+            }
         ],
         "title": study.title,
         "status": status.fhir_r4,
@@ -44,7 +48,8 @@ def map_research_study(ctx: MappingContext) -> Resource:
             }
         ],
         "arm": [
-            {"name": arm.name, "type": {"text": arm.type}, "description": arm.description} for arm in study.arms
+            {"name": arm.name, "type": {"text": arm.type}, "description": arm.description}
+            for arm in study.arms
         ],
         "objective": [
             {

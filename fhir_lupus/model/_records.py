@@ -6,7 +6,7 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Finding", "LoadReport", "Located", "Reject", "write_quarantine"]
 
@@ -60,7 +60,9 @@ class LoadReport:
     rejects: list[Reject] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
 
-    def reject(self, where: Located[object] | tuple[str, int, dict[str, str]], column: str | None, reason: str) -> None:
+    def reject(
+        self, where: Located[Any] | tuple[str, int, dict[str, str]], column: str | None, reason: str
+    ) -> None:
         if isinstance(where, Located):
             file, line, row = where.file, where.line, where.row
         else:

@@ -43,7 +43,9 @@ SubjectStatus = Literal[
     "screening",
     "withdrawn",
 ]
-EventStatus = Literal["preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error"]
+EventStatus = Literal[
+    "preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error"
+]
 
 
 class _Entity(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fhir_lupus.errors import InputError, MappingError, TerminologyError, UnitError
-from fhir_lupus.model._records import LoadReport, Located
+from fhir_lupus.errors import InputError, TerminologyError, UnitError
+from fhir_lupus.model._records import Finding, LoadReport, Located
 from fhir_lupus.model.entities import (
     LabResult,
     SledaiAssessment,
@@ -28,7 +29,13 @@ from fhir_lupus.model.entities import (
     Visit,
 )
 from fhir_lupus.model.study import StudyDefinition, load_study
-from fhir_lupus.scoring.sledai import LabEvidence, SledaiDefinition, SledaiScore, load_sledai_definition, score_sledai
+from fhir_lupus.scoring.sledai import (
+    LabEvidence,
+    SledaiDefinition,
+    SledaiScore,
+    load_sledai_definition,
+    score_sledai,
+)
 from fhir_lupus.terminology._pack import MappingPack, load_pack
 from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
 
@@ -120,7 +127,9 @@ class _Checker:
         visits = self._visits(self._read(VISITS, Visit, ("subject_id", "visit_code")), subjects)
         visit_keys = {(v.record.subject_id, v.record.visit_code): v for v in visits}
         labs = self._labs(self._read(LABS, LabResult, ("result_id",)), subjects, visit_keys)
-        sledai = self._sledai(self._read(SLEDAI, SledaiAssessment, ("subject_id", "visit_code")), subjects, visit_keys, labs)
+        sledai = self._sledai(
+            self._read(SLEDAI, SledaiAssessment, ("subject_id", "visit_code")), subjects, visit_keys, labs
+        )
         treg = [
             row
             for row in self._read(TREG, TregMeasurement, ("measurement_id",))
@@ -131,7 +140,9 @@ class _Checker:
 
     # -- pass 1 and 2: rows against models, keys unique ---------------------------------------------------
 
-    def _read(self, name: str, model: type[M], key: tuple[str, ...], *, required: bool = False) -> list[Located[M]]:
+    def _read(
+        self, name: str, model: type[M], key: tuple[str, ...], *, required: bool = False
+    ) -> list[Located[M]]:
         path = self.data_dir / name
         if not path.exists():
             if required:
@@ -155,7 +166,10 @@ class _Checker:
             business_key = tuple(getattr(record, field) for field in key)
             if business_key in first_seen:
                 self.report.reject(
-                    (name, line, row), key[-1], f"duplicate {'/'.join(map(str, business_key))} (first at line {first_seen[business_key]})"
+                    (name, line, row),
+                    key[-1],
+                    f"duplicate {'/'.join(map(str, business_key))} "
+                    f"(first at line {first_seen[business_key]})",
                 )
                 continue
             first_seen[business_key] = line
@@ -176,7 +190,9 @@ class _Checker:
     def _subject_ok(self, row: Located[Any], subject_id: str, subjects: dict[str, Located[Subject]]) -> bool:
         if subject_id in subjects:
             return True
-        refused = [r for r in self.report.rejects if r.file == SUBJECTS and r.row.get("subject_id") == subject_id]
+        refused = [
+            r for r in self.report.rejects if r.file == SUBJECTS and r.row.get("subject_id") == subject_id
+        ]
         reason = (
             f"subject {subject_id} was rejected ({SUBJECTS}:{refused[0].line})"
             if refused
@@ -196,25 +212,33 @@ class _Checker:
         if not self._subject_ok(row, subject_id, subjects):
             return False
         if (subject_id, visit_code) not in visits:
-            self.report.reject(row, "visit_code", f"no accepted visit {visit_code} for {subject_id} in {VISITS}")
+            self.report.reject(
+                row, "visit_code", f"no accepted visit {visit_code} for {subject_id} in {VISITS}"
+            )
             return False
         return True
 
-    def _visits(self, rows: list[Located[Visit]], subjects: dict[str, Located[Subject]]) -> list[Located[Visit]]:
+    def _visits(
+        self, rows: list[Located[Visit]], subjects: dict[str, Located[Subject]]
+    ) -> list[Located[Visit]]:
         accepted = []
         for row in rows:
             visit = row.record
             if not self._subject_ok(row, visit.subject_id, subjects):
                 continue
             if visit.visit_code not in self.schedule:
-                self.report.reject(row, "visit_code", f"{visit.visit_code!r} is not a visit of the protocol schedule")
+                self.report.reject(
+                    row, "visit_code", f"{visit.visit_code!r} is not a visit of the protocol schedule"
+                )
                 continue
             subject = subjects[visit.subject_id].record
             if visit.visit_date < subject.enrolled_on:
                 self.report.reject(row, "visit_date", f"visit before enrolment ({subject.enrolled_on})")
                 continue
             if subject.off_study_on and visit.visit_date > subject.off_study_on:
-                self.report.reject(row, "visit_date", f"visit after the subject left the study ({subject.off_study_on})")
+                self.report.reject(
+                    row, "visit_date", f"visit after the subject left the study ({subject.off_study_on})"
+                )
                 continue
             accepted.append(row)
         self._schedule_findings(accepted, subjects)
@@ -229,27 +253,34 @@ class _Checker:
         for subject_id, held in sorted(by_subject.items()):
             baseline = held.get("BL")
             if baseline is None:
-                self.report.findings.append(Finding_(VISITS, None, "no-baseline", f"{subject_id} has no BL visit"))
+                self.report.findings.append(
+                    Finding(VISITS, None, "no-baseline", f"{subject_id} has no BL visit")
+                )
                 continue
             last_month = max(self.schedule[code].month for code in held)
             for protocol_visit in self.study.visits():
                 if protocol_visit.month > last_month:
                     break
                 expected = baseline.record.visit_date + timedelta(days=30 * protocol_visit.month)
-                row = held.get(protocol_visit.code)
-                if row is None:
+                held_visit = held.get(protocol_visit.code)
+                if held_visit is None:
                     if protocol_visit.month <= 24:
                         self.report.findings.append(
-                            Finding_(VISITS, None, "missed-visit", f"{subject_id} {protocol_visit.code} (due {expected})")
+                            Finding(
+                                VISITS,
+                                None,
+                                "missed-visit",
+                                f"{subject_id} {protocol_visit.code} (due {expected})",
+                            )
                         )
-                elif abs(row.record.visit_date - expected) > window:
+                elif abs(held_visit.record.visit_date - expected) > window:
                     self.report.findings.append(
-                        Finding_(
+                        Finding(
                             VISITS,
-                            row.line,
+                            held_visit.line,
                             "out-of-window",
-                            f"{subject_id} {protocol_visit.code} on {row.record.visit_date}, due {expected} "
-                            f"+/- {window.days} days",
+                            f"{subject_id} {protocol_visit.code} on {held_visit.record.visit_date}, "
+                            f"due {expected} +/- {window.days} days",
                         )
                     )
 
@@ -274,7 +305,9 @@ class _Checker:
                 self.report.reject(row, "value", str(exc))
                 continue
             if value.kind != "quantity" and (lab.ref_low is not None or lab.ref_high is not None):
-                self.report.reject(row, "ref_low", f"a reference range needs a numeric result, not a {value.kind}")
+                self.report.reject(
+                    row, "ref_low", f"a reference range needs a numeric result, not a {value.kind}"
+                )
                 continue
             try:
                 resolved = self.catalogue.resolve(lab.analyte, value, lab.unit, lab.method)
@@ -295,8 +328,8 @@ class _Checker:
         labs: list[Located[CheckedLab]],
     ) -> list[Located[ScoredAssessment]]:
         evidence: dict[str, list[LabEvidence]] = defaultdict(list)
-        for row in labs:
-            checked = row.record
+        for lab_row in labs:
+            checked = lab_row.record
             evidence[checked.lab.subject_id].append(
                 LabEvidence(
                     result_id=checked.lab.result_id,
@@ -313,9 +346,13 @@ class _Checker:
             assessment = row.record
             if not self._belongs(row, assessment.subject_id, assessment.visit_code, subjects, visits):
                 continue
-            unknown = [key for key in assessment.descriptors if key not in {d.key for d in self.sledai.descriptors}]
+            unknown = [
+                key for key in assessment.descriptors if key not in {d.key for d in self.sledai.descriptors}
+            ]
             if unknown:
-                self.report.reject(row, "descriptors", f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}")
+                self.report.reject(
+                    row, "descriptors", f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}"
+                )
                 continue
             try:
                 score = score_sledai(
@@ -334,7 +371,8 @@ class _Checker:
                 self.report.reject(
                     row,
                     "reported_total",
-                    f"CRF total {assessment.reported_total} but descriptors give {score.total} (derived from labs: {derived})",
+                    f"CRF total {assessment.reported_total} but descriptors give {score.total} "
+                    f"(derived from labs: {derived})",
                 )
                 continue
             accepted.append(Located(ScoredAssessment(assessment, score), row.file, row.line, row.row))
@@ -349,31 +387,45 @@ class _Checker:
         for row in accepted:
             by_subject[row.record.subject_id].append(row)
         for subject_id, procedures in sorted(by_subject.items()):
-            pretreatments = [p for p in procedures if p.record.kind == "cyclophosphamide_pretreatment" and p.record.status == "completed"]
-            for infusion in (p for p in procedures if p.record.kind == "msc_infusion" and p.record.status == "completed"):
+            pretreatments = [
+                p
+                for p in procedures
+                if p.record.kind == "cyclophosphamide_pretreatment" and p.record.status == "completed"
+            ]
+            for infusion in (
+                p for p in procedures if p.record.kind == "msc_infusion" and p.record.status == "completed"
+            ):
                 started = infusion.record.started_at
                 before = [p for p in pretreatments if p.record.started_at <= started]
                 if not before:
                     self.report.findings.append(
-                        Finding_(PROCEDURES, infusion.line, "protocol-deviation", f"{subject_id}: MSC infusion without a prior cyclophosphamide pretreatment")
+                        Finding(
+                            PROCEDURES,
+                            infusion.line,
+                            "protocol-deviation",
+                            f"{subject_id}: MSC infusion without a prior cyclophosphamide pretreatment",
+                        )
                     )
                     continue
                 latest = max(before, key=lambda p: p.record.started_at)
                 hours = (started - latest.record.started_at).total_seconds() / 3600
                 if not window.min <= hours <= window.max:
                     self.report.findings.append(
-                        Finding_(
+                        Finding(
                             PROCEDURES,
                             infusion.line,
                             "protocol-deviation",
-                            f"{subject_id}: MSC infusion {hours:.1f} h after the cyclophosphamide pretreatment "
+                            f"{subject_id}: MSC infusion {hours:.1f} h after the cyclophosphamide "
+                            "pretreatment "
                             f"(line {latest.line}); protocol: {window.min:g}-{window.max:g} h",
                         )
                     )
         return accepted
 
 
-def _rows(path: Path, model: type[BaseModel]) -> Any:
+def _rows(
+    path: Path, model: type[BaseModel]
+) -> Iterator[tuple[int, dict[str, str], tuple[str | None, str] | None]]:
     """Yield (line, row-dict, header-problem) for each non-blank record of a CSV file.
 
     The line is where the record starts (quoted cells may span lines). A header problem (unknown or
@@ -418,13 +470,3 @@ def _rows(path: Path, model: type[BaseModel]) -> Any:
                 yield start, row, (None, f"row has {len(cells)} cells, the header has {len(header)}")
                 continue
             yield start, row, problem
-
-
-def Finding_(file: str, line: int | None, kind: str, message: str) -> Any:  # noqa: N802 - local shorthand
-    from fhir_lupus.model._records import Finding
-
-    return Finding(file=file, line=line, kind=kind, message=message)
-
-
-# MappingError is re-exported for callers that load studies through this module.
-_ = MappingError

@@ -127,7 +127,12 @@ class StudyDefinition(_Frozen):
         for entry in self.protocol.schedule:
             if entry.code is not None and entry.month is not None:
                 visits.append(
-                    ProtocolVisit(code=entry.code, name=entry.name, month=entry.month, encounter_class=entry.encounter_class)
+                    ProtocolVisit(
+                        code=entry.code,
+                        name=entry.name,
+                        month=entry.month,
+                        encounter_class=entry.encounter_class,
+                    )
                 )
             elif entry.pattern and entry.months:
                 first, last = entry.months

@@ -141,7 +141,9 @@ class MappingPack(_Frozen):
         try:
             return self.systems[short]
         except KeyError:
-            raise MappingError(f"unknown code system short name {short!r} (mappings/terminology/systems.yaml)")
+            raise MappingError(
+                f"unknown code system short name {short!r} (mappings/terminology/systems.yaml)"
+            ) from None
 
     def expand(self, template: str, *, study: str = "") -> str:
         """Fill ``{base}`` and ``{study}`` in an identifier-system or extension template."""
@@ -151,13 +153,13 @@ class MappingPack(_Frozen):
         try:
             return self.expand(self.project.identifier_systems[key], study=study)
         except KeyError:
-            raise MappingError(f"no identifier system {key!r} in mappings/project.yaml")
+            raise MappingError(f"no identifier system {key!r} in mappings/project.yaml") from None
 
     def extension_url(self, key: str) -> str:
         try:
             return self.expand(self.project.extensions[key])
         except KeyError:
-            raise MappingError(f"no extension {key!r} in mappings/project.yaml")
+            raise MappingError(f"no extension {key!r} in mappings/project.yaml") from None
 
     def project_concept(self, code: str) -> ProjectConcept:
         for concept in self.codesystem.concepts:
@@ -209,13 +211,15 @@ def load_pack(root: Path | None = None) -> MappingPack:
     """Load and check mappings/ once per process (the files are small and read-only)."""
     root = (root or default_mappings_dir()).resolve()
     term = root / "terminology"
-    files = {
+    files: dict[str, tuple[type[BaseModel], Path]] = {
         "project": (ProjectFile, root / "project.yaml"),
         "labs": (LabCatalogueFile, term / "labs.yaml"),
         "units": (UnitsFile, term / "units.yaml"),
         "codesystem": (ProjectCodeSystemFile, term / "project-codesystem.yaml"),
     }
-    parsed: dict[str, Any] = {key: parse_model(model, path, read_yaml(path)) for key, (model, path) in files.items()}
+    parsed: dict[str, Any] = {
+        key: parse_model(model, path, read_yaml(path)) for key, (model, path) in files.items()
+    }
     systems_path = term / "systems.yaml"
     systems = read_yaml(systems_path)
     if not isinstance(systems, dict):

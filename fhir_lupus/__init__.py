@@ -1,0 +1,44 @@
+"""fhir_lupus: FHIR interoperability adapter for the NCT00698191 MSC-for-refractory-SLE trial.
+
+The public surface is small: load a data directory, map it, bundle it. Everything else lives in
+sub-packages (``model``, ``terminology``, ``scoring``, ``mappers``) for those who need the parts.
+
+    data, report = load_trial(Path("examples/nct00698191"))
+    result = map_trial(data, report)                 # validated R4 resources; refused rows in report
+    bundle = transaction_bundle(result.resources)    # conditional, dependency-ordered transaction
+"""
+
+from fhir_lupus.bundle import dumps, transaction_bundle
+from fhir_lupus.errors import (
+    FhirLupusError,
+    InputError,
+    MappingError,
+    ResourceInvalidError,
+    TerminologyError,
+    UnitError,
+)
+from fhir_lupus.model import LoadReport, TrialData, load_study, load_trial, write_quarantine
+from fhir_lupus.pipeline import MapResult, map_trial
+from fhir_lupus.validation import check_invariants, validate_resource
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FhirLupusError",
+    "InputError",
+    "LoadReport",
+    "MapResult",
+    "MappingError",
+    "ResourceInvalidError",
+    "TerminologyError",
+    "TrialData",
+    "UnitError",
+    "check_invariants",
+    "dumps",
+    "load_study",
+    "load_trial",
+    "map_trial",
+    "transaction_bundle",
+    "validate_resource",
+    "write_quarantine",
+]
