@@ -28,6 +28,7 @@ class _Invariant:
     key: str
     human: str
     versions: tuple[str, ...]
+    when_present: tuple[str, ...]
     check: Callable[[dict[str, Any], dict[str, Any]], list[Any]]
 
 
@@ -44,7 +45,8 @@ def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant,
             try:
                 versions = tuple(entry.get("versions", ("R4", "R5")))
                 check = compile_fhirpath(entry["expression"], models["r4"])
-                items.append(_Invariant(entry["key"], entry["human"], versions, check))
+                when_present = tuple(entry.get("when_present", ()))
+                items.append(_Invariant(entry["key"], entry["human"], versions, when_present, check))
             except Exception as exc:
                 raise MappingError(
                     f"{path}: invariant {entry.get('key')!r} does not compile: {exc}"
@@ -64,6 +66,8 @@ def check_invariants(resource: dict[str, Any], version: FhirVersion = "R4") -> l
     for invariant in (*rules.get("*", ()), *rules.get(resource["resourceType"], ())):
         if version not in invariant.versions:
             continue
+        if invariant.when_present and not any(name in resource for name in invariant.when_present):
+            continue  # the rule is about an element the resource does not have: it holds vacuously
         try:
             result = invariant.check(resource, context)
         except Exception as exc:  # fhirpathpy raises bare Exceptions for unsupported functions
