@@ -1,0 +1,37 @@
+"""The FHIR HTTP client: transport, auth, retries, paging and capability checks live only here."""
+
+from fhir_lupus.client._auth import BasicAuth, BearerAuth, SmartBackendAuth
+from fhir_lupus.client._capability import Capabilities, WriteStrategy
+from fhir_lupus.client._client import FHIR_JSON, FhirClient
+from fhir_lupus.client._errors import (
+    FatalHttpError,
+    FhirHttpError,
+    InvalidResponse,
+    PagingLoopError,
+    PreconditionFailed,
+    TransientHttpError,
+    UnsupportedInteraction,
+    server_message,
+)
+from fhir_lupus.client._retry import RetryPolicy, RetryTransport, classify, retry_after_seconds
+
+__all__ = [
+    "FHIR_JSON",
+    "BasicAuth",
+    "BearerAuth",
+    "Capabilities",
+    "FatalHttpError",
+    "FhirClient",
+    "FhirHttpError",
+    "InvalidResponse",
+    "PagingLoopError",
+    "PreconditionFailed",
+    "RetryPolicy",
+    "RetryTransport",
+    "SmartBackendAuth",
+    "TransientHttpError",
+    "UnsupportedInteraction",
+    "WriteStrategy",
+    "classify",
+    "retry_after_seconds",
+]

@@ -1,0 +1,207 @@
+"""FhirClient: the one place where HTTP happens.
+
+One pooled connection per server, ``application/fhir+json`` both ways, timeouts, TLS verification on by
+default (a custom CA bundle is an option), retries in a wrapping transport, auth as an httpx.Auth flow.
+Searches are lazy iterators that follow ``link[relation=next]`` (relative or absolute) with loop protection.
+Every httpx exception and every error status is translated here into the fhir_lupus error tree.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from fhir_lupus.client._capability import Capabilities
+from fhir_lupus.client._errors import (
+    FatalHttpError,
+    FhirHttpError,
+    InvalidResponse,
+    PagingLoopError,
+    PreconditionFailed,
+    TransientHttpError,
+    server_message,
+)
+from fhir_lupus.client._retry import IDEMPOTENT, TRANSIENT_STATUS, RetryPolicy, RetryTransport
+
+__all__ = ["FHIR_JSON", "FhirClient"]
+
+FHIR_JSON = "application/fhir+json"
+Params = Mapping[str, str | list[str]]
+
+
+class FhirClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        timeout: float = 60.0,
+        verify: bool = True,
+        ca_bundle: str | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        max_pages: int = 100_000,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base URL must be http(s): {base_url!r}")
+        self.base_url = base_url.rstrip("/") + "/"  # with the slash, relative links join under the base
+        self.max_pages = max_pages
+        if transport is None:
+            tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else verify
+            transport = httpx.HTTPTransport(
+                verify=tls, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            )
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            auth=auth,
+            timeout=httpx.Timeout(timeout),
+            transport=RetryTransport(transport, retry),
+            headers={"Accept": FHIR_JSON, "User-Agent": "fhir_lupus"},
+            follow_redirects=False,
+        )
+        self._capabilities: Capabilities | None = None
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def capabilities(self) -> Capabilities:
+        if self._capabilities is None:
+            statement = self.get("metadata")
+            if statement.get("resourceType") != "CapabilityStatement":
+                raise InvalidResponse("metadata is not a CapabilityStatement", url=self.base_url + "metadata")
+            self._capabilities = Capabilities.from_statement(statement)
+        return self._capabilities
+
+    def get(self, path: str, params: Params | None = None) -> dict[str, Any]:
+        return self._send("GET", path, params=params)
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        return self.get(f"{resource_type}/{resource_id}")
+
+    def search_pages(self, resource_type: str, params: Params | None = None) -> Iterator[dict[str, Any]]:
+        """Each searchset Bundle page in turn, following next links lazily; PagingLoopError on a cycle."""
+        page = self._send("GET", resource_type, params=params)
+        seen: set[str] = set()
+        while True:
+            if page.get("resourceType") != "Bundle":
+                raise InvalidResponse(f"search answered with a {page.get('resourceType')}, not a Bundle")
+            yield page
+            next_url = next(
+                (link.get("url") for link in page.get("link", []) if link.get("relation") == "next"), None
+            )
+            if not next_url:
+                return
+            absolute = urljoin(self.base_url, next_url)
+            if absolute in seen or len(seen) >= self.max_pages:
+                raise PagingLoopError(
+                    f"next link repeats or exceeds {self.max_pages} pages", method="GET", url=absolute
+                )
+            seen.add(absolute)
+            page = self._send("GET", absolute)
+
+    def search(self, resource_type: str, params: Params | None = None) -> Iterator[dict[str, Any]]:
+        """Every matching resource (search mode 'match'; included resources are skipped)."""
+        for page in self.search_pages(resource_type, params):
+            for entry in page.get("entry", []):
+                if entry.get("search", {}).get("mode", "match") == "match" and "resource" in entry:
+                    yield entry["resource"]
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def transaction(self, bundle: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        """POST a transaction or batch Bundle; ``idempotent`` (all entries conditional) allows retries."""
+        return self._send("POST", "", body=bundle, idempotent=idempotent)
+
+    def conditional_update(self, resource: dict[str, Any], query: str) -> httpx.Response:
+        return self._send_raw("PUT", f"{resource['resourceType']}?{query}", body=resource, idempotent=True)
+
+    def conditional_create(self, resource: dict[str, Any], query: str) -> httpx.Response:
+        return self._send_raw(
+            "POST", resource["resourceType"], body=resource, idempotent=True, headers={"If-None-Exist": query}
+        )
+
+    def create(self, resource: dict[str, Any]) -> httpx.Response:
+        return self._send_raw("POST", resource["resourceType"], body=resource, idempotent=False)
+
+    # -- the one place requests are sent -------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._send_raw(method, path, **kwargs)
+        return self._json(response)
+
+    def _send_raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: dict[str, Any] | None = None,
+        idempotent: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        url = self._url(path)
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        request_headers = {"Content-Type": FHIR_JSON, **(headers or {})} if content is not None else headers
+        try:
+            response = self._http.request(
+                method,
+                url,
+                params=params,
+                content=content,
+                headers=request_headers,
+                extensions={IDEMPOTENT: idempotent},
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientHttpError(f"timed out ({type(exc).__name__})", method=method, url=url) from None
+        except httpx.TransportError as exc:
+            raise TransientHttpError(f"connection failed: {exc}", method=method, url=url) from None
+        except httpx.HTTPError as exc:
+            raise FhirHttpError(str(exc), method=method, url=url) from None
+        if response.status_code >= 400:
+            message = server_message(response.content)
+            status = response.status_code
+            if status == 412:
+                raise PreconditionFailed(message, status=status, method=method, url=str(response.url))
+            error = TransientHttpError if status in TRANSIENT_STATUS else FatalHttpError
+            raise error(message, status=status, method=method, url=str(response.url))
+        return response
+
+    def _url(self, path: str) -> str:
+        if urlsplit(path).scheme:
+            if not path.startswith(self.base_url.rstrip("/")):
+                raise FatalHttpError(f"refusing to follow a link off the server: {path}")
+            return path
+        return urljoin(self.base_url, path.lstrip("/"))
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        if not response.content:
+            return {}
+        try:
+            document = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError):
+            snippet = response.content[:200].decode("utf-8", "replace")
+            raise InvalidResponse(
+                f"expected FHIR JSON, got {response.headers.get('content-type', 'no content type')}: {snippet!r}",
+                status=response.status_code,
+                method=response.request.method,
+                url=str(response.request.url),
+            ) from None
+        if not isinstance(document, dict):
+            raise InvalidResponse(
+                "expected a JSON object", status=response.status_code, url=str(response.request.url)
+            )
+        return document

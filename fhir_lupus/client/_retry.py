@@ -1,0 +1,102 @@
+"""Retries live in a transport that wraps the real one; ``classify`` decides what is worth retrying.
+
+Only requests that are safe to repeat are retried: GET/HEAD/PUT/DELETE, and POSTs the caller marked
+idempotent (a transaction made only of conditional entries, a conditional create). Transient means
+transport errors (connect, read, timeouts), 408, 429, 500, 502, 503 and 504; everything else is final.
+Delays grow exponentially with full jitter and honour Retry-After (seconds or HTTP date), capped.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+import httpx
+
+__all__ = [
+    "IDEMPOTENT",
+    "TRANSIENT_STATUS",
+    "RetryPolicy",
+    "RetryTransport",
+    "classify",
+    "retry_after_seconds",
+]
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+IDEMPOTENT = "fhir_lupus.idempotent"  # request extension: True when a POST may be repeated safely
+
+
+def classify(response: httpx.Response) -> Literal["ok", "transient", "fatal"]:
+    if response.status_code < 400:
+        return "ok"
+    return "transient" if response.status_code in TRANSIENT_STATUS else "fatal"
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    retry_after_cap: float = 120.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    rng: Callable[[], float] = field(default=random.random, compare=False)
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max_delay, base * 2**attempt)]."""
+        return self.rng() * min(self.max_delay, self.base_delay * (2**attempt))
+
+
+class RetryTransport(httpx.BaseTransport):
+    """Wraps a transport; repeats safe requests on transient failures, then hands back the last answer."""
+
+    def __init__(self, inner: httpx.BaseTransport, policy: RetryPolicy | None = None) -> None:
+        self._inner = inner
+        self.policy = policy or RetryPolicy()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        safe = request.method in SAFE_METHODS or bool(request.extensions.get(IDEMPOTENT))
+        last = self.policy.attempts - 1
+        for attempt in range(self.policy.attempts):
+            try:
+                response = self._inner.handle_request(request)
+            except httpx.TransportError as exc:
+                # A connect error never reached the server, so even an unsafe request may go again.
+                if attempt == last or not (safe or isinstance(exc, httpx.ConnectError)):
+                    raise
+                self.policy.sleep(self.policy.backoff(attempt))
+                continue
+            if attempt == last or not safe or classify(response) != "transient":
+                return response
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            response.read()
+            response.close()
+            delay = (
+                min(wait, self.policy.retry_after_cap) if wait is not None else self.policy.backoff(attempt)
+            )
+            self.policy.sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises on its last attempt")
+
+    def close(self) -> None:
+        self._inner.close()
