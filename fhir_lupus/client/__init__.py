@@ -34,4 +34,5 @@ __all__ = [
     "WriteStrategy",
     "classify",
     "retry_after_seconds",
+    "server_message",
 ]

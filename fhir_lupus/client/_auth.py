@@ -62,7 +62,7 @@ class SmartBackendAuth(httpx.Auth):
         self._expires_at = 0.0
 
     def client_assertion(self) -> str:
-        """The signed JWT that proves who we are to the token endpoint (SMART Backend Services, 5 min life)."""
+        """The signed JWT proving who we are to the token endpoint (SMART Backend Services; 5 min life)."""
         now = int(self._clock())
         claims = {
             "iss": self.client_id,

@@ -23,7 +23,7 @@ class Capabilities:
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> Capabilities:
-        rest = next((r for r in statement.get("rest", []) if r.get("mode") == "server"), {})
+        rest: dict[str, Any] = next((r for r in statement.get("rest", []) if r.get("mode") == "server"), {})
         types: dict[str, frozenset[str]] = {}
         params: dict[str, frozenset[str]] = {}
         conditional_create, conditional_update = set(), set()
@@ -64,7 +64,7 @@ class Capabilities:
         return "batch" if "batch" in self.system_interactions else "individual"
 
     def can_write(self, resource_type: str) -> bool:
-        """Patients are conditional creates (never overwrite a hospital record); the rest conditional updates."""
+        """Patients are conditional creates (never overwrite a hospital record); others, updates."""
         offered = self.type_interactions.get(resource_type, frozenset())
         if resource_type == "Patient":
             return "create" in offered and resource_type in self.conditional_create

@@ -195,7 +195,8 @@ class FhirClient:
         except (ValueError, UnicodeDecodeError):
             snippet = response.content[:200].decode("utf-8", "replace")
             raise InvalidResponse(
-                f"expected FHIR JSON, got {response.headers.get('content-type', 'no content type')}: {snippet!r}",
+                f"expected FHIR JSON, got {response.headers.get('content-type', 'no content type')}: "
+                f"{snippet!r}",
                 status=response.status_code,
                 method=response.request.method,
                 url=str(response.request.url),

@@ -39,7 +39,7 @@ def classify(response: httpx.Response) -> Literal["ok", "transient", "fatal"]:
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent or unreadable."""
+    """Seconds to wait per a Retry-After header (delta-seconds or HTTP date); None if absent or unreadable."""
     if not value:
         return None
     value = value.strip()
@@ -65,7 +65,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2**attempt)]."""
-        return self.rng() * min(self.max_delay, self.base_delay * (2**attempt))
+        return float(self.rng() * min(self.max_delay, self.base_delay * (2**attempt)))
 
 
 class RetryTransport(httpx.BaseTransport):
