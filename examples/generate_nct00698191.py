@@ -356,9 +356,7 @@ def make_subject(index: int, with_mrn: bool, rng: random.Random) -> Subject:
 def make_subjects() -> list[Subject]:
     master = random.Random(SEED)
     with_mrn = set(master.sample(range(N_SUBJECTS), N_SUBJECTS // 2))
-    return [
-        make_subject(i, i in with_mrn, random.Random(f"{SEED}:MSC-{i + 1:03d}")) for i in range(N_SUBJECTS)
-    ]
+    return [make_subject(i, i in with_mrn, random.Random(f"{SEED}:MSC-{i + 1:03d}")) for i in range(N_SUBJECTS)]
 
 
 # --- measurements --------------------------------------------------------------------
@@ -441,9 +439,7 @@ def panel(subject: Subject, visit: Visit) -> list[str]:
     return keys
 
 
-def lab_row(
-    subject: Subject, visit: Visit, key: str, value: float | str, rng: random.Random
-) -> dict[str, str]:
+def lab_row(subject: Subject, visit: Visit, key: str, value: float | str, rng: random.Random) -> dict[str, str]:
     analyte = ANALYTES[key]
     unit, (low, high) = analyte.unit, (analyte.ref_low, analyte.ref_high)
     if key == "creatinine" and rng.random() < 0.05:
@@ -511,9 +507,7 @@ def sledai_row(
     if visit.month == 0:
         listed = set(clinical)
     else:
-        listed = {
-            name for name in clinical if rng.random() < 0.9 * (renal if name in RENAL_CLINICAL else systemic)
-        }
+        listed = {name for name in clinical if rng.random() < 0.9 * (renal if name in RENAL_CLINICAL else systemic)}
     if labs and rng.random() < EXPLICIT_LAB_DESCRIPTOR_RATE:
         listed.add(rng.choice(sorted(labs)))
     assessor = ASSESSORS[0] if rng.random() < 0.7 else rng.choice(ASSESSORS[1:])
@@ -542,9 +536,7 @@ def procedure_row(subject: Subject, kind: str, start: datetime, hours: int, **do
         "ended_at": stamp(start + timedelta(hours=hours)),
         "route": "intravenous",
     }
-    return row | {
-        name: doses.get(name, "") for name in ("dose_mg", "dose_mg_per_m2", "cells_per_kg", "donor_id")
-    }
+    return row | {name: doses.get(name, "") for name in ("dose_mg", "dose_mg_per_m2", "cells_per_kg", "donor_id")}
 
 
 def procedure_rows(subject: Subject, donor_id: str, rng: random.Random) -> list[dict[str, str]]:
@@ -634,9 +626,7 @@ def subject_tables(subject: Subject, donor_id: str) -> dict[str, list[dict[str, 
             {"subject_id": subject.subject_id, "visit_code": visit.code, "visit_date": visit.on.isoformat()}
         )
         values = measure(subject, visit, rng)
-        tables["labs.csv"] += [
-            lab_row(subject, visit, key, values[key], rng) for key in panel(subject, visit)
-        ]
+        tables["labs.csv"] += [lab_row(subject, visit, key, values[key], rng) for key in panel(subject, visit)]
         labs = lab_descriptors(values)
         if visit.month == 0:
             clinical = baseline_manifestations(labs, rng)

@@ -11,14 +11,21 @@ full URLs, which the server resolves to whatever it matched or created.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.mappers._context import Resource
 
-__all__ = ["DEPENDENCY_ORDER", "conditional_query", "dumps", "transaction_bundle"]
+__all__ = [
+    "DEPENDENCY_ORDER",
+    "business_key",
+    "conditional_query",
+    "dumps",
+    "rewrite_references",
+    "transaction_bundle",
+]
 
 # Referenced types before referring ones: a server or a fallback (batch, one-by-one) can apply them in order.
 DEPENDENCY_ORDER = (
@@ -35,19 +42,31 @@ DEPENDENCY_ORDER = (
 )
 
 
+def business_key(resource: Resource) -> str:
+    """What identifies a resource across systems: ``system|value`` of its first identifier (CodeSystem: url)."""
+    if resource["resourceType"] == "CodeSystem":
+        return str(resource["url"])
+    identifier = resource["identifier"][0]
+    return f"{identifier['system']}|{identifier['value']}"
+
+
 def conditional_query(resource: Resource) -> str:
     """The search that identifies a resource on a server: its first identifier (CodeSystem: its url)."""
-    if resource["resourceType"] == "CodeSystem":
-        return "url=" + quote(resource["url"], safe=":/")
-    identifier = resource["identifier"][0]
-    return "identifier=" + quote(f"{identifier['system']}|{identifier['value']}", safe=":/|")
+    parameter = "url" if resource["resourceType"] == "CodeSystem" else "identifier"
+    return f"{parameter}=" + quote(business_key(resource), safe=":/|")
 
 
-def transaction_bundle(resources: Iterable[Resource]) -> Resource:
-    """A FHIR transaction Bundle of conditional entries, in dependency order.
+def transaction_bundle(
+    resources: Iterable[Resource],
+    *,
+    external: Mapping[str, str] | None = None,
+    bundle_type: str = "transaction",
+) -> Resource:
+    """A FHIR transaction (or batch) Bundle of conditional entries, in dependency order.
 
-    Raises ResourceInvalidError when a resource references one that is not in the bundle (a transaction
-    must be complete on its own) or when two resources share an id.
+    ``external`` maps references to resources outside the bundle (``Type/local-id``) to what the server
+    knows them as (``Type/server-id``), for a push that sends only what changed. Raises
+    ResourceInvalidError when a reference resolves neither way, or when two resources share an id.
     """
     ordered = sorted(resources, key=lambda r: DEPENDENCY_ORDER.index(r["resourceType"]))
     full_urls: dict[str, str] = {}
@@ -56,9 +75,10 @@ def transaction_bundle(resources: Iterable[Resource]) -> Resource:
         if local in full_urls:
             raise ResourceInvalidError(f"{local} appears twice in the bundle")
         full_urls[local] = f"urn:uuid:{resource['id']}"
+    targets = {**(external or {}), **full_urls}
     entries = []
     for resource in ordered:
-        body = _rewrite_references({k: v for k, v in resource.items() if k != "id"}, full_urls, resource)
+        body = _rewrite_references({k: v for k, v in resource.items() if k != "id"}, targets, resource)
         resource_type = resource["resourceType"]
         query = conditional_query(resource)
         if resource_type == "Patient":
@@ -68,18 +88,23 @@ def transaction_bundle(resources: Iterable[Resource]) -> Resource:
         entries.append(
             {"fullUrl": full_urls[f"{resource_type}/{resource['id']}"], "resource": body, "request": request}
         )
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
 
 
-def _rewrite_references(node: Any, full_urls: dict[str, str], owner: Resource) -> Any:
+def rewrite_references(resource: Resource, targets: Mapping[str, str]) -> Resource:
+    """A copy of ``resource`` whose ``Type/id`` references are replaced through ``targets`` (all must resolve)."""
+    rewritten: Resource = _rewrite_references(resource, targets, resource)
+    return rewritten
+
+
+def _rewrite_references(node: Any, full_urls: Mapping[str, str], owner: Resource) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             if key == "reference" and isinstance(value, str) and not value.startswith("#"):
                 if value not in full_urls:
                     raise ResourceInvalidError(
-                        f"{owner['resourceType']}/{owner['id']} references {value}, "
-                        "which is not in the bundle"
+                        f"{owner['resourceType']}/{owner['id']} references {value}, which is not in the bundle"
                     )
                 out[key] = full_urls[value]
             else:

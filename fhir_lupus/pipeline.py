@@ -90,9 +90,7 @@ def map_trial(
 
     subjects: dict[str, Subject] = {}
     for row in data.subjects:
-        mapped = _map_record(
-            row, report, lambda s: [finish(map_patient(s, ctx)), finish(map_research_subject(s, ctx))]
-        )
+        mapped = _map_record(row, report, lambda s: [finish(map_patient(s, ctx)), finish(map_research_subject(s, ctx))])
         if mapped is not None:
             resources.extend(mapped)
             subjects[row.record.subject_id] = row.record
@@ -121,9 +119,7 @@ def map_trial(
     return MapResult(resources=resources, fhir_version=fhir_version)
 
 
-def _map_record(
-    row: Located[R], report: LoadReport, build: Callable[[R], list[Resource]]
-) -> list[Resource] | None:
+def _map_record(row: Located[R], report: LoadReport, build: Callable[[R], list[Resource]]) -> list[Resource] | None:
     try:
         return build(row.record)
     except FhirLupusError as exc:

@@ -48,9 +48,7 @@ def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant,
                 when_present = tuple(entry.get("when_present", ()))
                 items.append(_Invariant(entry["key"], entry["human"], versions, when_present, check))
             except Exception as exc:
-                raise MappingError(
-                    f"{path}: invariant {entry.get('key')!r} does not compile: {exc}"
-                ) from None
+                raise MappingError(f"{path}: invariant {entry.get('key')!r} does not compile: {exc}") from None
         compiled[resource_type] = tuple(items)
     return compiled
 
@@ -58,10 +56,7 @@ def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant,
 def check_invariants(resource: dict[str, Any], version: FhirVersion = "R4") -> list[str]:
     """The keys and texts of the invariants a resource breaks (empty list when it passes)."""
     rules = _invariants()
-    broken = [
-        f"ele-1: All FHIR elements must have a @value or children ({path})"
-        for path in _empty_elements(resource)
-    ]
+    broken = [f"ele-1: All FHIR elements must have a @value or children ({path})" for path in _empty_elements(resource)]
     context = {"resource": resource, "rootResource": resource}
     for invariant in (*rules.get("*", ()), *rules.get(resource["resourceType"], ())):
         if version not in invariant.versions:
@@ -82,11 +77,7 @@ def _empty_elements(node: Any, path: str = "") -> list[str]:
     if node is None or node == "" or node == {} or node == []:
         return [path or "<root>"]
     if isinstance(node, dict):
-        return [
-            hit
-            for key, value in node.items()
-            for hit in _empty_elements(value, f"{path}.{key}" if path else key)
-        ]
+        return [hit for key, value in node.items() for hit in _empty_elements(value, f"{path}.{key}" if path else key)]
     if isinstance(node, list):
         return [hit for index, value in enumerate(node) for hit in _empty_elements(value, f"{path}[{index}]")]
     return []
@@ -114,9 +105,7 @@ def validate_resource(resource: dict[str, Any], version: FhirVersion = "R4") -> 
     try:
         model.model_validate(resource)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         raise ResourceInvalidError(f"{label}: FHIR {version} model: {problems}") from None
     broken = check_invariants(resource, version)
     if broken:

@@ -36,9 +36,7 @@ def subjects(draw: st.DrawFn) -> Subject:
         sex=draw(st.sampled_from(["male", "female", "other", "unknown"])),
         birth_date=born.isoformat()[:precision],
         enrolled_on=enrolled,
-        status=draw(
-            st.sampled_from(["on-study", "follow-up", "off-study", "withdrawn", "on-study-intervention"])
-        ),
+        status=draw(st.sampled_from(["on-study", "follow-up", "off-study", "withdrawn", "on-study-intervention"])),
         off_study_on=off,
         off_study_reason=draw(st.one_of(st.none(), st.text(min_size=1, max_size=30).filter(str.strip)))
         if off

@@ -65,9 +65,7 @@ def test_patient_is_conditional_create_and_others_conditional_update(bundle: dic
 def test_every_reference_is_an_entry_of_the_bundle(bundle: dict[str, Any]) -> None:
     full_urls = {entry["fullUrl"] for entry in bundle["entry"]}
     assert all(url.startswith("urn:uuid:") for url in full_urls)
-    references = [
-        r for entry in bundle["entry"] for r in _references(entry["resource"]) if not r.startswith("#")
-    ]
+    references = [r for entry in bundle["entry"] for r in _references(entry["resource"]) if not r.startswith("#")]
     assert references and set(references) <= full_urls
 
 

@@ -84,9 +84,7 @@ class TestParseValue:
             parse_lab_value(bad, pack.ordinals)
 
 
-def test_every_catalogue_code_names_loinc_and_every_unit_is_ucum(
-    pack: MappingPack, catalogue: LabCatalogue
-) -> None:
+def test_every_catalogue_code_names_loinc_and_every_unit_is_ucum(pack: MappingPack, catalogue: LabCatalogue) -> None:
     for key, analyte in pack.labs.analytes.items():
         for choice in analyte.codes:
             assert choice.display, key

@@ -24,9 +24,7 @@ def test_map_writes_a_transaction_bundle(dataset: Callable[..., Path], tmp_path:
 
 def test_map_ndjson_r5(dataset: Callable[..., Path], tmp_path: Path) -> None:
     out = tmp_path / "ndjson"
-    result = runner.invoke(
-        app, ["map", str(dataset()), "-o", str(out), "--format", "ndjson", "--fhir-version", "R5"]
-    )
+    result = runner.invoke(app, ["map", str(dataset()), "-o", str(out), "--format", "ndjson", "--fhir-version", "R5"])
     assert result.exit_code == 0, result.output
     subjects = [json.loads(line) for line in (out / "ResearchSubject.ndjson").read_text().splitlines()]
     assert len(subjects) == 2 and all("progress" in s for s in subjects)
@@ -34,9 +32,7 @@ def test_map_ndjson_r5(dataset: Callable[..., Path], tmp_path: Path) -> None:
     assert len(observations) == 11 + 2 + 1
 
 
-def test_rejects_give_exit_1_quarantine_and_a_located_message(
-    dataset: Callable[..., Path], tmp_path: Path
-) -> None:
+def test_rejects_give_exit_1_quarantine_and_a_located_message(dataset: Callable[..., Path], tmp_path: Path) -> None:
     def spoil(rows: dict[str, list[dict[str, str]]]) -> None:
         rows["labs.csv"][2]["unit"] = "furlongs"
 

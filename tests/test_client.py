@@ -43,9 +43,7 @@ def sleeps() -> Sleeps:
 
 @pytest.fixture
 def client(sleeps: Sleeps) -> FhirClient:
-    policy = RetryPolicy(
-        attempts=4, base_delay=1.0, max_delay=8.0, retry_after_cap=30.0, sleep=sleeps, rng=lambda: 1.0
-    )
+    policy = RetryPolicy(attempts=4, base_delay=1.0, max_delay=8.0, retry_after_cap=30.0, sleep=sleeps, rng=lambda: 1.0)
     return FhirClient(BASE, retry=policy, transport=httpx.HTTPTransport())
 
 
@@ -60,9 +58,7 @@ def bundle(*ids: str, next_url: str | None = None) -> dict[str, Any]:
     page: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "entry": [
-            {"resource": {"resourceType": "Observation", "id": i}, "search": {"mode": "match"}} for i in ids
-        ],
+        "entry": [{"resource": {"resourceType": "Observation", "id": i}, "search": {"mode": "match"}} for i in ids],
     }
     if next_url:
         page["link"] = [{"relation": "next", "url": next_url}]
@@ -103,9 +99,7 @@ class TestRetries:
 
     @respx.mock
     def test_transient_errors_exhaust_into_transient_error(self, client: FhirClient, sleeps: Sleeps) -> None:
-        route = respx.get(f"{BASE}/Patient/1").mock(
-            return_value=httpx.Response(503, json=outcome("maintenance"))
-        )
+        route = respx.get(f"{BASE}/Patient/1").mock(return_value=httpx.Response(503, json=outcome("maintenance")))
         with pytest.raises(TransientHttpError, match="503: error: maintenance"):
             client.read("Patient", "1")
         assert route.call_count == 4 and len(sleeps) == 3
@@ -178,26 +172,20 @@ class TestResponses:
     @respx.mock
     def test_non_json_response(self, client: FhirClient) -> None:
         respx.get(f"{BASE}/Patient/1").mock(
-            return_value=httpx.Response(
-                200, text="<html>proxy login</html>", headers={"content-type": "text/html"}
-            )
+            return_value=httpx.Response(200, text="<html>proxy login</html>", headers={"content-type": "text/html"})
         )
         with pytest.raises(InvalidResponse, match="text/html"):
             client.read("Patient", "1")
 
     @respx.mock
     def test_malformed_json_and_wrong_shapes(self, client: FhirClient) -> None:
-        respx.get(f"{BASE}/Patient/1").mock(
-            return_value=httpx.Response(200, content=b'{"resourceType": "Pat')
-        )
+        respx.get(f"{BASE}/Patient/1").mock(return_value=httpx.Response(200, content=b'{"resourceType": "Pat'))
         with pytest.raises(InvalidResponse):
             client.read("Patient", "1")
         respx.get(f"{BASE}/Patient/2").mock(return_value=httpx.Response(200, json=[1, 2]))
         with pytest.raises(InvalidResponse, match="JSON object"):
             client.read("Patient", "2")
-        respx.get(f"{BASE}/Observation").mock(
-            return_value=httpx.Response(200, json={"resourceType": "Patient"})
-        )
+        respx.get(f"{BASE}/Observation").mock(return_value=httpx.Response(200, json={"resourceType": "Patient"}))
         with pytest.raises(InvalidResponse, match="not a Bundle"):
             list(client.search("Observation"))
 
@@ -228,9 +216,7 @@ class TestPaging:
         respx.get(f"{BASE}/Observation", params={"page": "2"}).mock(
             return_value=httpx.Response(200, json=bundle("3", next_url=f"{BASE}/Observation?page=3"))
         )
-        respx.get(f"{BASE}/Observation", params={"page": "3"}).mock(
-            return_value=httpx.Response(200, json=bundle("4"))
-        )
+        respx.get(f"{BASE}/Observation", params={"page": "3"}).mock(return_value=httpx.Response(200, json=bundle("4")))
         assert [r["id"] for r in client.search("Observation", {"code": "x"})] == ["1", "2", "3", "4"]
 
     @respx.mock
@@ -250,9 +236,7 @@ class TestPaging:
     @respx.mock
     def test_next_link_to_another_host_is_refused(self, client: FhirClient) -> None:
         respx.get(f"{BASE}/Observation").mock(
-            return_value=httpx.Response(
-                200, json=bundle("1", next_url="https://elsewhere.test/Observation?p=2")
-            )
+            return_value=httpx.Response(200, json=bundle("1", next_url="https://elsewhere.test/Observation?p=2"))
         )
         with pytest.raises(FatalHttpError, match="off the server"):
             list(client.search("Observation"))
@@ -260,18 +244,14 @@ class TestPaging:
     @respx.mock
     def test_included_resources_are_not_matches(self, client: FhirClient) -> None:
         page = bundle("1")
-        page["entry"].append(
-            {"resource": {"resourceType": "Patient", "id": "p"}, "search": {"mode": "include"}}
-        )
+        page["entry"].append({"resource": {"resourceType": "Patient", "id": "p"}, "search": {"mode": "include"}})
         respx.get(f"{BASE}/Observation").mock(return_value=httpx.Response(200, json=page))
         assert [r["id"] for r in client.search("Observation")] == ["1"]
 
 
 def _rsa_pem() -> tuple[bytes, Any]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return pem, key.public_key()
 
 
@@ -354,9 +334,7 @@ class TestAuth:
             token_url="https://auth.test/token", client_id="c", private_key_pem=pem, algorithm="ES384"
         )
         respx.post("https://auth.test/token").mock(
-            return_value=httpx.Response(
-                400, json={"error": "invalid_client", "error_description": "unknown key"}
-            )
+            return_value=httpx.Response(400, json={"error": "invalid_client", "error_description": "unknown key"})
         )
         with pytest.raises(FatalHttpError, match="unknown key"):
             FhirClient(BASE, auth=auth, transport=httpx.HTTPTransport()).read("Patient", "1")
@@ -387,8 +365,7 @@ class TestCapabilities:
     def test_strategy_order(self) -> None:
         types = {"Patient", "Observation"}
         assert (
-            Capabilities.from_statement(self.statement(["transaction", "batch"])).write_strategy(types)
-            == "transaction"
+            Capabilities.from_statement(self.statement(["transaction", "batch"])).write_strategy(types) == "transaction"
         )
         assert Capabilities.from_statement(self.statement(["batch"])).write_strategy(types) == "batch"
         assert Capabilities.from_statement(self.statement([])).write_strategy(types) == "individual"

@@ -46,9 +46,7 @@ def test_example_reports_the_planted_deviation_and_dropouts(example: tuple[MapRe
     result, report = example
     deviations = [f for f in report.findings if f.kind == "protocol-deviation"]
     assert [d.message.split(":")[0] for d in deviations] == ["MSC-013"]
-    withdrawn = [
-        r for r in result.resources if r["resourceType"] == "ResearchSubject" and r["status"] == "withdrawn"
-    ]
+    withdrawn = [r for r in result.resources if r["resourceType"] == "ResearchSubject" and r["status"] == "withdrawn"]
     assert len(withdrawn) == 3
 
 
@@ -57,9 +55,7 @@ def test_example_labs_use_chinese_hospital_units(example: tuple[MapResult, LoadR
     units: dict[str, set[str]] = {}
     for resource in result.resources:
         if resource["resourceType"] == "Observation" and "valueQuantity" in resource:
-            units.setdefault(resource["code"]["coding"][0]["code"], set()).add(
-                resource["valueQuantity"]["code"]
-            )
+            units.setdefault(resource["code"]["coding"][0]["code"], set()).add(resource["valueQuantity"]["code"])
     assert units["4485-9"] == {"g/L"}  # C3
     assert units["14682-9"] == {"umol/L"}  # creatinine, molar
     assert units["22664-7"] == {"mmol/L"}  # urea, not BUN

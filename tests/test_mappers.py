@@ -58,9 +58,7 @@ class TestResearchStudy:
         sponsor = next(r for r in mapped if r["resourceType"] == "Organization")
         site = next(r for r in mapped if r["resourceType"] == "Location")
         group = next(r for r in mapped if r["resourceType"] == "Group")
-        assert (
-            study["sponsor"]["reference"] == ref(sponsor) and sponsor["name"] == "Nanjing Medical University"
-        )
+        assert study["sponsor"]["reference"] == ref(sponsor) and sponsor["name"] == "Nanjing Medical University"
         assert study["site"][0]["reference"] == ref(site) and site["address"]["city"] == "Nanjing"
         assert study["enrollment"][0]["reference"] == ref(group)
 
@@ -79,9 +77,7 @@ class TestResearchStudy:
             "code": "g/(24.h)",
         }
         excluded = [c["code"]["text"] for c in chars if c["exclude"]]
-        assert (
-            "End-stage renal failure" in excluded and len(excluded) == 9
-        )  # 5 registered bullets, split per concept
+        assert "End-stage renal failure" in excluded and len(excluded) == 9  # 5 registered bullets, split per concept
 
 
 class TestPatientAndSubject:
@@ -116,10 +112,7 @@ class TestLabObservation:
             "display": "Creatinine [Moles/volume] in Serum or Plasma",
         }
         assert obs["valueQuantity"] == {"value": 88, "unit": "µmol/L", "system": UCUM, "code": "umol/L"}
-        assert (
-            obs["referenceRange"][0]["low"]["value"] == 44
-            and obs["referenceRange"][0]["high"]["value"] == 133
-        )
+        assert obs["referenceRange"][0]["low"]["value"] == 44 and obs["referenceRange"][0]["high"]["value"] == 133
         assert obs["interpretation"][0]["coding"][0]["code"] == "N"
         assert obs["category"][0]["coding"][0]["code"] == "laboratory"
         assert obs["effectiveDateTime"] == "2008-01-05T08:00:00+08:00"
@@ -229,10 +222,7 @@ class TestProcedureEncounterCodeSystem:
             stack.extend(concept.get("concept", []))
         assert codesystem["count"] == len(defined)
         used = {
-            coding["code"]
-            for resource in mapped
-            for coding in _codings(resource)
-            if coding.get("system") == PROJECT
+            coding["code"] for resource in mapped for coding in _codings(resource) if coding.get("system") == PROJECT
         }
         assert used and used <= defined
 

@@ -77,9 +77,7 @@ def test_a_typo_in_the_pack_fails_at_load_time(tmp_path: Path) -> None:
 def test_a_malformed_loinc_code_fails_at_load_time(tmp_path: Path) -> None:
     root = copy_mappings(tmp_path)
     labs = root / "terminology" / "labs.yaml"
-    labs.write_text(
-        labs.read_text(encoding="utf-8").replace("loinc: 4485-9", "loinc: 4485"), encoding="utf-8"
-    )
+    labs.write_text(labs.read_text(encoding="utf-8").replace("loinc: 4485-9", "loinc: 4485"), encoding="utf-8")
     with pytest.raises(MappingError, match="loinc"):
         load_pack(root)
 
@@ -89,9 +87,7 @@ def test_sledai_weights_must_add_up_to_105(tmp_path: Path) -> None:
 
     root = copy_mappings(tmp_path)
     path = root / "scoring" / "sledai2k.yaml"
-    path.write_text(
-        path.read_text(encoding="utf-8").replace("{key: fever, weight: 1", "{key: fever, weight: 2")
-    )
+    path.write_text(path.read_text(encoding="utf-8").replace("{key: fever, weight: 1", "{key: fever, weight: 2"))
     with pytest.raises(MappingError, match="105"):
         load_sledai_definition(root)
 

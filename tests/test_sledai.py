@@ -32,9 +32,7 @@ def lab(
 ) -> LabEvidence:
     parsed = parse_lab_value(value, catalogue.pack.ordinals)
     resolved = catalogue.resolve(analyte, parsed, unit, "ifa" if analyte == "ana" else None)
-    collected = datetime.combine(ASSESSED - timedelta(days=days_before), datetime.min.time(), CST).replace(
-        hour=8
-    )
+    collected = datetime.combine(ASSESSED - timedelta(days=days_before), datetime.min.time(), CST).replace(hour=8)
     return LabEvidence(
         rid or f"{analyte}-{value}",
         analyte,
@@ -131,15 +129,9 @@ class TestDerivedFromLabs:
     def test_dna_binding_from_iu_or_titer(
         self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
     ) -> None:
-        assert (
-            score(definition, units, labs=[lab(catalogue, "anti_dsdna", "180", "IU/mL", high="100")])[0] == 2
-        )
-        assert (
-            score(definition, units, labs=[lab(catalogue, "anti_dsdna", "<10", "IU/mL", high="100")])[0] == 0
-        )
-        assert (
-            score(definition, units, labs=[lab(catalogue, "anti_dsdna", ">300", "IU/mL", high="100")])[0] == 2
-        )
+        assert score(definition, units, labs=[lab(catalogue, "anti_dsdna", "180", "IU/mL", high="100")])[0] == 2
+        assert score(definition, units, labs=[lab(catalogue, "anti_dsdna", "<10", "IU/mL", high="100")])[0] == 0
+        assert score(definition, units, labs=[lab(catalogue, "anti_dsdna", ">300", "IU/mL", high="100")])[0] == 2
 
     def test_flagged_wins_over_derived_and_is_not_counted_twice(
         self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
@@ -167,8 +159,6 @@ class TestDerivedFromLabs:
             lab(catalogue, "urine_rbc", "30", "/HPF", rid="R-1"),
             lab(catalogue, "urine_rbc", "2", "/HPF", rid="R-2"),
         ]
-        result = score_sledai(
-            definition, flagged=(), labs=labs, assessed_on=ASSESSED, window_days=None, units=units
-        )
+        result = score_sledai(definition, flagged=(), labs=labs, assessed_on=ASSESSED, window_days=None, units=units)
         assert result.derived == ("hematuria",)
         assert result.descriptors[0].evidence == ("R-1",)

@@ -48,9 +48,7 @@ class TestConvert:
     ) -> None:
         assert units.convert(value, source, target) == pytest.approx(expected, rel=1e-12)
 
-    def test_creatinine_mass_to_molar_needs_molar_mass(
-        self, units: UnitConverter, catalogue: LabCatalogue
-    ) -> None:
+    def test_creatinine_mass_to_molar_needs_molar_mass(self, units: UnitConverter, catalogue: LabCatalogue) -> None:
         with pytest.raises(UnitError, match="molar mass"):
             units.convert(1.0, "mg/dL", "umol/L")
         # 1 mg/dL creatinine = 88.4 umol/L (molar mass 113.12 g/mol)
@@ -65,9 +63,7 @@ class TestConvert:
         # and urea's own mass concentration uses the whole molecule (60.06 g/mol): 5 mmol/L = 30.03 mg/dL
         assert catalogue.units.convert(5.0, "mmol/L", "mg/dL", molar_mass=60.06) == pytest.approx(30.03)
 
-    @pytest.mark.parametrize(
-        ("source", "target"), [("[IU]/mL", "U/mL"), ("/[HPF]", "/[LPF]"), ("[IU]/mL", "[IU]/L")]
-    )
+    @pytest.mark.parametrize(("source", "target"), [("[IU]/mL", "U/mL"), ("/[HPF]", "/[LPF]"), ("[IU]/mL", "[IU]/L")])
     def test_arbitrary_units_never_convert(self, units: UnitConverter, source: str, target: str) -> None:
         with pytest.raises(UnitError, match="arbitrary"):
             units.convert(10, source, target)

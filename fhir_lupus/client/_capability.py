@@ -58,8 +58,7 @@ class Capabilities:
         ]
         if missing:
             raise UnsupportedInteraction(
-                "the server offers neither transaction nor the per-resource writes needed: "
-                + "; ".join(missing)
+                "the server offers neither transaction nor the per-resource writes needed: " + "; ".join(missing)
             )
         return "batch" if "batch" in self.system_interactions else "individual"
 

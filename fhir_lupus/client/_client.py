@@ -99,9 +99,7 @@ class FhirClient:
             if page.get("resourceType") != "Bundle":
                 raise InvalidResponse(f"search answered with a {page.get('resourceType')}, not a Bundle")
             yield page
-            next_url = next(
-                (link.get("url") for link in page.get("link", []) if link.get("relation") == "next"), None
-            )
+            next_url = next((link.get("url") for link in page.get("link", []) if link.get("relation") == "next"), None)
             if not next_url:
                 return
             absolute = urljoin(self.base_url, next_url)
@@ -195,14 +193,11 @@ class FhirClient:
         except (ValueError, UnicodeDecodeError):
             snippet = response.content[:200].decode("utf-8", "replace")
             raise InvalidResponse(
-                f"expected FHIR JSON, got {response.headers.get('content-type', 'no content type')}: "
-                f"{snippet!r}",
+                f"expected FHIR JSON, got {response.headers.get('content-type', 'no content type')}: {snippet!r}",
                 status=response.status_code,
                 method=response.request.method,
                 url=str(response.request.url),
             ) from None
         if not isinstance(document, dict):
-            raise InvalidResponse(
-                "expected a JSON object", status=response.status_code, url=str(response.request.url)
-            )
+            raise InvalidResponse("expected a JSON object", status=response.status_code, url=str(response.request.url))
         return document

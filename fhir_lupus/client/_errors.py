@@ -75,13 +75,9 @@ def server_message(body: bytes, limit: int = 500) -> str:
     if isinstance(document, dict) and document.get("resourceType") == "OperationOutcome":
         parts = []
         for issue in document.get("issue", []):
-            text = (
-                (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code", "")
-            )
+            text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code", "")
             location = ", ".join(issue.get("expression", []) or issue.get("location", []))
-            parts.append(
-                f"{issue.get('severity', 'error')}: {text}" + (f" (at {location})" if location else "")
-            )
+            parts.append(f"{issue.get('severity', 'error')}: {text}" + (f" (at {location})" if location else ""))
         return "; ".join(parts) or "OperationOutcome without issues"
     if isinstance(document, dict) and "error" in document:
         return str(document.get("error_description") or document["error"])

@@ -92,9 +92,7 @@ class RetryTransport(httpx.BaseTransport):
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             response.read()
             response.close()
-            delay = (
-                min(wait, self.policy.retry_after_cap) if wait is not None else self.policy.backoff(attempt)
-            )
+            delay = min(wait, self.policy.retry_after_cap) if wait is not None else self.policy.backoff(attempt)
             self.policy.sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises on its last attempt")
 

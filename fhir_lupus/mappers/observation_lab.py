@@ -65,9 +65,7 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
         assert value.ordinal is not None
         answer = ctx.pack.ordinals[value.ordinal]
         resource["valueCodeableConcept"] = {
-            "coding": [
-                {"system": ctx.pack.system_uri("snomed"), "code": answer.code, "display": answer.display}
-            ],
+            "coding": [{"system": ctx.pack.system_uri("snomed"), "code": answer.code, "display": answer.display}],
             "text": value.raw,
         }
     else:

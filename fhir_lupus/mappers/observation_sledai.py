@@ -33,9 +33,7 @@ def map_sledai_observation(scored: ScoredAssessment, subject: Subject, ctx: Mapp
         code=ctx.project_concept("sledai-2k-total"),
         effective=assessment.assessed_on.isoformat(),
     )
-    resource["extension"].append(
-        {"url": ctx.pack.extension_url("sledai_window"), "valueInteger": score.window_days}
-    )
+    resource["extension"].append({"url": ctx.pack.extension_url("sledai_window"), "valueInteger": score.window_days})
     resource["valueInteger"] = score.total
     if assessment.assessor:
         resource["performer"] = [{"display": assessment.assessor}]
@@ -57,16 +55,13 @@ def map_sledai_observation(scored: ScoredAssessment, subject: Subject, ctx: Mapp
             "valueInteger": scored_descriptor.weight,
         }
         if scored_descriptor.source == "derived":
-            component["extension"] = [
-                {"url": ctx.pack.extension_url("derived_descriptor"), "valueBoolean": True}
-            ]
+            component["extension"] = [{"url": ctx.pack.extension_url("derived_descriptor"), "valueBoolean": True}]
             evidence.extend(scored_descriptor.evidence)
         components.append(component)
     if components:
         resource["component"] = components
     if evidence:
         resource["derivedFrom"] = [
-            ctx.reference("Observation", ctx.nct_id, "lab", result_id)
-            for result_id in dict.fromkeys(evidence)
+            ctx.reference("Observation", ctx.nct_id, "lab", result_id) for result_id in dict.fromkeys(evidence)
         ]
     return resource

@@ -28,9 +28,7 @@ def map_procedure(procedure: TreatmentProcedure, subject: Subject, ctx: MappingC
         {
             "url": ctx.pack.extension_url("procedure_route"),
             "valueCodeableConcept": {
-                "coding": [
-                    {"system": snomed, "code": _INTRAVENOUS_ROUTE[0], "display": _INTRAVENOUS_ROUTE[1]}
-                ]
+                "coding": [{"system": snomed, "code": _INTRAVENOUS_ROUTE[0], "display": _INTRAVENOUS_ROUTE[1]}]
             },
         },
     ]
@@ -41,9 +39,7 @@ def map_procedure(procedure: TreatmentProcedure, subject: Subject, ctx: MappingC
             0, {"system": snomed, "code": _ADMINISTRATION_OF_DRUG[0], "display": _ADMINISTRATION_OF_DRUG[1]}
         )
         if procedure.dose_mg is not None:
-            extensions.append(
-                {"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.dose_mg), "mg")}
-            )
+            extensions.append({"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.dose_mg), "mg")})
         if procedure.dose_mg_per_m2 is not None:
             extensions.append(
                 {

@@ -47,10 +47,7 @@ def map_research_study(ctx: MappingContext) -> Resource:
                 f"FHIR status '{status.fhir_r4}' is this adapter's mapping, not a verified registry value."
             }
         ],
-        "arm": [
-            {"name": arm.name, "type": {"text": arm.type}, "description": arm.description}
-            for arm in study.arms
-        ],
+        "arm": [{"name": arm.name, "type": {"text": arm.type}, "description": arm.description} for arm in study.arms],
         "objective": [
             {
                 "name": f"{outcome.name} ({outcome.time_frame})",

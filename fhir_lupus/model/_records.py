@@ -60,9 +60,7 @@ class LoadReport:
     rejects: list[Reject] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
 
-    def reject(
-        self, where: Located[Any] | tuple[str, int, dict[str, str]], column: str | None, reason: str
-    ) -> None:
+    def reject(self, where: Located[Any] | tuple[str, int, dict[str, str]], column: str | None, reason: str) -> None:
         if isinstance(where, Located):
             file, line, row = where.file, where.line, where.row
         else:

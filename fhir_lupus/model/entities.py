@@ -43,9 +43,7 @@ SubjectStatus = Literal[
     "screening",
     "withdrawn",
 ]
-EventStatus = Literal[
-    "preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error"
-]
+EventStatus = Literal["preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error"]
 
 
 class _Entity(BaseModel):

@@ -140,9 +140,7 @@ class _Checker:
 
     # -- pass 1 and 2: rows against models, keys unique ---------------------------------------------------
 
-    def _read(
-        self, name: str, model: type[M], key: tuple[str, ...], *, required: bool = False
-    ) -> list[Located[M]]:
+    def _read(self, name: str, model: type[M], key: tuple[str, ...], *, required: bool = False) -> list[Located[M]]:
         path = self.data_dir / name
         if not path.exists():
             if required:
@@ -168,8 +166,7 @@ class _Checker:
                 self.report.reject(
                     (name, line, row),
                     key[-1],
-                    f"duplicate {'/'.join(map(str, business_key))} "
-                    f"(first at line {first_seen[business_key]})",
+                    f"duplicate {'/'.join(map(str, business_key))} (first at line {first_seen[business_key]})",
                 )
                 continue
             first_seen[business_key] = line
@@ -190,9 +187,7 @@ class _Checker:
     def _subject_ok(self, row: Located[Any], subject_id: str, subjects: dict[str, Located[Subject]]) -> bool:
         if subject_id in subjects:
             return True
-        refused = [
-            r for r in self.report.rejects if r.file == SUBJECTS and r.row.get("subject_id") == subject_id
-        ]
+        refused = [r for r in self.report.rejects if r.file == SUBJECTS and r.row.get("subject_id") == subject_id]
         reason = (
             f"subject {subject_id} was rejected ({SUBJECTS}:{refused[0].line})"
             if refused
@@ -212,24 +207,18 @@ class _Checker:
         if not self._subject_ok(row, subject_id, subjects):
             return False
         if (subject_id, visit_code) not in visits:
-            self.report.reject(
-                row, "visit_code", f"no accepted visit {visit_code} for {subject_id} in {VISITS}"
-            )
+            self.report.reject(row, "visit_code", f"no accepted visit {visit_code} for {subject_id} in {VISITS}")
             return False
         return True
 
-    def _visits(
-        self, rows: list[Located[Visit]], subjects: dict[str, Located[Subject]]
-    ) -> list[Located[Visit]]:
+    def _visits(self, rows: list[Located[Visit]], subjects: dict[str, Located[Subject]]) -> list[Located[Visit]]:
         accepted = []
         for row in rows:
             visit = row.record
             if not self._subject_ok(row, visit.subject_id, subjects):
                 continue
             if visit.visit_code not in self.schedule:
-                self.report.reject(
-                    row, "visit_code", f"{visit.visit_code!r} is not a visit of the protocol schedule"
-                )
+                self.report.reject(row, "visit_code", f"{visit.visit_code!r} is not a visit of the protocol schedule")
                 continue
             subject = subjects[visit.subject_id].record
             if visit.visit_date < subject.enrolled_on:
@@ -253,9 +242,7 @@ class _Checker:
         for subject_id, held in sorted(by_subject.items()):
             baseline = held.get("BL")
             if baseline is None:
-                self.report.findings.append(
-                    Finding(VISITS, None, "no-baseline", f"{subject_id} has no BL visit")
-                )
+                self.report.findings.append(Finding(VISITS, None, "no-baseline", f"{subject_id} has no BL visit"))
                 continue
             last_month = max(self.schedule[code].month for code in held)
             for protocol_visit in self.study.visits():
@@ -305,9 +292,7 @@ class _Checker:
                 self.report.reject(row, "value", str(exc))
                 continue
             if value.kind != "quantity" and (lab.ref_low is not None or lab.ref_high is not None):
-                self.report.reject(
-                    row, "ref_low", f"a reference range needs a numeric result, not a {value.kind}"
-                )
+                self.report.reject(row, "ref_low", f"a reference range needs a numeric result, not a {value.kind}")
                 continue
             try:
                 resolved = self.catalogue.resolve(lab.analyte, value, lab.unit, lab.method)
@@ -346,13 +331,9 @@ class _Checker:
             assessment = row.record
             if not self._belongs(row, assessment.subject_id, assessment.visit_code, subjects, visits):
                 continue
-            unknown = [
-                key for key in assessment.descriptors if key not in {d.key for d in self.sledai.descriptors}
-            ]
+            unknown = [key for key in assessment.descriptors if key not in {d.key for d in self.sledai.descriptors}]
             if unknown:
-                self.report.reject(
-                    row, "descriptors", f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}"
-                )
+                self.report.reject(row, "descriptors", f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}")
                 continue
             try:
                 score = score_sledai(
@@ -423,9 +404,7 @@ class _Checker:
         return accepted
 
 
-def _rows(
-    path: Path, model: type[BaseModel]
-) -> Iterator[tuple[int, dict[str, str], tuple[str | None, str] | None]]:
+def _rows(path: Path, model: type[BaseModel]) -> Iterator[tuple[int, dict[str, str], tuple[str | None, str] | None]]:
     """Yield (line, row-dict, header-problem) for each non-blank record of a CSV file.
 
     The line is where the record starts (quoted cells may span lines). A header problem (unknown or

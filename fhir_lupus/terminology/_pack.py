@@ -217,9 +217,7 @@ def load_pack(root: Path | None = None) -> MappingPack:
         "units": (UnitsFile, term / "units.yaml"),
         "codesystem": (ProjectCodeSystemFile, term / "project-codesystem.yaml"),
     }
-    parsed: dict[str, Any] = {
-        key: parse_model(model, path, read_yaml(path)) for key, (model, path) in files.items()
-    }
+    parsed: dict[str, Any] = {key: parse_model(model, path, read_yaml(path)) for key, (model, path) in files.items()}
     systems_path = term / "systems.yaml"
     systems = read_yaml(systems_path)
     if not isinstance(systems, dict):

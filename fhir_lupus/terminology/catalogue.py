@@ -92,16 +92,12 @@ class LabCatalogue:
                 continue
             if when.method is not None and method not in when.method:
                 continue
-            if when.unit_like is not None and (
-                ucum is None or not self.units.commensurable(ucum, when.unit_like)
-            ):
+            if when.unit_like is not None and (ucum is None or not self.units.commensurable(ucum, when.unit_like)):
                 continue
             return ResolvedLab(analyte=analyte_key, code=choice, ucum=ucum)
         accepted = "; ".join(_describe(choice) for choice in analyte.codes)
         got = f"{value.kind}" + (f" in {ucum}" if ucum else "") + (f", method {method}" if method else "")
-        raise TerminologyError(
-            f"no LOINC code for {analyte_key} reported as {got}; catalogue accepts: {accepted}"
-        )
+        raise TerminologyError(f"no LOINC code for {analyte_key} reported as {got}; catalogue accepts: {accepted}")
 
     def normalise(self, analyte_key: str, number: Decimal | float, ucum: str) -> tuple[float, str]:
         """Express a value in the analyte's trial unit (identity when it has none)."""

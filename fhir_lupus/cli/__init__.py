@@ -1,0 +1,22 @@
+"""The ``fhir-lupus`` command: thin wrappers that parse arguments, call the library and set exit codes."""
+
+from __future__ import annotations
+
+import typer
+
+from fhir_lupus.cli._demo import demo
+from fhir_lupus.cli._mapping import map_command, validate
+from fhir_lupus.cli._sync import pull, push
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="FHIR adapter for the NCT00698191 MSC trial.")
+app.command()(validate)
+app.command("map")(map_command)
+app.command()(push)
+app.command()(pull)
+app.command()(demo)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,124 @@
+"""What the command groups share: the console, common options, summaries and the error -> exit code rule.
+
+Exit codes: 0 success; 1 rows were rejected (unless --allow-rejects) or a push held resources back;
+2 usage, configuration or server error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, SmartBackendAuth
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.model import LoadReport, TrialData, load_trial, write_quarantine
+
+console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
+
+DataDir = Annotated[Path, typer.Argument(help="Trial data directory (docs/csv-layout.md).", show_default=False)]
+Quarantine = Annotated[
+    Path | None,
+    typer.Option("--quarantine", help="Write each rejected row, with its reason, under this directory."),
+]
+AllowRejects = Annotated[bool, typer.Option("--allow-rejects", help="Go on (and exit 0) even when rows were rejected.")]
+Mappings = Annotated[
+    Path | None, typer.Option("--mappings", help="Use this mappings/ directory instead of the bundled one.")
+]
+Server = Annotated[str, typer.Option("--server", help="FHIR base URL, e.g. https://hospital.example/fhir")]
+JournalPath = Annotated[Path, typer.Option("--journal", help="SQLite journal of pushes and pulls.")]
+Token = Annotated[str | None, typer.Option("--token", envvar="FHIR_LUPUS_TOKEN", help="Bearer token.")]
+Basic = Annotated[str | None, typer.Option("--basic", envvar="FHIR_LUPUS_BASIC", help="user:password for basic auth.")]
+SmartClient = Annotated[str | None, typer.Option("--smart-client-id", help="SMART Backend Services client id.")]
+SmartKey = Annotated[Path | None, typer.Option("--smart-key", help="PEM private key for the client assertion.")]
+SmartTokenUrl = Annotated[str | None, typer.Option("--smart-token-url", help="OAuth token endpoint.")]
+SmartAlg = Annotated[str, typer.Option("--smart-alg", help="RS384 or ES384.")]
+CaBundle = Annotated[Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust instead of the system's.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request.")]
+DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
+
+
+def make_client(
+    server: str,
+    *,
+    token: str | None = None,
+    basic: str | None = None,
+    smart_client_id: str | None = None,
+    smart_key: Path | None = None,
+    smart_token_url: str | None = None,
+    smart_alg: str = "RS384",
+    ca_bundle: Path | None = None,
+    timeout: float = 60.0,
+) -> FhirClient:
+    auth: BearerAuth | BasicAuth | SmartBackendAuth | None = None
+    if token:
+        auth = BearerAuth(token)
+    elif basic:
+        user, _, password = basic.partition(":")
+        auth = BasicAuth(user, password)
+    elif smart_client_id or smart_key or smart_token_url:
+        if not (smart_client_id and smart_key and smart_token_url):
+            fail(ValueError("SMART Backend Services needs --smart-client-id, --smart-key and --smart-token-url"))
+        if smart_alg not in ("RS384", "ES384"):
+            fail(ValueError("--smart-alg must be RS384 or ES384"))
+        auth = SmartBackendAuth(
+            token_url=smart_token_url,
+            client_id=smart_client_id,
+            private_key_pem=smart_key.read_bytes(),
+            algorithm="RS384" if smart_alg == "RS384" else "ES384",
+        )
+    try:
+        return FhirClient(server, auth=auth, timeout=timeout, ca_bundle=str(ca_bundle) if ca_bundle else None)
+    except ValueError as exc:
+        fail(exc)
+
+
+def load(data_dir: Path, mappings: Path | None) -> tuple[TrialData, LoadReport]:
+    try:
+        return load_trial(data_dir, mappings_dir=mappings)
+    except FhirLupusError as exc:
+        fail(exc)
+
+
+def print_rows(report: LoadReport) -> None:
+    table = Table(title="Rows", title_justify="left")
+    for column in ("file", "read", "accepted", "rejected"):
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for file in sorted(report.read):
+        table.add_row(file, str(report.read[file]), str(report.accepted(file)), str(report.rejected[file]))
+    total_accepted = sum(report.accepted(f) for f in report.read)
+    table.add_row(
+        "total",
+        str(sum(report.read.values())),
+        str(total_accepted),
+        str(sum(report.rejected.values())),
+        style="bold",
+    )
+    console.print(table)
+
+
+def report_load(report: LoadReport, quarantine: Path | None, *, verbose_findings: bool = True) -> None:
+    """Rows table, findings, rejects, quarantine files."""
+    print_rows(report)
+    if verbose_findings:
+        for finding in report.findings:
+            console.print(f"[yellow]note[/yellow] {finding}", highlight=False)
+    for reject in report.rejects:
+        console.print(f"[red]rejected[/red] {reject}", highlight=False)
+    if quarantine is not None and report.rejects:
+        for path in write_quarantine(report.rejects, quarantine):
+            console.print(f"quarantined rows in {path}")
+
+
+def exit_on_rejects(report: LoadReport, allow_rejects: bool) -> None:
+    if report.rejects and not allow_rejects:
+        console.print(f"[red]{sum(report.rejected.values())} row(s) rejected[/red] (use --allow-rejects to go on)")
+        raise typer.Exit(1)
+
+
+def fail(exc: Exception) -> NoReturn:
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    raise typer.Exit(2)

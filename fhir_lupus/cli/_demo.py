@@ -1,0 +1,81 @@
+"""``fhir-lupus demo``: the main job on an embedded default, end to end."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fhir_lupus import devserver
+from fhir_lupus.cli._common import console, fail, load, make_client, print_rows
+from fhir_lupus.cli._sync import render_push, subject_table
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.sync import Journal, PulledLab, UnmappedResult, pull_study, push_trial, write_rows
+from fhir_lupus.sync.roundtrip import compare_round_trip
+from fhir_lupus.terminology import LabCatalogue, load_pack
+
+__all__ = ["demo"]
+
+
+def demo(
+    server: Annotated[
+        str | None, typer.Option("--server", help="Use this FHIR server instead of starting one.")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="Embedded server to start: medplum (quick) or hapi.")
+    ] = "medplum",
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Trial data directory.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where the pulled labs and the journal go.")] = Path("out/demo"),
+) -> None:
+    """Start a local FHIR server, push the example trial, pull its labs back, report, stop the server."""
+    data_dir = data_dir or devserver.repo_root() / "examples" / "nct00698191"
+    data, report = load(data_dir, None)
+    print_rows(report)
+    if report.rejects:
+        fail(FhirLupusError(f"{len(report.rejects)} example rows rejected; run fhir-lupus validate {data_dir}"))
+    handle = None
+    if server is None:
+        console.print(f"starting the embedded {engine} FHIR server on 127.0.0.1 ...")
+        try:
+            handle = devserver.start(engine)
+        except (RuntimeError, ValueError) as exc:
+            fail(exc)
+        server = handle.url
+        console.print(f"{engine} answers at {server}")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with (
+            tempfile.TemporaryDirectory() as scratch,
+            make_client(server) as client,
+            Journal(Path(scratch) / "journal.sqlite") as book,
+        ):
+            result = push_trial(data, report, client, book, source=str(data_dir), chunk_size=500)
+            render_push(result)
+            again = push_trial(data, report, client, book, source=str(data_dir), chunk_size=500)
+            console.print(f"second push: {again.written} written, {again.unchanged} unchanged")
+            pulled = pull_study(client, book, data.study, since=None)
+            write_rows(pulled.rows, out / "labs.csv", PulledLab)
+            write_rows(pulled.unmapped, out / "labs.unmapped.csv", UnmappedResult)
+    except FhirLupusError as exc:
+        fail(exc)
+    finally:
+        if handle is not None:
+            devserver.stop(handle)
+            console.print(f"stopped the {engine} server")
+    console.print(subject_table(pulled.rows))
+    trip = compare_round_trip(data, pulled.rows, LabCatalogue(load_pack()))
+    console.print(
+        f"pulled {len(pulled.rows)} lab rows ({pulled.outside_windows} outside visit windows, "
+        f"{len(pulled.unmapped)} not in the catalogue) into {out / 'labs.csv'}"
+    )
+    verdict = "[green]identical[/green]" if trip.exact else "[red]DIFFERENT[/red]"
+    console.print(
+        f"round trip: {trip.matched} of {len(data.labs)} lab values {verdict} after unit normalisation "
+        f"({len(trip.missing)} missing, {len(trip.different)} different, {len(trip.extra)} extra)"
+    )
+    for line in (trip.missing + trip.different + trip.extra)[:10]:
+        console.print(f"  {line}")
+    if not trip.exact:
+        raise typer.Exit(1)

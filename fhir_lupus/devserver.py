@@ -1,0 +1,131 @@
+"""Start and stop the real FHIR servers kept in servers/ (HAPI FHIR JPA, Medplum's engine) on loopback.
+
+Used by ``fhir-lupus demo``, the integration tests and ``scripts/fhir-server``. Each server directory has a
+``run.sh PORT`` that builds what it needs and runs the server in the foreground; here it is started in its
+own process group, and we wait until ``/fhir/metadata`` answers (or the process dies, or time runs out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["SERVERS", "ServerHandle", "repo_root", "start", "stop"]
+
+SERVERS = {"hapi": 18080, "medplum": 18103}  # name -> default loopback port
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("FHIR_LUPUS_ROOT", Path(__file__).resolve().parents[1]))
+
+
+@dataclass
+class ServerHandle:
+    name: str
+    url: str
+    pid: int
+    log: Path
+
+
+def start(name: str, port: int | None = None, *, timeout: float = 900.0, state_dir: Path | None = None) -> ServerHandle:
+    """Start a server and wait for its CapabilityStatement; RuntimeError with the log's tail on failure."""
+    if name not in SERVERS:
+        raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+    port = port or SERVERS[name]
+    state = state_dir or repo_root() / ".fhir-servers"
+    state.mkdir(parents=True, exist_ok=True)
+    log = state / f"{name}.log"
+    script = repo_root() / "servers" / name / "run.sh"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            ["bash", str(script), str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() ends the JVM / node child too
+        )
+    url = f"http://127.0.0.1:{port}/fhir"
+    handle = ServerHandle(name, url, process.pid, log)
+    (state / f"{name}.json").write_text(json.dumps({"url": url, "pid": process.pid, "log": str(log)}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode} before answering; log {log}:\n{_tail(log)}")
+        try:
+            response = httpx.get(f"{url}/metadata", timeout=5.0, headers={"Accept": "application/fhir+json"})
+            if response.status_code == 200 and response.json().get("resourceType") == "CapabilityStatement":
+                return handle
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    stop(handle)
+    raise RuntimeError(f"{name} did not answer {url}/metadata within {timeout:.0f} s; log {log}:\n{_tail(log)}")
+
+
+def stop(handle: ServerHandle, *, grace: float = 20.0) -> None:
+    try:
+        os.killpg(handle.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(handle.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(handle.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(handle.pid, os.WNOHANG)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """scripts/fhir-server: start NAME [--port N] | stop NAME | url NAME."""
+    parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
+    parser.add_argument("action", choices=["start", "stop", "url"])
+    parser.add_argument("name", choices=sorted(SERVERS))
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    state = repo_root() / ".fhir-servers" / f"{args.name}.json"
+    if args.action == "start":
+        try:
+            handle = start(args.name, args.port, timeout=args.timeout)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(handle.url)
+        return 0
+    if not state.exists():
+        print(f"{args.name} is not running (no {state})", file=sys.stderr)
+        return 1 if args.action == "url" else 0
+    info = json.loads(state.read_text())
+    if args.action == "url":
+        print(info["url"])
+        return 0
+    stop(ServerHandle(args.name, info["url"], info["pid"], Path(info["log"])))
+    state.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
