@@ -14,9 +14,6 @@ from fhir_lupus.model import StudyDefinition, load_study
 from fhir_lupus.scoring import load_sledai_definition
 from fhir_lupus.terminology import LabCatalogue, MappingPack, UnitConverter, load_pack
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "nct00698191"
-
 LAB = "Drum Tower Hospital Central Laboratory"
 
 

@@ -382,3 +382,13 @@ class TestCapabilities:
         with pytest.raises(UnsupportedInteraction, match="by code"):
             caps.require_search("Observation", "patient", "code")
         caps.require_search("Observation", "patient", "_lastUpdated")
+
+
+def test_location_parsing() -> None:
+    from fhir_lupus.client import location_id, location_version
+
+    assert location_id("Patient/12/_history/3", "Patient") == "12"
+    assert location_version("Patient/12/_history/3") == "3"
+    assert location_id("http://h:1/fhir/Observation/ab-c/_history/1", "Observation") == "ab-c"
+    assert location_id("http://h:1/fhir/Observation/ab-c", "Patient") is None
+    assert location_version("Observation/1") is None

@@ -6,7 +6,7 @@ import csv
 from typing import Any
 
 import pytest
-from conftest import EXAMPLE
+from support import EXAMPLE
 
 from fhir_lupus.bundle import transaction_bundle
 from fhir_lupus.model import LoadReport, load_trial

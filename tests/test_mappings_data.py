@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support import REPO
 
 import fhir_lupus
 from fhir_lupus.errors import MappingError

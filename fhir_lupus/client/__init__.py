@@ -2,7 +2,7 @@
 
 from fhir_lupus.client._auth import BasicAuth, BearerAuth, SmartBackendAuth
 from fhir_lupus.client._capability import Capabilities, WriteStrategy
-from fhir_lupus.client._client import FHIR_JSON, FhirClient
+from fhir_lupus.client._client import FHIR_JSON, FhirClient, location_id, location_version
 from fhir_lupus.client._errors import (
     FatalHttpError,
     FhirHttpError,
@@ -33,6 +33,8 @@ __all__ = [
     "UnsupportedInteraction",
     "WriteStrategy",
     "classify",
+    "location_id",
+    "location_version",
     "retry_after_seconds",
     "server_message",
 ]

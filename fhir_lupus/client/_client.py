@@ -28,10 +28,25 @@ from fhir_lupus.client._errors import (
 )
 from fhir_lupus.client._retry import IDEMPOTENT, TRANSIENT_STATUS, RetryPolicy, RetryTransport
 
-__all__ = ["FHIR_JSON", "FhirClient"]
+__all__ = ["FHIR_JSON", "FhirClient", "location_id", "location_version"]
 
 FHIR_JSON = "application/fhir+json"
 Params = Mapping[str, str | list[str]]
+
+
+def location_id(location: str, resource_type: str) -> str | None:
+    """The logical id in a Location such as ``[base/]Patient/123/_history/2`` (None when absent)."""
+    parts = location.split("?")[0].split("/")
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] == resource_type and index + 1 < len(parts) and parts[index + 1]:
+            return parts[index + 1]
+    return None
+
+
+def location_version(location: str) -> str | None:
+    """The version in a ``.../_history/2`` Location (None when absent)."""
+    parts = location.split("?")[0].split("/")
+    return parts[parts.index("_history") + 1] if "_history" in parts[:-1] else None
 
 
 class FhirClient:
@@ -131,8 +146,16 @@ class FhirClient:
             "POST", resource["resourceType"], body=resource, idempotent=True, headers={"If-None-Exist": query}
         )
 
-    def create(self, resource: dict[str, Any]) -> httpx.Response:
-        return self._send_raw("POST", resource["resourceType"], body=resource, idempotent=False)
+    def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """Plain create (not retried after the request may have reached the server); the stored resource.
+
+        When the server answers without a body, the id comes from the Location header.
+        """
+        response = self._send_raw("POST", resource["resourceType"], body=resource, idempotent=False)
+        created = self._json(response)
+        if not created.get("id"):
+            created = {**resource, "id": location_id(response.headers.get("Location", ""), resource["resourceType"])}
+        return created
 
     # -- the one place requests are sent -------------------------------------------------------------------
 

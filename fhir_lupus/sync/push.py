@@ -26,7 +26,7 @@ from fhir_lupus.bundle import (
     rewrite_references,
     transaction_bundle,
 )
-from fhir_lupus.client import FhirClient, PreconditionFailed, WriteStrategy
+from fhir_lupus.client import FhirClient, PreconditionFailed, WriteStrategy, location_id, location_version
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.sync.journal import Journal, JournalEntry
@@ -284,12 +284,8 @@ def _levels(chunk: list[Resource]) -> list[list[Resource]]:
 def _outcome(resource: Resource, answer: dict[str, Any], report: PushReport) -> JournalEntry:
     status = str(answer.get("status", ""))
     location = str(answer.get("location", ""))
-    parts = location.split("/")
-    server_id, version = None, None
-    if resource["resourceType"] in parts:
-        at = parts.index(resource["resourceType"])
-        server_id = parts[at + 1] if len(parts) > at + 1 else None
-        version = parts[at + 3] if len(parts) > at + 3 and parts[at + 2] == "_history" else None
+    server_id = location_id(location, resource["resourceType"])
+    version = location_version(location)
     if status.startswith("201"):
         report.created += 1
         outcome = "created"
@@ -332,6 +328,5 @@ def _provenance(
         ],
         "entity": [{"role": "source", "what": {"display": source}}],
     }
-    response = client.create(provenance)
-    location = response.headers.get("Location", "")
-    return location.split("/_history")[0] if location else None
+    created = client.create(provenance)
+    return f"Provenance/{created['id']}" if created.get("id") else None

@@ -150,10 +150,10 @@ def test_multiple_matches_are_reported_with_server_ids_and_held_back(
     system = pack.identifier_system("organization", study="NCT00698191")
     twins = []
     for _ in range(2):
-        response = client.create(
+        created = client.create(
             {"resourceType": "Organization", "identifier": [{"system": system, "value": "dup"}], "name": "twin"}
         )
-        twins.append(response.headers["Location"].split("/")[1])
+        twins.append(created["id"])
     org = {
         "resourceType": "Organization",
         "id": "o-1",
