@@ -1,11 +1,12 @@
 # Two entry points for a new user: `make demo` and `make test`. Both create .venv on first use.
+# The FHIR servers of servers/ (HAPI FHIR JPA via Maven, Medplum via npm) build themselves on first start.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= examples/nct00698191
 OUT    ?= out
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-unit lint bench clean
 
 $(BIN)/fhir-lupus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +15,13 @@ $(BIN)/fhir-lupus: pyproject.toml
 	touch $@
 
 demo: $(BIN)/fhir-lupus
-	$(BIN)/fhir-lupus validate $(DATA)
-	$(BIN)/fhir-lupus map $(DATA) -o $(OUT)/bundle.json --quarantine $(OUT)/quarantine
+	$(BIN)/fhir-lupus demo --out $(OUT)/demo
 
 test: $(BIN)/fhir-lupus
 	$(BIN)/python -m pytest -q
+
+test-unit: $(BIN)/fhir-lupus
+	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: $(BIN)/fhir-lupus
 	$(BIN)/ruff check fhir_lupus tests examples bench
