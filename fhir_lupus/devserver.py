@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from fhir_lupus.client import FhirClient, RetryPolicy
+from fhir_lupus.errors import FhirLupusError
 
 __all__ = ["SERVERS", "ServerHandle", "repo_root", "start", "stop"]
 
@@ -61,15 +62,21 @@ def start(name: str, port: int | None = None, *, timeout: float = 900.0, state_d
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode} before answering; log {log}:\n{_tail(log)}")
-        try:
-            response = httpx.get(f"{url}/metadata", timeout=5.0, headers={"Accept": "application/fhir+json"})
-            if response.status_code == 200 and response.json().get("resourceType") == "CapabilityStatement":
-                return handle
-        except (httpx.HTTPError, ValueError):
-            pass
+        if _answers(url):
+            return handle
         time.sleep(0.5)
     stop(handle)
     raise RuntimeError(f"{name} did not answer {url}/metadata within {timeout:.0f} s; log {log}:\n{_tail(log)}")
+
+
+def _answers(url: str) -> bool:
+    """True once the server serves its CapabilityStatement (one quick try, no retries)."""
+    try:
+        with FhirClient(url, timeout=5.0, retry=RetryPolicy(attempts=1)) as client:
+            client.capabilities()
+        return True
+    except FhirLupusError:
+        return False
 
 
 def stop(handle: ServerHandle, *, grace: float = 20.0) -> None:
