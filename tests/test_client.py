@@ -392,3 +392,23 @@ def test_location_parsing() -> None:
     assert location_id("http://h:1/fhir/Observation/ab-c/_history/1", "Observation") == "ab-c"
     assert location_id("http://h:1/fhir/Observation/ab-c", "Patient") is None
     assert location_version("Observation/1") is None
+
+
+@respx.mock
+def test_lock_conflict_409_on_a_conditional_write_is_retried(client: FhirClient, sleeps: Sleeps) -> None:
+    route = respx.post(f"{BASE}/").mock(
+        side_effect=[
+            httpx.Response(409, json=outcome("HAPI-0550: Timeout trying to lock table")),
+            httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response"}),
+        ]
+    )
+    client.transaction({"resourceType": "Bundle", "type": "transaction"}, idempotent=True)
+    assert route.call_count == 2 and len(sleeps) == 1
+
+
+@respx.mock
+def test_409_on_a_versioned_write_is_final(client: FhirClient) -> None:
+    route = respx.put(f"{BASE}/Patient/1").mock(return_value=httpx.Response(409, json=outcome("version conflict")))
+    with pytest.raises(FatalHttpError, match="version conflict"):
+        client._send_raw("PUT", "Patient/1", body={"resourceType": "Patient"}, headers={"If-Match": 'W/"1"'})
+    assert route.call_count == 1

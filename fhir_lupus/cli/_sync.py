@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,6 +32,7 @@ from fhir_lupus.cli._common import (
     make_client,
     report_load,
 )
+from fhir_lupus.client import WriteStrategy
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
 from fhir_lupus.sync import (
@@ -57,6 +58,12 @@ def push(
         bool, typer.Option("--dry-run", help="Read the server's state and report; write nothing.")
     ] = False,
     show_diffs: Annotated[int, typer.Option("--show-diffs", help="Dry run: list at most this many updates.")] = 20,
+    write_strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--write-strategy", help="transaction, batch or individual (default: from the CapabilityStatement)."
+        ),
+    ] = None,
     journal: JournalPath = DEFAULT_JOURNAL,
     quarantine: Quarantine = None,
     allow_rejects: AllowRejects = False,
@@ -101,12 +108,21 @@ def push(
                     chunk_size=chunk_size,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                     mappings_dir=mappings,
+                    strategy=_strategy(write_strategy),
                 )
         except FhirLupusError as exc:
             fail(exc)
     render_push(result)
     if result.conflicts:
         raise typer.Exit(1)
+
+
+def _strategy(name: str | None) -> WriteStrategy | None:
+    if name is None:
+        return None
+    if name not in ("transaction", "batch", "individual"):
+        fail(ValueError("--write-strategy must be transaction, batch or individual"))
+    return cast(WriteStrategy, name)
 
 
 def render_push(result: PushReport) -> None:

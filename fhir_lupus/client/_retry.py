@@ -2,7 +2,9 @@
 
 Only requests that are safe to repeat are retried: GET/HEAD/PUT/DELETE, and POSTs the caller marked
 idempotent (a transaction made only of conditional entries, a conditional create). Transient means
-transport errors (connect, read, timeouts), 408, 429, 500, 502, 503 and 504; everything else is final.
+transport errors (connect, read, timeouts), 408, 429, 500, 502, 503 and 504; everything else is final,
+except 409 on a write we send without If-Match: there it can only mean the server lost a lock or version
+race (HAPI answers 409 when its database times out on a lock), and the conditional write is re-evaluated.
 Delays grow exponentially with full jitter and honour Retry-After (seconds or HTTP date), capped.
 """
 
@@ -87,7 +89,10 @@ class RetryTransport(httpx.BaseTransport):
                     raise
                 self.policy.sleep(self.policy.backoff(attempt))
                 continue
-            if attempt == last or not safe or classify(response) != "transient":
+            retryable = classify(response) == "transient" or (
+                response.status_code == 409 and "If-Match" not in request.headers
+            )
+            if attempt == last or not safe or not retryable:
                 return response
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             response.read()

@@ -103,8 +103,12 @@ def push_resources(
     mapping_version: str,
     chunk_size: int = 500,
     progress: Progress | None = None,
+    strategy: WriteStrategy | None = None,
 ) -> PushReport:
-    """Send what changed since the journal's last record for this server; see the module docstring."""
+    """Send what changed since the journal's last record for this server; see the module docstring.
+
+    ``strategy`` overrides the one the CapabilityStatement implies (for a server whose statement is wrong).
+    """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     server = client.base_url
@@ -122,7 +126,7 @@ def push_resources(
         progress(0, len(pending))
     if not pending:
         return report
-    report.strategy = client.capabilities().write_strategy({r["resourceType"] for r in pending})
+    report.strategy = strategy or client.capabilities().write_strategy({r["resourceType"] for r in pending})
     journal.start_push(report.push_id, server, source)
     server_refs = {
         f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/{known[k].server_id}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from fhir_lupus.client import FhirClient, UnsupportedInteraction
+from fhir_lupus.client import FhirClient, UnsupportedInteraction, WriteStrategy
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.pipeline import map_trial
@@ -39,6 +39,7 @@ def push_trial(
     chunk_size: int = 500,
     progress: Progress | None = None,
     mappings_dir: Path | None = None,
+    strategy: WriteStrategy | None = None,
 ) -> PushReport:
     result = map_trial(data, report, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
     return push_resources(
@@ -49,6 +50,7 @@ def push_trial(
         mapping_version=load_pack(mappings_dir).project.mapping_version,
         chunk_size=chunk_size,
         progress=progress,
+        strategy=strategy,
     )
 
 

@@ -41,16 +41,12 @@ def test_push_is_idempotent_and_pull_returns_what_was_pushed(
     assert before.counts["conflict"] == 0
 
     with Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(
-            data, report, client, journal, source="test", chunk_size=1000, mappings_dir=isolated_mappings
-        )
+        first = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
         assert first.conflicts == [] and first.written == expected and first.provenance
         after = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)
         assert after.counts == {"unchanged": expected}, [i for i in after.items if i.action != "unchanged"][:3]
 
-        second = push_trial(
-            data, report, client, journal, source="test", chunk_size=1000, mappings_dir=isolated_mappings
-        )
+        second = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
         assert second.written == 0 and second.unchanged == expected and second.provenance is None
 
         pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
@@ -71,7 +67,7 @@ def test_changed_value_is_the_only_thing_sent_and_pulled_again(
 ) -> None:
     data, report = load(isolated_mappings)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", chunk_size=2000, mappings_dir=isolated_mappings)
+        push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
         pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
 
         changed = tmp_path / "changed"
@@ -127,9 +123,7 @@ def test_push_killed_midway_resumes_without_loss_or_duplicates(
 
     with Journal(journal_path) as journal:
         assert [status for _, status, _ in journal.pushes(client.base_url)] == ["running"]
-        resumed = push_trial(
-            data, report, client, journal, source="test", chunk_size=1000, mappings_dir=isolated_mappings
-        )
+        resumed = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
         assert resumed.unchanged == partial and resumed.written == expected - partial
         assert [status for _, status, _ in journal.pushes(client.base_url)] == ["running", "completed"]
     state = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)

@@ -241,7 +241,7 @@ public final class HapiTestServer {
 		public BasicDataSource dataSource(Environment theEnv) {
 			BasicDataSource ds = new BasicDataSource();
 			ds.setDriver(new org.h2.Driver());
-			ds.setUrl(theEnv.getProperty("hapi.datasource.url", "jdbc:h2:mem:hapi;DB_CLOSE_DELAY=-1"));
+			ds.setUrl(theEnv.getProperty("hapi.datasource.url", "jdbc:h2:mem:hapi;DB_CLOSE_DELAY=-1;LOCK_TIMEOUT=60000"));
 			ds.setUsername("sa");
 			ds.setPassword("");
 			ds.setMaxTotal(theEnv.getProperty("hapi.datasource.max-connections", Integer.class, 16));
