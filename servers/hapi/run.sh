@@ -14,7 +14,8 @@
 #
 # Environment:
 #   HAPI_PORT        port when no argument is given (default 18080)
-#   HAPI_HEAP        maximum heap (default 512m); H2 keeps the data in the heap
+#   HAPI_HEAP        maximum heap (default 2g); H2 keeps the data in the heap, and the integration
+#                    suite stores about 40,000 resources with their versions
 #   HAPI_JAVA_OPTS   extra JVM options, appended
 #   HAPI_MVN_FLAGS   extra Maven flags for the build, e.g. "-o" to build offline
 #   HAPI_CDS=0       do not use a class data sharing archive (see below)
@@ -87,7 +88,7 @@ fi
 # faster for the short request bursts of a test run.
 # shellcheck disable=SC2086
 exec "$JAVA" \
-	-Xmx"${HAPI_HEAP:-512m}" -XX:+ExitOnOutOfMemoryError \
+	-Xmx"${HAPI_HEAP:-2g}" -XX:+ExitOnOutOfMemoryError \
 	-XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
 	"${CDS_OPTS[@]}" \
 	-Djava.awt.headless=true \
