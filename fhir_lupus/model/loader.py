@@ -28,7 +28,7 @@ from fhir_lupus.model.entities import (
     TregMeasurement,
     Visit,
 )
-from fhir_lupus.model.study import StudyDefinition, load_study
+from fhir_lupus.model.study import StudyDefinition, due_date, load_study
 from fhir_lupus.scoring.sledai import (
     LabEvidence,
     SledaiDefinition,
@@ -248,7 +248,7 @@ class _Checker:
             for protocol_visit in self.study.visits():
                 if protocol_visit.month > last_month:
                     break
-                expected = baseline.record.visit_date + timedelta(days=30 * protocol_visit.month)
+                expected = due_date(baseline.record.visit_date, protocol_visit.month)
                 held_visit = held.get(protocol_visit.code)
                 if held_visit is None:
                     if protocol_visit.month <= 24:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fhir_lupus.errors import MappingError
 from fhir_lupus.terminology._pack import CodeRef, default_mappings_dir, parse_model, read_yaml
 
-__all__ = ["Eligibility", "Outcome", "ProtocolVisit", "StudyDefinition", "load_study"]
+__all__ = ["DAYS_PER_MONTH", "Eligibility", "Outcome", "ProtocolVisit", "StudyDefinition", "due_date", "load_study"]
 
 
 class _Frozen(BaseModel):
@@ -172,8 +172,9 @@ def load_study(nct_id: str, mappings_dir: Path | None = None) -> StudyDefinition
     return study
 
 
-def expected_visit_date(baseline: date, month: int) -> date:
-    """Protocol date of a monthly visit: baseline + 30 days per month (the trial's convention)."""
-    from datetime import timedelta
+DAYS_PER_MONTH = 30  # the trial counts a protocol month as 30 days from baseline
 
-    return baseline + timedelta(days=30 * month)
+
+def due_date(baseline: date, month: int) -> date:
+    """Protocol date of the visit ``month`` months after baseline."""
+    return baseline + timedelta(days=DAYS_PER_MONTH * month)

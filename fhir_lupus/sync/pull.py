@@ -18,7 +18,7 @@ from typing import Any
 
 from fhir_lupus.client import FhirClient
 from fhir_lupus.errors import FhirLupusError, TerminologyError, UnitError
-from fhir_lupus.model.study import StudyDefinition
+from fhir_lupus.model.study import DAYS_PER_MONTH, StudyDefinition, due_date
 from fhir_lupus.terminology import LabCatalogue
 from fhir_lupus.terminology._pack import CodeChoice
 
@@ -276,8 +276,8 @@ def _assign_visit(collected: str, anchor: date | None, study: StudyDefinition, w
         return "", "outside-windows", ""
     day = date.fromisoformat(collected[:10])
     elapsed = (day - anchor).days
-    month = max(0, round(elapsed / 30))
-    offset = elapsed - 30 * month
+    month = max(0, round(elapsed / DAYS_PER_MONTH))
+    offset = (day - due_date(anchor, month)).days
     codes = {visit.month: visit.code for visit in study.visits()}
     if abs(offset) <= window and month in codes:
         return codes[month], "in-window", str(offset)
