@@ -23,7 +23,9 @@ __all__ = [
     "business_key",
     "conditional_query",
     "dumps",
+    "references",
     "rewrite_references",
+    "search_parameter",
     "transaction_bundle",
 ]
 
@@ -50,10 +52,25 @@ def business_key(resource: Resource) -> str:
     return f"{identifier['system']}|{identifier['value']}"
 
 
+def search_parameter(resource_type: str) -> str:
+    """The search parameter that takes a business key: ``url`` for CodeSystem, ``identifier`` otherwise."""
+    return "url" if resource_type == "CodeSystem" else "identifier"
+
+
 def conditional_query(resource: Resource) -> str:
     """The search that identifies a resource on a server: its first identifier (CodeSystem: its url)."""
-    parameter = "url" if resource["resourceType"] == "CodeSystem" else "identifier"
-    return f"{parameter}=" + quote(business_key(resource), safe=":/|")
+    return f"{search_parameter(resource['resourceType'])}=" + quote(business_key(resource), safe=":/|")
+
+
+def references(node: Any) -> set[str]:
+    """Every non-local ``reference`` string inside a resource (``#contained`` ones are left out)."""
+    if isinstance(node, dict):
+        own = node.get("reference")
+        found = {own} if isinstance(own, str) and not own.startswith("#") else set()
+        return found.union(*(references(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(references(item) for item in node))
+    return set()
 
 
 def transaction_bundle(
@@ -78,7 +95,7 @@ def transaction_bundle(
     targets = {**(external or {}), **full_urls}
     entries = []
     for resource in ordered:
-        body = _rewrite_references({k: v for k, v in resource.items() if k != "id"}, targets, resource)
+        body = _rewrite_references({k: v for k, v in resource.items() if k != "id"}, targets, resource, True)
         resource_type = resource["resourceType"]
         query = conditional_query(resource)
         if resource_type == "Patient":
@@ -91,27 +108,30 @@ def transaction_bundle(
     return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
 
 
-def rewrite_references(resource: Resource, targets: Mapping[str, str]) -> Resource:
-    """A copy of ``resource`` whose ``Type/id`` references are replaced through ``targets`` (all must resolve)."""
-    rewritten: Resource = _rewrite_references(resource, targets, resource)
+def rewrite_references(resource: Resource, targets: Mapping[str, str], *, strict: bool = True) -> Resource:
+    """A copy of ``resource`` whose ``Type/id`` references are replaced through ``targets``.
+
+    ``strict``: every reference must resolve (ResourceInvalidError otherwise); else unknown ones stay as they are.
+    """
+    rewritten: Resource = _rewrite_references(resource, targets, resource, strict)
     return rewritten
 
 
-def _rewrite_references(node: Any, full_urls: Mapping[str, str], owner: Resource) -> Any:
+def _rewrite_references(node: Any, full_urls: Mapping[str, str], owner: Resource, strict: bool) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
             if key == "reference" and isinstance(value, str) and not value.startswith("#"):
-                if value not in full_urls:
+                if value not in full_urls and strict:
                     raise ResourceInvalidError(
-                        f"{owner['resourceType']}/{owner['id']} references {value}, which is not in the bundle"
+                        f"{owner['resourceType']}/{owner.get('id')} references {value}, which is not in the bundle"
                     )
-                out[key] = full_urls[value]
+                out[key] = full_urls.get(value, value)
             else:
-                out[key] = _rewrite_references(value, full_urls, owner)
+                out[key] = _rewrite_references(value, full_urls, owner, strict)
         return out
     if isinstance(node, list):
-        return [_rewrite_references(item, full_urls, owner) for item in node]
+        return [_rewrite_references(item, full_urls, owner, strict) for item in node]
     return node
 
 

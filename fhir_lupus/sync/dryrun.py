@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fhir_lupus.bundle import business_key
+from fhir_lupus.bundle import business_key, rewrite_references, search_parameter
 from fhir_lupus.client import FhirClient
 from fhir_lupus.mappers._context import Resource
 
@@ -59,7 +59,7 @@ def dry_run(resources: Iterable[Resource], client: FhirClient, *, lookup_size: i
         elif len(found) > 1:
             report.items.append(DryRunItem(resource["resourceType"], key, "conflict", ids))
         else:
-            ours = _comparable(_resolve(resource, server_refs))
+            ours = _comparable(rewrite_references(resource, server_refs, strict=False))
             theirs = _comparable(found[0])
             diffs = tuple(diff_paths(theirs, ours))
             report.items.append(
@@ -74,7 +74,7 @@ def _lookup(resources: list[Resource], client: FhirClient, size: int) -> dict[tu
         wanted[resource["resourceType"]].append(business_key(resource))
     found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for resource_type, keys in wanted.items():
-        parameter = "url" if resource_type == "CodeSystem" else "identifier"
+        parameter = search_parameter(resource_type)
         wanted_keys = set(keys)
         for start in range(0, len(keys), size):
             group = keys[start : start + size]
@@ -90,17 +90,6 @@ def _keys_of(resource: dict[str, Any], resource_type: str) -> list[str]:
     if resource_type == "CodeSystem":
         return [str(resource.get("url", ""))]
     return [f"{i.get('system')}|{i.get('value')}" for i in resource.get("identifier", [])]
-
-
-def _resolve(node: Any, server_refs: dict[str, str]) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: (server_refs.get(v, v) if k == "reference" and isinstance(v, str) else _resolve(v, server_refs))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_resolve(v, server_refs) for v in node]
-    return node
 
 
 def _comparable(resource: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 from fhir_lupus.bundle import (
     DEPENDENCY_ORDER,
     business_key,
     conditional_query,
+    references,
     rewrite_references,
+    search_parameter,
     transaction_bundle,
 )
 from fhir_lupus.client import FhirClient, PreconditionFailed, WriteStrategy, location_id, location_version
@@ -43,19 +44,6 @@ def content_hash(resource: Resource) -> str:
 
 def _local_ref(resource: Resource) -> str:
     return f"{resource['resourceType']}/{resource['id']}"
-
-
-def _references(node: Any) -> set[str]:
-    if isinstance(node, dict):
-        found = (
-            {node["reference"]}
-            if isinstance(node.get("reference"), str) and not node["reference"].startswith("#")
-            else set()
-        )
-        return found.union(*(_references(v) for v in node.values()))
-    if isinstance(node, list):
-        return set().union(*(_references(v) for v in node))
-    return set()
 
 
 @dataclass(frozen=True)
@@ -163,7 +151,7 @@ def push_resources(
 
 
 def _blocked(resource: Resource, held_back: set[str]) -> bool:
-    return bool(held_back & _references(resource))
+    return bool(held_back & references(resource))
 
 
 def _send_chunk(
@@ -192,7 +180,12 @@ def _send_chunk(
 def _find_conflicts(chunk: list[Resource], client: FhirClient, report: PushReport) -> set[str]:
     conflicted = set()
     for resource in chunk:
-        matches = [m["id"] for m in client.search(resource["resourceType"], _query_params(resource))]
+        matches = [
+            m["id"]
+            for m in client.search(
+                resource["resourceType"], {search_parameter(resource["resourceType"]): business_key(resource)}
+            )
+        ]
         if len(matches) > 1:
             conflicted.add(_local_ref(resource))
             report.conflicts.append(
@@ -206,11 +199,6 @@ def _find_conflicts(chunk: list[Resource], client: FhirClient, report: PushRepor
     if not conflicted:
         raise FhirLupusError("the server answered 412 but no resource of the chunk has several matches")
     return conflicted
-
-
-def _query_params(resource: Resource) -> dict[str, str]:
-    name, _, value = conditional_query(resource).partition("=")
-    return {name: unquote(value)}
 
 
 def _write(
@@ -275,7 +263,7 @@ def _levels(chunk: list[Resource]) -> list[list[Resource]]:
         if ref not in depth:
             if ref in trail:
                 raise FhirLupusError(f"reference cycle through {ref}")
-            parents = [p for p in _references(by_ref[ref]) if p in local]
+            parents = [p for p in references(by_ref[ref]) if p in local]
             depth[ref] = 1 + max((level(p, trail | {ref}) for p in parents), default=-1)
         return depth[ref]
 
