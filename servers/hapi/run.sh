@@ -50,6 +50,9 @@ if needs_build; then
 	flock 9
 	if needs_build; then
 		echo "run.sh: building $JAR ..." >&2
+		# Unlink the old jar first: maven-jar-plugin would overwrite it in place (same inode),
+		# and a server still running from it would then fail to load its classes.
+		rm -f "$JAR"
 		# shellcheck disable=SC2086
 		nice mvn -q -B ${HAPI_MVN_FLAGS:-} package -DskipTests >&2
 		rm -f "$JSA" "$JSA.new" "$JSA.failed"

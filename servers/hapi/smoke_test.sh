@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of a running HAPI test server: ./smoke_test.sh [PORT]
 # Checks metadata, conditional create/update in a transaction (twice: no duplicates),
-# paging (Bundle.link[next]), _lastUpdated, transaction rollback and $export.
+# paging (Bundle.link[next]), _lastUpdated, transaction rollback, $export, and retiring and
+# restoring a built-in search parameter (needs HAPI's REINDEX job).
 # Writes resources with identifiers under urn:fhir-lupus:smoke:*; run it on a fresh server.
 set -u
 PORT="${1:-${HAPI_PORT:-18080}}"
@@ -135,6 +136,38 @@ else
 		ko "\$export status -> $code"
 	fi
 fi
+
+# 7. Retire the built-in Organization.identifier search parameter, then restore it. Writing a
+#    SearchParameter starts HAPI's REINDEX job; an Organization stored while the parameter is
+#    retired is found by identifier once that job has run after the restore.
+SP_URL="$BASE/SearchParameter/smoke-retire-organization-identifier"
+code=$(curl -s -o "$TMP/sp.json" -w '%{http_code}' -H "$CT" -X PUT --data-binary @- "$SP_URL" <<'EOF'
+{"resourceType": "SearchParameter", "id": "smoke-retire-organization-identifier",
+ "url": "urn:fhir-lupus:smoke:SearchParameter/retire-organization-identifier",
+ "name": "identifier", "status": "retired", "description": "Retires Organization.identifier (smoke test)",
+ "code": "identifier", "base": ["Organization"], "type": "token", "expression": "Organization.identifier"}
+EOF
+)
+if [ "$code" = 201 ] || [ "$code" = 200 ]; then
+	ok "PUT retired SearchParameter -> $code"
+else
+	ko "PUT retired SearchParameter -> $code $(head -c 300 "$TMP/sp.json")"
+fi
+code=$(curl -s -o /dev/null -w '%{http_code}' "$BASE/Organization?identifier=urn:fhir-lupus:smoke:org%7Co-001")
+[ "$code" = 400 ] && ok "Organization?identifier=... refused while retired (400)" || ko "Organization?identifier=... while retired -> $code"
+curl -s -o /dev/null -H "$CT" -X PUT --data-binary \
+	'{"resourceType":"Organization","id":"smoke-org-1","identifier":[{"system":"urn:fhir-lupus:smoke:org","value":"o-001"}],"name":"Smoke"}' \
+	"$BASE/Organization/smoke-org-1"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$SP_URL")
+[ "$code" = 200 ] && ok "DELETE SearchParameter (restore) -> 200" || ko "DELETE SearchParameter -> $code"
+n=""
+for _ in $(seq 1 60); do
+	curl -s -o "$TMP/org.json" "$BASE/Organization?identifier=urn:fhir-lupus:smoke:org%7Co-001&_summary=count"
+	n=$(json "$TMP/org.json" "d.get('total')" 2>/dev/null)
+	[ "$n" = 1 ] && break
+	sleep 0.5
+done
+[ "$n" = 1 ] && ok "restored: the Organization stored while retired is found after the reindex" || ko "restored: Organization?identifier=... total=$n"
 
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]

@@ -1,9 +1,8 @@
 package fhirlupus.hapi;
 
 import ca.uhn.fhir.batch2.api.IJobMaintenanceService;
-import ca.uhn.fhir.batch2.jobs.config.BatchCommonCtx;
+import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
 import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
-import ca.uhn.fhir.batch2.jobs.export.BulkExportAppCtx;
 import ca.uhn.fhir.batch2.maintenance.JobMaintenanceServiceImpl;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
@@ -192,15 +191,17 @@ public final class HapiTestServer {
 		return server;
 	}
 
-	/** Spring configuration: HAPI's JPA R4 server, Batch2 and the bulk export job, on in-memory H2. */
+	/** Spring configuration: HAPI's JPA R4 server, Batch2 and its standard jobs, on in-memory H2. */
 	@Configuration
 	@PropertySource("classpath:application.properties")
 	@Import({
 		JpaR4Config.class,
 		HapiJpaConfig.class,
 		JpaBatch2Config.class,
-		BatchCommonCtx.class,
-		BulkExportAppCtx.class,
+		// HAPI's Batch2 job definitions, as hapi-fhir-jpaserver-starter registers them: REINDEX
+		// (started when a SearchParameter is written), the terminology delete jobs (started when a
+		// CodeSystem with concepts is updated or deleted), delete-expunge, bulk export and import.
+		Batch2JobsConfig.class,
 		// In-process message broker; Batch2 sends its work notifications through it.
 		SubscriptionChannelConfig.class,
 		ThreadPoolFactoryConfig.class
