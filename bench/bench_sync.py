@@ -1,50 +1,86 @@
 """Benchmark: push, re-push, dry run and pull of the example trial against a running FHIR server.
 
-    .venv/bin/python bench/bench_sync.py http://127.0.0.1:18103/fhir [--chunk-size 500]
+    .venv/bin/python bench/bench_sync.py http://127.0.0.1:18103/fhir [--chunk-size 500] [--subjects N]
 
-Uses a fresh journal, so the first push sends everything. Results are recorded in bench/README.md.
+Every run writes under identifier systems of its own (a copy of mappings/ with a unique canonical base), so
+the first push creates everything even on a server that holds earlier runs; the journal is fresh, so the
+first push also finds the server's Bundle size limits. Results are recorded in bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
 from fhir_lupus.sync import Journal, dry_run_trial, pull_study, push_trial
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nct00698191"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import EXAMPLE, example_subset  # noqa: E402
+
+
+def isolated_mappings(scratch: Path) -> Path:
+    target = scratch / "mappings"
+    shutil.copytree(ROOT / "mappings", target)
+    run = uuid.uuid4().hex[:12]
+    for path in target.rglob("*.yaml"):
+        text = path.read_text(encoding="utf-8").replace(
+            "https://fhir-lupus.example.org/", f"https://fhir-lupus.example.org/b/{run}/"
+        )
+        if path.name == "project.yaml":  # the study's own identifier too, or every run shares one ResearchStudy
+            text = text.replace("  study: https://clinicaltrials.gov", '  study: "{base}/sid/nct"')
+        path.write_text(text)
+    return target
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("server")
     parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--subjects", type=int, default=20)
     args = parser.parse_args()
-    data, report = load_trial(EXAMPLE)
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        FhirClient(args.server, timeout=600) as client,
-        Journal(Path(scratch) / "journal.sqlite") as journal,
-    ):
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        mappings = isolated_mappings(scratch)
+        data_dir = EXAMPLE if args.subjects >= 20 else example_subset(scratch / "data", args.subjects)
+        data, report = load_trial(data_dir, mappings_dir=mappings)
         timings = []
-        started = time.perf_counter()
-        first = push_trial(data, report, client, journal, source="bench", chunk_size=args.chunk_size)
-        timings.append(("push (all new or matched)", time.perf_counter() - started, first.summary()))
-        started = time.perf_counter()
-        second = push_trial(data, report, client, journal, source="bench", chunk_size=args.chunk_size)
-        timings.append(("push again (journal: nothing sent)", time.perf_counter() - started, second.summary()))
-        started = time.perf_counter()
-        preview = dry_run_trial(data, report, client)
-        timings.append(("dry run", time.perf_counter() - started, dict(preview.counts)))
-        started = time.perf_counter()
-        pulled = pull_study(client, journal, data.study, since=None)
-        timings.append(
-            ("pull", time.perf_counter() - started, f"{len(pulled.rows)} rows, {len(pulled.unmapped)} unmapped")
-        )
+        with FhirClient(args.server, timeout=600) as client, Journal(scratch / "journal.sqlite") as journal:
+
+            def timed(name: str, step: object) -> None:
+                started = time.perf_counter()
+                detail = step() if callable(step) else step
+                timings.append((name, time.perf_counter() - started, detail))
+
+            push = dict(source="bench", chunk_size=args.chunk_size, mappings_dir=mappings)
+            timed("push (all new)", lambda: push_trial(data, report, client, journal, **push).summary())
+            timed(
+                "push again (journal: nothing sent)",
+                lambda: push_trial(data, report, client, journal, **push).summary(),
+            )
+            timed(
+                "dry run (every key looked up)",
+                lambda: dict(dry_run_trial(data, report, client, mappings_dir=mappings).counts),
+            )
+            timed(
+                "pull (all)",
+                lambda: (lambda r: f"{r.total_rows} rows, {r.total_unmapped} set aside")(
+                    pull_study(client, journal, data.study, since=None, mappings_dir=mappings)
+                ),
+            )
+            timed(
+                "pull again (--since auto)",
+                lambda: (lambda r: f"{len(r.rows)} new, {r.unchanged} fetched again unchanged")(
+                    pull_study(client, journal, data.study, since="auto", mappings_dir=mappings)
+                ),
+            )
     for name, seconds, detail in timings:
         print(f"{name:36s} {seconds:7.1f} s   {detail}")
 

@@ -1,28 +1,44 @@
-"""Transaction Bundles: conditional entries on business identifiers, dependency order, urn:uuid references.
+"""Bundle entries: business keys, conditional or id-addressed requests, dependency order, reference rewriting.
 
-Every entry is conditional, so sending the same bundle twice changes nothing the second time:
-- Patient: conditional create (``ifNoneExist`` on its MRN or pseudonym) — a hospital's existing patient is
-  linked, never duplicated and never overwritten;
-- everything else: conditional update (``PUT Type?identifier=system|value``; CodeSystem on its url).
-Mappers reference resources as ``Type/id`` (deterministic ids); here those become the entries' ``urn:uuid``
-full URLs, which the server resolves to whatever it matched or created.
+A resource is identified across systems by its business key (first identifier, or a CodeSystem's url);
+``mappings/fhir/matching.yaml`` says which search parameters take that key and which types are create-only.
+An entry is written one of three ways:
+- ``conditional``: ``PUT Type?identifier=system|value`` (update, or create when absent); for a create-only
+  type (Patient) ``POST`` with ``ifNoneExist``, so a hospital's existing patient is linked, never overwritten;
+- ``by-id``: ``PUT Type/server-id``, when a look-up or the journal already knows the server's id (the server
+  does not have to search for it);
+- ``create-by-id``: ``PUT Type/deterministic-id`` (update-as-create), for a server that cannot search the key.
+Sending the same entries twice changes nothing the second time. Mappers reference resources as ``Type/id``
+(deterministic ids); here those become ``urn:uuid`` full URLs inside a Bundle, server ids for resources the
+server already has, or logical references by identifier for types that are not written at all.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.mappers._context import Resource
+from fhir_lupus.terminology import default_mappings_dir, parse_model, read_yaml
 
 __all__ = [
     "DEPENDENCY_ORDER",
+    "MatchingRules",
+    "WriteKind",
     "business_key",
     "conditional_query",
+    "dependency_sorted",
     "dumps",
+    "entry",
+    "load_matching_rules",
+    "local_ref",
     "references",
     "rewrite_references",
     "search_parameter",
@@ -43,6 +59,34 @@ DEPENDENCY_ORDER = (
     "Observation",
 )
 
+WriteKind = Literal["conditional", "by-id", "create-by-id"]
+ReferenceTarget = str | dict[str, Any]  # "Type/server-id" or "urn:uuid:..."; a dict is a logical Identifier
+
+
+class MatchingRules(BaseModel):
+    """mappings/fhir/matching.yaml: how a type is found by its business key, and which types are create-only."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    default_search: tuple[str, ...]
+    search: dict[str, tuple[str, ...]] = {}
+    create_only: frozenset[str] = frozenset()
+
+    def search_parameters(self, resource_type: str) -> tuple[str, ...]:
+        """The parameters that take the type's business key, most preferred first."""
+        return self.search.get(resource_type, self.default_search)
+
+
+@functools.lru_cache(maxsize=8)
+def load_matching_rules(mappings_dir: Path | None = None) -> MatchingRules:
+    path = (mappings_dir or default_mappings_dir()) / "fhir" / "matching.yaml"
+    return parse_model(MatchingRules, path, read_yaml(path))
+
+
+def local_ref(resource: Resource) -> str:
+    """``Type/id`` as the mappers wrote it (the deterministic id)."""
+    return f"{resource['resourceType']}/{resource['id']}"
+
 
 def business_key(resource: Resource) -> str:
     """What identifies a resource across systems: ``system|value`` of its first identifier (CodeSystem: url)."""
@@ -52,14 +96,15 @@ def business_key(resource: Resource) -> str:
     return f"{identifier['system']}|{identifier['value']}"
 
 
-def search_parameter(resource_type: str) -> str:
-    """The search parameter that takes a business key: ``url`` for CodeSystem, ``identifier`` otherwise."""
-    return "url" if resource_type == "CodeSystem" else "identifier"
+def search_parameter(resource_type: str, rules: MatchingRules | None = None) -> str:
+    """The preferred search parameter that takes a type's business key (``url`` for CodeSystem)."""
+    return (rules or load_matching_rules()).search_parameters(resource_type)[0]
 
 
-def conditional_query(resource: Resource) -> str:
-    """The search that identifies a resource on a server: its first identifier (CodeSystem: its url)."""
-    return f"{search_parameter(resource['resourceType'])}=" + quote(business_key(resource), safe=":/|")
+def conditional_query(resource: Resource, parameter: str | None = None) -> str:
+    """The search that identifies a resource on a server: ``parameter=<business key>``, URL-encoded."""
+    parameter = parameter or search_parameter(resource["resourceType"])
+    return f"{parameter}=" + quote(business_key(resource), safe=":/|")
 
 
 def references(node: Any) -> set[str]:
@@ -73,65 +118,130 @@ def references(node: Any) -> set[str]:
     return set()
 
 
+def dependency_sorted(resources: Iterable[Resource]) -> list[Resource]:
+    """Referenced resources before referring ones: type order, then depth among resources of the list.
+
+    Observations refer to Observations (a SLEDAI-2K score is derived from lab results), so type order alone
+    is not enough for a writer that sends them in separate requests. Raises ResourceInvalidError on a cycle.
+    """
+    items = list(resources)
+    by_ref = {local_ref(r): r for r in items}
+    depth: dict[str, int] = {}
+
+    def level(ref: str, trail: frozenset[str] = frozenset()) -> int:
+        if ref not in depth:
+            if ref in trail:
+                raise ResourceInvalidError(f"reference cycle through {ref}")
+            parents = [p for p in references(by_ref[ref]) if p in by_ref and p != ref]
+            depth[ref] = 1 + max((level(p, trail | {ref}) for p in parents), default=-1)
+        return depth[ref]
+
+    return sorted(items, key=lambda r: (DEPENDENCY_ORDER.index(r["resourceType"]), level(local_ref(r))))
+
+
+def entry(
+    resource: Resource,
+    *,
+    write: WriteKind,
+    targets: Mapping[str, ReferenceTarget],
+    server_id: str | None = None,
+    parameter: str | None = None,
+    create_only: bool = False,
+) -> dict[str, Any]:
+    """One Bundle entry (fullUrl, resource, request) writing ``resource`` the way ``write`` says.
+
+    ``targets`` resolves every reference the resource makes (ResourceInvalidError for one it cannot).
+    ``server_id`` is the id to PUT to for ``by-id`` and ``create-by-id``.
+    """
+    resource_type = resource["resourceType"]
+    body = rewrite_references({k: v for k, v in resource.items() if k != "id"}, targets, owner=resource)
+    request: dict[str, str]
+    if write == "conditional":
+        query = conditional_query(resource, parameter)
+        if create_only:
+            request = {"method": "POST", "url": resource_type, "ifNoneExist": query}
+        else:
+            request = {"method": "PUT", "url": f"{resource_type}?{query}"}
+    else:
+        if not server_id:
+            raise ValueError(f"a {write} entry needs a server id ({local_ref(resource)})")
+        body = {
+            "resourceType": resource_type,
+            "id": server_id,
+            **{k: v for k, v in body.items() if k != "resourceType"},
+        }
+        request = {"method": "PUT", "url": f"{resource_type}/{server_id}"}
+    return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": body, "request": request}
+
+
 def transaction_bundle(
     resources: Iterable[Resource],
     *,
     external: Mapping[str, str] | None = None,
     bundle_type: str = "transaction",
+    rules: MatchingRules | None = None,
 ) -> Resource:
     """A FHIR transaction (or batch) Bundle of conditional entries, in dependency order.
 
     ``external`` maps references to resources outside the bundle (``Type/local-id``) to what the server
-    knows them as (``Type/server-id``), for a push that sends only what changed. Raises
-    ResourceInvalidError when a reference resolves neither way, or when two resources share an id.
+    knows them as (``Type/server-id``). Raises ResourceInvalidError when a reference resolves neither way,
+    or when two resources share an id.
     """
-    ordered = sorted(resources, key=lambda r: DEPENDENCY_ORDER.index(r["resourceType"]))
-    full_urls: dict[str, str] = {}
+    rules = rules or load_matching_rules()
+    ordered = dependency_sorted(resources)
+    full_urls: dict[str, ReferenceTarget] = {}
     for resource in ordered:
-        local = f"{resource['resourceType']}/{resource['id']}"
-        if local in full_urls:
-            raise ResourceInvalidError(f"{local} appears twice in the bundle")
-        full_urls[local] = f"urn:uuid:{resource['id']}"
+        if local_ref(resource) in full_urls:
+            raise ResourceInvalidError(f"{local_ref(resource)} appears twice in the bundle")
+        full_urls[local_ref(resource)] = f"urn:uuid:{resource['id']}"
     targets = {**(external or {}), **full_urls}
-    entries = []
-    for resource in ordered:
-        body = _rewrite_references({k: v for k, v in resource.items() if k != "id"}, targets, resource, True)
-        resource_type = resource["resourceType"]
-        query = conditional_query(resource)
-        if resource_type == "Patient":
-            request = {"method": "POST", "url": "Patient", "ifNoneExist": query}
-        else:
-            request = {"method": "PUT", "url": f"{resource_type}?{query}"}
-        entries.append(
-            {"fullUrl": full_urls[f"{resource_type}/{resource['id']}"], "resource": body, "request": request}
+    entries = [
+        entry(
+            resource,
+            write="conditional",
+            targets=targets,
+            parameter=search_parameter(resource["resourceType"], rules),
+            create_only=resource["resourceType"] in rules.create_only,
         )
+        for resource in ordered
+    ]
     return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
 
 
-def rewrite_references(resource: Resource, targets: Mapping[str, str], *, strict: bool = True) -> Resource:
+def rewrite_references(
+    resource: Resource, targets: Mapping[str, ReferenceTarget], *, strict: bool = True, owner: Resource | None = None
+) -> Resource:
     """A copy of ``resource`` whose ``Type/id`` references are replaced through ``targets``.
 
-    ``strict``: every reference must resolve (ResourceInvalidError otherwise); else unknown ones stay as they are.
+    A string target replaces the reference; a dict target (an Identifier) turns the Reference into a logical
+    reference (``identifier`` instead of ``reference``, the display kept). ``strict``: every reference must
+    resolve (ResourceInvalidError otherwise); else unknown ones stay as they are.
     """
-    rewritten: Resource = _rewrite_references(resource, targets, resource, strict)
+    rewritten: Resource = _rewrite(resource, targets, owner or resource, strict)
     return rewritten
 
 
-def _rewrite_references(node: Any, full_urls: Mapping[str, str], owner: Resource, strict: bool) -> Any:
+def _rewrite(node: Any, targets: Mapping[str, ReferenceTarget], owner: Resource, strict: bool) -> Any:
     if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and not value.startswith("#"):
-                if value not in full_urls and strict:
+        value = node.get("reference")
+        if isinstance(value, str) and not value.startswith("#"):
+            target = targets.get(value)
+            if target is None:
+                if strict:
                     raise ResourceInvalidError(
                         f"{owner['resourceType']}/{owner.get('id')} references {value}, which is not in the bundle"
                     )
-                out[key] = full_urls.get(value, value)
-            else:
-                out[key] = _rewrite_references(value, full_urls, owner, strict)
-        return out
+                return {key: _rewrite(item, targets, owner, strict) for key, item in node.items()}
+            if isinstance(target, dict):
+                rest = {k: v for k, v in node.items() if k not in ("reference", "type")}
+                return {"type": value.split("/")[0], "identifier": target, **rest}
+            return {
+                key: (target if key == "reference" else _rewrite(item, targets, owner, strict))
+                for key, item in node.items()
+            }
+        return {key: _rewrite(item, targets, owner, strict) for key, item in node.items()}
     if isinstance(node, list):
-        return [_rewrite_references(item, full_urls, owner, strict) for item in node]
+        return [_rewrite(item, targets, owner, strict) for item in node]
     return node
 
 

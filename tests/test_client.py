@@ -363,20 +363,18 @@ class TestCapabilities:
         }
 
     def test_strategy_order(self) -> None:
-        types = {"Patient", "Observation"}
-        assert (
-            Capabilities.from_statement(self.statement(["transaction", "batch"])).write_strategy(types) == "transaction"
-        )
-        assert Capabilities.from_statement(self.statement(["batch"])).write_strategy(types) == "batch"
-        assert Capabilities.from_statement(self.statement([])).write_strategy(types) == "individual"
+        assert Capabilities.from_statement(self.statement(["transaction", "batch"])).write_strategy() == "transaction"
+        assert Capabilities.from_statement(self.statement(["batch"])).write_strategy() == "batch"
+        assert Capabilities.from_statement(self.statement([])).write_strategy() == "individual"
+
+    def test_what_the_statement_says_per_type(self) -> None:
+        caps = Capabilities.from_statement(self.statement([], conditional=False))
+        assert caps.searches("Observation", "patient") and not caps.searches("Observation", "code")
+        assert caps.searches("Observation", "_lastUpdated") and not caps.searches("Encounter", "identifier")
+        assert caps.allows_update_create("Observation") is None and not caps.conditional_update
 
     def test_unsupported_interaction_is_named(self) -> None:
         caps = Capabilities.from_statement(self.statement([], conditional=False))
-        with pytest.raises(
-            UnsupportedInteraction,
-            match=r"Observation \(conditional update\); Patient \(conditional create\)",
-        ):
-            caps.write_strategy({"Patient", "Observation"})
         with pytest.raises(UnsupportedInteraction, match="ResearchSubject"):
             caps.require_search("ResearchSubject", "study")
         with pytest.raises(UnsupportedInteraction, match="by code"):
@@ -412,3 +410,23 @@ def test_409_on_a_versioned_write_is_final(client: FhirClient) -> None:
     with pytest.raises(FatalHttpError, match="version conflict"):
         client._send_raw("PUT", "Patient/1", body={"resourceType": "Patient"}, headers={"If-Match": 'W/"1"'})
     assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        (400, "Transaction contains more update operations than allowed", "TooLarge"),  # Medplum 5.2
+        (400, "Transaction requires strict isolation but has too many entries", "TooLarge"),  # Medplum 5.2
+        (413, "Payload Too Large", "TooLarge"),
+        (400, "Bundle contains 600 entries, which exceeds the maximum of 500", "TooLarge"),
+        (400, "Conditional PUT matched multiple resources", "PreconditionFailed"),  # Medplum, in a transaction
+        (412, "HAPI-0988: Failed to UPDATE ... because this search matched 2 resources", "PreconditionFailed"),
+        (400, 'HAPI-0524: Unknown search parameter "url" for resource type "CodeSystem"', "UnknownSearchParameter"),
+        (400, "Observation.status: Missing required property", "FatalHttpError"),
+        (503, "down for maintenance", "TransientHttpError"),
+    ],
+)
+def test_refusals_are_classified_by_status_and_words(status: int, message: str, expected: str) -> None:
+    from fhir_lupus.client import error_class
+
+    assert error_class(status, message).__name__ == expected

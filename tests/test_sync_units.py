@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from fhir_lupus.bundle import dependency_sorted
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.sync import Journal, JournalEntry, PulledLab, UnmappedResult, content_hash
 from fhir_lupus.sync.dryrun import diff_paths
-from fhir_lupus.sync.pull import _assign_visit, _loinc_index, _reverse_map
-from fhir_lupus.sync.push import _levels
+from fhir_lupus.sync.reverse import load_pull_rules, loinc_index, reverse_map
+from fhir_lupus.sync.visits import assign_visit
 from fhir_lupus.terminology import LabCatalogue
 
 UCUM = "http://unitsofmeasure.org"
@@ -25,6 +26,7 @@ def observation(code: str, **value: Any) -> dict[str, Any]:
         "id": "o1",
         "meta": {"lastUpdated": "2026-11-25T12:00:00.000+00:00"},
         "identifier": [{"system": "https://fhir-lupus.example.org/fhir/sid/NCT00698191/lab-result", "value": "L-1"}],
+        "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "effectiveDateTime": "2008-02-06T08:00:00+08:00",
         **value,
@@ -32,7 +34,7 @@ def observation(code: str, **value: Any) -> dict[str, Any]:
 
 
 def reverse(obs: dict[str, Any], catalogue: LabCatalogue, study: StudyDefinition) -> PulledLab | UnmappedResult:
-    return _reverse_map(obs, "MSC-001", _loinc_index(catalogue), catalogue, study, BL, 7)
+    return reverse_map(obs, "MSC-001", loinc_index(catalogue), catalogue, study, BL, 7, load_pull_rules())
 
 
 class TestReverseMapping:
@@ -116,10 +118,10 @@ class TestVisitWindows:
         ],
     )
     def test_assignment(self, study: StudyDefinition, collected: str, expected: tuple[str, str, str]) -> None:
-        assert _assign_visit(collected + "T08:00:00+08:00", BL, study, 7) == expected
+        assert assign_visit(collected + "T08:00:00+08:00", BL, study, 7) == expected
 
     def test_without_a_baseline_nothing_is_assigned(self, study: StudyDefinition) -> None:
-        assert _assign_visit("2008-02-10", None, study, 7)[1] == "outside-windows"
+        assert assign_visit("2008-02-10", None, study, 7)[1] == "outside-windows"
 
 
 class TestJournal:
@@ -139,12 +141,11 @@ class TestJournal:
             assert journal.high_water("http://s/fhir/", "NCT1") == "2026-02-01T00:00:00Z"
 
 
-def test_levels_put_referenced_resources_first() -> None:
+def test_dependency_order_puts_referenced_resources_first() -> None:
     lab = {"resourceType": "Observation", "id": "lab", "subject": {"reference": "Patient/p"}}
     score = {"resourceType": "Observation", "id": "score", "derivedFrom": [{"reference": "Observation/lab"}]}
     patient = {"resourceType": "Patient", "id": "p"}
-    levels = _levels([score, lab, patient])
-    assert [[r["id"] for r in level] for level in levels] == [["p"], ["lab"], ["score"]]
+    assert [r["id"] for r in dependency_sorted([score, lab, patient])] == ["p", "lab", "score"]
 
 
 def test_content_hash_ignores_key_order_but_not_values() -> None:

@@ -1,11 +1,13 @@
 """What the command groups share: the console, common options, summaries and the error -> exit code rule.
 
-Exit codes: 0 success; 1 rows were rejected (unless --allow-rejects) or a push held resources back;
-2 usage, configuration or server error.
+Exit codes: 0 success; 1 rows were rejected (unless --allow-rejects), a push did not write everything it was
+asked to (conflicts, refusals, skipped types, a missing Provenance), or the server refused or failed; 2 our
+own usage or configuration error (bad options, unreadable files, inconsistent mappings).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -13,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, SmartBackendAuth
+from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, FhirHttpError, SmartBackendAuth, UnsupportedInteraction
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import LoadReport, TrialData, load_trial, write_quarantine
+from fhir_lupus.sync import Journal
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
 
@@ -67,13 +70,28 @@ def make_client(
         auth = SmartBackendAuth(
             token_url=smart_token_url,
             client_id=smart_client_id,
-            private_key_pem=smart_key.read_bytes(),
+            private_key_pem=_read_key(smart_key),
             algorithm="RS384" if smart_alg == "RS384" else "ES384",
         )
     try:
         return FhirClient(server, auth=auth, timeout=timeout, ca_bundle=str(ca_bundle) if ca_bundle else None)
     except ValueError as exc:
         fail(exc)
+
+
+def open_journal(path: Path) -> Journal:
+    """The SQLite journal, or exit 2 naming the file when it cannot be opened."""
+    try:
+        return Journal(path)
+    except (OSError, sqlite3.Error) as exc:
+        fail(ValueError(f"{path}: cannot open the journal: {exc}"))
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(ValueError(f"--smart-key {path}: {exc.strerror or exc}"))
 
 
 def load(data_dir: Path, mappings: Path | None) -> tuple[TrialData, LoadReport]:
@@ -120,5 +138,6 @@ def exit_on_rejects(report: LoadReport, allow_rejects: bool) -> None:
 
 
 def fail(exc: Exception) -> NoReturn:
+    """Print the error; exit 1 when the server refused or failed (or lacks what we need), 2 for our own errors."""
     console.print(f"[red]error:[/red] {exc}", highlight=False)
-    raise typer.Exit(2)
+    raise typer.Exit(1 if isinstance(exc, FhirHttpError | UnsupportedInteraction) else 2)

@@ -12,7 +12,7 @@ from fhir_lupus import devserver
 from fhir_lupus.cli._common import console, fail, load, make_client, print_rows
 from fhir_lupus.cli._sync import render_push, subject_table
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.sync import Journal, PulledLab, UnmappedResult, pull_study, push_trial, write_rows
+from fhir_lupus.sync import Journal, pull_study, push_trial
 from fhir_lupus.sync.roundtrip import compare_round_trip
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -55,9 +55,7 @@ def demo(
             render_push(result)
             again = push_trial(data, report, client, book, source=str(data_dir), chunk_size=500)
             console.print(f"second push: {again.written} written, {again.unchanged} unchanged")
-            pulled = pull_study(client, book, data.study, since=None)
-            write_rows(pulled.rows, out / "labs.csv", PulledLab)
-            write_rows(pulled.unmapped, out / "labs.unmapped.csv", UnmappedResult)
+            pulled = pull_study(client, book, data.study, since=None, output=out / "labs.csv")
     except FhirLupusError as exc:
         fail(exc)
     finally:

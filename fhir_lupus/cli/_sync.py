@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fhir_lupus.bundle import DEPENDENCY_ORDER
 from fhir_lupus.cli._common import (
     DEFAULT_JOURNAL,
     AllowRejects,
@@ -30,30 +31,24 @@ from fhir_lupus.cli._common import (
     fail,
     load,
     make_client,
+    open_journal,
     report_load,
 )
 from fhir_lupus.client import WriteStrategy
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
-from fhir_lupus.sync import (
-    DryRunReport,
-    Journal,
-    PulledLab,
-    PushReport,
-    UnmappedResult,
-    dry_run_trial,
-    pull_study,
-    push_trial,
-    write_rows,
-)
+from fhir_lupus.sync import DryRunReport, PulledLab, PullResult, PushReport, dry_run_trial, pull_study, push_trial
+from fhir_lupus.sync.workflow import DEFAULT_OVERLAP_SECONDS
 
-__all__ = ["pull", "push", "render_push"]
+__all__ = ["pull", "push", "render_pull", "render_push"]
 
 
 def push(
     data_dir: DataDir,
     server: Server,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Resources per transaction.")] = 500,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", min=1, help="Most resources per transaction; less if the server asks.")
+    ] = 500,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Read the server's state and report; write nothing.")
     ] = False,
@@ -63,6 +58,13 @@ def push(
         typer.Option(
             "--write-strategy", help="transaction, batch or individual (default: from the CapabilityStatement)."
         ),
+    ] = None,
+    types: Annotated[
+        str | None, typer.Option("--types", help="Write only these resource types (comma-separated).")
+    ] = None,
+    skip_types: Annotated[
+        str | None,
+        typer.Option("--skip-types", help="Do not write these types; references to them become logical ones."),
     ] = None,
     journal: JournalPath = DEFAULT_JOURNAL,
     quarantine: Quarantine = None,
@@ -77,7 +79,10 @@ def push(
     ca_bundle: CaBundle = None,
     timeout: Timeout = 60.0,
 ) -> None:
-    """Map DATA_DIR and send what changed since the last push to SERVER (conditional writes, journal)."""
+    """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled)."""
+    only = _type_list(types, "--types")
+    skip = _type_list(skip_types, "--skip-types") or frozenset()
+    strategy = _strategy(write_strategy)
     data, report = load(data_dir, mappings)
     report_load(report, quarantine, verbose_findings=False)
     exit_on_rejects(report, allow_rejects)
@@ -92,12 +97,15 @@ def push(
         ca_bundle=ca_bundle,
         timeout=timeout,
     )
-    with client:
+    with client, open_journal(journal) as book:
         try:
             if dry_run:
-                render_dry_run(dry_run_trial(data, report, client, mappings_dir=mappings), show_diffs)
+                preview = dry_run_trial(
+                    data, report, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
+                )
+                render_dry_run(preview, show_diffs)
                 return
-            with Journal(journal) as book, _progress() as bar:
+            with _progress() as bar:
                 task = bar.add_task("pushing", total=None)
                 result = push_trial(
                     data,
@@ -108,13 +116,27 @@ def push(
                     chunk_size=chunk_size,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                     mappings_dir=mappings,
-                    strategy=_strategy(write_strategy),
+                    strategy=strategy,
+                    only_types=only,
+                    skip_types=skip,
                 )
         except FhirLupusError as exc:
             fail(exc)
     render_push(result)
-    if result.conflicts:
+    if not result.complete:
         raise typer.Exit(1)
+
+
+def _type_list(value: str | None, option: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    names = frozenset(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(names - set(DEPENDENCY_ORDER))
+    if unknown:
+        fail(
+            ValueError(f"{option}: unknown resource type(s) {', '.join(unknown)}; known: {', '.join(DEPENDENCY_ORDER)}")
+        )
+    return names
 
 
 def _strategy(name: str | None) -> WriteStrategy | None:
@@ -125,29 +147,49 @@ def _strategy(name: str | None) -> WriteStrategy | None:
     return cast(WriteStrategy, name)
 
 
-def render_push(result: PushReport) -> None:
-    console.print(f"push {result.push_id} to {result.server}: {result.summary()}")
-    if result.written == 0 and not result.conflicts:
+def render_push(result: PushReport, *, limit: int = 20) -> None:
+    console.print(f"push {result.push_id} to {result.server}: {result.summary()}", highlight=False)
+    if result.written == 0 and not result.problems:
         console.print("nothing changed since the last push: nothing was sent")
+    for route in result.routes.values():
+        if route.skipped or route.lookup != "search" or not route.conditional:
+            console.print(f"route {route.describe()}", highlight=False)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
     if result.provenance:
         console.print(f"provenance: {result.provenance}")
-    for conflict in result.conflicts:
-        console.print(f"[red]conflict[/red] {conflict}", highlight=False)
+    for reference in result.earlier_provenance:
+        console.print(f"provenance of an earlier push: {reference}")
+    for missing in result.provenance_missing:
+        console.print(f"[red]provenance missing[/red] {missing}", highlight=False)
+    shown = [p for p in result.problems if p.kind != "skipped"]
+    for problem in shown[:limit]:
+        console.print(
+            f"[red]{problem.kind}[/red] {problem.resource_type} {problem.business_key}: "
+            f"{problem.reason}" + (f" (server ids: {', '.join(problem.server_ids)})" if problem.server_ids else ""),
+            highlight=False,
+        )
+    if len(shown) > limit:
+        console.print(f"... and {len(shown) - limit} more not written (see the summary counts)")
 
 
 def render_dry_run(report: DryRunReport, show: int) -> None:
     counts = report.counts
-    console.print(
-        "dry run (nothing written): "
-        + ", ".join(f"{counts.get(action, 0)} {action}" for action in ("create", "update", "unchanged", "conflict"))
-    )
+    actions = ("create", "update", "unchanged", "conflict", "held-back", "skipped")
+    console.print("dry run (nothing written): " + ", ".join(f"{counts.get(action, 0)} {action}" for action in actions))
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
     for item in [i for i in report.items if i.action == "conflict"]:
         console.print(
-            f"[red]conflict[/red] {item.resource_type} {item.business_key}: server ids {', '.join(item.server_ids)}"
+            f"[red]conflict[/red] {item.resource_type} {item.business_key}: server ids {', '.join(item.server_ids)}",
+            highlight=False,
         )
+    for item in [i for i in report.items if i.action == "held-back"][:show]:
+        console.print(f"held back {item.resource_type} {item.business_key}: {item.reason}", highlight=False)
     for item in [i for i in report.items if i.action == "update"][:show]:
         console.print(
-            f"update {item.resource_type}/{item.server_ids[0]} ({item.business_key}): {', '.join(item.diffs)}"
+            f"update {item.resource_type}/{item.server_ids[0]} ({item.business_key}): {', '.join(item.diffs)}",
+            highlight=False,
         )
 
 
@@ -161,6 +203,9 @@ def pull(
     window_days: Annotated[
         int | None, typer.Option("--window-days", help="Visit window +/- days (default: the protocol's).")
     ] = None,
+    overlap: Annotated[
+        int, typer.Option("--overlap", min=0, help="--since auto: seconds before the mark to ask again.")
+    ] = DEFAULT_OVERLAP_SECONDS,
     journal: JournalPath = DEFAULT_JOURNAL,
     mappings: Mappings = None,
     token: Token = None,
@@ -172,7 +217,11 @@ def pull(
     ca_bundle: CaBundle = None,
     timeout: Timeout = 60.0,
 ) -> None:
-    """Pull the study's lab Observations into trial lab rows (units normalised, visits assigned)."""
+    """Pull the study's lab Observations into trial lab rows (units normalised, visits assigned).
+
+    The output always holds every row pulled so far from SERVER for the study (kept in the journal, merged
+    by observation id, newer version wins); results that are not rows go to OUTPUT's .unmapped file.
+    """
     client = make_client(
         server,
         token=token,
@@ -184,7 +233,7 @@ def pull(
         ca_bundle=ca_bundle,
         timeout=timeout,
     )
-    with client, Journal(journal) as book:
+    with client, open_journal(journal) as book:
         try:
             definition = load_study(study, mappings)
             result = pull_study(
@@ -193,19 +242,37 @@ def pull(
                 definition,
                 since=None if since == "all" else since,
                 window_days=window_days,
+                output=output,
+                overlap_seconds=overlap,
                 mappings_dir=mappings,
-            )
-            rows = write_rows(result.rows, output, PulledLab)
-            unmapped = write_rows(
-                result.unmapped, output.with_name(output.stem + ".unmapped" + output.suffix), UnmappedResult
             )
         except FhirLupusError as exc:
             fail(exc)
+    render_pull(result)
+
+
+def render_pull(result: PullResult, *, limit: int = 20) -> None:
+    rows, unmapped = result.outputs or (None, None)
     console.print(
-        f"pulled {len(result.rows)} lab rows of {result.subjects} subjects into {rows}"
-        f" ({result.outside_windows} outside every visit window); "
-        f"{len(result.unmapped)} not in the catalogue -> {unmapped}"
+        f"pulled {len(result.rows)} new or changed lab rows of {result.subjects} subjects "
+        f"({result.outside_windows} outside every visit window; {result.unchanged} fetched again unchanged); "
+        f"{result.total_rows} rows in {rows}",
+        highlight=False,
     )
+    console.print(
+        f"{len(result.unmapped)} results set aside in this pull ({result.total_unmapped} in all) -> {unmapped}",
+        highlight=False,
+    )
+    for removal in result.removed[:limit]:
+        console.print(
+            f"[yellow]removed[/yellow] row {removal.result_id or removal.observation_id} of {removal.subject_id} "
+            f"(Observation/{removal.observation_id}): {removal.reason}",
+            highlight=False,
+        )
+    if len(result.removed) > limit:
+        console.print(f"... and {len(result.removed) - limit} more rows removed")
+    for note in result.fallbacks:
+        console.print(f"[yellow]note[/yellow] {note}", highlight=False)
     console.print(f"since: {result.since or 'the beginning'}; high-water mark now {result.high_water or '-'}")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fhir_lupus.client._errors import UnsupportedInteraction
@@ -20,6 +20,7 @@ class Capabilities:
     conditional_create: frozenset[str]
     conditional_update: frozenset[str]
     search_params: dict[str, frozenset[str]]
+    update_create: dict[str, bool] = field(default_factory=dict)  # types that state updateCreate (absent: unstated)
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> Capabilities:
@@ -27,8 +28,11 @@ class Capabilities:
         types: dict[str, frozenset[str]] = {}
         params: dict[str, frozenset[str]] = {}
         conditional_create, conditional_update = set(), set()
+        update_create: dict[str, bool] = {}
         for resource in rest.get("resource", []):
             name = resource.get("type", "")
+            if isinstance(resource.get("updateCreate"), bool):
+                update_create[name] = resource["updateCreate"]
             types[name] = frozenset(i.get("code", "") for i in resource.get("interaction", []))
             params[name] = frozenset(p.get("name", "") for p in resource.get("searchParam", []))
             if resource.get("conditionalCreate"):
@@ -42,32 +46,34 @@ class Capabilities:
             conditional_create=frozenset(conditional_create),
             conditional_update=frozenset(conditional_update),
             search_params=params,
+            update_create=update_create,
         )
 
-    def write_strategy(self, resource_types: set[str]) -> WriteStrategy:
-        """transaction if offered, else batch, else one conditional write per resource.
+    def write_strategy(self) -> WriteStrategy:
+        """transaction if offered, else batch, else one request per resource.
 
-        Raises UnsupportedInteraction naming what is missing when none of the three can carry the writes.
+        Whether each type can be written that way (conditionally, or by id) is decided per type by push's
+        routes, which skip a type the server cannot take instead of failing the whole push.
         """
         if "transaction" in self.system_interactions:
             return "transaction"
-        missing = [
-            f"{name} ({'conditional create' if name == 'Patient' else 'conditional update'})"
-            for name in sorted(resource_types)
-            if not self.can_write(name)
-        ]
-        if missing:
-            raise UnsupportedInteraction(
-                "the server offers neither transaction nor the per-resource writes needed: " + "; ".join(missing)
-            )
         return "batch" if "batch" in self.system_interactions else "individual"
 
-    def can_write(self, resource_type: str) -> bool:
-        """Patients are conditional creates (never overwrite a hospital record); others, updates."""
-        offered = self.type_interactions.get(resource_type, frozenset())
-        if resource_type == "Patient":
-            return "create" in offered and resource_type in self.conditional_create
-        return "update" in offered and resource_type in self.conditional_update
+    def offers(self, resource_type: str, interaction: str) -> bool:
+        """The type-level interaction (read, update, create, search-type...) is listed for the type."""
+        return interaction in self.type_interactions.get(resource_type, frozenset())
+
+    def searches(self, resource_type: str, param: str) -> bool:
+        """The server searches ``resource_type`` by ``param`` (``_``-parameters count as known when searchable)."""
+        if not self.offers(resource_type, "search-type"):
+            return False
+        return param.startswith("_") or param in self.search_params.get(resource_type, frozenset())
+
+    def allows_update_create(self, resource_type: str) -> bool | None:
+        """True/False when the statement says whether PUT to a new id creates; None when it is silent."""
+        if not self.offers(resource_type, "update"):
+            return False
+        return self.update_create.get(resource_type)
 
     def require_search(self, resource_type: str, *params: str) -> None:
         """UnsupportedInteraction unless the server searches ``resource_type`` by every one of ``params``."""

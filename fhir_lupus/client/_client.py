@@ -22,11 +22,11 @@ from fhir_lupus.client._errors import (
     FhirHttpError,
     InvalidResponse,
     PagingLoopError,
-    PreconditionFailed,
     TransientHttpError,
+    error_class,
     server_message,
 )
-from fhir_lupus.client._retry import IDEMPOTENT, TRANSIENT_STATUS, RetryPolicy, RetryTransport
+from fhir_lupus.client._retry import IDEMPOTENT, RetryPolicy, RetryTransport
 
 __all__ = ["FHIR_JSON", "FhirClient", "location_id", "location_version"]
 
@@ -94,7 +94,8 @@ class FhirClient:
 
     def capabilities(self) -> Capabilities:
         if self._capabilities is None:
-            statement = self.get("metadata")
+            # a cached statement may predate a change of the server's search parameters (HAPI caches it for 60 s)
+            statement = self._send("GET", "metadata", headers={"Cache-Control": "no-cache"})
             if statement.get("resourceType") != "CapabilityStatement":
                 raise InvalidResponse("metadata is not a CapabilityStatement", url=self.base_url + "metadata")
             self._capabilities = Capabilities.from_statement(statement)
@@ -138,6 +139,10 @@ class FhirClient:
         """POST a transaction or batch Bundle; ``idempotent`` (all entries conditional) allows retries."""
         return self._send("POST", "", body=bundle, idempotent=idempotent)
 
+    def put(self, path: str, resource: dict[str, Any]) -> httpx.Response:
+        """PUT a resource at ``Type/id`` (update, or update-as-create) or ``Type?query`` (conditional update)."""
+        return self._send_raw("PUT", path, body=resource, idempotent=True)
+
     def conditional_update(self, resource: dict[str, Any], query: str) -> httpx.Response:
         return self._send_raw("PUT", f"{resource['resourceType']}?{query}", body=resource, idempotent=True)
 
@@ -145,6 +150,9 @@ class FhirClient:
         return self._send_raw(
             "POST", resource["resourceType"], body=resource, idempotent=True, headers={"If-None-Exist": query}
         )
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        self._send_raw("DELETE", f"{resource_type}/{resource_id}")
 
     def create(self, resource: dict[str, Any]) -> dict[str, Any]:
         """Plain create (not retried after the request may have reached the server); the stored resource.
@@ -194,10 +202,7 @@ class FhirClient:
         if response.status_code >= 400:
             message = server_message(response.content)
             status = response.status_code
-            if status == 412:
-                raise PreconditionFailed(message, status=status, method=method, url=str(response.url))
-            error = TransientHttpError if status in TRANSIENT_STATUS else FatalHttpError
-            raise error(message, status=status, method=method, url=str(response.url))
+            raise error_class(status, message)(message, status=status, method=method, url=str(response.url))
         return response
 
     def _url(self, path: str) -> str:

@@ -20,6 +20,8 @@ from typing import Literal
 
 import httpx
 
+from fhir_lupus.client._errors import TRANSIENT_STATUS
+
 __all__ = [
     "IDEMPOTENT",
     "TRANSIENT_STATUS",
@@ -29,7 +31,6 @@ __all__ = [
     "retry_after_seconds",
 ]
 
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 IDEMPOTENT = "fhir_lupus.idempotent"  # request extension: True when a POST may be repeated safely
 

@@ -1,19 +1,26 @@
 """The push/pull journal: a local SQLite file that makes pushes resumable and pulls incremental.
 
-Per server and resource (type + business identifier) it keeps the content hash last sent, the server's id
-and versionId, and the last outcome; per server and study the pull high-water mark. Each chunk's results
-are committed in one SQLite transaction, so a push killed at any point resumes from what the server
-confirmed (re-sending the unconfirmed chunk is harmless: every write is conditional).
+Per server and resource (type + business key) it keeps the content hash last confirmed, the server's id and
+versionId, the last outcome and our own (deterministic) reference, so later batches and later pushes can
+point at the server's id. Per push: its status, what it wrote, the references still waiting for their
+Provenance, and the Provenance once written. Per server and chunk kind: the largest Bundle the server
+accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``).
+
+Each chunk's results are committed in one SQLite transaction, so a push killed at any point resumes from
+what the server confirmed (re-sending the unconfirmed chunk is harmless: a look-up settles it first, and
+every write is conditional or addressed by id).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["Journal", "JournalEntry"]
+__all__ = ["Journal", "JournalEntry", "PushRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -26,6 +33,7 @@ CREATE TABLE IF NOT EXISTS resource (
     last_outcome  TEXT NOT NULL,
     push_id       TEXT NOT NULL,
     updated_at    TEXT NOT NULL,
+    local_ref     TEXT,
     PRIMARY KEY (server, resource_type, business_key)
 );
 CREATE TABLE IF NOT EXISTS push (
@@ -35,7 +43,20 @@ CREATE TABLE IF NOT EXISTS push (
     started_at   TEXT NOT NULL,
     finished_at  TEXT,
     status       TEXT NOT NULL,
-    summary      TEXT
+    summary      TEXT,
+    written      INTEGER NOT NULL DEFAULT 0,
+    provenance   TEXT
+);
+CREATE TABLE IF NOT EXISTS push_target (
+    push_id   TEXT NOT NULL,
+    reference TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_target_push ON push_target (push_id);
+CREATE TABLE IF NOT EXISTS write_limit (
+    server TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    size   INTEGER NOT NULL,
+    PRIMARY KEY (server, kind)
 );
 CREATE TABLE IF NOT EXISTS pull_mark (
     server     TEXT NOT NULL,
@@ -44,6 +65,14 @@ CREATE TABLE IF NOT EXISTS pull_mark (
     PRIMARY KEY (server, study)
 );
 """
+
+# Columns added after the first release: a journal written by an older version gains them on opening.
+_ADDED_COLUMNS = {
+    "resource": {"local_ref": "TEXT"},
+    "push": {"written": "INTEGER NOT NULL DEFAULT 0", "provenance": "TEXT"},
+}
+_LOCAL_REF_INDEX = "CREATE INDEX IF NOT EXISTS resource_local_ref ON resource (server, local_ref)"
+_IN_CHUNK = 400  # SQLite host parameters per IN (...) list, well below its limit
 
 
 @dataclass(frozen=True)
@@ -54,10 +83,27 @@ class JournalEntry:
     server_id: str | None
     version_id: str | None
     last_outcome: str
+    local_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    push_id: str
+    status: str
+    summary: str
+    written: int
+    provenance: str | None
+    source: str
+    started_at: str
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
 
 
 class Journal:
@@ -68,6 +114,17 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a confirmed chunk survives a crash
         self._db.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column, declaration in columns.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self._db.execute(_LOCAL_REF_INDEX)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for the pull store that keeps its tables in the same file."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -78,24 +135,68 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back when the block raises (or the process dies)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- resources ------------------------------------------------------------------------------------------
+
     def entries(self, server: str) -> dict[tuple[str, str], JournalEntry]:
+        """Every resource recorded for ``server`` (tests and reports; pushes look up by key instead)."""
         rows = self._db.execute(
-            "SELECT resource_type, business_key, content_hash, server_id, version_id, last_outcome "
+            "SELECT resource_type, business_key, content_hash, server_id, version_id, last_outcome, local_ref "
             "FROM resource WHERE server = ?",
             (server,),
         )
         return {(row[0], row[1]): JournalEntry(*row) for row in rows}
 
-    def record(self, server: str, push_id: str, entries: list[JournalEntry]) -> None:
-        """Store the outcome of one confirmed chunk, all or nothing."""
+    def lookup(self, server: str, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JournalEntry]:
+        """The recorded entries for these (resource type, business key) pairs; absent ones are left out."""
+        by_type: dict[str, list[str]] = {}
+        for resource_type, key in keys:
+            by_type.setdefault(resource_type, []).append(key)
+        found: dict[tuple[str, str], JournalEntry] = {}
+        for resource_type, wanted in by_type.items():
+            for part in _chunks(sorted(set(wanted))):
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    "SELECT resource_type, business_key, content_hash, server_id, version_id, last_outcome, local_ref "
+                    f"FROM resource WHERE server = ? AND resource_type = ? AND business_key IN ({marks})",
+                    (server, resource_type, *part),
+                )
+                found.update({(row[0], row[1]): JournalEntry(*row) for row in rows})
+        return found
+
+    def server_refs(self, server: str, local_refs: Iterable[str]) -> dict[str, str]:
+        """``Type/local-id`` -> ``Type/server-id`` for the resources the server is known to hold."""
+        found: dict[str, str] = {}
+        for part in _chunks(sorted(set(local_refs))):
+            rows = self._db.execute(
+                "SELECT local_ref, resource_type, server_id FROM resource "
+                f"WHERE server = ? AND server_id IS NOT NULL AND local_ref IN ({','.join('?' * len(part))})",
+                (server, *part),
+            )
+            found.update({row[0]: f"{row[1]}/{row[2]}" for row in rows})
+        return found
+
+    def record(self, server: str, push_id: str, entries: list[JournalEntry], *, targets: Iterable[str] = ()) -> None:
+        """Store the outcome of one confirmed chunk, all or nothing; ``targets`` await this push's Provenance."""
         now = _now()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany(
-                "INSERT INTO resource VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        target_rows = [(push_id, reference) for reference in targets]
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO resource VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (server, resource_type, business_key) DO UPDATE SET content_hash = excluded.content_hash, "
                 "server_id = excluded.server_id, version_id = excluded.version_id, "
-                "last_outcome = excluded.last_outcome, push_id = excluded.push_id, updated_at = excluded.updated_at",
+                "last_outcome = excluded.last_outcome, push_id = excluded.push_id, updated_at = excluded.updated_at, "
+                "local_ref = COALESCE(excluded.local_ref, resource.local_ref)",
                 [
                     (
                         server,
@@ -107,14 +208,16 @@ class Journal:
                         e.last_outcome,
                         push_id,
                         now,
+                        e.local_ref,
                     )
                     for e in entries
                 ],
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            db.executemany("INSERT INTO push_target VALUES (?, ?)", target_rows)
+            if target_rows:
+                db.execute("UPDATE push SET written = written + ? WHERE push_id = ?", (len(target_rows), push_id))
+
+    # -- pushes ---------------------------------------------------------------------------------------------
 
     def start_push(self, push_id: str, server: str, source: str) -> None:
         self._db.execute(
@@ -130,11 +233,44 @@ class Journal:
 
     def pushes(self, server: str) -> list[tuple[str, str, str]]:
         """(push_id, status, summary) of every push to ``server``, oldest first."""
+        return [(p.push_id, p.status, p.summary) for p in self.push_records(server)]
+
+    def push_records(self, server: str) -> list[PushRecord]:
         rows = self._db.execute(
-            "SELECT push_id, status, COALESCE(summary, '') FROM push WHERE server = ? ORDER BY started_at",
+            "SELECT push_id, status, COALESCE(summary, ''), written, provenance, source, started_at "
+            "FROM push WHERE server = ? ORDER BY started_at, rowid",
             (server,),
         )
-        return [(row[0], row[1], row[2]) for row in rows]
+        return [PushRecord(*row) for row in rows]
+
+    def awaiting_provenance(self, server: str) -> list[PushRecord]:
+        """Pushes to ``server`` that wrote something and have no Provenance yet (failed, killed, or refused)."""
+        return [p for p in self.push_records(server) if p.written and not p.provenance]
+
+    def targets(self, push_id: str) -> list[str]:
+        rows = self._db.execute("SELECT reference FROM push_target WHERE push_id = ? ORDER BY rowid", (push_id,))
+        return [row[0] for row in rows]
+
+    def provenance_written(self, push_id: str, reference: str) -> None:
+        """The push's Provenance exists: keep its reference, forget the target list."""
+        with self.transaction() as db:
+            db.execute("UPDATE push SET provenance = ? WHERE push_id = ?", (reference, push_id))
+            db.execute("DELETE FROM push_target WHERE push_id = ?", (push_id,))
+
+    # -- write limits ---------------------------------------------------------------------------------------
+
+    def write_limits(self, server: str) -> dict[str, int]:
+        """The largest Bundle size per chunk kind that ``server`` accepted after refusing a larger one."""
+        rows = self._db.execute("SELECT kind, size FROM write_limit WHERE server = ?", (server,))
+        return {row[0]: int(row[1]) for row in rows}
+
+    def set_write_limit(self, server: str, kind: str, size: int) -> None:
+        self._db.execute(
+            "INSERT INTO write_limit VALUES (?, ?, ?) ON CONFLICT (server, kind) DO UPDATE SET size = excluded.size",
+            (server, kind, size),
+        )
+
+    # -- pull high-water mark -------------------------------------------------------------------------------
 
     def high_water(self, server: str, study: str) -> str | None:
         row = self._db.execute(

@@ -1,85 +1,163 @@
-"""Push mapped resources to a FHIR server: only what changed, in chunks, resumable, auditable.
+"""Push mapped resources to a FHIR server: planned from the server, applied in accepted sizes, resumable.
 
-The plan compares each resource's content hash with the journal; unchanged resources are not sent.
-Changed ones go out in dependency order, in chunks, using the write strategy the server's
-CapabilityStatement allows (transaction, else batch, else one conditional write each). References to
-resources sent earlier resolve to their server ids from the journal. A 412 (several server resources match
-one identifier) is reported per resource with the matching ids and that resource, and everything that
-refers to it, is held back, never resolved silently. One Provenance resource records each push that wrote.
+1. Read the CapabilityStatement and give every type a route (``routes.py``): how its business key is looked
+   up and how new resources are written; a type the server cannot take is skipped with one warning.
+2. For each bounded batch of resources (referenced ones first): ask the journal what it knows, look the rest
+   up on the server in OR-list searches, and plan (``plan.py``): create, update, unchanged, conflict,
+   held back or skipped.
+3. Apply the plan (``apply.py``): by-id writes for everything whose server id is known, conditional writes
+   for the rest; chunk sizes adapt to what the server accepts and are remembered per server.
+4. One Provenance for the push (and for any earlier push whose Provenance is still missing).
+A push that is killed, or stopped by a server failure, leaves the journal with what the server confirmed;
+the next push looks the rest up before writing, so nothing is written twice.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from fhir_lupus.bundle import (
-    DEPENDENCY_ORDER,
-    business_key,
-    conditional_query,
-    references,
-    rewrite_references,
-    search_parameter,
-    transaction_bundle,
-)
-from fhir_lupus.client import FhirClient, PreconditionFailed, WriteStrategy, location_id, location_version
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.bundle import business_key, dependency_sorted, load_matching_rules, references
+from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, WriteStrategy
 from fhir_lupus.mappers._context import Resource
-from fhir_lupus.sync.journal import Journal, JournalEntry
+from fhir_lupus.sync.apply import Applier, ApplyCounts, Problem, WriteLimits
+from fhir_lupus.sync.journal import Journal
+from fhir_lupus.sync.lookup import RouteRefused, look_up
+from fhir_lupus.sync.plan import Plan, content_hash, needs_lookup, plan_batch
+from fhir_lupus.sync.provenance import load_provenance_template, provenance_resource, write_provenance
+from fhir_lupus.sync.routes import TypeRoute, plan_routes
+from fhir_lupus.terminology import load_pack
 
-__all__ = ["Conflict", "PushReport", "content_hash", "push_resources"]
+__all__ = ["Planner", "PushReport", "content_hash", "push_resources"]
 
 Progress = Callable[[int, int], None]
-
-
-def content_hash(resource: Resource) -> str:
-    """SHA-256 of the resource's canonical JSON: equal hashes mean nothing to send."""
-    return hashlib.sha256(json.dumps(resource, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def _local_ref(resource: Resource) -> str:
-    return f"{resource['resourceType']}/{resource['id']}"
-
-
-@dataclass(frozen=True)
-class Conflict:
-    resource_type: str
-    business_key: str
-    reason: str
-    server_ids: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        ids = f" (server ids: {', '.join(self.server_ids)})" if self.server_ids else ""
-        return f"{self.resource_type} {self.business_key}: {self.reason}{ids}"
+BATCH_SIZE = 1000  # resources planned and applied at a time
 
 
 @dataclass
-class PushReport:
-    push_id: str
-    server: str
+class PushReport(ApplyCounts):
+    """What a push did: the counts of its writes (ApplyCounts) and of its plans, routes, limits, Provenance."""
+
+    push_id: str = ""
+    server: str = ""
     strategy: WriteStrategy | None = None
     total: int = 0
     unchanged: int = 0
-    created: int = 0
-    updated: int = 0
-    chunks: int = 0
-    conflicts: list[Conflict] = field(default_factory=list)
+    routes: dict[str, TypeRoute] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    bundle_sizes: dict[str, int] = field(default_factory=dict)
     provenance: str | None = None
+    provenance_missing: list[str] = field(default_factory=list)
+    earlier_provenance: list[str] = field(default_factory=list)
 
     @property
     def written(self) -> int:
         return self.created + self.updated
 
+    @property
+    def conflicts(self) -> list[Problem]:
+        return [p for p in self.problems if p.kind == "conflict"]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for p in self.problems if p.kind == kind)
+
+    @property
+    def complete(self) -> bool:
+        """Everything asked for was written or found unchanged, with its Provenance."""
+        forced_skips = [r for r in self.routes.values() if r.skipped and not r.skipped_by_user]
+        return not (self.problems and any(p.kind != "skipped" for p in self.problems)) and not (
+            self.provenance_missing or forced_skips
+        )
+
     def summary(self) -> str:
+        sizes = ", ".join(f"{kind} {size}" for kind, size in sorted(self.bundle_sizes.items()))
         return (
             f"{self.total} resources: {self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{len(self.conflicts)} held back by conflicts ({self.chunks} chunk(s), {self.strategy or 'nothing sent'})"
+            f"{self.linked} linked, {self.count('conflict')} conflicts, {self.count('held-back')} held back, "
+            f"{self.count('refused')} refused, {self.count('skipped')} skipped "
+            f"({self.chunks} chunk(s), {self.strategy or 'nothing sent'}"
+            + (f"; bundle sizes {sizes}" if sizes else "")
+            + (f"; {self.size_refusals} size refusal(s)" if self.size_refusals else "")
+            + ")"
         )
+
+
+class Planner:
+    """Plans batch after batch for one server; carries what earlier batches held back or skipped.
+
+    Shared by push and the dry run, so both see the server the same way (``verify`` compares every
+    resource with the server copy, as the dry run does).
+    """
+
+    def __init__(
+        self,
+        client: FhirClient,
+        journal: Journal | None,
+        resource_types: Iterable[str],
+        *,
+        only_types: frozenset[str] | None = None,
+        skip_types: frozenset[str] = frozenset(),
+        mappings_dir: Path | None = None,
+        verify: bool = False,
+        warn: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.capabilities = client.capabilities()
+        self._rules = load_matching_rules(mappings_dir)
+        self._types = frozenset(resource_types)
+        self._only, self._skip = only_types, skip_types
+        self._refused: frozenset[tuple[str, str]] = frozenset()
+        self.routes = self._routes()
+        self.verify = verify
+        self.warn = warn
+        self.held_back: set[str] = set()
+        self.logical: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, str] = {}  # dry run: server ids found in earlier batches
+        self._creates: set[str] = set()  # dry run: what earlier batches would create
+
+    def _routes(self) -> dict[str, TypeRoute]:
+        return plan_routes(
+            self._types, self.capabilities, self._rules, only=self._only, skip=self._skip, refused=self._refused
+        )
+
+    def plan(self, batch: list[Resource], held_back: Iterable[str] = ()) -> Plan:
+        server = self.client.base_url
+        keys = [(r["resourceType"], business_key(r)) for r in batch]
+        known = self.journal.lookup(server, keys) if self.journal else {}
+        inside = {f"{r['resourceType']}/{r['id']}" for r in batch}
+        outside = {t for r in batch for t in references(r)} - inside
+        refs = self.journal.server_refs(server, outside) if self.journal else {}
+        refs.update({ref: self._seen[ref] for ref in outside if ref in self._seen})
+        while True:
+            wanted = needs_lookup(batch, self.routes, known, verify=self.verify)
+            try:
+                found = look_up(self.client, wanted, self.routes, known=known)
+                break
+            except RouteRefused as exc:
+                self._refused |= {(exc.resource_type, exc.parameter)}
+                self.routes = self._routes()
+                self.warn(f"{exc}; now: {self.routes[exc.resource_type].describe()}")
+        plan = plan_batch(
+            batch,
+            self.routes,
+            known=known,
+            found=found,
+            server_refs=refs,
+            held_back=self.held_back | set(held_back),
+            logical=self.logical,
+            will_exist=self._creates,
+            verify=self.verify,
+        )
+        self.held_back = plan.held_back
+        self.logical = plan.logical
+        if self.verify:  # nothing is written between batches: remember what the plan knows and would create
+            self._seen.update({ref: plan.server_refs[ref] for ref in inside if ref in plan.server_refs})
+            self._creates.update(item.local_ref for item in plan.items if item.action == "create")
+        return plan
 
 
 def push_resources(
@@ -92,233 +170,131 @@ def push_resources(
     chunk_size: int = 500,
     progress: Progress | None = None,
     strategy: WriteStrategy | None = None,
+    only_types: frozenset[str] | None = None,
+    skip_types: frozenset[str] = frozenset(),
+    batch_size: int = BATCH_SIZE,
+    mappings_dir: Path | None = None,
 ) -> PushReport:
-    """Send what changed since the journal's last record for this server; see the module docstring.
+    """Plan and apply in batches; see the module docstring. ``strategy`` overrides the statement's choice.
 
-    ``strategy`` overrides the one the CapabilityStatement implies (for a server whose statement is wrong).
+    ``chunk_size`` is an upper bound: chunks shrink to what the server accepts, and the journal remembers it.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     server = client.base_url
-    ordered = sorted(resources, key=lambda r: DEPENDENCY_ORDER.index(r["resourceType"]))
+    ordered = dependency_sorted(resources)
     report = PushReport(push_id=str(uuid.uuid4()), server=server, total=len(ordered))
-    known = journal.entries(server)
-    pending: list[Resource] = []
-    for resource in ordered:
-        entry = known.get((resource["resourceType"], business_key(resource)))
-        if entry and entry.server_id and entry.content_hash == content_hash(resource):
-            report.unchanged += 1
-        else:
-            pending.append(resource)
-    if progress:
-        progress(0, len(pending))
-    if not pending:
-        return report
-    report.strategy = strategy or client.capabilities().write_strategy({r["resourceType"] for r in pending})
+    planner = Planner(
+        client,
+        journal,
+        {r["resourceType"] for r in ordered},
+        only_types=only_types,
+        skip_types=skip_types,
+        mappings_dir=mappings_dir,
+        warn=report.warnings.append,
+    )
+    capabilities = planner.capabilities
+    report.strategy = strategy or capabilities.write_strategy()
+    limits = WriteLimits(chunk_size, journal.write_limits(server))
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress:
+            progress(done, len(ordered))
+
+    applier = Applier(
+        client, journal, report.push_id, report.strategy, planner.routes, limits, counts=report, on_written=advance
+    )
     journal.start_push(report.push_id, server, source)
-    server_refs = {
-        f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/{known[k].server_id}"
-        for r in ordered
-        if (k := (r["resourceType"], business_key(r))) in known and known[k].server_id
-    }
-    held_back: set[str] = set()
     status = "failed"
     try:
-        done = 0
-        for start in range(0, len(pending), chunk_size):
-            chunk = [r for r in pending[start : start + chunk_size] if not _blocked(r, held_back)]
-            for resource in pending[start : start + chunk_size]:
-                if resource not in chunk:
-                    report.conflicts.append(
-                        Conflict(resource["resourceType"], business_key(resource), "refers to a resource held back")
-                    )
-            if chunk:
-                written = _send_chunk(chunk, client, report, server_refs, held_back)
-                journal.record(server, report.push_id, [entry for _, entry in written])
-                for resource, entry in written:
-                    if entry.server_id:
-                        server_refs[_local_ref(resource)] = f"{resource['resourceType']}/{entry.server_id}"
-                report.chunks += 1
-            done += len(pending[start : start + chunk_size])
-            if progress:
-                progress(done, len(pending))
-        if report.written:
-            report.provenance = _provenance(client, report, server_refs, source, mapping_version, pending)
-        status = "completed" if not report.conflicts else "completed-with-conflicts"
+        advance(0)
+        for batch in _batches(ordered, batch_size):
+            plan = planner.plan(batch, applier.held_back)
+            applier.routes = planner.routes
+            _record_settled(plan, journal, server, report.push_id)
+            _count_plan(plan, report)
+            advance(sum(1 for item in plan.items if item.action not in ("create", "update")))
+            applier.apply(plan)
+        status = "completed"
     finally:
+        report.routes = planner.routes
+        report.bundle_sizes = {kind: limits.size(kind) for kind in ("conditional", "direct")}
+        _warn_forced_skips(report)
         journal.finish_push(report.push_id, status, report.summary())
+    _write_provenances(client, capabilities, journal, report, source, mapping_version, mappings_dir)
+    if not report.complete:
+        journal.finish_push(report.push_id, "completed-with-problems", report.summary())
     return report
 
 
-def _blocked(resource: Resource, held_back: set[str]) -> bool:
-    return bool(held_back & references(resource))
+def _batches(items: list[Resource], size: int) -> Iterator[list[Resource]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
-def _send_chunk(
-    chunk: list[Resource],
-    client: FhirClient,
-    report: PushReport,
-    server_refs: dict[str, str],
-    held_back: set[str],
-) -> list[tuple[Resource, JournalEntry]]:
-    """Write one chunk; on 412, find the resources with several matches, hold them back, send the rest."""
-    try:
-        return _write(chunk, client, report, server_refs)
-    except PreconditionFailed:
-        conflicted = _find_conflicts(chunk, client, report)
-        held_back.update(conflicted)
-        remaining = [r for r in chunk if _local_ref(r) not in held_back and not _blocked(r, held_back)]
-        for resource in chunk:
-            if resource not in remaining and _local_ref(resource) not in conflicted:
-                report.conflicts.append(
-                    Conflict(resource["resourceType"], business_key(resource), "refers to a resource held back")
-                )
-                held_back.add(_local_ref(resource))
-        return _write(remaining, client, report, server_refs) if remaining else []
+def _record_settled(plan: Plan, journal: Journal, server: str, push_id: str) -> None:
+    """What the look-ups settled without a write (a match equal to ours, a linked record) goes in the journal."""
+    settled = [item.journal_entry("matched") for item in plan.items if item.record]
+    if settled:
+        journal.record(server, push_id, settled)
 
 
-def _find_conflicts(chunk: list[Resource], client: FhirClient, report: PushReport) -> set[str]:
-    conflicted = set()
-    for resource in chunk:
-        matches = [
-            m["id"]
-            for m in client.search(
-                resource["resourceType"], {search_parameter(resource["resourceType"]): business_key(resource)}
+def _count_plan(plan: Plan, report: PushReport) -> None:
+    for item in plan.items:
+        if item.action == "unchanged":
+            report.unchanged += 1
+        elif item.action == "conflict" or item.action == "held-back" or item.action == "skipped":
+            report.problems.append(Problem(item.action, item.resource_type, item.key, item.reason, item.server_ids))
+
+
+def _warn_forced_skips(report: PushReport) -> None:
+    for route in report.routes.values():
+        if route.skipped and not route.skipped_by_user:
+            message = (
+                f"{route.resource_type} not written: {route.skip_reason}. Pass --skip-types {route.resource_type} "
+                "to push without it on purpose (references to it become logical references by identifier)"
             )
-        ]
-        if len(matches) > 1:
-            conflicted.add(_local_ref(resource))
-            report.conflicts.append(
-                Conflict(
-                    resource["resourceType"],
-                    business_key(resource),
-                    "several server resources match",
-                    tuple(matches),
-                )
-            )
-    if not conflicted:
-        raise FhirLupusError("the server answered 412 but no resource of the chunk has several matches")
-    return conflicted
+            if message not in report.warnings:
+                report.warnings.append(message)
 
 
-def _write(
-    chunk: list[Resource], client: FhirClient, report: PushReport, server_refs: dict[str, str]
-) -> list[tuple[Resource, JournalEntry]]:
-    """Send one chunk with the server's write strategy; the journal entries of what the server confirmed."""
-    if report.strategy == "transaction":
-        ordered = sorted(chunk, key=lambda r: DEPENDENCY_ORDER.index(r["resourceType"]))  # the bundle's order
-        response = client.transaction(transaction_bundle(ordered, external=server_refs), idempotent=True)
-        answers = [entry.get("response", {}) for entry in response.get("entry", [])]
-        if len(answers) != len(ordered):
-            raise FhirLupusError(f"transaction response has {len(answers)} entries for {len(ordered)} sent")
-        return [(r, _outcome(r, answer, report)) for r, answer in zip(ordered, answers, strict=True)]
-    entries = []
-    for level in _levels(chunk):  # batch and one-by-one: references must already have server ids
-        if report.strategy == "batch":
-            bundle = transaction_bundle(level, external=server_refs, bundle_type="batch")
-            response = client.transaction(bundle, idempotent=True)
-            answers = [e.get("response", {}) for e in response.get("entry", [])]
-            for resource, answer in zip(level, answers, strict=True):
-                if not str(answer.get("status", "")).startswith("2"):
-                    raise _entry_error(resource, answer)
-        else:
-            answers = [_write_one(resource, client, server_refs) for resource in level]
-        for resource, answer in zip(level, answers, strict=True):
-            entry = _outcome(resource, answer, report)
-            entries.append((resource, entry))
-            if entry.server_id:
-                server_refs[_local_ref(resource)] = f"{resource['resourceType']}/{entry.server_id}"
-    return entries
-
-
-def _write_one(resource: Resource, client: FhirClient, server_refs: dict[str, str]) -> dict[str, Any]:
-    body = rewrite_references({k: v for k, v in resource.items() if k != "id"}, server_refs)
-    query = conditional_query(resource)
-    if resource["resourceType"] == "Patient":
-        response = client.conditional_create(body, query)
-    else:
-        response = client.conditional_update(body, query)
-    return {
-        "status": str(response.status_code),
-        "location": response.headers.get("Location") or response.headers.get("Content-Location", ""),
-    }
-
-
-def _entry_error(resource: Resource, answer: dict[str, Any]) -> FhirLupusError:
-    status = str(answer.get("status", ""))
-    if status.startswith("412"):
-        return PreconditionFailed(f"{resource['resourceType']} {business_key(resource)}: several matches", status=412)
-    outcome = answer.get("outcome") or {}
-    text = "; ".join(i.get("diagnostics", "") for i in outcome.get("issue", []))
-    return FhirLupusError(f"{resource['resourceType']} {business_key(resource)} refused: {status} {text}".strip())
-
-
-def _levels(chunk: list[Resource]) -> list[list[Resource]]:
-    """Group a chunk so that every resource comes after those it references (Observation -> Observation too)."""
-    local = {_local_ref(r) for r in chunk}
-    depth: dict[str, int] = {}
-    by_ref = {_local_ref(r): r for r in chunk}
-
-    def level(ref: str, trail: frozenset[str] = frozenset()) -> int:
-        if ref not in depth:
-            if ref in trail:
-                raise FhirLupusError(f"reference cycle through {ref}")
-            parents = [p for p in references(by_ref[ref]) if p in local]
-            depth[ref] = 1 + max((level(p, trail | {ref}) for p in parents), default=-1)
-        return depth[ref]
-
-    groups: dict[int, list[Resource]] = {}
-    for resource in chunk:
-        groups.setdefault(level(_local_ref(resource)), []).append(resource)
-    return [groups[k] for k in sorted(groups)]
-
-
-def _outcome(resource: Resource, answer: dict[str, Any], report: PushReport) -> JournalEntry:
-    status = str(answer.get("status", ""))
-    location = str(answer.get("location", ""))
-    server_id = location_id(location, resource["resourceType"])
-    version = location_version(location)
-    if status.startswith("201"):
-        report.created += 1
-        outcome = "created"
-    else:
-        report.updated += 1
-        outcome = "updated"
-    return JournalEntry(
-        resource["resourceType"], business_key(resource), content_hash(resource), server_id, version, outcome
-    )
-
-
-def _provenance(
+def _write_provenances(
     client: FhirClient,
+    capabilities: Capabilities,
+    journal: Journal,
     report: PushReport,
-    server_refs: dict[str, str],
     source: str,
     mapping_version: str,
-    sent: list[Resource],
-) -> str | None:
-    targets = [{"reference": server_refs[_local_ref(r)]} for r in sent if _local_ref(r) in server_refs]
-    if not targets:
-        return None
-    provenance = {
-        "resourceType": "Provenance",
-        "target": targets,
-        "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
-        "activity": {"text": f"fhir_lupus push {report.push_id}"},
-        "agent": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                            "code": "assembler",
-                        }
-                    ]
-                },
-                "who": {"display": f"fhir_lupus (mapping version {mapping_version})"},
-            }
-        ],
-        "entity": [{"role": "source", "what": {"display": source}}],
-    }
-    created = client.create(provenance)
-    return f"Provenance/{created['id']}" if created.get("id") else None
+    mappings_dir: Path | None,
+) -> None:
+    """This push's Provenance, and any an earlier push still owes; a failure is reported, not raised."""
+    pack = load_pack(mappings_dir)
+    template = load_provenance_template(mappings_dir)
+    for record in journal.awaiting_provenance(report.server):
+        targets = journal.targets(record.push_id)
+        if not targets:
+            continue
+        resource = provenance_resource(
+            record.push_id,
+            targets,
+            source=record.source if record.push_id != report.push_id else source,
+            mapping_version=mapping_version,
+            pack=pack,
+            template=template,
+        )
+        try:
+            reference = write_provenance(client, capabilities, resource, record.push_id)
+        except FhirHttpError as exc:
+            report.provenance_missing.append(
+                f"the Provenance of push {record.push_id} ({len(targets)} targets) was not written: {exc}; "
+                "the next push writes it"
+            )
+            continue
+        journal.provenance_written(record.push_id, reference)
+        if record.push_id == report.push_id:
+            report.provenance = reference
+        else:
+            report.earlier_provenance.append(reference)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fhir_lupus.model.loader import CheckedLab, TrialData
-from fhir_lupus.sync.pull import PulledLab, format_number
+from fhir_lupus.sync.reverse import PulledLab, format_number
 from fhir_lupus.terminology import LabCatalogue
 
 __all__ = ["RoundTrip", "compare_round_trip", "expected_row"]

@@ -1,6 +1,6 @@
 """Terminology: the mapping pack (mappings/), the lab catalogue and UCUM unit handling."""
 
-from fhir_lupus.terminology._pack import CodeRef, MappingPack, default_mappings_dir, load_pack
+from fhir_lupus.terminology._pack import CodeRef, MappingPack, default_mappings_dir, load_pack, parse_model, read_yaml
 from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
 from fhir_lupus.terminology.units import UnitConverter
 
@@ -14,4 +14,6 @@ __all__ = [
     "default_mappings_dir",
     "load_pack",
     "parse_lab_value",
+    "parse_model",
+    "read_yaml",
 ]

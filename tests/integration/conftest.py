@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import FAULT_RESULTS, example_subset
 
 from fhir_lupus import devserver
 from fhir_lupus.client import FhirClient
@@ -45,19 +46,33 @@ def client(server_url: str) -> Iterator[FhirClient]:
 
 @pytest.fixture
 def isolated_mappings(tmp_path: Path) -> Path:
-    """A copy of mappings/ whose every identifier system (and the MRN system) is unique to this test."""
+    """A copy of mappings/ whose every URI of ours (identifier systems, the MRN system, the project CodeSystem)
+    is unique to this test, and whose study identifier system is ours too."""
     run = uuid.uuid4().hex[:12]
     target = tmp_path / "mappings"
     shutil.copytree(REPO / "mappings", target)
-    project = target / "project.yaml"
-    text = project.read_text(encoding="utf-8")
-    text = text.replace(
-        "canonical_base: https://fhir-lupus.example.org/fhir", f"canonical_base: https://fhir-lupus.example.org/t/{run}"
-    )
-    text = text.replace("  study: https://clinicaltrials.gov", '  study: "{base}/sid/nct"')
-    project.write_text(text, encoding="utf-8")
-    study = target / "studies" / "NCT00698191.yaml"
-    study.write_text(
-        study.read_text(encoding="utf-8").replace("/sid/njdth-mrn", f"/sid/njdth-mrn-{run}"), encoding="utf-8"
-    )
+    for path in target.rglob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        isolated = text.replace("https://fhir-lupus.example.org/", f"https://fhir-lupus.example.org/t/{run}/")
+        if path.name == "project.yaml":
+            isolated = isolated.replace("  study: https://clinicaltrials.gov", '  study: "{base}/sid/nct"')
+        if isolated != text:
+            path.write_text(isolated, encoding="utf-8")
     return target
+
+
+@pytest.fixture
+def subset(tmp_path: Path) -> Callable[..., Path]:
+    """``subset(n)``: the example trial cut to its first ``n`` subjects (most cases need a few, not twenty)."""
+
+    def make(subjects: int, first: int = 0) -> Path:
+        return example_subset(tmp_path / f"example-{first}-{subjects}", subjects, first=first)
+
+    return make
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FAULT_RESULTS:
+        terminalreporter.section("fault injection: resources lost, duplicated, journal disagreeing with the server")
+        for line in FAULT_RESULTS:
+            terminalreporter.write_line(line)

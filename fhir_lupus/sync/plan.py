@@ -1,0 +1,266 @@
+"""The push plan: what to do with each resource, decided without any I/O.
+
+Given a batch of mapped resources in dependency order, the journal's records for their keys, what the
+look-ups found on the server, and the routes per type, every resource gets one action:
+- ``create``: the server has no resource with its key (written conditionally, or by PUT to our id);
+- ``update``: the server has it under a known id and our content differs (written by PUT to that id);
+- ``unchanged``: the journal or the server copy equals what we would send, or it is a create-only record
+  (a hospital's Patient) that exists and is linked, never overwritten;
+- ``conflict``: several server resources carry the key; none is touched;
+- ``held-back``: it refers to a conflict (or to something refused) directly or through others;
+- ``skipped``: its type is not written on this server; references to it become logical references.
+The dependency closure is computed once, in the same pass, because resources come referenced-first.
+The dry run is this plan rendered; push applies it (``sync/apply.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fhir_lupus.bundle import WriteKind, business_key, local_ref, references, rewrite_references
+from fhir_lupus.mappers._context import Resource
+from fhir_lupus.sync.journal import JournalEntry
+from fhir_lupus.sync.routes import TypeRoute
+
+__all__ = [
+    "Action",
+    "Match",
+    "Plan",
+    "PlanItem",
+    "content_hash",
+    "diff_paths",
+    "needs_lookup",
+    "plan_batch",
+]
+
+Action = Literal["create", "update", "unchanged", "conflict", "held-back", "skipped"]
+Key = tuple[str, str]
+SERVER_MANAGED = frozenset({"id", "meta", "text"})
+LINKED = "existing record linked, never overwritten"
+EQUAL = "server copy equal"
+
+
+def content_hash(resource: Resource) -> str:
+    """SHA-256 of the resource's canonical JSON: equal hashes mean nothing to send."""
+    return hashlib.sha256(json.dumps(resource, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Match:
+    """A server resource found for a business key (its content when the look-up returned it)."""
+
+    server_id: str
+    version_id: str | None = None
+    resource: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    resource: Resource
+    key: str
+    action: Action
+    write: WriteKind | None = None
+    server_id: str | None = None  # the id to write to, or the one matched
+    server_ids: tuple[str, ...] = ()  # every match, for a conflict
+    version_id: str | None = None
+    reason: str = ""
+    diffs: tuple[str, ...] = ()
+    record: bool = False  # the journal should learn this outcome (a match found, or a new hash linked)
+
+    @property
+    def resource_type(self) -> str:
+        return str(self.resource["resourceType"])
+
+    @property
+    def local_ref(self) -> str:
+        return local_ref(self.resource)
+
+    def journal_entry(self, outcome: str) -> JournalEntry:
+        return JournalEntry(
+            self.resource_type,
+            self.key,
+            content_hash(self.resource),
+            self.server_id,
+            self.version_id,
+            outcome,
+            self.local_ref,
+        )
+
+
+@dataclass
+class Plan:
+    items: list[PlanItem]
+    server_refs: dict[str, str]  # local ref -> Type/server-id, for every resource whose id is known
+    logical: dict[str, dict[str, Any]]  # local ref of a skipped resource -> its Identifier
+    held_back: set[str] = field(default_factory=set)
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(item.action for item in self.items)
+
+    def writes(self) -> list[PlanItem]:
+        return [item for item in self.items if item.action in ("create", "update")]
+
+
+def needs_lookup(
+    resources: Iterable[Resource], routes: Mapping[str, TypeRoute], known: Mapping[Key, JournalEntry], *, verify: bool
+) -> list[Resource]:
+    """The resources a look-up must settle: those the journal cannot (every routed one when verifying)."""
+    wanted = []
+    for resource in resources:
+        route = routes[resource["resourceType"]]
+        if route.skipped:
+            continue
+        entry = known.get((resource["resourceType"], business_key(resource)))
+        if verify or not (entry and entry.server_id):
+            wanted.append(resource)
+    return wanted
+
+
+def plan_batch(
+    resources: Iterable[Resource],
+    routes: Mapping[str, TypeRoute],
+    *,
+    known: Mapping[Key, JournalEntry],
+    found: Mapping[Key, list[Match]],
+    server_refs: Mapping[str, str],
+    held_back: Iterable[str] = (),
+    logical: Mapping[str, dict[str, Any]] | None = None,
+    will_exist: Iterable[str] = (),
+    verify: bool = False,
+) -> Plan:
+    """One action per resource; see the module docstring.
+
+    ``found`` holds the look-up results (a key absent from it was not looked up); ``server_refs`` the server
+    ids of resources outside the batch; ``held_back`` and ``logical`` what earlier batches held back or
+    skipped; ``will_exist`` the resources a dry run's earlier batches would create. ``verify`` (the dry run)
+    compares with the server copy even when the journal says unchanged.
+    """
+    plan = Plan([], dict(server_refs), dict(logical or {}), set(held_back))
+    in_batch: set[str] = set(will_exist)
+    for resource in resources:
+        item = _decide(resource, routes[resource["resourceType"]], plan, known, found, in_batch, verify)
+        plan.items.append(item)
+        in_batch.add(item.local_ref)
+        if item.action in ("conflict", "held-back"):
+            plan.held_back.add(item.local_ref)
+        elif item.action == "skipped":
+            identifiers = resource.get("identifier") or []
+            if identifiers:
+                first = identifiers[0]
+                plan.logical[item.local_ref] = {k: first[k] for k in ("system", "value") if k in first}
+            else:  # nothing to refer to it by: whatever refers to it cannot be written
+                plan.held_back.add(item.local_ref)
+        elif item.server_id and item.action != "create":
+            plan.server_refs[item.local_ref] = f"{item.resource_type}/{item.server_id}"
+    return plan
+
+
+def _decide(
+    resource: Resource,
+    route: TypeRoute,
+    plan: Plan,
+    known: Mapping[Key, JournalEntry],
+    found: Mapping[Key, list[Match]],
+    in_batch: set[str],
+    verify: bool,
+) -> PlanItem:
+    key = business_key(resource)
+    if route.skipped:
+        return PlanItem(resource, key, "skipped", reason=route.skip_reason or "")
+    for target in sorted(references(resource)):
+        if target in plan.held_back:
+            return PlanItem(resource, key, "held-back", reason=f"refers to {target}, which is held back")
+        if target not in plan.server_refs and target not in plan.logical and target not in in_batch:
+            return PlanItem(resource, key, "held-back", reason=f"refers to {target}, which the server does not have")
+    resource_type = resource["resourceType"]
+    entry = known.get((resource_type, key))
+    matches = found.get((resource_type, key))
+    digest = content_hash(resource)
+    if matches is not None:
+        if len(matches) > 1:
+            ids = tuple(sorted(m.server_id for m in matches))
+            return PlanItem(resource, key, "conflict", server_ids=ids, reason="several server resources match")
+        if not matches:
+            return _create(resource, key, route)
+        match = matches[0]
+        if route.create_only:
+            return _known(resource, key, match.server_id, match.version_id, "unchanged", reason=LINKED, record=True)
+        if match.resource is not None:
+            diffs = tuple(diff_paths(_comparable(match.resource), _comparable(_as_server_sees(resource, plan))))
+            if not diffs:
+                return _known(resource, key, match.server_id, match.version_id, "unchanged", reason=EQUAL, record=True)
+            return _known(resource, key, match.server_id, match.version_id, "update", diffs=diffs)
+        if entry and entry.server_id == match.server_id and entry.content_hash == digest and not verify:
+            return _known(resource, key, match.server_id, match.version_id, "unchanged")
+        return _known(resource, key, match.server_id, match.version_id, "update")
+    if entry and entry.server_id:
+        if entry.content_hash == digest:
+            return _known(resource, key, entry.server_id, entry.version_id, "unchanged")
+        if route.create_only:
+            return _known(resource, key, entry.server_id, entry.version_id, "unchanged", reason=LINKED, record=True)
+        return _known(resource, key, entry.server_id, entry.version_id, "update")
+    return _create(resource, key, route)
+
+
+def _known(
+    resource: Resource,
+    key: str,
+    server_id: str,
+    version_id: str | None,
+    action: Literal["update", "unchanged"],
+    *,
+    reason: str = "",
+    diffs: tuple[str, ...] = (),
+    record: bool = False,
+) -> PlanItem:
+    """An item for a resource whose server id is known: unchanged, or an update by that id."""
+    return PlanItem(
+        resource,
+        key,
+        action,
+        "by-id" if action == "update" else None,
+        server_id=server_id,
+        server_ids=(server_id,),
+        version_id=version_id,
+        reason=reason,
+        diffs=diffs,
+        record=record,
+    )
+
+
+def _create(resource: Resource, key: str, route: TypeRoute) -> PlanItem:
+    if route.lookup == "search" and route.conditional:
+        return PlanItem(resource, key, "create", "conditional")
+    return PlanItem(resource, key, "create", "create-by-id", server_id=str(resource["id"]))
+
+
+def _as_server_sees(resource: Resource, plan: Plan) -> Resource:
+    """Our resource with its references as the server would store them (ids known so far, logical ones)."""
+    return rewrite_references(resource, {**plan.server_refs, **plan.logical}, strict=False)
+
+
+def _comparable(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in SERVER_MANAGED}
+
+
+def diff_paths(before: Any, after: Any, path: str = "") -> list[str]:
+    """Element paths where two JSON values differ (``code.coding[0].display``); numbers compare by value."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            hit
+            for key in sorted(set(before) | set(after), key=str)
+            for hit in diff_paths(before.get(key), after.get(key), f"{path}.{key}" if path else key)
+        ]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [
+            hit for i, (b, a) in enumerate(zip(before, after, strict=True)) for hit in diff_paths(b, a, f"{path}[{i}]")
+        ]
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)) and not isinstance(before, bool):
+        return [] if float(before) == float(after) else [path]
+    return [] if before == after else [path or "<root>"]

@@ -1,0 +1,298 @@
+"""A small in-memory FHIR server behind respx, for push tests that must run in milliseconds.
+
+It implements just what push uses — CapabilityStatement, token/uri searches by OR-list, read, PUT by id,
+conditional PUT / POST, and transaction or batch Bundles with urn:uuid references — and can be told to
+behave like the servers we meet: Bundle size caps (Medplum's 50 updates and 8 entries with a conditional
+one), a search parameter it lacks or refuses, no update-as-create, a wrong transaction answer, a failing
+write. The integration tests confirm the same behaviour on real HAPI FHIR and Medplum servers.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import httpx
+
+from fhir_lupus.bundle import DEPENDENCY_ORDER
+
+BASE = "https://fake.test/fhir"
+TYPES = (*DEPENDENCY_ORDER, "Provenance")
+SIZE_MESSAGES = {
+    "updates": "Transaction contains more update operations than allowed",
+    "strict": "Transaction requires strict isolation but has too many entries",
+}
+
+
+SYS = "urn:test"
+
+
+def res(resource_type: str, rid: str, **fields: Any) -> dict[str, Any]:
+    """A resource as a mapper writes it: deterministic id, one business identifier."""
+    return {"resourceType": resource_type, "id": rid, "identifier": [{"system": SYS, "value": rid}], **fields}
+
+
+def ref(target: str) -> dict[str, str]:
+    return {"reference": target}
+
+
+def trial() -> list[dict[str, Any]]:
+    """Organization <- Location <- ResearchStudy <- ResearchSubject -> Patient <- Observation <- score."""
+    return [
+        res("Observation", "score", subject=ref("Patient/p"), derivedFrom=[ref("Observation/lab")]),
+        res("Observation", "lab", subject=ref("Patient/p"), status="final"),
+        res("ResearchSubject", "rs", study=ref("ResearchStudy/st"), individual=ref("Patient/p")),
+        res("Patient", "p"),
+        res("ResearchStudy", "st", site=[ref("Location/loc")], sponsor=ref("Organization/org")),
+        res("Location", "loc", managingOrganization=ref("Organization/org")),
+        res("Organization", "org", name="ours"),
+        {"resourceType": "CodeSystem", "id": "cs", "url": "urn:cs", "status": "active", "content": "complete"},
+    ]
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def outcome(text: str) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
+    }
+
+
+@dataclass
+class FakeFhir:
+    max_updates: int | None = None  # PUT entries per transaction (Medplum: 50)
+    max_strict: int | None = None  # entries per transaction holding a conditional entry (Medplum: 8)
+    search_params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # type -> params (default below)
+    refuse_params: set[tuple[str, str]] = field(default_factory=set)  # listed, but refused at run time
+    update_create: bool | None = True
+    conditional: bool = True
+    system: tuple[str, ...] = ("transaction", "batch")
+    store: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    before_write: Callable[[FakeFhir, dict[str, Any]], None] | None = None  # hook, e.g. to plant a twin
+    answer_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # rewrite a transaction answer
+    refuse: Callable[[dict[str, Any]], str | None] | None = None  # a resource -> 400 text, or None
+    fail_types: set[str] = field(default_factory=set)  # creates of these types answer 500
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    # -- state helpers for tests ------------------------------------------------------------------------
+
+    def all(self, resource_type: str) -> list[dict[str, Any]]:
+        return list(self.store.get(resource_type, {}).values())
+
+    def add(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """Store a resource as another system would (a server-assigned id)."""
+        return self._store({k: v for k, v in copy.deepcopy(resource).items() if k != "id"}, None)
+
+    def count(self, method: str, path_start: str = "") -> int:
+        return sum(1 for m, p in self.requests if m == method and p.startswith(path_start))
+
+    # -- HTTP --------------------------------------------------------------------------------------------
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        url = urlsplit(str(request.url))
+        path = unquote(url.path)[len(urlsplit(BASE).path) :].strip("/")
+        self.requests.append((request.method, path + ("?" + unquote(url.query) if url.query else "")))
+        body = json.loads(request.content) if request.content else None
+        try:
+            status, document, headers = self._route(request.method, path, url.query, body, request.headers)
+        except Refusal as exc:
+            return httpx.Response(exc.status, json=outcome(exc.text))
+        return httpx.Response(status, json=document, headers=headers)
+
+    def _route(
+        self, method: str, path: str, query: str, body: Any, headers: httpx.Headers
+    ) -> tuple[int, Any, dict[str, str]]:
+        if path == "metadata":
+            return 200, self.statement(), {}
+        if method == "POST" and path == "":
+            return 200, self._bundle(body), {}
+        parts = path.split("/")
+        resource_type = parts[0]
+        if method == "GET" and len(parts) == 1:
+            return 200, self._searchset(resource_type, query), {}
+        if method == "GET" and len(parts) == 2:
+            found = self.store.get(resource_type, {}).get(parts[1])
+            if not found:
+                raise Refusal(404, f"{resource_type}/{parts[1]} not found")
+            return 200, copy.deepcopy(found), {}
+        request = {"method": method, "url": path + (f"?{unquote(query)}" if query else "")}
+        if "If-None-Exist" in headers:
+            request["ifNoneExist"] = headers["If-None-Exist"]
+        if self.before_write:
+            self.before_write(self, request)
+        status, stored = self._write(request, body, {})
+        return (
+            status,
+            stored,
+            {"Location": f"{BASE}/{resource_type}/{stored['id']}/_history/{stored['meta']['versionId']}"},
+        )
+
+    def statement(self) -> dict[str, Any]:
+        resources = []
+        for name in TYPES:
+            params = self.search_params.get(name, ("url", "system") if name == "CodeSystem" else ("identifier",))
+            entry: dict[str, Any] = {
+                "type": name,
+                "interaction": [{"code": c} for c in ("read", "update", "create", "search-type")],
+                "conditionalCreate": self.conditional,
+                "conditionalUpdate": self.conditional,
+                "searchParam": [{"name": p, "type": "token"} for p in params],
+            }
+            if self.update_create is not None:
+                entry["updateCreate"] = self.update_create
+            resources.append(entry)
+        return {
+            "resourceType": "CapabilityStatement",
+            "fhirVersion": "4.0.1",
+            "rest": [{"mode": "server", "interaction": [{"code": c} for c in self.system], "resource": resources}],
+        }
+
+    # -- search --------------------------------------------------------------------------------------------
+
+    def _searchset(self, resource_type: str, query: str) -> dict[str, Any]:
+        params = dict(parse_qsl(query))
+        params.pop("_count", None)
+        matches = self.all(resource_type)
+        for name, value in params.items():
+            self._check_param(resource_type, name)
+            wanted = {v.replace("\\,", ",") for v in re.split(r"(?<!\\),", value)}
+            matches = [m for m in matches if wanted & set(self._keys(m, name))]
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": copy.deepcopy(m), "search": {"mode": "match"}} for m in matches],
+        }
+
+    def _check_param(self, resource_type: str, name: str) -> None:
+        listed = self.search_params.get(
+            resource_type, ("url", "system") if resource_type == "CodeSystem" else ("identifier",)
+        )
+        if name.startswith("_"):
+            return
+        if name not in listed or (resource_type, name) in self.refuse_params:
+            raise Refusal(400, f'Unknown search parameter "{name}" for resource type "{resource_type}"')
+
+    @staticmethod
+    def _keys(resource: dict[str, Any], name: str) -> list[str]:
+        if name == "identifier":
+            return [f"{i['system']}|{i['value']}" for i in resource.get("identifier", [])]
+        if name == "_tag":
+            return [f"{t['system']}|{t['code']}" for t in resource.get("meta", {}).get("tag", [])]
+        return [resource.get("url", "")]
+
+    def _matches(self, resource_type: str, query: str) -> list[dict[str, Any]]:
+        return [e["resource"] for e in self._searchset(resource_type, query)["entry"]]
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    def _store(self, resource: dict[str, Any], resource_id: str | None) -> dict[str, Any]:
+        resource_type = resource["resourceType"]
+        resource["id"] = resource_id or resource.get("id") or f"s{next(self._ids)}"
+        previous = self.store.get(resource_type, {}).get(resource["id"])
+        version = int(previous["meta"]["versionId"]) + 1 if previous else 1
+        resource["meta"] = {**resource.get("meta", {}), "versionId": str(version)}
+        self.store.setdefault(resource_type, {})[resource["id"]] = resource
+        return copy.deepcopy(resource)
+
+    def _write(self, request: dict[str, Any], body: dict[str, Any], urns: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        body = _resolve(copy.deepcopy(body), urns)
+        if self.refuse and (text := self.refuse(body)):
+            raise Refusal(400, text)
+        for target in _references(body):  # referential integrity, as HAPI and Medplum check it
+            target_type, _, target_id = target.partition("/")
+            if target_id.split("/")[0] not in self.store.get(target_type, {}):
+                raise Refusal(400, f"Resource {target} not found, specified in path: reference")
+        resource_type = body["resourceType"]
+        if resource_type in self.fail_types:
+            raise Refusal(500, f"cannot store {resource_type} now")
+        url = request["url"]
+        if request["method"] == "POST":
+            if request.get("ifNoneExist"):
+                found = self._matches(resource_type, request["ifNoneExist"])
+                if len(found) > 1:
+                    raise Refusal(412, f"If-None-Exist matched {len(found)} resources")
+                if found:
+                    return 200, copy.deepcopy(found[0])
+            return 201, self._store(body, None)
+        if "?" in url:
+            found = self._matches(resource_type, url.split("?", 1)[1])
+            if len(found) > 1:
+                raise Refusal(412, f"Conditional update matched {len(found)} resources")
+            if found:
+                return 200, self._store(body, found[0]["id"])
+            body.pop("id", None)
+            return 201, self._store(body, None)
+        resource_id = url.split("/")[1]
+        exists = resource_id in self.store.get(resource_type, {})
+        if not exists and self.update_create is False:
+            raise Refusal(405, "update-as-create is not allowed")
+        return (200 if exists else 201), self._store(body, resource_id)
+
+    def _bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        entries = bundle["entry"]
+        for item in entries:
+            if self.before_write:  # outside the transaction: what it plants stays when the transaction fails
+                self.before_write(self, item["request"])
+        if bundle["type"] == "transaction":
+            puts = sum(1 for e in entries if e["request"]["method"] == "PUT")
+            strict = any("?" in e["request"]["url"] or e["request"].get("ifNoneExist") for e in entries)
+            if self.max_updates is not None and puts > self.max_updates:
+                raise Refusal(400, SIZE_MESSAGES["updates"])
+            if strict and self.max_strict is not None and len(entries) > self.max_strict:
+                raise Refusal(400, SIZE_MESSAGES["strict"])
+            saved = copy.deepcopy(self.store)
+            try:
+                answer = self._entries(entries, atomic=True)
+            except Refusal:
+                self.store = saved
+                raise
+            return self.answer_hook(answer) if self.answer_hook else answer
+        return self._entries(entries, atomic=False)
+
+    def _entries(self, entries: list[dict[str, Any]], *, atomic: bool) -> dict[str, Any]:
+        urns: dict[str, str] = {}
+        out = []
+        for item in entries:
+            try:
+                status, stored = self._write(item["request"], item["resource"], urns)
+            except Refusal as exc:
+                if atomic:
+                    raise
+                out.append({"response": {"status": str(exc.status), "outcome": outcome(exc.text)}})
+                continue
+            urns[item["fullUrl"]] = f"{stored['resourceType']}/{stored['id']}"
+            location = f"{stored['resourceType']}/{stored['id']}/_history/{stored['meta']['versionId']}"
+            out.append(
+                {"response": {"status": f"{status} {'Created' if status == 201 else 'OK'}", "location": location}}
+            )
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+
+def _references(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["reference"]] if isinstance(node.get("reference"), str) and "/" in node["reference"] else []
+        return own + [r for value in node.values() for r in _references(value)]
+    if isinstance(node, list):
+        return [r for item in node for r in _references(item)]
+    return []
+
+
+def _resolve(node: Any, urns: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: (urns.get(v, v) if k == "reference" else _resolve(v, urns)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(item, urns) for item in node]
+    return node
