@@ -34,7 +34,7 @@ from fhir_lupus.model._records import LoadReport, Located
 from fhir_lupus.model.entities import Subject
 from fhir_lupus.model.loader import TrialData
 from fhir_lupus.scoring.sledai import load_sledai_definition
-from fhir_lupus.terminology._pack import load_pack
+from fhir_lupus.terminology import load_pack
 from fhir_lupus.terminology.units import UnitConverter
 from fhir_lupus.validation import FhirVersion, validate_resource
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from fhir_lupus.errors import MappingError, ResourceInvalidError
-from fhir_lupus.terminology._pack import default_mappings_dir, read_yaml
+from fhir_lupus.terminology import default_mappings_dir, read_yaml
 
 __all__ = ["FhirVersion", "check_invariants", "validate_resource"]
 

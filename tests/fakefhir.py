@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -24,6 +25,14 @@ from fhir_lupus.bundle import DEPENDENCY_ORDER
 
 BASE = "https://fake.test/fhir"
 TYPES = (*DEPENDENCY_ORDER, "Provenance")
+# What the fake searches by default, per type (others: identifier); a test can narrow it with search_params.
+DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {
+    "CodeSystem": ("url", "system"),
+    "ResearchSubject": ("identifier", "study", "patient"),
+    "Encounter": ("identifier", "patient"),
+    "Observation": ("identifier", "patient", "subject", "code", "category", "date"),
+}
+REFERENCES = {"study": ("study",), "patient": ("subject", "individual"), "subject": ("subject",)}
 SIZE_MESSAGES = {
     "updates": "Transaction contains more update operations than allowed",
     "strict": "Transaction requires strict isolation but has too many entries",
@@ -86,6 +95,7 @@ class FakeFhir:
     refuse: Callable[[dict[str, Any]], str | None] | None = None  # a resource -> 400 text, or None
     fail_types: set[str] = field(default_factory=set)  # creates of these types answer 500
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _clock: int = 0  # lastUpdated advances one microsecond per write
 
     # -- state helpers for tests ------------------------------------------------------------------------
 
@@ -143,7 +153,7 @@ class FakeFhir:
     def statement(self) -> dict[str, Any]:
         resources = []
         for name in TYPES:
-            params = self.search_params.get(name, ("url", "system") if name == "CodeSystem" else ("identifier",))
+            params = self.params_of(name)
             entry: dict[str, Any] = {
                 "type": name,
                 "interaction": [{"code": c} for c in ("read", "update", "create", "search-type")],
@@ -162,12 +172,19 @@ class FakeFhir:
 
     # -- search --------------------------------------------------------------------------------------------
 
+    def params_of(self, resource_type: str) -> tuple[str, ...]:
+        return self.search_params.get(resource_type, DEFAULT_PARAMS.get(resource_type, ("identifier",)))
+
     def _searchset(self, resource_type: str, query: str) -> dict[str, Any]:
         params = dict(parse_qsl(query))
         params.pop("_count", None)
         matches = self.all(resource_type)
         for name, value in params.items():
             self._check_param(resource_type, name)
+            if name in ("date", "_lastUpdated"):  # only the ge prefix, which is all pull asks
+                assert value.startswith("ge"), value
+                matches = [m for m in matches if _instant(self._when(m, name)) >= _instant(value[2:])]
+                continue
             wanted = {v.replace("\\,", ",") for v in re.split(r"(?<!\\),", value)}
             matches = [m for m in matches if wanted & set(self._keys(m, name))]
         return {
@@ -177,9 +194,7 @@ class FakeFhir:
         }
 
     def _check_param(self, resource_type: str, name: str) -> None:
-        listed = self.search_params.get(
-            resource_type, ("url", "system") if resource_type == "CodeSystem" else ("identifier",)
-        )
+        listed = self.params_of(resource_type)
         if name.startswith("_"):
             return
         if name not in listed or (resource_type, name) in self.refuse_params:
@@ -191,7 +206,19 @@ class FakeFhir:
             return [f"{i['system']}|{i['value']}" for i in resource.get("identifier", [])]
         if name == "_tag":
             return [f"{t['system']}|{t['code']}" for t in resource.get("meta", {}).get("tag", [])]
+        if name in REFERENCES:
+            return [resource[f]["reference"] for f in REFERENCES[name] if isinstance(resource.get(f), dict)]
+        if name in ("code", "category"):
+            concepts = [resource["code"]] if name == "code" else resource.get("category", [])
+            codings = [c for concept in concepts for c in concept.get("coding", [])]
+            return [f"{c.get('system')}|{c.get('code')}" for c in codings] + [str(c.get("code")) for c in codings]
         return [resource.get("url", "")]
+
+    @staticmethod
+    def _when(resource: dict[str, Any], name: str) -> str:
+        if name == "date":
+            return str(resource.get("effectiveDateTime", ""))
+        return str(resource["meta"]["lastUpdated"])
 
     def _matches(self, resource_type: str, query: str) -> list[dict[str, Any]]:
         return [e["resource"] for e in self._searchset(resource_type, query)["entry"]]
@@ -203,7 +230,9 @@ class FakeFhir:
         resource["id"] = resource_id or resource.get("id") or f"s{next(self._ids)}"
         previous = self.store.get(resource_type, {}).get(resource["id"])
         version = int(previous["meta"]["versionId"]) + 1 if previous else 1
-        resource["meta"] = {**resource.get("meta", {}), "versionId": str(version)}
+        self._clock += 1
+        stamp = f"2026-11-30T00:00:00.{self._clock:06d}+00:00"
+        resource["meta"] = {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": stamp}
         self.store.setdefault(resource_type, {})[resource["id"]] = resource
         return copy.deepcopy(resource)
 
@@ -279,6 +308,11 @@ class FakeFhir:
                 {"response": {"status": f"{status} {'Created' if status == 201 else 'OK'}", "location": location}}
             )
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+
+def _instant(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00")) if "T" in text else datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _references(node: Any) -> list[str]:

@@ -36,6 +36,7 @@ import http.server
 import ipaddress
 import json
 import re
+import signal
 import socket
 import socketserver
 import struct
@@ -969,12 +970,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--verbose", action="store_true", help="one line per request on stderr")
     args = parser.parse_args(argv)
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job may inherit SIGINT ignored
+        signal.signal(signum, lambda *_: stopping.set())
     proxy = FaultProxy(args.upstream, host=args.host, port=args.port, verbose=args.verbose).start()
     print(f"faultproxy {proxy.base} -> {proxy.upstream}", flush=True)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        stopping.wait()
     finally:
         proxy.stop()
     return 0

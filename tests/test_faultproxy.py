@@ -489,4 +489,9 @@ def test_runs_as_a_script(upstream: Upstream) -> None:
             assert response.json()["self"] == found.group(0) + "/fhir/Patient"
         finally:
             process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=5) == 0
+            try:
+                code = process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()  # never leave the test hanging on a proxy that would not stop
+                raise
+    assert code == 0

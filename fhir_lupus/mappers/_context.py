@@ -14,7 +14,7 @@ from typing import Any
 
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.scoring.sledai import SledaiDefinition
-from fhir_lupus.terminology._pack import CodeRef, MappingPack
+from fhir_lupus.terminology import CodeRef, MappingPack
 from fhir_lupus.terminology.units import UnitConverter
 
 __all__ = ["ID_NAMESPACE", "MappingContext", "Resource", "fhir_datetime"]

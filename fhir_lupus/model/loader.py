@@ -36,7 +36,7 @@ from fhir_lupus.scoring.sledai import (
     load_sledai_definition,
     score_sledai,
 )
-from fhir_lupus.terminology._pack import MappingPack, load_pack
+from fhir_lupus.terminology import MappingPack, load_pack
 from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
 
 __all__ = ["CheckedLab", "ScoredAssessment", "TrialData", "load_trial", "read_study_id"]

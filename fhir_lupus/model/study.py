@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_lupus.errors import MappingError
-from fhir_lupus.terminology._pack import CodeRef, default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import CodeRef, default_mappings_dir, parse_model, read_yaml
 
 __all__ = ["DAYS_PER_MONTH", "Eligibility", "Outcome", "ProtocolVisit", "StudyDefinition", "due_date", "load_study"]
 

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import UnitError
-from fhir_lupus.terminology._pack import default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import default_mappings_dir, parse_model, read_yaml
 from fhir_lupus.terminology.catalogue import LabValue
 from fhir_lupus.terminology.units import UnitConverter
 

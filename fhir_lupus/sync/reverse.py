@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from fhir_lupus.errors import TerminologyError, UnitError
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.sync.visits import assign_visit
-from fhir_lupus.terminology import CodeRef, LabCatalogue, default_mappings_dir, parse_model, read_yaml
-from fhir_lupus.terminology._pack import CodeChoice
+from fhir_lupus.terminology import CodeChoice, CodeRef, LabCatalogue, default_mappings_dir, parse_model, read_yaml
 
 __all__ = [
     "LoincIndex",

@@ -1,0 +1,68 @@
+"""Pull against the fake server (respx): search parameters the server lacks are filtered here, same rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import respx
+from fakefhir import BASE, FakeFhir
+
+from fhir_lupus import load_trial
+from fhir_lupus.client import FhirClient, RetryPolicy, UnsupportedInteraction
+from fhir_lupus.sync import Journal, pull_study, push_trial
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeFhir]:
+    server = FakeFhir()
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="fake.test").mock(side_effect=server)
+        yield server
+
+
+def client() -> FhirClient:
+    return FhirClient(BASE, retry=RetryPolicy(attempts=1))  # a new client reads the statement again
+
+
+def test_a_server_without_code_date_category_or_study_gives_the_same_rows(
+    fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    data, report = load_trial(dataset())
+    with client() as fhir, Journal(tmp_path / "full.sqlite") as journal:
+        push_trial(data, report, fhir, journal, source="test")
+        full = pull_study(fhir, journal, data.study, since=None)
+    assert full.fallbacks == [] and full.total_rows == len(data.labs) == 11
+
+    fake.search_params = {"Observation": ("identifier", "subject"), "ResearchSubject": ("identifier",)}
+    fake.requests.clear()
+    with client() as fhir, Journal(tmp_path / "lean.sqlite") as journal:
+        lean = pull_study(fhir, journal, data.study, since=None)
+    assert sorted((r.result_id, r.value, r.visit_code) for r in lean.rows) == sorted(
+        (r.result_id, r.value, r.visit_code) for r in full.rows
+    )
+    assert len(lean.unmapped) == len(full.unmapped) and lean.subjects == 2
+    assert {note.split(" is ")[0] for note in lean.fallbacks} == {
+        "ResearchSubject?study",
+        "Observation?code",
+        "Observation?category",
+        "Observation?date",
+    }
+    observation_queries = [path for method, path in fake.requests if path.startswith("Observation?")]
+    assert observation_queries and all("subject=Patient/" in q and "code=" not in q for q in observation_queries)
+
+
+def test_a_server_that_cannot_search_labs_by_patient_is_named(
+    fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    data, report = load_trial(dataset())
+    with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
+        push_trial(data, report, fhir, journal, source="test")
+    fake.search_params = {"Observation": ("identifier",)}
+    with (
+        client() as fhir,
+        Journal(tmp_path / "j.sqlite") as journal,
+        pytest.raises(UnsupportedInteraction, match="Observation by patient or subject"),
+    ):
+        pull_study(fhir, journal, data.study, since=None)
