@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import respx
+from fakefhir import FakeFhir
 
 from fhir_lupus.mappers._context import MappingContext
 from fhir_lupus.model import StudyDefinition, load_study
@@ -185,6 +187,15 @@ def dataset(tmp_path: Path) -> Callable[..., Path]:
         return write_dataset(tmp_path / "data", rows)
 
     return build
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeFhir]:
+    """The in-memory FHIR server of tests/fakefhir.py, answering every request to its base through respx."""
+    server = FakeFhir()
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="fake.test").mock(side_effect=server)
+        yield server
 
 
 @pytest.fixture(scope="session")

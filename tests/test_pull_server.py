@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import respx
 from fakefhir import BASE, FakeFhir
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient, RetryPolicy, UnsupportedInteraction
 from fhir_lupus.sync import Journal, pull_study, push_trial
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeFhir]:
-    server = FakeFhir()
-    with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="fake.test").mock(side_effect=server)
-        yield server
 
 
 def client() -> FhirClient:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import respx
 from fakefhir import BASE, SYS, FakeFhir, res, trial
 from typer.testing import CliRunner
 
@@ -17,14 +16,6 @@ from fhir_lupus.client import FhirClient, InvalidResponse, RetryPolicy
 from fhir_lupus.sync import Journal, dry_run, push_resources
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeFhir]:
-    server = FakeFhir()
-    with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="fake.test").mock(side_effect=server)
-        yield server
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from fhir_lupus.client._errors import (
     UnknownSearchParameter,
     UnsupportedInteraction,
     error_class,
+    outcome_text,
     server_message,
 )
 from fhir_lupus.client._retry import RetryPolicy, RetryTransport, classify, retry_after_seconds
@@ -41,6 +42,7 @@ __all__ = [
     "error_class",
     "location_id",
     "location_version",
+    "outcome_text",
     "retry_after_seconds",
     "server_message",
 ]

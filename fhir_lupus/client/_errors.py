@@ -36,6 +36,7 @@ __all__ = [
     "UnknownSearchParameter",
     "UnsupportedInteraction",
     "error_class",
+    "outcome_text",
     "server_message",
 ]
 
@@ -110,6 +111,19 @@ def error_class(status: int, message: str) -> type[FhirHttpError]:
     return FatalHttpError
 
 
+def outcome_text(outcome: dict[str, Any]) -> str:
+    """An OperationOutcome's issues as one line (``error: text (at expression)``; ...), wherever it came from:
+    an error body, or the ``response.outcome`` of a batch or transaction entry."""
+    parts = []
+    for issue in outcome.get("issue", []):
+        if not isinstance(issue, dict):
+            continue
+        text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code", "")
+        location = ", ".join(issue.get("expression", []) or issue.get("location", []))
+        parts.append(f"{issue.get('severity', 'error')}: {text}" + (f" (at {location})" if location else ""))
+    return "; ".join(parts) or "OperationOutcome without issues"
+
+
 def server_message(body: bytes, limit: int = 500) -> str:
     """The human text of an error body: OperationOutcome issues, OAuth error_description, or the raw start."""
     try:
@@ -118,12 +132,7 @@ def server_message(body: bytes, limit: int = 500) -> str:
         text = body[:limit].decode("utf-8", "replace").strip()
         return text or "(empty body)"
     if isinstance(document, dict) and document.get("resourceType") == "OperationOutcome":
-        parts = []
-        for issue in document.get("issue", []):
-            text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code", "")
-            location = ", ".join(issue.get("expression", []) or issue.get("location", []))
-            parts.append(f"{issue.get('severity', 'error')}: {text}" + (f" (at {location})" if location else ""))
-        return "; ".join(parts) or "OperationOutcome without issues"
+        return outcome_text(document)
     if isinstance(document, dict) and "error" in document:
         return str(document.get("error_description") or document["error"])
     return json.dumps(document)[:limit]

@@ -34,10 +34,11 @@ from fhir_lupus.client import (
     error_class,
     location_id,
     location_version,
+    outcome_text,
 )
 from fhir_lupus.sync.journal import Journal, JournalEntry
 from fhir_lupus.sync.lookup import look_up
-from fhir_lupus.sync.plan import Plan, PlanItem, content_hash
+from fhir_lupus.sync.plan import Plan, PlanItem
 from fhir_lupus.sync.routes import TypeRoute
 
 __all__ = ["Applier", "ChunkKind", "Problem", "WriteLimits", "chunk_kind", "make_chunks"]
@@ -212,12 +213,9 @@ class Applier:
         keep: list[PlanItem] = []
         in_chunk = {i.local_ref for i in chunk}
         for item in chunk:
-            blocked = sorted(t for t in references(item.resource) if t in self._held)
-            missing = sorted(
-                t
-                for t in references(item.resource)
-                if t not in self._refs and t not in self._logical and t not in in_chunk
-            )
+            targets = references(item.resource)
+            blocked = sorted(t for t in targets if t in self._held)
+            missing = sorted(t for t in targets if t not in self._refs and t not in self._logical and t not in in_chunk)
             if blocked or missing:
                 why = (
                     f"refers to {blocked[0]}, which is held back" if blocked else f"refers to {missing[0]}, not written"
@@ -344,17 +342,7 @@ class Applier:
                 self._refs[item.local_ref] = f"{resource_type}/{server_id}"
                 if not linked:
                     targets.append(f"{resource_type}/{server_id}" + (f"/_history/{version}" if version else ""))
-            entries.append(
-                JournalEntry(
-                    resource_type,
-                    item.key,
-                    content_hash(item.resource),
-                    server_id,
-                    version,
-                    outcome,
-                    item.local_ref,
-                )
-            )
+            entries.append(item.journal_entry(outcome, server_id=server_id, version_id=version))
         self.journal.record(self.server, self.push_id, entries, targets=targets)
         self.counts.chunks += 1
         if self.on_written:
@@ -367,19 +355,14 @@ def _answer(raw: Any) -> dict[str, Any]:
     response = raw.get("response") or {}
     status_text = str(response.get("status", "")).strip()
     digits = status_text.split(" ", 1)[0]
-    outcome = response.get("outcome") or {}
-    message = "; ".join(
-        str((issue.get("details") or {}).get("text") or issue.get("diagnostics") or "")
-        for issue in outcome.get("issue", [])
-        if isinstance(issue, dict)
-    )
+    outcome = response.get("outcome")
     resource = raw.get("resource")
     return {
         "status": int(digits) if digits.isdigit() else 0,
         "location": str(response.get("location") or ""),
         "etag": str(response.get("etag") or ""),
         "resource": resource if isinstance(resource, dict) else {},
-        "message": message,
+        "message": outcome_text(outcome) if isinstance(outcome, dict) else "",
     }
 
 

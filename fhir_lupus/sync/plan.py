@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from fhir_lupus.bundle import WriteKind, business_key, local_ref, references, rewrite_references
@@ -71,6 +70,7 @@ class PlanItem:
     reason: str = ""
     diffs: tuple[str, ...] = ()
     record: bool = False  # the journal should learn this outcome (a match found, or a new hash linked)
+    digest: str = ""  # content_hash of the resource, computed once by the plan
 
     @property
     def resource_type(self) -> str:
@@ -80,13 +80,16 @@ class PlanItem:
     def local_ref(self) -> str:
         return local_ref(self.resource)
 
-    def journal_entry(self, outcome: str) -> JournalEntry:
+    def journal_entry(
+        self, outcome: str, *, server_id: str | None = None, version_id: str | None = None
+    ) -> JournalEntry:
+        """What the journal keeps for this resource; ``server_id``/``version_id`` as the server answered."""
         return JournalEntry(
             self.resource_type,
             self.key,
-            content_hash(self.resource),
-            self.server_id,
-            self.version_id,
+            self.digest or content_hash(self.resource),
+            server_id or self.server_id,
+            version_id or self.version_id,
             outcome,
             self.local_ref,
         )
@@ -98,10 +101,6 @@ class Plan:
     server_refs: dict[str, str]  # local ref -> Type/server-id, for every resource whose id is known
     logical: dict[str, dict[str, Any]]  # local ref of a skipped resource -> its Identifier
     held_back: set[str] = field(default_factory=set)
-
-    @property
-    def counts(self) -> Counter[str]:
-        return Counter(item.action for item in self.items)
 
     def writes(self) -> list[PlanItem]:
         return [item for item in self.items if item.action in ("create", "update")]
@@ -144,7 +143,9 @@ def plan_batch(
     plan = Plan([], dict(server_refs), dict(logical or {}), set(held_back))
     in_batch: set[str] = set(will_exist)
     for resource in resources:
-        item = _decide(resource, routes[resource["resourceType"]], plan, known, found, in_batch, verify)
+        digest = content_hash(resource)
+        route = routes[resource["resourceType"]]
+        item = replace(_decide(resource, digest, route, plan, known, found, in_batch, verify), digest=digest)
         plan.items.append(item)
         in_batch.add(item.local_ref)
         if item.action in ("conflict", "held-back"):
@@ -163,6 +164,7 @@ def plan_batch(
 
 def _decide(
     resource: Resource,
+    digest: str,
     route: TypeRoute,
     plan: Plan,
     known: Mapping[Key, JournalEntry],
@@ -181,7 +183,6 @@ def _decide(
     resource_type = resource["resourceType"]
     entry = known.get((resource_type, key))
     matches = found.get((resource_type, key))
-    digest = content_hash(resource)
     if matches is not None:
         if len(matches) > 1:
             ids = tuple(sorted(m.server_id for m in matches))

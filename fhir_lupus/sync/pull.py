@@ -31,7 +31,7 @@ from fhir_lupus.sync.reverse import (
     loinc_index,
     reverse_map,
 )
-from fhir_lupus.sync.search import Search
+from fhir_lupus.sync.search import Search, parse_instant
 from fhir_lupus.terminology import LabCatalogue
 
 __all__ = ["PullResult", "fetch_labs", "pull_labs"]
@@ -101,7 +101,7 @@ def pull_labs(
             batch.clear()
     store.stage(batch)
     marks = [m for m in (*fetch.marks, mark_from) if m]
-    high_water = max(marks, key=_instant) if marks else None
+    high_water = max(marks, key=_moment) if marks else None
     with journal.transaction():
         merged = store.merge(replace_all=replace_all)
         outputs = store.write(output) if output else ()
@@ -258,11 +258,13 @@ def _note(state: _Fetch, search: Search) -> None:
             state.fallbacks.append(note)
 
 
-def _instant(value: str) -> datetime:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def _moment(value: str) -> datetime:
+    moment = parse_instant(value)
+    if moment is None:
+        raise FhirLupusError(f"not a FHIR instant: {value!r}")
+    return moment
 
 
 def mark_minus(mark: str, seconds: int) -> str:
     """The search start for an incremental pull: the mark moved back by the overlap (UTC)."""
-    return (_instant(mark) - timedelta(seconds=seconds)).astimezone(UTC).isoformat(timespec="milliseconds")
+    return (_moment(mark) - timedelta(seconds=seconds)).astimezone(UTC).isoformat(timespec="milliseconds")

@@ -17,12 +17,13 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
+from fhir_lupus.sync.search import parse_instant
 
 __all__ = ["MergeResult", "PullStore", "Removal", "unmapped_path", "write_rows"]
 
@@ -67,11 +68,8 @@ class MergeResult:
 
 def _updated(text: str) -> str:
     """``meta.lastUpdated`` as a sortable UTC text (servers write +00:00, Z, or milliseconds)."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return ""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+    moment = parse_instant(text)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds") if moment else ""
 
 
 def _sort_key(record: Record) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fhir_lupus.bundle import business_key, dependency_sorted, load_matching_rules, references
+from fhir_lupus.bundle import business_key, dependency_sorted, load_matching_rules, local_ref, references
 from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, WriteStrategy
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.sync.apply import Applier, ApplyCounts, Problem, WriteLimits
@@ -68,9 +68,7 @@ class PushReport(ApplyCounts):
     def complete(self) -> bool:
         """Everything asked for was written or found unchanged, with its Provenance."""
         forced_skips = [r for r in self.routes.values() if r.skipped and not r.skipped_by_user]
-        return not (self.problems and any(p.kind != "skipped" for p in self.problems)) and not (
-            self.provenance_missing or forced_skips
-        )
+        return not any(p.kind != "skipped" for p in self.problems) and not (self.provenance_missing or forced_skips)
 
     def summary(self) -> str:
         sizes = ", ".join(f"{kind} {size}" for kind, size in sorted(self.bundle_sizes.items()))
@@ -128,7 +126,7 @@ class Planner:
         server = self.client.base_url
         keys = [(r["resourceType"], business_key(r)) for r in batch]
         known = self.journal.lookup(server, keys) if self.journal else {}
-        inside = {f"{r['resourceType']}/{r['id']}" for r in batch}
+        inside = {local_ref(r) for r in batch}
         outside = {t for r in batch for t in references(r)} - inside
         refs = self.journal.server_refs(server, outside) if self.journal else {}
         refs.update({ref: self._seen[ref] for ref in outside if ref in self._seen})

@@ -17,7 +17,7 @@ from typing import Any
 
 from fhir_lupus.client import Capabilities, FhirClient, UnsupportedInteraction
 
-__all__ = ["LOCAL_PARAMETERS", "Search"]
+__all__ = ["LOCAL_PARAMETERS", "Search", "parse_instant"]
 
 # How a parameter is applied client-side: the elements it reads, and the kind of comparison.
 LOCAL_PARAMETERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -118,8 +118,8 @@ _PREFIXES = ("ge", "gt", "le", "lt", "eq")
 
 def _compare(found: str, wanted: str) -> bool:
     prefix = wanted[:2] if wanted[:2] in _PREFIXES else "eq"
-    bound = _instant(wanted[2:] if wanted[:2] in _PREFIXES else wanted)
-    here = _instant(found)
+    bound = parse_instant(wanted[2:] if wanted[:2] in _PREFIXES else wanted)
+    here = parse_instant(found)
     if bound is None or here is None:
         return False
     return {
@@ -131,7 +131,7 @@ def _compare(found: str, wanted: str) -> bool:
     }[prefix]
 
 
-def _instant(text: str) -> datetime | None:
+def parse_instant(text: str) -> datetime | None:
     """A FHIR date, dateTime or instant as an aware datetime (dates at midnight UTC)."""
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00")) if "T" in text else datetime.fromisoformat(text)
