@@ -10,7 +10,6 @@ first push also finds the server's Bundle size limits. Results are recorded in b
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -23,21 +22,12 @@ from fhir_lupus.sync import Journal, dry_run_trial, pull_study, push_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from support import EXAMPLE, example_subset  # noqa: E402
+from support import EXAMPLE, example_subset, isolated_mappings_copy  # noqa: E402
 
 
 def isolated_mappings(scratch: Path) -> Path:
-    target = scratch / "mappings"
-    shutil.copytree(ROOT / "mappings", target)
-    run = uuid.uuid4().hex[:12]
-    for path in target.rglob("*.yaml"):
-        text = path.read_text(encoding="utf-8").replace(
-            "https://fhir-lupus.example.org/", f"https://fhir-lupus.example.org/b/{run}/"
-        )
-        if path.name == "project.yaml":  # the study's own identifier too, or every run shares one ResearchStudy
-            text = text.replace("  study: https://clinicaltrials.gov", '  study: "{base}/sid/nct"')
-        path.write_text(text)
-    return target
+    """Every URI of ours, the study's identifier systems included, unique to this run."""
+    return isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
 
 
 def main() -> None:

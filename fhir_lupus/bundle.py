@@ -1,7 +1,9 @@
 """Bundle entries: business keys, conditional or id-addressed requests, dependency order, reference rewriting.
 
 A resource is identified across systems by its business key (first identifier, or a CodeSystem's url);
-``mappings/fhir/matching.yaml`` says which search parameters take that key and which types are create-only.
+``mappings/fhir/matching.yaml`` says which search parameters take that key and which types are create-only,
+and which identifiers carry the key under a superseded system (``superseded_keys``: looked up when the key
+itself finds nothing).
 An entry is written one of three ways:
 - ``conditional``: ``PUT Type?identifier=system|value`` (update, or create when absent); for a create-only
   type (Patient) ``POST`` with ``ifNoneExist``, so a hospital's existing patient is linked, never overwritten;
@@ -42,6 +44,7 @@ __all__ = [
     "references",
     "rewrite_references",
     "search_parameter",
+    "superseded_keys",
     "transaction_bundle",
 ]
 
@@ -71,6 +74,7 @@ class MatchingRules(BaseModel):
     default_search: tuple[str, ...]
     search: dict[str, tuple[str, ...]] = {}
     create_only: frozenset[str] = frozenset()
+    superseded_use: frozenset[str] = frozenset()  # Identifier.use of identifiers under a superseded system
 
     def search_parameters(self, resource_type: str) -> tuple[str, ...]:
         """The parameters that take the type's business key, most preferred first."""
@@ -94,6 +98,17 @@ def business_key(resource: Resource) -> str:
         return str(resource["url"])
     identifier = resource["identifier"][0]
     return f"{identifier['system']}|{identifier['value']}"
+
+
+def superseded_keys(resource: Resource, uses: frozenset[str]) -> list[str]:
+    """``system|value`` of the identifiers whose ``use`` is one of ``uses`` (the key under a superseded system)."""
+    current = business_key(resource)
+    keys = [
+        f"{i['system']}|{i['value']}"
+        for i in resource.get("identifier", [])
+        if isinstance(i, dict) and i.get("use") in uses and i.get("system") and i.get("value")
+    ]
+    return [k for k in dict.fromkeys(keys) if k != current]
 
 
 def search_parameter(resource_type: str, rules: MatchingRules | None = None) -> str:

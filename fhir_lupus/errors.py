@@ -35,7 +35,15 @@ class UnitError(FhirLupusError, ValueError):
 
 
 class TerminologyError(FhirLupusError, ValueError):
-    """No code of the lab catalogue fits the analyte, value kind, unit and method reported."""
+    """No code of the lab catalogue fits the analyte, value kind, specimen, unit and method reported.
+
+    ``field`` names the input column to blame when one is clearly at fault (``specimen``), or ``refused``
+    when the catalogue lists the form as refused on purpose.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
 
 
 class InputError(FhirLupusError, ValueError):

@@ -75,7 +75,7 @@ def lab_results(draw: st.DrawFn, pack: MappingPack) -> LabResult:
         ref_low=ref_low,
         ref_high=ref_high,
         method=method,
-        specimen=draw(st.sampled_from(["serum", "plasma", "blood", "urine", "urine-24h"])),
+        specimen=draw(st.sampled_from(list(when.specimen))),
         collected_at=draw(DATETIMES),
         lab=draw(st.one_of(st.none(), st.just("Central Laboratory"))),
         local_code=draw(st.one_of(st.none(), KEYS)),

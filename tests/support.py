@@ -30,3 +30,31 @@ def example_subset(target: Path, subjects: int, *, first: int = 0) -> Path:
             writer.writeheader()
             writer.writerows(rows)
     return target
+
+
+# The study identifier systems of mappings/project.yaml (current, then superseded), each made the run's own so
+# that a run sees only its own ResearchStudy. The current line goes first (a superseded one is its prefix).
+STUDY_SYSTEMS = (
+    ("  study: https://clinicaltrials.gov/nctid\n", '  study: "{base}/sid/nct"\n'),
+    ("    - https://clinicaltrials.gov ", '    - "{base}/sid/nct-superseded" '),
+    ("    - http://clinicaltrials.gov\n", '    - "{base}/sid/nct-http"\n'),
+)
+OUR_BASE = "https://fhir-lupus.example.org/"
+
+
+def isolated_mappings_copy(target: Path, tag: str) -> Path:
+    """A copy of mappings/ at ``target`` whose every URI of ours (identifier systems, the MRN system, the project
+    CodeSystem) and whose study identifier systems live under ``{OUR_BASE}{tag}/``: runs against one long-lived
+    server do not see each other's resources."""
+    shutil.copytree(REPO / "mappings", target)
+    for path in target.rglob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        isolated = text.replace(OUR_BASE, f"{OUR_BASE}{tag}/")
+        if path.name == "project.yaml":
+            for current, ours in STUDY_SYSTEMS:
+                if current not in isolated:
+                    raise AssertionError(f"{path}: no line {current.strip()!r} to isolate")
+                isolated = isolated.replace(current, ours)
+        if isolated != text:
+            path.write_text(isolated, encoding="utf-8")
+    return target

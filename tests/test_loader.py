@@ -52,8 +52,12 @@ def test_clean_dataset_has_no_rejects(dataset: Callable[..., Path]) -> None:
         ("visits.csv", 1, "visit_date", "2007-12-01", "before enrolment"),
         ("labs.csv", 0, "value", "high", "neither a number"),
         ("labs.csv", 0, "unit", "furlongs", "not a UCUM unit"),
-        ("labs.csv", 0, "unit", "mmol/L", "no LOINC code for c3"),
-        ("labs.csv", 7, "method", "cockcroft-gault", "no LOINC code for egfr"),
+        ("labs.csv", 0, "unit", "mmol/L", "no code for c3"),
+        ("labs.csv", 7, "method", "cockcroft-gault", "no code for egfr"),
+        ("labs.csv", 7, "unit", "mL/min", "an eGFR in mL/min is not normalised"),
+        ("labs.csv", 1, "specimen", "urine", "this analyte is serum/plasma creatinine"),
+        ("labs.csv", 0, "specimen", "urine", "specimen urine"),
+        ("labs.csv", 3, "method", "elisa", "an immunoassay reports units or presence, not a dilution titer"),
         ("labs.csv", 0, "analyte", "troponin", "not in the lab catalogue"),
         ("labs.csv", 0, "collected_at", "2008-01-05T08:00:00", "UTC offset"),
         ("labs.csv", 0, "specimen", "saliva", "Input should be"),
@@ -84,14 +88,72 @@ def test_bad_cell_is_located(
     assert "must" not in str(report.rejects[0]) or str(report.rejects[0]).startswith(f"{file}:{index + 2}")
 
 
-def test_reported_total_mismatch_names_the_derived_descriptors(dataset: Callable[..., Path]) -> None:
-    def spoil(rows: Rows) -> None:
+def sledai_of(dataset: Callable[..., Path], edit: Edit) -> tuple[Any, LoadReport]:
+    data, report = load_trial(dataset(edit))
+    assert report.rejects == [], [str(r) for r in report.rejects]
+    return data.sledai[0].record.score, report
+
+
+def test_crf_total_is_the_score_and_lab_findings_stand_beside_it(dataset: Callable[..., Path]) -> None:
+    def crf_total(rows: Rows) -> None:
         rows["sledai.csv"][0]["reported_total"] = "6"
 
-    file, line, column, reason = only_reject(load(dataset, spoil))
-    # arthritis 4 + rash 2 flagged; proteinuria 4, low complement 2, thrombocytopenia 1 derived from labs = 13
-    assert (file, line, column) == ("sledai.csv", 2, "reported_total")
-    assert "CRF total 6 but descriptors give 13" in reason and "proteinuria" in reason
+    score, report = sledai_of(dataset, crf_total)
+    # arthritis 4 + rash 2 on the CRF; proteinuria 4, low complement 2, thrombocytopenia 1 met by labs
+    assert score.total == 6 and score.total_from_crf and score.computed_total == 13
+    assert {d.key: d.points for d in score.descriptors}["proteinuria"] == 0
+    (finding,) = [f for f in report.findings if f.kind == "sledai-lab-findings"]
+    assert finding.line == 2 and "CRF total 6" in finding.message and "would give 13" in finding.message
+    assert "proteinuria (4; L6)" in finding.message
+
+
+def test_without_a_crf_total_lab_findings_count(dataset: Callable[..., Path]) -> None:
+    score, report = sledai_of(dataset, lambda rows: None)
+    assert score.total == 13 and not score.total_from_crf
+    assert not [f for f in report.findings if f.kind.startswith("sledai")]
+
+
+def _low_wbc(rows: Rows, not_attributed: str) -> None:
+    low = dict(rows["labs.csv"][8], result_id="L12", analyte="wbc", value="2.1", ref_low="3.5", ref_high="9.5")
+    rows["labs.csv"].append(low)
+    rows["sledai.csv"][0]["not_attributed"] = not_attributed
+    rows["sledai.csv"][1]["not_attributed"] = ""
+
+
+def test_drug_attributed_leukopenia_does_not_score(dataset: Callable[..., Path]) -> None:
+    counted, _ = sledai_of(dataset, lambda rows: _low_wbc(rows, ""))
+    assert counted.total == 14  # 13 + leukopenia 1, derived from L12
+    score, report = sledai_of(dataset, lambda rows: _low_wbc(rows, "leukopenia:cyclophosphamide"))
+    assert score.total == 13
+    leukopenia = next(d for d in score.descriptors if d.key == "leukopenia")
+    assert (leukopenia.source, leukopenia.points, leukopenia.evidence) == ("not-attributed", 0, ("L12",))
+    assert "cyclophosphamide" in leukopenia.why
+    assert not [f for f in report.findings if f.kind.startswith("sledai")]
+
+
+def test_not_attributed_and_due_to_lupus_at_once_is_refused(dataset: Callable[..., Path]) -> None:
+    def both(rows: Rows) -> None:
+        rows["sledai.csv"][0]["not_attributed"] = "rash:drug eruption"
+        rows["sledai.csv"][1]["not_attributed"] = ""
+
+    file, line, _, reason = only_reject(load(dataset, both))
+    assert (file, line) == ("sledai.csv", 2) and "rash listed both" in reason
+
+
+def test_unknown_not_attributed_descriptor_is_refused(dataset: Callable[..., Path]) -> None:
+    def unknown(rows: Rows) -> None:
+        rows["sledai.csv"][0]["not_attributed"] = "nosebleed:trauma"
+        rows["sledai.csv"][1]["not_attributed"] = ""
+
+    assert only_reject(load(dataset, unknown))[2:] == ("not_attributed", "unknown SLEDAI-2K descriptor(s): nosebleed")
+
+
+def test_window_of_zero_days_is_refused_not_defaulted(dataset: Callable[..., Path]) -> None:
+    def zero(rows: Rows) -> None:
+        rows["sledai.csv"][0]["window_days"] = "0"
+
+    file, line, column, reason = only_reject(load(dataset, zero))
+    assert (file, line, column) == ("sledai.csv", 2, "window_days") and "window_days 0" in reason
 
 
 def test_duplicate_business_key(dataset: Callable[..., Path]) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fhir_lupus.mappers.observation_lab import interpretation
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
+from fhir_lupus.terminology import MappingPack
 from fhir_lupus.validation import validate_resource
 
 LOINC = "http://loinc.org"
@@ -42,9 +45,15 @@ def ref(resource: dict[str, Any]) -> str:
 
 
 class TestResearchStudy:
-    def test_identity_status_and_design(self, mapped: list[dict[str, Any]]) -> None:
+    def test_identity_status_and_design(self, mapped: list[dict[str, Any]], pack: MappingPack) -> None:
         study = one(mapped, "ResearchStudy", "NCT00698191")
-        assert study["identifier"][0]["system"] == "https://clinicaltrials.gov"
+        current = pack.identifier_system("study", study="NCT00698191")
+        superseded = pack.superseded_identifier_systems("study", study="NCT00698191")
+        assert superseded and current not in superseded  # the registry's URI changed: the old one stays searchable
+        assert study["identifier"] == [
+            {"use": "official", "system": current, "value": "NCT00698191"},
+            *({"use": "old", "system": system, "value": "NCT00698191"} for system in superseded),
+        ]
         assert study["status"] == "active"
         assert study["extension"][0]["valueCodeableConcept"]["text"] == "UNKNOWN"
         assert "UNKNOWN" in study["note"][0]["text"]
@@ -78,6 +87,27 @@ class TestResearchStudy:
         }
         excluded = [c["code"]["text"] for c in chars if c["exclude"]]
         assert "End-stage renal failure" in excluded and len(excluded) == 9  # 5 registered bullets, split per concept
+
+    def test_refractory_disease_never_requires_both_cyclophosphamide_and_mmf(
+        self, mapped: list[dict[str, Any]], study: Any
+    ) -> None:
+        """R4 Group characteristics are all required: the CYC-or-other-immunosuppressant alternative is one."""
+        chars = next(r for r in mapped if r["resourceType"] == "Group")["characteristic"]
+        drugs_required = [
+            coding["code"]
+            for c in chars
+            if not c["exclude"]
+            for coding in c.get("valueCodeableConcept", {}).get("coding", [])
+            if coding["system"] == "http://www.nlm.nih.gov/research/umls/rxnorm"
+        ]
+        assert drugs_required == ["8640"]  # prednisone only; never cyclophosphamide (3002) and MMF (68149) both
+        alternative = [
+            c for c in chars if c["code"]["coding"][0]["code"] == "failed-cyclophosphamide-or-other-immunosuppressant"
+        ]
+        assert len(alternative) == 1 and alternative[0]["valueBoolean"] is True
+        assert "or other immunosuppressive drugs, such as MMF 2 g / day" in alternative[0]["code"]["text"]
+        criterion = next(c for c in study.eligibility if c.code.code == alternative[0]["code"]["coding"][0]["code"])
+        assert any("0.4 ~ 0.6 / m2" in a and "g/m2" in a for a in criterion.assumptions)
 
 
 class TestPatientAndSubject:
@@ -137,6 +167,31 @@ class TestLabObservation:
         assert obs["valueQuantity"]["code"] == "[IU]/mL"
         assert "interpretation" not in obs  # "<10" vs high 100 says nothing about "L"
 
+    @pytest.mark.parametrize(
+        ("number", "comparator", "low", "high", "flag"),
+        [
+            ("10", ">=", None, "10", None),  # 10 or more does not prove above 10
+            ("10", ">", None, "10", "H"),
+            ("11", ">=", None, "10", "H"),
+            ("100", "<=", "100", None, None),  # 100 or less does not prove below 100
+            ("100", "<", "100", None, "L"),
+            ("99", "<=", "100", None, "L"),
+            ("5", "<", "1", "10", None),  # inside or below: no verdict, and never N
+            ("5", None, "1", "10", "N"),
+            ("10", None, "1", "10", "N"),
+            ("10.5", None, "1", "10", "H"),
+        ],
+    )
+    def test_interpretation_of_censored_values(
+        self, number: str, comparator: str | None, low: str | None, high: str | None, flag: str | None
+    ) -> None:
+        bounds = [None if bound is None else Decimal(bound) for bound in (low, high)]
+        assert interpretation(Decimal(number), comparator, *bounds) == flag
+
+    def test_egfr_unit_keeps_its_annotation(self, mapped: list[dict[str, Any]]) -> None:
+        quantity = one(mapped, "Observation", "L8")["valueQuantity"]
+        assert quantity["code"] == "mL/min/{1.73_m2}" and "{1.73_m2}" in quantity["unit"]
+
     def test_ordinal_is_snomed_and_titer_is_a_string(self, mapped: list[dict[str, Any]]) -> None:
         dip = one(mapped, "Observation", "L5")
         assert dip["code"]["coding"][0]["code"] == "20454-5"
@@ -177,6 +232,25 @@ class TestSledaiAndTreg:
         assert components["sledai-proteinuria"]["extension"][0]["valueBoolean"] is True
         derived_from = {d["reference"] for d in obs["derivedFrom"]}
         assert derived_from == {ref(one(mapped, "Observation", rid)) for rid in ("L1", "L6", "L9")}
+
+    def test_crf_total_and_attribution_in_the_components(self, dataset: Callable[..., Path]) -> None:
+        def crf(rows: dict[str, list[dict[str, str]]]) -> None:
+            rows["sledai.csv"][0].update(reported_total="8", not_attributed="thrombocytopenia:drug-induced")
+            rows["sledai.csv"][1]["not_attributed"] = ""
+
+        data, report = load_trial(dataset(crf))
+        obs = one(map_trial(data, report).resources, "Observation", "MSC-001/BL")
+        assert obs["valueInteger"] == 8  # the CRF total is the score
+        components = {c["code"]["coding"][0]["code"]: c for c in obs["component"]}
+        assert components["sledai-arthritis"]["valueInteger"] == 4
+        assert components["sledai-proteinuria"]["valueInteger"] == 0  # met by labs, not on the CRF
+        reasons = {
+            key: [e.get("valueString") for e in c.get("extension", []) if "not-counted" in e["url"]]
+            for key, c in components.items()
+        }
+        assert "drug-induced" in reasons["sledai-thrombocytopenia"][0]
+        assert "CRF" in reasons["sledai-proteinuria"][0] and reasons["sledai-arthritis"] == []
+        validate_resource(obs, "R4")  # raises when invalid
 
     def test_zero_score_has_no_components(self, mapped: list[dict[str, Any]]) -> None:
         obs = one(mapped, "Observation", "MSC-001/M01")

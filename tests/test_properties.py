@@ -59,11 +59,11 @@ def test_subjects_map_to_valid_patient_and_research_subject(ctx: MappingContext,
 def test_lab_results_map_to_valid_observations(ctx: MappingContext, lab: LabResult) -> None:
     value = parse_lab_value(lab.value, PACK.ordinals)
     catalogue_choice = ctx.pack.labs.analytes[lab.analyte]
-    resolved = LabCatalogue(ctx.pack, ctx.units).resolve(lab.analyte, value, lab.unit, lab.method)
-    assert resolved.code in catalogue_choice.codes
+    resolved = LabCatalogue(ctx.pack, ctx.units).resolve(lab.analyte, value, lab.unit, lab.method, lab.specimen)
+    assert resolved.code in catalogue_choice.codes and lab.specimen in resolved.code.when.specimen
     resource = map_lab_observation(CheckedLab(lab, value, resolved), SUBJECT, ctx)
     valid_in_both_versions(resource, ctx)
-    assert resource["code"]["coding"][0]["code"] == resolved.code.loinc
+    assert resource["code"]["coding"][0]["code"] == resolved.code.code
 
 
 @FAST

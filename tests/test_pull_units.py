@@ -12,7 +12,7 @@ import pytest
 from fhir_lupus.client import Capabilities, UnsupportedInteraction
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.sync import Journal, PulledLab, PullStore, UnmappedResult
-from fhir_lupus.sync.reverse import load_pull_rules, loinc_index, reverse_map
+from fhir_lupus.sync.reverse import code_index, load_pull_rules, reverse_map
 from fhir_lupus.sync.search import Search, matches
 from fhir_lupus.terminology import LabCatalogue
 
@@ -43,7 +43,7 @@ def lab(
 
 
 def reverse(obs: dict[str, Any], catalogue: LabCatalogue, study: StudyDefinition) -> PulledLab | UnmappedResult:
-    return reverse_map(obs, "MSC-001", loinc_index(catalogue), catalogue, study, BL, 7, load_pull_rules())
+    return reverse_map(obs, "MSC-001", code_index(catalogue), catalogue, study, BL, 7, load_pull_rules())
 
 
 class TestStatus:
@@ -91,10 +91,96 @@ class TestHospitalLabs:
         assert (row.analyte, row.value, row.unit, row.reported_value) == ("creatinine", ">132.603", "umol/L", ">1.5")
         assert row.ref_high == "97.2419" and row.result_id == f"{HOSPITAL}|ACC-o1" and row.visit_code == "M01"
 
+    @pytest.mark.parametrize(
+        ("loinc", "ucum"),
+        [("98979-8", "mL/min"), ("2164-2", "mL/min/{1.73_m2}")],  # eGFR in mL/min; clearance per 1.73 m2
+    )
+    def test_rate_per_body_surface_is_never_relabelled_as_a_raw_rate(
+        self, catalogue: LabCatalogue, study: StudyDefinition, loinc: str, ucum: str
+    ) -> None:
+        obs = lab(
+            "final",
+            code={"coding": [{"system": "http://loinc.org", "code": loinc}]},
+            valueQuantity={"value": 85, "unit": ucum, "system": UCUM, "code": ucum},
+        )
+        kept = reverse(obs, catalogue, study)
+        assert isinstance(kept, UnmappedResult) and f"unit {ucum} fits no catalogue code" in kept.reason
+        assert kept.value == f"85 {ucum}"
+
+    def test_clearance_per_body_surface_has_its_own_analyte(
+        self, catalogue: LabCatalogue, study: StudyDefinition
+    ) -> None:
+        obs = lab(
+            "final",
+            code={"coding": [{"system": "http://loinc.org", "code": "12195-4"}]},
+            valueQuantity={"value": 85, "unit": "mL/min/{1.73_m2}", "system": UCUM, "code": "mL/min/{1.73_m2}"},
+        )
+        row = reverse(obs, catalogue, study)
+        assert isinstance(row, PulledLab) and (row.analyte, row.value, row.unit) == (
+            "creatinine_clearance_bsa",
+            "85",
+            "mL/min/{1.73_m2}",
+        )
+
+    def test_ordinal_answers_are_matched_with_their_system(
+        self, catalogue: LabCatalogue, study: StudyDefinition
+    ) -> None:
+        def dipstick(system: str) -> dict[str, Any]:
+            return lab(
+                "final",
+                code={"coding": [{"system": "http://loinc.org", "code": "20454-5"}]},
+                valueQuantity=None,
+                valueCodeableConcept={"coding": [{"system": system, "code": "260348001"}], "text": "++"},
+            )
+
+        row = reverse(dipstick("http://snomed.info/sct"), catalogue, study)
+        assert isinstance(row, PulledLab) and row.value == "2+"
+        # the same digits in a local code system mean nothing to us: set aside, not read as "2+"
+        kept = reverse(dipstick("urn:local:answers"), catalogue, study)
+        assert isinstance(kept, UnmappedResult) and "not an ordinal" in kept.reason
+
+    def test_the_normal_reference_range_is_chosen_not_the_first(
+        self, catalogue: LabCatalogue, study: StudyDefinition
+    ) -> None:
+        meaning = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
+        obs = lab(
+            "final",
+            referenceRange=[
+                {"low": {"value": 1.2}, "type": {"coding": [{"system": meaning, "code": "treatment"}]}},
+                {"text": "see report"},
+                {
+                    "low": {"value": 0.9},
+                    "high": {"value": 1.8},
+                    "type": {"coding": [{"system": meaning, "code": "normal"}]},
+                },
+            ],
+        )
+        row = reverse(obs, catalogue, study)
+        assert isinstance(row, PulledLab) and (row.ref_low, row.ref_high) == ("0.9", "1.8")
+
+    def test_a_treg_percentage_is_a_trial_row(self, catalogue: LabCatalogue, study: StudyDefinition, pack: Any) -> None:
+        obs = lab(
+            "final",
+            identifier=[{"system": pack.identifier_system("treg", study=study.nct_id), "value": "T-MSC-001-M03"}],
+            code={"coding": [{"system": pack.system_uri("project"), "code": "treg-percent"}]},
+            effectiveDateTime="2008-04-04T08:00:00+08:00",
+            valueQuantity={"value": 4.2, "unit": "%", "system": UCUM, "code": "%"},
+        )
+        row = reverse(obs, catalogue, study)
+        assert isinstance(row, PulledLab)
+        assert (row.result_id, row.analyte, row.value, row.unit, row.visit_code, row.loinc) == (
+            "T-MSC-001-M03",
+            "treg_percent",
+            "4.2",
+            "%",
+            "M03",
+            "",
+        )
+
     def test_only_a_local_code_is_set_aside(self, catalogue: LabCatalogue, study: StudyDefinition) -> None:
         local = lab("final", code={"coding": [{"system": "urn:local", "code": "C3"}]})
         kept = reverse(local, catalogue, study)
-        assert isinstance(kept, UnmappedResult) and kept.reason == "no LOINC code of the lab catalogue"
+        assert isinstance(kept, UnmappedResult) and kept.reason == "no code of the lab catalogue"
         assert kept.codes == "urn:local|C3"
 
 

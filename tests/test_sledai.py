@@ -162,3 +162,87 @@ class TestDerivedFromLabs:
         result = score_sledai(definition, flagged=(), labs=labs, assessed_on=ASSESSED, window_days=None, units=units)
         assert result.derived == ("hematuria",)
         assert result.descriptors[0].evidence == ("R-1",)
+
+
+class TestCensoredValues:
+    """A censored value counts only when it proves the threshold is crossed (SLEDAI-2K: > 5, < 100, < 3)."""
+
+    @pytest.mark.parametrize(
+        ("analyte", "value", "unit", "expected"),
+        [
+            ("urine_rbc", ">=5", "/HPF", 0),  # 5 or more does not prove more than 5
+            ("urine_rbc", ">5", "/HPF", 4),
+            ("urine_rbc", ">=6", "/HPF", 4),
+            ("urine_rbc", "<=50", "/HPF", 0),
+            ("urine_wbc", ">=5", "/HPF", 0),
+            ("platelets", "<=100", "10^9/L", 0),  # 100 or less does not prove less than 100
+            ("platelets", "<100", "10^9/L", 1),
+            ("platelets", "<=99", "10^9/L", 1),
+            ("wbc", "<=3", "10^9/L", 0),
+            ("wbc", "<3", "10^9/L", 1),
+            ("urine_protein_24h", ">=0.5", "g/24h", 0),
+            ("urine_protein_24h", ">0.5", "g/24h", 4),
+        ],
+    )
+    def test_threshold_is_proved_or_not(
+        self,
+        definition: SledaiDefinition,
+        units: UnitConverter,
+        catalogue: LabCatalogue,
+        analyte: str,
+        value: str,
+        unit: str,
+        expected: int,
+    ) -> None:
+        assert score(definition, units, labs=[lab(catalogue, analyte, value, unit)])[0] == expected
+
+    def test_censored_against_a_reference_range(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
+        assert score(definition, units, labs=[lab(catalogue, "c3", "<=0.9", "g/L", low="0.9")])[0] == 0
+        assert score(definition, units, labs=[lab(catalogue, "c3", "<0.9", "g/L", low="0.9")])[0] == 2
+        assert score(definition, units, labs=[lab(catalogue, "anti_dsdna", ">=100", "IU/mL", high="100")])[0] == 0
+
+
+class TestAttribution:
+    def test_not_attributed_descriptor_scores_nothing_but_is_kept(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
+        labs = [lab(catalogue, "wbc", "2.1", "10^9/L", rid="W"), lab(catalogue, "urine_wbc", "20", "/HPF", rid="U")]
+        result = score_sledai(
+            definition,
+            flagged=(),
+            labs=labs,
+            assessed_on=ASSESSED,
+            window_days=None,
+            units=units,
+            not_attributed={"leukopenia": "cyclophosphamide", "pyuria": "urinary tract infection", "fever": ""},
+        )
+        assert result.total == 0 and result.computed_total == 0
+        kept = {d.key: (d.source, d.points, d.evidence) for d in result.descriptors}
+        assert kept == {
+            "pyuria": ("not-attributed", 0, ("U",)),
+            "fever": ("not-attributed", 0, ()),
+            "leukopenia": ("not-attributed", 0, ("W",)),
+        }
+
+    def test_crf_total_is_the_score(
+        self, definition: SledaiDefinition, units: UnitConverter, catalogue: LabCatalogue
+    ) -> None:
+        labs = [lab(catalogue, "urine_rbc", "30", "/HPF")]
+        result = score_sledai(
+            definition,
+            flagged=("arthritis",),
+            labs=labs,
+            assessed_on=ASSESSED,
+            window_days=None,
+            units=units,
+            reported_total=4,
+        )
+        assert (result.total, result.computed_total, result.assessed_total) == (4, 8, 4)
+        hematuria = next(d for d in result.descriptors if d.key == "hematuria")
+        assert (hematuria.counted, hematuria.points) == (False, 0) and "CRF" in hematuria.why
+
+    def test_window_of_zero_is_not_the_default(self, definition: SledaiDefinition, units: UnitConverter) -> None:
+        with pytest.raises(ValueError, match="window_days 0"):
+            score(definition, units, window=0)

@@ -12,7 +12,7 @@ from fhir_lupus.bundle import dependency_sorted
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.sync import Journal, JournalEntry, PulledLab, UnmappedResult, content_hash
 from fhir_lupus.sync.dryrun import diff_paths
-from fhir_lupus.sync.reverse import load_pull_rules, loinc_index, reverse_map
+from fhir_lupus.sync.reverse import code_index, load_pull_rules, reverse_map
 from fhir_lupus.sync.visits import assign_visit
 from fhir_lupus.terminology import LabCatalogue
 
@@ -34,7 +34,7 @@ def observation(code: str, **value: Any) -> dict[str, Any]:
 
 
 def reverse(obs: dict[str, Any], catalogue: LabCatalogue, study: StudyDefinition) -> PulledLab | UnmappedResult:
-    return reverse_map(obs, "MSC-001", loinc_index(catalogue), catalogue, study, BL, 7, load_pull_rules())
+    return reverse_map(obs, "MSC-001", code_index(catalogue), catalogue, study, BL, 7, load_pull_rules())
 
 
 class TestReverseMapping:
@@ -93,7 +93,7 @@ class TestReverseMapping:
         unknown = reverse(
             observation("2345-7", valueQuantity={"value": 5.4, "system": UCUM, "code": "mmol/L"}), catalogue, study
         )
-        assert isinstance(unknown, UnmappedResult) and unknown.reason == "no LOINC code of the lab catalogue"
+        assert isinstance(unknown, UnmappedResult) and unknown.reason == "no code of the lab catalogue"
         assert unknown.codes == "http://loinc.org|2345-7"
         wrong_unit = reverse(
             observation("4485-9", valueQuantity={"value": 5, "system": UCUM, "code": "mmol/L"}), catalogue, study

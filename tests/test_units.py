@@ -74,3 +74,22 @@ class TestConvert:
     def test_incompatible_dimensions(self, units: UnitConverter) -> None:
         with pytest.raises(UnitError):
             units.convert(1, "g/L", "mL/min")
+
+
+class TestAnnotations:
+    """UCUM counts {1.73_m2} as 1; a rate per body surface and a raw rate are still different quantities."""
+
+    def test_annotation_decides_commensurability(self, units: UnitConverter) -> None:
+        assert units.commensurable("mL/min/{1.73_m2}", "mL/min/{1.73_m2}")
+        assert units.commensurable("L/h", "mL/min")
+        assert not units.commensurable("mL/min", "mL/min/{1.73_m2}")
+        assert not units.commensurable("mL/min/{1.73_m2}", "mL/min")
+
+    def test_never_converted_across_annotations(self, units: UnitConverter) -> None:
+        with pytest.raises(UnitError, match="differ in annotation"):
+            units.convert(80, "mL/min", "mL/min/{1.73_m2}")
+        with pytest.raises(UnitError, match="differ in annotation"):
+            units.convert(80, "mL/min/{1.73_m2}", "mL/min")
+
+    def test_annotation_stays_in_the_display(self, units: UnitConverter) -> None:
+        assert "{1.73_m2}" in units.display("mL/min/{1.73_m2}")

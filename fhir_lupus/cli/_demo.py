@@ -70,7 +70,8 @@ def demo(
     )
     verdict = "[green]identical[/green]" if trip.exact else "[red]DIFFERENT[/red]"
     console.print(
-        f"round trip: {trip.matched} of {len(data.labs)} lab values {verdict} after unit normalisation "
+        f"round trip: {trip.matched} of {len(data.labs) + len(data.treg)} lab and Treg values {verdict} "
+        "after unit normalisation "
         f"({len(trip.missing)} missing, {len(trip.different)} different, {len(trip.extra)} extra)"
     )
     for line in (trip.missing + trip.different + trip.extra)[:10]:

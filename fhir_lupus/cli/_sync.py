@@ -206,6 +206,14 @@ def pull(
     overlap: Annotated[
         int, typer.Option("--overlap", min=0, help="--since auto: seconds before the mark to ask again.")
     ] = DEFAULT_OVERLAP_SECONDS,
+    lookback_days: Annotated[
+        int | None,
+        typer.Option(
+            "--lookback-days",
+            min=0,
+            help="Fetch results up to N days before each subject's day 0 (default: mappings/fhir/pull.yaml).",
+        ),
+    ] = None,
     journal: JournalPath = DEFAULT_JOURNAL,
     mappings: Mappings = None,
     token: Token = None,
@@ -242,6 +250,7 @@ def pull(
                 definition,
                 since=None if since == "all" else since,
                 window_days=window_days,
+                lookback_days=lookback_days,
                 output=output,
                 overlap_seconds=overlap,
                 mappings_dir=mappings,

@@ -7,12 +7,14 @@ contained Specimen, the reference range as given, and H/L/N interpretation when 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from fhir_lupus.mappers._context import MappingContext, Resource, fhir_datetime
 from fhir_lupus.mappers._observation import json_number, observation_base
 from fhir_lupus.model.entities import Subject
 from fhir_lupus.model.loader import CheckedLab
+from fhir_lupus.terminology.censored import proves_above, proves_below
 
 __all__ = ["interpretation", "map_lab_observation"]
 
@@ -24,8 +26,8 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
     analyte = ctx.pack.labs.analytes[lab.analyte]
     codings = [
         {
-            "system": ctx.pack.system_uri("loinc"),
-            "code": resolved.code.loinc,
+            "system": ctx.pack.system_uri(resolved.code.system),
+            "code": resolved.code.code,
             "display": resolved.code.display,
         }
     ]
@@ -104,21 +106,18 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
 
 
 def interpretation(number: Any, comparator: str | None, low: Any, high: Any) -> str | None:
-    """H, L or N against the reference range; None when the range or the value does not allow a verdict."""
+    """H, L or N against the reference range; None when the range or the value does not allow a verdict.
+
+    A censored value gets H or L only when it proves the limit is crossed (``>=10`` with high 10 does not),
+    and N only when it is an exact value inside the range.
+    """
     if low is None and high is None:
         return None
-    if comparator in ("<", "<="):
-        if low is not None and number <= low:
-            return "L"
-        return None
-    if comparator in (">", ">="):
-        if high is not None and number >= high:
-            return "H"
-        return None
-    if high is not None and number > high:
+    value = Decimal(str(number))
+    if high is not None and proves_above(value, comparator, Decimal(str(high))):
         return "H"
-    if low is not None and number < low:
+    if low is not None and proves_below(value, comparator, Decimal(str(low))):
         return "L"
-    if low is not None and high is not None:
+    if comparator is None and low is not None and high is not None and low <= value <= high:
         return "N"
     return None

@@ -1,8 +1,10 @@
 """SLEDAI-2K assessment -> Observation (category survey).
 
-The total is the value; each descriptor present is a component whose value is its weight. A descriptor the
-calculator derived from labs is marked with an extension, and the lab Observations it rests on are listed in
-derivedFrom, so a reader can tell a clinician's finding from an inference.
+The total is the value; each descriptor found is a component whose value is the points it scored (its weight,
+or 0 when it did not count). A descriptor derived from labs is marked with an extension, and the lab
+Observations it rests on are listed in derivedFrom, so a reader can tell a clinician's finding from an
+inference. A descriptor that did not count (present but not attributed to lupus, or met by labs beside a CRF
+total) carries the reason in a second extension, so the components always add up to what counted.
 """
 
 from __future__ import annotations
@@ -52,11 +54,18 @@ def map_sledai_observation(scored: ScoredAssessment, subject: Subject, ctx: Mapp
                 ],
                 "text": descriptor.display,
             },
-            "valueInteger": scored_descriptor.weight,
+            "valueInteger": scored_descriptor.points,
         }
+        extensions = []
         if scored_descriptor.source == "derived":
-            component["extension"] = [{"url": ctx.pack.extension_url("derived_descriptor"), "valueBoolean": True}]
-            evidence.extend(scored_descriptor.evidence)
+            extensions.append({"url": ctx.pack.extension_url("derived_descriptor"), "valueBoolean": True})
+        if not scored_descriptor.counted:
+            extensions.append(
+                {"url": ctx.pack.extension_url("descriptor_not_counted"), "valueString": scored_descriptor.why}
+            )
+        if extensions:
+            component["extension"] = extensions
+        evidence.extend(scored_descriptor.evidence)
         components.append(component)
     if components:
         resource["component"] = components

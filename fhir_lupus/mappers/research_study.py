@@ -2,6 +2,9 @@
 
 The registered recruitment status has no R4 equivalent when it is "Unknown": the study definition chooses
 the R4 status and the registered value travels in an extension and a note (see mappings/studies/).
+The NCT number is the official identifier under its current system, and again under each superseded system
+(``use: old``, mappings/project.yaml ``superseded_identifier_systems``), so that systems still searching by
+an old system find the study, and push recognises a study stored under one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ def map_research_study(ctx: MappingContext) -> Resource:
                 "use": "official",
                 "system": ctx.pack.identifier_system("study", study=study.nct_id),
                 "value": study.nct_id,
-            }
+            },
+            *(
+                {"use": "old", "system": system, "value": study.nct_id}
+                for system in ctx.pack.superseded_identifier_systems("study", study=study.nct_id)
+            ),
         ],
         "title": study.title,
         "status": status.fhir_r4,

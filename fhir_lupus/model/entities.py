@@ -121,23 +121,41 @@ class SledaiAssessment(_Entity):
     visit_code: str = Field(pattern=_KEY)
     assessed_on: date
     descriptors: tuple[str, ...] = ()
+    not_attributed: tuple[str, ...] = ()
     window_days: int | None = None
     reported_total: int | None = Field(default=None, ge=0, le=105)
     assessor: str | None = None
 
-    @field_validator("descriptors", mode="before")
+    @field_validator("descriptors", "not_attributed", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(";") if part.strip())
         return value
 
-    @field_validator("descriptors")
+    @field_validator("descriptors", "not_attributed")
     @classmethod
     def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(value)) != len(value):
+        keys = [part.split(":", 1)[0].strip() for part in value]
+        if len(set(keys)) != len(keys):
             raise ValueError("a descriptor is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _attribution_is_one_answer(self) -> SledaiAssessment:
+        both = set(self.descriptors) & set(self.not_attribution_causes)
+        if both:
+            raise ValueError(f"{', '.join(sorted(both))} listed both as due to lupus and as not attributed")
+        return self
+
+    @property
+    def not_attribution_causes(self) -> dict[str, str]:
+        """``not_attributed`` entries (``key`` or ``key:cause``) as descriptor key -> cause ("" if unstated)."""
+        causes = {}
+        for part in self.not_attributed:
+            key, _, cause = part.partition(":")
+            causes[key.strip()] = cause.strip()
+        return causes
 
 
 class TregMeasurement(_Entity):

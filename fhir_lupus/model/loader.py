@@ -12,7 +12,7 @@ import csv
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from fhir_lupus.model.entities import (
     TregMeasurement,
     Visit,
 )
-from fhir_lupus.model.study import StudyDefinition, due_date, load_study
+from fhir_lupus.model.study import StudyDefinition, load_study
 from fhir_lupus.scoring.sledai import (
     LabEvidence,
     SledaiDefinition,
@@ -51,6 +51,9 @@ SUBJECTS, VISITS, LABS, SLEDAI, TREG, PROCEDURES = (
     "treg.csv",
     "procedures.csv",
 )
+
+
+_COLUMNS = ("value", "unit", "method", "specimen")  # lab columns a TerminologyError may blame
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class _Checker:
     def run(self) -> TrialData:
         subjects = self._subjects(self._read(SUBJECTS, Subject, ("subject_id",), required=True))
         visits = self._visits(self._read(VISITS, Visit, ("subject_id", "visit_code")), subjects)
+        schedule_at = len(self.report.findings)
         visit_keys = {(v.record.subject_id, v.record.visit_code): v for v in visits}
         labs = self._labs(self._read(LABS, LabResult, ("result_id",)), subjects, visit_keys)
         sledai = self._sledai(
@@ -136,6 +140,9 @@ class _Checker:
             if self._belongs(row, row.record.subject_id, row.record.visit_code, subjects, visit_keys)
         ]
         procedures = self._procedures(self._read(PROCEDURES, TreatmentProcedure, ("procedure_id",)), subjects)
+        # The schedule is checked once the procedures are in (the anchor may be the MSC infusion); its findings
+        # go where the visits pass left off, so the report keeps file order.
+        self.report.findings[schedule_at:schedule_at] = self._schedule_findings(visits, procedures)
         return TrialData(self.study, list(subjects.values()), visits, labs, sledai, treg, procedures)
 
     # -- pass 1 and 2: rows against models, keys unique ---------------------------------------------------
@@ -230,29 +237,52 @@ class _Checker:
                 )
                 continue
             accepted.append(row)
-        self._schedule_findings(accepted, subjects)
         return accepted
 
-    def _schedule_findings(self, visits: list[Located[Visit]], subjects: dict[str, Located[Subject]]) -> None:
-        """Visits outside their window, and protocol visits missed before the subject's last contact."""
+    def _schedule_findings(
+        self, visits: list[Located[Visit]], procedures: list[Located[TreatmentProcedure]]
+    ) -> list[Finding]:
+        """Visits outside their window, and protocol visits missed before the subject's last contact.
+
+        Months count from ``protocol.visit_months.anchor`` (the BL visit, or the subject's first completed MSC
+        infusion, falling back to BL with a finding) under its ``rule`` (30-day or calendar months).
+        """
+        findings: list[Finding] = []
         window = timedelta(days=self.study.protocol.visit_window_days)
         by_subject: dict[str, dict[str, Located[Visit]]] = defaultdict(dict)
         for row in visits:
             by_subject[row.record.subject_id][row.record.visit_code] = row
+        infusions: dict[str, date] = {}
+        for procedure in sorted(procedures, key=lambda p: p.record.started_at):
+            if procedure.record.kind == "msc_infusion" and procedure.record.status == "completed":
+                infusions.setdefault(procedure.record.subject_id, procedure.record.started_at.date())
         for subject_id, held in sorted(by_subject.items()):
             baseline = held.get("BL")
             if baseline is None:
-                self.report.findings.append(Finding(VISITS, None, "no-baseline", f"{subject_id} has no BL visit"))
+                findings.append(Finding(VISITS, None, "no-baseline", f"{subject_id} has no BL visit"))
                 continue
+            anchor = baseline.record.visit_date
+            if self.study.protocol.visit_months.anchor == "msc_infusion":
+                if subject_id in infusions:
+                    anchor = infusions[subject_id]
+                else:
+                    findings.append(
+                        Finding(
+                            PROCEDURES,
+                            None,
+                            "no-anchor",
+                            f"{subject_id} has no completed MSC infusion: visit months counted from BL ({anchor})",
+                        )
+                    )
             last_month = max(self.schedule[code].month for code in held)
             for protocol_visit in self.study.visits():
                 if protocol_visit.month > last_month:
                     break
-                expected = due_date(baseline.record.visit_date, protocol_visit.month)
+                expected = self.study.due_date(anchor, protocol_visit.month)
                 held_visit = held.get(protocol_visit.code)
                 if held_visit is None:
                     if protocol_visit.month <= 24:
-                        self.report.findings.append(
+                        findings.append(
                             Finding(
                                 VISITS,
                                 None,
@@ -261,7 +291,7 @@ class _Checker:
                             )
                         )
                 elif abs(held_visit.record.visit_date - expected) > window:
-                    self.report.findings.append(
+                    findings.append(
                         Finding(
                             VISITS,
                             held_visit.line,
@@ -270,6 +300,7 @@ class _Checker:
                             f"due {expected} +/- {window.days} days",
                         )
                     )
+        return findings
 
     def _labs(
         self,
@@ -295,12 +326,13 @@ class _Checker:
                 self.report.reject(row, "ref_low", f"a reference range needs a numeric result, not a {value.kind}")
                 continue
             try:
-                resolved = self.catalogue.resolve(lab.analyte, value, lab.unit, lab.method)
+                resolved = self.catalogue.resolve(lab.analyte, value, lab.unit, lab.method, lab.specimen)
             except UnitError as exc:
                 self.report.reject(row, "unit", str(exc))
                 continue
             except TerminologyError as exc:
-                self.report.reject(row, "method" if lab.method else "unit", str(exc))
+                fallback = "method" if lab.method else "unit" if lab.unit else "value"
+                self.report.reject(row, exc.field if exc.field in _COLUMNS else fallback, str(exc))
                 continue
             accepted.append(Located(CheckedLab(lab, value, resolved), row.file, row.line, row.row))
         return accepted
@@ -331,33 +363,62 @@ class _Checker:
             assessment = row.record
             if not self._belongs(row, assessment.subject_id, assessment.visit_code, subjects, visits):
                 continue
-            unknown = [key for key in assessment.descriptors if key not in {d.key for d in self.sledai.descriptors}]
-            if unknown:
-                self.report.reject(row, "descriptors", f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}")
-                continue
-            try:
-                score = score_sledai(
-                    self.sledai,
-                    flagged=assessment.descriptors,
-                    labs=evidence[assessment.subject_id],
-                    assessed_on=assessment.assessed_on,
-                    window_days=assessment.window_days,
-                    units=self.catalogue.units,
-                )
-            except ValueError as exc:
-                self.report.reject(row, "window_days", str(exc))
-                continue
-            if assessment.reported_total is not None and assessment.reported_total != score.total:
-                derived = ", ".join(score.derived) or "none"
-                self.report.reject(
-                    row,
-                    "reported_total",
-                    f"CRF total {assessment.reported_total} but descriptors give {score.total} "
-                    f"(derived from labs: {derived})",
-                )
-                continue
-            accepted.append(Located(ScoredAssessment(assessment, score), row.file, row.line, row.row))
+            known = {d.key for d in self.sledai.descriptors}
+            for column, keys in (
+                ("descriptors", assessment.descriptors),
+                ("not_attributed", tuple(assessment.not_attribution_causes)),
+            ):
+                unknown = [key for key in keys if key not in known]
+                if unknown:
+                    self.report.reject(row, column, f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}")
+                    break
+            else:
+                scored = self._score(row, assessment, evidence[assessment.subject_id])
+                if scored is not None:
+                    accepted.append(scored)
         return accepted
+
+    def _score(
+        self, row: Located[SledaiAssessment], assessment: SledaiAssessment, labs: list[LabEvidence]
+    ) -> Located[ScoredAssessment] | None:
+        """Score one assessment; a CRF total is the score, lab findings it left out become findings."""
+        try:
+            score = score_sledai(
+                self.sledai,
+                flagged=assessment.descriptors,
+                labs=labs,
+                assessed_on=assessment.assessed_on,
+                window_days=assessment.window_days,
+                units=self.catalogue.units,
+                not_attributed=assessment.not_attribution_causes,
+                reported_total=assessment.reported_total,
+            )
+        except ValueError as exc:
+            self.report.reject(row, "window_days", str(exc))
+            return None
+        where = f"{assessment.subject_id} {assessment.visit_code}"
+        if score.total_from_crf and score.total != score.assessed_total:
+            self.report.findings.append(
+                Finding(
+                    SLEDAI,
+                    row.line,
+                    "sledai-total-differs",
+                    f"{where}: CRF total {score.total}, the descriptors it lists weigh {score.assessed_total}; "
+                    "the CRF total is the score",
+                )
+            )
+        if missed := score.uncounted_lab_findings:
+            listed = ", ".join(f"{d.key} ({d.weight}; {'/'.join(d.evidence)})" for d in missed)
+            self.report.findings.append(
+                Finding(
+                    SLEDAI,
+                    row.line,
+                    "sledai-lab-findings",
+                    f"{where}: CRF total {score.total}; labs also meet {listed}, which would give "
+                    f"{score.computed_total}. Mark them not_attributed, or add them to the CRF",
+                )
+            )
+        return Located(ScoredAssessment(assessment, score), row.file, row.line, row.row)
 
     def _procedures(
         self, rows: list[Located[TreatmentProcedure]], subjects: dict[str, Located[Subject]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import re
 from datetime import date, timedelta
 from pathlib import Path
@@ -12,7 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from fhir_lupus.errors import MappingError
 from fhir_lupus.terminology import CodeRef, default_mappings_dir, parse_model, read_yaml
 
-__all__ = ["DAYS_PER_MONTH", "Eligibility", "Outcome", "ProtocolVisit", "StudyDefinition", "due_date", "load_study"]
+__all__ = [
+    "DAYS_PER_MONTH",
+    "Eligibility",
+    "MonthRule",
+    "Outcome",
+    "ProtocolVisit",
+    "StudyDefinition",
+    "VisitMonths",
+    "add_calendar_months",
+    "due_date",
+    "load_study",
+    "nearest_month",
+]
+
+MonthRule = Literal["30-day", "calendar"]
 
 
 class _Frozen(BaseModel):
@@ -59,10 +74,14 @@ class EligibilityValue(_Frozen):
 
 
 class Eligibility(_Frozen):
+    """One criterion. ``assumptions`` records readings of the registration it rests on that the registration
+    does not state (a unit it omits), so they are visible instead of silently built in."""
+
     text: str
     code: CodeRef
     value: EligibilityValue
     exclude: bool = False
+    assumptions: tuple[str, ...] = ()
 
 
 class Outcome(_Frozen):
@@ -87,9 +106,18 @@ class ScheduleEntry(_Frozen):
     encounter_class: Literal["AMB", "IMP"] = "AMB"  # HL7 v3-ActCode: the baseline is an in-patient admission
 
 
+class VisitMonths(_Frozen):
+    """How protocol months are counted: from which event (day 0), and 30-day or calendar months."""
+
+    anchor: Literal["baseline", "msc_infusion"]  # the BL visit, or the subject's completed MSC infusion
+    rule: MonthRule
+    infusion_code: CodeRef  # Procedure.code of the MSC infusion, how pull finds the anchor on a server
+
+
 class Protocol(_Frozen):
     pretreatment_to_infusion_hours: HoursWindow
     visit_window_days: int = Field(ge=0)
+    visit_months: VisitMonths
     schedule: tuple[ScheduleEntry, ...]
     treg_every_months: int = Field(gt=0)
 
@@ -154,6 +182,10 @@ class StudyDefinition(_Frozen):
                 return visit
         raise KeyError(code)
 
+    def due_date(self, anchor: date, month: int) -> date:
+        """Protocol date of month ``month`` after ``anchor`` under this study's month rule."""
+        return due_date(anchor, month, self.protocol.visit_months.rule)
+
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
             if arm.name == name:
@@ -172,9 +204,27 @@ def load_study(nct_id: str, mappings_dir: Path | None = None) -> StudyDefinition
     return study
 
 
-DAYS_PER_MONTH = 30  # the trial counts a protocol month as 30 days from baseline
+DAYS_PER_MONTH = 30  # a protocol month under the ``30-day`` rule (protocol.visit_months.rule)
 
 
-def due_date(baseline: date, month: int) -> date:
-    """Protocol date of the visit ``month`` months after baseline."""
-    return baseline + timedelta(days=DAYS_PER_MONTH * month)
+def add_calendar_months(day: date, months: int) -> date:
+    """The same day of the month ``months`` later, clamped to that month's last day (Jan 31 + 1 = Feb 28/29)."""
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def due_date(anchor: date, month: int, rule: MonthRule) -> date:
+    """Protocol date of the visit ``month`` months after ``anchor`` (day 0) under ``rule``."""
+    if rule == "calendar":
+        return add_calendar_months(anchor, month)
+    return anchor + timedelta(days=DAYS_PER_MONTH * month)
+
+
+def nearest_month(anchor: date, day: date, rule: MonthRule) -> int:
+    """The month (0 or more) after ``anchor`` whose due date under ``rule`` is nearest to ``day``; ties go early."""
+    if rule == "calendar":
+        guess = max(0, (day.year - anchor.year) * 12 + day.month - anchor.month)
+        candidates = range(max(0, guess - 1), guess + 2)
+        return min(candidates, key=lambda month: (abs((day - add_calendar_months(anchor, month)).days), month))
+    return max(0, round((day - anchor).days / DAYS_PER_MONTH))

@@ -1,14 +1,23 @@
-"""SLEDAI-2K: total from the descriptors a clinician flagged plus those derivable from labs.
+"""SLEDAI-2K: the clinician's assessment, with the descriptors the labs support beside it.
 
 The instrument (24 descriptors, weights, lab thresholds) is data in mappings/scoring/sledai2k.yaml; this
-module is the small engine that applies it. A lab-based descriptor not flagged on the CRF is counted when a
-lab result collected within the look-back window meets its rule, and the score says which were derived and
-from which results.
+module is the small engine that applies it. SLEDAI-2K counts a descriptor only when it is due to lupus: a
+leukopenia caused by cyclophosphamide, a pyuria caused by infection or a hematuria caused by stones is present
+but scores nothing. Only the clinician can attribute, so:
+
+- the CRF (``sledai.csv``) lists the descriptors present and due to lupus, and may list descriptors present
+  but *not attributed* to lupus, with the cause;
+- when the CRF gives a total, that total is the score. A lab-based descriptor the labs meet but the CRF did
+  not list is kept as a component that scores 0, and the loader reports it as a finding with both totals;
+- without a CRF total, the score adds the lab-derived descriptors, except those marked not attributed.
+
+Every descriptor found (assessed, derived, not attributed) is kept with its evidence and whether it counted.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fhir_lupus.errors import UnitError
 from fhir_lupus.terminology import default_mappings_dir, parse_model, read_yaml
 from fhir_lupus.terminology.catalogue import LabValue
+from fhir_lupus.terminology.censored import proves_above, proves_below
 from fhir_lupus.terminology.units import UnitConverter
 
 __all__ = [
@@ -103,23 +113,50 @@ class LabEvidence:
     ref_high: Decimal | None
 
 
+Source = Literal["flagged", "derived", "not-attributed"]
+
+
 @dataclass(frozen=True)
 class ScoredDescriptor:
+    """A descriptor found at an assessment. ``counted`` says whether its weight is in the total; when it is
+    not, ``why`` says so (not attributed to lupus, or found in labs beside a CRF total)."""
+
     key: str
     weight: int
-    source: Literal["flagged", "derived"]
+    source: Source
     evidence: tuple[str, ...] = ()
+    counted: bool = True
+    why: str = ""
+
+    @property
+    def points(self) -> int:
+        return self.weight if self.counted else 0
 
 
 @dataclass(frozen=True)
 class SledaiScore:
+    """``total`` is the score; ``computed_total`` what the CRF's descriptors plus attributable lab findings
+    weigh, so a reader sees both values when a CRF total is the score."""
+
     total: int
     window_days: int
     descriptors: tuple[ScoredDescriptor, ...]
+    total_from_crf: bool = False
+    computed_total: int = 0
 
     @property
     def derived(self) -> tuple[str, ...]:
         return tuple(d.key for d in self.descriptors if d.source == "derived")
+
+    @property
+    def assessed_total(self) -> int:
+        """What the descriptors the clinician listed as due to lupus weigh."""
+        return sum(d.weight for d in self.descriptors if d.source == "flagged")
+
+    @property
+    def uncounted_lab_findings(self) -> tuple[ScoredDescriptor, ...]:
+        """Lab-derived descriptors, not marked as not attributed, that a CRF total left out."""
+        return tuple(d for d in self.descriptors if d.source == "derived" and not d.counted)
 
 
 @functools.lru_cache(maxsize=4)
@@ -136,28 +173,55 @@ def score_sledai(
     assessed_on: date,
     window_days: int | None,
     units: UnitConverter,
+    not_attributed: Mapping[str, str] | None = None,
+    reported_total: int | None = None,
 ) -> SledaiScore:
-    """Score one assessment. KeyError/ValueError name an unknown descriptor or a window not allowed."""
-    window = window_days or definition.default_window_days
+    """Score one assessment. KeyError/ValueError name an unknown descriptor or a window not allowed.
+
+    ``not_attributed`` maps descriptor keys the clinician found present but not due to lupus to the cause
+    (may be empty); ``reported_total`` is the CRF total, which is the score when given.
+    """
+    not_attributed = not_attributed or {}
+    window = definition.default_window_days if window_days is None else window_days
     if window not in definition.allowed_window_days:
         raise ValueError(f"window_days {window} is not one of {list(definition.allowed_window_days)}")
-    for key in flagged:
+    for key in (*flagged, *not_attributed):
         definition.descriptor(key)
+    both = set(flagged) & set(not_attributed)
+    if both:
+        raise ValueError(f"{', '.join(sorted(both))}: listed as due to lupus and as not attributed")
     start = assessed_on - timedelta(days=window)
     in_window = [lab for lab in labs if start <= lab.collected_at.date() <= assessed_on]
     scored = []
     for descriptor in definition.descriptors:
-        if descriptor.key in flagged:
-            scored.append(ScoredDescriptor(descriptor.key, descriptor.weight, "flagged"))
-        elif descriptor.derive is not None:
+        key, weight = descriptor.key, descriptor.weight
+        if key in flagged:
+            scored.append(ScoredDescriptor(key, weight, "flagged"))
+            continue
+        evidence: tuple[str, ...] = ()
+        if descriptor.derive is not None:
             evidence = tuple(
                 lab.result_id
                 for lab in in_window
                 if any(_meets(condition, lab, units) for condition in descriptor.derive.any_of)
             )
-            if evidence:
-                scored.append(ScoredDescriptor(descriptor.key, descriptor.weight, "derived", evidence))
-    return SledaiScore(total=sum(d.weight for d in scored), window_days=window, descriptors=tuple(scored))
+        if key in not_attributed:
+            cause = not_attributed[key]
+            why = "present, not attributed to lupus" + (f" ({cause})" if cause else "")
+            scored.append(ScoredDescriptor(key, weight, "not-attributed", evidence, counted=False, why=why))
+        elif evidence and reported_total is not None:
+            why = "met by labs but not on the CRF, whose total is the score"
+            scored.append(ScoredDescriptor(key, weight, "derived", evidence, counted=False, why=why))
+        elif evidence:
+            scored.append(ScoredDescriptor(key, weight, "derived", evidence))
+    attributable = sum(d.weight for d in scored if d.source in ("flagged", "derived"))
+    return SledaiScore(
+        total=reported_total if reported_total is not None else sum(d.points for d in scored),
+        window_days=window,
+        descriptors=tuple(scored),
+        total_from_crf=reported_total is not None,
+        computed_total=attributable,
+    )
 
 
 def _meets(condition: Condition, lab: LabEvidence, units: UnitConverter) -> bool:
@@ -170,10 +234,10 @@ def _meets(condition: Condition, lab: LabEvidence, units: UnitConverter) -> bool
         return False
     if condition.above is not None:
         limit = _limit(condition.above, lab, units)
-        return limit is not None and _exceeds(value, limit)
+        return limit is not None and proves_above(value.number, value.comparator, limit)
     assert condition.below is not None
     limit = _limit(condition.below, lab, units)
-    return limit is not None and _falls_short(value, limit)
+    return limit is not None and proves_below(value.number, value.comparator, limit)
 
 
 def _limit(bound: Threshold | str, lab: LabEvidence, units: UnitConverter) -> Decimal | None:
@@ -187,23 +251,3 @@ def _limit(bound: Threshold | str, lab: LabEvidence, units: UnitConverter) -> De
         return Decimal(str(units.convert(bound.value, bound.unit, lab.ucum)))
     except UnitError:
         return None
-
-
-def _exceeds(value: LabValue, limit: Decimal) -> bool:
-    """Strictly above the limit; ``<x`` never is, ``>x`` is when x >= limit."""
-    assert value.number is not None
-    if value.comparator in ("<", "<="):
-        return False
-    if value.comparator in (">", ">="):
-        return value.number >= limit
-    return value.number > limit
-
-
-def _falls_short(value: LabValue, limit: Decimal) -> bool:
-    """Strictly below the limit; ``>x`` never is, ``<x`` is when x <= limit."""
-    assert value.number is not None
-    if value.comparator in (">", ">="):
-        return False
-    if value.comparator in ("<", "<="):
-        return value.number <= limit
-    return value.number < limit

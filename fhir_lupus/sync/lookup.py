@@ -1,18 +1,19 @@
 """Look business keys up on the server, in batches: the only I/O the plan needs.
 
 ``search`` routes ask with OR-lists (``identifier=a,b,c``, a few dozen keys per request) and map every match
-back to the keys it carries; ``read`` routes read the id the journal knows, else our deterministic id. A
-parameter the server refuses despite its CapabilityStatement raises RouteRefused, so that the caller can
-compute the routes again without it.
+back to the keys it carries; a key nothing carries is asked again by the resource's identifiers under a
+superseded system (the route's ``superseded_use``), and what they find is matched to the key; ``read``
+routes read the id the journal knows, else our deterministic id. A parameter the server refuses despite its
+CapabilityStatement raises RouteRefused, so that the caller can compute the routes again without it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from fhir_lupus.bundle import business_key
+from fhir_lupus.bundle import business_key, superseded_keys
 from fhir_lupus.client import FatalHttpError, FhirClient, UnknownSearchParameter
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.mappers._context import Resource
@@ -59,6 +60,8 @@ def look_up(
         route = routes[resource_type]
         if route.lookup == "search" and route.search_param:
             found.update(_search(client, resource_type, route.search_param, group, size))
+            if route.superseded_use:
+                found.update(_search_superseded(client, resource_type, route, group, found, size))
         elif route.lookup == "read":
             found.update(_read(client, resource_type, group, known or {}))
     return found
@@ -68,20 +71,58 @@ def _search(
     client: FhirClient, resource_type: str, parameter: str, group: list[Resource], size: int
 ) -> dict[Key, list[Match]]:
     keys = list(dict.fromkeys(business_key(r) for r in group))
-    found: dict[Key, list[Match]] = {(resource_type, key): [] for key in keys}
-    for start in range(0, len(keys), size):
-        part = keys[start : start + size]
+    owners = {key: [key] for key in keys}
+    return {(resource_type, key): matches for key, matches in _find(client, resource_type, parameter, owners, size)}
+
+
+def _search_superseded(
+    client: FhirClient,
+    resource_type: str,
+    route: TypeRoute,
+    group: list[Resource],
+    found: Mapping[Key, list[Match]],
+    size: int,
+) -> dict[Key, list[Match]]:
+    """For each key the search did not find: the server resources carrying one of its superseded keys."""
+    owners: dict[str, list[str]] = defaultdict(list)  # superseded key -> the current keys that carry it
+    for resource in group:
+        key = business_key(resource)
+        if found.get((resource_type, key)) == []:
+            for old in superseded_keys(resource, route.superseded_use):
+                if key not in owners[old]:
+                    owners[old].append(key)
+    if not owners:
+        return {}
+    param = route.search_param or "identifier"
+    return {(resource_type, key): hits for key, hits in _find(client, resource_type, param, owners, size) if hits}
+
+
+def _find(
+    client: FhirClient, resource_type: str, parameter: str, owners: Mapping[str, list[str]], size: int
+) -> Iterator[tuple[str, list[Match]]]:
+    """Search the keys of ``owners`` in OR-lists; yield each owner key with the resources found for its keys.
+
+    An owner is the business key the matches are for: the searched key itself, or the current key of a
+    superseded one (then each Match says which superseded key found it).
+    """
+    found: dict[str, list[Match]] = {owner: [] for owned in owners.values() for owner in owned}
+    searched = list(owners)
+    for start in range(0, len(searched), size):
+        part = searched[start : start + size]
         params = {parameter: ",".join(k.replace(",", r"\,") for k in part), "_count": str(4 * size)}
         wanted = set(part)
         try:
             for match in client.search(resource_type, params):
                 for key in keys_of(match, parameter):
-                    seen = found.get((resource_type, key))
-                    if key in wanted and seen is not None and all(m.server_id != match.get("id") for m in seen):
-                        seen.append(_match(match))
+                    if key not in wanted:
+                        continue
+                    for owner in owners[key]:
+                        seen = found[owner]
+                        if all(m.server_id != match.get("id") for m in seen):
+                            seen.append(_match(match, superseded=None if key == owner else key))
         except UnknownSearchParameter as exc:
             raise RouteRefused(resource_type, parameter, str(exc)) from None
-    return found
+    yield from found.items()
 
 
 def _read(
@@ -101,5 +142,5 @@ def _read(
     return found
 
 
-def _match(resource: dict[str, Any]) -> Match:
-    return Match(str(resource.get("id")), (resource.get("meta") or {}).get("versionId"), resource)
+def _match(resource: dict[str, Any], *, superseded: str | None = None) -> Match:
+    return Match(str(resource.get("id")), (resource.get("meta") or {}).get("versionId"), resource, superseded)

@@ -3,7 +3,8 @@
 Given a batch of mapped resources in dependency order, the journal's records for their keys, what the
 look-ups found on the server, and the routes per type, every resource gets one action:
 - ``create``: the server has no resource with its key (written conditionally, or by PUT to our id);
-- ``update``: the server has it under a known id and our content differs (written by PUT to that id);
+- ``update``: the server has it under a known id and our content differs (written by PUT to that id); a
+  resource found only by an identifier under a superseded system is always an update (it gains our key);
 - ``unchanged``: the journal or the server copy equals what we would send, or it is a create-only record
   (a hospital's Patient) that exists and is linked, never overwritten;
 - ``conflict``: several server resources carry the key; none is touched;
@@ -56,6 +57,7 @@ class Match:
     server_id: str
     version_id: str | None = None
     resource: dict[str, Any] | None = None
+    superseded: str | None = None  # found by this superseded key, not by the business key itself
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,14 @@ def _decide(
         match = matches[0]
         if route.create_only:
             return _known(resource, key, match.server_id, match.version_id, "unchanged", reason=LINKED, record=True)
+        if match.superseded:  # the server copy lacks our key: always rewritten, so that the key finds it next time
+            diffs = (
+                tuple(diff_paths(_comparable(match.resource), _comparable(_as_server_sees(resource, plan))))
+                if match.resource is not None
+                else ()
+            )
+            why = f"found by superseded identifier {match.superseded}"
+            return _known(resource, key, match.server_id, match.version_id, "update", reason=why, diffs=diffs)
         if match.resource is not None:
             diffs = tuple(diff_paths(_comparable(match.resource), _comparable(_as_server_sees(resource, plan))))
             if not diffs:

@@ -13,7 +13,7 @@ version rather than missed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -27,12 +27,12 @@ from fhir_lupus.sync.pullstore import PullStore, Removal
 from fhir_lupus.sync.reverse import (
     PulledLab,
     UnmappedResult,
+    code_index,
     load_pull_rules,
-    loinc_index,
     reverse_map,
 )
 from fhir_lupus.sync.search import Search, parse_instant
-from fhir_lupus.terminology import LabCatalogue
+from fhir_lupus.terminology import LabCatalogue, MappingPack
 
 __all__ = ["PullResult", "fetch_labs", "pull_labs"]
 
@@ -76,6 +76,7 @@ def pull_labs(
     since: str | None = None,
     replace_all: bool = False,
     window_days: int | None = None,
+    lookback_days: int | None = None,
     output: Path | None = None,
     mark_from: str | None = None,
     mappings_dir: Path | None = None,
@@ -92,7 +93,14 @@ def pull_labs(
     batch: list[PulledLab | UnmappedResult] = []
     fetched = 0
     for record in fetch_labs(
-        client, study, catalogue, since=since, window_days=window_days, state=fetch, mappings_dir=mappings_dir
+        client,
+        study,
+        catalogue,
+        since=since,
+        window_days=window_days,
+        lookback_days=lookback_days,
+        state=fetch,
+        mappings_dir=mappings_dir,
     ):
         batch.append(record)
         fetched += 1
@@ -130,20 +138,29 @@ def fetch_labs(
     *,
     since: str | None = None,
     window_days: int | None = None,
+    lookback_days: int | None = None,
     state: _Fetch | None = None,
     mappings_dir: Path | None = None,
 ) -> Iterator[PulledLab | UnmappedResult]:
-    """Every lab result of the study's subjects (updated since ``since``), reverse-mapped; nothing dropped."""
+    """Every lab result of the study's subjects (updated since ``since``), reverse-mapped; nothing dropped.
+
+    Results collected more than ``lookback_days`` before a subject's anchor are not asked for (default:
+    ``lookback_days_before_anchor`` of mappings/fhir/pull.yaml, which reaches screening labs).
+    """
     state = state or _Fetch()
     pack = catalogue.pack
     rules = load_pull_rules(mappings_dir)
     caps = client.capabilities()
     caps.require_search("ResearchSubject")
     window = window_days if window_days is not None else study.protocol.visit_window_days
-    study_ref = _find_study(client, caps, pack.identifier_system("study", study=study.nct_id), study.nct_id, state)
-    by_loinc = loinc_index(catalogue)
-    loinc = pack.system_uri("loinc")
-    code_list = ",".join(f"{loinc}|{code}" for code in sorted(by_loinc))
+    lookback = lookback_days if lookback_days is not None else rules.lookback_days_before_anchor
+    study_systems = [
+        pack.identifier_system("study", study=study.nct_id),
+        *pack.superseded_identifier_systems("study", study=study.nct_id),
+    ]
+    study_ref = _find_study(client, caps, study_systems, study.nct_id, state)
+    by_code = code_index(catalogue)
+    code_list = ",".join(sorted(by_code))
     category = f"{pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
     subject_system = pack.identifier_system("subject", study=study.nct_id)
     visit_system = pack.identifier_system("visit", study=study.nct_id)
@@ -158,19 +175,21 @@ def fetch_labs(
             research_subject.get("id", ""),
         )
         state.subjects += 1
-        anchor = _baseline(client, caps, visit_system, patient_ref, subject_id, research_subject)
+        anchor = _baseline(
+            client, caps, visit_system, patient_ref, subject_id, research_subject, study=study, pack=pack, state=state
+        )
         yield from _subject_labs(
             client,
             caps,
             patient_ref,
             since=since,
-            floor=anchor - timedelta(days=window + 30) if anchor else None,
+            floor=anchor - timedelta(days=lookback) if anchor and lookback is not None else None,
             searches=({"code": code_list}, {"category": category}),
             state=state,
             reverse=functools.partial(
                 reverse_map,
                 subject_id=subject_id,
-                by_loinc=by_loinc,
+                by_code=by_code,
                 catalogue=catalogue,
                 study=study,
                 anchor=anchor,
@@ -224,10 +243,12 @@ def _patient_param(caps: Capabilities) -> str:
     raise UnsupportedInteraction("the server cannot search Observation by patient or subject")
 
 
-def _find_study(client: FhirClient, caps: Capabilities, system: str, nct_id: str, state: _Fetch) -> str:
-    search = Search("ResearchStudy").where(caps, identifier=f"{system}|{nct_id}")
+def _find_study(client: FhirClient, caps: Capabilities, systems: Sequence[str], nct_id: str, state: _Fetch) -> str:
+    """The one ResearchStudy carrying the NCT id under any of ``systems`` (current first, then superseded)."""
+    wanted = ",".join(f"{system}|{nct_id}".replace(",", r"\,") for system in dict.fromkeys(systems))
+    search = Search("ResearchStudy").where(caps, identifier=wanted)
     _note(state, search)
-    studies = list(search.fetch(client))
+    studies = list({str(found.get("id")): found for found in search.fetch(client)}.values())
     if len(studies) != 1:
         raise FhirLupusError(f"{len(studies)} ResearchStudy resources on the server carry {nct_id}; expected 1")
     return f"ResearchStudy/{studies[0]['id']}"
@@ -240,8 +261,22 @@ def _baseline(
     patient_ref: str,
     subject_id: str,
     research_subject: dict[str, Any],
+    *,
+    study: StudyDefinition,
+    pack: MappingPack,
+    state: _Fetch,
 ) -> date | None:
-    """The subject's day 0: the BL Encounter's date, else the start of the ResearchSubject period."""
+    """The subject's day 0 (``protocol.visit_months.anchor``).
+
+    For ``msc_infusion``, the start of the subject's earliest completed Procedure coded with the study's
+    ``infusion_code``; without one (or for ``baseline``), the BL Encounter's date, else the start of the
+    ResearchSubject period.
+    """
+    months = study.protocol.visit_months
+    if months.anchor == "msc_infusion" and caps.offers("Procedure", "search-type"):
+        started = _infusion_start(client, caps, patient_ref, pack.coding(months.infusion_code), state)
+        if started is not None:
+            return started
     if caps.offers("Encounter", "search-type"):
         search = Search("Encounter").where(caps, identifier=f"{visit_system}|{subject_id}/BL")
         for encounter in search.fetch(client):
@@ -250,6 +285,26 @@ def _baseline(
                 return date.fromisoformat(period["start"][:10])
     start = (research_subject.get("period") or {}).get("start")
     return date.fromisoformat(start[:10]) if start else None
+
+
+def _infusion_start(
+    client: FhirClient, caps: Capabilities, patient_ref: str, coding: dict[str, str], state: _Fetch
+) -> date | None:
+    """The date the subject's first completed MSC infusion Procedure started (R4 performed*, R5 occurrence*)."""
+    param = next((name for name in ("patient", "subject") if caps.searches("Procedure", name)), "patient")
+    search = Search("Procedure").where(caps, **{param: patient_ref}, code=f"{coding['system']}|{coding['code']}")
+    _note(state, search)
+    starts = []
+    for procedure in search.fetch(client):
+        if procedure.get("status") != "completed":
+            continue
+        for key in ("performedDateTime", "occurrenceDateTime"):
+            if procedure.get(key):
+                starts.append(str(procedure[key])[:10])
+        for key in ("performedPeriod", "occurrencePeriod"):
+            if (procedure.get(key) or {}).get("start"):
+                starts.append(str(procedure[key]["start"])[:10])
+    return date.fromisoformat(min(starts)) if starts else None
 
 
 def _note(state: _Fetch, search: Search) -> None:

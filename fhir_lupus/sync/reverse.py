@@ -3,7 +3,8 @@
 What decides, in order:
 1. the status (``mappings/fhir/pull.yaml``): withdrawn results (entered-in-error, cancelled) are never rows;
    pending ones (preliminary, registered, unknown) are kept aside with their status until a final version;
-2. the codes: a LOINC coding of the lab catalogue, among whatever local codings the hospital also sends;
+2. the codes: a coding of the lab catalogue (LOINC, or a project code such as the Treg percentage), among
+   whatever local codings the hospital also sends;
 3. the value: a quantity whose unit (UCUM code, or a unit text the alias table knows) fits a catalogue code
    is normalised to the trial's unit, keeping its comparator; ordinals and titers are read as they are.
 Everything that is not a row becomes an UnmappedResult with the reason, so nothing is dropped silently.
@@ -17,7 +18,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_lupus.errors import TerminologyError, UnitError
 from fhir_lupus.model.study import StudyDefinition
@@ -25,17 +26,17 @@ from fhir_lupus.sync.visits import assign_visit
 from fhir_lupus.terminology import CodeChoice, CodeRef, LabCatalogue, default_mappings_dir, parse_model, read_yaml
 
 __all__ = [
-    "LoincIndex",
+    "CodeIndex",
     "PullRules",
     "PulledLab",
     "UnmappedResult",
+    "code_index",
     "format_number",
     "load_pull_rules",
-    "loinc_index",
     "reverse_map",
 ]
 
-LoincIndex = dict[str, list[tuple[str, CodeChoice]]]
+CodeIndex = dict[str, list[tuple[str, CodeChoice]]]  # "system-uri|code" -> (analyte, code choice)
 
 
 class PullRules(BaseModel):
@@ -47,6 +48,8 @@ class PullRules(BaseModel):
     pending: frozenset[str]
     withdrawn: frozenset[str]
     lab_category: CodeRef
+    result_identifiers: tuple[str, ...]
+    lookback_days_before_anchor: int | None = Field(ge=0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,19 +99,19 @@ class UnmappedResult:
     version_id: str = ""
 
 
-def loinc_index(catalogue: LabCatalogue) -> LoincIndex:
-    """LOINC code -> the (analyte, code choice) pairs of the catalogue that use it."""
-    index: LoincIndex = {}
+def code_index(catalogue: LabCatalogue) -> CodeIndex:
+    """``system|code`` -> the (analyte, code choice) pairs of the catalogue that use it."""
+    index: CodeIndex = {}
     for key, analyte in catalogue.pack.labs.analytes.items():
         for choice in analyte.codes:
-            index.setdefault(choice.loinc, []).append((key, choice))
+            index.setdefault(f"{catalogue.pack.system_uri(choice.system)}|{choice.code}", []).append((key, choice))
     return index
 
 
 def reverse_map(
     observation: dict[str, Any],
     subject_id: str,
-    by_loinc: LoincIndex,
+    by_code: CodeIndex,
     catalogue: LabCatalogue,
     study: StudyDefinition,
     anchor: date | None,
@@ -121,7 +124,9 @@ def reverse_map(
     codes = ";".join(f"{c.get('system', '')}|{c.get('code', '')}" for c in codings)
     status = str(observation.get("status") or "unknown")
     meta = observation.get("meta") or {}
-    result_id = _result_id(observation, pack.identifier_system("lab_result", study=study.nct_id))
+    result_id = _result_id(
+        observation, {pack.identifier_system(k, study=study.nct_id) for k in rules.result_identifiers}
+    )
 
     def unmapped(reason: str, value: str = "") -> UnmappedResult:
         return UnmappedResult(
@@ -141,10 +146,9 @@ def reverse_map(
         return unmapped(f"status {status}: withdrawn by its source, never a trial row", _raw_value(observation))
     if status not in rules.rows and status not in rules.pending:
         return unmapped(f"status {status!r} is not an Observation status", _raw_value(observation))
-    loinc_codes = [c.get("code") for c in codings if c.get("system") == pack.system_uri("loinc")]
-    candidates = [pair for code in loinc_codes for pair in by_loinc.get(str(code), [])]
+    candidates = [pair for c in codings for pair in by_code.get(f"{c.get('system', '')}|{c.get('code', '')}", [])]
     if not candidates:
-        return unmapped("no LOINC code of the lab catalogue", _raw_value(observation))
+        return unmapped("no code of the lab catalogue", _raw_value(observation))
     try:
         analyte, choice, value, unit, reported_value, reported_unit, ref = _read_value(
             observation, candidates, catalogue
@@ -181,10 +185,10 @@ def reverse_map(
     )
 
 
-def _result_id(observation: dict[str, Any], our_system: str) -> str:
+def _result_id(observation: dict[str, Any], our_systems: set[str]) -> str:
     """Our result id when we wrote it; else the source's first identifier as ``system|value``."""
     identifiers = [i for i in observation.get("identifier", []) if isinstance(i, dict)]
-    ours = next((str(i.get("value", "")) for i in identifiers if i.get("system") == our_system), None)
+    ours = next((str(i.get("value", "")) for i in identifiers if i.get("system") in our_systems), None)
     if ours is not None:
         return ours
     if identifiers:
@@ -218,9 +222,10 @@ def _read_value(
                     ucum,
                     ref,
                 )
-        raise UnitError(f"unit {ucum} fits no catalogue code for {', '.join(c.loinc for _, c in candidates)}")
+        raise UnitError(f"unit {ucum} fits no catalogue code for {', '.join(c.code for _, c in candidates)}")
     if concept := observation.get("valueCodeableConcept"):
-        codes = {c.get("code") for c in concept.get("coding", [])}
+        snomed = catalogue.pack.system_uri("snomed")
+        codes = {c.get("code") for c in concept.get("coding", []) if c.get("system") == snomed}
         for key, answer in catalogue.pack.ordinals.items():
             if answer.code in codes:
                 for analyte, choice in candidates:
@@ -236,16 +241,36 @@ def _read_value(
 
 
 def _reference_range(observation: dict[str, Any], analyte: str, ucum: str, catalogue: LabCatalogue) -> tuple[str, str]:
-    ranges = observation.get("referenceRange") or [{}]
+    """The normal range, normalised: the first range with a bound whose type is absent or ``normal``.
+
+    A result may carry several ranges (normal, treatment, therapeutic, per age or sex); only the normal one is
+    what the trial's ref_low/ref_high mean, and it need not come first.
+    """
+    chosen: dict[str, Any] = next(
+        (
+            r
+            for r in observation.get("referenceRange") or []
+            if _is_normal(r, catalogue) and ("low" in r or "high" in r)
+        ),
+        {},
+    )
     bounds = []
     for side in ("low", "high"):
-        bound = ranges[0].get(side)
+        bound = chosen.get(side)
         if not bound or "value" not in bound:
             bounds.append("")
             continue
         own = bound.get("code") if bound.get("system") == catalogue.pack.system_uri("ucum") else None
         bounds.append(format_number(catalogue.normalise(analyte, bound["value"], own or ucum)[0]))
     return bounds[0], bounds[1]
+
+
+def _is_normal(reference_range: dict[str, Any], catalogue: LabCatalogue) -> bool:
+    kind = reference_range.get("type")
+    if not kind:
+        return True
+    meaning = catalogue.pack.system_uri("referencerange-meaning")
+    return any(c.get("system") == meaning and c.get("code") == "normal" for c in kind.get("coding", []))
 
 
 def format_number(value: float) -> str:

@@ -1,4 +1,4 @@
-"""Compare pulled lab rows with the trial's own labs, after normalising both to the trial's units."""
+"""Compare pulled lab rows with the trial's own labs and Treg measurements, both in the trial's units."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def expected_row(checked: CheckedLab, catalogue: LabCatalogue) -> tuple[str, str
 
 def compare_round_trip(data: TrialData, pulled: list[PulledLab], catalogue: LabCatalogue) -> RoundTrip:
     expected = {row.record.lab.result_id: expected_row(row.record, catalogue) for row in data.labs}
+    treg_unit = catalogue.analyte("treg_percent").trial_unit or ""
+    expected |= {row.record.measurement_id: (format_number(float(row.record.percent)), treg_unit) for row in data.treg}
     got = {row.result_id: (row.value, row.unit) for row in pulled}
     result = RoundTrip()
     for result_id, (value, unit) in sorted(expected.items()):

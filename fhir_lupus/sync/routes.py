@@ -5,7 +5,9 @@ A server may not search a type by the parameter that takes our business key (a s
 gets a route, from the most to the least preferred:
 1. ``search``: look the key up with the first parameter of ``mappings/fhir/matching.yaml`` the server
    searches; write what it finds by id, and what it does not find conditionally on the same parameter (or,
-   without conditional writes, by PUT to the deterministic id where update-as-create is allowed);
+   without conditional writes, by PUT to the deterministic id where update-as-create is allowed); a key
+   ``identifier`` does not find is looked up again by the resource's identifiers under superseded systems
+   (``superseded_use`` in matching.yaml), and a resource found that way is updated by its id;
 2. ``read``: the server cannot search the key, but reads by id and allows update-as-create: look up the
    deterministic id with a read, write by PUT to it (a server id known from the journal comes first);
 3. skipped: neither works, or the user excluded the type (``--types`` / ``--skip-types``); references to a
@@ -38,6 +40,7 @@ class TypeRoute:
     create_only: bool = False  # never updated once it exists (a hospital's Patient)
     skip_reason: str | None = None
     skipped_by_user: bool = False
+    superseded_use: frozenset[str] = frozenset()  # identifiers of these uses are looked up when the key is not found
 
     @property
     def skipped(self) -> bool:
@@ -49,7 +52,9 @@ class TypeRoute:
             return f"{self.resource_type}: skipped ({self.skip_reason})"
         if self.lookup == "search":
             new = f"conditional {'create' if self.create_only else 'update'}" if self.conditional else "PUT to our id"
-            return f"{self.resource_type}: look-up by {self.search_param}; new ones by {new}"
+            uses = ", ".join(sorted(self.superseded_use))
+            old = f" (then by identifiers of use {uses})" if uses else ""
+            return f"{self.resource_type}: look-up by {self.search_param}{old}; new ones by {new}"
         return f"{self.resource_type}: look-up by read of our id; written by PUT to it (update-as-create)"
 
 
@@ -93,7 +98,8 @@ def _route(
             update_create is not False and caps.offers(name, "update")
         )
         if writes_existing and writes_new:
-            return TypeRoute(name, "search", param, conditional, update_create, create_only)
+            superseded = rules.superseded_use if param == "identifier" else frozenset()
+            return TypeRoute(name, "search", param, conditional, update_create, create_only, superseded_use=superseded)
     if caps.offers(name, "read") and caps.offers(name, "update") and update_create is not False:
         return TypeRoute(name, "read", None, False, update_create, create_only)
     searched = " or ".join(wanted)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -48,15 +49,41 @@ class CodeRef(_Frozen):
 
 
 class CodeWhen(_Frozen):
+    """What a reported result must be for a code to apply. ``specimen`` is required: the specimen is part of
+    what a LOINC code means, so a code never applies to a specimen it was not made for."""
+
     value_kind: Literal["quantity", "ordinal", "titer"]
+    specimen: tuple[str, ...] = Field(min_length=1)
     unit_like: str | None = None
     method: tuple[str | None, ...] | None = None
 
 
 class CodeChoice(_Frozen):
-    loinc: str = Field(pattern=r"^\d{1,6}-\d$")
+    """One code of an analyte: LOINC unless ``system`` names another short system (``project``)."""
+
+    system: str = "loinc"
+    code: str
     display: str
     when: CodeWhen
+
+    @model_validator(mode="after")
+    def _loinc_shape(self) -> CodeChoice:
+        if self.system == "loinc" and not re.fullmatch(r"\d{1,6}-\d", self.code):
+            raise ValueError(f"{self.code!r} is not a LOINC code (digits, hyphen, check digit)")
+        return self
+
+    @property
+    def loinc(self) -> str:
+        """The LOINC code, or "" when the code is from another system."""
+        return self.code if self.system == "loinc" else ""
+
+
+class RefusedForm(_Frozen):
+    """A way of reporting an analyte that has no verified code: such rows are refused with ``reason``."""
+
+    when: CodeWhen
+    reason: str
+    blame: Literal["value", "unit", "method", "specimen"] | None = None  # the input column at fault
 
 
 class LabAnalyte(_Frozen):
@@ -64,6 +91,7 @@ class LabAnalyte(_Frozen):
     trial_unit: str | None = None
     molar_mass: float | None = Field(default=None, gt=0)
     codes: tuple[CodeChoice, ...] = Field(min_length=1)
+    refused: tuple[RefusedForm, ...] = ()
 
 
 class CrossConversion(_Frozen):
@@ -85,6 +113,11 @@ class LabCatalogueFile(_Frozen):
 
     @model_validator(mode="after")
     def _conversions_name_analytes(self) -> LabCatalogueFile:
+        for key, analyte in self.analytes.items():
+            for when in [c.when for c in analyte.codes] + [r.when for r in analyte.refused]:
+                unknown = [s for s in when.specimen if s not in self.specimens]
+                if unknown:
+                    raise ValueError(f"analyte {key}: unknown specimen {', '.join(unknown)} (see specimens)")
         for conv in self.cross_conversions:
             for key in (conv.from_, conv.to):
                 if key not in self.analytes:
@@ -122,7 +155,19 @@ class ProjectFile(_Frozen):
     canonical_base: str
     mapping_version: str
     identifier_systems: dict[str, str]
+    # key -> systems it used before, kept so that resources stored under them are still found (and updated)
+    superseded_identifier_systems: dict[str, tuple[str, ...]] = {}
     extensions: dict[str, str]
+
+    @model_validator(mode="after")
+    def _superseded_name_current_systems(self) -> ProjectFile:
+        for key, systems in self.superseded_identifier_systems.items():
+            current = self.identifier_systems.get(key)
+            if current is None:
+                raise ValueError(f"superseded_identifier_systems names unknown identifier system {key!r}")
+            if current in systems or len(set(systems)) != len(systems):
+                raise ValueError(f"superseded_identifier_systems.{key} repeats a system or holds the current one")
+        return self
 
 
 class MappingPack(_Frozen):
@@ -154,6 +199,10 @@ class MappingPack(_Frozen):
             return self.expand(self.project.identifier_systems[key], study=study)
         except KeyError:
             raise MappingError(f"no identifier system {key!r} in mappings/project.yaml") from None
+
+    def superseded_identifier_systems(self, key: str, *, study: str) -> tuple[str, ...]:
+        """The systems identifier ``key`` used before its current one, oldest last (none: an empty tuple)."""
+        return tuple(self.expand(s, study=study) for s in self.project.superseded_identifier_systems.get(key, ()))
 
     def extension_url(self, key: str) -> str:
         try:

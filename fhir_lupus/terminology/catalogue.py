@@ -1,7 +1,8 @@
 """The lab catalogue: which LOINC code a reported result gets, and how its value is read.
 
-The rule is data (mappings/terminology/labs.yaml): the first code whose ``when`` fits the value kind, unit
-dimension and method wins, so a creatinine in umol/L and one in mg/dL get different codes.
+The rule is data (mappings/terminology/labs.yaml): the first code whose ``when`` fits the value kind, specimen,
+unit (dimension and annotation) and method wins, so a creatinine in umol/L and one in mg/dL get different codes.
+A form listed under ``refused`` (no verified code exists) is refused with the reason written beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from fhir_lupus.errors import TerminologyError, UnitError
-from fhir_lupus.terminology._pack import CodeChoice, LabAnalyte, MappingPack, OrdinalAnswer
+from fhir_lupus.terminology._pack import CodeChoice, CodeWhen, LabAnalyte, MappingPack, OrdinalAnswer
 from fhir_lupus.terminology.units import UnitConverter
 
 __all__ = ["LabCatalogue", "LabValue", "ResolvedLab", "parse_lab_value"]
@@ -76,8 +77,19 @@ class LabCatalogue:
         except KeyError:
             raise TerminologyError(f"analyte {key!r} is not in the lab catalogue") from None
 
-    def resolve(self, analyte_key: str, value: LabValue, unit: str | None, method: str | None) -> ResolvedLab:
-        """Choose the LOINC code for a result; TerminologyError or UnitError says why none fits."""
+    def resolve(
+        self,
+        analyte_key: str,
+        value: LabValue,
+        unit: str | None,
+        method: str | None,
+        specimen: str | None = None,
+    ) -> ResolvedLab:
+        """Choose the code for a result; TerminologyError or UnitError says why none fits.
+
+        ``specimen`` is the specimen the lab reported on; every code names the specimens it is made for and a
+        result on another one is refused (None skips the check: a pulled result's code already fixes it).
+        """
         analyte = self.analyte(analyte_key)
         ucum: str | None = None
         if value.kind == "quantity":
@@ -87,17 +99,34 @@ class LabCatalogue:
         elif unit and unit.strip():
             raise UnitError(f"a {value.kind} result takes no unit (got {unit!r})")
         for choice in analyte.codes:
-            when = choice.when
-            if when.value_kind != value.kind:
-                continue
-            if when.method is not None and method not in when.method:
-                continue
-            if when.unit_like is not None and (ucum is None or not self.units.commensurable(ucum, when.unit_like)):
-                continue
-            return ResolvedLab(analyte=analyte_key, code=choice, ucum=ucum)
+            if self._fits(choice.when, value.kind, ucum, method, specimen):
+                return ResolvedLab(analyte=analyte_key, code=choice, ucum=ucum)
+        got = (
+            f"{value.kind}"
+            + (f" in {ucum}" if ucum else "")
+            + (f", method {method}" if method else ", no method stated")
+            + (f", specimen {specimen}" if specimen else "")
+        )
+        for refused in analyte.refused:
+            if self._fits(refused.when, value.kind, ucum, method, specimen):
+                raise TerminologyError(
+                    f"{analyte_key} reported as {got} is refused: {refused.reason}", refused.blame or "refused"
+                )
+        field = "specimen" if specimen and self._fits_but_specimen(analyte, value.kind, ucum, method) else None
         accepted = "; ".join(_describe(choice) for choice in analyte.codes)
-        got = f"{value.kind}" + (f" in {ucum}" if ucum else "") + (f", method {method}" if method else "")
-        raise TerminologyError(f"no LOINC code for {analyte_key} reported as {got}; catalogue accepts: {accepted}")
+        raise TerminologyError(f"no code for {analyte_key} reported as {got}; catalogue accepts: {accepted}", field)
+
+    def _fits(self, when: CodeWhen, kind: str, ucum: str | None, method: str | None, specimen: str | None) -> bool:
+        if when.value_kind != kind:
+            return False
+        if specimen is not None and specimen not in when.specimen:
+            return False
+        if when.method is not None and method not in when.method:
+            return False
+        return when.unit_like is None or (ucum is not None and self.units.commensurable(ucum, when.unit_like))
+
+    def _fits_but_specimen(self, analyte: LabAnalyte, kind: str, ucum: str | None, method: str | None) -> bool:
+        return any(self._fits(choice.when, kind, ucum, method, None) for choice in analyte.codes)
 
     def normalise(self, analyte_key: str, number: Decimal | float, ucum: str) -> tuple[float, str]:
         """Express a value in the analyte's trial unit (identity when it has none)."""
@@ -118,9 +147,9 @@ class LabCatalogue:
 
 def _describe(choice: CodeChoice) -> str:
     when = choice.when
-    parts: list[str] = [when.value_kind]
+    parts: list[str] = [when.value_kind, "specimen " + "/".join(when.specimen)]
     if when.unit_like:
         parts.append(f"unit like {when.unit_like}")
     if when.method:
-        parts.append("method " + "/".join(str(m) for m in when.method))
-    return f"{choice.loinc} ({', '.join(parts)})"
+        parts.append("method " + "/".join(m or "(none stated)" for m in when.method))
+    return f"{choice.code} ({', '.join(parts)})"

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
 from fhir_lupus.errors import UnitError
 from fhir_lupus.terminology._pack import MappingPack
 
-__all__ = ["UnitConverter"]
+__all__ = ["UnitConverter", "unit_annotations"]
+
+_ANNOTATION = re.compile(r"\{[^}]*\}")
+
+
+def unit_annotations(ucum: str) -> tuple[str, ...]:
+    """The ``{...}`` annotations of a UCUM code, in order (``mL/min/{1.73_m2}`` -> ``("{1.73_m2}",)``)."""
+    return tuple(_ANNOTATION.findall(ucum))
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,9 +59,16 @@ class UnitConverter:
         return any(marker in ucum for marker in self._arbitrary)
 
     def commensurable(self, ucum_a: str, ucum_b: str) -> bool:
-        """True when a value in ``ucum_a`` can be expressed in ``ucum_b`` without extra data."""
+        """True when a value in ``ucum_a`` can be expressed in ``ucum_b`` without extra data.
+
+        UCUM counts an annotation (``{1.73_m2}``) as 1, so ``mL/min`` and ``mL/min/{1.73_m2}`` have one
+        dimension; but a rate per 1.73 m2 of body surface and a raw rate are different quantities, so units
+        whose annotations differ are never commensurable.
+        """
         if self.is_arbitrary(ucum_a) or self.is_arbitrary(ucum_b):
             return ucum_a == ucum_b
+        if unit_annotations(ucum_a) != unit_annotations(ucum_b):
+            return False
         return bool(self._parse(ucum_a).dimensionality == self._parse(ucum_b).dimensionality)
 
     def convert(
@@ -72,6 +87,10 @@ class UnitConverter:
             return float(value)
         if self.is_arbitrary(from_ucum) or self.is_arbitrary(to_ucum):
             raise UnitError(f"arbitrary unit: {from_ucum!r} cannot be converted to {to_ucum!r}")
+        if unit_annotations(from_ucum) != unit_annotations(to_ucum):
+            raise UnitError(
+                f"{from_ucum!r} and {to_ucum!r} differ in annotation: different quantities, never converted"
+            )
         quantity = float(value) * self._parse(from_ucum)
         target = self._parse(to_ucum)
         candidates = [quantity]

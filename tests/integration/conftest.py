@@ -9,18 +9,17 @@ unique to the test, so tests never see each other's resources on a shared server
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import FAULT_RESULTS, example_subset
+from support import FAULT_RESULTS, example_subset, isolated_mappings_copy
 
 from fhir_lupus import devserver
 from fhir_lupus.client import FhirClient
+from fhir_lupus.terminology import load_pack
 
-REPO = Path(__file__).resolve().parents[2]
 SERVER_NAMES = ("hapi", "medplum")
 
 
@@ -47,17 +46,12 @@ def client(server_url: str) -> Iterator[FhirClient]:
 @pytest.fixture
 def isolated_mappings(tmp_path: Path) -> Path:
     """A copy of mappings/ whose every URI of ours (identifier systems, the MRN system, the project CodeSystem)
-    is unique to this test, and whose study identifier system is ours too."""
+    is unique to this test, and whose study identifier systems (current and superseded) are ours too."""
     run = uuid.uuid4().hex[:12]
-    target = tmp_path / "mappings"
-    shutil.copytree(REPO / "mappings", target)
-    for path in target.rglob("*.yaml"):
-        text = path.read_text(encoding="utf-8")
-        isolated = text.replace("https://fhir-lupus.example.org/", f"https://fhir-lupus.example.org/t/{run}/")
-        if path.name == "project.yaml":
-            isolated = isolated.replace("  study: https://clinicaltrials.gov", '  study: "{base}/sid/nct"')
-        if isolated != text:
-            path.write_text(isolated, encoding="utf-8")
+    target = isolated_mappings_copy(tmp_path / "mappings", f"t/{run}")
+    pack = load_pack(target)
+    systems = (pack.identifier_system("study", study=""), *pack.superseded_identifier_systems("study", study=""))
+    assert all(s.startswith(f"https://fhir-lupus.example.org/t/{run}/") for s in systems), systems
     return target
 
 

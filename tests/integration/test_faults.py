@@ -146,7 +146,7 @@ def test_push_and_pull_through_a_fault(
             f"{client.base_url} pull, {fault} on a lab search: fired {pull_rule.fired}x; {len(pulled.rows)} rows: "
             f"missing {len(trip.missing)}, different {len(trip.different)}, extra {len(trip.extra)}"
         )
-        assert pull_rule.fired >= 1 and trip.exact and pulled.total_rows == len(data.labs)
+        assert pull_rule.fired >= 1 and trip.exact and pulled.total_rows == len(data.labs) + len(data.treg)
 
 
 def test_push_killed_with_sigkill_midway_resumes_without_loss_or_duplicates(

@@ -61,15 +61,15 @@ def test_cli_push_dry_run_pull(
     out = tmp_path / "labs.csv"
     pulled = runner.invoke(app, ["pull", "--study", "NCT00698191", "-o", str(out), *common])
     assert pulled.exit_code == 0, pulled.output
-    assert "pulled 11 new or changed lab rows of 2 subjects" in pulled.output
-    assert len(out.read_text().splitlines()) == 12
+    assert "pulled 12 new or changed lab rows of 2 subjects" in pulled.output  # 11 labs and 1 Treg
+    assert len(out.read_text().splitlines()) == 13
     again = runner.invoke(app, ["pull", "--study", "NCT00698191", "-o", str(out), *common])
     assert "pulled 0 new or changed lab rows" in again.output  # --since auto: nothing new since the last pull
-    assert "11 rows in" in again.output and len(out.read_text().splitlines()) == 12  # the earlier rows are kept
+    assert "12 rows in" in again.output and len(out.read_text().splitlines()) == 13  # the earlier rows are kept
 
 
 def test_demo_against_a_running_server(server_url: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--server", server_url, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "round trip: 8091 of 8091 lab values identical" in result.output
+    assert "round trip: 8248 of 8248 lab and Treg values identical" in result.output  # 8091 labs, 157 Treg
     assert (tmp_path / "labs.csv").exists()
