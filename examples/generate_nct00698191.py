@@ -33,7 +33,16 @@ README
 * ``sledai.csv`` - one SLEDAI-2K assessment per visit; ``descriptors`` lists the
   clinical descriptors (and, in about one row in ten, a lab descriptor as well);
   ``reported_total`` is left empty for the tool to compute;
-* ``treg.csv`` - CD4+CD25+FOXP3+ regulatory T cells at BL and M03..M24.
+* ``treg.csv`` - CD4+CD25+FOXP3+ regulatory T cells at BL and M03..M24;
+* ``screening.csv`` - the 20 enrolled subjects (BL 24-h protein and ALT, SLEDAI left to sledai.csv) and six
+  candidates who did not enrol: aged 72, SLEDAI 6, 24-h protein 0.6 g, ALT 4 x ULN, pregnant, and one
+  incomplete (ALT not measured); ``medications.csv`` - their failed prednisone, cyclophosphamide and/or
+  mycophenolate mofetil courses (both from their own random stream);
+* ``status_history.csv`` - each subject's lifecycle (mappings/fhir/lifecycle.yaml): ``candidate`` at
+  screening 10-28 days before enrolment, ``eligible`` 0-5 days before it, ``on-study`` on ``enrolled_on``,
+  ``on-study-intervention`` on the day of the MSC infusion, ``follow-up`` at discharge 2-4 days later, and
+  ``off-study`` / ``withdrawn`` on ``off_study_on`` with the reason of subjects.csv (its own random stream, so
+  the other files do not change).
 
 The course: active lupus nephritis at baseline (proteinuria 1.5-6 g/24h, low C3/C4,
 anti-dsDNA 150-600 IU/mL, haematuria, hypoalbuminaemia, SLEDAI 10-20), improving over
@@ -573,6 +582,268 @@ def donor_ids(subjects: Sequence[Subject]) -> list[str]:
     return ids
 
 
+# --- adverse events ------------------------------------------------------------------
+# Own generator (seeded apart from everything above), so adding this file changed no other example file.
+# Terms are CTCAE v5.0 terms as text; no MedDRA or NCI codes are written (none is invented).
+
+#: (term as reported, CTCAE term, grades, days after the suspect's start for the onset, days to resolve)
+INFUSION_REACTIONS = (
+    ("fever after MSC infusion", "Fever", (1, 2), (0, 0), (1, 2)),
+    ("chills during MSC infusion", "Chills", (1, 1), (0, 0), (0, 1)),
+    ("rash after MSC infusion", "Rash maculo-papular", (1, 2), (0, 1), (2, 6)),
+)
+LEUKOPENIA = ("leukopenia", "White blood cell decreased", (2, 3), (7, 14), (7, 21))
+CYC_INFECTIONS = (
+    ("upper respiratory tract infection", "Upper respiratory infection", (2, 2), (20, 80), (5, 12)),
+    ("urinary tract infection", "Urinary tract infection", (2, 3), (25, 90), (5, 14)),
+    ("herpes zoster", "Herpes zoster", (2, 3), (30, 90), (14, 28)),
+    ("pneumonia", "Lung infection", (3, 3), (30, 90), (10, 21)),
+)
+UNRELATED_EVENTS = (
+    ("headache", "Headache", (1, 1)),
+    ("gastroenteritis", "Diarrhea", (1, 2)),
+    ("hypertension", "Hypertension", (2, 2)),
+    ("knee pain", "Arthralgia", (1, 1)),
+)
+ADVERSE_EVENTS_FILE = "adverse_events.csv"
+
+
+def adverse_event_rows(tables: dict[str, list[dict[str, str]]]) -> list[dict[str, str]]:
+    """Infusion reactions on the infusion day, cytopenia and infections after cyclophosphamide, a few others."""
+    rng = random.Random(f"{SEED}:adverse-events")
+    subjects = {row["subject_id"]: row for row in tables["subjects.csv"]}
+    started = {
+        (row["subject_id"], row["kind"]): datetime.fromisoformat(row["started_at"]).date()
+        for row in tables["procedures.csv"]
+    }
+    rows: list[dict[str, str]] = []
+
+    def add(subject_id: str, term: str, ctcae: str, grade: int, onset: date, days: int | None, **rest: str) -> None:
+        off = subjects[subject_id]["off_study_on"]
+        if off and onset > date.fromisoformat(off):
+            return
+        serious = rest.pop("serious_criteria", "")
+        rows.append(
+            {
+                "event_id": f"AE-{subject_id}-{len([r for r in rows if r['subject_id'] == subject_id]) + 1:02d}",
+                "subject_id": subject_id,
+                "term": term,
+                "meddra_code": "",
+                "ctcae_term": ctcae,
+                "ctcae_code": "",
+                "grade": str(grade),
+                "serious": "yes" if serious else "no",
+                "seriousness_criteria": serious,
+                "outcome": "recovered" if days is not None else rest.pop("outcome", "not_recovered"),
+                "onset_on": onset.isoformat(),
+                "resolved_on": (onset + timedelta(days=days)).isoformat() if days is not None else "",
+                "reporter": rng.choice(ASSESSORS),
+                "recorded_on": (onset + timedelta(days=rng.randint(0, 3))).isoformat(),
+                **rest,
+            }
+        )
+
+    ids = sorted(subjects)
+    for subject_id in sorted(rng.sample(ids, 8)):
+        term, ctcae, grades, onset_days, resolve_days = rng.choice(INFUSION_REACTIONS)
+        onset = started[(subject_id, "msc_infusion")] + timedelta(days=rng.randint(*onset_days))
+        add(
+            subject_id, term, ctcae, rng.randint(*grades), onset, rng.randint(*resolve_days),
+            related_to="msc_infusion", causality=rng.choice(("possible", "probable", "probable")),
+        )  # fmt: skip
+    for subject_id in sorted(rng.sample(ids, 5)):
+        term, ctcae, grades, onset_days, resolve_days = LEUKOPENIA
+        onset = started[(subject_id, "cyclophosphamide_pretreatment")] + timedelta(days=rng.randint(*onset_days))
+        add(
+            subject_id, term, ctcae, rng.randint(*grades), onset, rng.randint(*resolve_days),
+            related_to="cyclophosphamide", causality="probable",
+        )  # fmt: skip
+    for subject_id in sorted(rng.sample(ids, 10)):
+        term, ctcae, grades, onset_days, resolve_days = rng.choice(CYC_INFECTIONS)
+        grade = rng.randint(*grades)
+        onset = started[(subject_id, "cyclophosphamide_pretreatment")] + timedelta(days=rng.randint(*onset_days))
+        serious = grade == 3 and (ctcae == "Lung infection" or rng.random() < 0.5)
+        related = "both" if ctcae == "Lung infection" and rng.random() < 0.5 else "cyclophosphamide"
+        add(
+            subject_id, term, ctcae, grade, onset, rng.randint(*resolve_days),
+            serious_criteria="hospitalization" if serious else "", related_to=related, causality="possible",
+        )  # fmt: skip
+    for index, subject_id in enumerate(sorted(rng.sample(ids, 5))):
+        term, ctcae, grades = UNRELATED_EVENTS[index % len(UNRELATED_EVENTS)]
+        onset = date.fromisoformat(subjects[subject_id]["enrolled_on"]) + timedelta(days=rng.randint(60, 400))
+        ongoing = ctcae == "Hypertension"
+        add(
+            subject_id, term, ctcae, rng.randint(*grades), onset, None if ongoing else rng.randint(2, 10),
+            related_to="none", causality="",
+        )  # fmt: skip
+    return sorted(rows, key=lambda row: (row["subject_id"], row["onset_on"], row["event_id"]))
+
+
+# --- subject lifecycle ---------------------------------------------------------------
+
+
+def status_history_rows(subject: Subject, procedures: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """candidate -> eligible -> on-study (enrolled_on) -> on-study-intervention (the MSC infusion) -> follow-up,
+    then off-study or withdrawn as subjects.csv says. Its own random stream: the other files stay byte-identical."""
+    rng = random.Random(f"{SEED}:{subject.subject_id}:lifecycle")
+    infusion = date.fromisoformat(next(p for p in procedures if p["kind"] == "msc_infusion")["started_at"][:10])
+    steps = [
+        ("candidate", subject.enrolled_on - timedelta(days=rng.randint(10, 28)), ""),
+        ("eligible", subject.enrolled_on - timedelta(days=rng.randint(0, 5)), ""),
+        ("on-study", subject.enrolled_on, ""),
+        ("on-study-intervention", infusion, ""),
+        ("follow-up", infusion + timedelta(days=rng.randint(2, 4)), ""),
+    ]
+    if subject.off_study_on:
+        steps.append((subject.status, subject.off_study_on, subject.off_study_reason))
+    return [
+        {"subject_id": subject.subject_id, "status": status, "on": on.isoformat(), "reason": reason}
+        for status, on, reason in steps
+    ]
+
+
+# --- screening and medication history -------------------------------------------------
+# Own generator (seeded apart from everything above), so adding these files changed no other example file.
+# Enrolled subjects screen eligible: their screening values are their BL labs (24-h protein, ALT with the
+# lab's upper limit), their SLEDAI-2K is left empty so `fhir-lupus screen` takes the BL score of sledai.csv.
+# Six candidates did not enrol, each for one planted reason (the last one incomplete: ALT not measured).
+
+SCREENING_FILE = "screening.csv"
+MEDICATIONS_FILE = "medications.csv"
+SCREENING_FINDINGS = (
+    "end_stage_renal_failure",
+    "severe_heart_failure",
+    "severe_pulmonary_failure",
+    "other_major_organ_damage",
+    "uncontrolled_infection",
+    "pregnant",
+    "breast_feeding",
+    "pregnancy_intended",
+)
+#: candidate -> (why they did not enrol, screening date, birth date, sex)
+NOT_ENROLLED = {
+    "SCR-001": ("age 72", date(2007, 6, 4), date(1934, 11, 20), "female"),
+    "SCR-002": ("SLEDAI 6", date(2007, 9, 17), date(1981, 2, 3), "female"),
+    "SCR-003": ("24-h protein 0.6 g", date(2008, 1, 21), date(1975, 7, 9), "male"),
+    "SCR-004": ("ALT 4 x ULN", date(2008, 5, 12), date(1969, 4, 28), "female"),
+    "SCR-005": ("pregnant", date(2008, 10, 6), date(1984, 12, 15), "female"),
+    "SCR-006": ("ALT not measured", date(2009, 3, 2), date(1978, 9, 30), "female"),
+}
+
+
+def prior_regimens(subject_id: str, before: date, rng: random.Random) -> list[dict[str, str]]:
+    """Failed prednisone > 20 mg/day, then failed cyclophosphamide pulses and/or mycophenolate mofetil 2 g/day."""
+    rows = []
+
+    def add(drug: str, dose: str, unit: str, frequency: str, route: str, start: date, months: int) -> None:
+        end = min(start + timedelta(days=30 * months + rng.randint(0, 20)), before - timedelta(days=7))
+        rows.append(
+            {
+                "medication_id": f"MED-{subject_id}-{len(rows) + 1}",
+                "subject_id": subject_id,
+                "drug": drug,
+                "dose": dose,
+                "dose_unit": unit,
+                "frequency": frequency,
+                "route": route,
+                "started_on": start.isoformat(),
+                "ended_on": end.isoformat(),
+                "outcome": "failed",
+                "note": "",
+            }
+        )
+
+    start = before - timedelta(days=rng.randint(420, 900))
+    add("prednisone", str(rng.choice((30, 40, 50, 60))), "mg", "qd", "oral", start, rng.randint(4, 10))
+    plan = rng.choice(("cyc", "cyc", "mmf", "both"))
+    second = start + timedelta(days=rng.randint(20, 60))
+    if plan in ("cyc", "both"):
+        add("cyclophosphamide", rng.choice(("0.4", "0.5", "0.6")), "g/m2", "q2w", "intravenous", second, 7)
+        second += timedelta(days=250)
+    if plan in ("mmf", "both"):
+        add("mycophenolate_mofetil", "1", "g", "bid", "oral", min(second, before - timedelta(days=150)), 4)
+    return rows
+
+
+def screening_tables(tables: dict[str, list[dict[str, str]]]) -> dict[str, list[dict[str, str]]]:
+    """screening.csv (enrolled subjects, then the six who did not enrol) and medications.csv for all of them."""
+    rng = random.Random(f"{SEED}:screening")
+    # screened on the day status_history.csv makes them a candidate, when that file is generated too
+    candidate_on = {
+        r["subject_id"]: r["on"] for r in tables.get("status_history.csv", []) if r["status"] == "candidate"
+    }
+    baseline = {(r["subject_id"], r["analyte"]): r for r in tables["labs.csv"] if r["visit_code"] == "BL"}
+    screening: list[dict[str, str]] = []
+    medications: list[dict[str, str]] = []
+
+    def row(subject_id: str, screened: date, consent: date, birth: str, sex: str, **values: str) -> dict[str, str]:
+        findings = {name: "no" for name in SCREENING_FINDINGS}
+        if sex == "male":
+            findings |= {"pregnant": "", "breast_feeding": ""}
+        return {
+            "subject_id": subject_id,
+            "screened_on": screened.isoformat(),
+            "consent_signed": "yes",
+            "consent_on": consent.isoformat(),
+            "birth_date": birth,
+            "sex": sex,
+            "acr_criteria_met": "yes",
+            "contraception_agreed": "yes",
+            **findings,
+            "alt": "",
+            "alt_uln": "",
+            "urine_protein_24h": "",
+            "urine_protein_unit": "",
+            "sledai_total": "",
+            "note": "",
+        } | values
+
+    for subject in tables["subjects.csv"]:
+        subject_id = subject["subject_id"]
+        enrolled = date.fromisoformat(subject["enrolled_on"])
+        if subject_id in candidate_on:
+            screened = date.fromisoformat(candidate_on[subject_id])
+        else:
+            screened = enrolled - timedelta(days=rng.randint(10, 28))
+        alt, protein = baseline[(subject_id, "alt")], baseline[(subject_id, "urine_protein_24h")]
+        screening.append(
+            row(
+                subject_id,
+                screened,
+                enrolled,
+                subject["birth_date"],
+                subject["sex"],
+                alt=alt["value"],
+                alt_uln=alt["ref_high"],
+                urine_protein_24h=protein["value"],
+                urine_protein_unit=protein["unit"],
+            )
+        )
+        medications += prior_regimens(subject_id, screened, rng)
+    for subject_id, (reason, screened, birth, sex) in NOT_ENROLLED.items():
+        values = {
+            "alt": str(rng.randint(15, 35)),
+            "alt_uln": "40",
+            "urine_protein_24h": fmt(rng.uniform(1.3, 4.5), 2),
+            "urine_protein_unit": "g/24h",
+            "sledai_total": str(rng.randint(9, 18)),
+            "note": f"did not enrol: {reason}",
+        }
+        if subject_id == "SCR-002":
+            values["sledai_total"] = "6"
+        elif subject_id == "SCR-003":
+            values |= {"urine_protein_24h": "600", "urine_protein_unit": "mg/24h"}
+        elif subject_id == "SCR-004":
+            values["alt"] = "160"
+        elif subject_id == "SCR-005":
+            values["pregnant"] = "yes"
+        elif subject_id == "SCR-006":
+            values |= {"alt": "", "alt_uln": ""}
+        screening.append(row(subject_id, screened, screened, birth.isoformat(), sex, **values))
+        medications += prior_regimens(subject_id, screened, rng)
+    return {SCREENING_FILE: screening, MEDICATIONS_FILE: medications}
+
+
 # --- assembling the files ------------------------------------------------------------
 
 COLUMNS = {
@@ -594,6 +865,22 @@ COLUMNS = {
             "procedures.csv",
             "procedure_id subject_id kind status started_at ended_at dose_mg dose_mg_per_m2"
             " cells_per_kg route donor_id",
+        ),
+        ("status_history.csv", "subject_id status on reason"),
+        (
+            ADVERSE_EVENTS_FILE,
+            "event_id subject_id term meddra_code ctcae_term ctcae_code grade serious seriousness_criteria outcome"
+            " onset_on resolved_on related_to causality reporter recorded_on",
+        ),
+        (
+            SCREENING_FILE,
+            "subject_id screened_on consent_signed consent_on birth_date sex acr_criteria_met contraception_agreed "
+            + " ".join(SCREENING_FINDINGS)
+            + " alt alt_uln urine_protein_24h urine_protein_unit sledai_total note",
+        ),
+        (
+            MEDICATIONS_FILE,
+            "medication_id subject_id drug dose dose_unit frequency route started_on ended_on outcome note",
         ),
     )
 }
@@ -620,6 +907,7 @@ def subject_tables(subject: Subject, donor_id: str) -> dict[str, list[dict[str, 
     tables: dict[str, list[dict[str, str]]] = {name: [] for name in COLUMNS}
     tables["subjects.csv"].append(subject_row(subject))
     tables["procedures.csv"] += procedure_rows(subject, donor_id, rng)
+    tables["status_history.csv"] += status_history_rows(subject, tables["procedures.csv"])
     clinical: list[str] = []
     for visit in subject.visits:
         tables["visits.csv"].append(
@@ -651,6 +939,8 @@ def build_tables() -> dict[str, list[dict[str, str]]]:
     for subject, donor_id in zip(subjects, donor_ids(subjects), strict=True):
         for name, rows in subject_tables(subject, donor_id).items():
             tables[name] += rows
+    tables[ADVERSE_EVENTS_FILE] = adverse_event_rows(tables)
+    tables |= screening_tables(tables)
     return tables
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "dependency_sorted",
     "dumps",
     "entry",
+    "identifiers",
     "load_matching_rules",
     "local_ref",
     "references",
@@ -54,12 +55,17 @@ DEPENDENCY_ORDER = (
     "Organization",
     "Location",
     "Group",
+    "ActivityDefinition",  # the schedule of activities: ResearchStudy.protocol refers to the PlanDefinition
+    "PlanDefinition",
     "ResearchStudy",
     "Patient",
     "ResearchSubject",
     "Encounter",
     "Procedure",
+    "MedicationAdministration",  # partOf the MSC infusion Procedure
+    "MedicationStatement",
     "Observation",
+    "AdverseEvent",  # refers to the treatments it suspects (Procedure, MedicationAdministration)
 )
 
 WriteKind = Literal["conditional", "by-id", "create-by-id"]
@@ -96,8 +102,14 @@ def business_key(resource: Resource) -> str:
     """What identifies a resource across systems: ``system|value`` of its first identifier (CodeSystem: url)."""
     if resource["resourceType"] == "CodeSystem":
         return str(resource["url"])
-    identifier = resource["identifier"][0]
+    identifier = identifiers(resource)[0]
     return f"{identifier['system']}|{identifier['value']}"
+
+
+def identifiers(resource: Resource) -> list[dict[str, Any]]:
+    """A resource's identifiers as a list: R4 AdverseEvent.identifier is a single Identifier, not a list."""
+    found = resource.get("identifier") or []
+    return [found] if isinstance(found, dict) else [i for i in found if isinstance(i, dict)]
 
 
 def superseded_keys(resource: Resource, uses: frozenset[str]) -> list[str]:
@@ -105,8 +117,8 @@ def superseded_keys(resource: Resource, uses: frozenset[str]) -> list[str]:
     current = business_key(resource)
     keys = [
         f"{i['system']}|{i['value']}"
-        for i in resource.get("identifier", [])
-        if isinstance(i, dict) and i.get("use") in uses and i.get("system") and i.get("value")
+        for i in identifiers(resource)
+        if i.get("use") in uses and i.get("system") and i.get("value")
     ]
     return [k for k in dict.fromkeys(keys) if k != current]
 

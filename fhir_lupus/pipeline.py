@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 
 from fhir_lupus.errors import FhirLupusError, MappingError
 from fhir_lupus.mappers import (
+    map_adverse_event,
     map_encounter,
     map_enrollment_group,
     map_lab_observation,
+    map_medication_administration,
+    map_medication_statement,
     map_patient,
     map_procedure,
     map_project_codesystem,
@@ -29,7 +32,9 @@ from fhir_lupus.mappers import (
     map_treg_observation,
 )
 from fhir_lupus.mappers._context import MappingContext, Resource
+from fhir_lupus.mappers.medication_administration import conditioned_infusion
 from fhir_lupus.mappers.r5 import to_r5
+from fhir_lupus.mappers.schedule import map_schedule_of_activities
 from fhir_lupus.model._records import LoadReport, Located
 from fhir_lupus.model.entities import Subject
 from fhir_lupus.model.loader import TrialData
@@ -87,10 +92,21 @@ def map_trial(
             resources.append(finish(study_mapper(ctx)))
         except FhirLupusError as exc:
             raise MappingError(f"study definition {data.study.nct_id} does not map: {exc}") from exc
+    try:  # the schedule of activities (ResearchStudy.protocol): ActivityDefinitions and PlanDefinitions
+        resources.extend(finish(resource) for resource in map_schedule_of_activities(ctx))
+    except FhirLupusError as exc:
+        raise MappingError(f"schedule of activities of {data.study.nct_id} does not map: {exc}") from exc
 
     subjects: dict[str, Subject] = {}
     for row in data.subjects:
-        mapped = _map_record(row, report, lambda s: [finish(map_patient(s, ctx)), finish(map_research_subject(s, ctx))])
+        mapped = _map_record(
+            row,
+            report,
+            lambda s: [
+                finish(map_patient(s, ctx)),
+                finish(map_research_subject(s, ctx, data.status_history.get(s.subject_id, ()))),
+            ],
+        )
         if mapped is not None:
             resources.extend(mapped)
             subjects[row.record.subject_id] = row.record
@@ -116,6 +132,35 @@ def map_trial(
     dependent(data.labs, lambda c: c.lab.subject_id, lambda c, s: map_lab_observation(c, s, ctx))
     dependent(data.sledai, lambda a: a.assessment.subject_id, lambda a, s: map_sledai_observation(a, s, ctx))
     dependent(data.treg, lambda t: t.subject_id, lambda t, s: map_treg_observation(t, s, ctx))
+    # Prior regimens of enrolled subjects (a candidate who did not enrol stays in the screening log, off the
+    # server), and the cyclophosphamide pretreatment also as a MedicationAdministration, part of its infusion.
+    enrolled = {row.record.subject_id for row in data.subjects}
+    dependent(
+        [m for m in data.medications if m.record.subject_id in enrolled],
+        lambda m: m.subject_id,
+        lambda m, s: map_medication_statement(m, s, ctx),
+    )
+    mapped_procedures = {r["id"] for r in resources if r["resourceType"] == "Procedure"}
+    all_procedures = [p.record for p in data.procedures]
+
+    def administration(pretreatment: Any, subject: Subject) -> Resource:
+        infusion = conditioned_infusion(pretreatment, all_procedures)
+        if infusion and ctx.resource_id("Procedure", ctx.nct_id, infusion.procedure_id) not in mapped_procedures:
+            infusion = None  # its Procedure was refused: no reference to a resource that is not sent
+        return map_medication_administration(pretreatment, infusion, subject, ctx)
+
+    dependent(
+        [p for p in data.procedures if p.record.kind == "cyclophosphamide_pretreatment"],
+        lambda p: p.subject_id,
+        administration,
+    )
+    # adverse events last: they refer to the treatments (Procedure, MedicationAdministration) mapped above
+    mapped_refs = {f"{r['resourceType']}/{r['id']}" for r in resources}
+    dependent(
+        data.adverse_events,
+        lambda e: e.event.subject_id,
+        lambda e, s: map_adverse_event(e, s, ctx, mapped=mapped_refs),
+    )
     return MapResult(resources=resources, fhir_version=fhir_version)
 
 

@@ -12,14 +12,18 @@ from fhir_lupus.cli import app
 
 runner = CliRunner()
 
+# the schedule of activities: 42 PlanDefinitions (protocol + 41 visits) and 8 ActivityDefinitions
+SOA = 42 + 8
+MEDICATION = 1  # the cyclophosphamide pretreatment P1 as a MedicationAdministration too
+
 
 def test_map_writes_a_transaction_bundle(dataset: Callable[..., Path], tmp_path: Path) -> None:
     out = tmp_path / "out" / "bundle.json"
     result = runner.invoke(app, ["map", str(dataset()), "-o", str(out)])
     assert result.exit_code == 0, result.output
     bundle = json.loads(out.read_text(encoding="utf-8"))
-    assert bundle["type"] == "transaction" and len(bundle["entry"]) == 5 + 4 + 3 + 2 + 11 + 2 + 1
-    assert "mapped FHIR R4: 28 resources" in result.output
+    assert bundle["type"] == "transaction" and len(bundle["entry"]) == 5 + 4 + 3 + 2 + 11 + 2 + 1 + SOA + MEDICATION
+    assert f"mapped FHIR R4: {28 + SOA + MEDICATION} resources" in result.output
 
 
 def test_map_ndjson_r5(dataset: Callable[..., Path], tmp_path: Path) -> None:
@@ -45,7 +49,7 @@ def test_rejects_give_exit_1_quarantine_and_a_located_message(dataset: Callable[
     allowed = runner.invoke(app, ["map", str(data_dir), "-o", str(tmp_path / "b.json"), "--allow-rejects"])
     assert allowed.exit_code == 0
     bundle = json.loads((tmp_path / "b.json").read_text())
-    assert len(bundle["entry"]) == 27  # the rejected lab alone is missing
+    assert len(bundle["entry"]) == 27 + SOA + MEDICATION  # the rejected lab alone is missing
 
 
 def test_configuration_error_exits_2(tmp_path: Path) -> None:

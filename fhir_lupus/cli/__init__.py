@@ -6,6 +6,9 @@ import typer
 
 from fhir_lupus.cli._demo import demo
 from fhir_lupus.cli._mapping import map_command, validate
+from fhir_lupus.cli._safety import safety
+from fhir_lupus.cli._schedule import schedule
+from fhir_lupus.cli._screen import screen
 from fhir_lupus.cli._sync import pull, push
 
 __all__ = ["app", "main"]
@@ -16,6 +19,9 @@ app.command("map")(map_command)
 app.command()(push)
 app.command()(pull)
 app.command()(demo)
+app.command()(safety)
+app.command()(schedule)
+app.command()(screen)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, FhirHttpError, SmartBackendAuth, UnsupportedInteraction
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import LoadReport, TrialData, load_trial, write_quarantine
+from fhir_lupus.screening import screen_trial, screening_findings
 from fhir_lupus.sync import Journal
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
@@ -95,10 +96,13 @@ def _read_key(path: Path) -> bytes:
 
 
 def load(data_dir: Path, mappings: Path | None) -> tuple[TrialData, LoadReport]:
+    """Load a data directory; enrolled subjects who did not screen eligible are added as findings."""
     try:
-        return load_trial(data_dir, mappings_dir=mappings)
+        data, report = load_trial(data_dir, mappings_dir=mappings)
+        report.findings.extend(screening_findings(data, screen_trial(data, mappings)))
     except FhirLupusError as exc:
         fail(exc)
+    return data, report
 
 
 def print_rows(report: LoadReport) -> None:

@@ -272,6 +272,13 @@ def render_pull(result: PullResult, *, limit: int = 20) -> None:
         f"{len(result.unmapped)} results set aside in this pull ({result.total_unmapped} in all) -> {unmapped}",
         highlight=False,
     )
+    if result.skipped_subjects:
+        by_status = ", ".join(f"{status} {count}" for status, count in result.skipped_subjects.items())
+        console.print(
+            f"skipped {sum(result.skipped_subjects.values())} ResearchSubjects not enrolled ({by_status}): "
+            "their labs are not pulled (mappings/fhir/lifecycle.yaml enrolled)",
+            highlight=False,
+        )
     for removal in result.removed[:limit]:
         console.print(
             f"[yellow]removed[/yellow] row {removal.result_id or removal.observation_id} of {removal.subject_id} "

@@ -17,7 +17,7 @@ from fhir_lupus.scoring.sledai import SledaiDefinition
 from fhir_lupus.terminology import CodeRef, MappingPack
 from fhir_lupus.terminology.units import UnitConverter
 
-__all__ = ["ID_NAMESPACE", "MappingContext", "Resource", "fhir_datetime"]
+__all__ = ["ID_NAMESPACE", "MappingContext", "Resource", "event_timing", "fhir_datetime"]
 
 Resource = dict[str, Any]
 # Fixed namespace of this project's UUIDv5 ids: changing it changes every id, so it never changes.
@@ -27,6 +27,13 @@ ID_NAMESPACE = uuid.UUID("6f1d7c4e-2b7a-5c1e-9a53-4c2f1b0d8e71")
 def fhir_datetime(value: datetime | date) -> str:
     """ISO 8601 as FHIR wants it; date-times keep their offset (the loader requires one)."""
     return value.isoformat()
+
+
+def event_timing(element: str, started: datetime, ended: datetime | None) -> dict[str, Any]:
+    """``{element}Period`` when the event has an end, else ``{element}DateTime`` (performed[x], effective[x])."""
+    if ended is None:
+        return {f"{element}DateTime": fhir_datetime(started)}
+    return {f"{element}Period": {"start": fhir_datetime(started), "end": fhir_datetime(ended)}}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Eligibility criteria -> the enrollment Group (R4 ResearchStudy.enrollment).
 
 Each criterion of the study definition becomes a characteristic; exclusion criteria have ``exclude: true``.
+Ranges and booleans come from the criterion's screening ``rule`` (one definition for the Group and the screen).
 The Group is descriptive (``actual: false``): it defines who may enrol, it does not list members.
 """
 
@@ -32,7 +33,7 @@ def _characteristic(criterion: Eligibility, ctx: MappingContext) -> dict[str, An
     code = ctx.concept(criterion.code)
     code["text"] = criterion.text
     characteristic: dict[str, Any] = {"code": code, "exclude": criterion.exclude}
-    value = criterion.value
+    value = criterion.characteristic_value()  # the rule's range or boolean unless `value` says otherwise
     if value.boolean is not None:
         characteristic["valueBoolean"] = value.boolean
     elif value.range is not None:

@@ -10,6 +10,7 @@ an old system find the study, and push recognises a study stored under one.
 from __future__ import annotations
 
 from fhir_lupus.mappers._context import MappingContext, Resource
+from fhir_lupus.mappers.schedule import protocol_key
 
 __all__ = ["map_research_study"]
 
@@ -46,6 +47,8 @@ def map_research_study(ctx: MappingContext) -> Resource:
         "condition": [ctx.concept(condition) for condition in study.conditions],
         "description": study.description,
         "enrollment": [ctx.reference("Group", study.nct_id, "enrollment")],
+        # the schedule of activities (fhir_lupus/mappers/schedule.py), as the SoA IG's ResearchStudySoa has it
+        "protocol": [ctx.reference("PlanDefinition", study.nct_id, protocol_key())],
         "sponsor": ctx.reference("Organization", study.sponsor.key, display=study.sponsor.name),
         "site": [ctx.reference("Location", study.site.key, display=study.site.name)],
         "note": [

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "LabResult",
     "SledaiAssessment",
+    "StatusChange",
     "Subject",
     "TreatmentProcedure",
     "TregMeasurement",
@@ -200,3 +201,13 @@ class TreatmentProcedure(_Entity):
         if self.kind == "cyclophosphamide_pretreatment" and self.cells_per_kg is not None:
             raise ValueError("cells_per_kg is for the MSC infusion")
         return self
+
+
+class StatusChange(_Entity):
+    """One row of status_history.csv: the subject entered ``status`` on ``on`` (the transition rules are data:
+    mappings/fhir/lifecycle.yaml, checked by fhir_lupus/model/lifecycle.py)."""
+
+    subject_id: str = Field(pattern=_KEY)
+    status: SubjectStatus
+    on: date
+    reason: str | None = None

@@ -11,23 +11,28 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date, timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from fhir_lupus.errors import InputError, TerminologyError, UnitError
+from fhir_lupus.model._history_checks import check_history
 from fhir_lupus.model._records import Finding, LoadReport, Located
+from fhir_lupus.model.adverse_events import ADVERSE_EVENTS, AdverseEventRow, CheckedAdverseEvent, check_adverse_events
 from fhir_lupus.model.entities import (
     LabResult,
     SledaiAssessment,
+    StatusChange,
     Subject,
     TreatmentProcedure,
     TregMeasurement,
     Visit,
 )
+from fhir_lupus.model.history import MedicationHistory, ScreeningRecord
+from fhir_lupus.model.lifecycle import STATUS_HISTORY, check_status_history, load_lifecycle_rules
+from fhir_lupus.model.schedule import evaluate_schedule, schedule_findings
 from fhir_lupus.model.study import StudyDefinition, load_study
 from fhir_lupus.scoring.sledai import (
     LabEvidence,
@@ -37,6 +42,7 @@ from fhir_lupus.scoring.sledai import (
     score_sledai,
 )
 from fhir_lupus.terminology import MappingPack, load_pack
+from fhir_lupus.terminology.adverse_events import load_adverse_event_terms
 from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
 
 __all__ = ["CheckedLab", "ScoredAssessment", "TrialData", "load_trial", "read_study_id"]
@@ -82,6 +88,12 @@ class TrialData:
     sledai: list[Located[ScoredAssessment]]
     treg: list[Located[TregMeasurement]]
     procedures: list[Located[TreatmentProcedure]]
+    # status_history.csv, per subject, in order (mappings/fhir/lifecycle.yaml); a subject without one: absent
+    status_history: dict[str, tuple[StatusChange, ...]] = field(default_factory=dict)
+    adverse_events: list[Located[CheckedAdverseEvent]] = field(default_factory=list)
+    # screening.csv (enrolled and non-enrolled candidates) and medications.csv (their prior regimens)
+    screening: list[Located[ScreeningRecord]] = field(default_factory=list)
+    medications: list[Located[MedicationHistory]] = field(default_factory=list)
 
 
 def read_study_id(data_dir: Path) -> str:
@@ -142,8 +154,45 @@ class _Checker:
         procedures = self._procedures(self._read(PROCEDURES, TreatmentProcedure, ("procedure_id",)), subjects)
         # The schedule is checked once the procedures are in (the anchor may be the MSC infusion); its findings
         # go where the visits pass left off, so the report keeps file order.
-        self.report.findings[schedule_at:schedule_at] = self._schedule_findings(visits, procedures)
-        return TrialData(self.study, list(subjects.values()), visits, labs, sledai, treg, procedures)
+        self.report.findings[schedule_at:schedule_at] = self._schedule_findings(subjects, visits, procedures)
+        status_history = check_status_history(
+            [
+                row
+                for row in self._read(STATUS_HISTORY, StatusChange, ("subject_id", "status", "on"))
+                if self._subject_ok(row, row.record.subject_id, subjects)
+            ],
+            subjects,
+            procedures,
+            load_lifecycle_rules(self.catalogue.pack.root),
+            self.report,
+        )
+        adverse_events = check_adverse_events(
+            [
+                row
+                for row in self._read(ADVERSE_EVENTS, AdverseEventRow, ("event_id",))
+                if self._subject_ok(row, row.record.subject_id, subjects)
+            ],
+            subjects,
+            procedures,
+            load_adverse_event_terms(self.catalogue.pack.root),
+            self.report,
+        )
+        screening, medications = check_history(
+            self._read, self.report, subjects, self.catalogue.units, self.catalogue.pack.root
+        )
+        return TrialData(
+            self.study,
+            list(subjects.values()),
+            visits,
+            labs,
+            sledai,
+            treg,
+            procedures,
+            adverse_events=adverse_events,
+            status_history=status_history,
+            screening=screening,
+            medications=medications,
+        )
 
     # -- pass 1 and 2: rows against models, keys unique ---------------------------------------------------
 
@@ -240,67 +289,19 @@ class _Checker:
         return accepted
 
     def _schedule_findings(
-        self, visits: list[Located[Visit]], procedures: list[Located[TreatmentProcedure]]
+        self,
+        subjects: dict[str, Located[Subject]],
+        visits: list[Located[Visit]],
+        procedures: list[Located[TreatmentProcedure]],
     ) -> list[Finding]:
         """Visits outside their window, and protocol visits missed before the subject's last contact.
 
-        Months count from ``protocol.visit_months.anchor`` (the BL visit, or the subject's first completed MSC
-        infusion, falling back to BL with a finding) under its ``rule`` (30-day or calendar months).
+        The schedule logic is fhir_lupus/model/schedule.py (shared with ``fhir-lupus schedule``): months count
+        from ``protocol.visit_months.anchor`` under its ``rule``; follow-ups after M24 are missed only when none
+        happens within ``latest_after_previous_months`` (+ the window) of the previous visit.
         """
-        findings: list[Finding] = []
-        window = timedelta(days=self.study.protocol.visit_window_days)
-        by_subject: dict[str, dict[str, Located[Visit]]] = defaultdict(dict)
-        for row in visits:
-            by_subject[row.record.subject_id][row.record.visit_code] = row
-        infusions: dict[str, date] = {}
-        for procedure in sorted(procedures, key=lambda p: p.record.started_at):
-            if procedure.record.kind == "msc_infusion" and procedure.record.status == "completed":
-                infusions.setdefault(procedure.record.subject_id, procedure.record.started_at.date())
-        for subject_id, held in sorted(by_subject.items()):
-            baseline = held.get("BL")
-            if baseline is None:
-                findings.append(Finding(VISITS, None, "no-baseline", f"{subject_id} has no BL visit"))
-                continue
-            anchor = baseline.record.visit_date
-            if self.study.protocol.visit_months.anchor == "msc_infusion":
-                if subject_id in infusions:
-                    anchor = infusions[subject_id]
-                else:
-                    findings.append(
-                        Finding(
-                            PROCEDURES,
-                            None,
-                            "no-anchor",
-                            f"{subject_id} has no completed MSC infusion: visit months counted from BL ({anchor})",
-                        )
-                    )
-            last_month = max(self.schedule[code].month for code in held)
-            for protocol_visit in self.study.visits():
-                if protocol_visit.month > last_month:
-                    break
-                expected = self.study.due_date(anchor, protocol_visit.month)
-                held_visit = held.get(protocol_visit.code)
-                if held_visit is None:
-                    if protocol_visit.month <= 24:
-                        findings.append(
-                            Finding(
-                                VISITS,
-                                None,
-                                "missed-visit",
-                                f"{subject_id} {protocol_visit.code} (due {expected})",
-                            )
-                        )
-                elif abs(held_visit.record.visit_date - expected) > window:
-                    findings.append(
-                        Finding(
-                            VISITS,
-                            held_visit.line,
-                            "out-of-window",
-                            f"{subject_id} {protocol_visit.code} on {held_visit.record.visit_date}, "
-                            f"due {expected} +/- {window.days} days",
-                        )
-                    )
-        return findings
+        schedules = evaluate_schedule(self.study, (row.record for row in subjects.values()), visits, procedures)
+        return schedule_findings(self.study, schedules)
 
     def _labs(
         self,

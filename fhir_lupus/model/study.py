@@ -8,13 +8,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
+from fhir_lupus.model.eligibility import EligibilityRule
 from fhir_lupus.terminology import CodeRef, default_mappings_dir, parse_model, read_yaml
 
 __all__ = [
     "DAYS_PER_MONTH",
+    "Activity",
     "Eligibility",
     "MonthRule",
     "Outcome",
@@ -75,13 +77,38 @@ class EligibilityValue(_Frozen):
 
 class Eligibility(_Frozen):
     """One criterion. ``assumptions`` records readings of the registration it rests on that the registration
-    does not state (a unit it omits), so they are visible instead of silently built in."""
+    does not state (a unit it omits), so they are visible instead of silently built in.
+
+    ``rule`` (fhir_lupus/model/eligibility.py) is how screening decides it; the Group characteristic's value
+    is ``value`` when given, else the rule's range or boolean, so a threshold is written once.
+    """
 
     text: str
     code: CodeRef
-    value: EligibilityValue
+    rule: EligibilityRule
+    value: EligibilityValue | None = None
     exclude: bool = False
     assumptions: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_definition(self) -> Eligibility:
+        if self.value is not None and self.value.range is not None and self.rule.has_limits:
+            raise ValueError("the range is the rule's: give at_least / at_most in `rule` only")
+        self.characteristic_value()  # a criterion the Group cannot show fails when the study loads
+        return self
+
+    def characteristic_value(self) -> EligibilityValue:
+        """The Group characteristic's value: ``value``, else the rule's boolean or inclusive range."""
+        if self.value is not None:
+            return self.value
+        rule = self.rule
+        if rule.equals is not None:
+            return EligibilityValue(boolean=rule.equals)
+        if rule.has_limits and rule.more_than is None and rule.less_than is None and rule.unit:
+            low = None if rule.at_least is None else float(rule.at_least)
+            high = None if rule.at_most is None else float(rule.at_most)
+            return EligibilityValue(range=RangeValue(low=low, high=high, unit=rule.unit))
+        raise ValueError("give `value` for the Group: the rule has no boolean or inclusive range with a unit")
 
 
 class Outcome(_Frozen):
@@ -104,6 +131,10 @@ class ScheduleEntry(_Frozen):
     months: tuple[int, int] | None = None
     every: int = 1
     encounter_class: Literal["AMB", "IMP"] = "AMB"  # HL7 v3-ActCode: the baseline is an in-patient admission
+    activities: tuple[str, ...] = ()  # keys of Protocol.activities expected at every visit of the entry
+    every_months: dict[str, int] = {}  # activity -> n: expected only in months that are multiples of n
+    # a follow-up whose window reaches to this many months (+ the window) after the previous visit held
+    latest_after_previous_months: int | None = Field(default=None, gt=0)
 
 
 class VisitMonths(_Frozen):
@@ -114,12 +145,35 @@ class VisitMonths(_Frozen):
     infusion_code: CodeRef  # Procedure.code of the MSC infusion, how pull finds the anchor on a server
 
 
+class Activity(_Frozen):
+    """One activity of the schedule of activities: what a visit is expected to measure, and where it is read.
+
+    ``analytes`` are lab catalogue keys (an inner tuple: any one of them satisfies the item); ``source`` says
+    which input file holds the rows (labs.csv, treg.csv, sledai.csv)."""
+
+    title: str
+    source: Literal["labs", "treg", "sledai"] = "labs"
+    analytes: tuple[str | tuple[str, ...], ...] = ()
+    code: CodeRef | None = None
+
+
 class Protocol(_Frozen):
     pretreatment_to_infusion_hours: HoursWindow
     visit_window_days: int = Field(ge=0)
     visit_months: VisitMonths
+    plan_type: CodeRef | None = None  # PlanDefinition.type of the schedule of activities
+    activities: dict[str, Activity] = {}
     schedule: tuple[ScheduleEntry, ...]
-    treg_every_months: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _activities_known(self) -> Protocol:
+        for entry in self.schedule:
+            for key in (*entry.activities, *entry.every_months):
+                if key not in self.activities:
+                    raise ValueError(f"schedule entry {entry.code or entry.pattern}: unknown activity {key!r}")
+            if any(n <= 0 for n in entry.every_months.values()):
+                raise ValueError(f"schedule entry {entry.code or entry.pattern}: every_months must be positive")
+        return self
 
 
 class ProtocolVisit(_Frozen):
@@ -129,6 +183,8 @@ class ProtocolVisit(_Frozen):
     name: str
     month: int
     encounter_class: str = "AMB"
+    activities: tuple[str, ...] = ()  # keys of Protocol.activities expected at this visit
+    latest_after_previous_months: int | None = None  # see ScheduleEntry
 
 
 class StudyDefinition(_Frozen):
@@ -160,6 +216,8 @@ class StudyDefinition(_Frozen):
                         name=entry.name,
                         month=entry.month,
                         encounter_class=entry.encounter_class,
+                        activities=_activities_at(entry, entry.month),
+                        latest_after_previous_months=entry.latest_after_previous_months,
                     )
                 )
             elif entry.pattern and entry.months:
@@ -172,6 +230,8 @@ class StudyDefinition(_Frozen):
                             name=entry.name.format(n=month),
                             month=month,
                             encounter_class=entry.encounter_class,
+                            activities=_activities_at(entry, month),
+                            latest_after_previous_months=entry.latest_after_previous_months,
                         )
                     )
         return tuple(sorted(visits, key=lambda visit: visit.month))
@@ -191,6 +251,12 @@ class StudyDefinition(_Frozen):
             if arm.name == name:
                 return arm
         raise KeyError(name)
+
+
+def _activities_at(entry: ScheduleEntry, month: int) -> tuple[str, ...]:
+    """The activities an entry expects in ``month``: its own, plus each periodic one due that month."""
+    periodic = tuple(key for key, every in entry.every_months.items() if month % every == 0)
+    return (*entry.activities, *(key for key in periodic if key not in entry.activities))
 
 
 def load_study(nct_id: str, mappings_dir: Path | None = None) -> StudyDefinition:

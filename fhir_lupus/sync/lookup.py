@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from fhir_lupus.bundle import business_key, superseded_keys
+from fhir_lupus.bundle import business_key, identifiers, superseded_keys
 from fhir_lupus.client import FatalHttpError, FhirClient, UnknownSearchParameter
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.mappers._context import Resource
@@ -38,7 +38,7 @@ class RouteRefused(FhirLupusError):
 def keys_of(resource: dict[str, Any], parameter: str) -> list[str]:
     """The business keys a server resource carries for ``parameter`` (identifiers, or a CodeSystem's url)."""
     if parameter == "identifier":
-        return [f"{i.get('system')}|{i.get('value')}" for i in resource.get("identifier", []) if isinstance(i, dict)]
+        return [f"{i.get('system')}|{i.get('value')}" for i in identifiers(resource)]
     value = resource.get("url")
     return [str(value)] if value else []
 

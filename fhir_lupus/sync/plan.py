@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from fhir_lupus.bundle import WriteKind, business_key, local_ref, references, rewrite_references
+from fhir_lupus.bundle import WriteKind, business_key, identifiers, local_ref, references, rewrite_references
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.sync.journal import JournalEntry
 from fhir_lupus.sync.routes import TypeRoute
@@ -153,9 +153,9 @@ def plan_batch(
         if item.action in ("conflict", "held-back"):
             plan.held_back.add(item.local_ref)
         elif item.action == "skipped":
-            identifiers = resource.get("identifier") or []
-            if identifiers:
-                first = identifiers[0]
+            held = identifiers(resource)
+            if held:
+                first = held[0]
                 plan.logical[item.local_ref] = {k: first[k] for k in ("system", "value") if k in first}
             else:  # nothing to refer to it by: whatever refers to it cannot be written
                 plan.held_back.add(item.local_ref)

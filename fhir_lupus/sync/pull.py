@@ -13,6 +13,7 @@ version rather than missed.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any
 
 from fhir_lupus.client import Capabilities, FhirClient, UnsupportedInteraction
 from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.model.lifecycle import load_lifecycle_rules
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.pullstore import PullStore, Removal
@@ -46,6 +48,8 @@ class PullResult:
     unmapped: list[UnmappedResult] = field(default_factory=list)  # set aside in this pull, with the reason
     removed: list[Removal] = field(default_factory=list)  # rows pulled earlier that are rows no more
     subjects: int = 0
+    # ResearchSubjects not enrolled (mappings/fhir/lifecycle.yaml `enrolled`), by status: never pulled
+    skipped_subjects: dict[str, int] = field(default_factory=dict)
     since: str | None = None  # what the search asked (_lastUpdated ge), None for everything
     high_water: str | None = None
     fetched: int = 0
@@ -63,6 +67,7 @@ class PullResult:
 @dataclass
 class _Fetch:
     subjects: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
     marks: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
 
@@ -120,6 +125,7 @@ def pull_labs(
         unmapped=merged.new_unmapped,
         removed=merged.removed,
         subjects=fetch.subjects,
+        skipped_subjects=dict(sorted(fetch.skipped.items())),
         since=since,
         high_water=high_water,
         fetched=fetched,
@@ -164,11 +170,17 @@ def fetch_labs(
     category = f"{pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
     subject_system = pack.identifier_system("subject", study=study.nct_id)
     visit_system = pack.identifier_system("visit", study=study.nct_id)
+    enrolled = load_lifecycle_rules(mappings_dir).enrolled
+    state_system = pack.system_uri("research-subject-state")
     subjects = Search("ResearchSubject").where(caps, study=study_ref).with_params(_count=PAGE)
     _note(state, subjects)
     for research_subject in subjects.fetch(client):
         patient_ref = research_subject.get("individual", research_subject.get("subject", {})).get("reference", "")
         if not patient_ref.startswith("Patient/"):
+            continue
+        status = _subject_state(research_subject, state_system)
+        if status not in enrolled:  # a candidate, eligible or ineligible person: not a subject of the study
+            state.skipped[status or "no status"] += 1
             continue
         subject_id = next(
             (i["value"] for i in research_subject.get("identifier", []) if i.get("system") == subject_system),
@@ -197,6 +209,19 @@ def fetch_labs(
                 rules=rules,
             ),
         )
+
+
+def _subject_state(research_subject: dict[str, Any], state_system: str) -> str | None:
+    """The subject's current status: R4 ``status``; R5 ``progress`` (the state without an end, else the last)."""
+    progress = [p for p in research_subject.get("progress") or [] if p.get("subjectState")]
+    if not progress:
+        status = research_subject.get("status")
+        return str(status) if status else None
+    current = next((p for p in reversed(progress) if not p.get("endDate")), progress[-1])
+    codings = current["subjectState"].get("coding") or []
+    coding = next((c for c in codings if c.get("system") == state_system), codings[0] if codings else {})
+    code = coding.get("code")
+    return str(code) if code else None
 
 
 def _subject_labs(

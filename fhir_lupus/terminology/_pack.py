@@ -157,6 +157,8 @@ class ProjectFile(_Frozen):
     identifier_systems: dict[str, str]
     # key -> systems it used before, kept so that resources stored under them are still found (and updated)
     superseded_identifier_systems: dict[str, tuple[str, ...]] = {}
+    canonicals: dict[str, str] = {}  # key -> canonical URL template ({base}, {study}, {name})
+    profiles: dict[str, str] = {}  # key -> StructureDefinition URL claimed in meta.profile
     extensions: dict[str, str]
 
     @model_validator(mode="after")
@@ -203,6 +205,19 @@ class MappingPack(_Frozen):
     def superseded_identifier_systems(self, key: str, *, study: str) -> tuple[str, ...]:
         """The systems identifier ``key`` used before its current one, oldest last (none: an empty tuple)."""
         return tuple(self.expand(s, study=study) for s in self.project.superseded_identifier_systems.get(key, ()))
+
+    def canonical_url(self, key: str, name: str, *, study: str) -> str:
+        try:
+            template = self.project.canonicals[key]
+        except KeyError:
+            raise MappingError(f"no canonical {key!r} in mappings/project.yaml") from None
+        return template.format(base=self.project.canonical_base, study=study, name=name)
+
+    def profile_url(self, key: str) -> str:
+        try:
+            return self.project.profiles[key]
+        except KeyError:
+            raise MappingError(f"no profile {key!r} in mappings/project.yaml") from None
 
     def extension_url(self, key: str) -> str:
         try:

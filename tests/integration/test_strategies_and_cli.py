@@ -51,7 +51,10 @@ def test_cli_push_dry_run_pull(
     )
     assert counts, preview.output
     create, update, unchanged, conflict = map(int, counts.groups())
-    assert (create, update, unchanged, conflict) == (28, 0, 0, 0)
+    loaded, loaded_report = load_trial(data_dir, mappings_dir=isolated_mappings)
+    expected = len(map_trial(loaded, loaded_report, mappings_dir=isolated_mappings).resources)
+    assert expected > 28  # the study, 2 subjects' records, the schedule and medications of the base rows
+    assert (create, update, unchanged, conflict) == (expected, 0, 0, 0)
     first = runner.invoke(app, ["push", str(data_dir), "--chunk-size", "10", *common])
     assert first.exit_code == 0, first.output
     assert "0 conflicts, 0 held back, 0 refused, 0 skipped" in first.output

@@ -1,0 +1,81 @@
+"""``fhir-lupus safety``: the adverse events of a data directory, summarised (fhir_lupus.safety)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, exit_on_rejects, fail, load, print_rows
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.safety import SafetySummary, summarise_safety, write_summary_csv
+from fhir_lupus.terminology.adverse_events import load_adverse_event_terms
+
+__all__ = ["safety"]
+
+CsvOut = Annotated[Path | None, typer.Option("--csv", help="Also write the counts as CSV (dimension, value, events).")]
+
+
+def safety(
+    data_dir: DataDir, csv: CsvOut = None, allow_rejects: AllowRejects = False, mappings: Mappings = None
+) -> None:
+    """Adverse events by grade, seriousness and relatedness, per subject, and the serious events."""
+    data, report = load(data_dir, mappings)
+    try:
+        summary = summarise_safety((c.record.event for c in data.adverse_events), load_adverse_event_terms(mappings))
+    except FhirLupusError as exc:
+        fail(exc)
+    if report.rejects:
+        print_rows(report)
+        for reject in report.rejects:
+            console.print(f"[red]rejected[/red] {reject}", highlight=False)
+    out = Console()
+    _render(summary, out if out.is_terminal else Console(width=160))  # a file or pipe gets whole lines
+    if csv is not None:
+        try:
+            write_summary_csv(summary, csv)
+        except OSError as exc:
+            fail(exc)
+    exit_on_rejects(report, allow_rejects)
+
+
+def _render(summary: SafetySummary, out: Console) -> None:
+    out.print(f"{summary.events} adverse event(s)")
+    for title, counts in (
+        ("By CTCAE grade", summary.by_grade),
+        ("By seriousness", summary.by_seriousness),
+        ("Related to (causality possible or stronger)", summary.by_relatedness),
+        ("By causality", summary.by_causality),
+    ):
+        table = Table(title=title, title_justify="left")
+        table.add_column("value")
+        table.add_column("events", justify="right")
+        for key, count in counts.items():
+            table.add_row(str(key), str(count))
+        out.print(table)
+    table = Table(title="Per subject", title_justify="left")
+    for column in ("subject", "events", "serious", "max grade", "related"):
+        table.add_column(column, justify="left" if column in ("subject", "related") else "right")
+    for subject_id, subject in summary.per_subject.items():
+        related = ", ".join(f"{k} {v}" for k, v in sorted(subject.related.items()))
+        table.add_row(subject_id, str(subject.events), str(subject.serious), str(subject.max_grade), related)
+    out.print(table)
+    table = Table(title="Serious events", title_justify="left")
+    for column in ("event", "subject", "term", "grade", "criteria", "onset", "outcome", "related to", "causality"):
+        table.add_column(column)
+    for e in summary.serious_events:
+        table.add_row(
+            e.event_id,
+            e.subject_id,
+            e.term,
+            str(e.grade),
+            ";".join(e.seriousness_criteria),
+            e.onset_on.isoformat(),
+            e.outcome,
+            e.related_to,
+            e.causality or "",
+        )
+    out.print(table)

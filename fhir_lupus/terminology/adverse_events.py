@@ -1,0 +1,129 @@
+"""mappings/terminology/adverse_events.yaml: the codes, extensions and rules of adverse events, as a frozen contract.
+
+A misspelt key, a grade outside 1-5 or a rule naming an unknown key fails when the file is loaded (MappingError
+naming the file), before any row is read.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fhir_lupus.terminology._pack import default_mappings_dir, parse_model, read_yaml
+
+__all__ = ["AdverseEventTerms", "load_adverse_event_terms"]
+
+Severity = Literal["mild", "moderate", "severe"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Coded(_Frozen):
+    system: str
+    code: str
+    display: str
+    r5_code: str | None = None  # when R5 (THO) spells the code differently
+
+
+class NciCode(_Frozen):
+    code: str = Field(pattern=r"^C\d+$")
+    display: str
+
+
+class Grade(NciCode):
+    severity: Severity
+
+
+class SeverityCodes(_Frozen):
+    system: str
+    displays: dict[Severity, str]
+
+
+class Outcome(_Frozen):
+    r4: str
+    r4_display: str
+    nci: str | None = Field(default=None, pattern=r"^C\d+$")
+    nci_display: str | None = None
+    r5_status: Literal["in-progress", "completed"]
+
+
+class Causality(_Frozen):
+    nci: str = Field(pattern=r"^C\d+$")
+    nci_display: str
+    who_umc: str | None = None
+    who_umc_display: str | None = None
+
+
+class Suspect(_Frozen):
+    procedure_kind: Literal["cyclophosphamide_pretreatment", "msc_infusion"]
+    resources: tuple[Literal["Procedure", "MedicationAdministration"], ...] = Field(min_length=1)
+
+
+class Extensions(_Frozen):
+    grade: str
+    seriousness_criteria: str
+    resolved_date: str | None = None  # R4 only (R5: AdverseEvent.resolveDate)
+    severity: str | None = None  # R5 only (R4: AdverseEvent.severity)
+
+
+class VersionedExtensions(_Frozen):
+    r4: Extensions
+    r5: Extensions
+
+
+class AdverseEventTerms(_Frozen):
+    extensions: VersionedExtensions
+    grades: dict[int, Grade]
+    grade_system: str
+    grade_text_with_term: str
+    severity: SeverityCodes
+    seriousness: dict[Literal["yes", "no"], Coded]
+    seriousness_criteria: dict[str, NciCode]
+    outcomes: dict[str, Outcome]
+    outcome_system: str
+    resolved_outcomes: frozenset[str]
+    causality: dict[str, Causality]
+    causality_system: str
+    who_umc_system: str
+    related_causality: frozenset[str]
+    causality_method: Coded
+    suspects: dict[str, Suspect]
+    related_to: dict[str, tuple[str, ...]]
+    meddra_system: str
+    ctcae_system: str
+
+    @model_validator(mode="after")
+    def _keys_agree(self) -> AdverseEventTerms:
+        if sorted(self.grades) != [1, 2, 3, 4, 5]:
+            raise ValueError("grades must list the CTCAE grades 1 to 5")
+        if set(self.seriousness) != {"yes", "no"}:
+            raise ValueError("seriousness needs 'yes' and 'no'")
+        for name, keys in (
+            ("resolved_outcomes", self.resolved_outcomes),
+            ("related_causality", self.related_causality),
+        ):
+            known = self.outcomes if name == "resolved_outcomes" else self.causality
+            unknown = sorted(set(keys) - set(known))
+            if unknown:
+                raise ValueError(f"{name} names unknown key(s) {', '.join(unknown)}")
+        for key, suspects in self.related_to.items():
+            unknown = [s for s in suspects if s not in self.suspects]
+            if unknown:
+                raise ValueError(f"related_to.{key} names unknown suspect(s) {', '.join(unknown)}")
+        if "fatal" not in self.outcomes or "death" not in self.seriousness_criteria:
+            raise ValueError("outcomes needs 'fatal' and seriousness_criteria 'death' (grade 5 rules)")
+        return self
+
+    def related_keys(self) -> tuple[str, ...]:
+        return tuple(self.related_to)
+
+
+@functools.lru_cache(maxsize=8)
+def load_adverse_event_terms(mappings_dir: Path | None = None) -> AdverseEventTerms:
+    path = (mappings_dir or default_mappings_dir()).resolve() / "terminology" / "adverse_events.yaml"
+    return parse_model(AdverseEventTerms, path, read_yaml(path))

@@ -1,0 +1,97 @@
+"""The medication catalogue (mappings/terminology/medications.yaml): drugs, routes, frequencies, outcomes.
+
+A frozen contract like the rest of mappings/: a misspelt key, a drug class or an outcome that names no project
+concept fails when the file is loaded, before any row is read.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fhir_lupus.terminology._pack import CodeRef, default_mappings_dir, parse_model, read_yaml
+
+__all__ = [
+    "DrugEntry",
+    "Frequency",
+    "MedicationCatalogue",
+    "load_medication_catalogue",
+]
+
+_DAYS = {"d": 1, "wk": 7}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DrugEntry(_Frozen):
+    code: CodeRef
+    classes: tuple[str, ...] = ()
+
+
+class Frequency(_Frozen):
+    """A dosing frequency as FHIR Timing.repeat: ``frequency`` doses per ``period`` ``period_unit``."""
+
+    text: str
+    frequency: int | None = Field(default=None, gt=0)
+    period: float | None = Field(default=None, gt=0)
+    period_unit: Literal["d", "wk"] | None = None
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> Frequency:
+        given = [self.frequency is not None, self.period is not None, self.period_unit is not None]
+        if any(given) and not all(given):
+            raise ValueError("frequency, period and period_unit go together (or none, for a single dose)")
+        return self
+
+    @property
+    def doses_per_day(self) -> float | None:
+        """Doses a day (2 for bid, 1/14 every two weeks); None for a single dose."""
+        if self.frequency is None or self.period is None or self.period_unit is None:
+            return None
+        return self.frequency / (self.period * _DAYS[self.period_unit])
+
+    @property
+    def interval_days(self) -> float | None:
+        """Days between doses (14 every two weeks); None for a single dose."""
+        per_day = self.doses_per_day
+        return None if per_day is None else 1 / per_day
+
+
+class Outcome(_Frozen):
+    code: CodeRef
+    status: Literal["completed", "stopped"]
+
+
+class Pretreatment(_Frozen):
+    procedure_code: CodeRef
+    drug: str
+    administration_status: dict[str, str]
+
+
+class MedicationCatalogue(_Frozen):
+    drugs: dict[str, DrugEntry]
+    routes: dict[str, CodeRef]
+    frequencies: dict[str, Frequency]
+    outcomes: dict[str, Outcome]
+    pretreatment: Pretreatment
+
+    @model_validator(mode="after")
+    def _pretreatment_names_a_drug(self) -> MedicationCatalogue:
+        if self.pretreatment.drug not in self.drugs:
+            raise ValueError(f"pretreatment.drug {self.pretreatment.drug!r} is not a key of drugs")
+        return self
+
+    def drugs_of_class(self, name: str) -> frozenset[str]:
+        return frozenset(key for key, drug in self.drugs.items() if name in drug.classes)
+
+
+@functools.lru_cache(maxsize=8)
+def load_medication_catalogue(root: Path | None = None) -> MedicationCatalogue:
+    """Load mappings/terminology/medications.yaml once per process."""
+    path = (root or default_mappings_dir()).resolve() / "terminology" / "medications.yaml"
+    return parse_model(MedicationCatalogue, path, read_yaml(path))
