@@ -25,7 +25,7 @@ from faultproxy import FaultProxy, Request
 from support import FAULT_RESULTS
 
 from fhir_lupus import load_trial
-from fhir_lupus.bundle import business_key
+from fhir_lupus.bundle import business_key, identifiers
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.sync import Journal, dry_run_trial, pull_study, push_trial
@@ -78,20 +78,29 @@ def proxy(server_url: str) -> Iterator[FaultProxy]:
 
 
 def census(client: FhirClient, resources: list[dict[str, Any]], journal: Journal) -> tuple[int, int, int]:
-    """(lost, duplicated, journal disagreeing) over every resource's business key, asked of the server itself."""
-    wanted: dict[str, list[str]] = {}
+    """(lost, duplicated, journal disagreeing) over every resource's business key, asked of the server itself.
+
+    A type the server cannot search by its key (AdverseEvent has no ``identifier`` parameter) is asked by ``_id``:
+    push writes such a type by PUT to our id, so that id is where it must be, once.
+    """
+    wanted: dict[str, list[dict[str, Any]]] = {}
     for resource in resources:
-        wanted.setdefault(resource["resourceType"], []).append(business_key(resource))
+        wanted.setdefault(resource["resourceType"], []).append(resource)
+    caps = client.capabilities()
     found: dict[tuple[str, str], list[str]] = {}
-    for resource_type, keys in wanted.items():
+    for resource_type, group in wanted.items():
         parameter = "url" if resource_type == "CodeSystem" else "identifier"
-        for start in range(0, len(keys), 40):
-            part = set(keys[start : start + 40])
-            for match in client.search(resource_type, {parameter: ",".join(part), "_count": "200"}):
+        if not caps.searches(resource_type, parameter):
+            parameter = "_id"
+        for start in range(0, len(group), 40):
+            chunk = group[start : start + 40]
+            part = {business_key(r) for r in chunk}
+            values = [r["id"] for r in chunk] if parameter == "_id" else sorted(part)
+            for match in client.search(resource_type, {parameter: ",".join(values), "_count": "200"}):
                 carried = (
                     [match.get("url")]
                     if parameter == "url"
-                    else [f"{i.get('system')}|{i.get('value')}" for i in match.get("identifier", [])]
+                    else [f"{i.get('system')}|{i.get('value')}" for i in identifiers(match)]
                 )
                 for key in set(carried) & part:
                     found.setdefault((resource_type, key), []).append(match["id"])
