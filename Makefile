@@ -6,9 +6,9 @@ BIN    := $(VENV)/bin
 DATA   ?= examples/nct00698191
 OUT    ?= out
 
-.PHONY: demo test test-unit lint bench clean
+.PHONY: demo test test-unit lint bench wheel clean
 
-$(BIN)/fhir-lupus: pyproject.toml
+$(BIN)/fhir-lupus: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -30,5 +30,9 @@ lint: $(BIN)/fhir-lupus
 bench: $(BIN)/fhir-lupus
 	$(BIN)/python bench/bench_map.py
 
+# A wheel that carries mappings/ (as fhir_lupus/_mappings): `pip install dist/fhir_lupus-*.whl` anywhere.
+wheel: $(BIN)/fhir-lupus
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) $(OUT)
+	rm -rf $(VENV) $(OUT) build dist

@@ -21,13 +21,29 @@ from pathlib import Path
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.errors import FhirLupusError
 
-__all__ = ["SERVERS", "ServerHandle", "repo_root", "start", "stop"]
+__all__ = ["SERVERS", "CheckoutMissing", "ServerHandle", "checkout_missing", "repo_root", "start", "stop"]
 
 SERVERS = {"hapi": 18080, "medplum": 18103}  # name -> default loopback port
 
 
 def repo_root() -> Path:
     return Path(os.environ.get("FHIR_LUPUS_ROOT", Path(__file__).resolve().parents[1]))
+
+
+class CheckoutMissing(RuntimeError):
+    """What was asked for lives in a checkout of the repository, not in an installed wheel."""
+
+
+def checkout_missing(*relative: str) -> CheckoutMissing | None:
+    """None when every path exists under the checkout, else the error that names the missing ones."""
+    missing = [path for path in relative if not (repo_root() / path).exists()]
+    if not missing:
+        return None
+    return CheckoutMissing(
+        f"this needs a checkout of the repository ({', '.join(missing)} not found under {repo_root()}, "
+        "which is where the package is installed); run `make demo` in a checkout, or use "
+        "`fhir-lupus demo --server URL --data DIR` against a running FHIR server"
+    )
 
 
 @dataclass
@@ -43,6 +59,9 @@ def start(name: str, port: int | None = None, *, timeout: float = 900.0, state_d
     if name not in SERVERS:
         raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
     port = port or SERVERS[name]
+    missing = checkout_missing(f"servers/{name}/run.sh")
+    if missing is not None:
+        raise missing
     state = state_dir or repo_root() / ".fhir-servers"
     state.mkdir(parents=True, exist_ok=True)
     log = state / f"{name}.log"
@@ -119,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             handle = start(args.name, args.port, timeout=args.timeout)
         except RuntimeError as exc:
             print(exc, file=sys.stderr)
-            return 1
+            return 2 if isinstance(exc, CheckoutMissing) else 1
         print(handle.url)
         return 0
     if not state.exists():

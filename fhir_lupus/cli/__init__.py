@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from fhir_lupus.cli._audit import app as audit_app
 from fhir_lupus.cli._demo import demo
 from fhir_lupus.cli._mapping import map_command, validate
+from fhir_lupus.cli._registry import registry_app
 from fhir_lupus.cli._safety import safety
 from fhir_lupus.cli._schedule import schedule
 from fhir_lupus.cli._screen import screen
@@ -22,6 +24,8 @@ app.command()(demo)
 app.command()(safety)
 app.command()(schedule)
 app.command()(screen)
+app.add_typer(audit_app, name="audit")
+app.add_typer(registry_app, name="registry")
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from fhir_lupus.terminology import LabCatalogue, load_pack
 
 __all__ = ["demo"]
 
+EXAMPLE = "examples/nct00698191"
+
 
 def demo(
     server: Annotated[
@@ -26,11 +28,19 @@ def demo(
     engine: Annotated[
         str, typer.Option("--engine", help="Embedded server to start: medplum (quick) or hapi.")
     ] = "medplum",
-    data_dir: Annotated[Path | None, typer.Option("--data", help="Trial data directory.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data", help="Trial data directory (default: the example trial of a checkout).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Where the pulled labs and the journal go.")] = Path("out/demo"),
 ) -> None:
-    """Start a local FHIR server, push the example trial, pull its labs back, report, stop the server."""
-    data_dir = data_dir or devserver.repo_root() / "examples" / "nct00698191"
+    """Start a local FHIR server, push the example trial, pull its labs back, report, stop the server.
+
+    Without --server and --data it needs a checkout (servers/, examples/); from a wheel, pass both."""
+    needed = ([] if data_dir else [EXAMPLE]) + ([] if server else ["servers"])
+    missing = devserver.checkout_missing(*needed)
+    if missing is not None:  # installed from a wheel: the example trial and the servers live in a checkout
+        fail(missing)
+    data_dir = data_dir or devserver.repo_root() / EXAMPLE
     data, report = load(data_dir, None)
     print_rows(report)
     if report.rejects:

@@ -16,6 +16,8 @@ from typing import Literal
 import httpx
 import jwt
 
+from fhir_lupus._logredact import register_secret
+
 __all__ = ["BasicAuth", "BearerAuth", "SmartBackendAuth"]
 
 BasicAuth = httpx.BasicAuth
@@ -26,6 +28,7 @@ class BearerAuth(httpx.Auth):
 
     def __init__(self, token: str) -> None:
         self._token = token
+        register_secret(token)  # never in a log record
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self._token}"
@@ -54,6 +57,7 @@ class SmartBackendAuth(httpx.Auth):
         self.token_url = token_url
         self.client_id = client_id
         self._key = private_key_pem
+        register_secret(private_key_pem)
         self.algorithm = algorithm
         self.key_id = key_id
         self.scope = scope
@@ -102,6 +106,7 @@ class SmartBackendAuth(httpx.Auth):
                 "token response has no access_token", status=200, method="POST", url=self.token_url
             ) from None
         self._token = str(token)
+        register_secret(self._token)
         self._expires_at = self._clock() + float(body.get("expires_in", 300)) - self.EXPIRY_SKEW
 
     def _valid(self) -> bool:

@@ -9,13 +9,16 @@ Every httpx exception and every error status is translated here into the fhir_lu
 from __future__ import annotations
 
 import json
+import logging
 import ssl
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from fhir_lupus._logredact import get_logger, install, redact_url
 from fhir_lupus.client._capability import Capabilities
 from fhir_lupus.client._errors import (
     FatalHttpError,
@@ -32,6 +35,7 @@ __all__ = ["FHIR_JSON", "FhirClient", "location_id", "location_version"]
 
 FHIR_JSON = "application/fhir+json"
 Params = Mapping[str, str | list[str]]
+logger = get_logger(__name__)
 
 
 def location_id(location: str, resource_type: str) -> str | None:
@@ -66,6 +70,7 @@ class FhirClient:
             raise ValueError(f"base URL must be http(s): {base_url!r}")
         self.base_url = base_url.rstrip("/") + "/"  # with the slash, relative links join under the base
         self.max_pages = max_pages
+        install()  # redact httpx's request log lines (and httpcore's DEBUG ones) from now on
         if transport is None:
             tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else verify
             transport = httpx.HTTPTransport(
@@ -184,6 +189,7 @@ class FhirClient:
         url = self._url(path)
         content = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
         request_headers = {"Content-Type": FHIR_JSON, **(headers or {})} if content is not None else headers
+        started = time.monotonic()
         try:
             response = self._http.request(
                 method,
@@ -199,6 +205,10 @@ class FhirClient:
             raise TransientHttpError(f"connection failed: {exc}", method=method, url=url) from None
         except httpx.HTTPError as exc:
             raise FhirHttpError(str(exc), method=method, url=url) from None
+        if logger.isEnabledFor(logging.DEBUG):  # the path only, query values redacted; never the bodies
+            where = redact_url(str(response.url)).removeprefix(self.base_url.rstrip("/"))
+            took = (time.monotonic() - started) * 1000
+            logger.debug("%s %s -> %s (%.0f ms)", method, where or "/", response.status_code, took)
         if response.status_code >= 400:
             message = server_message(response.content)
             status = response.status_code

@@ -23,6 +23,7 @@ import json
 import re
 from typing import Any
 
+from fhir_lupus._logredact import redact_url
 from fhir_lupus.errors import FhirLupusError
 
 __all__ = [
@@ -61,7 +62,7 @@ class FhirHttpError(FhirLupusError):
         self.status = status
         self.method = method
         self.url = url
-        where = f"{method} {url}".strip()
+        where = f"{method} {redact_url(url)}".strip()  # the message may be logged: no identifier values
         code = f" -> {status}" if status is not None else ""
         super().__init__(f"{where}{code}: {message}" if where else message)
 

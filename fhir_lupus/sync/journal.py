@@ -4,7 +4,8 @@ Per server and resource (type + business key) it keeps the content hash last con
 versionId, the last outcome and our own (deterministic) reference, so later batches and later pushes can
 point at the server's id. Per push: its status, what it wrote, the references still waiting for their
 Provenance, and the Provenance once written. Per server and chunk kind: the largest Bundle the server
-accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``).
+accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``). Per audit
+log: the last entry appended (``fhir_lupus.audit``), the anchor that shows a removed tail.
 
 Each chunk's results are committed in one SQLite transaction, so a push killed at any point resumes from
 what the server confirmed (re-sending the unconfirmed chunk is harmless: a look-up settles it first, and
@@ -63,6 +64,11 @@ CREATE TABLE IF NOT EXISTS pull_mark (
     study      TEXT NOT NULL,
     high_water TEXT NOT NULL,
     PRIMARY KEY (server, study)
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    log  TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
 );
 """
 
@@ -284,3 +290,17 @@ class Journal:
             "ON CONFLICT (server, study) DO UPDATE SET high_water = excluded.high_water",
             (server, study, mark),
         )
+
+    # -- audit anchor ---------------------------------------------------------------------------------------
+
+    def set_audit_head(self, log: Path, seq: int, digest: str) -> None:
+        """The last audit entry this journal's pushes and pulls appended (``audit verify`` finds it in the log)."""
+        self._db.execute(
+            "INSERT INTO audit_head VALUES (?, ?, ?) ON CONFLICT (log) DO UPDATE SET seq = excluded.seq, "
+            "hash = excluded.hash",
+            (str(log.resolve()), seq, digest),
+        )
+
+    def audit_head(self, log: Path) -> tuple[int, str] | None:
+        row = self._db.execute("SELECT seq, hash FROM audit_head WHERE log = ?", (str(log.resolve()),)).fetchone()
+        return (int(row[0]), str(row[1])) if row else None

@@ -2,25 +2,93 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
+from fhir_lupus.audit import append_event, default_audit_path
 from fhir_lupus.client import FhirClient, UnsupportedInteraction, WriteStrategy
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.sync.dryrun import DryRunReport, dry_run
 from fhir_lupus.sync.journal import Journal
+from fhir_lupus.sync.plan import content_hash
 from fhir_lupus.sync.pull import PullResult, mark_minus, pull_labs
 from fhir_lupus.sync.push import Progress, PushReport, push_resources
 from fhir_lupus.terminology import LabCatalogue, load_pack
 from fhir_lupus.validation import FhirVersion
 
-__all__ = ["DEFAULT_OVERLAP_SECONDS", "dry_run_trial", "pull_study", "push_trial", "server_fhir_version"]
+__all__ = [
+    "DEFAULT_OVERLAP_SECONDS",
+    "AuditLog",
+    "digest_of",
+    "dry_run_trial",
+    "pull_study",
+    "push_trial",
+    "server_fhir_version",
+]
 
 # An incremental pull asks again for what changed in the last five minutes before the mark: a server may
 # commit a write after a later one became visible (HAPI stamps lastUpdated when a transaction starts).
 DEFAULT_OVERLAP_SECONDS = 300
+
+# where push_trial and pull_study append their audit entry: None = next to the journal
+# (fhir_lupus.audit.default_audit_path), a path = there, False = nowhere (tests that need no trail)
+AuditLog = Path | None | Literal[False]
+
+
+def digest_of(hashes: Iterable[str]) -> str:
+    """SHA-256 over the sorted per-item hashes, one per line: the same content gives the same digest."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
+def _audit(
+    audit_log: AuditLog,
+    journal: Journal,
+    kind: str,
+    *,
+    server: str,
+    counts: Mapping[str, int],
+    digest: str,
+    outcome: str,
+    details: Mapping[str, str],
+    mappings_dir: Path | None,
+) -> None:
+    if audit_log is False:
+        return
+    path = default_audit_path(journal.path) if audit_log is None else audit_log
+    entry = append_event(
+        path,
+        kind,
+        server=server,
+        counts=counts,
+        content_hash=digest,
+        details=details,
+        outcome=outcome,
+        mapping_version=load_pack(mappings_dir).project.mapping_version,
+    )
+    journal.set_audit_head(path, entry["seq"], entry["hash"])
+
+
+def _push_counts(report: PushReport) -> dict[str, int]:
+    return {
+        "total": report.total,
+        "created": report.created,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "linked": report.linked,
+        **{kind.replace("-", "_"): report.count(kind) for kind in ("conflict", "held-back", "refused", "skipped")},
+    }
+
+
+def _row_hash(row: object) -> str:
+    fields = dataclasses.asdict(row) if dataclasses.is_dataclass(row) and not isinstance(row, type) else row
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False).encode()).hexdigest()
 
 
 def server_fhir_version(client: FhirClient) -> FhirVersion:
@@ -46,22 +114,40 @@ def push_trial(
     strategy: WriteStrategy | None = None,
     only_types: frozenset[str] | None = None,
     skip_types: frozenset[str] = frozenset(),
+    audit_log: AuditLog = None,
 ) -> PushReport:
-    """Map the trial for the server's FHIR version and push it (``push_resources``)."""
+    """Map the trial for the server's FHIR version and push it (``push_resources``).
+
+    Every push, complete, incomplete or failed, appends one entry to the audit log (``audit_log``): counts,
+    outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server.
+    """
     result = map_trial(data, report, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
-    return push_resources(
-        result.resources,
-        client,
-        journal,
-        source=source,
-        mapping_version=load_pack(mappings_dir).project.mapping_version,
-        chunk_size=chunk_size,
-        progress=progress,
-        strategy=strategy,
-        only_types=only_types,
-        skip_types=skip_types,
-        mappings_dir=mappings_dir,
-    )
+    digest = digest_of(content_hash(resource) for resource in result.resources)
+    audit = functools.partial(_audit, audit_log, journal, "push", server=client.base_url, mappings_dir=mappings_dir)
+    try:
+        pushed = push_resources(
+            result.resources,
+            client,
+            journal,
+            source=source,
+            mapping_version=load_pack(mappings_dir).project.mapping_version,
+            chunk_size=chunk_size,
+            progress=progress,
+            strategy=strategy,
+            only_types=only_types,
+            skip_types=skip_types,
+            mappings_dir=mappings_dir,
+        )
+    except Exception as exc:
+        counts = {"total": len(result.resources)}
+        audit(counts=counts, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
+        raise
+    details = {"push_id": pushed.push_id, "strategy": str(pushed.strategy or "")}
+    if pushed.provenance:
+        details["provenance"] = pushed.provenance
+    outcome = "complete" if pushed.complete else "incomplete"
+    audit(counts=_push_counts(pushed), digest=digest, outcome=outcome, details=details)
+    return pushed
 
 
 def dry_run_trial(
@@ -97,12 +183,15 @@ def pull_study(
     output: Path | None = None,
     overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
     mappings_dir: Path | None = None,
+    audit_log: AuditLog = None,
 ) -> PullResult:
     """Pull the study's labs into the journal's store and ``output``; the mark moves only after both.
 
     ``since``: ``"auto"`` continues from the journal's high-water mark (minus ``overlap_seconds``, so a late
     commit is not missed; what is fetched twice is de-duplicated) and keeps every row pulled before; None
     pulls everything and makes the output mirror the server; an ISO date-time pulls what changed since then.
+    Every pull, also a failed one, appends an entry to the audit log (``audit_log``, as for ``push_trial``):
+    counts, and ``digest_of`` the hashes of the rows new in this pull.
     """
     mark = journal.high_water(client.base_url, study.nct_id)
     if since == "auto":
@@ -110,16 +199,35 @@ def pull_study(
         replace_all = mark is None
     else:
         search_since, replace_all = since, since is None
-    return pull_labs(
-        client,
-        journal,
-        study,
-        LabCatalogue(load_pack(mappings_dir)),
-        since=search_since,
-        replace_all=replace_all,
-        window_days=window_days,
-        lookback_days=lookback_days,
-        output=output,
-        mark_from=mark,
-        mappings_dir=mappings_dir,
-    )
+    audit = functools.partial(_audit, audit_log, journal, "pull", server=client.base_url, mappings_dir=mappings_dir)
+    try:
+        pulled = pull_labs(
+            client,
+            journal,
+            study,
+            LabCatalogue(load_pack(mappings_dir)),
+            since=search_since,
+            replace_all=replace_all,
+            window_days=window_days,
+            lookback_days=lookback_days,
+            output=output,
+            mark_from=mark,
+            mappings_dir=mappings_dir,
+        )
+    except Exception as exc:
+        outcome = f"failed: {type(exc).__name__}"
+        audit(counts={}, digest=digest_of(()), outcome=outcome, details={})
+        raise
+    counts = {
+        "subjects": pulled.subjects,
+        "fetched": pulled.fetched,
+        "rows": len(pulled.rows),
+        "unmapped": len(pulled.unmapped),
+        "removed": len(pulled.removed),
+        "unchanged": pulled.unchanged,
+        "total_rows": pulled.total_rows,
+    }
+    details = {"study": study.nct_id, "since": search_since or "", "high_water": pulled.high_water or ""}
+    digest = digest_of(_row_hash(row) for row in (*pulled.rows, *pulled.unmapped))
+    audit(counts=counts, digest=digest, outcome="complete", details=details)
+    return pulled

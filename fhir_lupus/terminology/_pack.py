@@ -7,6 +7,7 @@ loaded, before any data moves.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import os
 import re
 from pathlib import Path
@@ -25,8 +26,10 @@ __all__ = [
     "MappingPack",
     "OrdinalAnswer",
     "ProjectConcept",
+    "checkout_mappings_dir",
     "default_mappings_dir",
     "load_pack",
+    "packaged_mappings_dir",
     "parse_model",
     "read_yaml",
 ]
@@ -264,10 +267,30 @@ def parse_model(model: type[M], path: Path, data: Any) -> M:
         raise MappingError(f"{path}: {problems}") from None
 
 
+def checkout_mappings_dir() -> Path | None:
+    """The repository's top-level mappings/ when the package runs from a checkout (beside pyproject.toml)."""
+    root = Path(__file__).resolve().parents[2]
+    return root / "mappings" if (root / "pyproject.toml").is_file() and (root / "mappings").is_dir() else None
+
+
+def packaged_mappings_dir() -> Path:
+    """The copy of mappings/ that a wheel carries as package data (fhir_lupus/_mappings, see setup.py)."""
+    packaged = importlib.resources.files("fhir_lupus") / "_mappings"
+    if not isinstance(packaged, Path):  # imported from a zip: the loaders read files by path
+        raise MappingError(
+            f"the bundled mappings ({packaged}) are not on the file system; pass --mappings DIR or set "
+            "FHIR_LUPUS_MAPPINGS"
+        )
+    return packaged
+
+
 def default_mappings_dir() -> Path:
-    """mappings/ beside the package (source checkout), or FHIR_LUPUS_MAPPINGS when set."""
+    """FHIR_LUPUS_MAPPINGS when set, else the checkout's mappings/ when running from a checkout, else the copy
+    installed with the package (read through importlib.resources). ``--mappings DIR`` overrides all three."""
     env = os.environ.get("FHIR_LUPUS_MAPPINGS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "mappings"
+    if env:
+        return Path(env)
+    return checkout_mappings_dir() or packaged_mappings_dir()
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,137 @@
+"""``fhir-lupus registry package`` and ``fhir-lupus registry submit``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fhir_lupus.cli._common import (
+    DEFAULT_JOURNAL,
+    AllowRejects,
+    Basic,
+    CaBundle,
+    DataDir,
+    JournalPath,
+    Mappings,
+    Quarantine,
+    Server,
+    SmartAlg,
+    SmartClient,
+    SmartKey,
+    SmartTokenUrl,
+    Timeout,
+    Token,
+    console,
+    exit_on_rejects,
+    fail,
+    load,
+    make_client,
+    open_journal,
+    report_load,
+)
+from fhir_lupus.cli._mapping import FhirVersionOption
+from fhir_lupus.cli._sync import render_push
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.registry import KEY_ENV, load_key, package_trial, submit_package
+
+__all__ = ["registry_app"]
+
+registry_app = typer.Typer(
+    no_args_is_help=True,
+    help="De-identified registry packages of the enrolled subjects (mappings/registry/), and their submission.",
+)
+
+
+@registry_app.command("package")
+def package_command(
+    data_dir: DataDir,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Package directory (NDJSON, manifest, validation).")],
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help=f"The registry key (mode 600). Default: the environment variable {KEY_ENV}."),
+    ] = None,
+    link_table: Annotated[
+        Path | None,
+        typer.Option("--link-table", help="Pseudonym <-> subject id table (mode 600). Default: DIR.link.csv."),
+    ] = None,
+    fhir_version: Annotated[FhirVersionOption, typer.Option("--fhir-version")] = FhirVersionOption.R4,
+    quarantine: Quarantine = None,
+    allow_rejects: AllowRejects = False,
+    mappings: Mappings = None,
+) -> None:
+    """Map DATA_DIR, keep the enrolled subjects' data, de-identify it with the key and write a package."""
+    try:
+        key = load_key(key_file)
+    except FhirLupusError as exc:
+        fail(exc)
+    data, report = load(data_dir, mappings)
+    try:
+        result = package_trial(
+            data, report, output, key, link_table=link_table, fhir_version=fhir_version.value, mappings_dir=mappings
+        )
+    except FhirLupusError as exc:
+        fail(exc)
+    report_load(report, quarantine, verbose_findings=False)
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(result.counts.items()))
+    console.print(
+        f"wrote {output}: {result.manifest['resources']} resources of {result.manifest['subjects']} subjects "
+        f"({counts}); key id {key.key_id}",
+        highlight=False,
+    )
+    if result.excluded:
+        console.print(f"left out {result.excluded} resources of subjects who are not enrolled")
+    console.print(f"link table (keep it at the site): {result.link_table}")
+    for problem in result.problems[:20]:
+        console.print(f"[red]invalid[/red] {problem['resource']}: {problem['problem']}", highlight=False)
+    exit_on_rejects(report, allow_rejects)
+    if result.problems:
+        console.print(f"[red]{len(result.problems)} resource(s) do not validate[/red] (validation.json)")
+        raise typer.Exit(1)
+
+
+@registry_app.command("submit")
+def submit_command(
+    package_dir: Annotated[Path, typer.Argument(help="A package made by `registry package`.", show_default=False)],
+    server: Server,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", min=1, help="Most resources per transaction; less if the server asks.")
+    ] = 500,
+    journal: JournalPath = DEFAULT_JOURNAL,
+    audit_log: Annotated[
+        Path | None, typer.Option("--audit-log", help="Audit log (default: beside the journal).")
+    ] = None,
+    mappings: Mappings = None,
+    token: Token = None,
+    basic: Basic = None,
+    smart_client_id: SmartClient = None,
+    smart_key: SmartKey = None,
+    smart_token_url: SmartTokenUrl = None,
+    smart_alg: SmartAlg = "RS384",
+    ca_bundle: CaBundle = None,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Check PACKAGE_DIR against its manifest and push it to SERVER (journaled: a second submit writes nothing)."""
+    client = make_client(
+        server,
+        token=token,
+        basic=basic,
+        smart_client_id=smart_client_id,
+        smart_key=smart_key,
+        smart_token_url=smart_token_url,
+        smart_alg=smart_alg,
+        ca_bundle=ca_bundle,
+        timeout=timeout,
+    )
+    with client, open_journal(journal) as book:
+        try:
+            result = submit_package(
+                package_dir, client, book, chunk_size=chunk_size, mappings_dir=mappings, audit_log=audit_log
+            )
+        except FhirLupusError as exc:
+            fail(exc)
+    render_push(result.report)
+    console.print(f"audit: {result.audit}")
+    if not result.report.complete:
+        raise typer.Exit(1)

@@ -1,0 +1,334 @@
+"""Registry packages: build one from a trial (map, keep enrolled subjects, de-identify, validate, write) and
+submit one through the push machinery (planned, journaled, resumable; a second submit writes nothing).
+
+A package directory holds one NDJSON file per resource type (the layout a Bulk Data ``$import`` takes),
+``validation.json`` (every resource validated, the problems listed) and ``manifest.json`` (counts, sha256 of
+every file, FHIR version, mapping version, key id, when it was made). The link table (pseudonym <-> subject id)
+is written beside it, never inside, with mode 600.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fhir_lupus.audit import append_event, default_audit_path
+from fhir_lupus.bundle import dumps
+from fhir_lupus.client import FhirClient, UnsupportedInteraction
+from fhir_lupus.errors import ResourceInvalidError
+from fhir_lupus.mappers._context import Resource
+from fhir_lupus.model import LoadReport, TrialData
+from fhir_lupus.model.lifecycle import load_lifecycle_rules
+from fhir_lupus.pipeline import map_trial
+from fhir_lupus.registry._deidentify import RULES_FILE, LinkRow, deidentify, load_rules
+from fhir_lupus.registry._key import RegistryConfigError, RegistryKey
+from fhir_lupus.sync.journal import Journal
+from fhir_lupus.sync.push import Progress, PushReport, push_resources
+from fhir_lupus.sync.workflow import server_fhir_version
+from fhir_lupus.terminology import default_mappings_dir, load_pack
+from fhir_lupus.validation import FhirVersion, validate_resource
+
+__all__ = [
+    "MANIFEST",
+    "VALIDATION",
+    "Package",
+    "PackageResult",
+    "SubmitResult",
+    "default_link_table",
+    "package_trial",
+    "read_package",
+    "submit_package",
+    "write_package",
+]
+
+MANIFEST = "manifest.json"
+VALIDATION = "validation.json"
+FORMAT = "fhir-lupus registry package"
+FORMAT_VERSION = 1
+FHIR_RELEASES: dict[FhirVersion, str] = {"R4": "4.0.1", "R5": "5.0.0"}
+LINK_COLUMNS = ("pseudonym", "subject_id", "date_shift_days")
+
+
+@dataclass
+class PackageResult:
+    directory: Path
+    link_table: Path
+    manifest: dict[str, Any]
+    problems: list[dict[str, str]]
+    excluded: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {entry["resource_type"]: entry["count"] for entry in self.manifest["files"]}
+
+
+@dataclass
+class Package:
+    directory: Path
+    manifest: dict[str, Any]
+    resources: list[Resource]
+    content_hash: str  # sha256 of manifest.json, which holds the sha256 of every file
+
+
+@dataclass
+class SubmitResult:
+    package: Package
+    report: PushReport
+    audit: str  # the audit log the "registry-submit" event went to
+
+
+def default_link_table(out_dir: Path) -> Path:
+    """``DIR.link.csv`` beside the package directory ``DIR``."""
+    return out_dir.parent / f"{out_dir.name}.link.csv"
+
+
+def package_trial(
+    data: TrialData,
+    report: LoadReport,
+    out_dir: Path,
+    key: RegistryKey,
+    *,
+    link_table: Path | None = None,
+    fhir_version: FhirVersion = "R4",
+    mappings_dir: Path | None = None,
+    made_at: datetime | None = None,
+) -> PackageResult:
+    """Map the trial, keep the enrolled subjects' data (mappings/fhir/lifecycle.yaml), de-identify and write."""
+    result = map_trial(data, report, fhir_version=fhir_version, mappings_dir=mappings_dir)
+    statuses = load_lifecycle_rules(mappings_dir).enrolled
+    enrolled = {row.record.subject_id for row in data.subjects if row.record.status in statuses}
+    return write_package(
+        result.resources,
+        out_dir,
+        key,
+        study=data.study.nct_id,
+        enrolled=enrolled,
+        link_table=link_table,
+        fhir_version=fhir_version,
+        mappings_dir=mappings_dir,
+        made_at=made_at,
+    )
+
+
+def write_package(
+    resources: list[Resource],
+    out_dir: Path,
+    key: RegistryKey,
+    *,
+    study: str,
+    enrolled: Collection[str] | None,
+    link_table: Path | None = None,
+    fhir_version: FhirVersion = "R4",
+    mappings_dir: Path | None = None,
+    made_at: datetime | None = None,
+) -> PackageResult:
+    """De-identify mapped resources, validate every one and write the package and the link table."""
+    link_path = link_table or default_link_table(out_dir)
+    if link_path.resolve().is_relative_to(out_dir.resolve()):
+        raise RegistryConfigError(f"{link_path}: the link table must not be inside the package directory {out_dir}")
+    pack = load_pack(mappings_dir)
+    rules = load_rules(mappings_dir)
+    clean = deidentify(resources, key, pack=pack, study=study, rules=rules, enrolled=enrolled)
+    problems = []
+    for resource in clean.resources:
+        try:
+            validate_resource(resource, fhir_version)
+        except ResourceInvalidError as exc:
+            problems.append({"resource": f"{resource['resourceType']}/{resource['id']}", "problem": str(exc)})
+    files: dict[str, bytes] = {}
+    by_type: dict[str, list[str]] = {}
+    for resource in clean.resources:
+        by_type.setdefault(resource["resourceType"], []).append(dumps(resource, pretty=False))
+    for resource_type in sorted(by_type):
+        files[f"{resource_type}.ndjson"] = ("\n".join(by_type[resource_type]) + "\n").encode("utf-8")
+    validation = {"fhir_version": FHIR_RELEASES[fhir_version], "validated": len(clean.resources), "problems": problems}
+    files[VALIDATION] = dumps(validation).encode("utf-8")
+    rules_path = (mappings_dir or default_mappings_dir()) / RULES_FILE
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "study": study,
+        "fhir_version": FHIR_RELEASES[fhir_version],
+        "mapping_version": pack.project.mapping_version,
+        "deidentification_rules_sha256": _sha256(rules_path.read_bytes()),
+        "key_id": key.key_id,
+        "made_at": (made_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "subjects": len(clean.links),
+        "resources": len(clean.resources),
+        "files": [
+            {
+                "resource_type": resource_type,
+                "file": f"{resource_type}.ndjson",
+                "count": len(by_type[resource_type]),
+                "sha256": _sha256(files[f"{resource_type}.ndjson"]),
+            }
+            for resource_type in sorted(by_type)
+        ],
+        "validation": {"file": VALIDATION, "sha256": _sha256(files[VALIDATION]), "problems": len(problems)},
+    }
+    files[MANIFEST] = dumps(manifest).encode("utf-8")
+    _replace_directory(out_dir, files)
+    _write_link_table(link_path, clean.links)
+    return PackageResult(out_dir, link_path, manifest, problems, clean.excluded)
+
+
+def read_package(directory: Path) -> Package:
+    """The package's resources, after checking every file against the manifest (count and sha256)."""
+    manifest_path = directory / MANIFEST
+    try:
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
+    except OSError as exc:
+        raise RegistryConfigError(f"{manifest_path}: cannot read the manifest: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise RegistryConfigError(f"{manifest_path}: not JSON: {exc}") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise RegistryConfigError(f"{manifest_path}: not a {FORMAT} (format version {FORMAT_VERSION})")
+    listed = {entry["file"] for entry in manifest["files"]}
+    unlisted = sorted(p.name for p in directory.glob("*.ndjson") if p.name not in listed)
+    if unlisted:
+        raise RegistryConfigError(f"{directory}: files not in the manifest: {', '.join(unlisted)}")
+    resources: list[Resource] = []
+    for entry in manifest["files"]:
+        path = directory / entry["file"]
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise RegistryConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if _sha256(content) != entry["sha256"]:
+            raise RegistryConfigError(f"{path}: sha256 differs from the manifest: the package was changed")
+        lines = [line for line in content.decode("utf-8").splitlines() if line.strip()]
+        if len(lines) != entry["count"]:
+            raise RegistryConfigError(f"{path}: {len(lines)} resources, the manifest says {entry['count']}")
+        for number, line in enumerate(lines, start=1):
+            resource = json.loads(line)
+            if resource.get("resourceType") != entry["resource_type"]:
+                raise RegistryConfigError(f"{path}:{number}: not a {entry['resource_type']}")
+            resources.append(resource)
+    return Package(directory, manifest, resources, _sha256(raw))
+
+
+def submit_package(
+    directory: Path,
+    client: FhirClient,
+    journal: Journal,
+    *,
+    chunk_size: int = 500,
+    progress: Progress | None = None,
+    mappings_dir: Path | None = None,
+    audit_log: Path | None = None,
+) -> SubmitResult:
+    """Push a package's resources (``push_resources``: idempotent, resumable through the journal)."""
+    package = read_package(directory)
+    release = package.manifest["fhir_version"]
+    version = server_fhir_version(client)
+    if FHIR_RELEASES[version] != release:
+        raise UnsupportedInteraction(f"the package is FHIR {release}, the server speaks {FHIR_RELEASES[version]}")
+    try:
+        report = push_resources(
+            package.resources,
+            client,
+            journal,
+            source=f"fhir-lupus registry package {package.manifest['study']} (key {package.manifest['key_id']})",
+            mapping_version=package.manifest["mapping_version"],
+            chunk_size=chunk_size,
+            progress=progress,
+            mappings_dir=mappings_dir,
+        )
+    except Exception as exc:  # the trail shows the attempt too; the journal knows what was confirmed
+        _audit(package, client.base_url, {}, f"failed: {type(exc).__name__}", {}, journal, audit_log)
+        raise
+    counts = {
+        "total": report.total,
+        "created": report.created,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "problems": len(report.problems),
+    }
+    outcome = "complete" if report.complete else "incomplete"
+    path = _audit(package, report.server, counts, outcome, {"push_id": report.push_id}, journal, audit_log)
+    return SubmitResult(package, report, audit=path)
+
+
+def _audit(
+    package: Package,
+    server: str,
+    counts: Mapping[str, int],
+    outcome: str,
+    details: Mapping[str, str],
+    journal: Journal,
+    audit_log: Path | None,
+) -> str:
+    """A "registry-submit" entry in the hash-chained audit trail (beside the journal unless ``audit_log``).
+
+    Its content hash is the SHA-256 of the package's manifest.json, which holds the SHA-256 of every file.
+    """
+    path = audit_log if audit_log is not None else default_audit_path(journal.path)
+    entry = append_event(
+        path,
+        "registry-submit",
+        server=server,
+        counts=counts,
+        content_hash=package.content_hash,
+        details={"study": package.manifest["study"], "key_id": package.manifest["key_id"], **details},
+        outcome=outcome,
+        mapping_version=package.manifest["mapping_version"],
+    )
+    journal.set_audit_head(path, entry["seq"], entry["hash"])  # so `audit verify --journal` sees a cut-off log
+    return str(path)
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _replace_directory(out_dir: Path, files: Mapping[str, bytes]) -> None:
+    """Write the files to a new directory and put it in place of ``out_dir`` (only if that is a package)."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise RegistryConfigError(f"{out_dir}: exists and is not a directory")
+        foreign = [p.name for p in out_dir.iterdir() if p.name not in (MANIFEST, VALIDATION) and p.suffix != ".ndjson"]
+        if foreign or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists()):
+            raise RegistryConfigError(f"{out_dir}: not empty and not a registry package; choose another -o")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def _write_link_table(path: Path, links: list[LinkRow]) -> None:
+    """pseudonym, subject_id, date_shift_days; mode 600 from the start (never readable by others)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LINK_COLUMNS)
+    for link in sorted(links, key=lambda row: row.subject_id):
+        writer.writerow((link.pseudonym, link.subject_id, link.date_shift_days))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(buffer.getvalue())
+        os.chmod(staging, 0o600)
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            staging.unlink()

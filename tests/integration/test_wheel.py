@@ -1,0 +1,137 @@
+"""The built wheel works outside the checkout: installed into a fresh venv, run from another directory.
+
+No FHIR server is needed; the test is in the integration group because building and installing a wheel and
+mapping the whole example trial take about half a minute. The wheel is built from a copy of the sources that
+packaging uses (pyproject.toml, setup.py, README.md, fhir_lupus/, mappings/), so the build leaves nothing in the
+checkout. The fresh venv gets the wheel alone (``--no-deps``) and finds the dependencies in the project's venv
+through a .pth line placed after its own site-packages: the installed fhir_lupus, not the checkout's, is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import EXAMPLE, REPO
+
+pytestmark = pytest.mark.integration
+
+PACKAGING = ("pyproject.toml", "setup.py", "README.md", "fhir_lupus", "mappings")
+
+
+@dataclass(frozen=True)
+class Installed:
+    venv: Path
+    site: Path
+    cwd: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.venv / "bin" / args[0]), *args[1:]],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _check(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert done.returncode == 0, f"{done.args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    for name in PACKAGING:
+        origin = REPO / name
+        if origin.is_dir():
+            shutil.copytree(origin, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            src.mkdir(exist_ok=True)
+            shutil.copy2(origin, src / name)
+    dist = tmp / "dist"
+    _check(subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
+                          capture_output=True, text=True, timeout=600))  # fmt: skip
+    (wheel,) = dist.glob("fhir_lupus-*.whl")
+    venv = tmp / "venv"
+    _check(subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True))
+    python = venv / "bin" / "python"
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)]
+    _check(subprocess.run(install, capture_output=True, text=True, timeout=600))
+    site = Path(
+        _check(
+            subprocess.run(
+                [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                capture_output=True,
+                text=True,
+            )
+        ).stdout.strip()
+    )
+    (site / "zz_project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    cwd = tmp / "elsewhere"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("FHIR_LUPUS_MAPPINGS", "FHIR_LUPUS_ROOT", "PYTHONPATH")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return Installed(venv, site, cwd, env)
+
+
+def test_the_installed_package_reads_its_packaged_mappings(installed: Installed) -> None:
+    probe = (
+        "import fhir_lupus, fhir_lupus.terminology as t; print(fhir_lupus.__file__); print(t.default_mappings_dir())"
+    )
+    package, mappings = _check(installed.run("python", "-c", probe)).stdout.split()
+    assert Path(package).is_relative_to(installed.site), package
+    assert Path(mappings) == installed.site / "fhir_lupus" / "_mappings"
+    shipped = sorted(p.relative_to(mappings).as_posix() for p in Path(mappings).rglob("*.yaml"))
+    assert shipped == sorted(p.relative_to(REPO / "mappings").as_posix() for p in (REPO / "mappings").rglob("*.yaml"))
+
+
+def test_validate_and_map_from_another_directory(installed: Installed) -> None:
+    _check(installed.run("fhir-lupus", "validate", str(EXAMPLE)))
+    _check(installed.run("fhir-lupus", "map", str(EXAMPLE), "-o", "bundle.json"))
+    assert (installed.cwd / "bundle.json").stat().st_size > 1_000_000
+
+
+def test_mappings_option_still_overrides_the_packaged_copy(installed: Installed) -> None:
+    own = installed.cwd / "my-mappings"
+    own.mkdir(exist_ok=True)
+    done = installed.run("fhir-lupus", "validate", str(EXAMPLE), "--mappings", str(own))
+    assert done.returncode == 2
+    assert f"{own}/project.yaml" in " ".join(done.stderr.split()), done.stderr
+
+
+def test_registry_package_from_another_directory(installed: Installed) -> None:
+    if installed.run("fhir-lupus", "registry", "--help").returncode != 0:
+        pytest.skip("the installed wheel has no `fhir-lupus registry` command yet (issue 10, item 1)")
+    env = {**installed.env, "FHIR_LUPUS_REGISTRY_KEY": "wheel-test-key-0123456789abcdef"}
+    done = subprocess.run(
+        [str(installed.venv / "bin" / "fhir-lupus"), "registry", "package", str(EXAMPLE), "-o", "pkg"],
+        cwd=installed.cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    _check(done)
+    assert (installed.cwd / "pkg" / "manifest.json").is_file()
+
+
+def test_demo_says_it_needs_a_checkout(installed: Installed) -> None:
+    done = installed.run("fhir-lupus", "demo")
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2, message
+    assert "needs a checkout of the repository" in message
+    assert "examples/nct00698191" in message and "servers" in message and "--server URL" in message
+    started = installed.run("python", "-m", "fhir_lupus.devserver", "start", "medplum")
+    assert started.returncode == 2
+    assert "servers/medplum/run.sh not found" in started.stderr

@@ -1,0 +1,80 @@
+"""Where the mappings come from (FHIR_LUPUS_MAPPINGS, the checkout, the wheel's copy) and what needs a checkout."""
+
+from __future__ import annotations
+
+import importlib.resources
+import zipfile
+from pathlib import Path
+
+import pytest
+from support import REPO
+from typer.testing import CliRunner
+
+from fhir_lupus import devserver
+from fhir_lupus.cli import app
+from fhir_lupus.errors import MappingError
+from fhir_lupus.terminology import _pack, default_mappings_dir
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def installed_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The package as a wheel installs it: site-packages/fhir_lupus/_mappings, no pyproject.toml or mappings/."""
+    site = tmp_path / "site-packages"
+    (site / "fhir_lupus" / "_mappings").mkdir(parents=True)
+    monkeypatch.delenv("FHIR_LUPUS_MAPPINGS", raising=False)
+    monkeypatch.setattr(_pack, "__file__", str(site / "fhir_lupus" / "terminology" / "_pack.py"))
+    monkeypatch.setattr(importlib.resources, "files", lambda package: site / package)
+    return site
+
+
+def test_from_a_checkout_the_top_level_mappings_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FHIR_LUPUS_MAPPINGS", raising=False)
+    assert default_mappings_dir() == REPO / "mappings"
+
+
+def test_without_a_checkout_the_packaged_copy_is_used(installed_layout: Path) -> None:
+    assert _pack.checkout_mappings_dir() is None
+    assert default_mappings_dir() == installed_layout / "fhir_lupus" / "_mappings"
+
+
+def test_a_mappings_dir_beside_site_packages_is_not_taken_for_a_checkout(installed_layout: Path) -> None:
+    (installed_layout / "mappings").mkdir()  # some other distribution's top-level "mappings": no pyproject.toml
+    assert default_mappings_dir() == installed_layout / "fhir_lupus" / "_mappings"
+
+
+def test_the_environment_wins(installed_layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIR_LUPUS_MAPPINGS", str(tmp_path / "own"))
+    assert default_mappings_dir() == tmp_path / "own"
+
+
+def test_a_packaged_copy_inside_a_zip_is_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "fhir_lupus.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("fhir_lupus/_mappings/project.yaml", "{}")
+    monkeypatch.setattr(importlib.resources, "files", lambda package: zipfile.Path(archive, f"{package}/"))
+    with pytest.raises(MappingError, match="pass --mappings DIR or set FHIR_LUPUS_MAPPINGS"):
+        _pack.packaged_mappings_dir()
+
+
+def test_demo_outside_a_checkout_says_what_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIR_LUPUS_ROOT", str(tmp_path))
+    result = runner.invoke(app, ["demo", "--server", "http://127.0.0.1:9/fhir"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "needs a checkout of the repository (examples/nct00698191 not found" in message
+    assert "--server URL --data DIR" in message
+    result = runner.invoke(app, ["demo", "--data", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "(servers not found" in " ".join(result.output.split())
+
+
+def test_starting_a_server_outside_a_checkout_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FHIR_LUPUS_ROOT", str(tmp_path))
+    with pytest.raises(devserver.CheckoutMissing, match=r"servers/hapi/run\.sh not found"):
+        devserver.start("hapi")
+    assert list(tmp_path.iterdir()) == []
+    assert devserver.main(["start", "medplum"]) == 2
