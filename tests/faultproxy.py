@@ -47,7 +47,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -175,6 +175,16 @@ class Response:
 
 
 # --------------------------------------------------------------------------------------------------- rules
+
+
+class MatchWhere(TypedDict, total=False):
+    """The keywords every rule helper takes to say which requests it applies to (see :class:`Match`)."""
+
+    method: str | None
+    path: str | None
+    prefix: str | None
+    regex: str | re.Pattern[str] | None
+    where: Callable[[Request], bool] | None
 
 
 @dataclass(frozen=True)
@@ -472,69 +482,47 @@ class FaultProxy:
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         body: bytes | str = b"",
         *,
-        method: str | None = None,
-        path: str | None = None,
-        prefix: str | None = None,
-        regex: str | re.Pattern[str] | None = None,
-        where: Callable[[Request], bool] | None = None,
         times: int | None = 1,
+        **match: Unpack[MatchWhere],
     ) -> Rule:
         """Answer matching requests without forwarding (e.g. 503, or 429 with ``Retry-After: 1``)."""
-        return self.add_rule(
-            Respond(Response(status, headers, body)), Match.of(method, path, prefix, regex, where), times=times
-        )
+        return self.add_rule(Respond(Response(status, headers, body)), Match.of(**match), times=times)
 
     def delay(
         self,
         seconds: float,
         *,
         after_forward: bool = True,
-        method: str | None = None,
-        path: str | None = None,
-        prefix: str | None = None,
-        regex: str | re.Pattern[str] | None = None,
-        where: Callable[[Request], bool] | None = None,
         times: int | None = 1,
+        **match: Unpack[MatchWhere],
     ) -> Rule:
         """Hold the answer (or, with ``after_forward=False``, the request) for ``seconds``; see :class:`Delay`."""
-        return self.add_rule(Delay(seconds, after_forward), Match.of(method, path, prefix, regex, where), times=times)
+        return self.add_rule(Delay(seconds, after_forward), Match.of(**match), times=times)
 
     def reset_after_forward(
         self,
         *,
-        method: str | None = None,
-        path: str | None = None,
-        prefix: str | None = None,
-        regex: str | re.Pattern[str] | None = None,
-        where: Callable[[Request], bool] | None = None,
         times: int | None = 1,
+        **match: Unpack[MatchWhere],
     ) -> Rule:
         """Let the server commit, then reset the client connection; see :class:`ResetAfterForward`."""
-        return self.add_rule(ResetAfterForward(), Match.of(method, path, prefix, regex, where), times=times)
+        return self.add_rule(ResetAfterForward(), Match.of(**match), times=times)
 
     def reset_before_forward(
         self,
         *,
-        method: str | None = None,
-        path: str | None = None,
-        prefix: str | None = None,
-        regex: str | re.Pattern[str] | None = None,
-        where: Callable[[Request], bool] | None = None,
         times: int | None = 1,
+        **match: Unpack[MatchWhere],
     ) -> Rule:
         """Reset the client connection without forwarding; see :class:`ResetBeforeForward`."""
-        return self.add_rule(ResetBeforeForward(), Match.of(method, path, prefix, regex, where), times=times)
+        return self.add_rule(ResetBeforeForward(), Match.of(**match), times=times)
 
     def intercept(
         self,
         hook: Callable[[Request], Response | None],
         *,
-        method: str | None = None,
-        path: str | None = None,
-        prefix: str | None = None,
-        regex: str | re.Pattern[str] | None = None,
-        where: Callable[[Request], bool] | None = None,
         times: int | None = None,
+        **match: Unpack[MatchWhere],
     ) -> Rule:
         """Consult ``hook`` for matching requests; see :class:`Intercept`.
 
@@ -542,7 +530,7 @@ class FaultProxy:
         gateway that silently stopped checking after its first 401 would make tests pass for the wrong reason.
         ``times`` counts answers only; requests the hook lets through do not use it up.
         """
-        return self.add_rule(Intercept(hook), Match.of(method, path, prefix, regex, where), times=times)
+        return self.add_rule(Intercept(hook), Match.of(**match), times=times)
 
     def remove_rule(self, rule: Rule) -> None:
         """Withdraw one rule (no error when it is already gone)."""

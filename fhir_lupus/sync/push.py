@@ -52,6 +52,7 @@ class PushReport(ApplyCounts):
     provenance: str | None = None
     provenance_missing: list[str] = field(default_factory=list)
     earlier_provenance: list[str] = field(default_factory=list)
+    content_hashes: list[str] = field(default_factory=list)  # one per resource offered, as the plans computed them
 
     @property
     def written(self) -> int:
@@ -214,6 +215,7 @@ def push_resources(
             applier.routes = planner.routes
             _record_settled(plan, journal, server, report.push_id)
             _count_plan(plan, report)
+            report.content_hashes.extend(item.digest for item in plan.items)
             advance(sum(1 for item in plan.items if item.action not in ("create", "update")))
             applier.apply(plan)
         status = "completed"

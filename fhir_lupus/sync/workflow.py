@@ -122,7 +122,6 @@ def push_trial(
     outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server.
     """
     result = map_trial(data, report, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
-    digest = digest_of(content_hash(resource) for resource in result.resources)
     audit = functools.partial(_audit, audit_log, journal, "push", server=client.base_url, mappings_dir=mappings_dir)
     try:
         pushed = push_resources(
@@ -140,13 +139,15 @@ def push_trial(
         )
     except Exception as exc:
         counts = {"total": len(result.resources)}
+        digest = digest_of(content_hash(resource) for resource in result.resources)
         audit(counts=counts, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
         raise
     details = {"push_id": pushed.push_id, "strategy": str(pushed.strategy or "")}
     if pushed.provenance:
         details["provenance"] = pushed.provenance
     outcome = "complete" if pushed.complete else "incomplete"
-    audit(counts=_push_counts(pushed), digest=digest, outcome=outcome, details=details)
+    # the plans hashed every resource offered once already: the digest is made of those hashes
+    audit(counts=_push_counts(pushed), digest=digest_of(pushed.content_hashes), outcome=outcome, details=details)
     return pushed
 
 
