@@ -17,7 +17,6 @@ server already has, or logical references by identifier for types that are not w
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.mappers._context import Resource
-from fhir_lupus.terminology import default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import load_mapping_file
 
 __all__ = [
     "DEPENDENCY_ORDER",
@@ -87,10 +86,8 @@ class MatchingRules(BaseModel):
         return self.search.get(resource_type, self.default_search)
 
 
-@functools.lru_cache(maxsize=8)
 def load_matching_rules(mappings_dir: Path | None = None) -> MatchingRules:
-    path = (mappings_dir or default_mappings_dir()) / "fhir" / "matching.yaml"
-    return parse_model(MatchingRules, path, read_yaml(path))
+    return load_mapping_file(MatchingRules, "fhir/matching.yaml", mappings_dir)
 
 
 def local_ref(resource: Resource) -> str:

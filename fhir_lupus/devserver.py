@@ -1,4 +1,6 @@
-"""Start and stop the real FHIR servers kept in servers/ (HAPI FHIR JPA, Medplum's engine) on loopback.
+"""Start and stop the real servers kept in servers/ on loopback: HAPI FHIR JPA and Medplum's engine (FHIR), and
+oidc-provider (an OAuth authorization server for the SMART Backend Services tests; it answers discovery, not
+``/fhir/metadata``, and its URL is its issuer).
 
 Used by ``fhir-lupus demo``, the integration tests and ``scripts/fhir-server``. Each server directory has a
 ``run.sh PORT`` that builds what it needs and runs the server in the foreground; here it is started in its
@@ -18,12 +20,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.errors import FhirLupusError
 
 __all__ = ["SERVERS", "CheckoutMissing", "ServerHandle", "checkout_missing", "repo_root", "start", "stop"]
 
-SERVERS = {"hapi": 18080, "medplum": 18103}  # name -> default loopback port
+SERVERS = {"hapi": 18080, "medplum": 18103, "oidc": 18090}  # name -> default loopback port
+AUTH_SERVERS = frozenset({"oidc"})  # not FHIR servers: base URL without /fhir, ready when discovery answers
 
 
 def repo_root() -> Path:
@@ -74,18 +79,27 @@ def start(name: str, port: int | None = None, *, timeout: float = 900.0, state_d
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() ends the JVM / node child too
         )
-    url = f"http://127.0.0.1:{port}/fhir"
+    url = f"http://127.0.0.1:{port}" + ("" if name in AUTH_SERVERS else "/fhir")
     handle = ServerHandle(name, url, process.pid, log)
     (state / f"{name}.json").write_text(json.dumps({"url": url, "pid": process.pid, "log": str(log)}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode} before answering; log {log}:\n{_tail(log)}")
-        if _answers(url):
+        if _discovers(url) if name in AUTH_SERVERS else _answers(url):
             return handle
         time.sleep(0.5)
     stop(handle)
-    raise RuntimeError(f"{name} did not answer {url}/metadata within {timeout:.0f} s; log {log}:\n{_tail(log)}")
+    raise RuntimeError(f"{name} did not answer {url} within {timeout:.0f} s; log {log}:\n{_tail(log)}")
+
+
+def _discovers(issuer: str) -> bool:
+    """True once an authorization server serves its discovery document (one quick try)."""
+    try:
+        response = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=5.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
 
 
 def _answers(url: str) -> bool:
@@ -105,6 +119,8 @@ def stop(handle: ServerHandle, *, grace: float = 20.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # reap our own child: a zombie would look alive to killpg
+            os.waitpid(handle.pid, os.WNOHANG)
         try:
             os.killpg(handle.pid, 0)
         except ProcessLookupError:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from fhir_lupus.errors import MappingError, ResourceInvalidError
-from fhir_lupus.terminology import default_mappings_dir, read_yaml
+from fhir_lupus.terminology import mappings_root, read_yaml
 
 __all__ = ["FhirVersion", "check_invariants", "validate_resource"]
 
@@ -32,12 +32,15 @@ class _Invariant:
     check: Callable[[dict[str, Any], dict[str, Any]], list[Any]]
 
 
-@functools.lru_cache(maxsize=2)
 def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant, ...]]:
+    return _invariants_at(mappings_root(mappings_dir) / "fhir" / "invariants.yaml")
+
+
+@functools.lru_cache(maxsize=2)
+def _invariants_at(path: Path) -> dict[str, tuple[_Invariant, ...]]:
     from fhirpathpy import compile as compile_fhirpath
     from fhirpathpy.models import models
 
-    path = (mappings_dir or default_mappings_dir()) / "fhir" / "invariants.yaml"
     compiled: dict[str, tuple[_Invariant, ...]] = {}
     for resource_type, entries in (read_yaml(path) or {}).items():
         items = []

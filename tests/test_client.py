@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhir_lupus.client import (
+    AuthenticationRefused,
     BearerAuth,
     Capabilities,
     FatalHttpError,
@@ -342,6 +343,144 @@ class TestAuth:
     def test_algorithm_is_restricted(self) -> None:
         with pytest.raises(ValueError, match="RS384 or ES384"):
             SmartBackendAuth(token_url="u", client_id="c", private_key_pem=b"", algorithm="HS256")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("expires_in", "used_for"), [(3600, 3570), (300, 270), (60, 54), (30, 27), (5, 4.5), (1, 0.9), (0, 0)]
+    )
+    def test_renewal_margin_is_30_s_or_a_tenth_of_a_short_token(self, expires_in: float, used_for: float) -> None:
+        assert SmartBackendAuth.lifetime(expires_in) == pytest.approx(used_for)
+
+    @respx.mock
+    def test_short_lived_token_is_reused_until_its_margin(self) -> None:
+        """Before the margin was proportional, a token of 30 s or less was never valid: a token per request."""
+        pem, _ = _rsa_pem()
+        now = [1_000_000.0]
+        auth = SmartBackendAuth(
+            token_url="https://auth.test/token", client_id="c", private_key_pem=pem, clock=lambda: now[0]
+        )
+        token_route = respx.post("https://auth.test/token").mock(
+            return_value=httpx.Response(200, json={"access_token": "t", "expires_in": 20})
+        )
+        respx.get(f"{BASE}/Patient/1").mock(return_value=httpx.Response(200, json={"resourceType": "Patient"}))
+        client = FhirClient(BASE, auth=auth, transport=httpx.HTTPTransport())
+        client.read("Patient", "1")
+        now[0] += 17.9
+        client.read("Patient", "1")
+        assert token_route.call_count == 1
+        now[0] += 0.2  # 18.1 s: inside the last tenth of its life, renewed before the server would refuse it
+        client.read("Patient", "1")
+        assert token_route.call_count == 2
+
+    @respx.mock
+    def test_persistent_401_after_reauthentication_says_what_to_check(self) -> None:
+        pem, _ = _rsa_pem()
+        auth = SmartBackendAuth(token_url="https://auth.test/token", client_id="lupus", private_key_pem=pem)
+        respx.post("https://auth.test/token").mock(
+            return_value=httpx.Response(200, json={"access_token": "secret-token-value", "expires_in": 300})
+        )
+        challenge = 'Bearer error="invalid_token", error_description="not from an issuer we trust"'
+        respx.get(f"{BASE}/Patient/1").mock(
+            return_value=httpx.Response(401, json=outcome("no"), headers={"WWW-Authenticate": challenge})
+        )
+        with pytest.raises(AuthenticationRefused) as caught:
+            FhirClient(BASE, auth=auth, transport=httpx.HTTPTransport()).read("Patient", "1")
+        message = str(caught.value)
+        assert "https://auth.test/token" in message and "'lupus'" in message and challenge in message
+        assert "secret-token-value" not in message and "\n" not in message and caught.value.status == 401
+
+    @pytest.mark.parametrize(
+        ("status", "body", "expected"),
+        [
+            (401, {"error": "invalid_client", "error_description": "client authentication failed"}, "JWKS"),
+            (400, {"error": "invalid_client"}, "registered at this authorization server"),
+            (400, {"error": "invalid_scope", "error_description": "requested scope is not allowed"}, "scopes"),
+            (403, {"no": "oauth"}, "check the client registration"),
+        ],
+    )
+    @respx.mock
+    def test_token_refusal_is_authentication_refused_naming_url_client_and_error(
+        self, status: int, body: dict[str, str], expected: str
+    ) -> None:
+        pem, _ = _rsa_pem()
+        auth = SmartBackendAuth(token_url="https://auth.test/token", client_id="lupus", private_key_pem=pem)
+        respx.post("https://auth.test/token").mock(return_value=httpx.Response(status, json=body))
+        with pytest.raises(AuthenticationRefused) as caught:
+            FhirClient(BASE, auth=auth, transport=httpx.HTTPTransport()).read("Patient", "1")
+        message = str(caught.value)
+        assert message.startswith(f"POST https://auth.test/token -> {status}: authentication refused: ")
+        assert "client 'lupus'" in message and expected in message, message
+        if "error" in body:
+            assert body["error"] in message and body.get("error_description", "") in message
+
+    @respx.mock
+    def test_token_endpoint_outage_is_transient_not_refused(self) -> None:
+        pem, _ = _rsa_pem()
+        auth = SmartBackendAuth(token_url="https://auth.test/token", client_id="c", private_key_pem=pem)
+        respx.post("https://auth.test/token").mock(return_value=httpx.Response(503, text="down"))
+        client = FhirClient(BASE, auth=auth, transport=httpx.HTTPTransport(), retry=RetryPolicy(attempts=1))
+        with pytest.raises(TransientHttpError):
+            client.read("Patient", "1")
+
+    @respx.mock
+    def test_token_endpoint_is_discovered_once_from_the_smart_configuration(self) -> None:
+        pem, public = _rsa_pem()
+        auth = SmartBackendAuth(fhir_base=BASE, client_id="lupus", private_key_pem=pem)
+        discovery = respx.get(f"{BASE}/.well-known/smart-configuration").mock(
+            return_value=httpx.Response(
+                200,
+                json={
+                    "token_endpoint": "https://auth.test/moved/token",
+                    "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                    "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+                },
+            )
+        )
+        token_route = respx.post("https://auth.test/moved/token").mock(
+            return_value=httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+        )
+        respx.get(f"{BASE}/Patient/1").mock(return_value=httpx.Response(200, json={"resourceType": "Patient"}))
+        client = FhirClient(BASE, auth=auth, transport=httpx.HTTPTransport())
+        client.read("Patient", "1")
+        client.read("Patient", "1")
+        assert discovery.call_count == 1 and token_route.call_count == 1
+        form = dict(httpx.QueryParams(token_route.calls[0].request.content.decode()))
+        claims = jwt.decode(form["client_assertion"], public, algorithms=["RS384"], audience=auth.token_url)
+        assert claims["aud"] == "https://auth.test/moved/token"  # the assertion is for the discovered endpoint
+
+    @pytest.mark.parametrize(
+        ("status", "config", "error", "expected"),
+        [
+            (404, {}, FatalHttpError, "answered 404"),
+            (200, {"issuer": "x"}, FatalHttpError, "no token_endpoint"),
+            (
+                200,
+                {"token_endpoint": "https://a/t", "token_endpoint_auth_methods_supported": ["client_secret_basic"]},
+                AuthenticationRefused,
+                "does not accept private_key_jwt",
+            ),
+            (
+                200,
+                {"token_endpoint": "https://a/t", "token_endpoint_auth_signing_alg_values_supported": ["ES384"]},
+                AuthenticationRefused,
+                "does not accept RS384 assertions",
+            ),
+        ],
+    )
+    @respx.mock
+    def test_discovery_that_cannot_serve_us_says_so(
+        self, status: int, config: dict[str, object], error: type[Exception], expected: str
+    ) -> None:
+        pem, _ = _rsa_pem()
+        auth = SmartBackendAuth(fhir_base=BASE + "/", client_id="c", private_key_pem=pem)
+        respx.get(f"{BASE}/.well-known/smart-configuration").mock(return_value=httpx.Response(status, json=config))
+        fhir = respx.get(f"{BASE}/Patient/1").mock(return_value=httpx.Response(200, json={}))
+        with pytest.raises(error, match=expected) as caught:
+            FhirClient(BASE, auth=auth, transport=httpx.HTTPTransport()).read("Patient", "1")
+        assert "smart-configuration" in str(caught.value) and fhir.call_count == 0
+
+    def test_without_token_url_or_fhir_base_is_a_usage_error(self) -> None:
+        with pytest.raises(ValueError, match="token URL"):
+            SmartBackendAuth(client_id="c", private_key_pem=b"")
 
 
 class TestCapabilities:

@@ -49,6 +49,29 @@ def test_the_environment_wins(installed_layout: Path, tmp_path: Path, monkeypatc
     assert default_mappings_dir() == tmp_path / "own"
 
 
+def test_a_change_of_the_environment_within_one_process_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loaders cache by the directory they resolved, not by "the default": a process that reads the checkout's
+    pack and then sets FHIR_LUPUS_MAPPINGS to its own must get its own (a stale pack once mixed another run's
+    identifier systems into the demo's push)."""
+    from support import isolated_mappings_copy
+
+    from fhir_lupus.bundle import load_matching_rules
+    from fhir_lupus.terminology import load_pack
+
+    monkeypatch.delenv("FHIR_LUPUS_MAPPINGS", raising=False)
+    checkout = load_pack()
+    rules = load_matching_rules()
+    own = isolated_mappings_copy(tmp_path / "own", "t/own")
+    monkeypatch.setenv("FHIR_LUPUS_MAPPINGS", str(own))
+    assert load_pack().root == own.resolve() != checkout.root
+    assert load_pack().identifier_system("study", study="") != checkout.identifier_system("study", study="")
+    assert load_matching_rules() is not rules and load_matching_rules() == load_matching_rules(own)
+    monkeypatch.delenv("FHIR_LUPUS_MAPPINGS")
+    assert load_pack() is checkout  # still read once per directory
+
+
 def test_a_packaged_copy_inside_a_zip_is_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = tmp_path / "fhir_lupus.zip"
     with zipfile.ZipFile(archive, "w") as zipped:

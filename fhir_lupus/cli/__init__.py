@@ -8,6 +8,7 @@ from fhir_lupus.cli._audit import app as audit_app
 from fhir_lupus.cli._demo import demo
 from fhir_lupus.cli._mapping import map_command, validate
 from fhir_lupus.cli._registry import registry_app
+from fhir_lupus.cli._report import report
 from fhir_lupus.cli._safety import safety
 from fhir_lupus.cli._schedule import schedule
 from fhir_lupus.cli._screen import screen
@@ -22,6 +23,7 @@ app.command()(push)
 app.command()(pull)
 app.command()(demo)
 app.command()(safety)
+app.command()(report)
 app.command()(schedule)
 app.command()(screen)
 app.add_typer(audit_app, name="audit")

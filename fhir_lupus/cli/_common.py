@@ -2,7 +2,9 @@
 
 Exit codes: 0 success; 1 rows were rejected (unless --allow-rejects), a push did not write everything it was
 asked to (conflicts, refusals, skipped types, a missing Provenance), or the server refused or failed; 2 our
-own usage or configuration error (bad options, unreadable files, inconsistent mappings).
+own usage or configuration error (bad options, unreadable files, inconsistent mappings); 4 authentication
+refused (SMART Backend Services: the token endpoint refused the client id or the key's signature, or the FHIR
+server answered 401 even to a fresh token), so scripts can tell "fix the credentials" from other failures.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, FhirHttpError, SmartBackendAuth, UnsupportedInteraction
+from fhir_lupus.client import (
+    AuthenticationRefused,
+    BasicAuth,
+    BearerAuth,
+    FhirClient,
+    FhirHttpError,
+    SmartBackendAuth,
+    UnsupportedInteraction,
+)
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import LoadReport, TrialData, load_trial, write_quarantine
 from fhir_lupus.screening import screen_trial, screening_findings
@@ -38,8 +48,17 @@ Token = Annotated[str | None, typer.Option("--token", envvar="FHIR_LUPUS_TOKEN",
 Basic = Annotated[str | None, typer.Option("--basic", envvar="FHIR_LUPUS_BASIC", help="user:password for basic auth.")]
 SmartClient = Annotated[str | None, typer.Option("--smart-client-id", help="SMART Backend Services client id.")]
 SmartKey = Annotated[Path | None, typer.Option("--smart-key", help="PEM private key for the client assertion.")]
-SmartTokenUrl = Annotated[str | None, typer.Option("--smart-token-url", help="OAuth token endpoint.")]
+SmartTokenUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--smart-token-url", help="OAuth token endpoint (default: from the server's .well-known/smart-configuration)."
+    ),
+]
 SmartAlg = Annotated[str, typer.Option("--smart-alg", help="RS384 or ES384.")]
+SmartKid = Annotated[
+    str | None, typer.Option("--smart-kid", help="Key id (kid) of --smart-key in the client's registered JWKS.")
+]
+EXIT_AUTH_REFUSED = 4
 CaBundle = Annotated[Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust instead of the system's.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request.")]
 DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
@@ -54,6 +73,7 @@ def make_client(
     smart_key: Path | None = None,
     smart_token_url: str | None = None,
     smart_alg: str = "RS384",
+    smart_kid: str | None = None,
     ca_bundle: Path | None = None,
     timeout: float = 60.0,
 ) -> FhirClient:
@@ -64,15 +84,22 @@ def make_client(
         user, _, password = basic.partition(":")
         auth = BasicAuth(user, password)
     elif smart_client_id or smart_key or smart_token_url:
-        if not (smart_client_id and smart_key and smart_token_url):
-            fail(ValueError("SMART Backend Services needs --smart-client-id, --smart-key and --smart-token-url"))
+        if not (smart_client_id and smart_key):
+            fail(
+                ValueError(
+                    "SMART Backend Services needs --smart-client-id and --smart-key (--smart-token-url "
+                    "is discovered from the server's .well-known/smart-configuration when not given)"
+                )
+            )
         if smart_alg not in ("RS384", "ES384"):
             fail(ValueError("--smart-alg must be RS384 or ES384"))
         auth = SmartBackendAuth(
             token_url=smart_token_url,
+            fhir_base=server,
             client_id=smart_client_id,
             private_key_pem=_read_key(smart_key),
             algorithm="RS384" if smart_alg == "RS384" else "ES384",
+            key_id=smart_kid,
         )
     try:
         return FhirClient(server, auth=auth, timeout=timeout, ca_bundle=str(ca_bundle) if ca_bundle else None)
@@ -142,6 +169,9 @@ def exit_on_rejects(report: LoadReport, allow_rejects: bool) -> None:
 
 
 def fail(exc: Exception) -> NoReturn:
-    """Print the error; exit 1 when the server refused or failed (or lacks what we need), 2 for our own errors."""
+    """Print the error; exit 4 when authentication was refused, 1 when the server refused or failed (or lacks
+    what we need), 2 for our own errors."""
     console.print(f"[red]error:[/red] {exc}", highlight=False)
+    if isinstance(exc, AuthenticationRefused):
+        raise typer.Exit(EXIT_AUTH_REFUSED)
     raise typer.Exit(1 if isinstance(exc, FhirHttpError | UnsupportedInteraction) else 2)

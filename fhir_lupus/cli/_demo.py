@@ -86,5 +86,13 @@ def demo(
     )
     for line in (trip.missing + trip.different + trip.extra)[:10]:
         console.print(f"  {line}")
+    from fhir_lupus.report import write_report  # matplotlib loads only here, at the end of the demo
+
+    try:
+        page = write_report(data, out / "report.html", figures_dir=out / "report_figures")
+    except FhirLupusError as exc:
+        fail(exc)
+    console.print(f"investigator report: {len(page.figures)} figures in {out / 'report_figures'}; page:")
+    typer.echo(str(page.html))
     if not trip.exact:
         raise typer.Exit(1)

@@ -20,6 +20,7 @@ from fhir_lupus.cli._common import (
     SmartAlg,
     SmartClient,
     SmartKey,
+    SmartKid,
     SmartTokenUrl,
     Timeout,
     Token,
@@ -109,6 +110,7 @@ def submit_command(
     smart_key: SmartKey = None,
     smart_token_url: SmartTokenUrl = None,
     smart_alg: SmartAlg = "RS384",
+    smart_kid: SmartKid = None,
     ca_bundle: CaBundle = None,
     timeout: Timeout = 60.0,
 ) -> None:
@@ -121,6 +123,7 @@ def submit_command(
         smart_key=smart_key,
         smart_token_url=smart_token_url,
         smart_alg=smart_alg,
+        smart_kid=smart_kid,
         ca_bundle=ca_bundle,
         timeout=timeout,
     )

@@ -23,6 +23,7 @@ from fhir_lupus.cli._common import (
     SmartAlg,
     SmartClient,
     SmartKey,
+    SmartKid,
     SmartTokenUrl,
     Timeout,
     Token,
@@ -76,6 +77,7 @@ def push(
     smart_key: SmartKey = None,
     smart_token_url: SmartTokenUrl = None,
     smart_alg: SmartAlg = "RS384",
+    smart_kid: SmartKid = None,
     ca_bundle: CaBundle = None,
     timeout: Timeout = 60.0,
 ) -> None:
@@ -94,6 +96,7 @@ def push(
         smart_key=smart_key,
         smart_token_url=smart_token_url,
         smart_alg=smart_alg,
+        smart_kid=smart_kid,
         ca_bundle=ca_bundle,
         timeout=timeout,
     )
@@ -222,6 +225,7 @@ def pull(
     smart_key: SmartKey = None,
     smart_token_url: SmartTokenUrl = None,
     smart_alg: SmartAlg = "RS384",
+    smart_kid: SmartKid = None,
     ca_bundle: CaBundle = None,
     timeout: Timeout = 60.0,
 ) -> None:
@@ -238,6 +242,7 @@ def pull(
         smart_key=smart_key,
         smart_token_url=smart_token_url,
         smart_alg=smart_alg,
+        smart_kid=smart_kid,
         ca_bundle=ca_bundle,
         timeout=timeout,
     )

@@ -4,6 +4,7 @@ from fhir_lupus.client._auth import BasicAuth, BearerAuth, SmartBackendAuth
 from fhir_lupus.client._capability import Capabilities, WriteStrategy
 from fhir_lupus.client._client import FHIR_JSON, FhirClient, location_id, location_version
 from fhir_lupus.client._errors import (
+    AuthenticationRefused,
     FatalHttpError,
     FhirHttpError,
     InvalidResponse,
@@ -21,6 +22,7 @@ from fhir_lupus.client._retry import RetryPolicy, RetryTransport, classify, retr
 
 __all__ = [
     "FHIR_JSON",
+    "AuthenticationRefused",
     "BasicAuth",
     "BearerAuth",
     "Capabilities",

@@ -2,7 +2,14 @@
 
 SMART Backend Services (client_credentials with a private_key_jwt assertion, RS384 or ES384): the token is
 fetched through the same client (so it shares retries and TLS settings), cached until shortly before it
-expires, and a 401 from the FHIR server triggers exactly one re-authentication, which is not a retry.
+expires, and a 401 from the FHIR server triggers exactly one re-authentication, which is not a retry. A second
+401 right after a fresh token, or a token endpoint that refuses us, ends in ``AuthenticationRefused`` with a
+one-line message that says what to check: retrying the same key or client id cannot succeed.
+
+The token endpoint may be given, or discovered from the FHIR server's ``.well-known/smart-configuration`` (SMART
+App Launch 2.x discovery, which Backend Services reuses) on first use: hospitals move their authorization
+servers, and a script that names only the FHIR base keeps working. Discovery also checks that the server says it
+accepts ``private_key_jwt`` with our algorithm, so a mismatch is reported as such rather than as a refused token.
 """
 
 from __future__ import annotations
@@ -39,12 +46,16 @@ class SmartBackendAuth(httpx.Auth):
     """OAuth client_credentials with a signed JWT assertion; one instance per client (not thread-safe)."""
 
     requires_response_body = True
-    EXPIRY_SKEW = 30.0  # renew this many seconds before the token's stated expiry
+    # Renew this long before the token's stated expiry: 30 s, but never more than a tenth of the token's life,
+    # or a token that lives 30 s or less would never count as valid and every request would fetch a new one.
+    EXPIRY_SKEW = 30.0
+    EXPIRY_SKEW_FRACTION = 0.1
 
     def __init__(
         self,
         *,
-        token_url: str,
+        token_url: str | None = None,
+        fhir_base: str | None = None,
         client_id: str,
         private_key_pem: bytes | str,
         algorithm: Literal["RS384", "ES384"] = "RS384",
@@ -54,7 +65,10 @@ class SmartBackendAuth(httpx.Auth):
     ) -> None:
         if algorithm not in ("RS384", "ES384"):
             raise ValueError("SMART Backend Services allows RS384 or ES384")
-        self.token_url = token_url
+        if not token_url and not fhir_base:
+            raise ValueError("SMART Backend Services needs the token URL, or the FHIR base URL to discover it from")
+        self.token_url = token_url or ""  # empty until discovered
+        self.discovery_url = "" if token_url else f"{str(fhir_base).rstrip('/')}/.well-known/smart-configuration"
         self.client_id = client_id
         self._key = private_key_pem
         register_secret(private_key_pem)
@@ -89,11 +103,13 @@ class SmartBackendAuth(httpx.Auth):
         return httpx.Request("POST", self.token_url, data=form, headers={"Accept": "application/json"})
 
     def _store(self, response: httpx.Response) -> None:
-        from fhir_lupus.client._errors import FatalHttpError, server_message
+        from fhir_lupus.client._errors import AuthenticationRefused, FatalHttpError, error_class
 
         if response.status_code != 200:
-            raise FatalHttpError(
-                f"token request refused: {server_message(response.content)}",
+            kind = error_class(response.status_code, "")
+            refused = kind is FatalHttpError  # a 4xx; 5xx were retried already and stay transient
+            raise (AuthenticationRefused if refused else kind)(
+                self._refusal(response),
                 status=response.status_code,
                 method="POST",
                 url=self.token_url,
@@ -107,12 +123,86 @@ class SmartBackendAuth(httpx.Auth):
             ) from None
         self._token = str(token)
         register_secret(self._token)
-        self._expires_at = self._clock() + float(body.get("expires_in", 300)) - self.EXPIRY_SKEW
+        self._expires_at = self._clock() + self.lifetime(float(body.get("expires_in", 300)))
+
+    @classmethod
+    def lifetime(cls, expires_in: float) -> float:
+        """How long we use a token that the server says lives ``expires_in`` seconds (see EXPIRY_SKEW)."""
+        return max(0.0, expires_in - min(cls.EXPIRY_SKEW, cls.EXPIRY_SKEW_FRACTION * expires_in))
+
+    def _refusal(self, response: httpx.Response) -> str:
+        """One line: who refused whom, in the server's own words (OAuth error / error_description), and what to
+        check; the server does not say which of key or client id was wrong (RFC 6749 §5.2 invalid_client)."""
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "error" in body:
+            error = str(body["error"])
+            said = error + (f" ({body['error_description']})" if body.get("error_description") else "")
+        else:
+            from fhir_lupus.client._errors import server_message
+
+            error, said = "", server_message(response.content, limit=200)
+        hints = {
+            "invalid_client": (
+                f"check that --smart-key is the private half of a key in the JWKS registered for client "
+                f"{self.client_id!r} (and --smart-kid / --smart-alg {self.algorithm} match it), and that this "
+                "client id is registered at this authorization server"
+            ),
+            "invalid_scope": f"check the scopes registered for the client (we asked for {self.scope!r})",
+            "unauthorized_client": "check that the client is registered for the client_credentials grant",
+        }
+        hint = hints.get(error, "check the client registration and the token URL")
+        return (
+            f"authentication refused: token endpoint {self.token_url} refused client {self.client_id!r}: "
+            f"{' '.join(said.split())}; {hint}"
+        )
 
     def _valid(self) -> bool:
         return self._token is not None and self._clock() < self._expires_at
 
+    def _discover(self, response: httpx.Response) -> None:
+        """Take the token endpoint from the SMART configuration, after checking that it accepts our assertion."""
+        from fhir_lupus.client._errors import AuthenticationRefused, FatalHttpError, error_class, server_message
+
+        where = {"method": "GET", "url": self.discovery_url}
+        if response.status_code != 200:
+            raise error_class(response.status_code, "")(
+                f"SMART discovery failed: {self.discovery_url} answered {response.status_code} "
+                f"({' '.join(server_message(response.content, limit=200).split())}); pass the token endpoint "
+                "(--smart-token-url)",
+                status=response.status_code,
+                **where,
+            )
+        try:
+            config = json.loads(response.content)
+            token_url = config["token_endpoint"]
+        except (ValueError, KeyError, TypeError):
+            raise FatalHttpError(
+                f"SMART discovery failed: {self.discovery_url} has no token_endpoint; pass --smart-token-url",
+                status=200,
+                **where,
+            ) from None
+        methods = config.get("token_endpoint_auth_methods_supported")
+        algorithms = config.get("token_endpoint_auth_signing_alg_values_supported")
+        if isinstance(methods, list) and "private_key_jwt" not in methods:
+            missing = f"private_key_jwt (it lists {', '.join(map(str, methods))})"
+        elif isinstance(algorithms, list) and self.algorithm not in algorithms:
+            missing = f"{self.algorithm} assertions (it lists {', '.join(map(str, algorithms))}); try --smart-alg"
+        else:
+            self.token_url = str(token_url)
+            return
+        raise AuthenticationRefused(
+            f"authentication refused: the SMART configuration at {self.discovery_url} does not accept {missing}",
+            status=200,
+            **where,
+        )
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if not self.token_url:
+            accept = {"Accept": "application/json"}
+            self._discover((yield httpx.Request("GET", self.discovery_url, headers=accept)))
         if not self._valid():
             self._store((yield self._token_request()))
         request.headers["Authorization"] = f"Bearer {self._token}"
@@ -120,4 +210,18 @@ class SmartBackendAuth(httpx.Auth):
         if response.status_code == 401:
             self._store((yield self._token_request()))
             request.headers["Authorization"] = f"Bearer {self._token}"
-            yield request
+            response = yield request
+            if response.status_code == 401:  # a token fresh from the token endpoint: another would fare no better
+                from fhir_lupus.client._errors import AuthenticationRefused, server_message
+
+                challenge = response.headers.get("WWW-Authenticate", "")
+                raise AuthenticationRefused(
+                    "authentication refused: the FHIR server answered 401 again to a fresh token from "
+                    f"{self.token_url} for client {self.client_id!r}"
+                    + (f" (WWW-Authenticate: {' '.join(challenge.split())})" if challenge else "")
+                    + f": {' '.join(server_message(response.content, limit=200).split())}; check that the server "
+                    "accepts tokens from this authorization server and the scopes granted to the client",
+                    status=401,
+                    method=request.method,
+                    url=str(request.url),
+                )

@@ -7,6 +7,7 @@
           |    +-- PreconditionFailed   412 (or a 400 saying so): a conditional write matched several resources
           |    +-- TooLarge             413, or a 400/422 refusing a Bundle for its number of entries or operations
           |    +-- UnknownSearchParameter  a 400 naming a search parameter the server does not support
+          |    +-- AuthenticationRefused  the token endpoint refused our client, or the server refused a fresh token
           +-- InvalidResponse           the server answered, but not with the FHIR JSON we asked for
           +-- PagingLoopError           a search's next links go round in a circle
      +-- UnsupportedInteraction         the CapabilityStatement says the server cannot do what we need
@@ -27,6 +28,7 @@ from fhir_lupus._logredact import redact_url
 from fhir_lupus.errors import FhirLupusError
 
 __all__ = [
+    "AuthenticationRefused",
     "FatalHttpError",
     "FhirHttpError",
     "InvalidResponse",
@@ -85,6 +87,12 @@ class TooLarge(FatalHttpError):
 
 class UnknownSearchParameter(FatalHttpError):
     """The server does not search by a parameter we used (its CapabilityStatement may have claimed it)."""
+
+
+class AuthenticationRefused(FatalHttpError):
+    """We could not authenticate: the authorization server refused our client (unknown client id, a key that is
+    not in the client's registered JWKS, a scope it may not have), or the FHIR server refused a token fresh from
+    it. Retrying with the same configuration cannot help; the CLI gives it its own exit code."""
 
 
 class InvalidResponse(FhirHttpError):

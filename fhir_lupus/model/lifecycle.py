@@ -9,7 +9,6 @@ The MSC infusion is cross-checked with procedures.csv; a mismatch is a finding, 
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from fhir_lupus.model._records import Finding, LoadReport, Located
 from fhir_lupus.model.entities import StatusChange, Subject, SubjectStatus, TreatmentProcedure
-from fhir_lupus.terminology import CodeRef, default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import CodeRef, load_mapping_file
 
 __all__ = ["STATUS_HISTORY", "LifecycleRules", "check_status_history", "load_lifecycle_rules"]
 
@@ -59,10 +58,8 @@ class LifecycleRules(BaseModel):
         return next((ref for reached, ref in self.milestones.items() if reached == status), None)
 
 
-@functools.lru_cache(maxsize=8)
 def load_lifecycle_rules(mappings_dir: Path | None = None) -> LifecycleRules:
-    path = (mappings_dir or default_mappings_dir()) / "fhir" / "lifecycle.yaml"
-    return parse_model(LifecycleRules, path, read_yaml(path))
+    return load_mapping_file(LifecycleRules, "fhir/lifecycle.yaml", mappings_dir)
 
 
 Problem = tuple[Located[StatusChange], str, str]  # the row, its column, the reason

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fhir_lupus.errors import FhirLupusError, MappingError
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.registry._key import RegistryKey
-from fhir_lupus.terminology import MappingPack, default_mappings_dir, read_yaml
+from fhir_lupus.terminology import MappingPack, mappings_root, read_yaml
 
 __all__ = [
     "DeidentificationError",
@@ -92,9 +92,12 @@ class DeidentificationRules(BaseModel):
         return self
 
 
-@functools.lru_cache(maxsize=4)
 def load_rules(mappings_dir: Path | None = None) -> DeidentificationRules:
-    path = (mappings_dir or default_mappings_dir()) / RULES_FILE
+    return _rules_at(mappings_root(mappings_dir) / RULES_FILE)
+
+
+@functools.lru_cache(maxsize=4)
+def _rules_at(path: Path) -> DeidentificationRules:
     if not path.is_file():
         raise MappingError(f"{path}: mapping file missing")
     try:

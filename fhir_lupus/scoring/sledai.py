@@ -16,7 +16,6 @@ Every descriptor found (assessed, derived, not attributed) is kept with its evid
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -27,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import UnitError
-from fhir_lupus.terminology import default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import load_mapping_file
 from fhir_lupus.terminology.catalogue import LabValue
 from fhir_lupus.terminology.censored import proves_above, proves_below
 from fhir_lupus.terminology.units import UnitConverter
@@ -159,10 +158,8 @@ class SledaiScore:
         return tuple(d for d in self.descriptors if d.source == "derived" and not d.counted)
 
 
-@functools.lru_cache(maxsize=4)
 def load_sledai_definition(mappings_dir: Path | None = None) -> SledaiDefinition:
-    path = (mappings_dir or default_mappings_dir()) / "scoring" / "sledai2k.yaml"
-    return parse_model(SledaiDefinition, path, read_yaml(path))
+    return load_mapping_file(SledaiDefinition, "scoring/sledai2k.yaml", mappings_dir)
 
 
 def score_sledai(

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from fhir_lupus.bundle import ReferenceTarget, entry, references
 from fhir_lupus.client import (
+    AuthenticationRefused,
     FatalHttpError,
     FhirClient,
     FhirHttpError,
@@ -165,7 +166,7 @@ class Applier:
             self._twins(chunk, exc)
             return
         except FatalHttpError as exc:
-            if exc.status not in REFUSAL_STATUS:
+            if exc.status not in REFUSAL_STATUS or isinstance(exc, AuthenticationRefused):  # not about entries
                 raise
             self._isolate(chunk, exc)
             return
@@ -295,7 +296,7 @@ class Applier:
             except PreconditionFailed as exc:
                 self._twins([item], exc)
             except FatalHttpError as exc:
-                if exc.status not in REFUSAL_STATUS or isinstance(exc, TooLarge):
+                if exc.status not in REFUSAL_STATUS or isinstance(exc, TooLarge | AuthenticationRefused):
                     raise
                 self._refuse(item, str(exc))
         return done

@@ -7,7 +7,6 @@ whose Provenance failed (or that was killed) gets it from the next push.
 
 from __future__ import annotations
 
-import functools
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus.client import Capabilities, FhirClient, UnknownSearchParameter, location_id
-from fhir_lupus.terminology import CodeRef, MappingPack, default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import CodeRef, MappingPack, load_mapping_file
 
 __all__ = ["ProvenanceTemplate", "load_provenance_template", "provenance_resource", "write_provenance"]
 
@@ -34,10 +33,8 @@ class ProvenanceTemplate(BaseModel):
     activity_text: str
 
 
-@functools.lru_cache(maxsize=8)
 def load_provenance_template(mappings_dir: Path | None = None) -> ProvenanceTemplate:
-    path = (mappings_dir or default_mappings_dir()) / "fhir" / "provenance.yaml"
-    return parse_model(ProvenanceTemplate, path, read_yaml(path))
+    return load_mapping_file(ProvenanceTemplate, "fhir/provenance.yaml", mappings_dir)
 
 
 def provenance_resource(

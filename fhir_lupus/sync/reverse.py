@@ -12,7 +12,6 @@ Everything that is not a row becomes an UnmappedResult with the reason, so nothi
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fhir_lupus.errors import TerminologyError, UnitError
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.sync.visits import assign_visit
-from fhir_lupus.terminology import CodeChoice, CodeRef, LabCatalogue, default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import CodeChoice, CodeRef, LabCatalogue, load_mapping_file
 
 __all__ = [
     "CodeIndex",
@@ -52,10 +51,8 @@ class PullRules(BaseModel):
     lookback_days_before_anchor: int | None = Field(ge=0)
 
 
-@functools.lru_cache(maxsize=8)
 def load_pull_rules(mappings_dir: Path | None = None) -> PullRules:
-    path = (mappings_dir or default_mappings_dir()) / "fhir" / "pull.yaml"
-    return parse_model(PullRules, path, read_yaml(path))
+    return load_mapping_file(PullRules, "fhir/pull.yaml", mappings_dir)
 
 
 @dataclass(frozen=True)

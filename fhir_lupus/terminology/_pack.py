@@ -28,7 +28,9 @@ __all__ = [
     "ProjectConcept",
     "checkout_mappings_dir",
     "default_mappings_dir",
+    "load_mapping_file",
     "load_pack",
+    "mappings_root",
     "packaged_mappings_dir",
     "parse_model",
     "read_yaml",
@@ -293,10 +295,31 @@ def default_mappings_dir() -> Path:
     return checkout_mappings_dir() or packaged_mappings_dir()
 
 
-@functools.lru_cache(maxsize=8)
+def mappings_root(mappings_dir: Path | None = None) -> Path:
+    """The mappings directory a call means, resolved: the caches below are keyed by it, never by ``None``, so a
+    process that changes FHIR_LUPUS_MAPPINGS between calls (a test, a notebook, a service serving two packs)
+    never gets the pack it read first."""
+    return (mappings_dir or default_mappings_dir()).resolve()
+
+
+def load_mapping_file(model: type[M], relative: str, mappings_dir: Path | None = None) -> M:
+    """One file of mappings/ (``relative`` to its root), read and checked once per process and directory."""
+    parsed: M = _parsed_file(model, mappings_root(mappings_dir) / relative)  # lru_cache erases the type
+    return parsed
+
+
+@functools.lru_cache(maxsize=128)
+def _parsed_file(model: type[M], path: Path) -> M:
+    return parse_model(model, path, read_yaml(path))
+
+
 def load_pack(root: Path | None = None) -> MappingPack:
-    """Load and check mappings/ once per process (the files are small and read-only)."""
-    root = (root or default_mappings_dir()).resolve()
+    """Load and check mappings/ once per process and directory (the files are small and read-only)."""
+    return _pack_at(mappings_root(root))
+
+
+@functools.lru_cache(maxsize=8)
+def _pack_at(root: Path) -> MappingPack:
     term = root / "terminology"
     files: dict[str, tuple[type[BaseModel], Path]] = {
         "project": (ProjectFile, root / "project.yaml"),

@@ -6,13 +6,12 @@ naming the file), before any row is read.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_lupus.terminology._pack import default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology._pack import load_mapping_file
 
 __all__ = ["AdverseEventTerms", "load_adverse_event_terms"]
 
@@ -123,7 +122,5 @@ class AdverseEventTerms(_Frozen):
         return tuple(self.related_to)
 
 
-@functools.lru_cache(maxsize=8)
 def load_adverse_event_terms(mappings_dir: Path | None = None) -> AdverseEventTerms:
-    path = (mappings_dir or default_mappings_dir()).resolve() / "terminology" / "adverse_events.yaml"
-    return parse_model(AdverseEventTerms, path, read_yaml(path))
+    return load_mapping_file(AdverseEventTerms, "terminology/adverse_events.yaml", mappings_dir)

@@ -6,13 +6,12 @@ concept fails when the file is loaded, before any row is read.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_lupus.terminology._pack import CodeRef, default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology._pack import CodeRef, load_mapping_file
 
 __all__ = [
     "DrugEntry",
@@ -90,8 +89,6 @@ class MedicationCatalogue(_Frozen):
         return frozenset(key for key, drug in self.drugs.items() if name in drug.classes)
 
 
-@functools.lru_cache(maxsize=8)
 def load_medication_catalogue(root: Path | None = None) -> MedicationCatalogue:
     """Load mappings/terminology/medications.yaml once per process."""
-    path = (root or default_mappings_dir()).resolve() / "terminology" / "medications.yaml"
-    return parse_model(MedicationCatalogue, path, read_yaml(path))
+    return load_mapping_file(MedicationCatalogue, "terminology/medications.yaml", root)

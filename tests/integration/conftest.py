@@ -9,6 +9,7 @@ unique to the test, so tests never see each other's resources on a shared server
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,24 @@ def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield configured
         return
     handle = devserver.start(name, timeout=1800)
+    try:
+        yield handle.url
+    finally:
+        devserver.stop(handle)
+
+
+@pytest.fixture(scope="session")
+def oidc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The issuer URL of the oidc-provider authorization server (servers/oidc) for the SMART tests:
+    FHIR_LUPUS_OIDC_URL when set, else one started here on a free port (npm ci on its first start)."""
+    configured = os.environ.get("FHIR_LUPUS_OIDC_URL")
+    if configured:
+        yield configured.rstrip("/")
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handle = devserver.start("oidc", port, timeout=600, state_dir=tmp_path_factory.mktemp("oidc"))
     try:
         yield handle.url
     finally:

@@ -71,8 +71,31 @@ def test_cli_push_dry_run_pull(
     assert "12 rows in" in again.output and len(out.read_text().splitlines()) == 13  # the earlier rows are kept
 
 
+@pytest.mark.parametrize("server_url", ["medplum"], indirect=True)
 def test_demo_against_a_running_server(server_url: str, tmp_path: Path) -> None:
+    """The job `make demo` runs, in full (the whole example trial), on the server it starts by default."""
     result = runner.invoke(app, ["demo", "--server", server_url, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "round trip: 8248 of 8248 lab and Treg values identical" in result.output  # 8091 labs, 157 Treg
     assert (tmp_path / "labs.csv").exists()
+    assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "report.html")  # the demo ends with the report
+    assert len(list((tmp_path / "report_figures").glob("subject-*.png"))) == 20
+
+
+@pytest.mark.parametrize("server_url", ["hapi"], indirect=True)
+def test_demo_on_hapi_with_a_few_subjects(
+    server_url: str, subset: Callable[..., Path], isolated_mappings: Path, tmp_path: Path
+) -> None:
+    """`fhir-lupus demo --engine hapi` does the same job; three subjects show it (the whole trial takes HAPI about
+    five minutes here). The mappings come from FHIR_LUPUS_MAPPINGS, as a user of a private pack would set them."""
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["demo", "--server", server_url, "--data", str(subset(3)), "--out", str(out)],
+        env={"FHIR_LUPUS_MAPPINGS": str(isolated_mappings)},
+    )
+    assert result.exit_code == 0, result.output
+    trip = re.search(r"round trip: (\d+) of (\d+) lab and Treg values identical", result.output)
+    assert trip and trip[1] == trip[2] and int(trip[1]) > 300, result.output  # three subjects: ~400 values
+    assert result.stdout.strip().splitlines()[-1] == str(out / "report.html")
+    assert len(list((out / "report_figures").glob("subject-*.png"))) == 3

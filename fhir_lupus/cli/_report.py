@@ -1,0 +1,46 @@
+"""``fhir-lupus report``: the investigator report (one self-contained HTML page and PNG figures for slides)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.report import write_report
+
+__all__ = ["report"]
+
+
+def report(
+    data_dir: DataDir,
+    out: Annotated[Path, typer.Option("-o", "--out", help="The HTML page to write.")] = Path("report.html"),
+    figures: Annotated[
+        Path | None,
+        typer.Option("--figures", help="Directory for the PNG figures (default: <page stem>_figures/ beside it)."),
+    ] = None,
+    mappings: Mappings = None,
+) -> None:
+    """Subject timelines around the MSC infusion, change from baseline and responders
+    (definitions: mappings/report/report.yaml), as one HTML page that needs no network."""
+    data, loaded = load(data_dir, mappings)
+    if loaded.rejects:
+        console.print(
+            f"[yellow]note[/yellow] {sum(loaded.rejected.values())} row(s) rejected by the loader are not in the "
+            "report (fhir-lupus validate lists them)",
+            highlight=False,
+        )
+    try:
+        result = write_report(data, out, figures_dir=figures, mappings_dir=mappings)
+    except FhirLupusError as exc:
+        fail(exc)
+    console.print(
+        f"{result.subjects} subjects, {result.values} values drawn, {len(result.censored)} censored, "
+        f"{len(result.set_aside)} set aside; {len(result.figures)} figures in {result.figures[0].parent}",
+        highlight=False,
+    )
+    for item in result.set_aside:
+        console.print(f"[yellow]set aside[/yellow] {item.where}: {item.series} {item.reported}: {item.reason}")
+    typer.echo(str(result.html))

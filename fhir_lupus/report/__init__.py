@@ -1,0 +1,128 @@
+"""The investigator report (``fhir-lupus report``): subject timelines around the MSC infusion, change from
+baseline, responders under stated definitions, as one self-contained HTML page plus PNGs for slides.
+
+The definitions are data (mappings/report/report.yaml, read by ``definitions``); ``stats`` is the pure engine
+(cohort statistics, responder classification), ``series`` turns loaded trial data into display-unit values,
+``figures`` draws them and ``_page`` writes the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fhir_lupus.errors import InputError
+from fhir_lupus.model import TrialData
+from fhir_lupus.report.definitions import ReportDefinition, load_report_definition
+from fhir_lupus.report.series import Point, SetAside, collect_series
+from fhir_lupus.report.stats import ChangeSummary, ResponseTally, summarise_changes, tally_responses
+from fhir_lupus.terminology import LabCatalogue, load_pack
+
+__all__ = [
+    "ReportDefinition",
+    "ReportResult",
+    "default_figures_dir",
+    "load_report_definition",
+    "write_report",
+]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What ``write_report`` wrote and what it could not draw."""
+
+    html: Path
+    figures: tuple[Path, ...]  # every PNG written, each also embedded in the page
+    subjects: int
+    values: int  # values drawn, all series
+    censored: tuple[Point, ...]
+    set_aside: tuple[SetAside, ...]
+    summaries: dict[str, list[ChangeSummary]]  # series key -> change from baseline at each summary month
+    tallies: dict[str, list[ResponseTally]]  # response key -> tally at each evaluation month
+
+
+def default_figures_dir(out: Path) -> Path:
+    """``<report stem>_figures/`` beside the page."""
+    return out.with_name(f"{out.stem}_figures")
+
+
+def write_report(
+    data: TrialData,
+    out: Path,
+    *,
+    figures_dir: Path | None = None,
+    mappings_dir: Path | None = None,
+) -> ReportResult:
+    """Write the report page to ``out`` and its figures (PNG) to ``figures_dir`` (default
+    ``<out stem>_figures/``). InputError names the path when a file cannot be written."""
+    from fhir_lupus.report import figures as draw  # matplotlib is imported only when a report is made
+    from fhir_lupus.report._page import FigureRef, render_page
+
+    definition = load_report_definition(mappings_dir)
+    catalogue = LabCatalogue(load_pack(mappings_dir))
+    subjects, set_aside = collect_series(data, definition, catalogue)
+    readings = {subject.subject_id: subject.at_visits() for subject in subjects}
+    summaries = {
+        series.key: summarise_changes(
+            {sid: by_series.get(series.key, {}) for sid, by_series in readings.items()}, definition.summary_months
+        )
+        for series in definition.series
+    }
+    tallies = {response.key: tally_responses(response, readings) for response in definition.responses}
+
+    figures_dir = figures_dir or default_figures_dir(out)
+    rendered: list[tuple[str, bytes, str]] = []
+    change = draw.png_bytes(draw.change_figure(definition, summaries))
+    rendered.append(("cohort-change-from-baseline.png", change, "Change from baseline, all series"))
+    response_refs: dict[str, FigureRef] = {}
+    for response in definition.responses:
+        name = f"cohort-response-{response.key}.png"
+        png = draw.png_bytes(draw.response_figure(tallies[response.key]))
+        rendered.append((name, png, response.title))
+        response_refs[response.key] = FigureRef(name, png, response.title)
+    subject_refs: dict[str, FigureRef] = {}
+    for subject in subjects:
+        if subject.anchor is None:
+            continue  # no time axis: named in the notes
+        name = f"subject-{subject.subject_id}.png"
+        png = draw.png_bytes(draw.subject_figure(subject, definition))
+        rendered.append((name, png, f"{subject.subject_id} timelines"))
+        subject_refs[subject.subject_id] = FigureRef(name, png, f"{subject.subject_id} timelines")
+
+    page = render_page(
+        title=f"{data.study.nct_id}: investigator report",
+        study_title=data.study.title,
+        definition=definition,
+        subjects=subjects,
+        summaries=summaries,
+        tallies=tallies,
+        set_aside=set_aside,
+        change_fig=FigureRef(rendered[0][0], change, rendered[0][2]),
+        response_figs=response_refs,
+        subject_figs=subject_refs,
+    )
+    written: list[Path] = []
+    try:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+        for name, png, _ in rendered:
+            path = figures_dir / name
+            path.write_bytes(png)
+            written.append(path)
+    except OSError as exc:
+        raise InputError(str(figures_dir), 0, None, f"cannot write the figures: {exc.strerror or exc}") from None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(str(out), 0, None, f"cannot write the report: {exc.strerror or exc}") from None
+    points = [p for s in subjects for series_points in s.points.values() for p in series_points]
+    return ReportResult(
+        html=out,
+        figures=tuple(written),
+        subjects=len(subjects),
+        values=len(points),
+        censored=tuple(p for p in points if p.reading.censored),
+        set_aside=tuple(set_aside),
+        summaries=summaries,
+        tallies=tallies,
+    )

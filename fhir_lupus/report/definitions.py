@@ -1,0 +1,121 @@
+"""The report's definitions (mappings/report/report.yaml) as a frozen pydantic contract.
+
+Series, display units, summary months and responder rules are data so that an investigator can read, cite and
+change them without touching the engine; this module only checks that the file is coherent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fhir_lupus.terminology import default_mappings_dir, parse_model, read_yaml
+
+__all__ = [
+    "Category",
+    "Criterion",
+    "Outcome",
+    "ReportDefinition",
+    "ResponseDefinition",
+    "SeriesDefinition",
+    "XAxis",
+    "load_report_definition",
+    "report_definition_path",
+]
+
+Op = Literal["<", "<=", ">", ">="]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class XAxis(_Frozen):
+    anchor: Literal["msc_infusion", "baseline"]
+    days_per_month: float = Field(gt=0)
+    label: str
+
+
+class SeriesDefinition(_Frozen):
+    key: str
+    title: str
+    source: Literal["labs", "sledai"]
+    analyte: str | None = None  # lab catalogue key, for source labs
+    unit: str  # UCUM code every value is converted into
+    display_unit: str
+
+    @model_validator(mode="after")
+    def _analyte_for_labs(self) -> SeriesDefinition:
+        if (self.source == "labs") != (self.analyte is not None):
+            raise ValueError("`analyte` is required for source labs and only for it")
+        return self
+
+
+class Criterion(_Frozen):
+    series: str
+    measure: Literal["value", "percent_change"]
+    op: Op
+    limit: float
+
+    def describe(self, series: SeriesDefinition) -> str:
+        """The criterion in words, for the page: ``eGFR: change from baseline >= -15 %``."""
+        if self.measure == "percent_change":
+            return f"{series.title}: change from baseline {self.op} {self.limit:g} %"
+        return f"{series.title} {self.op} {self.limit:g} {series.display_unit}"
+
+
+class Category(_Frozen):
+    key: str
+    label: str
+    all_of: tuple[Criterion, ...] = Field(min_length=1)
+
+
+class Outcome(_Frozen):
+    key: str
+    label: str
+
+
+class ResponseDefinition(_Frozen):
+    key: str
+    title: str
+    months: tuple[int, ...] = Field(min_length=1)
+    source: str = Field(min_length=1)
+    verified: str | None = None
+    assumptions: tuple[str, ...] = ()
+    categories: tuple[Category, ...] = Field(min_length=1)
+    otherwise: Outcome
+
+
+class ReportDefinition(_Frozen):
+    version: int
+    x_axis: XAxis
+    series: tuple[SeriesDefinition, ...] = Field(min_length=1)
+    summary_months: tuple[int, ...] = Field(min_length=1)
+    responses: tuple[ResponseDefinition, ...] = ()
+
+    @model_validator(mode="after")
+    def _references_known(self) -> ReportDefinition:
+        keys = [series.key for series in self.series]
+        if len(set(keys)) != len(keys):
+            raise ValueError("series keys must be unique")
+        for response in self.responses:
+            for category in response.categories:
+                for criterion in category.all_of:
+                    if criterion.series not in keys:
+                        raise ValueError(f"response {response.key}: unknown series {criterion.series!r}")
+        return self
+
+    def series_by_key(self) -> dict[str, SeriesDefinition]:
+        return {series.key: series for series in self.series}
+
+
+def report_definition_path(mappings_dir: Path | None = None) -> Path:
+    return (mappings_dir or default_mappings_dir()) / "report" / "report.yaml"
+
+
+def load_report_definition(mappings_dir: Path | None = None) -> ReportDefinition:
+    """Read and check mappings/report/report.yaml; MappingError names the file and key when it is wrong."""
+    path = report_definition_path(mappings_dir)
+    return parse_model(ReportDefinition, path, read_yaml(path))
