@@ -97,8 +97,8 @@ def register_secret(value: str | bytes | None) -> None:
         value = value.decode("utf-8", "replace")
     if value and len(value) >= _MIN_SECRET:
         _SECRETS.add(value)
-        for line in value.splitlines():  # a PEM key logged line by line
-            if len(line.strip()) >= 16:
+        for line in value.splitlines():  # a PEM key logged line by line; its armour lines are no secret
+            if len(line.strip()) >= 16 and not line.startswith("-----"):
                 _SECRETS.add(line.strip())
 
 
@@ -124,10 +124,10 @@ def redact_url(url: str) -> str:
 
 def redact(text: str) -> str:
     """The text with every kind of sensitive value this module knows replaced by [redacted]."""
+    text = _PEM.sub("[redacted private key]", text)  # first: a whole key, even one never registered
     for secret in sorted(_SECRETS, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
-    text = _PEM.sub("[redacted private key]", text)
     text = _JWT.sub("[redacted jwt]", text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _SECRET_FIELD.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)

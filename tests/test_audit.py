@@ -304,3 +304,12 @@ def test_audit_can_be_switched_off_and_a_failed_push_is_recorded(
             push_trial(data, report, fhir, journal, source="test", audit_log=log)
     (entry,) = read_entries(log)
     assert entry["outcome"] == "failed: FatalHttpError" and entry["counts"]["total"] > 0
+
+
+def test_a_registered_key_does_not_hide_the_next_one_from_the_pem_rule() -> None:
+    """Registering a PEM key once (SMART auth does) once made its BEGIN/END lines "secrets" that were replaced
+    before the PEM rule ran, so the body of any other key logged later stayed readable."""
+    register_secret("-----BEGIN PRIVATE KEY-----\nAAAAregisteredkeybody0123\n-----END PRIVATE KEY-----\n")
+    other = "key -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgotherkey\n-----END PRIVATE KEY----- done"
+    redacted = redact(other)
+    assert "MIIEvQIBADANBgotherkey" not in redacted and "done" in redacted, redacted
