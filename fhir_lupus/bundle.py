@@ -41,6 +41,7 @@ __all__ = [
     "identifiers",
     "load_matching_rules",
     "local_ref",
+    "reference_depths",
     "references",
     "rewrite_references",
     "search_parameter",
@@ -149,18 +150,34 @@ def dependency_sorted(resources: Iterable[Resource]) -> list[Resource]:
     is not enough for a writer that sends them in separate requests. Raises ResourceInvalidError on a cycle.
     """
     items = list(resources)
-    by_ref = {local_ref(r): r for r in items}
+    depth = reference_depths(items)
+    return sorted(items, key=lambda r: (DEPENDENCY_ORDER.index(r["resourceType"]), depth[local_ref(r)]))
+
+
+def reference_depths(resources: Iterable[Resource], known: Mapping[str, int] | None = None) -> dict[str, int]:
+    """``Type/id`` -> depth: 0 for a resource that refers to none of the others, else 1 + its deepest parent.
+
+    ``known``: depths already computed for resources outside the list (a streamed subject's batch refers to the
+    study-level resources), so a batch gets the depths the whole trial would give it.
+    Raises ResourceInvalidError on a cycle.
+    """
+    by_ref = {local_ref(r): r for r in resources}
     depth: dict[str, int] = {}
+    outside = known or {}
 
     def level(ref: str, trail: frozenset[str] = frozenset()) -> int:
+        if ref in outside and ref not in by_ref:
+            return outside[ref]
         if ref not in depth:
             if ref in trail:
                 raise ResourceInvalidError(f"reference cycle through {ref}")
-            parents = [p for p in references(by_ref[ref]) if p in by_ref and p != ref]
+            parents = [p for p in references(by_ref[ref]) if (p in by_ref or p in outside) and p != ref]
             depth[ref] = 1 + max((level(p, trail | {ref}) for p in parents), default=-1)
         return depth[ref]
 
-    return sorted(items, key=lambda r: (DEPENDENCY_ORDER.index(r["resourceType"]), level(local_ref(r))))
+    for ref in by_ref:
+        level(ref)
+    return depth
 
 
 def entry(

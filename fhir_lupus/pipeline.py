@@ -3,13 +3,18 @@
 A record whose resource does not validate is refused like a bad input row (file, line, reason) instead of
 stopping the run; records that depend on it (a subject's labs) are refused with it. Study-level resources
 come from mappings/ and must validate, or the run stops with a MappingError.
+
+``iter_mapped`` maps subject by subject (a subject's resources refer only to each other and to the study
+level), ``stream_trial`` also loads a chunk of subjects at a time, and ``map_trial`` collects everything in one
+list. Streaming keeps memory flat for trials many times the example (issue 12); fhir_lupus/streaming.py and
+the registry package write what they stream.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,13 +42,22 @@ from fhir_lupus.mappers.r5 import to_r5
 from fhir_lupus.mappers.schedule import map_schedule_of_activities
 from fhir_lupus.model._records import LoadReport, Located
 from fhir_lupus.model.entities import Subject
-from fhir_lupus.model.loader import TrialData
+from fhir_lupus.model.loader import CHUNK_ROWS, TrialData, load_trial_chunks
 from fhir_lupus.scoring.sledai import load_sledai_definition
 from fhir_lupus.terminology import load_pack
 from fhir_lupus.terminology.units import UnitConverter
-from fhir_lupus.validation import FhirVersion, validate_resource
+from fhir_lupus.validation import FhirVersion, Validation, validate_resource
 
-__all__ = ["MapResult", "make_context", "map_trial"]
+__all__ = [
+    "STAGES",
+    "MapResult",
+    "MappedBatch",
+    "MappedResource",
+    "iter_mapped",
+    "make_context",
+    "map_trial",
+    "stream_trial",
+]
 
 R = TypeVar("R")
 
@@ -65,22 +79,91 @@ def make_context(data: TrialData, mappings_dir: Path | None = None) -> MappingCo
     )
 
 
+# The stages of the map step, in the order map_trial has always emitted them: a resource's stage and source line
+# put the streamed resources back into that order (map_trial) or sort them into per-stage files (the writers).
+STAGES = (
+    "study",
+    "subjects",
+    "visits",
+    "procedures",
+    "labs",
+    "sledai",
+    "treg",
+    "medications",
+    "administrations",
+    "adverse_events",
+)
+
+
+@dataclass(frozen=True)
+class MappedResource:
+    """One validated resource with the stage (index into STAGES) and source line it was mapped from."""
+
+    stage: int
+    line: int
+    resource: Resource
+
+
+@dataclass(frozen=True)
+class MappedBatch:
+    """The study-level resources (``subject_id`` None, always first) or everything mapped for one subject."""
+
+    subject_id: str | None
+    items: tuple[MappedResource, ...]
+
+    @property
+    def resources(self) -> list[Resource]:
+        return [item.resource for item in self.items]
+
+
 def map_trial(
     data: TrialData,
     report: LoadReport,
     *,
     fhir_version: FhirVersion = "R4",
     mappings_dir: Path | None = None,
+    validation: Validation | None = None,
 ) -> MapResult:
-    """Map every accepted record; refused ones are added to ``report``. Output order is deterministic."""
+    """Map every accepted record; refused ones are added to ``report``. Output order is deterministic.
+
+    All of it in one list, in stage order and, within a stage, in source-file order. For a trial too large to
+    hold, use ``iter_mapped``, which yields the same resources subject by subject.
+    """
+    items = [
+        item
+        for batch in iter_mapped(
+            data, report, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation
+        )
+        for item in batch.items
+    ]
+    items.sort(key=lambda item: (item.stage, item.line))  # stable: a Patient stays before its ResearchSubject
+    return MapResult(resources=[item.resource for item in items], fhir_version=fhir_version)
+
+
+def iter_mapped(
+    data: TrialData,
+    report: LoadReport,
+    *,
+    fhir_version: FhirVersion = "R4",
+    mappings_dir: Path | None = None,
+    validation: Validation | None = None,
+) -> Iterator[MappedBatch]:
+    """Map the trial one subject at a time, so a caller can write (or send) each batch and let it go.
+
+    The study-level resources come first (MappingError if they do not map); then one batch per subject of
+    ``data.subjects``, in that order, holding its Patient, ResearchSubject and everything that refers to them.
+    Every resource is validated. A record that does not map is refused into ``report`` (and with a subject that
+    does not map, all of its records), exactly as ``map_trial`` always did: a batch never refers to a resource of
+    another subject, only to its own and to the study-level ones, so nothing else needs to be kept.
+    """
     ctx = make_context(data, mappings_dir)
 
     def finish(resource: Resource) -> Resource:
         final = to_r5(resource, ctx) if fhir_version == "R5" else resource
-        validate_resource(final, fhir_version)
+        validate_resource(final, fhir_version, validation=validation)  # "fast" or "strict": fhir_lupus.validation
         return final
 
-    resources: list[Resource] = []
+    study: list[MappedResource] = []
     for study_mapper in (
         map_project_codesystem,
         map_sponsor_organization,
@@ -89,16 +172,21 @@ def map_trial(
         map_research_study,
     ):
         try:
-            resources.append(finish(study_mapper(ctx)))
+            study.append(MappedResource(0, 0, finish(study_mapper(ctx))))
         except FhirLupusError as exc:
             raise MappingError(f"study definition {data.study.nct_id} does not map: {exc}") from exc
     try:  # the schedule of activities (ResearchStudy.protocol): ActivityDefinitions and PlanDefinitions
-        resources.extend(finish(resource) for resource in map_schedule_of_activities(ctx))
+        study.extend(MappedResource(0, 0, finish(resource)) for resource in map_schedule_of_activities(ctx))
     except FhirLupusError as exc:
         raise MappingError(f"schedule of activities of {data.study.nct_id} does not map: {exc}") from exc
+    study_refs = frozenset(f"{item.resource['resourceType']}/{item.resource['id']}" for item in study)
+    yield MappedBatch(None, tuple(study))
 
-    subjects: dict[str, Subject] = {}
+    enrolled = {row.record.subject_id for row in data.subjects}
+    per_subject = _SubjectRows(data, enrolled)
     for row in data.subjects:
+        subject_id = row.record.subject_id
+        rows = per_subject.pop(subject_id)
         mapped = _map_record(
             row,
             report,
@@ -107,61 +195,159 @@ def map_trial(
                 finish(map_research_subject(s, ctx, data.status_history.get(s.subject_id, ()))),
             ],
         )
-        if mapped is not None:
-            resources.extend(mapped)
-            subjects[row.record.subject_id] = row.record
+        if mapped is None:
+            rows.reject_all(report, subject_id)
+            continue
+        batch = _SubjectBatch(row.record, study_refs, [MappedResource(1, row.line, r) for r in mapped])
+        batch.map(rows.visits, 2, lambda v, s: map_encounter(v, s, ctx), report, finish)
+        batch.map(rows.procedures, 3, lambda p, s: map_procedure(p, s, ctx), report, finish)
+        batch.map(rows.labs, 4, lambda c, s: map_lab_observation(c, s, ctx), report, finish)
+        batch.map(rows.sledai, 5, lambda a, s: map_sledai_observation(a, s, ctx), report, finish)
+        batch.map(rows.treg, 6, lambda t, s: map_treg_observation(t, s, ctx), report, finish)
+        # Prior regimens of enrolled subjects (a candidate who did not enrol stays in the screening log, off the
+        # server), and the cyclophosphamide pretreatment also as a MedicationAdministration, part of its infusion.
+        batch.map(rows.medications, 7, lambda m, s: map_medication_statement(m, s, ctx), report, finish)
 
-    def dependent(
-        rows: list[Located[Any]], subject_of: Callable[[Any], str], mapper: Callable[[Any, Subject], Resource]
+        def administration(
+            pretreatment: Any, subject: Subject, batch: _SubjectBatch = batch, rows: _Rows = rows
+        ) -> Resource:
+            infusion = conditioned_infusion(pretreatment, [p.record for p in rows.procedures])
+            procedure = (
+                f"Procedure/{ctx.resource_id('Procedure', ctx.nct_id, infusion.procedure_id)}" if infusion else ""
+            )
+            if procedure not in batch.refs:
+                infusion = None  # none, or its Procedure was refused: no reference to a resource that is not sent
+            return map_medication_administration(pretreatment, infusion, subject, ctx)
+
+        def adverse_event(event: Any, subject: Subject, batch: _SubjectBatch = batch) -> Resource:
+            return map_adverse_event(event, subject, ctx, mapped=batch.refs)
+
+        batch.map(rows.pretreatments, 8, administration, report, finish)
+        # adverse events last: they refer to the treatments (Procedure, MedicationAdministration) mapped above
+        batch.map(rows.adverse_events, 9, adverse_event, report, finish)
+        yield MappedBatch(subject_id, tuple(batch.items))
+    per_subject.reject_orphans(report)
+
+
+def stream_trial(
+    data_dir: Path,
+    report: LoadReport,
+    *,
+    fhir_version: FhirVersion = "R4",
+    mappings_dir: Path | None = None,
+    validation: Validation | None = None,
+    max_rows: int = CHUNK_ROWS,
+    on_chunk: Callable[[TrialData], None] | None = None,
+) -> Iterator[MappedBatch]:
+    """Load and map a data directory a chunk of subjects at a time (``load_trial_chunks``), in flat memory.
+
+    Yields what ``iter_mapped`` yields for the whole directory: the study-level batch once, then one batch per
+    subject; refused rows of the loader and of the map go to ``report``. ``on_chunk`` sees each chunk's
+    entities before they are mapped (the CLI adds the screening findings there). A trial of at most
+    ``max_rows`` rows is one chunk, loaded and mapped exactly as ``load_trial`` and ``iter_mapped`` do.
+    """
+    study_sent = False
+    for data in load_trial_chunks(data_dir, report, max_rows=max_rows, mappings_dir=mappings_dir):
+        if on_chunk is not None:
+            on_chunk(data)
+        batches = iter_mapped(data, report, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation)
+        study = next(batches)  # mapped again for each chunk (a few dozen resources): the subjects refer to them
+        if not study_sent:
+            yield study
+            study_sent = True
+        yield from batches
+        del data, batches  # let this chunk go before the next one loads
+
+
+_Mapper = Callable[[Any, Subject], Resource]
+
+
+class _SubjectBatch:
+    """The resources mapped so far for one subject, and the references they (and the study) answer."""
+
+    def __init__(self, subject: Subject, study_refs: frozenset[str], items: list[MappedResource]) -> None:
+        self.subject = subject
+        self.items = items
+        self.refs = set(study_refs) | {f"{i.resource['resourceType']}/{i.resource['id']}" for i in items}
+
+    def map(
+        self,
+        rows: list[Located[Any]],
+        stage: int,
+        mapper: _Mapper,
+        report: LoadReport,
+        finish: Callable[[Resource], Resource],
     ) -> None:
         for row in rows:
-            subject = subjects.get(subject_of(row.record))
-            if subject is None:
-                report.reject(row, "subject_id", f"subject {subject_of(row.record)} could not be mapped")
-                continue
+            mapped = _map_record(row, report, lambda record: [finish(mapper(record, self.subject))])
+            for resource in mapped or ():
+                self.items.append(MappedResource(stage, row.line, resource))
+                self.refs.add(f"{resource['resourceType']}/{resource['id']}")
 
-            def build(record: Any, subject: Subject = subject) -> list[Resource]:
-                return [finish(mapper(record, subject))]
 
-            mapped = _map_record(row, report, build)
-            if mapped is not None:
-                resources.extend(mapped)
+@dataclass
+class _Rows:
+    """One subject's accepted records, each list in source-file order (references to the loaded rows, no copies)."""
 
-    dependent(data.visits, lambda v: v.subject_id, lambda v, s: map_encounter(v, s, ctx))
-    dependent(data.procedures, lambda p: p.subject_id, lambda p, s: map_procedure(p, s, ctx))
-    dependent(data.labs, lambda c: c.lab.subject_id, lambda c, s: map_lab_observation(c, s, ctx))
-    dependent(data.sledai, lambda a: a.assessment.subject_id, lambda a, s: map_sledai_observation(a, s, ctx))
-    dependent(data.treg, lambda t: t.subject_id, lambda t, s: map_treg_observation(t, s, ctx))
-    # Prior regimens of enrolled subjects (a candidate who did not enrol stays in the screening log, off the
-    # server), and the cyclophosphamide pretreatment also as a MedicationAdministration, part of its infusion.
-    enrolled = {row.record.subject_id for row in data.subjects}
-    dependent(
-        [m for m in data.medications if m.record.subject_id in enrolled],
-        lambda m: m.subject_id,
-        lambda m, s: map_medication_statement(m, s, ctx),
-    )
-    mapped_procedures = {r["id"] for r in resources if r["resourceType"] == "Procedure"}
-    all_procedures = [p.record for p in data.procedures]
+    visits: list[Located[Any]] = field(default_factory=list)
+    procedures: list[Located[Any]] = field(default_factory=list)
+    labs: list[Located[Any]] = field(default_factory=list)
+    sledai: list[Located[Any]] = field(default_factory=list)
+    treg: list[Located[Any]] = field(default_factory=list)
+    medications: list[Located[Any]] = field(default_factory=list)
+    pretreatments: list[Located[Any]] = field(default_factory=list)
+    adverse_events: list[Located[Any]] = field(default_factory=list)
 
-    def administration(pretreatment: Any, subject: Subject) -> Resource:
-        infusion = conditioned_infusion(pretreatment, all_procedures)
-        if infusion and ctx.resource_id("Procedure", ctx.nct_id, infusion.procedure_id) not in mapped_procedures:
-            infusion = None  # its Procedure was refused: no reference to a resource that is not sent
-        return map_medication_administration(pretreatment, infusion, subject, ctx)
+    def in_stage_order(self) -> list[list[Located[Any]]]:
+        return [
+            self.visits,
+            self.procedures,
+            self.labs,
+            self.sledai,
+            self.treg,
+            self.medications,
+            self.pretreatments,
+            self.adverse_events,
+        ]
 
-    dependent(
-        [p for p in data.procedures if p.record.kind == "cyclophosphamide_pretreatment"],
-        lambda p: p.subject_id,
-        administration,
-    )
-    # adverse events last: they refer to the treatments (Procedure, MedicationAdministration) mapped above
-    mapped_refs = {f"{r['resourceType']}/{r['id']}" for r in resources}
-    dependent(
-        data.adverse_events,
-        lambda e: e.event.subject_id,
-        lambda e, s: map_adverse_event(e, s, ctx, mapped=mapped_refs),
-    )
-    return MapResult(resources=resources, fhir_version=fhir_version)
+    def reject_all(self, report: LoadReport, subject_id: str) -> None:
+        """Refuse the records of a subject that could not be mapped (a pretreatment twice, as two stages)."""
+        for rows in self.in_stage_order():
+            for row in rows:
+                report.reject(row, "subject_id", f"subject {subject_id} could not be mapped")
+
+
+class _SubjectRows:
+    """The trial's records indexed by subject, so each batch takes its own without scanning the whole trial."""
+
+    def __init__(self, data: TrialData, enrolled: set[str]) -> None:
+        self._by_subject: dict[str, _Rows] = {}
+        sources: tuple[tuple[str, list[Located[Any]], Callable[[Any], str]], ...] = (
+            ("visits", data.visits, lambda v: v.subject_id),
+            ("procedures", data.procedures, lambda p: p.subject_id),
+            ("labs", data.labs, lambda c: c.lab.subject_id),
+            ("sledai", data.sledai, lambda a: a.assessment.subject_id),
+            ("treg", data.treg, lambda t: t.subject_id),
+            ("medications", [m for m in data.medications if m.record.subject_id in enrolled], lambda m: m.subject_id),
+            (
+                "pretreatments",
+                [p for p in data.procedures if p.record.kind == "cyclophosphamide_pretreatment"],
+                lambda p: p.subject_id,
+            ),
+            ("adverse_events", data.adverse_events, lambda e: e.event.subject_id),
+        )
+        for name, rows, subject_of in sources:
+            for row in rows:
+                getattr(self._by_subject.setdefault(subject_of(row.record), _Rows()), name).append(row)
+
+    def pop(self, subject_id: str) -> _Rows:
+        return self._by_subject.pop(subject_id, None) or _Rows()
+
+    def reject_orphans(self, report: LoadReport) -> None:
+        """Records whose subject is not in the trial at all (a hand-made TrialData; the loader refuses them)."""
+        for subject_id, rows in self._by_subject.items():
+            rows.reject_all(report, subject_id)
+        self._by_subject.clear()
 
 
 def _map_record(row: Located[R], report: LoadReport, build: Callable[[R], list[Resource]]) -> list[Resource] | None:

@@ -3,24 +3,58 @@
 The models check structure, cardinality and primitive formats; the invariants (mappings/fhir/invariants.yaml,
 evaluated with fhirpathpy) check the rules the models do not, such as obs-6 and obs-7. A failure is a
 ResourceInvalidError that names the resource and every broken rule.
+
+Two paths give the same verdicts. "strict" evaluates every invariant with fhirpathpy, as the reference.
+"fast" (the default) uses the plain-Python form of a rule where fhir_lupus._fastinvariants has one for
+exactly that expression, and fhirpathpy where it has none or is not sure; tests/test_validation_differential.py
+holds the two paths to the same verdicts. Both validate the model the same way. The path is chosen per call
+(``validation=``) or for a block of code (``validation_mode``), which is how ``--strict-validation`` reaches the
+push code without a parameter through every layer.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from fhir_lupus._fastinvariants import Predicate, fast_predicate
 from fhir_lupus.errors import MappingError, ResourceInvalidError
 from fhir_lupus.terminology import mappings_root, read_yaml
 
-__all__ = ["FhirVersion", "check_invariants", "validate_resource"]
+__all__ = ["FhirVersion", "Validation", "check_invariants", "validate_resource", "validation_mode"]
 
 FhirVersion = Literal["R4", "R5"]
+Validation = Literal["fast", "strict"]
+
+_MODE: ContextVar[Validation] = ContextVar("fhir_lupus_validation", default="fast")
+
+
+@contextmanager
+def validation_mode(mode: Validation) -> Iterator[None]:
+    """Validate with ``mode`` inside the block wherever a call does not say ``validation=`` itself."""
+    if mode not in ("fast", "strict"):
+        raise ValueError(f"validation must be 'fast' or 'strict', not {mode!r}")
+    token = _MODE.set(mode)
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def _mode(validation: Validation | None) -> Validation:
+    if validation is None:
+        return _MODE.get()
+    if validation not in ("fast", "strict"):
+        raise ValueError(f"validation must be 'fast' or 'strict', not {validation!r}")
+    return validation
 
 
 @dataclass(frozen=True)
@@ -30,10 +64,19 @@ class _Invariant:
     versions: tuple[str, ...]
     when_present: tuple[str, ...]
     check: Callable[[dict[str, Any], dict[str, Any]], list[Any]]
+    fast: Predicate | None  # the plain-Python form of exactly this expression, if there is one
 
 
 def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant, ...]]:
+    if mappings_dir is None:  # once per resource: resolving the default directory is a dozen system calls
+        return _default_invariants(os.environ.get("FHIR_LUPUS_MAPPINGS"), os.getcwd())
     return _invariants_at(mappings_root(mappings_dir) / "fhir" / "invariants.yaml")
+
+
+@functools.lru_cache(maxsize=4)
+def _default_invariants(env: str | None, cwd: str) -> dict[str, tuple[_Invariant, ...]]:
+    """The default directory's rules, per FHIR_LUPUS_MAPPINGS value (and working directory, for a relative one)."""
+    return _invariants_at(mappings_root(None) / "fhir" / "invariants.yaml")
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,23 +92,35 @@ def _invariants_at(path: Path) -> dict[str, tuple[_Invariant, ...]]:
                 versions = tuple(entry.get("versions", ("R4", "R5")))
                 check = compile_fhirpath(entry["expression"], models["r4"])
                 when_present = tuple(entry.get("when_present", ()))
-                items.append(_Invariant(entry["key"], entry["human"], versions, when_present, check))
+                fast = fast_predicate(entry["key"], entry["expression"], resource_type)
+                items.append(_Invariant(entry["key"], entry["human"], versions, when_present, check, fast))
             except Exception as exc:
                 raise MappingError(f"{path}: invariant {entry.get('key')!r} does not compile: {exc}") from None
         compiled[resource_type] = tuple(items)
     return compiled
 
 
-def check_invariants(resource: dict[str, Any], version: FhirVersion = "R4") -> list[str]:
+def check_invariants(
+    resource: dict[str, Any], version: FhirVersion = "R4", *, validation: Validation | None = None
+) -> list[str]:
     """The keys and texts of the invariants a resource breaks (empty list when it passes)."""
     rules = _invariants()
-    broken = [f"ele-1: All FHIR elements must have a @value or children ({path})" for path in _empty_elements(resource)]
+    fast = _mode(validation) == "fast"
+    broken = []
+    if not fast or _has_empty(resource):
+        broken = [f"ele-1: All FHIR elements must have a @value or children ({p})" for p in _empty_elements(resource)]
     context = {"resource": resource, "rootResource": resource}
     for invariant in (*rules.get("*", ()), *rules.get(resource["resourceType"], ())):
         if version not in invariant.versions:
             continue
         if invariant.when_present and not any(name in resource for name in invariant.when_present):
             continue  # the rule is about an element the resource does not have: it holds vacuously
+        if fast and invariant.fast is not None:
+            verdict = invariant.fast(resource)
+            if verdict is not None:
+                if not verdict:
+                    broken.append(f"{invariant.key}: {invariant.human}")
+                continue
         try:
             result = invariant.check(resource, context)
         except Exception as exc:  # fhirpathpy raises bare Exceptions for unsupported functions
@@ -73,6 +128,29 @@ def check_invariants(resource: dict[str, Any], version: FhirVersion = "R4") -> l
         if result != [True]:
             broken.append(f"{invariant.key}: {invariant.human}")
     return broken
+
+
+def _has_empty(node: Any) -> bool:
+    """Whether ``_empty_elements`` finds anything; the same test without building paths (the fast path).
+
+    Exact JSON types are tested by type (a third of the cost of ``==``); anything else by the general rule.
+    """
+    kind = type(node)
+    if kind is dict:
+        return not node or any(_has_empty(value) for value in node.values())
+    if kind is list:
+        return not node or any(_has_empty(value) for value in node)
+    if kind is str:
+        return not node
+    if kind is int or kind is float or kind is bool:
+        return False
+    if node is None or node == "" or node == {} or node == []:
+        return True
+    if isinstance(node, dict):
+        return any(_has_empty(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_has_empty(value) for value in node)
+    return False
 
 
 def _empty_elements(node: Any, path: str = "") -> list[str]:
@@ -97,8 +175,14 @@ def _model(version: FhirVersion, resource_type: str) -> Any:
     return r5_model(resource_type)
 
 
-def validate_resource(resource: dict[str, Any], version: FhirVersion = "R4") -> None:
-    """Raise ResourceInvalidError unless the resource passes its model and its invariants."""
+def validate_resource(
+    resource: dict[str, Any], version: FhirVersion = "R4", *, validation: Validation | None = None
+) -> None:
+    """Raise ResourceInvalidError unless the resource passes its model and its invariants.
+
+    ``validation``: "fast" or "strict" (see the module docstring); None takes ``validation_mode``'s, by
+    default "fast".
+    """
     resource_type = resource.get("resourceType")
     label = f"{resource_type}/{resource.get('id', '?')}"
     try:
@@ -110,6 +194,6 @@ def validate_resource(resource: dict[str, Any], version: FhirVersion = "R4") -> 
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         raise ResourceInvalidError(f"{label}: FHIR {version} model: {problems}") from None
-    broken = check_invariants(resource, version)
+    broken = check_invariants(resource, version, validation=validation)
     if broken:
         raise ResourceInvalidError(f"{label}: FHIRPath invariants broken: {'; '.join(broken)}")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import httpx
 
@@ -94,6 +94,8 @@ class FakeFhir:
     answer_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # rewrite a transaction answer
     refuse: Callable[[dict[str, Any]], str | None] | None = None  # a resource -> 400 text, or None
     fail_types: set[str] = field(default_factory=set)  # creates of these types answer 500
+    max_count: int | None = None  # a cap on _count: larger searches answer in pages with next links
+    refuse_not: bool = False  # the :not modifier answers 400, as on a server that does not know it
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _clock: int = 0  # lastUpdated advances one microsecond per write
 
@@ -177,19 +179,31 @@ class FakeFhir:
 
     def _searchset(self, resource_type: str, query: str) -> dict[str, Any]:
         params = dict(parse_qsl(query))
-        params.pop("_count", None)
+        count = params.pop("_count", None)
+        offset = int(params.pop("_offset", "0"))
         matches = self.all(resource_type)
         for name, value in params.items():
-            self._check_param(resource_type, name)
+            base, _, modifier = name.partition(":")
+            self._check_param(resource_type, base)
+            if modifier and (modifier != "not" or self.refuse_not):
+                raise Refusal(400, f"Unknown modifier :{modifier} for {resource_type}?{base}")
             if name in ("date", "_lastUpdated"):  # only the ge prefix, which is all pull asks
                 assert value.startswith("ge"), value
                 matches = [m for m in matches if _instant(self._when(m, name)) >= _instant(value[2:])]
                 continue
             wanted = {v.replace("\\,", ",") for v in re.split(r"(?<!\\),", value)}
-            matches = [m for m in matches if wanted & set(self._keys(m, name))]
+            matches = [m for m in matches if bool(wanted & set(self._keys(m, base))) != (modifier == "not")]
+        links = []
+        if self.max_count is not None:
+            size = min(int(count or self.max_count), self.max_count)
+            if offset + size < len(matches):
+                rest = urlencode({**params, "_count": str(size), "_offset": str(offset + size)})
+                links.append({"relation": "next", "url": f"{BASE}/{resource_type}?{rest}"})
+            matches = matches[offset : offset + size]
         return {
             "resourceType": "Bundle",
             "type": "searchset",
+            "link": links,
             "entry": [{"resource": copy.deepcopy(m), "search": {"mode": "match"}} for m in matches],
         }
 

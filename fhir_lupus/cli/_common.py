@@ -42,6 +42,13 @@ AllowRejects = Annotated[bool, typer.Option("--allow-rejects", help="Go on (and 
 Mappings = Annotated[
     Path | None, typer.Option("--mappings", help="Use this mappings/ directory instead of the bundled one.")
 ]
+StrictValidation = Annotated[
+    bool,
+    typer.Option(
+        "--strict-validation",
+        help="Evaluate every FHIRPath invariant with fhirpathpy (the reference path, slower); same verdicts.",
+    ),
+]
 Server = Annotated[str, typer.Option("--server", help="FHIR base URL, e.g. https://hospital.example/fhir")]
 JournalPath = Annotated[Path, typer.Option("--journal", help="SQLite journal of pushes and pulls.")]
 Token = Annotated[str | None, typer.Option("--token", envvar="FHIR_LUPUS_TOKEN", help="Bearer token.")]

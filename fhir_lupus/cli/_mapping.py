@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.bundle import dumps, transaction_bundle
 from fhir_lupus.cli._common import (
     AllowRejects,
     DataDir,
     Mappings,
     Quarantine,
+    StrictValidation,
     console,
     exit_on_rejects,
     fail,
@@ -21,7 +21,10 @@ from fhir_lupus.cli._common import (
     report_load,
 )
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.pipeline import MapResult, map_trial
+from fhir_lupus.model import LoadReport, TrialData
+from fhir_lupus.pipeline import stream_trial
+from fhir_lupus.screening import screen_trial, screening_findings
+from fhir_lupus.streaming import write_bundle, write_ndjson
 
 __all__ = ["map_command", "validate"]
 
@@ -56,30 +59,33 @@ def map_command(
     quarantine: Quarantine = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
+    strict_validation: StrictValidation = False,
 ) -> None:
     """Map a data directory to FHIR: a transaction Bundle, or one NDJSON file per resource type."""
-    data, report = load(data_dir, mappings)
+    report = LoadReport()
+
+    def screened(data: TrialData) -> None:  # as `load` does: enrolled subjects who did not screen eligible
+        report.findings.extend(screening_findings(data, screen_trial(data, mappings)))
+
     try:
-        result = map_trial(data, report, fhir_version=fhir_version.value, mappings_dir=mappings)
-        written = _write(result, output, output_format)
+        # a chunk of subjects loaded at a time, mapped and written subject by subject (fhir_lupus/streaming.py):
+        # memory holds one chunk's entities and one subject's resources, not the trial's
+        batches = stream_trial(
+            data_dir,
+            report,
+            fhir_version=fhir_version.value,
+            mappings_dir=mappings,
+            validation="strict" if strict_validation else "fast",
+            on_chunk=screened,
+        )
+        if output_format is FormatOption.bundle:
+            counts = write_bundle(batches, output)
+        else:
+            counts = write_ndjson(batches, output)
     except FhirLupusError as exc:
         fail(exc)
-    console.print(f"wrote {written}")
+    console.print(f"wrote {output}")
     report_load(report, quarantine)
-    counts = ", ".join(f"{name} {count}" for name, count in sorted(result.counts.items()))
-    console.print(f"mapped FHIR {result.fhir_version}: {sum(result.counts.values())} resources ({counts})")
+    listed = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+    console.print(f"mapped FHIR {fhir_version.value}: {sum(counts.values())} resources ({listed})")
     exit_on_rejects(report, allow_rejects)
-
-
-def _write(result: MapResult, output: Path, output_format: FormatOption) -> Path:
-    if output_format is FormatOption.bundle:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(dumps(transaction_bundle(result.resources)), encoding="utf-8")
-        return output
-    output.mkdir(parents=True, exist_ok=True)
-    by_type: dict[str, list[str]] = {}
-    for resource in result.resources:
-        by_type.setdefault(resource["resourceType"], []).append(dumps(resource, pretty=False))
-    for resource_type, lines in by_type.items():
-        (output / f"{resource_type}.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return output

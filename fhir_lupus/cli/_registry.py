@@ -22,12 +22,12 @@ from fhir_lupus.cli._common import (
     SmartKey,
     SmartKid,
     SmartTokenUrl,
+    StrictValidation,
     Timeout,
     Token,
     console,
     exit_on_rejects,
     fail,
-    load,
     make_client,
     open_journal,
     report_load,
@@ -35,7 +35,9 @@ from fhir_lupus.cli._common import (
 from fhir_lupus.cli._mapping import FhirVersionOption
 from fhir_lupus.cli._sync import render_push
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.registry import KEY_ENV, load_key, package_trial, submit_package
+from fhir_lupus.model import LoadReport, TrialData
+from fhir_lupus.registry import KEY_ENV, load_key, package_directory, submit_package
+from fhir_lupus.screening import screen_trial, screening_findings
 
 __all__ = ["registry_app"]
 
@@ -61,16 +63,29 @@ def package_command(
     quarantine: Quarantine = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
+    strict_validation: StrictValidation = False,
 ) -> None:
     """Map DATA_DIR, keep the enrolled subjects' data, de-identify it with the key and write a package."""
     try:
         key = load_key(key_file)
     except FhirLupusError as exc:
         fail(exc)
-    data, report = load(data_dir, mappings)
-    try:
-        result = package_trial(
-            data, report, output, key, link_table=link_table, fhir_version=fhir_version.value, mappings_dir=mappings
+    report = LoadReport()
+
+    def screened(data: TrialData) -> None:  # as `load` does: enrolled subjects who did not screen eligible
+        report.findings.extend(screening_findings(data, screen_trial(data, mappings)))
+
+    try:  # a chunk of subjects loaded at a time, packaged subject by subject: memory stays flat
+        result = package_directory(
+            data_dir,
+            report,
+            output,
+            key,
+            link_table=link_table,
+            fhir_version=fhir_version.value,
+            mappings_dir=mappings,
+            validation="strict" if strict_validation else "fast",
+            on_chunk=screened,
         )
     except FhirLupusError as exc:
         fail(exc)

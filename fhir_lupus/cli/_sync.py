@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -25,6 +26,7 @@ from fhir_lupus.cli._common import (
     SmartKey,
     SmartKid,
     SmartTokenUrl,
+    StrictValidation,
     Timeout,
     Token,
     console,
@@ -40,6 +42,7 @@ from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
 from fhir_lupus.sync import DryRunReport, PulledLab, PullResult, PushReport, dry_run_trial, pull_study, push_trial
 from fhir_lupus.sync.workflow import DEFAULT_OVERLAP_SECONDS
+from fhir_lupus.validation import validation_mode
 
 __all__ = ["pull", "push", "render_pull", "render_push"]
 
@@ -80,6 +83,7 @@ def push(
     smart_kid: SmartKid = None,
     ca_bundle: CaBundle = None,
     timeout: Timeout = 60.0,
+    strict_validation: StrictValidation = False,
 ) -> None:
     """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled)."""
     only = _type_list(types, "--types")
@@ -100,7 +104,8 @@ def push(
         ca_bundle=ca_bundle,
         timeout=timeout,
     )
-    with client, open_journal(journal) as book:
+    # the push code maps inside; the mode reaches its validation through fhir_lupus.validation.validation_mode
+    with client, open_journal(journal) as book, validation_mode("strict" if strict_validation else "fast"):
         try:
             if dry_run:
                 preview = dry_run_trial(
@@ -308,7 +313,7 @@ def _progress() -> Progress:
     )
 
 
-def subject_table(rows: list[PulledLab]) -> Table:
+def subject_table(rows: Iterable[PulledLab]) -> Table:
     table = Table(title="Pulled labs per subject", title_justify="left")
     for column in ("subject", "rows", "visits", "outside windows"):
         table.add_column(column, justify="left" if column == "subject" else "right")

@@ -1,7 +1,9 @@
 """FhirClient: the one place where HTTP happens.
 
-One pooled connection per server, ``application/fhir+json`` both ways, timeouts, TLS verification on by
-default (a custom CA bundle is an option), retries in a wrapping transport, auth as an httpx.Auth flow.
+A small pool of kept-alive connections per server (``max_connections``, default 4: pull may fetch a few
+subjects at once; push sends one request at a time and uses one), ``application/fhir+json`` both ways,
+timeouts, TLS verification on by default (a custom CA bundle is an option), retries in a wrapping transport,
+auth as an httpx.Auth flow.
 Searches are lazy iterators that follow ``link[relation=next]`` (relative or absolute) with loop protection.
 Every httpx exception and every error status is translated here into the fhir_lupus error tree.
 """
@@ -65,6 +67,7 @@ class FhirClient:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         max_pages: int = 100_000,
+        max_connections: int = 4,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base URL must be http(s): {base_url!r}")
@@ -74,7 +77,8 @@ class FhirClient:
         if transport is None:
             tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else verify
             transport = httpx.HTTPTransport(
-                verify=tls, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
+                verify=tls,
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             )
         self._http = httpx.Client(
             base_url=self.base_url,

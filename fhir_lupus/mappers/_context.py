@@ -7,6 +7,7 @@ turns those into ``urn:uuid:`` references for a transaction.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -36,6 +37,12 @@ def event_timing(element: str, started: datetime, ended: datetime | None) -> dic
     return {f"{element}Period": {"start": fhir_datetime(started), "end": fhir_datetime(ended)}}
 
 
+@functools.lru_cache(maxsize=4096)
+def _uuid5(name: str) -> str:
+    """Cached: every Observation names its study, patient and visit again (a SHA-1 each, a third of a mapper)."""
+    return str(uuid.uuid5(ID_NAMESPACE, name))
+
+
 @dataclass(frozen=True)
 class MappingContext:
     study: StudyDefinition
@@ -48,7 +55,7 @@ class MappingContext:
         return self.study.nct_id
 
     def resource_id(self, resource_type: str, *key: str) -> str:
-        return str(uuid.uuid5(ID_NAMESPACE, "|".join((resource_type, *key))))
+        return _uuid5("|".join((resource_type, *key)))
 
     def reference(self, resource_type: str, *key: str, display: str | None = None) -> dict[str, str]:
         ref = {"reference": f"{resource_type}/{self.resource_id(resource_type, *key)}"}

@@ -9,8 +9,9 @@ rows that depend on a refused row are refused too, naming it. Nothing is dropped
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
-from collections.abc import Iterator
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +46,15 @@ from fhir_lupus.terminology import MappingPack, load_pack
 from fhir_lupus.terminology.adverse_events import load_adverse_event_terms
 from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
 
-__all__ = ["CheckedLab", "ScoredAssessment", "TrialData", "load_trial", "read_study_id"]
+__all__ = [
+    "CHUNK_ROWS",
+    "CheckedLab",
+    "ScoredAssessment",
+    "TrialData",
+    "load_trial",
+    "load_trial_chunks",
+    "read_study_id",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -121,6 +130,90 @@ def load_trial(
     return checker.run(), report
 
 
+# Rows a chunk of subjects holds at most (unless one subject has more): about 4 times the example trial, so
+# it loads as one chunk, and a chunk's entities take some 150 MB (about 3 KB a row, measured).
+CHUNK_ROWS = 40_000
+
+
+def load_trial_chunks(
+    data_dir: Path,
+    report: LoadReport,
+    *,
+    max_rows: int = CHUNK_ROWS,
+    study: StudyDefinition | None = None,
+    mappings_dir: Path | None = None,
+) -> Iterator[TrialData]:
+    """Load a data directory a few subjects at a time, so memory holds one chunk's entities, not the trial's.
+
+    The subjects of subjects.csv, in its order, are cut into chunks of at most ``max_rows`` rows over all files
+    (counted in a first, cheap pass over the raw cells); each chunk is loaded and checked as ``load_trial``
+    checks the whole directory, with the rows of its subjects only. Rows whose subject is in no chunk (unknown
+    subjects, screening candidates who did not enrol) go with the last chunk. Every row is read, counted and
+    refused (into ``report``) once. Business keys without the subject in them (result ids, ...) are kept as
+    64-bit digests across chunks, so a duplicate in a later chunk is still refused, naming the first line.
+    Differences from ``load_trial``, only when there are several chunks: rejects and findings come chunk by
+    chunk, and a key repeated across chunks counts as first where its chunk comes first.
+    """
+    if not data_dir.is_dir():
+        raise InputError(str(data_dir), 0, None, "not a directory")
+    pack = load_pack(mappings_dir)
+    study = study or load_study(read_study_id(data_dir), mappings_dir)
+    sledai = load_sledai_definition(mappings_dir)
+    chunks = _subject_chunks(data_dir, max_rows)
+    everyone = {subject for chunk in chunks for subject in chunk}
+    keys = _KeyDigests()
+    for number, chunk in enumerate(chunks):
+        last = number == len(chunks) - 1
+        members = frozenset(chunk)
+
+        def keep(row: dict[str, str], members: frozenset[str] = members, last: bool = last) -> bool:
+            subject = row.get("subject_id", "").strip()
+            return subject in members or (last and subject not in everyone)
+
+        yield _Checker(data_dir, study, pack, sledai, report, keep=keep, keys=keys).run()
+
+
+def _subject_chunks(data_dir: Path, max_rows: int) -> list[list[str]]:
+    """subjects.csv's subject ids, in order, cut where a chunk would pass ``max_rows`` rows over all files."""
+    rows: Counter[str] = Counter()
+    order: dict[str, None] = {}  # subjects.csv's ids in order, once each
+    for path in sorted(data_dir.glob("*.csv")):
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                for record in csv.DictReader(handle):
+                    subject = (record.get("subject_id") or "").strip()
+                    rows[subject] += 1
+                    if path.name == SUBJECTS:
+                        order.setdefault(subject)
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue  # the checking pass reports the file, naming it and the line
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for subject in order:
+        if chunks[-1] and size + rows[subject] > max_rows:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(subject)
+        size += rows[subject]
+    return chunks
+
+
+class _KeyDigests:
+    """Per file, a 64-bit digest of each business key seen -> its line: duplicates across chunks, compactly."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, dict[int, int]] = defaultdict(dict)
+
+    def first(self, file: str, key: tuple[Any, ...], line: int) -> int | None:
+        """The line where ``key`` was first seen in ``file``, or None (and it is remembered at ``line``)."""
+        digest = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big")
+        seen = self._seen[file]
+        if digest in seen:
+            return seen[digest]
+        seen[digest] = line
+        return None
+
+
 class _Checker:
     def __init__(
         self,
@@ -129,7 +222,12 @@ class _Checker:
         pack: MappingPack,
         sledai: SledaiDefinition,
         report: LoadReport,
+        *,
+        keep: Callable[[dict[str, str]], bool] | None = None,
+        keys: _KeyDigests | None = None,
     ) -> None:
+        self.keep = keep  # only the rows of one chunk's subjects (load_trial_chunks); None: every row
+        self.keys = keys  # keys seen by earlier chunks (load_trial_chunks)
         self.data_dir = data_dir
         self.study = study
         self.catalogue = LabCatalogue(pack)
@@ -204,7 +302,10 @@ class _Checker:
             return []
         accepted: list[Located[M]] = []
         first_seen: dict[tuple[Any, ...], int] = {}
+        across_chunks = self.keys is not None and "subject_id" not in key  # a subject's rows share its chunk
         for line, row, header_problem in _rows(path, model):
+            if self.keep is not None and not self.keep(row):
+                continue
             self.report.read[name] += 1
             if header_problem:
                 self.report.reject((name, line, row), header_problem[0], header_problem[1])
@@ -218,11 +319,14 @@ class _Checker:
                     self.report.reject((name, line, row), column, message)
                 continue
             business_key = tuple(getattr(record, field) for field in key)
-            if business_key in first_seen:
+            first = first_seen.get(business_key)
+            if first is None and across_chunks and self.keys is not None:
+                first = self.keys.first(name, business_key, line)
+            if first is not None:
                 self.report.reject(
                     (name, line, row),
                     key[-1],
-                    f"duplicate {'/'.join(map(str, business_key))} (first at line {first_seen[business_key]})",
+                    f"duplicate {'/'.join(map(str, business_key))} (first at line {first})",
                 )
                 continue
             first_seen[business_key] = line

@@ -20,10 +20,12 @@ from fhir_lupus.registry._package import (
     PackageResult,
     SubmitResult,
     default_link_table,
+    package_directory,
     package_trial,
     read_package,
     submit_package,
     write_package,
+    write_package_batches,
 )
 
 __all__ = [
@@ -43,9 +45,11 @@ __all__ = [
     "deidentify",
     "load_key",
     "load_rules",
+    "package_directory",
     "package_trial",
     "read_package",
     "shift_date",
     "submit_package",
     "write_package",
+    "write_package_batches",
 ]

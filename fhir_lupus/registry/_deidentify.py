@@ -17,7 +17,7 @@ import functools
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -156,10 +156,14 @@ def deidentify(
     study: str,
     rules: DeidentificationRules,
     enrolled: Collection[str] | None = None,
+    known_ids: Mapping[str, str] | None = None,
 ) -> Deidentified:
     """De-identified copies of ``resources`` (the inputs are not changed), ordered by type and new id.
 
     ``enrolled``: subject ids whose data may leave; resources of other subjects are left out (None: all).
+    ``known_ids``: ``Type/old-id`` -> ``Type/new-id`` of resources de-identified before (the study level), which
+    ``resources`` may refer to: a registry package is made a subject at a time (every rule is per resource or
+    per subject, so the result is the same as for all resources at once).
     """
     source = list(resources)
     systems = _Systems(pack, study, rules)
@@ -173,8 +177,11 @@ def deidentify(
             continue
         kept.append((resource, owner))
     ids = {
-        f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/{keyed_id(key, r['resourceType'], r['id'])}"
-        for r, _ in kept
+        **(known_ids or {}),
+        **{
+            f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/{keyed_id(key, r['resourceType'], r['id'])}"
+            for r, _ in kept
+        },
     }
     subjects = sorted({owner for _, owner in kept if owner is not None})
     shifts = {s: date_shift(key, study, s, rules) for s in subjects}

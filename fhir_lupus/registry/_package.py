@@ -9,14 +9,17 @@ is written beside it, never inside, with mode 600.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import heapq
 import io
+import itertools
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,14 +32,15 @@ from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.model.lifecycle import load_lifecycle_rules
-from fhir_lupus.pipeline import map_trial
-from fhir_lupus.registry._deidentify import RULES_FILE, LinkRow, deidentify, load_rules
+from fhir_lupus.model.loader import CHUNK_ROWS
+from fhir_lupus.pipeline import iter_mapped, stream_trial
+from fhir_lupus.registry._deidentify import RULES_FILE, LinkRow, deidentify, keyed_id, load_rules
 from fhir_lupus.registry._key import RegistryConfigError, RegistryKey
 from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.push import Progress, PushReport, push_resources
 from fhir_lupus.sync.workflow import server_fhir_version
 from fhir_lupus.terminology import default_mappings_dir, load_pack
-from fhir_lupus.validation import FhirVersion, validate_resource
+from fhir_lupus.validation import FhirVersion, Validation, validate_resource
 
 __all__ = [
     "MANIFEST",
@@ -45,10 +49,12 @@ __all__ = [
     "PackageResult",
     "SubmitResult",
     "default_link_table",
+    "package_directory",
     "package_trial",
     "read_package",
     "submit_package",
     "write_package",
+    "write_package_batches",
 ]
 
 MANIFEST = "manifest.json"
@@ -57,6 +63,7 @@ FORMAT = "fhir-lupus registry package"
 FORMAT_VERSION = 1
 FHIR_RELEASES: dict[FhirVersion, str] = {"R4": "4.0.1", "R5": "5.0.0"}
 LINK_COLUMNS = ("pseudonym", "subject_id", "date_shift_days")
+RUN_SIZE = 50_000  # resources a sorted run holds before it goes to disk (about 100 MB of lines at most)
 
 
 @dataclass
@@ -102,13 +109,17 @@ def package_trial(
     fhir_version: FhirVersion = "R4",
     mappings_dir: Path | None = None,
     made_at: datetime | None = None,
+    validation: Validation | None = None,
 ) -> PackageResult:
-    """Map the trial, keep the enrolled subjects' data (mappings/fhir/lifecycle.yaml), de-identify and write."""
-    result = map_trial(data, report, fhir_version=fhir_version, mappings_dir=mappings_dir)
+    """Map the trial, keep the enrolled subjects' data (mappings/fhir/lifecycle.yaml), de-identify and write.
+
+    ``validation``: "fast" or "strict" (fhir_lupus.validation), for the map and for the de-identified resources.
+    """
     statuses = load_lifecycle_rules(mappings_dir).enrolled
     enrolled = {row.record.subject_id for row in data.subjects if row.record.status in statuses}
-    return write_package(
-        result.resources,
+    batches = iter_mapped(data, report, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation)
+    return write_package_batches(
+        (batch.resources for batch in batches),
         out_dir,
         key,
         study=data.study.nct_id,
@@ -117,6 +128,61 @@ def package_trial(
         fhir_version=fhir_version,
         mappings_dir=mappings_dir,
         made_at=made_at,
+        validation=validation,
+    )
+
+
+def package_directory(
+    data_dir: Path,
+    report: LoadReport,
+    out_dir: Path,
+    key: RegistryKey,
+    *,
+    link_table: Path | None = None,
+    fhir_version: FhirVersion = "R4",
+    mappings_dir: Path | None = None,
+    made_at: datetime | None = None,
+    validation: Validation | None = None,
+    on_chunk: Callable[[TrialData], None] | None = None,
+    max_rows: int = CHUNK_ROWS,
+) -> PackageResult:
+    """``package_trial`` for a data directory too large to hold: loaded, mapped and packaged a chunk at a time.
+
+    The same package, byte for byte (``stream_trial`` yields the same resources; the files are sorted the
+    same way). ``on_chunk`` sees each chunk's entities (the CLI adds the screening findings there); ``max_rows``
+    bounds a chunk (``load_trial_chunks``).
+    """
+    statuses = load_lifecycle_rules(mappings_dir).enrolled
+    enrolled: set[str] = set()
+    study: list[str] = []
+
+    def chunk_loaded(data: TrialData) -> None:  # before the chunk's subjects are mapped and de-identified
+        enrolled.update(row.record.subject_id for row in data.subjects if row.record.status in statuses)
+        study[:] = [data.study.nct_id]
+        if on_chunk is not None:
+            on_chunk(data)
+
+    batches = stream_trial(
+        data_dir,
+        report,
+        fhir_version=fhir_version,
+        mappings_dir=mappings_dir,
+        validation=validation,
+        on_chunk=chunk_loaded,
+        max_rows=max_rows,
+    )
+    first = next(batches)  # the study level: loads the first chunk, so the study id is known
+    return write_package_batches(
+        itertools.chain([first.resources], (batch.resources for batch in batches)),
+        out_dir,
+        key,
+        study=study[0],
+        enrolled=enrolled,
+        link_table=link_table,
+        fhir_version=fhir_version,
+        mappings_dir=mappings_dir,
+        made_at=made_at,
+        validation=validation,
     )
 
 
@@ -131,55 +197,163 @@ def write_package(
     fhir_version: FhirVersion = "R4",
     mappings_dir: Path | None = None,
     made_at: datetime | None = None,
+    validation: Validation | None = None,
 ) -> PackageResult:
     """De-identify mapped resources, validate every one and write the package and the link table."""
+    return write_package_batches(
+        [resources],
+        out_dir,
+        key,
+        study=study,
+        enrolled=enrolled,
+        link_table=link_table,
+        fhir_version=fhir_version,
+        mappings_dir=mappings_dir,
+        made_at=made_at,
+        validation=validation,
+    )
+
+
+def write_package_batches(
+    batches: Iterable[list[Resource]],
+    out_dir: Path,
+    key: RegistryKey,
+    *,
+    study: str,
+    enrolled: Collection[str] | None,
+    link_table: Path | None = None,
+    fhir_version: FhirVersion = "R4",
+    mappings_dir: Path | None = None,
+    made_at: datetime | None = None,
+    validation: Validation | None = None,
+    run_size: int = RUN_SIZE,
+) -> PackageResult:
+    """``write_package`` for resources that come a batch at a time (the first: what the others refer to).
+
+    Each batch is de-identified (every rule is per resource or per subject) and validated as it comes, and its
+    lines go to sorted runs of at most ``run_size`` resources on disk; each type's file is then the merge of its
+    runs, in new-id order, as ``write_package`` sorts them. Memory holds one batch and one run, not the package.
+    ``enrolled`` is read as each batch comes, so it may grow while the batches are made.
+    """
     link_path = link_table or default_link_table(out_dir)
     if link_path.resolve().is_relative_to(out_dir.resolve()):
         raise RegistryConfigError(f"{link_path}: the link table must not be inside the package directory {out_dir}")
+    _check_replaceable(out_dir)
     pack = load_pack(mappings_dir)
     rules = load_rules(mappings_dir)
-    clean = deidentify(resources, key, pack=pack, study=study, rules=rules, enrolled=enrolled)
-    problems = []
-    for resource in clean.resources:
-        try:
-            validate_resource(resource, fhir_version)
-        except ResourceInvalidError as exc:
-            problems.append({"resource": f"{resource['resourceType']}/{resource['id']}", "problem": str(exc)})
-    files: dict[str, bytes] = {}
-    by_type: dict[str, list[str]] = {}
-    for resource in clean.resources:
-        by_type.setdefault(resource["resourceType"], []).append(dumps(resource, pretty=False))
-    for resource_type in sorted(by_type):
-        files[f"{resource_type}.ndjson"] = ("\n".join(by_type[resource_type]) + "\n").encode("utf-8")
-    validation = {"fhir_version": FHIR_RELEASES[fhir_version], "validated": len(clean.resources), "problems": problems}
-    files[VALIDATION] = dumps(validation).encode("utf-8")
-    rules_path = (mappings_dir or default_mappings_dir()) / RULES_FILE
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "study": study,
-        "fhir_version": FHIR_RELEASES[fhir_version],
-        "mapping_version": pack.project.mapping_version,
-        "deidentification_rules_sha256": _sha256(rules_path.read_bytes()),
-        "key_id": key.key_id,
-        "made_at": (made_at or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "subjects": len(clean.links),
-        "resources": len(clean.resources),
-        "files": [
-            {
-                "resource_type": resource_type,
-                "file": f"{resource_type}.ndjson",
-                "count": len(by_type[resource_type]),
-                "sha256": _sha256(files[f"{resource_type}.ndjson"]),
-            }
-            for resource_type in sorted(by_type)
-        ],
-        "validation": {"file": VALIDATION, "sha256": _sha256(files[VALIDATION]), "problems": len(problems)},
-    }
-    files[MANIFEST] = dumps(manifest).encode("utf-8")
-    _replace_directory(out_dir, files)
-    _write_link_table(link_path, clean.links)
-    return PackageResult(out_dir, link_path, manifest, problems, clean.excluded)
+    problems: list[tuple[str, str, dict[str, str]]] = []
+    links: list[LinkRow] = []
+    excluded = 0
+    known: dict[str, str] = {}  # old -> new references of the first batch (the study level)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        runs = _Runs(staging / ".runs", run_size)
+        for number, resources in enumerate(batches):
+            clean = deidentify(resources, key, pack=pack, study=study, rules=rules, enrolled=enrolled, known_ids=known)
+            if number == 0:
+                known = {
+                    f"{r['resourceType']}/{r['id']}": f"{r['resourceType']}/{keyed_id(key, r['resourceType'], r['id'])}"
+                    for r in resources
+                }
+            links += clean.links
+            excluded += clean.excluded
+            for resource in clean.resources:
+                try:
+                    validate_resource(resource, fhir_version, validation=validation)
+                except ResourceInvalidError as exc:
+                    label = f"{resource['resourceType']}/{resource['id']}"
+                    problems.append(
+                        (resource["resourceType"], resource["id"], {"resource": label, "problem": str(exc)})
+                    )
+                runs.add(resource["resourceType"], resource["id"], dumps(resource, pretty=False))
+        written = runs.merge_into(staging)
+        problems.sort(key=lambda problem: (problem[0], problem[1]))
+        outcome = {
+            "fhir_version": FHIR_RELEASES[fhir_version],
+            "validated": sum(count for count, _digest in written.values()),
+            "problems": [problem for _type, _id, problem in problems],
+        }
+        validation_text = dumps(outcome).encode("utf-8")
+        (staging / VALIDATION).write_bytes(validation_text)
+        rules_path = (mappings_dir or default_mappings_dir()) / RULES_FILE
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "study": study,
+            "fhir_version": FHIR_RELEASES[fhir_version],
+            "mapping_version": pack.project.mapping_version,
+            "deidentification_rules_sha256": _sha256(rules_path.read_bytes()),
+            "key_id": key.key_id,
+            "made_at": (made_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+            "subjects": len(links),
+            "resources": outcome["validated"],
+            "files": [
+                {
+                    "resource_type": resource_type,
+                    "file": f"{resource_type}.ndjson",
+                    "count": count,
+                    "sha256": digest,
+                }
+                for resource_type, (count, digest) in sorted(written.items())
+            ],
+            "validation": {"file": VALIDATION, "sha256": _sha256(validation_text), "problems": len(problems)},
+        }
+        (staging / MANIFEST).write_bytes(dumps(manifest).encode("utf-8"))
+        _replace_directory(out_dir, {}, staging=staging)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    _write_link_table(link_path, links)
+    return PackageResult(out_dir, link_path, manifest, [problem for _t, _i, problem in problems], excluded)
+
+
+class _Runs:
+    """Sorted runs of ``id\tline`` per resource type on disk, merged into one sorted NDJSON file per type."""
+
+    def __init__(self, directory: Path, size: int) -> None:
+        self.directory = directory
+        self.size = size
+        self._pending: dict[str, list[tuple[str, str]]] = {}
+        self._held = 0
+        self._runs: dict[str, list[Path]] = {}
+
+    def add(self, resource_type: str, resource_id: str, line: str) -> None:
+        self._pending.setdefault(resource_type, []).append((resource_id, line))
+        self._held += 1
+        if self._held >= self.size:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.directory.mkdir(exist_ok=True)
+        for resource_type, items in self._pending.items():
+            items.sort()
+            path = self.directory / f"{resource_type}.{len(self._runs.get(resource_type, []))}"
+            with path.open("w", encoding="utf-8", newline="") as handle:
+                handle.writelines(f"{resource_id}\t{line}\n" for resource_id, line in items)
+            self._runs.setdefault(resource_type, []).append(path)
+        self._pending.clear()
+        self._held = 0
+
+    def merge_into(self, directory: Path) -> dict[str, tuple[int, str]]:
+        """Write ``<Type>.ndjson`` per type into ``directory``; returns type -> (count, sha256)."""
+        self._flush()
+        written: dict[str, tuple[int, str]] = {}
+        for resource_type, paths in sorted(self._runs.items()):
+            digest = hashlib.sha256()
+            count = 0
+            with contextlib.ExitStack() as stack:
+                runs = [stack.enter_context(path.open("r", encoding="utf-8", newline="")) for path in paths]
+                out = stack.enter_context((directory / f"{resource_type}.ndjson").open("wb"))
+                for merged in heapq.merge(*runs, key=lambda text: text.split("\t", 1)[0]):
+                    data = merged.split("\t", 1)[1].encode("utf-8")
+                    out.write(data)
+                    digest.update(data)
+                    count += 1
+            written[resource_type] = (count, digest.hexdigest())
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return written
 
 
 def read_package(directory: Path) -> Package:
@@ -292,17 +466,24 @@ def _sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def _replace_directory(out_dir: Path, files: Mapping[str, bytes]) -> None:
-    """Write the files to a new directory and put it in place of ``out_dir`` (only if that is a package)."""
+def _check_replaceable(out_dir: Path) -> None:
+    """RegistryConfigError unless ``out_dir`` is absent, empty or a package (so replacing it loses nothing)."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise RegistryConfigError(f"{out_dir}: exists and is not a directory")
         foreign = [p.name for p in out_dir.iterdir() if p.name not in (MANIFEST, VALIDATION) and p.suffix != ".ndjson"]
         if foreign or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists()):
             raise RegistryConfigError(f"{out_dir}: not empty and not a registry package; choose another -o")
+
+
+def _replace_directory(out_dir: Path, files: Mapping[str, bytes], *, staging: Path | None = None) -> None:
+    """Write the files to a new directory (or into ``staging``, already holding some) and put it in place of
+    ``out_dir`` (only if that is a package)."""
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
+    if staging is None:
+        staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+        staging.mkdir()
     try:
         for name, content in files.items():
             (staging / name).write_bytes(content)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fhir_lupus.model.loader import CheckedLab, TrialData
@@ -35,7 +36,7 @@ def expected_row(checked: CheckedLab, catalogue: LabCatalogue) -> tuple[str, str
     return value.raw, ""
 
 
-def compare_round_trip(data: TrialData, pulled: list[PulledLab], catalogue: LabCatalogue) -> RoundTrip:
+def compare_round_trip(data: TrialData, pulled: Iterable[PulledLab], catalogue: LabCatalogue) -> RoundTrip:
     expected = {row.record.lab.result_id: expected_row(row.record, catalogue) for row in data.labs}
     treg_unit = catalogue.analyte("treg_percent").trial_unit or ""
     expected |= {row.record.measurement_id: (format_number(float(row.record.percent)), treg_unit) for row in data.treg}

@@ -4,7 +4,9 @@
 parameter on the server when its CapabilityStatement lists it, and otherwise keeps it as a client-side filter
 (token, reference, date and ``_lastUpdated`` comparisons are understood here), so a server without, say,
 ``code`` on Observation still gives the right answer, only more slowly. A parameter neither side can apply
-raises UnsupportedInteraction naming it. Each ``where`` returns a new Search; only ``fetch`` does I/O, and it
+raises UnsupportedInteraction naming it. A token parameter may carry the ``:not`` modifier
+(``category:not=...``: resources without that token, those without the element included), checked against
+the capability of the parameter itself. Each ``where`` returns a new Search; only ``fetch`` does I/O, and it
 follows next links lazily, so memory stays flat.
 """
 
@@ -17,8 +19,10 @@ from typing import Any
 
 from fhir_lupus.client import Capabilities, FhirClient, UnsupportedInteraction
 
-__all__ = ["LOCAL_PARAMETERS", "Search", "parse_instant"]
+__all__ = ["LOCAL_PARAMETERS", "MODIFIERS", "Search", "matches", "parse_instant"]
 
+# Modifiers understood on both sides: ``:not`` negates a token match (FHIR R4 search, "token").
+MODIFIERS = frozenset({"not"})
 # How a parameter is applied client-side: the elements it reads, and the kind of comparison.
 LOCAL_PARAMETERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "_lastUpdated": ("instant", ("meta.lastUpdated",)),
@@ -37,20 +41,36 @@ class Search:
     resource_type: str
     params: tuple[tuple[str, str], ...] = ()
     local: tuple[tuple[str, str], ...] = ()
+    any_of: tuple[tuple[str, str], ...] = ()  # client-side alternatives: a resource passes if one matches
     fallbacks: tuple[str, ...] = ()  # what the server could not do, for the report
 
     def where(self, capabilities: Capabilities, **params: str) -> Search:
         """Add parameters (``_lastUpdated="ge2026-01-01"``); unsupported ones become client-side filters."""
         server, local, notes = list(self.params), list(self.local), list(self.fallbacks)
         for name, value in params.items():
-            if capabilities.searches(self.resource_type, name):
+            base, _, modifier = name.partition(":")
+            if modifier and (modifier not in MODIFIERS or LOCAL_PARAMETERS.get(base, ("",))[0] != "token"):
+                raise UnsupportedInteraction(f"the server cannot search {self.resource_type} by {name}")
+            if capabilities.searches(self.resource_type, base):
                 server.append((name, value))
-            elif name in LOCAL_PARAMETERS:
+            elif base in LOCAL_PARAMETERS:
                 local.append((name, value))
-                notes.append(f"{self.resource_type}?{name} is filtered here: the server does not search by it")
+                notes.append(f"{self.resource_type}?{base} is filtered here: the server does not search by it")
             else:
                 raise UnsupportedInteraction(f"the server cannot search {self.resource_type} by {name}")
         return replace(self, params=tuple(server), local=tuple(local), fallbacks=tuple(notes))
+
+    def where_any(self, capabilities: Capabilities, **params: str) -> Search:
+        """Keep resources matching any one of ``params``, filtered here (FHIR search has no OR across
+        parameters). Used when the server cannot apply them all: one search then brings what several would.
+        """
+        notes = list(self.fallbacks)
+        for name in params:
+            if name not in LOCAL_PARAMETERS:
+                raise UnsupportedInteraction(f"the server cannot search {self.resource_type} by {name}")
+            if not capabilities.searches(self.resource_type, name):
+                notes.append(f"{self.resource_type}?{name} is filtered here: the server does not search by it")
+        return replace(self, any_of=(*self.any_of, *params.items()), fallbacks=tuple(notes))
 
     def with_params(self, **params: str) -> Search:
         """Parameters sent as they are (paging size and the like), without a capability check."""
@@ -61,12 +81,17 @@ class Search:
 
     def fetch(self, client: FhirClient) -> Iterator[dict[str, Any]]:
         for resource in client.search(self.resource_type, self.query()):
-            if all(matches(resource, name, value) for name, value in self.local):
+            if all(matches(resource, name, value) for name, value in self.local) and (
+                not self.any_of or any(matches(resource, name, value) for name, value in self.any_of)
+            ):
                 yield resource
 
 
 def matches(resource: dict[str, Any], name: str, value: str) -> bool:
-    """Whether ``resource`` satisfies ``name=value`` as a server would (OR over commas)."""
+    """Whether ``resource`` satisfies ``name=value`` as a server would (OR over commas; ``:not`` negates)."""
+    base, _, modifier = name.partition(":")
+    if modifier == "not":
+        return not matches(resource, base, value)
     kind, paths = LOCAL_PARAMETERS[name]
     found = [item for path in paths for item in _walk(resource, path.split("."))]
     alternatives = [v.replace("\\,", ",") for v in _split(value)]

@@ -8,6 +8,10 @@ from fhir_lupus.model.study import StudyDefinition, nearest_month
 
 __all__ = ["assign_visit"]
 
+# month -> visit code per study definition: expanding the schedule took most of reverse mapping's time when
+# it was done again for every pulled result. Keyed by id, holding the study so that the id stays its own.
+_CODES: dict[int, tuple[StudyDefinition, dict[int, str]]] = {}
+
 
 def assign_visit(collected: str, anchor: date | None, study: StudyDefinition, window: int) -> tuple[str, str, str]:
     """(visit code, ``in-window`` or ``outside-windows``, days from the due date) for a collection date.
@@ -21,7 +25,16 @@ def assign_visit(collected: str, anchor: date | None, study: StudyDefinition, wi
     day = date.fromisoformat(collected[:10])
     month = nearest_month(anchor, day, study.protocol.visit_months.rule)
     offset = (day - study.due_date(anchor, month)).days
-    codes = {visit.month: visit.code for visit in study.visits()}
+    codes = _visit_codes(study)
     if abs(offset) <= window and month in codes:
         return codes[month], "in-window", str(offset)
     return "", "outside-windows", str(offset)
+
+
+def _visit_codes(study: StudyDefinition) -> dict[int, str]:
+    cached = _CODES.get(id(study))
+    if cached is None or cached[0] is not study:
+        if len(_CODES) > 16:  # a few studies per process; never grows without bound
+            _CODES.clear()
+        cached = _CODES[id(study)] = (study, {visit.month: visit.code for visit in study.visits()})
+    return cached[1]

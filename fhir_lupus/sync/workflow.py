@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from fhir_lupus.pipeline import map_trial
 from fhir_lupus.sync.dryrun import DryRunReport, dry_run
 from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.plan import content_hash
-from fhir_lupus.sync.pull import PullResult, mark_minus, pull_labs
+from fhir_lupus.sync.pull import DEFAULT_WORKERS, PullResult, mark_minus, pull_labs
 from fhir_lupus.sync.push import Progress, PushReport, push_resources
 from fhir_lupus.terminology import LabCatalogue, load_pack
 from fhir_lupus.validation import FhirVersion
@@ -87,7 +88,10 @@ def _push_counts(report: PushReport) -> dict[str, int]:
 
 
 def _row_hash(row: object) -> str:
-    fields = dataclasses.asdict(row) if dataclasses.is_dataclass(row) and not isinstance(row, type) else row
+    fields: object = row
+    if dataclasses.is_dataclass(row) and not isinstance(row, type):
+        # a pulled row is flat (strings only): its __dict__ is what asdict gives, without asdict's deep copy
+        fields = dict(vars(row)) if hasattr(row, "__dict__") else dataclasses.asdict(row)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -185,6 +189,7 @@ def pull_study(
     overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
     mappings_dir: Path | None = None,
     audit_log: AuditLog = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> PullResult:
     """Pull the study's labs into the journal's store and ``output``; the mark moves only after both.
 
@@ -192,7 +197,7 @@ def pull_study(
     commit is not missed; what is fetched twice is de-duplicated) and keeps every row pulled before; None
     pulls everything and makes the output mirror the server; an ISO date-time pulls what changed since then.
     Every pull, also a failed one, appends an entry to the audit log (``audit_log``, as for ``push_trial``):
-    counts, and ``digest_of`` the hashes of the rows new in this pull.
+    counts, and ``digest_of`` the hashes of the rows new in this pull. ``workers``: subjects fetched at once.
     """
     mark = journal.high_water(client.base_url, study.nct_id)
     if since == "auto":
@@ -214,6 +219,7 @@ def pull_study(
             output=output,
             mark_from=mark,
             mappings_dir=mappings_dir,
+            workers=workers,
         )
     except Exception as exc:
         outcome = f"failed: {type(exc).__name__}"
@@ -229,6 +235,7 @@ def pull_study(
         "total_rows": pulled.total_rows,
     }
     details = {"study": study.nct_id, "since": search_since or "", "high_water": pulled.high_water or ""}
-    digest = digest_of(_row_hash(row) for row in (*pulled.rows, *pulled.unmapped))
+    # chained, not unpacked: a large pull's new rows wait on disk (pullstore.Spool) and are read once here
+    digest = digest_of(_row_hash(row) for row in itertools.chain(pulled.rows, pulled.unmapped))
     audit(counts=counts, digest=digest, outcome="complete", details=details)
     return pulled

@@ -1,0 +1,100 @@
+"""Memory benchmark: peak RSS and wall time of ``fhir-lupus map`` as the trial grows (issue 12, item 1).
+
+Each measurement is one child process, so its peak RSS (``os.wait4``'s ru_maxrss) is its own. The data are made
+by bench/scale_example.py into ``--work`` (kept, so a second run skips making them). Cases:
+- ``x1``, ``x10``, ``x100``: the example copied 1, 10, 100 times (20, 200, 2,000 subjects);
+- ``1M``: about 1,000,000 Observations, ``--million-lab-repeat`` (default 10) lab rows for each example lab row,
+  in as many copies as that takes (about 120 subjects' worth of copies each holding 10x the labs).
+What runs per case: ``load`` (``load_trial`` alone, in Python), ``ndjson`` and ``bundle`` (the CLI, output
+written to ``--work``). Prints one Markdown table row per measurement; never part of the test suite.
+
+    .venv/bin/python bench/bench_memory.py --cases x1,x10 --what load,ndjson,bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_example import observations_per_copy, scale
+
+BIN = Path(sys.executable).parent
+LOAD_ONLY = (
+    "import sys; from pathlib import Path; from fhir_lupus.model.loader import load_trial; "
+    "data, report = load_trial(Path(sys.argv[1])); print(len(data.labs), 'labs')"
+)
+
+
+def case_data(case: str, work: Path, million_lab_repeat: int) -> tuple[Path, str]:
+    """The data directory of a case (made once) and a description of its size."""
+    if case == "1M":
+        repeat = million_lab_repeat
+        copies = math.ceil(1_000_000 / observations_per_copy(lab_repeat=repeat))
+    else:
+        repeat, copies = 1, int(case.removeprefix("x"))
+    directory = work / f"data-{copies}x-labs{repeat}"
+    if not (directory / "trial.txt").exists():
+        scale(copies, directory, lab_repeat=repeat)
+    observations = copies * observations_per_copy(lab_repeat=repeat)
+    return directory, f"{copies * 20:,} subjects, {observations:,} Observations"
+
+
+def measure(command: list[str], log: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, exit code) of one child process; what it prints goes to ``log``.
+
+    A file, not a pipe: the CLI prints its row summary and findings (thousands of lines at x100), which would
+    fill a pipe nobody reads until the end and stall the child.
+    """
+    started = time.perf_counter()
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode not in (0, 1):  # 1: rows were rejected, which the scale-up does not do, but say so
+        print(f"  command failed ({process.returncode}): {' '.join(command)}; see {log}", file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, process.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="x1,x10", help="comma list of x1, x10, x100, 1M")
+    parser.add_argument("--what", default="load,ndjson,bundle", help="comma list of load, ndjson, bundle")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fhir-lupus-bench-memory"))
+    parser.add_argument("--million-lab-repeat", type=int, default=10)
+    parser.add_argument("--keep-output", action="store_true", help="keep the mapped output (it is large)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {platform.platform()} {os.cpu_count()} CPUs")
+    print(f"# load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| case | size | what | wall time | peak RSS | exit |")
+    print("|---|---|---|---|---|---|")
+    for case in args.cases.split(","):
+        data, size = case_data(case, args.work, args.million_lab_repeat)
+        for what in args.what.split(","):
+            out = args.work / f"out-{case}-{what}"
+            if what == "load":
+                command = [sys.executable, "-c", LOAD_ONLY, str(data)]
+            elif what == "ndjson":
+                command = [str(BIN / "fhir-lupus"), "map", str(data), "--format", "ndjson", "-o", str(out)]
+            elif what == "bundle":
+                command = [str(BIN / "fhir-lupus"), "map", str(data), "--format", "bundle", "-o", str(out / "b.json")]
+            else:
+                parser.error(f"unknown --what {what}")
+            wall, peak, code = measure(command, args.work / f"{case}-{what}.log")
+            print(f"| {case} | {size} | {what} | {wall:.1f} s | {peak:.0f} MiB | {code} |", flush=True)
+            if not args.keep_output:
+                shutil.rmtree(out, ignore_errors=True)
+    print(f"# load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

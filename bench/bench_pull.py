@@ -1,0 +1,199 @@
+"""Benchmark: ``pull_study`` against fhirpy ``fetch_all`` of the same labs, side by side on the same server.
+
+    .venv/bin/pip install -e '.[bench]'     # fhirpy
+    .venv/bin/python bench/bench_pull.py hapi=http://127.0.0.1:18080/fhir medplum=http://127.0.0.1:18103/fhir \\
+        [--subjects 5,20] [--repeat 3] [--workers 1,3] [--scale 10]
+
+For each server and subject count, the example trial's first N subjects are pushed once under identifier
+systems of their own (a copy of mappings/ with a unique canonical base, as bench_sync.py does), so the run
+sees only its own resources. Then, ``--repeat`` times and interleaved (pull, fhirpy, pull, ...), so that a
+load change on the shared machine hits both alike:
+- ``pull``: ``pull_study(since=None)`` with a fresh journal, writing labs.csv and labs.unmapped.csv: the
+  study and subject searches, each subject's day-0 look-ups, the lab searches, reverse mapping, the SQLite
+  store and the output files;
+- ``fhirpy``: a plain ``SyncFHIRClient``, for each subject's Patient
+  ``Observation?subject=...&category=laboratory&_count=1000`` and ``fetch_all()``: the same labs, fetched
+  and parsed into fhirpy resources, nothing else (its fastest form: the same page size as pull).
+Medians are printed with the rate (labs per second) and the ratio of pull's rate to fhirpy's.
+
+``--scale 10`` also measures memory: after the timed runs, every lab Observation of the pushed subjects is
+copied ``scale - 1`` more times for the same patients (plain creates in batch Bundles of 250, another
+identifier value each), and one ``pull_study`` in a child process reports its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fhir_lupus import load_trial
+from fhir_lupus.client import FhirClient
+from fhir_lupus.model import load_study
+from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.sync.reverse import load_pull_rules
+from fhir_lupus.terminology import load_pack
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import EXAMPLE, example_subset, isolated_mappings_copy  # noqa: E402
+
+PAGE = 1000
+
+
+def lab_category(mappings: Path) -> str:
+    rules, pack = load_pull_rules(mappings), load_pack(mappings)
+    return f"{pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
+
+
+def patients(client: FhirClient, journal: Journal) -> list[str]:
+    return sorted(
+        f"Patient/{entry.server_id}"
+        for entry in journal.entries(client.base_url).values()
+        if entry.resource_type == "Patient" and entry.server_id
+    )
+
+
+def run_pull(url: str, nct_id: str, mappings: Path, scratch: Path, workers: int) -> tuple[float, int]:
+    """One full pull with a fresh journal; (seconds, rows + set-aside results)."""
+    run = scratch / f"pull-{uuid.uuid4().hex[:8]}"
+    run.mkdir()
+    study = load_study(nct_id, mappings)
+    started = time.perf_counter()
+    with FhirClient(url, timeout=600) as client, Journal(run / "journal.sqlite") as journal:
+        result = pull_study(
+            client,
+            journal,
+            study,
+            since=None,
+            output=run / "labs.csv",
+            mappings_dir=mappings,
+            audit_log=False,
+            workers=workers,
+        )
+    return time.perf_counter() - started, result.total_rows + result.total_unmapped
+
+
+def run_fhirpy(url: str, refs: list[str], category: str) -> tuple[float, int]:
+    from fhirpy import SyncFHIRClient  # the bench extra: pip install -e '.[bench]'
+
+    started = time.perf_counter()
+    client = SyncFHIRClient(url, extra_headers={"Accept": "application/fhir+json"})
+    found = 0
+    for ref in refs:
+        found += len(client.resources("Observation").search(subject=ref, category=category).limit(PAGE).fetch_all())
+    return time.perf_counter() - started, found
+
+
+def scale_up(client: FhirClient, refs: list[str], category: str, copies: int) -> int:
+    """Write ``copies`` more of every lab Observation of ``refs`` (plain creates, batch Bundles of 250)."""
+    written = 0
+    entries: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal written
+        if entries:
+            client.transaction({"resourceType": "Bundle", "type": "batch", "entry": entries}, idempotent=False)
+            written += len(entries)
+            entries.clear()
+
+    for ref in refs:
+        labs = list(client.search("Observation", {"subject": ref, "category": category, "_count": str(PAGE)}))
+        for copy in range(1, copies):
+            for lab in labs:
+                clone = {k: v for k, v in lab.items() if k not in ("id", "meta", "text")}
+                clone["identifier"] = [{**i, "value": f"{i.get('value')}-x{copy}"} for i in lab.get("identifier", [])]
+                entries.append({"resource": clone, "request": {"method": "POST", "url": "Observation"}})
+                if len(entries) >= 250:
+                    flush()
+    flush()
+    return written
+
+
+def child_pull(url: str, nct_id: str, mappings: str, scratch: str, workers: str) -> None:
+    """Run in a child process so that its peak RSS is the pull's alone."""
+    seconds, found = run_pull(url, nct_id, Path(mappings), Path(scratch), int(workers))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "results": found, "peak_mib": peak}))
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_pull(*sys.argv[2:7])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("servers", nargs="+", help="name=URL")
+    parser.add_argument("--subjects", default="5,20")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", default="1", help="pull variants: subjects fetched at once, e.g. 1,3")
+    parser.add_argument("--scale", type=int, default=0, help="also copy the labs to SCALE times and measure RSS")
+    args = parser.parse_args()
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {machine()}")
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    for server in args.servers:
+        name, _, url = server.partition("=")
+        for subjects in (int(n) for n in args.subjects.split(",")):
+            with tempfile.TemporaryDirectory() as scratch_dir:
+                scratch = Path(scratch_dir)
+                mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
+                data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
+                data, report = load_trial(data_dir, mappings_dir=mappings)
+                category = lab_category(mappings)
+                with FhirClient(url, timeout=600) as client, Journal(scratch / "push.sqlite") as journal:
+                    push_trial(data, report, client, journal, source="bench", mappings_dir=mappings, audit_log=False)
+                    refs = patients(client, journal)
+                timings: dict[str, list[float]] = {}
+                counts: dict[str, int] = {}
+                for _ in range(args.repeat):
+                    for workers in worker_counts:
+                        seconds, counts[f"pull w{workers}"] = run_pull(
+                            url, data.study.nct_id, mappings, scratch, workers
+                        )
+                        timings.setdefault(f"pull w{workers}", []).append(seconds)
+                    seconds, counts["fhirpy"] = run_fhirpy(url, refs, category)
+                    timings.setdefault("fhirpy", []).append(seconds)
+                fhirpy_rate = counts["fhirpy"] / statistics.median(timings["fhirpy"])
+                for label, runs in timings.items():
+                    median = statistics.median(runs)
+                    rate = counts[label] / median
+                    print(
+                        f"{name:8s} {subjects:3d} subjects  {label:9s} median {median:6.2f} s "
+                        f"({', '.join(f'{r:.2f}' for r in runs)})  {counts[label]:6d} labs  {rate:7.0f}/s  "
+                        f"ratio to fhirpy {rate / fhirpy_rate:.2f}"
+                    )
+                if args.scale > 1:
+                    with FhirClient(url, timeout=600) as client:
+                        added = scale_up(client, refs, category, args.scale)
+                    for workers in worker_counts:
+                        command = [sys.executable, __file__, "--child", url, data.study.nct_id]
+                        child = subprocess.run(
+                            [*command, str(mappings), scratch_dir, str(workers)],
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                        )
+                        measured = json.loads(child.stdout.strip().splitlines()[-1])
+                        print(
+                            f"{name:8s} x{args.scale} ({added} labs added)  pull w{workers} {measured['seconds']:.1f} s"
+                            f"  {measured['results']} labs  peak RSS {measured['peak_mib']:.0f} MiB"
+                        )
+    print(f"done {time.strftime('%H:%M:%S')}  {machine()}")
+
+
+if __name__ == "__main__":
+    main()
