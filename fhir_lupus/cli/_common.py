@@ -169,6 +169,16 @@ def report_load(report: LoadReport, quarantine: Path | None, *, verbose_findings
             console.print(f"quarantined rows in {path}")
 
 
+def note_rejects(report: LoadReport, consequence: str) -> None:
+    """For commands that go on despite rejected rows: one line saying how many and what that means."""
+    if report.rejects:
+        console.print(
+            f"[yellow]note[/yellow] {sum(report.rejected.values())} row(s) rejected by the loader {consequence} "
+            "(fhir-lupus validate lists them)",
+            highlight=False,
+        )
+
+
 def exit_on_rejects(report: LoadReport, allow_rejects: bool) -> None:
     if report.rejects and not allow_rejects:
         console.print(f"[red]{sum(report.rejected.values())} row(s) rejected[/red] (use --allow-rejects to go on)")

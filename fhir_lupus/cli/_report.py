@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load
+from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.report import write_report
 
@@ -26,12 +26,7 @@ def report(
     """Subject timelines around the MSC infusion, change from baseline and responders
     (definitions: mappings/report/report.yaml), as one HTML page that needs no network."""
     data, loaded = load(data_dir, mappings)
-    if loaded.rejects:
-        console.print(
-            f"[yellow]note[/yellow] {sum(loaded.rejected.values())} row(s) rejected by the loader are not in the "
-            "report (fhir-lupus validate lists them)",
-            highlight=False,
-        )
+    note_rejects(loaded, "are not in the report")
     try:
         result = write_report(data, out, figures_dir=figures, mappings_dir=mappings)
     except FhirLupusError as exc:

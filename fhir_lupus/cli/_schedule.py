@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load
+from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
 from fhir_lupus.model.schedule import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
 
 __all__ = ["schedule"]
@@ -37,12 +37,7 @@ def schedule(
         except ValueError:
             fail(ValueError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)"))
     data, report = load(data_dir, mappings)
-    if report.rejects:
-        console.print(
-            f"[yellow]note[/yellow] {sum(report.rejected.values())} row(s) rejected by the loader are not counted "
-            "(fhir-lupus validate lists them)",
-            highlight=False,
-        )
+    note_rejects(report, "are not counted")
     schedules = schedule_report(data, as_of=snapshot)
     out = Console()
     if not out.is_terminal:

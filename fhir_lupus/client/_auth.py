@@ -18,12 +18,13 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Generator
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import jwt
 
 from fhir_lupus._logredact import register_secret
+from fhir_lupus.client._errors import AuthenticationRefused, FatalHttpError, error_class, server_message
 
 __all__ = ["BasicAuth", "BearerAuth", "SmartBackendAuth"]
 
@@ -103,8 +104,6 @@ class SmartBackendAuth(httpx.Auth):
         return httpx.Request("POST", self.token_url, data=form, headers={"Accept": "application/json"})
 
     def _store(self, response: httpx.Response) -> None:
-        from fhir_lupus.client._errors import AuthenticationRefused, FatalHttpError, error_class
-
         if response.status_code != 200:
             kind = error_class(response.status_code, "")
             refused = kind is FatalHttpError  # a 4xx; 5xx were retried already and stay transient
@@ -114,13 +113,7 @@ class SmartBackendAuth(httpx.Auth):
                 method="POST",
                 url=self.token_url,
             )
-        try:
-            body = json.loads(response.content)
-            token = body["access_token"]
-        except (ValueError, KeyError, TypeError):
-            raise FatalHttpError(
-                "token response has no access_token", status=200, method="POST", url=self.token_url
-            ) from None
+        body, token = _json_field(response, "access_token", "token response", method="POST", url=self.token_url)
         self._token = str(token)
         register_secret(self._token)
         self._expires_at = self._clock() + self.lifetime(float(body.get("expires_in", 300)))
@@ -141,8 +134,6 @@ class SmartBackendAuth(httpx.Auth):
             error = str(body["error"])
             said = error + (f" ({body['error_description']})" if body.get("error_description") else "")
         else:
-            from fhir_lupus.client._errors import server_message
-
             error, said = "", server_message(response.content, limit=200)
         hints = {
             "invalid_client": (
@@ -164,8 +155,6 @@ class SmartBackendAuth(httpx.Auth):
 
     def _discover(self, response: httpx.Response) -> None:
         """Take the token endpoint from the SMART configuration, after checking that it accepts our assertion."""
-        from fhir_lupus.client._errors import AuthenticationRefused, FatalHttpError, error_class, server_message
-
         where = {"method": "GET", "url": self.discovery_url}
         if response.status_code != 200:
             raise error_class(response.status_code, "")(
@@ -175,15 +164,13 @@ class SmartBackendAuth(httpx.Auth):
                 status=response.status_code,
                 **where,
             )
-        try:
-            config = json.loads(response.content)
-            token_url = config["token_endpoint"]
-        except (ValueError, KeyError, TypeError):
-            raise FatalHttpError(
-                f"SMART discovery failed: {self.discovery_url} has no token_endpoint; pass --smart-token-url",
-                status=200,
-                **where,
-            ) from None
+        config, token_url = _json_field(
+            response,
+            "token_endpoint",
+            f"SMART discovery failed: {self.discovery_url}",
+            "pass --smart-token-url",
+            **where,
+        )
         methods = config.get("token_endpoint_auth_methods_supported")
         algorithms = config.get("token_endpoint_auth_signing_alg_values_supported")
         if isinstance(methods, list) and "private_key_jwt" not in methods:
@@ -212,8 +199,6 @@ class SmartBackendAuth(httpx.Auth):
             request.headers["Authorization"] = f"Bearer {self._token}"
             response = yield request
             if response.status_code == 401:  # a token fresh from the token endpoint: another would fare no better
-                from fhir_lupus.client._errors import AuthenticationRefused, server_message
-
                 challenge = response.headers.get("WWW-Authenticate", "")
                 raise AuthenticationRefused(
                     "authentication refused: the FHIR server answered 401 again to a fresh token from "
@@ -225,3 +210,15 @@ class SmartBackendAuth(httpx.Auth):
                     method=request.method,
                     url=str(request.url),
                 )
+
+
+def _json_field(
+    response: httpx.Response, field: str, what: str, hint: str = "", *, method: str, url: str
+) -> tuple[dict[str, Any], Any]:
+    """The JSON object of a 200 answer and its ``field``; FatalHttpError saying ``what`` has no such field."""
+    try:
+        body = json.loads(response.content)
+        return body, body[field]
+    except (ValueError, KeyError, TypeError):
+        message = f"{what} has no {field}" + (f"; {hint}" if hint else "")
+        raise FatalHttpError(message, status=200, method=method, url=url) from None

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_lupus.terminology import default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import load_mapping_file
 
 __all__ = [
     "Category",
@@ -22,7 +22,6 @@ __all__ = [
     "SeriesDefinition",
     "XAxis",
     "load_report_definition",
-    "report_definition_path",
 ]
 
 Op = Literal["<", "<=", ">", ">="]
@@ -111,11 +110,6 @@ class ReportDefinition(_Frozen):
         return {series.key: series for series in self.series}
 
 
-def report_definition_path(mappings_dir: Path | None = None) -> Path:
-    return (mappings_dir or default_mappings_dir()) / "report" / "report.yaml"
-
-
 def load_report_definition(mappings_dir: Path | None = None) -> ReportDefinition:
     """Read and check mappings/report/report.yaml; MappingError names the file and key when it is wrong."""
-    path = report_definition_path(mappings_dir)
-    return parse_model(ReportDefinition, path, read_yaml(path))
+    return load_mapping_file(ReportDefinition, "report/report.yaml", mappings_dir)
