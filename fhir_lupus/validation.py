@@ -15,7 +15,6 @@ push code without a parameter through every layer.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -68,15 +67,7 @@ class _Invariant:
 
 
 def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant, ...]]:
-    if mappings_dir is None:  # once per resource: resolving the default directory is a dozen system calls
-        return _default_invariants(os.environ.get("FHIR_LUPUS_MAPPINGS"), os.getcwd())
     return _invariants_at(mappings_root(mappings_dir) / "fhir" / "invariants.yaml")
-
-
-@functools.lru_cache(maxsize=4)
-def _default_invariants(env: str | None, cwd: str) -> dict[str, tuple[_Invariant, ...]]:
-    """The default directory's rules, per FHIR_LUPUS_MAPPINGS value (and working directory, for a relative one)."""
-    return _invariants_at(mappings_root(None) / "fhir" / "invariants.yaml")
 
 
 @functools.lru_cache(maxsize=2)

@@ -299,7 +299,16 @@ def mappings_root(mappings_dir: Path | None = None) -> Path:
     """The mappings directory a call means, resolved: the caches below are keyed by it, never by ``None``, so a
     process that changes FHIR_LUPUS_MAPPINGS between calls (a test, a notebook, a service serving two packs)
     never gets the pack it read first."""
-    return (mappings_dir or default_mappings_dir()).resolve()
+    if mappings_dir is not None:
+        return mappings_dir.resolve()
+    return _default_root(os.environ.get("FHIR_LUPUS_MAPPINGS"), os.getcwd())
+
+
+@functools.lru_cache(maxsize=8)
+def _default_root(env: str | None, cwd: str) -> Path:
+    """The default directory, resolved once per FHIR_LUPUS_MAPPINGS value and working directory (a relative
+    value depends on it): loaders ask for it once per resource, and resolving it takes a dozen system calls."""
+    return default_mappings_dir().resolve()
 
 
 def load_mapping_file(model: type[M], relative: str, mappings_dir: Path | None = None) -> M:
