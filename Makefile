@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DATA   ?= examples/nct00698191
 OUT    ?= out
 
-.PHONY: demo test test-unit lint bench wheel clean
+.PHONY: demo test test-unit lint bench bench-all wheel clean
 
 $(BIN)/fhir-lupus: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: $(BIN)/fhir-lupus
 
 bench: $(BIN)/fhir-lupus
 	$(BIN)/python bench/bench_map.py
+
+# Every comparison of docs/benchmarks.md, rewritten by this run (about 45 min on 2 cores; servers on 18081,
+# 18082 and 18104, which must be free). BENCH_ARGS=--quick for a few minutes at the smallest sizes.
+bench-all: $(BIN)/fhir-lupus
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 # A wheel that carries mappings/ (as fhir_lupus/_mappings): `pip install dist/fhir_lupus-*.whl` anywhere.
 wheel: $(BIN)/fhir-lupus

@@ -6,6 +6,7 @@ Run on demand (`make bench`); results are recorded in bench/README.md, never ass
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
 from pathlib import Path
@@ -16,40 +17,59 @@ from fhir_lupus.validation import _model, check_invariants
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nct00698191"
 
 
+def run(data_dir: Path = EXAMPLE, fhir_version: str = "R4", validation: str = "fast") -> dict[str, float]:
+    """One load + map + bundle of ``data_dir``, each stage timed; then ``model_validate`` and the invariants
+    alone on the mapped resources (the parts of map + validate, and the rate the issue compares with)."""
+    started = time.perf_counter()
+    data, report = load_trial(data_dir)
+    loaded = time.perf_counter()
+    result = map_trial(data, report, fhir_version=fhir_version, validation=validation)  # type: ignore[arg-type]
+    mapped = time.perf_counter()
+    for item in result.resources:
+        _model(fhir_version, item["resourceType"]).model_validate(item)  # type: ignore[arg-type]
+    models = time.perf_counter()
+    for item in result.resources:
+        check_invariants(item, fhir_version, validation=validation)  # type: ignore[arg-type]
+    invariants = time.perf_counter()
+    text = dumps(transaction_bundle(result.resources))
+    bundled = time.perf_counter()
+    return {
+        "rows": sum(report.read.values()),
+        "resources": len(result.resources),
+        "load_s": loaded - started,
+        "map_validate_s": mapped - loaded,
+        "model_validate_s": models - mapped,
+        "invariants_s": invariants - models,
+        "bundle_s": bundled - invariants,
+        "bundle_mb": len(text) / 1e6,
+        "end_to_end_s": loaded - started + mapped - loaded + bundled - invariants,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data_dir", nargs="?", type=Path, default=EXAMPLE)
     parser.add_argument("--fhir-version", choices=["R4", "R5"], default="R4")
     parser.add_argument("--validation", choices=["fast", "strict"], default="fast", help="strict: fhirpathpy only")
+    parser.add_argument("--json", action="store_true", help="print the timings as one JSON object (run_all.py)")
     args = parser.parse_args()
-
-    started = time.perf_counter()
-    data, report = load_trial(args.data_dir)
-    loaded = time.perf_counter()
-    result = map_trial(data, report, fhir_version=args.fhir_version, validation=args.validation)
-    mapped = time.perf_counter()
-    # the parts of map + validate, each timed again alone on the mapped resources
-    for item in result.resources:
-        _model(args.fhir_version, item["resourceType"]).model_validate(item)
-    models = time.perf_counter()
-    for item in result.resources:
-        check_invariants(item, args.fhir_version, validation=args.validation)
-    invariants = time.perf_counter()
-    model_s, invariants_s = models - mapped, invariants - models
-    text = dumps(transaction_bundle(result.resources))
-    bundled = time.perf_counter()
-    rows = sum(report.read.values())
-    resources = len(result.resources)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"rows read          {rows}")
-    print(f"resources          {resources} (FHIR {args.fhir_version})")
-    print(f"load + check       {loaded - started:6.2f} s")
-    print(f"map + validate     {mapped - loaded:6.2f} s  ({resources / (mapped - loaded):.0f} resources/s)")
-    print(f"  model_validate   {model_s:6.2f} s  ({resources / model_s:.0f} resources/s alone)")
-    print(f"  invariants       {invariants_s:6.2f} s  ({args.validation})")
-    print(f"  mappers, rest    {mapped - loaded - model_s - invariants_s:6.2f} s")
-    print(f"bundle + JSON      {bundled - mapped:6.2f} s  ({len(text) / 1e6:.1f} MB)")
-    print(f"peak RSS           {peak_mib:6.0f} MiB")
+    r = run(args.data_dir, args.fhir_version, args.validation)
+    if args.json:
+        print(json.dumps(r))
+        return
+    resources = r["resources"]
+    rest = r["map_validate_s"] - r["model_validate_s"] - r["invariants_s"]
+    print(f"rows read          {r['rows']:.0f}")
+    print(f"resources          {resources:.0f} (FHIR {args.fhir_version})")
+    print(f"load + check       {r['load_s']:6.2f} s")
+    print(f"map + validate     {r['map_validate_s']:6.2f} s  ({resources / r['map_validate_s']:.0f} resources/s)")
+    alone = resources / r["model_validate_s"]
+    print(f"  model_validate   {r['model_validate_s']:6.2f} s  ({alone:.0f} resources/s alone)")
+    print(f"  invariants       {r['invariants_s']:6.2f} s  ({args.validation})")
+    print(f"  mappers, rest    {rest:6.2f} s")
+    print(f"bundle + JSON      {r['bundle_s']:6.2f} s  ({r['bundle_mb']:.1f} MB)")
+    print(f"peak RSS           {r['peak_mib']:6.0f} MiB")
 
 
 if __name__ == "__main__":

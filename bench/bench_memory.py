@@ -64,35 +64,52 @@ def measure(command: list[str], log: Path) -> tuple[float, float, int]:
     return wall, usage.ru_maxrss / 1024, process.returncode
 
 
+def run(cases: list[str], what: list[str], work: Path, million_lab_repeat: int = 10) -> list[dict[str, object]]:
+    """One row per case and step: wall time, peak RSS and exit code of its own child process."""
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    for case in cases:
+        data, size = case_data(case, work, million_lab_repeat)
+        for step in what:
+            out = work / f"out-{case}-{step}"
+            if step == "load":
+                command = [sys.executable, "-c", LOAD_ONLY, str(data)]
+            elif step == "ndjson":
+                command = [str(BIN / "fhir-lupus"), "map", str(data), "--format", "ndjson", "-o", str(out)]
+            elif step == "bundle":
+                command = [str(BIN / "fhir-lupus"), "map", str(data), "--format", "bundle", "-o", str(out / "b.json")]
+            else:
+                raise ValueError(f"unknown step {step}")
+            load = os.getloadavg()[0]
+            wall, peak, code = measure(command, work / f"{case}-{step}.log")
+            rows.append(
+                {
+                    "case": case,
+                    "size": size,
+                    "what": step,
+                    "seconds": wall,
+                    "peak_mib": peak,
+                    "exit": code,
+                    "load": load,
+                }
+            )
+            print(f"| {case} | {size} | {step} | {wall:.1f} s | {peak:.0f} MiB | {code} |", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="x1,x10", help="comma list of x1, x10, x100, 1M")
     parser.add_argument("--what", default="load,ndjson,bundle", help="comma list of load, ndjson, bundle")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fhir-lupus-bench-memory"))
     parser.add_argument("--million-lab-repeat", type=int, default=10)
-    parser.add_argument("--keep-output", action="store_true", help="keep the mapped output (it is large)")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {platform.platform()} {os.cpu_count()} CPUs")
     print(f"# load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| case | size | what | wall time | peak RSS | exit |")
     print("|---|---|---|---|---|---|")
-    for case in args.cases.split(","):
-        data, size = case_data(case, args.work, args.million_lab_repeat)
-        for what in args.what.split(","):
-            out = args.work / f"out-{case}-{what}"
-            if what == "load":
-                command = [sys.executable, "-c", LOAD_ONLY, str(data)]
-            elif what == "ndjson":
-                command = [str(BIN / "fhir-lupus"), "map", str(data), "--format", "ndjson", "-o", str(out)]
-            elif what == "bundle":
-                command = [str(BIN / "fhir-lupus"), "map", str(data), "--format", "bundle", "-o", str(out / "b.json")]
-            else:
-                parser.error(f"unknown --what {what}")
-            wall, peak, code = measure(command, args.work / f"{case}-{what}.log")
-            print(f"| {case} | {size} | {what} | {wall:.1f} s | {peak:.0f} MiB | {code} |", flush=True)
-            if not args.keep_output:
-                shutil.rmtree(out, ignore_errors=True)
+    run(args.cases.split(","), args.what.split(","), args.work, args.million_lab_repeat)
     print(f"# load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

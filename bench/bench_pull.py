@@ -16,9 +16,12 @@ load change on the shared machine hits both alike:
   and parsed into fhirpy resources, nothing else (its fastest form: the same page size as pull).
 Medians are printed with the rate (labs per second) and the ratio of pull's rate to fhirpy's.
 
-``--scale 10`` also measures memory: after the timed runs, every lab Observation of the pushed subjects is
-copied ``scale - 1`` more times for the same patients (plain creates in batch Bundles of 250, another
-identifier value each), and one ``pull_study`` in a child process reports its peak RSS.
+``--scale 10`` also measures memory: the example's 20 subjects are pushed under systems of their own, every
+lab Observation of theirs is copied ``scale - 1`` more times for the same patients (plain creates in batch
+Bundles of 250, another identifier value each), and one ``pull_study`` in a child process reports its peak RSS.
+
+From Python (bench/run_all.py): ``run(servers, subjects, repeat, workers)`` returns one row per server, size
+and worker count; ``run_memory(url, copies)`` returns the memory measurement. ``main`` prints both.
 """
 
 from __future__ import annotations
@@ -132,6 +135,87 @@ def machine() -> str:
     return f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
 
 
+def run(servers: dict[str, str], subjects: list[int], repeat: int, workers: list[int]) -> list[dict[str, Any]]:
+    """Pull against fhirpy on each server (name -> URL) and size: one row per server, size and worker count.
+
+    Each row: server, url, subjects, workers, labs, pull_s and fhirpy_s (medians of ``repeat`` interleaved
+    runs), pull_runs and fhirpy_runs (every run), ratio (pull's rate over fhirpy's: above 1, pull is faster).
+    """
+    rows: list[dict[str, Any]] = []
+    for name, url in servers.items():
+        for size in subjects:
+            with tempfile.TemporaryDirectory() as scratch_dir:
+                scratch = Path(scratch_dir)
+                nct_id, mappings, refs, category = push_subjects(url, size, scratch)
+                timings: dict[str, list[float]] = {}
+                counts: dict[str, int] = {}
+                for _ in range(repeat):
+                    for count in workers:
+                        seconds, counts[f"w{count}"] = run_pull(url, nct_id, mappings, scratch, count)
+                        timings.setdefault(f"w{count}", []).append(seconds)
+                    seconds, counts["fhirpy"] = run_fhirpy(url, refs, category)
+                    timings.setdefault("fhirpy", []).append(seconds)
+            fhirpy_s = statistics.median(timings["fhirpy"])
+            for count in workers:
+                pull_s = statistics.median(timings[f"w{count}"])
+                labs = counts[f"w{count}"]
+                rows.append(
+                    {
+                        "server": name,
+                        "url": url,
+                        "subjects": size,
+                        "workers": count,
+                        "labs": labs,
+                        "pull_s": pull_s,
+                        "fhirpy_s": fhirpy_s,
+                        "pull_runs": timings[f"w{count}"],
+                        "fhirpy_runs": timings["fhirpy"],
+                        "fhirpy_labs": counts["fhirpy"],
+                        "ratio": (labs / pull_s) / (counts["fhirpy"] / fhirpy_s),
+                    }
+                )
+    return rows
+
+
+def run_memory(url: str, copies: int, workers: int = 1) -> dict[str, Any]:
+    """Peak RSS of one pull of the example's 20 subjects with every lab copied to ``copies`` times (a child).
+
+    Returns url, copies, added (labs written by the scale-up), labs (rows and set-aside results pulled),
+    seconds and peak_mib of the child's pull.
+    """
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        nct_id, mappings, refs, category = push_subjects(url, 20, scratch)
+        with FhirClient(url, timeout=600) as client:
+            added = scale_up(client, refs, category, copies)
+        measured = measure_child(url, nct_id, mappings, scratch, workers)
+    return {"url": url, "copies": copies, "added": added, "workers": workers, **measured}
+
+
+def push_subjects(url: str, subjects: int, scratch: Path) -> tuple[str, Path, list[str], str]:
+    """The example's first ``subjects`` pushed under identifier systems of their own; (NCT id, mappings
+    directory, Patient references, lab category token)."""
+    mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
+    data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
+    data, report = load_trial(data_dir, mappings_dir=mappings)
+    with FhirClient(url, timeout=600) as client, Journal(scratch / "push.sqlite") as journal:
+        push_trial(data, report, client, journal, source="bench", mappings_dir=mappings, audit_log=False)
+        refs = patients(client, journal)
+    return data.study.nct_id, mappings, refs, lab_category(mappings)
+
+
+def measure_child(url: str, nct_id: str, mappings: Path, scratch: Path, workers: int) -> dict[str, Any]:
+    """One pull in a child process; its seconds, results and peak RSS (``child_pull``)."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", url, nct_id, str(mappings), str(scratch), str(workers)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    measured: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    return {"seconds": measured["seconds"], "labs": measured["results"], "peak_mib": measured["peak_mib"]}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_pull(*sys.argv[2:7])
@@ -143,55 +227,29 @@ def main() -> None:
     parser.add_argument("--workers", default="1", help="pull variants: subjects fetched at once, e.g. 1,3")
     parser.add_argument("--scale", type=int, default=0, help="also copy the labs to SCALE times and measure RSS")
     args = parser.parse_args()
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {machine()}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {machine()}", flush=True)
+    servers = dict(server.partition("=")[::2] for server in args.servers)
+    subjects = [int(n) for n in args.subjects.split(",") if n]
     worker_counts = [int(w) for w in args.workers.split(",")]
-    for server in args.servers:
-        name, _, url = server.partition("=")
-        for subjects in (int(n) for n in args.subjects.split(",")):
-            with tempfile.TemporaryDirectory() as scratch_dir:
-                scratch = Path(scratch_dir)
-                mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
-                data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
-                data, report = load_trial(data_dir, mappings_dir=mappings)
-                category = lab_category(mappings)
-                with FhirClient(url, timeout=600) as client, Journal(scratch / "push.sqlite") as journal:
-                    push_trial(data, report, client, journal, source="bench", mappings_dir=mappings, audit_log=False)
-                    refs = patients(client, journal)
-                timings: dict[str, list[float]] = {}
-                counts: dict[str, int] = {}
-                for _ in range(args.repeat):
-                    for workers in worker_counts:
-                        seconds, counts[f"pull w{workers}"] = run_pull(
-                            url, data.study.nct_id, mappings, scratch, workers
-                        )
-                        timings.setdefault(f"pull w{workers}", []).append(seconds)
-                    seconds, counts["fhirpy"] = run_fhirpy(url, refs, category)
-                    timings.setdefault("fhirpy", []).append(seconds)
-                fhirpy_rate = counts["fhirpy"] / statistics.median(timings["fhirpy"])
-                for label, runs in timings.items():
-                    median = statistics.median(runs)
-                    rate = counts[label] / median
-                    print(
-                        f"{name:8s} {subjects:3d} subjects  {label:9s} median {median:6.2f} s "
-                        f"({', '.join(f'{r:.2f}' for r in runs)})  {counts[label]:6d} labs  {rate:7.0f}/s  "
-                        f"ratio to fhirpy {rate / fhirpy_rate:.2f}"
-                    )
-                if args.scale > 1:
-                    with FhirClient(url, timeout=600) as client:
-                        added = scale_up(client, refs, category, args.scale)
-                    for workers in worker_counts:
-                        command = [sys.executable, __file__, "--child", url, data.study.nct_id]
-                        child = subprocess.run(
-                            [*command, str(mappings), scratch_dir, str(workers)],
-                            check=True,
-                            capture_output=True,
-                            text=True,
-                        )
-                        measured = json.loads(child.stdout.strip().splitlines()[-1])
-                        print(
-                            f"{name:8s} x{args.scale} ({added} labs added)  pull w{workers} {measured['seconds']:.1f} s"
-                            f"  {measured['results']} labs  peak RSS {measured['peak_mib']:.0f} MiB"
-                        )
+    if subjects and args.repeat > 0:
+        for row in run(servers, subjects, args.repeat, worker_counts):
+            print(
+                f"{row['server']:8s} {row['subjects']:3d} subjects  pull w{row['workers']} "
+                f"median {row['pull_s']:6.2f} s "
+                f"({', '.join(f'{r:.2f}' for r in row['pull_runs'])})  fhirpy median {row['fhirpy_s']:6.2f} s "
+                f"({', '.join(f'{r:.2f}' for r in row['fhirpy_runs'])})  {row['labs']:6d} labs  "
+                f"{row['labs'] / row['pull_s']:7.0f}/s vs {row['fhirpy_labs'] / row['fhirpy_s']:7.0f}/s  "
+                f"ratio {row['ratio']:.2f}",
+                flush=True,
+            )
+    if args.scale > 1:
+        for name, url in servers.items():
+            measured = run_memory(url, args.scale, worker_counts[0])
+            print(
+                f"{name:8s} x{args.scale} ({measured['added']} labs added)  pull w{measured['workers']} "
+                f"{measured['seconds']:.1f} s  {measured['labs']} labs  peak RSS {measured['peak_mib']:.0f} MiB",
+                flush=True,
+            )
     print(f"done {time.strftime('%H:%M:%S')}  {machine()}")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
-from fhir_lupus.sync import Journal, dry_run_trial, pull_study, push_trial
+from fhir_lupus.sync import Journal, PushOptions, dry_run_trial, pull_study, push_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -49,7 +49,7 @@ def main() -> None:
                 detail = step() if callable(step) else step
                 timings.append((name, time.perf_counter() - started, detail))
 
-            push = dict(source="bench", chunk_size=args.chunk_size, mappings_dir=mappings)
+            push = dict(source="bench", options=PushOptions(chunk_size=args.chunk_size), mappings_dir=mappings)
             timed("push (all new)", lambda: push_trial(data, report, client, journal, **push).summary())
             timed(
                 "push again (journal: nothing sent)",

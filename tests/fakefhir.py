@@ -13,6 +13,8 @@ import copy
 import itertools
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +88,7 @@ class FakeFhir:
     search_params: dict[str, tuple[str, ...]] = field(default_factory=dict)  # type -> params (default below)
     refuse_params: set[tuple[str, str]] = field(default_factory=set)  # listed, but refused at run time
     update_create: bool | None = True
+    client_ids: bool = True  # False: a PUT to a new id is refused whatever the statement says (HAPI NOT_ALLOWED)
     conditional: bool = True
     system: tuple[str, ...] = ("transaction", "batch")
     store: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -98,6 +101,9 @@ class FakeFhir:
     refuse_not: bool = False  # the :not modifier answers 400, as on a server that does not know it
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _clock: int = 0  # lastUpdated advances one microsecond per write
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time, as a database would
+    in_flight: int = 0  # requests received and not yet answered
+    max_in_flight: int = 0
 
     # -- state helpers for tests ------------------------------------------------------------------------
 
@@ -118,10 +124,16 @@ class FakeFhir:
         path = unquote(url.path)[len(urlsplit(BASE).path) :].strip("/")
         self.requests.append((request.method, path + ("?" + unquote(url.query) if url.query else "")))
         body = json.loads(request.content) if request.content else None
+        self.in_flight += 1  # under the GIL; the counters only show whether requests overlapped
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            status, document, headers = self._route(request.method, path, url.query, body, request.headers)
+            time.sleep(0.002 if request.method == "POST" else 0)  # a transaction takes a moment: others arrive
+            with self._lock:
+                status, document, headers = self._route(request.method, path, url.query, body, request.headers)
         except Refusal as exc:
             return httpx.Response(exc.status, json=outcome(exc.text))
+        finally:
+            self.in_flight -= 1
         return httpx.Response(status, json=document, headers=headers)
 
     def _route(
@@ -282,6 +294,8 @@ class FakeFhir:
         exists = resource_id in self.store.get(resource_type, {})
         if not exists and self.update_create is False:
             raise Refusal(405, "update-as-create is not allowed")
+        if not exists and not self.client_ids:
+            raise Refusal(400, f"clients may not assign ids: {resource_type}/{resource_id} does not exist")
         return (200 if exists else 201), self._store(body, resource_id)
 
     def _bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:

@@ -5,24 +5,31 @@ and de-duplicated; so every lab was fetched twice. Now the category search and a
 search are disjoint. What they must find together is exactly what the two old searches found: every
 Observation of the patient with a catalogue code (whatever its category, or none) or the laboratory
 category (whatever its code). These tests count what the fake server sent back, per Observation id.
+
+The catalogue-code search is asked once for a group of subjects (``patient=Patient/a,Patient/b,...``: 1, then
+8, then up to 40 at once); the tests at the end prove that the groups give what one search per subject gave,
+each subject's own date floor included, and how a refused, too long or failing group search is handled.
 """
 
 from __future__ import annotations
 
 import csv
 import gc
+import threading
 from collections import Counter
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
-from fakefhir import BASE, FakeFhir
+from fakefhir import BASE, FakeFhir, Refusal
 
 from fhir_lupus import load_trial
-from fhir_lupus.client import Capabilities, FhirClient, RetryPolicy
+from fhir_lupus.client import Capabilities, FhirClient, RetryPolicy, TransientHttpError
 from fhir_lupus.model import TrialData
-from fhir_lupus.sync import Journal, PullResult, UnmappedResult, pull_study, pullstore, push_trial
+from fhir_lupus.sync import Journal, PullResult, UnmappedResult, pull, pull_study, pullstore, push_trial
 from fhir_lupus.sync.reverse import code_index, load_pull_rules
 from fhir_lupus.sync.search import Search, matches
 from fhir_lupus.terminology import LabCatalogue, load_pack
@@ -269,3 +276,250 @@ def test_the_negated_token_reads_like_a_server() -> None:
     search = Search("Observation").where(plain, **{"category:not": category})
     assert search.query() == {} and search.local == (("category:not", category),)
     assert search.fallbacks == ("Observation?category is filtered here: the server does not search by it",)
+
+
+# -- the catalogue-code search for groups of subjects (issue 12, item 4) ------------------------------------------
+
+
+def cohort(clones: int) -> Callable[[dict[str, list[dict[str, str]]]], None]:
+    """Edit for ``dataset``: ``clones`` more subjects like MSC-002 (one BL visit, one lab), each day 0 ten days
+    after the one before (so every subject has a date floor of its own)."""
+
+    def edit(rows: dict[str, list[dict[str, str]]]) -> None:
+        model = next(s for s in rows["subjects.csv"] if s["subject_id"] == "MSC-002")
+        lab = next(r for r in rows["labs.csv"] if r["subject_id"] == "MSC-002")
+        for k in range(3, 3 + clones):
+            subject, day0 = f"MSC-{k:03d}", date(2008, 3, 1) + timedelta(days=10 * k)
+            enrolled = (day0 - timedelta(days=2)).isoformat()
+            rows["subjects.csv"].append(
+                dict(model, subject_id=subject, pseudonym=f"P-{k:08x}", enrolled_on=enrolled, status="follow-up")
+            )
+            rows["subjects.csv"][-1].update(off_study_on="", off_study_reason="")
+            rows["visits.csv"].append(dict(subject_id=subject, visit_code="BL", visit_date=day0.isoformat()))
+            rows["labs.csv"].append(
+                dict(lab, result_id=f"L-{k}", subject_id=subject, collected_at=f"{day0}T08:00:00+08:00")
+            )
+
+    return edit
+
+
+def patients_of(fake: FakeFhir) -> dict[str, str]:
+    """Subject id -> its Patient reference, read from the ResearchSubjects on the fake server."""
+    return {
+        next(i["value"] for i in rs["identifier"] if i["value"].startswith("MSC-")): rs["individual"]["reference"]
+        for rs in fake.all("ResearchSubject")
+    }
+
+
+def negated_searches(fake: FakeFhir) -> list[dict[str, str]]:
+    return [
+        dict(parse_qsl(p.partition("?")[2]))
+        for m, p in fake.requests
+        if m == "GET" and p.startswith("Observation?") and "category:not=" in p and "_offset=" not in p
+    ]
+
+
+@pytest.fixture
+def twelve(fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path) -> TrialData:
+    data, report = load_trial(dataset(cohort(10)))
+    assert report.rejects == [] and len(data.subjects) == 12
+    with client() as fhir, Journal(tmp_path / "push.sqlite") as journal:
+        push_trial(data, report, fhir, journal, source="test")
+    return data
+
+
+def plant_without_category(fake: FakeFhir, patient: str, accession: str, when: str) -> None:
+    c3 = {"coding": [{"system": LOCAL, "code": "C3"}, {"system": LOINC, "code": "4485-9"}]}
+    fake.add(hospital_lab(patient, accession, c3, effectiveDateTime=when))
+
+
+def per_subject(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today's plan before the groups: one catalogue-code search per subject."""
+    monkeypatch.setattr(pull, "GROUP_MAX", 1)
+
+
+def test_the_catalogue_code_search_asks_for_groups_and_hands_each_result_to_its_subject(
+    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patients = patients_of(fake)
+    for subject in ("MSC-001", "MSC-005", "MSC-012"):  # the first group (alone), the second, the last
+        plant_without_category(fake, patients[subject], f"NC-{subject}", "2008-06-02T09:30:00+08:00")
+    fake.requests.clear()
+    counts = sent_back(fake, monkeypatch)
+    with client() as fhir, Journal(tmp_path / "grouped.sqlite") as journal:
+        grouped = pull_study(fhir, journal, twelve.study, since=None, output=tmp_path / "grouped.csv")
+    assert max(counts.values()) == 1 and grouped.refetched == 0  # nothing sent twice
+    # 1, then 8, then the 3 left: three catalogue-code searches for twelve subjects, each naming its patients
+    asked = negated_searches(fake)
+    assert [len(q["patient"].split(",")) for q in asked] == [1, 8, 3]
+    assert sorted(p for q in asked for p in q["patient"].split(",")) == sorted(patients.values())
+    by_accession = {r.result_id.rpartition("|")[2]: r for r in grouped.rows}
+    assert {a: by_accession[a].subject_id for a in by_accession if a.startswith("NC-")} == {
+        "NC-MSC-001": "MSC-001",
+        "NC-MSC-005": "MSC-005",
+        "NC-MSC-012": "MSC-012",
+    }
+    # the same rows, the same files, as one search per subject
+    per_subject(monkeypatch)
+    fake.requests.clear()
+    with client() as fhir, Journal(tmp_path / "single.sqlite") as journal:
+        single = pull_study(fhir, journal, twelve.study, since=None, output=tmp_path / "single.csv")
+    assert len(negated_searches(fake)) == 12
+    assert single.rows == grouped.rows and single.unmapped == grouped.unmapped and single.fetched == grouped.fetched
+    assert (tmp_path / "single.csv").read_text() == (tmp_path / "grouped.csv").read_text()
+
+
+def test_each_subject_keeps_its_own_date_floor_and_since_in_a_group_search(
+    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patients = patients_of(fake)
+    # MSC-005's day 0 is 2008-04-20, its floor 90 days before: 2008-01-21; its group asks from MSC-002's
+    # floor (2007-11-05), so the first result comes back from the server and must be left out here
+    plant_without_category(fake, patients["MSC-005"], "BEFORE-FLOOR", "2008-01-20T23:00:00+00:00")
+    plant_without_category(fake, patients["MSC-005"], "ON-FLOOR", "2008-01-21")
+    plant_without_category(fake, patients["MSC-002"], "EARLY-BUT-IN-REACH", "2007-12-01T09:30:00+08:00")
+    results = {}
+    for plan in ("grouped", "single"):
+        if plan == "single":
+            per_subject(monkeypatch)
+        fake.requests.clear()
+        with client() as fhir, Journal(tmp_path / f"{plan}.sqlite") as journal:
+            results[plan] = pull_study(fhir, journal, twelve.study, since=None)
+            floors = {q["patient"].count(",") + 1: q.get("date") for q in negated_searches(fake)}
+            # incremental: a lab written now is all that --since brings, to its subject, in a group search too
+            plant_without_category(fake, patients["MSC-009"], f"LATE-{plan}", "2008-06-02T09:30:00+08:00")
+            fake.requests.clear()
+            again = pull_study(fhir, journal, twelve.study, since="auto", overlap_seconds=0)
+        assert [(r.result_id.rpartition("|")[2], r.subject_id) for r in again.rows] == [(f"LATE-{plan}", "MSC-009")]
+        # the category searches ask the server for --since; the group searches apply it here (HAPI is slow
+        # with _lastUpdated beside category:not), and the server sent back what it had without the category
+        searches = [p for _, p in fake.requests if p.startswith("Observation?") and "category" in p]
+        assert all(("_lastUpdated=ge" in p) == ("category=" in p) for p in searches)
+        if plan == "grouped":
+            assert floors[8] == "ge2007-11-05"  # the group's earliest floor
+    grouped, single = results["grouped"], results["single"]
+    accessions = {r.result_id.rpartition("|")[2] for r in grouped.rows}
+    assert {"ON-FLOOR", "EARLY-BUT-IN-REACH"} <= accessions and "BEFORE-FLOOR" not in accessions
+    assert grouped.rows == [r for r in single.rows if "LATE-" not in r.result_id]  # the late lab of the first run
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ("2008-01-21T00:00:00Z", True),
+        ("2008-01-20T23:59:59.999Z", False),
+        ("2008-01-21T07:00:00+08:00", False),  # 2008-01-20T23:00Z
+        ("2008-01-21", True),
+        ("2008-01-20", False),
+        ("2008-01", True),  # January 2008 lasts past the floor
+        ("2007-12", False),
+        ("2008", True),
+        ("not a date", True),  # unreadable: kept
+    ],
+)
+def test_a_subjects_own_floor_reads_dates_as_a_date_search_does(when: str, expected: bool) -> None:
+    floor = date(2008, 1, 21)
+    assert pull._reaches({"effectiveDateTime": when}, floor) is expected
+    assert pull._reaches({"effectivePeriod": {"start": "2007-01-01", "end": when}}, floor) is expected
+    assert pull._reaches({"effectivePeriod": {"start": "2007-01-01"}}, floor)  # still going on
+    assert not pull._reaches({}, floor)  # no date at all: a date search never matches
+
+
+def test_a_group_too_long_for_the_server_is_split_and_the_url_kept_short(
+    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searchset = fake._searchset
+    limit = 1730  # the catalogue codes and four patients of the fake server (ids of 2 or 3 characters)
+
+    def short_only(resource_type: str, query: str) -> dict[str, Any]:
+        if len(query) > limit:
+            raise Refusal(414, "URI Too Long")
+        return searchset(resource_type, query)
+
+    monkeypatch.setattr(fake, "_searchset", short_only)
+    with client() as fhir, Journal(tmp_path / "a.sqlite") as journal:
+        refused = pull_study(fhir, journal, twelve.study, since=None)
+    sizes = [len(q["patient"].split(",")) for q in negated_searches(fake)]
+    assert sizes == [1, 8, 4, 4, 3]  # 8 refused (414), asked as two halves; the groups stay at 4 from then on
+    assert refused.total_rows == len(twelve.labs) + len(twelve.treg) and refused.fallbacks == []
+    # a URL that would pass MAX_URL is not sent: the group is cut before, and nothing is refused
+    fake.requests.clear()
+    monkeypatch.setattr(pull, "MAX_URL", len(f"{BASE}/Observation?") + limit)
+    with client() as fhir, Journal(tmp_path / "b.sqlite") as journal:
+        cut = pull_study(fhir, journal, twelve.study, since=None)
+    sizes = [len(q["patient"].split(",")) for q in negated_searches(fake)]
+    assert sum(sizes) == 12 and cut.rows == refused.rows
+    assert all(len(p.partition("?")[2]) <= limit for _, p in fake.requests)
+
+
+def test_a_server_that_refuses_a_list_of_patients_is_asked_one_by_one(
+    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant_without_category(fake, patients_of(fake)["MSC-007"], "NC-7", "2008-06-02T09:30:00+08:00")
+    searchset = fake._searchset
+
+    def one_patient(resource_type: str, query: str) -> dict[str, Any]:
+        if "," in dict(parse_qsl(query)).get("patient", ""):
+            raise Refusal(400, "Only one patient at a time")
+        return searchset(resource_type, query)
+
+    monkeypatch.setattr(fake, "_searchset", one_patient)
+    with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
+        pulled = pull_study(fhir, journal, twelve.study, since=None)
+    sizes = [len(q["patient"].split(",")) for q in negated_searches(fake)]
+    assert sizes == [1, 8] + [1] * 11  # refused once, then one subject at a time
+    assert pulled.fallbacks == [] and pulled.refetched == 0
+    assert "NC-7" in {r.result_id.rpartition("|")[2] for r in pulled.rows}
+
+
+def test_many_results_without_the_category_stop_the_groups(
+    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a hospital that never writes the category: HAPI answers a list of patients 20 times slower a result
+    patients = patients_of(fake)
+    for subject, patient in patients.items():
+        for n in range(3):
+            plant_without_category(fake, patient, f"{subject}-{n}", "2008-06-02T09:30:00+08:00")
+    fake.requests.clear()
+    counts = sent_back(fake, monkeypatch)
+    with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
+        pulled = pull_study(fhir, journal, twelve.study, since=None)
+    assert [len(q["patient"].split(",")) for q in negated_searches(fake)] == [1] * 12
+    assert max(counts.values()) == 1 and len([r for r in pulled.rows if r.result_id.count("-") == 2]) == 36
+
+
+def test_a_failed_group_search_fails_the_pull_as_a_subjects_search_did(
+    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searchset = fake._searchset
+
+    def failing(resource_type: str, query: str) -> dict[str, Any]:
+        if "Patient%2Fs1%2C" in query:  # the group search of the second subject and the next seven
+            raise Refusal(503, "overloaded")
+        return searchset(resource_type, query)
+
+    monkeypatch.setattr(fake, "_searchset", failing)
+    output = tmp_path / "labs.csv"
+    with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
+        with pytest.raises(TransientHttpError, match="overloaded"):
+            pull_study(fhir, journal, twelve.study, since=None, output=output)
+        assert journal.high_water(fhir.base_url, twelve.study.nct_id) is None  # the mark did not move
+    assert not output.exists()
+    assert not [t for t in threading.enumerate() if t.name == "pull-read-ahead"]  # the request thread ended
+
+
+def test_an_error_while_staging_stops_the_request_thread(
+    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: pullstore.PullStore, records: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pullstore.PullStore, "stage", broken)
+    monkeypatch.setattr(pull, "READ_AHEAD_CHUNK", 1)
+    monkeypatch.setattr(pull, "STAGE_BATCH", 1)
+    fake.requests.clear()
+    with client() as fhir, Journal(tmp_path / "j.sqlite") as journal, pytest.raises(OSError, match="disk full"):
+        pull_study(fhir, journal, twelve.study, since=None)
+    assert not [t for t in threading.enumerate() if t.name == "pull-read-ahead"]
+    # it stopped a few records ahead, not at the end of the pull
+    assert sum(p.startswith("Observation?") for _, p in fake.requests) < 12

@@ -6,11 +6,12 @@ from typing import Any
 
 from fakefhir import SYS, ref, res, trial
 
-from fhir_lupus.bundle import business_key, dependency_sorted, entry, load_matching_rules, local_ref
+from fhir_lupus.bundle import business_key, dependency_sorted, entry, key_id, load_matching_rules, local_ref
 from fhir_lupus.client import Capabilities
 from fhir_lupus.sync import JournalEntry, Match, content_hash, plan_batch, plan_routes
 from fhir_lupus.sync.apply import WriteLimits, make_chunks
 from fhir_lupus.sync.plan import PlanItem, needs_lookup
+from fhir_lupus.sync.routes import CREATE_BY_ID
 
 
 def statement(
@@ -58,8 +59,31 @@ def plan(
 
 
 class TestPlan:
-    def test_everything_new_is_created_conditionally_in_dependency_order(self) -> None:
+    def test_everything_new_is_put_to_key_derived_ids_in_dependency_order(self) -> None:
         items = plan()
+        assert {i.action for i in items.values()} == {"create"}
+        create_only = {i.resource_type for i in items.values() if routes()[i.resource_type].create_only}
+        assert create_only == {"Patient"}  # a hospital's Patient: created only if absent, conditionally
+        for item in items.values():
+            if item.resource_type in create_only:
+                assert (item.write, item.server_id) == ("conditional", None)
+            else:
+                assert (item.write, item.server_id) == ("create-by-id", key_id(item.resource_type, item.key))
+        assert len({i.server_id for i in items.values()}) == len(items)
+        order = [r["id"] for r in dependency_sorted(trial())]
+        assert order.index("org") < order.index("loc") < order.index("st") < order.index("rs")
+        assert order.index("lab") < order.index("score")  # a score after the labs it is derived from
+
+    def test_key_derived_ids_differ_by_identifier_system_not_by_our_record_id(self) -> None:
+        lab = res("Observation", "lab")
+        other_system = {**lab, "identifier": [{"system": "urn:elsewhere", "value": "lab"}]}
+        same_key_other_id = {**lab, "id": "renamed"}
+        assert key_id("Observation", business_key(lab)) != key_id("Observation", business_key(other_system))
+        assert key_id("Observation", business_key(lab)) == key_id("Observation", business_key(same_key_other_id))
+        assert key_id("Observation", business_key(lab)) != key_id("Procedure", business_key(lab))
+
+    def test_new_resources_stay_conditional_on_request(self) -> None:
+        items = plan(routes=routes(new_by_id=False))
         assert {i.action for i in items.values()} == {"create"}
         assert {i.write for i in items.values()} == {"conditional"}
         order = [r["id"] for r in dependency_sorted(trial())]
@@ -160,11 +184,16 @@ class TestRoutes:
         assert "cannot find CodeSystem by url or system" in (chosen.skip_reason or "")
         assert "refuses update-as-create" in (chosen.skip_reason or "")
 
-    def test_without_conditional_writes_new_resources_go_to_our_id(self) -> None:
-        chosen = routes(statement(conditional=False))
+    def test_without_conditional_writes_new_resources_go_to_a_key_derived_id(self) -> None:
+        chosen = routes(statement(conditional=False), new_by_id=False)  # by id all the same: no other way
         assert chosen["Observation"].lookup == "search" and not chosen["Observation"].conditional
         items = plan(routes=chosen)
-        assert (items["lab"].write, items["lab"].server_id) == ("create-by-id", "lab")
+        assert (items["lab"].write, items["lab"].server_id) == ("create-by-id", key_id("Observation", items["lab"].key))
+
+    def test_a_type_refused_by_id_goes_conditional(self) -> None:
+        chosen = routes(refused=frozenset({("Observation", CREATE_BY_ID)}))
+        assert not chosen["Observation"].new_by_id and chosen["Organization"].new_by_id
+        assert "conditional update" in chosen["Observation"].describe()
 
     def test_user_choices(self) -> None:
         chosen = routes(only=frozenset({"Observation", "Patient"}))

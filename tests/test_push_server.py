@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakefhir import BASE, SYS, FakeFhir, res, trial
+from fakefhir import BASE, SYS, FakeFhir, ref, res, trial
 from typer.testing import CliRunner
 
+from fhir_lupus.bundle import key_id
 from fhir_lupus.cli import app
-from fhir_lupus.client import FhirClient, InvalidResponse, RetryPolicy
-from fhir_lupus.sync import Journal, dry_run, push_resources
+from fhir_lupus.client import FhirClient, FhirHttpError, InvalidResponse, RetryPolicy
+from fhir_lupus.sync import Journal, PushOptions, dry_run, push_groups, push_resources, workflow
 
 runner = CliRunner()
 
@@ -31,7 +32,9 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 def push(resources: list[dict[str, Any]], client: FhirClient, journal: Journal, **options: Any) -> Any:
-    return push_resources(copy.deepcopy(resources), client, journal, source="test", mapping_version="t", **options)
+    return push_resources(
+        copy.deepcopy(resources), client, journal, source="test", mapping_version="t", options=PushOptions(**options)
+    )
 
 
 def on_server(fake: FakeFhir, resource_type: str, value: str) -> list[dict[str, Any]]:
@@ -50,7 +53,7 @@ class TestSizeRefusals:
         self, fake: FakeFhir, client: FhirClient, journal: Journal
     ) -> None:
         fake.max_updates, fake.max_strict = 50, 8  # Medplum's BatchProcessor limits
-        first = push(observations(120), client, journal)
+        first = push(observations(120), client, journal, new_by_id=False)
         assert first.complete and first.created == 120 and first.size_refusals == 4  # 120 -> 60 -> 30 -> 15 -> 7
         assert journal.write_limits(client.base_url) == {"conditional": 7}
         assert len(fake.all("Observation")) == 120
@@ -64,6 +67,16 @@ class TestSizeRefusals:
         third = push(observations(120, "again"), client, journal)
         assert third.size_refusals == 0 and third.chunks == 4  # starts at the remembered 30
         assert fake.requests.count(("POST", "")) - transactions_before == 4
+
+    def test_creates_by_id_are_direct_entries_under_the_larger_cap(
+        self, fake: FakeFhir, client: FhirClient, journal: Journal
+    ) -> None:
+        fake.max_updates, fake.max_strict = 50, 8
+        first = push(observations(120), client, journal)
+        assert first.complete and first.created == 120 and first.size_refusals == 2  # 120 -> 60 -> 30
+        assert journal.write_limits(client.base_url) == {"direct": 30} and first.chunks == 4
+        expected = {key_id("Observation", f"{SYS}|o{i}") for i in range(120)}
+        assert {o["id"] for o in fake.all("Observation")} == expected
 
     def test_the_user_bound_still_caps_the_size(self, fake: FakeFhir, client: FhirClient, journal: Journal) -> None:
         report = push(observations(10), client, journal, chunk_size=3)
@@ -81,8 +94,8 @@ class TestConflicts:
                 for _ in range(2):
                     planted.append(server.add({**res("Organization", "org"), "name": "theirs"})["id"])
 
-        fake.before_write = plant_twins
-        report = push(trial(), client, journal, chunk_size=2)
+        fake.before_write = plant_twins  # conditional writes: the server sees the twins (PUT by id would not)
+        report = push(trial(), client, journal, chunk_size=2, new_by_id=False)
         kinds = {(p.resource_type, p.kind) for p in report.problems}
         assert kinds == {
             ("Organization", "conflict"),
@@ -156,6 +169,99 @@ class TestFaults:
         assert report.created == 6 and on_server(fake, "Observation", "lab") == []
 
 
+class TestCreatesById:
+    def test_a_server_that_refuses_client_ids_gets_conditional_creates_from_then_on(
+        self, fake: FakeFhir, client: FhirClient, journal: Journal
+    ) -> None:
+        fake.update_create, fake.client_ids = None, False  # the statement is silent; the server refuses
+        report = push(observations(30), client, journal, chunk_size=10)
+        assert report.complete and report.created == 30 and report.chunks == 3
+        refused = [m for m, p in fake.requests if m == "POST" and p == ""]
+        assert len(refused) == 4  # one refused chunk by id, then three conditional ones
+        assert "conditional update" in report.routes["Observation"].describe()
+        assert any("refused Observation created by PUT to a new id" in w for w in report.warnings)
+        assert all(o["id"].startswith("s") for o in fake.all("Observation"))  # ids the server chose
+        again = push(observations(30), client, journal, chunk_size=10)
+        assert again.written == 0 and again.unchanged == 30 and len(fake.all("Observation")) == 30
+
+    def test_a_chunk_replayed_after_a_lost_answer_writes_nothing_twice(
+        self, fake: FakeFhir, client: FhirClient, journal: Journal, tmp_path: Path
+    ) -> None:
+        fake.answer_hook = lambda answer: {**answer, "entry": []}  # committed, but the answer is lost
+        with pytest.raises(InvalidResponse):
+            push(observations(6), client, journal)
+        fake.answer_hook = None
+        with Journal(tmp_path / "another.sqlite") as lost:  # not even the journal knows: the look-up settles it
+            rerun = push(observations(6), client, lost)
+        assert rerun.complete and rerun.unchanged == 6 and len(fake.all("Observation")) == 6
+
+
+def subjects(count: int, labs: int) -> list[list[dict[str, Any]]]:
+    """The study, then one group per subject (Patient, ResearchSubject, labs), as iter_mapped yields them."""
+    study = [r for r in trial() if r["resourceType"] in ("Organization", "Location", "ResearchStudy", "CodeSystem")]
+    groups: list[list[dict[str, Any]]] = [study]
+    for n in range(count):
+        patient = f"p{n}"
+        group = [
+            res("Patient", patient),
+            res("ResearchSubject", f"rs{n}", study=ref("ResearchStudy/st"), individual=ref(f"Patient/{patient}")),
+        ]
+        group += [res("Observation", f"o{n}-{i}", subject=ref(f"Patient/{patient}")) for i in range(labs)]
+        groups.append(group)
+    return groups
+
+
+class TestConcurrency:
+    def test_parallel_windows_write_every_subject_with_its_own_references(
+        self, fake: FakeFhir, client: FhirClient, journal: Journal
+    ) -> None:
+        report = push_groups(
+            copy.deepcopy(subjects(9, 5)),
+            client,
+            journal,
+            source="t",
+            mapping_version="t",
+            options=PushOptions(batch_size=14, concurrency=3, chunk_size=4),
+        )
+        assert report.complete and report.created == 4 + 9 * 7 and report.total == 67
+        assert fake.max_in_flight >= 2  # windows were written at the same time
+        patients = {f"Patient/{p['id']}": p["identifier"][0]["value"] for p in fake.all("Patient")}
+        for subject in fake.all("ResearchSubject"):  # every reference reached its own subject's Patient
+            assert patients[subject["individual"]["reference"]] == "p" + subject["identifier"][0]["value"][2:]
+        for lab in fake.all("Observation"):
+            assert patients[lab["subject"]["reference"]] == lab["identifier"][0]["value"].split("-")[0].replace(
+                "o", "p"
+            )
+        assert len(journal.entries(client.base_url)) == 67
+
+    def test_a_window_waits_for_the_windows_it_refers_to(
+        self, fake: FakeFhir, client: FhirClient, journal: Journal
+    ) -> None:
+        flat = [r for group in subjects(4, 3) for r in group]  # one list: later windows refer to earlier ones
+        report = push(flat, client, journal, batch_size=3, concurrency=3)
+        assert report.complete and report.created == len(flat) and not report.problems
+
+    def test_a_failed_window_stops_the_push_and_the_rerun_finishes_without_twins(
+        self, fake: FakeFhir, client: FhirClient, journal: Journal
+    ) -> None:
+        fake.fail_types = {"ResearchSubject"}
+        with pytest.raises(FhirHttpError):
+            push_groups(
+                copy.deepcopy(subjects(6, 4)),
+                client,
+                journal,
+                source="t",
+                mapping_version="t",
+                options=PushOptions(batch_size=6, concurrency=2),
+            )
+        assert [status for _, status, _ in journal.pushes(client.base_url)] == ["failed"]
+        assert not fake.all("ResearchSubject") and not fake.all("Patient")  # no half transaction
+        fake.fail_types = set()
+        rerun = push_groups(copy.deepcopy(subjects(6, 4)), client, journal, source="t", mapping_version="t")
+        assert rerun.complete and rerun.created == 6 * 6
+        assert len(fake.all("Observation")) == 24 and len(fake.all("Patient")) == 6
+
+
 class TestFallbacks:
     def test_codesystem_the_server_cannot_search_goes_to_our_id(
         self, fake: FakeFhir, client: FhirClient, journal: Journal
@@ -220,6 +326,25 @@ def test_dry_run_writes_nothing(fake: FakeFhir, client: FhirClient) -> None:
 
 
 class TestCommandLine:
+    def test_a_trial_of_several_chunks_is_checked_first_then_streamed(
+        self, fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        data = dataset()
+        common = ["--server", BASE, "--journal", str(tmp_path / "j.sqlite")]
+        monkeypatch.setattr("fhir_lupus.model.loader.CHUNK_ROWS", 12)  # the small dataset in several chunks
+        calls: list[str] = []
+        real = workflow.stream_trial
+        monkeypatch.setattr(workflow, "stream_trial", lambda *a, **k: calls.append("streamed") or real(*a, **k))
+        streamed = runner.invoke(app, ["push", str(data), *common])
+        assert streamed.exit_code == 0, streamed.output
+        assert calls == ["streamed"]
+        written = {t: len(fake.all(t)) for t in ("Patient", "ResearchSubject", "Observation", "Encounter")}
+        monkeypatch.setattr("fhir_lupus.model.loader.CHUNK_ROWS", 40_000)  # one chunk: loaded once, pushed
+        again = runner.invoke(app, ["push", str(data), *common])
+        assert again.exit_code == 0 and "0 created, 0 updated" in again.output, again.output
+        assert calls == ["streamed"] and written["Observation"] > 0
+        assert {t: len(fake.all(t)) for t in written} == written
+
     def test_exit_codes(self, fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path) -> None:
         data = dataset()
         common = ["--server", BASE, "--journal", str(tmp_path / "j.sqlite")]

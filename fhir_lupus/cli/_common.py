@@ -27,7 +27,8 @@ from fhir_lupus.client import (
     UnsupportedInteraction,
 )
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.model import LoadReport, TrialData, load_trial, write_quarantine
+from fhir_lupus.model import LoadReport, TrialData, load_trial, loader, write_quarantine
+from fhir_lupus.model.loader import load_trial_chunks
 from fhir_lupus.screening import screen_trial, screening_findings
 from fhir_lupus.sync import Journal
 
@@ -137,6 +138,25 @@ def load(data_dir: Path, mappings: Path | None) -> tuple[TrialData, LoadReport]:
     except FhirLupusError as exc:
         fail(exc)
     return data, report
+
+
+def load_checked(data_dir: Path, mappings: Path | None) -> tuple[TrialData | None, LoadReport]:
+    """Load and check a data directory a chunk of subjects at a time (``load_trial_chunks``), as ``load`` does.
+
+    Returns the trial when it is one chunk (the usual case: the caller maps what was loaded), None when it is
+    larger: every chunk was read and checked, so the report holds every reject before anything is sent, and
+    the caller streams the directory again (``push_directory``) instead of holding it whole.
+    """
+    report = LoadReport()
+    single: TrialData | None = None
+    try:
+        chunks = load_trial_chunks(data_dir, report, max_rows=loader.CHUNK_ROWS, mappings_dir=mappings)
+        for number, chunk in enumerate(chunks):
+            report.findings.extend(screening_findings(chunk, screen_trial(chunk, mappings)))
+            single = chunk if number == 0 else None
+    except FhirLupusError as exc:
+        fail(exc)
+    return single, report
 
 
 def print_rows(report: LoadReport) -> None:

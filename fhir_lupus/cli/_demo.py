@@ -61,9 +61,9 @@ def demo(
             make_client(server) as client,
             Journal(Path(scratch) / "journal.sqlite") as book,
         ):
-            result = push_trial(data, report, client, book, source=str(data_dir), chunk_size=500)
+            result = push_trial(data, report, client, book, source=str(data_dir))
             render_push(result)
-            again = push_trial(data, report, client, book, source=str(data_dir), chunk_size=500)
+            again = push_trial(data, report, client, book, source=str(data_dir))
             console.print(f"second push: {again.written} written, {again.unchanged} unchanged")
             pulled = pull_study(client, book, data.study, since=None, output=out / "labs.csv")
     except FhirLupusError as exc:

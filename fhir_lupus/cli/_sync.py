@@ -33,14 +33,25 @@ from fhir_lupus.cli._common import (
     exit_on_rejects,
     fail,
     load,
+    load_checked,
     make_client,
     open_journal,
     report_load,
 )
 from fhir_lupus.client import WriteStrategy
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.model import load_study
-from fhir_lupus.sync import DryRunReport, PulledLab, PullResult, PushReport, dry_run_trial, pull_study, push_trial
+from fhir_lupus.model import LoadReport, load_study
+from fhir_lupus.sync import (
+    DryRunReport,
+    PulledLab,
+    PullResult,
+    PushReport,
+    dry_run_trial,
+    pull_study,
+    push_directory,
+    push_trial,
+)
+from fhir_lupus.sync.push import DEFAULT_CONCURRENCY, PushOptions
 from fhir_lupus.sync.workflow import DEFAULT_OVERLAP_SECONDS
 from fhir_lupus.validation import validation_mode
 
@@ -57,6 +68,22 @@ def push(
         bool, typer.Option("--dry-run", help="Read the server's state and report; write nothing.")
     ] = False,
     show_diffs: Annotated[int, typer.Option("--show-diffs", help="Dry run: list at most this many updates.")] = 20,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Subjects written at the same time (each in its own transactions); 1 writes one after another.",
+        ),
+    ] = DEFAULT_CONCURRENCY,
+    conditional_creates: Annotated[
+        bool,
+        typer.Option(
+            "--conditional-creates",
+            help="Create new resources by conditional writes (the server checks for twins written by another "
+            "system since the look-up) instead of by PUT to an id derived from the business key: slower.",
+        ),
+    ] = False,
     write_strategy: Annotated[
         str | None,
         typer.Option(
@@ -89,7 +116,8 @@ def push(
     only = _type_list(types, "--types")
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
-    data, report = load(data_dir, mappings)
+    # a trial larger than one chunk is checked chunk by chunk here, then streamed again by push_directory
+    data, report = load_checked(data_dir, mappings)
     report_load(report, quarantine, verbose_findings=False)
     exit_on_rejects(report, allow_rejects)
     client = make_client(
@@ -108,26 +136,37 @@ def push(
     with client, open_journal(journal) as book, validation_mode("strict" if strict_validation else "fast"):
         try:
             if dry_run:
+                whole = data if data is not None else load(data_dir, mappings)[0]  # the dry run plans it whole
                 preview = dry_run_trial(
-                    data, report, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
+                    whole, report, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
                 )
                 render_dry_run(preview, show_diffs)
                 return
             with _progress() as bar:
                 task = bar.add_task("pushing", total=None)
-                result = push_trial(
-                    data,
-                    report,
-                    client,
-                    book,
-                    source=str(data_dir.resolve()),
+
+                def progress(done: int, total: int | None) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                options = PushOptions(
                     chunk_size=chunk_size,
-                    progress=lambda done, total: bar.update(task, completed=done, total=total),
-                    mappings_dir=mappings,
                     strategy=strategy,
                     only_types=only,
                     skip_types=skip,
+                    concurrency=concurrency,
+                    new_by_id=not conditional_creates,
+                    progress=progress,
                 )
+                source = str(data_dir.resolve())
+                if data is not None:
+                    result = push_trial(
+                        data, report, client, book, source=source, mappings_dir=mappings, options=options
+                    )
+                else:  # rows were checked above: this streamed second pass refuses the same ones, into a spare report
+                    spare = LoadReport()
+                    result = push_directory(
+                        data_dir, spare, client, book, source=source, mappings_dir=mappings, options=options
+                    )
         except FhirLupusError as exc:
             fail(exc)
     render_push(result)

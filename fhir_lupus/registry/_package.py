@@ -37,7 +37,7 @@ from fhir_lupus.pipeline import iter_mapped, stream_trial
 from fhir_lupus.registry._deidentify import RULES_FILE, LinkRow, deidentify, keyed_id, load_rules
 from fhir_lupus.registry._key import RegistryConfigError, RegistryKey
 from fhir_lupus.sync.journal import Journal
-from fhir_lupus.sync.push import Progress, PushReport, push_resources
+from fhir_lupus.sync.push import Progress, PushOptions, PushReport, push_resources
 from fhir_lupus.sync.workflow import server_fhir_version
 from fhir_lupus.terminology import default_mappings_dir, load_pack
 from fhir_lupus.validation import FhirVersion, Validation, validate_resource
@@ -415,9 +415,8 @@ def submit_package(
             journal,
             source=f"fhir-lupus registry package {package.manifest['study']} (key {package.manifest['key_id']})",
             mapping_version=package.manifest["mapping_version"],
-            chunk_size=chunk_size,
-            progress=progress,
             mappings_dir=mappings_dir,
+            options=PushOptions(chunk_size=chunk_size, progress=progress),
         )
     except Exception as exc:  # the trail shows the attempt too; the journal knows what was confirmed
         _audit(package, client.base_url, {}, f"failed: {type(exc).__name__}", {}, journal, audit_log)

@@ -6,10 +6,16 @@ from fhir_lupus.sync.journal import Journal, JournalEntry
 from fhir_lupus.sync.plan import Match, Plan, PlanItem, content_hash, plan_batch
 from fhir_lupus.sync.pull import PullResult, fetch_labs, pull_labs
 from fhir_lupus.sync.pullstore import PullStore, Removal, unmapped_path, write_rows
-from fhir_lupus.sync.push import PushReport, push_resources
+from fhir_lupus.sync.push import PushOptions, PushReport, push_groups, push_resources
 from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
 from fhir_lupus.sync.routes import TypeRoute, plan_routes
-from fhir_lupus.sync.workflow import dry_run_trial, pull_study, push_trial, server_fhir_version
+from fhir_lupus.sync.workflow import (
+    dry_run_trial,
+    pull_study,
+    push_directory,
+    push_trial,
+    server_fhir_version,
+)
 
 __all__ = [
     "DryRunItem",
@@ -23,6 +29,7 @@ __all__ = [
     "PullResult",
     "PullStore",
     "PulledLab",
+    "PushOptions",
     "PushReport",
     "Removal",
     "TypeRoute",
@@ -35,6 +42,8 @@ __all__ = [
     "plan_routes",
     "pull_labs",
     "pull_study",
+    "push_directory",
+    "push_groups",
     "push_resources",
     "push_trial",
     "server_fhir_version",

@@ -8,8 +8,11 @@ entry is addressed by id), never more than the user's ``--chunk-size``. When the
   go again in smaller chunks (all entries are idempotent, so nothing is written twice);
 - several matches (412, or Medplum's 400 saying so): the chunk's keys are looked up again, the twins are
   reported with their server ids and held back with everything that refers to them, the rest goes again;
-- any other refusal of the entries (400, 404, 409, 422): the chunk is halved until the refused resource is
-  alone; it is reported with the server's words and held back, the others are written;
+- any other refusal of the entries (400, 404, 409, 422): when the chunk creates by PUT to new ids on a type
+  that also has conditional writes, it goes again with those entries conditional, and if the server takes
+  that, the type is written conditionally from then on (``refused_by_id``: a server that does not let clients
+  choose ids); otherwise the chunk is halved until the refused resource is alone; it is reported with the
+  server's words and held back, the others are written;
 - anything else (5xx after retries, 401/403, a malformed answer) stops the push: the journal keeps what was
   confirmed, and the next push settles the rest with a look-up first.
 Batch and one-by-one writers (servers without transactions) send a chunk level by level, so that every
@@ -19,7 +22,7 @@ reference already has a server id.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from fhir_lupus.bundle import ReferenceTarget, entry, references
@@ -124,6 +127,7 @@ class Applier:
     _refs: dict[str, str] = field(default_factory=dict)
     _logical: dict[str, dict[str, Any]] = field(default_factory=dict)
     _held: set[str] = field(default_factory=set)
+    refused_by_id: set[str] = field(default_factory=set)  # types whose PUT to a new id the server refused
 
     @property
     def server(self) -> str:
@@ -150,7 +154,7 @@ class Applier:
     # -- one chunk, and what to do when the server refuses it ----------------------------------------------
 
     def _send(self, chunk: list[PlanItem]) -> None:
-        chunk = self._writable(chunk)
+        chunk = [_conditional(i) if i.resource_type in self.refused_by_id else i for i in self._writable(chunk)]
         if not chunk:
             return
         if self.strategy != "transaction" and len(levels := _levels(chunk)) > 1:
@@ -168,9 +172,30 @@ class Applier:
         except FatalHttpError as exc:
             if exc.status not in REFUSAL_STATUS or isinstance(exc, AuthenticationRefused):  # not about entries
                 raise
-            self._isolate(chunk, exc)
+            if not self._without_ids(chunk):
+                self._isolate(chunk, exc)
             return
         self._record(results)
+
+    def _without_ids(self, chunk: list[PlanItem]) -> bool:
+        """Send the chunk again with its creates by id made conditional, where the route allows; False if none.
+
+        A server that does not let clients choose ids (HAPI's client id strategy NOT_ALLOWED, say) refuses
+        the whole chunk; when the conditional form goes through, the type stays conditional for this push.
+        """
+        routes = self.routes
+        by_id = {
+            i.resource_type
+            for i in chunk
+            if i.write == "create-by-id" and routes[i.resource_type].new_by_id and routes[i.resource_type].conditional
+        }
+        if not by_id:
+            return False
+        problems = len(self.counts.problems)
+        self._send([_conditional(i) if i.resource_type in by_id else i for i in chunk])
+        if len(self.counts.problems) == problems:
+            self.refused_by_id |= by_id
+        return True
 
     def _too_large(self, chunk: list[PlanItem], exc: FhirHttpError) -> None:
         if len(chunk) == 1:
@@ -348,6 +373,13 @@ class Applier:
         self.counts.chunks += 1
         if self.on_written:
             self.on_written(len(results))
+
+
+def _conditional(item: PlanItem) -> PlanItem:
+    """A create by id turned into a conditional one (the route's search parameter is its condition)."""
+    if item.write != "create-by-id":
+        return item
+    return replace(item, write="conditional", server_id=None)
 
 
 def _answer(raw: Any) -> dict[str, Any]:

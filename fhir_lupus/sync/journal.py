@@ -7,6 +7,9 @@ Provenance, and the Provenance once written. Per server and chunk kind: the larg
 accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``). Per audit
 log: the last entry appended (``fhir_lupus.audit``), the anchor that shows a removed tail.
 
+One Journal may be shared by the threads of a push (``concurrency`` > 1): every method runs under one lock,
+so a worker's chunk record never interleaves with the planner's reads on the same connection.
+
 Each chunk's results are committed in one SQLite transaction, so a push killed at any point resumes from
 what the server confirmed (re-sending the unconfirmed chunk is harmless: a look-up settles it first, and
 every write is conditional or addressed by id).
@@ -14,12 +17,15 @@ every write is conditional or addressed by id).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 __all__ = ["Journal", "JournalEntry", "PushRecord"]
 
@@ -103,6 +109,20 @@ class PushRecord:
     started_at: str
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(method: _F) -> _F:
+    """Run the method under the journal's lock (a push's worker threads share one connection)."""
+
+    @functools.wraps(method)
+    def locked(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -116,7 +136,9 @@ class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
+        self._lock = threading.RLock()
+        # explicit BEGIN/COMMIT below; shared by a push's threads, always under self._lock
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a confirmed chunk survives a crash
         self._db.executescript(_SCHEMA)
@@ -144,16 +166,18 @@ class Journal:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back when the block raises (or the process dies)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- resources ------------------------------------------------------------------------------------------
 
+    @_serialized
     def entries(self, server: str) -> dict[tuple[str, str], JournalEntry]:
         """Every resource recorded for ``server`` (tests and reports; pushes look up by key instead)."""
         rows = self._db.execute(
@@ -163,6 +187,7 @@ class Journal:
         )
         return {(row[0], row[1]): JournalEntry(*row) for row in rows}
 
+    @_serialized
     def lookup(self, server: str, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JournalEntry]:
         """The recorded entries for these (resource type, business key) pairs; absent ones are left out."""
         by_type: dict[str, list[str]] = {}
@@ -180,6 +205,17 @@ class Journal:
                 found.update({(row[0], row[1]): JournalEntry(*row) for row in rows})
         return found
 
+    @_serialized
+    def confirmed_hash(self, server: str, resource_type: str, key: str) -> str | None:
+        """The content hash last confirmed on ``server`` for this key (None: never written or matched there)."""
+        row = self._db.execute(
+            "SELECT content_hash FROM resource WHERE server = ? AND resource_type = ? AND business_key = ? "
+            "AND server_id IS NOT NULL",
+            (server, resource_type, key),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    @_serialized
     def server_refs(self, server: str, local_refs: Iterable[str]) -> dict[str, str]:
         """``Type/local-id`` -> ``Type/server-id`` for the resources the server is known to hold."""
         found: dict[str, str] = {}
@@ -225,12 +261,14 @@ class Journal:
 
     # -- pushes ---------------------------------------------------------------------------------------------
 
+    @_serialized
     def start_push(self, push_id: str, server: str, source: str) -> None:
         self._db.execute(
             "INSERT INTO push (push_id, server, source, started_at, status) VALUES (?, ?, ?, ?, 'running')",
             (push_id, server, source, _now()),
         )
 
+    @_serialized
     def finish_push(self, push_id: str, status: str, summary: str) -> None:
         self._db.execute(
             "UPDATE push SET finished_at = ?, status = ?, summary = ? WHERE push_id = ?",
@@ -241,6 +279,7 @@ class Journal:
         """(push_id, status, summary) of every push to ``server``, oldest first."""
         return [(p.push_id, p.status, p.summary) for p in self.push_records(server)]
 
+    @_serialized
     def push_records(self, server: str) -> list[PushRecord]:
         rows = self._db.execute(
             "SELECT push_id, status, COALESCE(summary, ''), written, provenance, source, started_at "
@@ -253,10 +292,12 @@ class Journal:
         """Pushes to ``server`` that wrote something and have no Provenance yet (failed, killed, or refused)."""
         return [p for p in self.push_records(server) if p.written and not p.provenance]
 
+    @_serialized
     def targets(self, push_id: str) -> list[str]:
         rows = self._db.execute("SELECT reference FROM push_target WHERE push_id = ? ORDER BY rowid", (push_id,))
         return [row[0] for row in rows]
 
+    @_serialized
     def provenance_written(self, push_id: str, reference: str) -> None:
         """The push's Provenance exists: keep its reference, forget the target list."""
         with self.transaction() as db:
@@ -265,11 +306,13 @@ class Journal:
 
     # -- write limits ---------------------------------------------------------------------------------------
 
+    @_serialized
     def write_limits(self, server: str) -> dict[str, int]:
         """The largest Bundle size per chunk kind that ``server`` accepted after refusing a larger one."""
         rows = self._db.execute("SELECT kind, size FROM write_limit WHERE server = ?", (server,))
         return {row[0]: int(row[1]) for row in rows}
 
+    @_serialized
     def set_write_limit(self, server: str, kind: str, size: int) -> None:
         self._db.execute(
             "INSERT INTO write_limit VALUES (?, ?, ?) ON CONFLICT (server, kind) DO UPDATE SET size = excluded.size",
@@ -278,12 +321,14 @@ class Journal:
 
     # -- pull high-water mark -------------------------------------------------------------------------------
 
+    @_serialized
     def high_water(self, server: str, study: str) -> str | None:
         row = self._db.execute(
             "SELECT high_water FROM pull_mark WHERE server = ? AND study = ?", (server, study)
         ).fetchone()
         return row[0] if row else None
 
+    @_serialized
     def set_high_water(self, server: str, study: str, mark: str) -> None:
         self._db.execute(
             "INSERT INTO pull_mark VALUES (?, ?, ?) "
@@ -293,6 +338,7 @@ class Journal:
 
     # -- audit anchor ---------------------------------------------------------------------------------------
 
+    @_serialized
     def set_audit_head(self, log: Path, seq: int, digest: str) -> None:
         """The last audit entry this journal's pushes and pulls appended (``audit verify`` finds it in the log)."""
         self._db.execute(
@@ -301,6 +347,7 @@ class Journal:
             (str(log.resolve()), seq, digest),
         )
 
+    @_serialized
     def audit_head(self, log: Path) -> tuple[int, str] | None:
         row = self._db.execute("SELECT seq, hash FROM audit_head WHERE log = ?", (str(log.resolve()),)).fetchone()
         return (int(row[0]), str(row[1])) if row else None

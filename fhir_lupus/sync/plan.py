@@ -2,7 +2,8 @@
 
 Given a batch of mapped resources in dependency order, the journal's records for their keys, what the
 look-ups found on the server, and the routes per type, every resource gets one action:
-- ``create``: the server has no resource with its key (written conditionally, or by PUT to our id);
+- ``create``: the server has no resource with its key (by PUT to an id derived from the key where the server
+  allows it, conditionally where it does not; a type looked up by reading our id, by PUT to that id);
 - ``update``: the server has it under a known id and our content differs (written by PUT to that id); a
   resource found only by an identifier under a superseded system is always an update (it gains our key);
 - ``unchanged``: the journal or the server copy equals what we would send, or it is a create-only record
@@ -22,7 +23,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from fhir_lupus.bundle import WriteKind, business_key, identifiers, local_ref, references, rewrite_references
+from fhir_lupus.bundle import (
+    WriteKind,
+    business_key,
+    identifiers,
+    key_id,
+    local_ref,
+    references,
+    rewrite_references,
+)
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.sync.journal import JournalEntry
 from fhir_lupus.sync.routes import TypeRoute
@@ -246,6 +255,8 @@ def _known(
 
 
 def _create(resource: Resource, key: str, route: TypeRoute) -> PlanItem:
+    if route.lookup == "search" and route.new_by_id:
+        return PlanItem(resource, key, "create", "create-by-id", server_id=key_id(resource["resourceType"], key))
     if route.lookup == "search" and route.conditional:
         return PlanItem(resource, key, "create", "conditional")
     return PlanItem(resource, key, "create", "create-by-id", server_id=str(resource["id"]))

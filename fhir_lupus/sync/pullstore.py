@@ -83,11 +83,22 @@ class Spool(Sequence[T], Generic[T]):
         if len(self._head) < self._limit:
             self._head.append(record)
             return
+        self._spill(json.dumps(_flat(record), ensure_ascii=False))
+
+    def append_json(self, text: str) -> None:
+        """Append the record whose ``_flat`` JSON is ``text`` (as the store keeps it): past the in-memory head,
+        the text goes to the file as it is, without a round trip through an object."""
+        if len(self._head) < self._limit:
+            self._head.append(self._kind(**json.loads(text)))
+            return
+        self._spill(text)
+
+    def _spill(self, text: str) -> None:
         if self._file is None:
             handle, self._path = tempfile.mkstemp(prefix="fhir-lupus-pull-", suffix=".jsonl")
             self._file = os.fdopen(handle, "w", encoding="utf-8")
             weakref.finalize(self, _discard, self._file, self._path)
-        self._file.write(json.dumps(_flat(record), ensure_ascii=False) + "\n")
+        self._file.write(text + "\n")
         self._spilled += 1
 
     def __len__(self) -> int:
@@ -145,7 +156,9 @@ class MergeResult:
 
 def _flat(record: Any) -> dict[str, Any]:
     """``asdict`` for the flat records of a pull (strings only), without its deep copy: a fifth of a pull's
-    client time went to ``asdict`` for the stage, the spool and the output."""
+    client time went to ``asdict`` for the stage, the spool and the output. A dict is taken as it is."""
+    if isinstance(record, dict):
+        return record
     if is_dataclass(record) and hasattr(record, "__dict__"):
         return dict(record.__dict__)
     return asdict(record)
@@ -223,33 +236,36 @@ class PullStore:
         """Fold the stage into the store (inside the caller's transaction); ``replace_all``: drop the rest."""
         result = MergeResult()
         key = (self.server, self.study)
-        for observation_id, version, updated, kind, sort_key, record in self._staged():
-            old = self._db.execute(
-                "SELECT version_id, updated, kind, record FROM pull_store "
-                "WHERE server = ? AND study = ? AND observation_id = ?",
-                (*key, observation_id),
-            ).fetchone()
-            verdict = True if old is None else _newer(version, updated, old[0], old[1])
-            if verdict is None:
-                result.unchanged += 1
-                continue
-            if verdict is False:
-                result.stale += 1
-                continue
-            self._db.execute(
-                "INSERT OR REPLACE INTO pull_store VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*key, observation_id, version, updated, kind, sort_key, record),
-            )
-            fresh = json.loads(record)
-            if kind == "row":
-                result.new_rows.append(PulledLab(**fresh))
-            else:
-                result.new_unmapped.append(UnmappedResult(**fresh))
+        for batch in self._staged():
+            # what the store holds of this batch, in one look-up; the winners written in one statement
+            ids = [staged[0] for staged in batch]
+            known = {
+                row[0]: row[1:]
+                for row in self._db.execute(
+                    "SELECT observation_id, version_id, updated, kind, record FROM pull_store "
+                    f"WHERE server = ? AND study = ? AND observation_id IN ({','.join('?' * len(ids))})",
+                    (*key, *ids),
+                )
+            }
+            winners = []
+            for observation_id, version, updated, kind, sort_key, record in batch:
+                old = known.get(observation_id)
+                verdict = True if old is None else _newer(version, updated, old[0], old[1])
+                if verdict is None:
+                    result.unchanged += 1
+                    continue
+                if verdict is False:
+                    result.stale += 1
+                    continue
+                winners.append((*key, observation_id, version, updated, kind, sort_key, record))
+                if kind == "row":
+                    result.new_rows.append_json(record)
+                    continue
+                result.new_unmapped.append_json(record)
                 if old is not None and old[2] == "row":
-                    earlier = json.loads(old[3])
-                    result.removed.append(
-                        Removal(observation_id, earlier["result_id"], earlier["subject_id"], fresh["reason"])
-                    )
+                    earlier, reason = json.loads(old[3]), json.loads(record)["reason"]
+                    result.removed.append(Removal(observation_id, earlier["result_id"], earlier["subject_id"], reason))
+            self._db.executemany("INSERT OR REPLACE INTO pull_store VALUES (?, ?, ?, ?, ?, ?, ?, ?)", winners)
         if replace_all:
             gone = self._db.execute(
                 "SELECT observation_id, kind, record FROM pull_store WHERE server = ? AND study = ? "
@@ -276,8 +292,8 @@ class PullStore:
         result.total_rows, result.total_unmapped = counts.get("row", 0), counts.get("unmapped", 0)
         return result
 
-    def _staged(self) -> Iterator[tuple[str, str, str, str, str, str]]:
-        """The stage in output order, read a bounded batch at a time (the merge writes between batches)."""
+    def _staged(self) -> Iterator[list[tuple[str, str, str, str, str, str]]]:
+        """The stage in output order, a bounded batch at a time (the merge writes between batches)."""
         after = ("", "")
         while True:
             batch = self._db.execute(
@@ -286,7 +302,8 @@ class PullStore:
                 "ORDER BY sort_key, observation_id LIMIT ?",
                 (self.server, self.study, after[1], after[0], MERGE_BATCH),
             ).fetchall()
-            yield from batch
+            if batch:
+                yield batch
             if len(batch) < MERGE_BATCH:
                 return
             after = (batch[-1][0], batch[-1][4])
@@ -307,10 +324,11 @@ class PullStore:
         yield from cursor
 
     def write(self, output: Path) -> tuple[Path, Path]:
-        """The rows file and its ``.unmapped`` companion, each replaced atomically."""
+        """The rows file and its ``.unmapped`` companion, each replaced atomically (from the stored records as
+        they are: the same columns, without building the objects)."""
         return (
-            write_rows(self.rows(), output, PulledLab),
-            write_rows(self.unmapped(), unmapped_path(output), UnmappedResult),
+            write_rows((json.loads(r) for (r,) in self._records("row")), output, PulledLab),
+            write_rows((json.loads(r) for (r,) in self._records("unmapped")), unmapped_path(output), UnmappedResult),
         )
 
 
@@ -328,10 +346,9 @@ def write_rows(rows: Iterable[Any], path: Path, row_type: type) -> Path:
             _write_parquet((_flat(row) for row in rows), columns, scratch)
         else:
             with scratch.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=columns)
-                writer.writeheader()
-                for row in rows:
-                    writer.writerow(_flat(row))
+                writer = csv.writer(handle)  # what DictWriter writes, without its per-row check of the keys
+                writer.writerow(columns)
+                writer.writerows([flat.get(c, "") for c in columns] for flat in map(_flat, rows))
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(scratch, path)

@@ -2,11 +2,14 @@
 
 1. Read the CapabilityStatement and give every type a route (``routes.py``): how its business key is looked
    up and how new resources are written; a type the server cannot take is skipped with one warning.
-2. For each bounded batch of resources (referenced ones first): ask the journal what it knows, look the rest
-   up on the server in OR-list searches, and plan (``plan.py``): create, update, unchanged, conflict,
-   held back or skipped.
-3. Apply the plan (``apply.py``): by-id writes for everything whose server id is known, conditional writes
-   for the rest; chunk sizes adapt to what the server accepts and are remembered per server.
+2. For each window (whole subjects up to ``BATCH_SIZE`` resources, read lazily from the mapper; referenced
+   ones first): ask the journal what it knows, look the rest up on the server in OR-list searches, and plan
+   (``plan.py``): create, update, unchanged, conflict, held back or skipped.
+3. Apply the plan (``apply.py``): by-id writes for everything whose server id is known, new ones by PUT to a
+   key-derived id (or conditionally); chunk sizes adapt to what the server accepts and are remembered per
+   server. Up to ``concurrency`` windows are applied at the same time, each in its own thread and
+   transactions, while the next subject is mapped and planned: a server's transactions are what a push
+   waits for, and a server on several cores runs several at once.
 4. One Provenance for the push (and for any earlier push whose Provenance is still missing).
 A push that is killed, or stopped by a server failure, leaves the journal with what the server confirmed;
 the next push looks the rest up before writing, so nothing is written twice.
@@ -14,13 +17,23 @@ the next push looks the rest up before writing, so nothing is written twice.
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fhir_lupus.bundle import business_key, dependency_sorted, load_matching_rules, local_ref, references
+from fhir_lupus.bundle import (
+    DEPENDENCY_ORDER,
+    business_key,
+    dependency_sorted,
+    load_matching_rules,
+    local_ref,
+    references,
+)
 from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, WriteStrategy
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.sync.apply import Applier, ApplyCounts, Problem, WriteLimits
@@ -28,13 +41,16 @@ from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.lookup import RouteRefused, look_up
 from fhir_lupus.sync.plan import Plan, content_hash, needs_lookup, plan_batch
 from fhir_lupus.sync.provenance import load_provenance_template, provenance_resource, write_provenance
-from fhir_lupus.sync.routes import TypeRoute, plan_routes
+from fhir_lupus.sync.routes import CREATE_BY_ID, TypeRoute, plan_routes
 from fhir_lupus.terminology import load_pack
 
-__all__ = ["Planner", "PushReport", "content_hash", "push_resources"]
+__all__ = ["Planner", "PushOptions", "PushReport", "content_hash", "push_groups", "push_resources"]
 
-Progress = Callable[[int, int], None]
-BATCH_SIZE = 1000  # resources planned and applied at a time
+Progress = Callable[[int, int | None], None]  # done, total (None while a streamed push does not know it)
+BATCH_SIZE = 1000  # resources planned and applied at a time (whole subjects gathered up to it)
+# Windows written at the same time by push_trial and the CLI: HAPI JPA on 2 cores wrote subject-sized
+# transactions 1.7x faster with three in flight than with one (bench/README.md); push_resources keeps 1.
+DEFAULT_CONCURRENCY = 3
 
 
 @dataclass
@@ -102,6 +118,7 @@ class Planner:
         mappings_dir: Path | None = None,
         verify: bool = False,
         warn: Callable[[str], None] = lambda _: None,
+        new_by_id: bool = True,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -110,7 +127,9 @@ class Planner:
         self._types = frozenset(resource_types)
         self._only, self._skip = only_types, skip_types
         self._refused: frozenset[tuple[str, str]] = frozenset()
+        self._new_by_id = new_by_id
         self.routes = self._routes()
+        self.seen_types: set[str] = set()  # the types of the resources planned so far (what the report shows)
         self.verify = verify
         self.warn = warn
         self.held_back: set[str] = set()
@@ -120,11 +139,25 @@ class Planner:
 
     def _routes(self) -> dict[str, TypeRoute]:
         return plan_routes(
-            self._types, self.capabilities, self._rules, only=self._only, skip=self._skip, refused=self._refused
+            self._types,
+            self.capabilities,
+            self._rules,
+            only=self._only,
+            skip=self._skip,
+            refused=self._refused,
+            new_by_id=self._new_by_id,
         )
+
+    def refuse_by_id(self, resource_types: Iterable[str]) -> None:
+        """The server refused PUTs to new ids of these types: create them conditionally from now on."""
+        self._refused |= {(name, CREATE_BY_ID) for name in resource_types}
+        self.routes = self._routes()
+        for name in sorted(resource_types):
+            self.warn(f"the server refused {name} created by PUT to a new id; now: {self.routes[name].describe()}")
 
     def plan(self, batch: list[Resource], held_back: Iterable[str] = ()) -> Plan:
         server = self.client.base_url
+        self.seen_types.update(r["resourceType"] for r in batch)
         keys = [(r["resourceType"], business_key(r)) for r in batch]
         known = self.journal.lookup(server, keys) if self.journal else {}
         inside = {local_ref(r) for r in batch}
@@ -159,6 +192,27 @@ class Planner:
         return plan
 
 
+@dataclass(frozen=True)
+class PushOptions:
+    """How a push writes, the same for a list of resources, a loaded trial and a streamed data directory.
+
+    ``chunk_size`` is an upper bound: chunks shrink to what the server accepts, and the journal remembers it.
+    ``strategy`` overrides the CapabilityStatement's choice (transaction, batch, individual). ``only_types`` /
+    ``skip_types`` choose the types written. ``batch_size``: resources planned at a time (whole groups).
+    ``concurrency``: windows written at the same time. ``new_by_id``: new resources by PUT to a key-derived id
+    where the server allows it (``routes.py``); False keeps them conditional. ``progress`` gets (done, total).
+    """
+
+    chunk_size: int = 500
+    strategy: WriteStrategy | None = None
+    only_types: frozenset[str] | None = None
+    skip_types: frozenset[str] = frozenset()
+    batch_size: int = BATCH_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+    new_by_id: bool = True
+    progress: Progress | None = None
+
+
 def push_resources(
     resources: Iterable[Resource],
     client: FhirClient,
@@ -166,61 +220,111 @@ def push_resources(
     *,
     source: str,
     mapping_version: str,
-    chunk_size: int = 500,
-    progress: Progress | None = None,
-    strategy: WriteStrategy | None = None,
-    only_types: frozenset[str] | None = None,
-    skip_types: frozenset[str] = frozenset(),
-    batch_size: int = BATCH_SIZE,
     mappings_dir: Path | None = None,
+    options: PushOptions | None = None,
 ) -> PushReport:
-    """Plan and apply in batches; see the module docstring. ``strategy`` overrides the statement's choice.
-
-    ``chunk_size`` is an upper bound: chunks shrink to what the server accepts, and the journal remembers it.
+    """Push a list of resources (sorted here, referenced ones first) in windows of ``options.batch_size``; see
+    ``push_groups`` (the windows of one list refer to each other: a window still waits for those it refers to).
     """
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be at least 1")
-    server = client.base_url
+    options = options or PushOptions()
     ordered = dependency_sorted(resources)
-    report = PushReport(push_id=str(uuid.uuid4()), server=server, total=len(ordered))
+    size = options.batch_size
+    return push_groups(
+        [ordered[start : start + size] for start in range(0, len(ordered), size)],
+        client,
+        journal,
+        source=source,
+        mapping_version=mapping_version,
+        mappings_dir=mappings_dir,
+        options=options,
+        total=len(ordered),
+    )
+
+
+def push_groups(
+    groups: Iterable[Sequence[Resource]],
+    client: FhirClient,
+    journal: Journal,
+    *,
+    source: str,
+    mapping_version: str,
+    mappings_dir: Path | None = None,
+    options: PushOptions | None = None,
+    total: int | None = None,
+    report: PushReport | None = None,
+) -> PushReport:
+    """Plan and apply window by window (see the module docstring), as ``options`` say (``PushOptions``).
+
+    ``groups`` come in order, each referring only to itself and to earlier groups (the study-level resources, then
+    one group per subject, as ``iter_mapped`` yields them); they are consumed lazily, so a trial streamed from disk
+    is never held whole. Whole groups are gathered into windows of about ``batch_size`` resources (a larger group is
+    a window alone, never cut; so is the first). ``concurrency`` windows are written at the same time: a window is
+    planned only once every window it refers to is written, so the study's resources go first and subjects then in
+    parallel. ``total``, when known, is passed to ``progress``. ``report``: filled as the push goes, so that a
+    caller still has the counts when the push raises.
+    """
+    options = options or PushOptions()
+    if options.chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    if options.concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    progress, total_known = options.progress, total
+    server = client.base_url
+    report = report if report is not None else PushReport()
+    report.push_id, report.server = str(uuid.uuid4()), server
     planner = Planner(
         client,
         journal,
-        {r["resourceType"] for r in ordered},
-        only_types=only_types,
-        skip_types=skip_types,
+        DEPENDENCY_ORDER,
+        only_types=options.only_types,
+        skip_types=options.skip_types,
         mappings_dir=mappings_dir,
         warn=report.warnings.append,
+        new_by_id=options.new_by_id,
     )
     capabilities = planner.capabilities
-    report.strategy = strategy or capabilities.write_strategy()
-    limits = WriteLimits(chunk_size, journal.write_limits(server))
+    report.strategy = options.strategy or capabilities.write_strategy()
+    limits = WriteLimits(options.chunk_size, journal.write_limits(server))
+    lanes = _Lanes(options.concurrency, report, planner)
     done = 0
+    lock = threading.Lock()
 
     def advance(count: int) -> None:
         nonlocal done
-        done += count
-        if progress:
-            progress(done, len(ordered))
+        with lock:
+            done += count
+            if progress:
+                progress(done, total_known)
 
-    applier = Applier(
-        client, journal, report.push_id, report.strategy, planner.routes, limits, counts=report, on_written=advance
-    )
     journal.start_push(report.push_id, server, source)
     status = "failed"
     try:
         advance(0)
-        for batch in _batches(ordered, batch_size):
-            plan = planner.plan(batch, applier.held_back)
-            applier.routes = planner.routes
+        for window in _windows(groups, options.batch_size):
+            report.total += len(window)
+            lanes.wait_for(window)
+            plan = planner.plan(window, lanes.held)
             _record_settled(plan, journal, server, report.push_id)
             _count_plan(plan, report)
             report.content_hashes.extend(item.digest for item in plan.items)
             advance(sum(1 for item in plan.items if item.action not in ("create", "update")))
-            applier.apply(plan)
+            applier = Applier(
+                client,
+                journal,
+                report.push_id,
+                report.strategy,
+                planner.routes,
+                limits,
+                counts=ApplyCounts(),
+                on_written=advance,
+                refused_by_id=set(lanes.refused_by_id),
+            )
+            lanes.start(window, plan, applier)
+        lanes.finish()
         status = "completed"
     finally:
-        report.routes = planner.routes
+        lanes.close()
+        report.routes = {name: route for name, route in planner.routes.items() if name in planner.seen_types}
         report.bundle_sizes = {kind: limits.size(kind) for kind in ("conditional", "direct")}
         _warn_forced_skips(report)
         journal.finish_push(report.push_id, status, report.summary())
@@ -230,9 +334,94 @@ def push_resources(
     return report
 
 
-def _batches(items: list[Resource], size: int) -> Iterator[list[Resource]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+class _Lanes:
+    """Windows being written: at most ``concurrency`` at once, each by its own Applier in a worker thread.
+
+    Everything the planner reads is settled on the calling thread: a window's counts, held-back resources and
+    types refused by id join the report when it is waited for. The first failure stops the push once the
+    windows already sent have finished (a transaction in flight cannot be called back); the journal then holds
+    every chunk the server confirmed.
+    """
+
+    def __init__(self, concurrency: int, report: PushReport, planner: Planner) -> None:
+        self.concurrency = concurrency
+        self.report = report
+        self.planner = planner
+        self.held: set[str] = set()
+        self.refused_by_id: set[str] = set()
+        self._pool = ThreadPoolExecutor(concurrency, "push") if concurrency > 1 else None
+        self._running: list[tuple[Future[None], Applier, frozenset[str]]] = []
+
+    def start(self, window: list[Resource], plan: Plan, applier: Applier) -> None:
+        if self._pool is None:
+            applier.apply(plan)
+            self._settle(applier)
+            return
+        while len(self._running) >= self.concurrency:
+            self._wait(self._running[0])
+        refs = frozenset(local_ref(r) for r in window)
+        self._running.append((self._pool.submit(applier.apply, plan), applier, refs))
+
+    def wait_for(self, window: list[Resource]) -> None:
+        """Wait for the windows that write something ``window`` refers to (the planner needs their ids)."""
+        inside = {local_ref(r) for r in window}
+        outside = {t for r in window for t in references(r)} - inside
+        for running in [r for r in self._running if r[2] & outside]:
+            self._wait(running)
+
+    def finish(self) -> None:
+        while self._running:
+            self._wait(self._running[0])
+
+    def close(self) -> None:
+        """After a failure: let what was sent finish and keep its counts; nothing new starts."""
+        if self._pool is None:
+            return
+        for future, applier, _ in self._running:
+            if not future.cancel():  # started: its confirmed chunks are in the journal, and count
+                futures_wait([future])
+                self._settle(applier)
+        self._running.clear()
+        self._pool.shutdown(wait=True)
+
+    def _wait(self, running: tuple[Future[None], Applier, frozenset[str]]) -> None:
+        self._running.remove(running)
+        future, applier, _ = running
+        try:
+            future.result()
+        finally:
+            self._settle(applier)
+
+    def _settle(self, applier: Applier) -> None:
+        counts, report = applier.counts, self.report
+        report.created += counts.created
+        report.updated += counts.updated
+        report.linked += counts.linked
+        report.chunks += counts.chunks
+        report.size_refusals += counts.size_refusals
+        report.problems.extend(counts.problems)
+        self.held |= applier.held_back
+        if applier.refused_by_id - self.refused_by_id:
+            self.refused_by_id |= applier.refused_by_id
+            self.planner.refuse_by_id(applier.refused_by_id)
+
+
+def _windows(groups: Iterable[Sequence[Resource]], size: int) -> Iterator[list[Resource]]:
+    """Groups gathered up to ``size`` resources, each window in dependency order; a larger group alone.
+
+    A group is never cut: its parts would refer to each other, and a window that must wait for another one
+    holds back every window after it (a subject's 4,000 labs are one window, written in chunks by one lane).
+    The first group is a window alone: the study-level resources, which every later group refers to, so
+    nothing else waits for a subject gathered with them.
+    """
+    window: list[Resource] = []
+    for number, group in enumerate(groups):
+        if window and (number == 1 or len(window) + len(group) > size):
+            yield dependency_sorted(window)
+            window = []
+        window.extend(group)
+    if window:
+        yield dependency_sorted(window)
 
 
 def _record_settled(plan: Plan, journal: Journal, server: str, push_id: str) -> None:

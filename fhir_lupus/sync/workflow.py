@@ -7,20 +7,22 @@ import functools
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
 from fhir_lupus.audit import append_event, default_audit_path
-from fhir_lupus.client import FhirClient, UnsupportedInteraction, WriteStrategy
-from fhir_lupus.model import LoadReport, TrialData
+from fhir_lupus.bundle import business_key
+from fhir_lupus.client import FhirClient, UnsupportedInteraction
+from fhir_lupus.mappers._context import Resource
+from fhir_lupus.model import LoadReport, TrialData, loader
 from fhir_lupus.model.study import StudyDefinition
-from fhir_lupus.pipeline import map_trial
+from fhir_lupus.pipeline import MappedBatch, iter_mapped, map_trial, stream_trial
 from fhir_lupus.sync.dryrun import DryRunReport, dry_run
 from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.plan import content_hash
 from fhir_lupus.sync.pull import DEFAULT_WORKERS, PullResult, mark_minus, pull_labs
-from fhir_lupus.sync.push import Progress, PushReport, push_resources
+from fhir_lupus.sync.push import PushOptions, PushReport, push_groups
 from fhir_lupus.terminology import LabCatalogue, load_pack
 from fhir_lupus.validation import FhirVersion
 
@@ -30,6 +32,7 @@ __all__ = [
     "digest_of",
     "dry_run_trial",
     "pull_study",
+    "push_directory",
     "push_trial",
     "server_fhir_version",
 ]
@@ -112,39 +115,91 @@ def push_trial(
     journal: Journal,
     *,
     source: str,
-    chunk_size: int = 500,
-    progress: Progress | None = None,
     mappings_dir: Path | None = None,
-    strategy: WriteStrategy | None = None,
-    only_types: frozenset[str] | None = None,
-    skip_types: frozenset[str] = frozenset(),
+    options: PushOptions | None = None,
     audit_log: AuditLog = None,
 ) -> PushReport:
-    """Map the trial for the server's FHIR version and push it (``push_resources``).
+    """Map the trial for the server's FHIR version subject by subject and push it as it maps (``push_groups``).
 
+    A resource the journal holds with the same content as confirmed on this server is not validated again
+    (``iter_mapped``'s ``trusted``): it was validated when it was sent, and nothing is sent for it now.
     Every push, complete, incomplete or failed, appends one entry to the audit log (``audit_log``): counts,
-    outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server.
+    outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server (for a push
+    that failed: of those offered before it stopped).
     """
-    result = map_trial(data, report, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
+    batches = iter_mapped(
+        data,
+        report,
+        fhir_version=server_fhir_version(client),
+        mappings_dir=mappings_dir,
+        trusted=_confirmed_on(journal, client.base_url),
+    )
+    return _push_batches(batches, client, journal, source, mappings_dir, options, audit_log)
+
+
+def push_directory(
+    data_dir: Path,
+    report: LoadReport,
+    client: FhirClient,
+    journal: Journal,
+    *,
+    source: str,
+    mappings_dir: Path | None = None,
+    options: PushOptions | None = None,
+    audit_log: AuditLog = None,
+    on_chunk: Callable[[TrialData], None] | None = None,
+    max_rows: int | None = None,
+) -> PushReport:
+    """``push_trial`` for a data directory read a chunk of subjects at a time (``stream_trial``): flat memory
+    whatever the trial's size. Rows the loader or the mappers refuse go to ``report`` as they come.
+    ``max_rows``: rows per chunk (default ``loader.CHUNK_ROWS``, read when called)."""
+    batches = stream_trial(
+        data_dir,
+        report,
+        max_rows=max_rows or loader.CHUNK_ROWS,
+        fhir_version=server_fhir_version(client),
+        mappings_dir=mappings_dir,
+        trusted=_confirmed_on(journal, client.base_url),
+        on_chunk=on_chunk,
+    )
+    return _push_batches(batches, client, journal, source, mappings_dir, options, audit_log)
+
+
+def _confirmed_on(journal: Journal, server: str) -> Callable[[Resource], bool]:
+    """True for a resource whose exact content the journal holds as confirmed on ``server``."""
+
+    def confirmed(resource: Resource) -> bool:
+        kind = str(resource["resourceType"])
+        return journal.confirmed_hash(server, kind, business_key(resource)) == content_hash(resource)
+
+    return confirmed
+
+
+def _push_batches(
+    batches: Iterable[MappedBatch],
+    client: FhirClient,
+    journal: Journal,
+    source: str,
+    mappings_dir: Path | None,
+    options: PushOptions | None,
+    audit_log: AuditLog,
+) -> PushReport:
     audit = functools.partial(_audit, audit_log, journal, "push", server=client.base_url, mappings_dir=mappings_dir)
+    pushed = PushReport()
     try:
-        pushed = push_resources(
-            result.resources,
+        push_groups(
+            (batch.resources for batch in batches),
             client,
             journal,
             source=source,
             mapping_version=load_pack(mappings_dir).project.mapping_version,
-            chunk_size=chunk_size,
-            progress=progress,
-            strategy=strategy,
-            only_types=only_types,
-            skip_types=skip_types,
             mappings_dir=mappings_dir,
+            options=options,
+            report=pushed,
         )
     except Exception as exc:
-        counts = {"total": len(result.resources)}
-        digest = digest_of(content_hash(resource) for resource in result.resources)
-        audit(counts=counts, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
+        digest = digest_of(pushed.content_hashes)
+        audit(counts={"total": pushed.total}, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
         raise
     details = {"push_id": pushed.push_id, "strategy": str(pushed.strategy or "")}
     if pushed.provenance:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import math
 import re
+import threading
 from decimal import Decimal
 from typing import Any
 
 from fhir_lupus.errors import UnitError
 from fhir_lupus.terminology._pack import MappingPack
 
-__all__ = ["UnitConverter", "unit_annotations"]
+__all__ = ["UnitConverter", "unit_annotations", "warm_up"]
 
 _ANNOTATION = re.compile(r"\{[^}]*\}")
 
@@ -26,12 +27,25 @@ def unit_annotations(ucum: str) -> tuple[str, ...]:
     return tuple(_ANNOTATION.findall(ucum))
 
 
-@functools.lru_cache(maxsize=1)
-def _registry() -> Any:
-    """The UCUM-aware pint registry; built once because it takes about half a second."""
-    from ucumvert import PintUcumRegistry
+_REGISTRY: Any = None
+_REGISTRY_LOCK = threading.Lock()
 
-    return PintUcumRegistry()
+
+def _registry() -> Any:
+    """The UCUM-aware pint registry; built once (about a second of CPU), by whichever thread asks first."""
+    global _REGISTRY
+    with _REGISTRY_LOCK:
+        if _REGISTRY is None:
+            from ucumvert import PintUcumRegistry
+
+            _REGISTRY = PintUcumRegistry()
+        return _REGISTRY
+
+
+def warm_up() -> None:
+    """Build the registry in a thread of its own, unless built: pull starts it while its first requests wait."""
+    if _REGISTRY is None:
+        threading.Thread(target=_registry, name="ucum-registry", daemon=True).start()
 
 
 class UnitConverter:

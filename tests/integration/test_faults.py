@@ -28,7 +28,7 @@ from fhir_lupus import load_trial
 from fhir_lupus.bundle import business_key, identifiers
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, dry_run_trial, pull_study, push_trial
+from fhir_lupus.sync import Journal, PushOptions, dry_run_trial, pull_study, push_trial
 from fhir_lupus.sync.roundtrip import compare_round_trip
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -132,7 +132,15 @@ def test_push_and_pull_through_a_fault(
         Journal(tmp_path / "journal.sqlite") as journal,
         FhirClient(proxy.base + "/fhir", timeout=TIMEOUT, retry=retry) as faulty,
     ):
-        pushed = push_trial(data, report, faulty, journal, source="test", chunk_size=50, mappings_dir=isolated_mappings)
+        pushed = push_trial(
+            data,
+            report,
+            faulty,
+            journal,
+            source="test",
+            options=PushOptions(chunk_size=50),
+            mappings_dir=isolated_mappings,
+        )
         assert rule.fired >= 1, f"the fault never fired: {proxy.events[-3:]}"
         assert pushed.problems == [] and pushed.provenance
         again = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)

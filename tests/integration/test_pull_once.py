@@ -8,6 +8,7 @@ at all included), which is what keeps results with a catalogue code but without 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
 from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.terminology import load_pack
 
 pytestmark = pytest.mark.integration
 LOINC = "http://loinc.org"
@@ -65,3 +67,43 @@ def test_every_lab_once_and_catalogue_codes_without_the_lab_category_kept(
     aside = {u.result_id: u.reason for u in pulled.unmapped}
     assert aside[f"{HOSPITAL}|ESR"] == "no code of the lab catalogue" and f"{HOSPITAL}|VITAL" not in aside
     assert pulled.total_rows == len(data.labs) + len(data.treg) + 2
+
+
+def test_the_catalogue_code_search_for_a_group_of_patients_keeps_each_subjects_floor(
+    client: FhirClient,
+    isolated_mappings: Path,
+    subset: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three subjects: the first searched alone, the other two together (``patient=Patient/a,Patient/b``,
+    which HAPI and Medplum both take with ``category:not``); the group asks the earlier of their floors, and
+    each subject's own floor (90 days before its BL visit) is applied to what comes back."""
+    data, report = load_trial(subset(3), mappings_dir=isolated_mappings)
+    pack = load_pack(isolated_mappings)
+    subject_system = pack.identifier_system("subject", study=data.study.nct_id)
+    visits = [v.record for v in data.visits]
+    floors = {v.subject_id: v.visit_date - timedelta(days=90) for v in visits if v.visit_code == "BL"}
+    assert len(set(floors.values())) == 3
+    sent: list[str] = []
+    send = FhirClient._send_raw
+
+    def spy(self: FhirClient, method: str, path: str, **kwargs: Any) -> Any:
+        params = kwargs.get("params") or {}
+        if "category:not" in params:
+            sent.append(str(params[next(k for k in ("patient", "subject") if k in params)]))
+        return send(self, method, path, **kwargs)
+
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        for subject, floor in floors.items():
+            found = client.search("ResearchSubject", {"identifier": f"{subject_system}|{subject}"})
+            patient = next(iter(found))["individual"]["reference"]
+            for accession, day in ((f"ON-{subject}", floor), (f"BEFORE-{subject}", floor - timedelta(days=1))):
+                client.create({**written_elsewhere(patient, accession, "C3", None), "effectiveDateTime": str(day)})
+        monkeypatch.setattr(FhirClient, "_send_raw", spy)
+        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+    assert sorted(len(patients.split(",")) for patients in sent) == [1, 2]
+    assert pulled.refetched == 0 and pulled.fallbacks == []
+    planted = {r.result_id.rpartition("|")[2]: r.subject_id for r in pulled.rows if r.result_id.startswith(HOSPITAL)}
+    assert planted == {f"ON-{subject}": subject for subject in floors}  # none from before its subject's floor

@@ -12,7 +12,7 @@ from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
 from fhir_lupus.model import TrialData
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, dry_run, dry_run_trial, pull_study, push_resources, push_trial
+from fhir_lupus.sync import Journal, PushOptions, dry_run, dry_run_trial, pull_study, push_resources, push_trial
 from fhir_lupus.sync.roundtrip import compare_round_trip
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -92,7 +92,13 @@ def test_skipped_types_become_logical_references_the_server_accepts(
     skipped = frozenset({"Organization", "Location"})
     with Journal(tmp_path / "journal.sqlite") as journal:
         pushed = push_trial(
-            data, report, client, journal, source="test", mappings_dir=isolated_mappings, skip_types=skipped
+            data,
+            report,
+            client,
+            journal,
+            source="test",
+            mappings_dir=isolated_mappings,
+            options=PushOptions(skip_types=skipped),
         )
     assert pushed.complete and pushed.count("skipped") == 2, pushed.summary()
     pack = load_pack(isolated_mappings)

@@ -13,7 +13,7 @@ from fhir_lupus import load_trial
 from fhir_lupus.cli import app
 from fhir_lupus.client import FhirClient, WriteStrategy
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, dry_run_trial, pull_study, push_trial
+from fhir_lupus.sync import Journal, PushOptions, dry_run_trial, pull_study, push_trial
 from fhir_lupus.sync.roundtrip import compare_round_trip
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -29,7 +29,13 @@ def test_fallback_strategies_resolve_references_in_order(
     expected = len(map_trial(data, report, mappings_dir=isolated_mappings).resources)
     with Journal(tmp_path / "j.sqlite") as journal:
         pushed = push_trial(
-            data, report, client, journal, source="t", mappings_dir=isolated_mappings, strategy=strategy, chunk_size=7
+            data,
+            report,
+            client,
+            journal,
+            source="t",
+            mappings_dir=isolated_mappings,
+            options=PushOptions(strategy=strategy, chunk_size=7),
         )
         assert pushed.strategy == strategy and pushed.written == expected and pushed.complete, pushed.summary()
         state = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)
