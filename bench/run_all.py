@@ -48,7 +48,7 @@ EXAMPLE = ROOT / "examples" / "nct00698191"
 BASELINE = "5f28e42"  # main before the performance work of issue 12
 FULL = {
     "map_rounds": 3,
-    "push_subjects": [20],
+    "push_subjects": [5, 20],
     "push_repeat": 3,
     "pull_subjects": [20],
     "pull_repeat": 3,
