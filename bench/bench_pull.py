@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
 from fhir_lupus.model import load_study
 from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.sync.pull import DEFAULT_WORKERS
 from fhir_lupus.sync.reverse import load_pull_rules
 from fhir_lupus.terminology import load_pack
 
@@ -135,11 +137,18 @@ def machine() -> str:
     return f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
 
 
-def run(servers: dict[str, str], subjects: list[int], repeat: int, workers: list[int]) -> list[dict[str, Any]]:
+def run(
+    servers: dict[str, str],
+    subjects: list[int],
+    repeat: int,
+    workers: list[int],
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Pull against fhirpy on each server (name -> URL) and size: one row per server, size and worker count.
 
     Each row: server, url, subjects, workers, labs, pull_s and fhirpy_s (medians of ``repeat`` interleaved
     runs), pull_runs and fhirpy_runs (every run), ratio (pull's rate over fhirpy's: above 1, pull is faster).
+    ``on_row`` is called with each row as soon as it is measured.
     """
     rows: list[dict[str, Any]] = []
     for name, url in servers.items():
@@ -174,22 +183,24 @@ def run(servers: dict[str, str], subjects: list[int], repeat: int, workers: list
                         "ratio": (labs / pull_s) / (counts["fhirpy"] / fhirpy_s),
                     }
                 )
+                if on_row is not None:
+                    on_row(rows[-1])
     return rows
 
 
-def run_memory(url: str, copies: int, workers: int = 1) -> dict[str, Any]:
-    """Peak RSS of one pull of the example's 20 subjects with every lab copied to ``copies`` times (a child).
+def run_memory(url: str, copies: int, workers: Sequence[int] = (DEFAULT_WORKERS,)) -> dict[str, Any]:
+    """Peak RSS of a pull of the example's 20 subjects with every lab copied to ``copies`` times (a child each).
 
-    Returns url, copies, added (labs written by the scale-up), labs (rows and set-aside results pulled),
-    seconds and peak_mib of the child's pull.
+    Returns url, copies, added (labs written by the scale-up) and, for the first of ``workers``, workers,
+    seconds, labs (rows and set-aside results pulled) and peak_mib; ``runs`` has one such dict per count.
     """
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         nct_id, mappings, refs, category = push_subjects(url, 20, scratch)
         with FhirClient(url, timeout=600) as client:
             added = scale_up(client, refs, category, copies)
-        measured = measure_child(url, nct_id, mappings, scratch, workers)
-    return {"url": url, "copies": copies, "added": added, "workers": workers, **measured}
+        runs = [{"workers": count, **measure_child(url, nct_id, mappings, scratch, count)} for count in workers]
+    return {"url": url, "copies": copies, "added": added, **runs[0], "runs": runs}
 
 
 def push_subjects(url: str, subjects: int, scratch: Path) -> tuple[str, Path, list[str], str]:
@@ -216,6 +227,17 @@ def measure_child(url: str, nct_id: str, mappings: Path, scratch: Path, workers:
     return {"seconds": measured["seconds"], "labs": measured["results"], "peak_mib": measured["peak_mib"]}
 
 
+def print_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['server']:8s} {row['subjects']:3d} subjects  pull w{row['workers']} "
+        f"median {row['pull_s']:6.2f} s ({', '.join(f'{r:.2f}' for r in row['pull_runs'])})  "
+        f"fhirpy median {row['fhirpy_s']:6.2f} s ({', '.join(f'{r:.2f}' for r in row['fhirpy_runs'])})  "
+        f"{row['labs']:6d} labs  {row['labs'] / row['pull_s']:7.0f}/s vs "
+        f"{row['fhirpy_labs'] / row['fhirpy_s']:7.0f}/s  ratio {row['ratio']:.2f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_pull(*sys.argv[2:7])
@@ -224,7 +246,9 @@ def main() -> None:
     parser.add_argument("servers", nargs="+", help="name=URL")
     parser.add_argument("--subjects", default="5,20")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workers", default="1", help="pull variants: subjects fetched at once, e.g. 1,3")
+    parser.add_argument(
+        "--workers", default=str(DEFAULT_WORKERS), help="pull variants: subjects fetched at once, e.g. 1,3"
+    )
     parser.add_argument("--scale", type=int, default=0, help="also copy the labs to SCALE times and measure RSS")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {machine()}", flush=True)
@@ -232,24 +256,16 @@ def main() -> None:
     subjects = [int(n) for n in args.subjects.split(",") if n]
     worker_counts = [int(w) for w in args.workers.split(",")]
     if subjects and args.repeat > 0:
-        for row in run(servers, subjects, args.repeat, worker_counts):
-            print(
-                f"{row['server']:8s} {row['subjects']:3d} subjects  pull w{row['workers']} "
-                f"median {row['pull_s']:6.2f} s "
-                f"({', '.join(f'{r:.2f}' for r in row['pull_runs'])})  fhirpy median {row['fhirpy_s']:6.2f} s "
-                f"({', '.join(f'{r:.2f}' for r in row['fhirpy_runs'])})  {row['labs']:6d} labs  "
-                f"{row['labs'] / row['pull_s']:7.0f}/s vs {row['fhirpy_labs'] / row['fhirpy_s']:7.0f}/s  "
-                f"ratio {row['ratio']:.2f}",
-                flush=True,
-            )
+        run(servers, subjects, args.repeat, worker_counts, on_row=print_row)
     if args.scale > 1:
         for name, url in servers.items():
-            measured = run_memory(url, args.scale, worker_counts[0])
-            print(
-                f"{name:8s} x{args.scale} ({measured['added']} labs added)  pull w{measured['workers']} "
-                f"{measured['seconds']:.1f} s  {measured['labs']} labs  peak RSS {measured['peak_mib']:.0f} MiB",
-                flush=True,
-            )
+            measured = run_memory(url, args.scale, worker_counts)
+            for one in measured["runs"]:
+                print(
+                    f"{name:8s} x{args.scale} ({measured['added']} labs added)  pull w{one['workers']} "
+                    f"{one['seconds']:.1f} s  {one['labs']} labs  peak RSS {one['peak_mib']:.0f} MiB",
+                    flush=True,
+                )
     print(f"done {time.strftime('%H:%M:%S')}  {machine()}")
 
 

@@ -338,8 +338,9 @@ def per_subject(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pull, "GROUP_MAX", 1)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 def test_the_catalogue_code_search_asks_for_groups_and_hands_each_result_to_its_subject(
-    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    workers: int, fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     patients = patients_of(fake)
     for subject in ("MSC-001", "MSC-005", "MSC-012"):  # the first group (alone), the second, the last
@@ -347,7 +348,7 @@ def test_the_catalogue_code_search_asks_for_groups_and_hands_each_result_to_its_
     fake.requests.clear()
     counts = sent_back(fake, monkeypatch)
     with client() as fhir, Journal(tmp_path / "grouped.sqlite") as journal:
-        grouped = pull_study(fhir, journal, twelve.study, since=None, output=tmp_path / "grouped.csv")
+        grouped = pull_study(fhir, journal, twelve.study, since=None, output=tmp_path / "grouped.csv", workers=workers)
     assert max(counts.values()) == 1 and grouped.refetched == 0  # nothing sent twice
     # 1, then 8, then the 3 left: three catalogue-code searches for twelve subjects, each naming its patients
     asked = negated_searches(fake)
@@ -488,8 +489,9 @@ def test_many_results_without_the_category_stop_the_groups(
     assert max(counts.values()) == 1 and len([r for r in pulled.rows if r.result_id.count("-") == 2]) == 36
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 def test_a_failed_group_search_fails_the_pull_as_a_subjects_search_did(
-    fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    workers: int, fake: FakeFhir, twelve: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     searchset = fake._searchset
 
@@ -502,7 +504,7 @@ def test_a_failed_group_search_fails_the_pull_as_a_subjects_search_did(
     output = tmp_path / "labs.csv"
     with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
         with pytest.raises(TransientHttpError, match="overloaded"):
-            pull_study(fhir, journal, twelve.study, since=None, output=output)
+            pull_study(fhir, journal, twelve.study, since=None, output=output, workers=workers)
         assert journal.high_water(fhir.base_url, twelve.study.nct_id) is None  # the mark did not move
     assert not output.exists()
     assert not [t for t in threading.enumerate() if t.name == "pull-read-ahead"]  # the request thread ended
@@ -519,7 +521,7 @@ def test_an_error_while_staging_stops_the_request_thread(
     monkeypatch.setattr(pull, "STAGE_BATCH", 1)
     fake.requests.clear()
     with client() as fhir, Journal(tmp_path / "j.sqlite") as journal, pytest.raises(OSError, match="disk full"):
-        pull_study(fhir, journal, twelve.study, since=None)
+        pull_study(fhir, journal, twelve.study, since=None, workers=1)  # one request thread, reading ahead
     assert not [t for t in threading.enumerate() if t.name == "pull-read-ahead"]
     # it stopped a few records ahead, not at the end of the pull
     assert sum(p.startswith("Observation?") for _, p in fake.requests) < 12

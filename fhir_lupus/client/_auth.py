@@ -15,6 +15,7 @@ accepts ``private_key_jwt`` with our algorithm, so a mismatch is reported as suc
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -44,7 +45,12 @@ class BearerAuth(httpx.Auth):
 
 
 class SmartBackendAuth(httpx.Auth):
-    """OAuth client_credentials with a signed JWT assertion; one instance per client (not thread-safe)."""
+    """OAuth client_credentials with a signed JWT assertion; one instance per client.
+
+    Requests may be sent from several threads at once (pull's subject workers): the token is fetched (or
+    renewed) by one of them at a time, under a lock, and the others use what it got, so an expired or
+    revoked token costs one token request however many requests were in flight.
+    """
 
     requires_response_body = True
     # Renew this long before the token's stated expiry: 30 s, but never more than a tenth of the token's life,
@@ -79,6 +85,7 @@ class SmartBackendAuth(httpx.Auth):
         self._clock = clock
         self._token: str | None = None
         self._expires_at = 0.0
+        self._lock = threading.Lock()  # held while the token endpoint (or discovery) is asked, by one request
 
     def client_assertion(self) -> str:
         """The signed JWT proving who we are to the token endpoint (SMART Backend Services; 5 min life)."""
@@ -187,16 +194,21 @@ class SmartBackendAuth(httpx.Auth):
         )
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if not self.token_url:
-            accept = {"Accept": "application/json"}
-            self._discover((yield httpx.Request("GET", self.discovery_url, headers=accept)))
-        if not self._valid():
-            self._store((yield self._token_request()))
-        request.headers["Authorization"] = f"Bearer {self._token}"
+        with self._lock:  # the generator runs in the sending thread: the lock is released when it ends
+            if not self.token_url:
+                accept = {"Accept": "application/json"}
+                self._discover((yield httpx.Request("GET", self.discovery_url, headers=accept)))
+            if not self._valid():
+                self._store((yield self._token_request()))
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
-            self._store((yield self._token_request()))
-            request.headers["Authorization"] = f"Bearer {self._token}"
+            with self._lock:
+                if self._token == token:  # not renewed by another request in the meantime
+                    self._store((yield self._token_request()))
+                token = self._token
+            request.headers["Authorization"] = f"Bearer {token}"
             response = yield request
             if response.status_code == 401:  # a token fresh from the token endpoint: another would fare no better
                 challenge = response.headers.get("WWW-Authenticate", "")

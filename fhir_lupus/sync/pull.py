@@ -55,9 +55,11 @@ __all__ = ["PullResult", "fetch_labs", "pull_labs"]
 PAGE = "1000"
 STAGE_BATCH = 500
 # Subjects fetched at once (each subject's labs in order; the store sorts the output, so the result does not
-# depend on it). 1 = one after the other, by one thread that reads ahead of the caller; bench/bench_pull.py
-# measures what more gives.
-DEFAULT_WORKERS = 1
+# depend on it). 1 = one after the other, by one thread that reads ahead of the caller. By bench/bench_pull.py
+# (bench/README.md), 3 is what puts pull ahead of fhirpy on HAPI, whose searches are the server's work: 0.76
+# and 0.94 of fhirpy's rate with 1, 1.00 and 1.35 with 3 (5 and 20 subjects). SMART token renewal is shared
+# by requests in flight (tests/test_auth_concurrency.py).
+DEFAULT_WORKERS = 3
 READ_AHEAD = 8  # chunks of READ_AHEAD_CHUNK records the request thread may be ahead of the caller
 READ_AHEAD_CHUNK = 100
 # The catalogue-code search goes to groups of subjects (see _Groups): at most GROUP_MAX patients a search, the

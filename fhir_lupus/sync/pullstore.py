@@ -12,7 +12,6 @@ keeps every row pulled before, never holds them all in memory, and cannot skip a
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sqlite3
 import tempfile
@@ -22,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
+
+import orjson
 
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
@@ -83,13 +84,13 @@ class Spool(Sequence[T], Generic[T]):
         if len(self._head) < self._limit:
             self._head.append(record)
             return
-        self._spill(json.dumps(_flat(record), ensure_ascii=False))
+        self._spill(_text(record))
 
     def append_json(self, text: str) -> None:
         """Append the record whose ``_flat`` JSON is ``text`` (as the store keeps it): past the in-memory head,
         the text goes to the file as it is, without a round trip through an object."""
         if len(self._head) < self._limit:
-            self._head.append(self._kind(**json.loads(text)))
+            self._head.append(self._kind(**orjson.loads(text)))
             return
         self._spill(text)
 
@@ -111,7 +112,7 @@ class Spool(Sequence[T], Generic[T]):
         self._file.flush()
         with open(self._path, encoding="utf-8") as spilled:
             for _, line in zip(range(self._spilled), spilled, strict=False):
-                yield self._kind(**json.loads(line))
+                yield self._kind(**orjson.loads(line))
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -152,6 +153,11 @@ class MergeResult:
     stale: int = 0  # older than what the store has
     total_rows: int = 0
     total_unmapped: int = 0
+
+
+def _text(record: Any) -> str:
+    """A record as the JSON text the stage, the store and the spool keep (orjson: a sixth of json's time)."""
+    return orjson.dumps(_flat(record)).decode()
 
 
 def _flat(record: Any) -> dict[str, Any]:
@@ -226,7 +232,7 @@ class PullStore:
                     _updated(r.last_updated),
                     "row" if isinstance(r, PulledLab) else "unmapped",
                     _sort_key(r),
-                    json.dumps(_flat(r), ensure_ascii=False),
+                    _text(r),
                 )
                 for r in records
             ],
@@ -263,7 +269,7 @@ class PullStore:
                     continue
                 result.new_unmapped.append_json(record)
                 if old is not None and old[2] == "row":
-                    earlier, reason = json.loads(old[3]), json.loads(record)["reason"]
+                    earlier, reason = orjson.loads(old[3]), orjson.loads(record)["reason"]
                     result.removed.append(Removal(observation_id, earlier["result_id"], earlier["subject_id"], reason))
             self._db.executemany("INSERT OR REPLACE INTO pull_store VALUES (?, ?, ?, ?, ?, ?, ?, ?)", winners)
         if replace_all:
@@ -274,7 +280,7 @@ class PullStore:
             ).fetchall()
             for observation_id, kind, record in gone:
                 if kind == "row":
-                    earlier = json.loads(record)
+                    earlier = orjson.loads(record)
                     result.removed.append(
                         Removal(observation_id, earlier["result_id"], earlier["subject_id"], "no longer on the server")
                     )
@@ -310,11 +316,11 @@ class PullStore:
 
     def rows(self) -> Iterator[PulledLab]:
         for (record,) in self._records("row"):
-            yield PulledLab(**json.loads(record))
+            yield PulledLab(**orjson.loads(record))
 
     def unmapped(self) -> Iterator[UnmappedResult]:
         for (record,) in self._records("unmapped"):
-            yield UnmappedResult(**json.loads(record))
+            yield UnmappedResult(**orjson.loads(record))
 
     def _records(self, kind: str) -> Iterator[tuple[str]]:
         cursor = self._db.execute(
@@ -327,8 +333,8 @@ class PullStore:
         """The rows file and its ``.unmapped`` companion, each replaced atomically (from the stored records as
         they are: the same columns, without building the objects)."""
         return (
-            write_rows((json.loads(r) for (r,) in self._records("row")), output, PulledLab),
-            write_rows((json.loads(r) for (r,) in self._records("unmapped")), unmapped_path(output), UnmappedResult),
+            write_rows((orjson.loads(r) for (r,) in self._records("row")), output, PulledLab),
+            write_rows((orjson.loads(r) for (r,) in self._records("unmapped")), unmapped_path(output), UnmappedResult),
         )
 
 
