@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -128,7 +127,10 @@ def scale_up(client: FhirClient, refs: list[str], category: str, copies: int) ->
 def child_pull(url: str, nct_id: str, mappings: str, scratch: str, workers: str) -> None:
     """Run in a child process so that its peak RSS is the pull's alone."""
     seconds, found = run_pull(url, nct_id, Path(mappings), Path(scratch), int(workers))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter keeps the high-water mark across exec, so a child of a large process
+    # (bench/run_all.py) would report its parent's size
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    peak = int(hwm.split()[1]) / 1024
     print(json.dumps({"seconds": seconds, "results": found, "peak_mib": peak}))
 
 

@@ -200,7 +200,7 @@ def page(results: dict[str, Any]) -> str:
         "",
         "Written by `bench/run_all.py` (do not edit by hand; the last section comes from `bench/analysis.md`).",
         "",
-        f"- Run: {m['date']}, commit {m['commit']}, command `{results['command']}`, {results['minutes']:.0f} min",
+        "- Runs: " + "; ".join(results.get("history", [])),
         f"- Machine: {m['host']}",
         f"- Python {m['python']}; {m['packages']}",
         "- Servers, started by the bench on loopback: HAPI FHIR JPA 8.8.0 (servers/hapi, H2 in memory), "
@@ -311,8 +311,8 @@ def page(results: dict[str, Any]) -> str:
         "",
         "## 4. Scale: `fhir-lupus map --format ndjson` as the trial grows",
         "",
-        "`bench/bench_memory.py` (`bench/scale_example.py` makes the data): one child process each, peak RSS from "
-        "`wait4`.",
+        "`bench/bench_memory.py` (`bench/scale_example.py` makes the data): one child process each, peak RSS its "
+        "VmHWM (`/proc/self/status`, printed at exit).",
         "",
         "| case | size | wall time | peak RSS | resources/s | load avg |",
         "|---|---|---|---|---|---|",
@@ -340,6 +340,7 @@ def main() -> None:
         default=",".join(STEPS),
         help="comma list of map, push, pull, scale; the others are kept from the last run's JSON next to --out",
     )
+    parser.add_argument("--scale-cases", help="with --steps scale: only these cases (x1,x10,x100,1M), the rest kept")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     steps = [step.strip() for step in args.steps.split(",") if step.strip()]
@@ -348,7 +349,10 @@ def main() -> None:
     results: dict[str, Any] = json.loads(earlier.read_text()) if set(steps) != set(STEPS) else {"loads": {}}
     results["machine"] = machine()
     command = "python bench/run_all.py" + (" --quick" if args.quick else "")
-    results["command"] = command + ("" if set(steps) == set(STEPS) else f" (--steps {','.join(steps)} then)")
+    if set(steps) != set(STEPS):
+        command += f" --steps {','.join(steps) or '(none: the page only)'}"
+        command += f" --scale-cases {args.scale_cases}" if args.scale_cases and "scale" in steps else ""
+    history = results.setdefault("history", [])
     if "map" in steps:
         log("map")
         results["loads"]["map"] = load()
@@ -368,14 +372,19 @@ def main() -> None:
             )
     if "scale" in steps:
         log("scale")
-        results["scale"] = bench_memory.run(sizes["scale_cases"], ["ndjson"], args.work)
-    results["minutes"] = (time.perf_counter() - began) / 60 + (
-        results.get("minutes", 0) if set(steps) != set(STEPS) else 0
-    )
+        cases = args.scale_cases.split(",") if args.scale_cases else sizes["scale_cases"]
+        fresh = bench_memory.run(cases, ["ndjson"], args.work)
+        kept = [row for row in results.get("scale", []) if row["case"] not in cases]  # cases not run again
+        order = {case: number for number, case in enumerate(FULL["scale_cases"])}
+        results["scale"] = sorted(kept + fresh, key=lambda row: order.get(row["case"], len(order)))
+    minutes = (time.perf_counter() - began) / 60
+    if steps:  # a run that only writes the page again adds nothing to the history
+        machine_now = results["machine"]
+        history.append(f"{machine_now['date']}, commit {machine_now['commit']}: `{command}`, {minutes:.0f} min")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page(results))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    log(f"wrote {args.out} in {results['minutes']:.1f} min")
+    log(f"wrote {args.out} in {minutes:.1f} min")
 
 
 if __name__ == "__main__":
