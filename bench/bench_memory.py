@@ -62,6 +62,12 @@ PEAK_WRAPPER = (
 )
 
 
+def own_peak_mib() -> float:
+    """This process's VmHWM in MiB: its peak since exec, for a child that reports its own (bench_pull.py)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def vm_hwm_mib(log: Path) -> float | None:
     """The last ``VmHWM <kB>`` line the wrapper wrote to ``log``, in MiB."""
     found = [line.split()[1] for line in log.read_text(errors="replace").splitlines() if line.startswith("VmHWM ")]

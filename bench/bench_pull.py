@@ -52,6 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from support import EXAMPLE, example_subset, isolated_mappings_copy  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_memory import own_peak_mib  # noqa: E402
+
 PAGE = 1000
 
 
@@ -127,10 +130,7 @@ def scale_up(client: FhirClient, refs: list[str], category: str, copies: int) ->
 def child_pull(url: str, nct_id: str, mappings: str, scratch: str, workers: str) -> None:
     """Run in a child process so that its peak RSS is the pull's alone."""
     seconds, found = run_pull(url, nct_id, Path(mappings), Path(scratch), int(workers))
-    # VmHWM, not ru_maxrss: the latter keeps the high-water mark across exec, so a child of a large process
-    # (bench/run_all.py) would report its parent's size
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
-    peak = int(hwm.split()[1]) / 1024
+    peak = own_peak_mib()  # VmHWM, not ru_maxrss, which would carry a large parent's size across exec
     print(json.dumps({"seconds": seconds, "results": found, "peak_mib": peak}))
 
 

@@ -111,6 +111,15 @@ class ApplyCounts:
     size_refusals: int = 0
     problems: list[Problem] = field(default_factory=list)
 
+    def add(self, other: ApplyCounts) -> None:
+        """Add the counts of another applier (a window written in another thread) to these."""
+        self.created += other.created
+        self.updated += other.updated
+        self.linked += other.linked
+        self.chunks += other.chunks
+        self.size_refusals += other.size_refusals
+        self.problems.extend(other.problems)
+
 
 @dataclass
 class Applier:

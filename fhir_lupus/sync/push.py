@@ -393,13 +393,7 @@ class _Lanes:
             self._settle(applier)
 
     def _settle(self, applier: Applier) -> None:
-        counts, report = applier.counts, self.report
-        report.created += counts.created
-        report.updated += counts.updated
-        report.linked += counts.linked
-        report.chunks += counts.chunks
-        report.size_refusals += counts.size_refusals
-        report.problems.extend(counts.problems)
+        self.report.add(applier.counts)
         self.held |= applier.held_back
         if applier.refused_by_id - self.refused_by_id:
             self.refused_by_id |= applier.refused_by_id
