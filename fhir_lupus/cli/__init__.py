@@ -12,6 +12,7 @@ from fhir_lupus.cli._report import report
 from fhir_lupus.cli._safety import safety
 from fhir_lupus.cli._schedule import schedule
 from fhir_lupus.cli._screen import screen
+from fhir_lupus.cli._spark import spark_labs_command
 from fhir_lupus.cli._sync import pull, push
 
 __all__ = ["app", "main"]
@@ -26,6 +27,7 @@ app.command()(safety)
 app.command()(report)
 app.command()(schedule)
 app.command()(screen)
+app.command("spark-labs")(spark_labs_command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(registry_app, name="registry")
 

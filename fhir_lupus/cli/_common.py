@@ -15,6 +15,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fhir_lupus.client import (
@@ -208,7 +209,7 @@ def exit_on_rejects(report: LoadReport, allow_rejects: bool) -> None:
 def fail(exc: Exception) -> NoReturn:
     """Print the error; exit 4 when authentication was refused, 1 when the server refused or failed (or lacks
     what we need), 2 for our own errors."""
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # "fhir_lupus[spark]" stays as written
     if isinstance(exc, AuthenticationRefused):
         raise typer.Exit(EXIT_AUTH_REFUSED)
     raise typer.Exit(1 if isinstance(exc, FhirHttpError | UnsupportedInteraction) else 2)

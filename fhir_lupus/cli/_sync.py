@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, cast, get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -38,7 +38,7 @@ from fhir_lupus.cli._common import (
     open_journal,
     report_load,
 )
-from fhir_lupus.client import WriteStrategy
+from fhir_lupus.client import ExportStatus, WriteStrategy
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import LoadReport, load_study
 from fhir_lupus.sync import (
@@ -51,6 +51,7 @@ from fhir_lupus.sync import (
     push_directory,
     push_trial,
 )
+from fhir_lupus.sync.bulk import BulkOptions, Level
 from fhir_lupus.sync.push import DEFAULT_CONCURRENCY, PushOptions
 from fhir_lupus.sync.workflow import DEFAULT_OVERLAP_SECONDS
 from fhir_lupus.validation import validation_mode
@@ -261,6 +262,28 @@ def pull(
             help="Fetch results up to N days before each subject's day 0 (default: mappings/fhir/pull.yaml).",
         ),
     ] = None,
+    bulk: Annotated[
+        bool,
+        typer.Option("--bulk", help="Fetch the labs through a Bulk Data $export instead of searches (same rows)."),
+    ] = False,
+    bulk_level: Annotated[
+        str,
+        typer.Option(
+            "--bulk-level",
+            help="--bulk: Patient/$export of the enrolled Patients, Group/ID/$export (--group), or $export.",
+        ),
+    ] = "patient",
+    group: Annotated[
+        str | None, typer.Option("--group", help="--bulk-level group: the id of a Group (actual) of the Patients.")
+    ] = None,
+    downloads: Annotated[int, typer.Option("--downloads", min=1, help="--bulk: files downloaded at once.")] = 3,
+    poll_max_wait: Annotated[
+        float,
+        typer.Option("--poll-max-wait", min=0, help="--bulk: honour Retry-After up to this many seconds a poll."),
+    ] = 120.0,
+    bulk_restart: Annotated[
+        bool, typer.Option("--bulk-restart", help="--bulk: start a new export, not the unfinished one in the journal.")
+    ] = False,
     journal: JournalPath = DEFAULT_JOURNAL,
     mappings: Mappings = None,
     token: Token = None,
@@ -274,6 +297,8 @@ def pull(
     timeout: Timeout = 60.0,
 ) -> None:
     """Pull the study's lab Observations into trial lab rows (units normalised, visits assigned).
+
+    With --bulk the labs come through a Bulk Data export; an interrupted export is resumed by the next run.
 
     The output always holds every row pulled so far from SERVER for the study (kept in the journal, merged
     by observation id, newer version wins); results that are not rows go to OUTPUT's .unmapped file.
@@ -290,6 +315,20 @@ def pull(
         ca_bundle=ca_bundle,
         timeout=timeout,
     )
+    options = None
+    if bulk:
+        if bulk_level not in get_args(Level):
+            fail(FhirLupusError(f"--bulk-level must be one of {', '.join(get_args(Level))}, not {bulk_level!r}"))
+        if bulk_level == "group" and not group:
+            fail(FhirLupusError("--bulk-level group needs --group ID (a Group, actual: true, of the Patients)"))
+        options = BulkOptions(
+            level=cast(Level, bulk_level),
+            group_id=group,
+            downloads=downloads,
+            max_poll_wait=poll_max_wait,
+            restart=bulk_restart,
+            on_poll=_show_poll,
+        )
     with client, open_journal(journal) as book:
         try:
             definition = load_study(study, mappings)
@@ -303,10 +342,16 @@ def pull(
                 output=output,
                 overlap_seconds=overlap,
                 mappings_dir=mappings,
+                bulk=options,
             )
         except FhirLupusError as exc:
             fail(exc)
     render_pull(result)
+
+
+def _show_poll(status: ExportStatus) -> None:
+    wait = f"; the server asks to wait {status.retry_after:.0f} s" if status.retry_after is not None else ""
+    console.print(f"export in progress: {status.progress or 'no progress given'}{wait}", highlight=False)
 
 
 def render_pull(result: PullResult, *, limit: int = 20) -> None:
@@ -338,6 +383,14 @@ def render_pull(result: PullResult, *, limit: int = 20) -> None:
         console.print(f"... and {len(result.removed) - limit} more rows removed")
     for note in result.fallbacks:
         console.print(f"[yellow]note[/yellow] {note}", highlight=False)
+    if (export := result.bulk) is not None:
+        how = "resumed from the journal" if export.resumed else "kicked off"
+        console.print(
+            f"bulk export ({export.level} level, {how}): {export.polls} status request(s), {export.waited:.0f} s "
+            f"waited, {export.files} file(s) ({export.reused_files} from an interrupted run), {export.bytes:,} bytes; "
+            f"{export.others} results of other Patients left out",
+            highlight=False,
+        )
     console.print(f"since: {result.since or 'the beginning'}; high-water mark now {result.high_water or '-'}")
 
 

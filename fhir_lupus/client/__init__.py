@@ -1,6 +1,7 @@
 """The FHIR HTTP client: transport, auth, retries, paging and capability checks live only here."""
 
 from fhir_lupus.client._auth import BasicAuth, BearerAuth, SmartBackendAuth
+from fhir_lupus.client._bulk import NDJSON, ExportFile, ExportManifest, ExportRequest, ExportStatus
 from fhir_lupus.client._capability import Capabilities, WriteStrategy
 from fhir_lupus.client._client import FHIR_JSON, FhirClient, location_id, location_version
 from fhir_lupus.client._errors import (
@@ -22,10 +23,15 @@ from fhir_lupus.client._retry import RetryPolicy, RetryTransport, classify, retr
 
 __all__ = [
     "FHIR_JSON",
+    "NDJSON",
     "AuthenticationRefused",
     "BasicAuth",
     "BearerAuth",
     "Capabilities",
+    "ExportFile",
+    "ExportManifest",
+    "ExportRequest",
+    "ExportStatus",
     "FatalHttpError",
     "FhirClient",
     "FhirHttpError",

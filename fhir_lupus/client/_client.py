@@ -11,9 +11,11 @@ Every httpx exception and every error status is translated here into the fhir_lu
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -21,6 +23,7 @@ import httpx
 import orjson
 
 from fhir_lupus._logredact import get_logger, install, redact_url
+from fhir_lupus.client._bulk import NDJSON, ExportManifest, ExportRequest, ExportStatus
 from fhir_lupus.client._capability import Capabilities
 from fhir_lupus.client._errors import (
     FatalHttpError,
@@ -31,7 +34,7 @@ from fhir_lupus.client._errors import (
     error_class,
     server_message,
 )
-from fhir_lupus.client._retry import IDEMPOTENT, RetryPolicy, RetryTransport
+from fhir_lupus.client._retry import IDEMPOTENT, RetryPolicy, RetryTransport, retry_after_seconds
 
 __all__ = ["FHIR_JSON", "FhirClient", "location_id", "location_version"]
 
@@ -74,8 +77,12 @@ class FhirClient:
         self.base_url = base_url.rstrip("/") + "/"  # with the slash, relative links join under the base
         self.max_pages = max_pages
         install()  # redact httpx's request log lines (and httpcore's DEBUG ones) from now on
+        tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else verify
+        self._tls = tls
+        self._timeout = timeout
+        self._retry = retry
+        self._foreign: httpx.Client | None = None  # bulk files kept off the server (requiresAccessToken false)
         if transport is None:
-            tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else verify
             transport = httpx.HTTPTransport(
                 verify=tls,
                 limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -98,6 +105,8 @@ class FhirClient:
 
     def close(self) -> None:
         self._http.close()
+        if self._foreign is not None:
+            self._foreign.close()
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -179,6 +188,88 @@ class FhirClient:
         if not created.get("id"):
             created = {**resource, "id": location_id(response.headers.get("Location", ""), resource["resourceType"])}
         return created
+
+    # -- bulk data ($export) ---------------------------------------------------------------------------------
+
+    def export(self, request: ExportRequest) -> str:
+        """Kick off an asynchronous export; the status URL (the answer's Content-Location).
+
+        Not retried once it may have reached the server: a repeated kick-off would start a second job.
+        """
+        headers = {"Prefer": "respond-async"}
+        if request.patients:
+            response = self._send_raw("POST", request.path, body=request.parameters(), headers=headers)
+        else:
+            response = self._send_raw("GET", request.path, params=request.query(), headers=headers)
+        location = response.headers.get("Content-Location")
+        if response.status_code != 202 or not location:
+            raise InvalidResponse(
+                f"export kick-off answered {response.status_code} without a status URL (Content-Location)",
+                status=response.status_code,
+                url=str(response.url),
+            )
+        return str(urljoin(self.base_url, location))
+
+    def export_status(self, status_url: str) -> ExportStatus:
+        """One look at an export job: running (Retry-After and X-Progress as the server gives them) or done."""
+        response = self._send_raw("GET", status_url)
+        if response.status_code == 202:
+            return ExportStatus(
+                None,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                progress=response.headers.get("X-Progress"),
+            )
+        if response.status_code != 200:
+            raise InvalidResponse(f"export status answered {response.status_code}", url=status_url)
+        return ExportStatus(ExportManifest.from_json(self._json(response), url=status_url))
+
+    def cancel_export(self, status_url: str) -> None:
+        """DELETE the job: the server may drop its files. A job the server no longer knows is not an error."""
+        try:
+            self._send_raw("DELETE", status_url)
+        except FatalHttpError as exc:
+            if exc.status not in (404, 410):
+                raise
+
+    def download(self, url: str, target: Path, *, access_token: bool = True) -> int:
+        """Stream an NDJSON file of an export to ``target`` (through ``target.part``); the bytes written.
+
+        With ``access_token`` (the manifest's requiresAccessToken) the file must be on the server and our
+        credentials go with the request; without, a file elsewhere (object storage) is fetched without them,
+        so a token never leaves the server it was issued for.
+        """
+        on_server = url.startswith(self.base_url.rstrip("/"))
+        if not on_server and access_token:
+            raise FatalHttpError(f"refusing to send our credentials off the server for an export file: {url}")
+        client = self._http if on_server else self._foreign_client()
+        part = target.with_name(target.name + ".part")
+        written = 0
+        try:
+            with client.stream("GET", url, headers={"Accept": NDJSON}) as response:
+                if response.status_code >= 400:
+                    message = server_message(response.read())
+                    raise error_class(response.status_code, message)(
+                        message, status=response.status_code, method="GET", url=url
+                    )
+                with part.open("wb") as handle:
+                    for chunk in response.iter_bytes(1 << 20):
+                        handle.write(chunk)
+                        written += len(chunk)
+        except httpx.TimeoutException as exc:
+            raise TransientHttpError(f"timed out ({type(exc).__name__})", method="GET", url=url) from None
+        except httpx.TransportError as exc:
+            raise TransientHttpError(f"download failed: {exc}", method="GET", url=url) from None
+        os.replace(part, target)
+        return written
+
+    def _foreign_client(self) -> httpx.Client:
+        if self._foreign is None:
+            self._foreign = httpx.Client(
+                timeout=httpx.Timeout(self._timeout),
+                transport=RetryTransport(httpx.HTTPTransport(verify=self._tls), self._retry),
+                headers={"User-Agent": "fhir_lupus"},
+            )
+        return self._foreign
 
     # -- the one place requests are sent -------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Sync with FHIR servers: push (plan, apply, journal, provenance), dry run, and lab pull."""
 
 from fhir_lupus.sync.apply import Problem
+from fhir_lupus.sync.bulk import BulkOptions, BulkSummary
 from fhir_lupus.sync.dryrun import DryRunItem, DryRunReport, dry_run
 from fhir_lupus.sync.journal import Journal, JournalEntry
 from fhir_lupus.sync.plan import Match, Plan, PlanItem, content_hash, plan_batch
@@ -18,6 +19,8 @@ from fhir_lupus.sync.workflow import (
 )
 
 __all__ = [
+    "BulkOptions",
+    "BulkSummary",
     "DryRunItem",
     "DryRunReport",
     "Journal",

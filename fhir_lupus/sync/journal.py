@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Journal", "JournalEntry", "PushRecord"]
+__all__ = ["BulkJob", "Journal", "JournalEntry", "PushRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -71,6 +71,14 @@ CREATE TABLE IF NOT EXISTS pull_mark (
     high_water TEXT NOT NULL,
     PRIMARY KEY (server, study)
 );
+CREATE TABLE IF NOT EXISTS bulk_export (
+    server     TEXT NOT NULL,
+    study      TEXT NOT NULL,
+    request    TEXT NOT NULL,
+    status_url TEXT NOT NULL,
+    kicked_off TEXT NOT NULL,
+    PRIMARY KEY (server, study)
+);
 CREATE TABLE IF NOT EXISTS audit_head (
     log  TEXT PRIMARY KEY,
     seq  INTEGER NOT NULL,
@@ -107,6 +115,15 @@ class PushRecord:
     provenance: str | None
     source: str
     started_at: str
+
+
+@dataclass(frozen=True)
+class BulkJob:
+    """An export job a pull started: what it asked (``ExportRequest.describe()``) and where to ask for it."""
+
+    request: str
+    status_url: str
+    kicked_off: str
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -335,6 +352,29 @@ class Journal:
             "ON CONFLICT (server, study) DO UPDATE SET high_water = excluded.high_water",
             (server, study, mark),
         )
+
+    # -- bulk export in progress (pull --bulk) ----------------------------------------------------------------
+
+    @_serialized
+    def bulk_export(self, server: str, study: str) -> BulkJob | None:
+        """The export a pull of ``study`` from ``server`` started and did not finish: resumed, not kicked off twice."""
+        row = self._db.execute(
+            "SELECT request, status_url, kicked_off FROM bulk_export WHERE server = ? AND study = ?", (server, study)
+        ).fetchone()
+        return BulkJob(str(row[0]), str(row[1]), str(row[2])) if row else None
+
+    @_serialized
+    def set_bulk_export(self, server: str, study: str, job: BulkJob) -> None:
+        """Kept as soon as the server accepted the kick-off (committed at once: it must survive a crash)."""
+        self._db.execute(
+            "INSERT INTO bulk_export VALUES (?, ?, ?, ?, ?) ON CONFLICT (server, study) DO UPDATE SET "
+            "request = excluded.request, status_url = excluded.status_url, kicked_off = excluded.kicked_off",
+            (server, study, job.request, job.status_url, job.kicked_off),
+        )
+
+    @_serialized
+    def end_bulk_export(self, server: str, study: str) -> None:
+        self._db.execute("DELETE FROM bulk_export WHERE server = ? AND study = ?", (server, study))
 
     # -- audit anchor ---------------------------------------------------------------------------------------
 

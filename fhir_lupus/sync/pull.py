@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, UnsupportedInteraction, location_id
+from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, UnsupportedInteraction
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model.lifecycle import load_lifecycle_rules
 from fhir_lupus.model.study import StudyDefinition
+from fhir_lupus.sync.bulk import BulkOptions, BulkRun, BulkSummary, enrolled_by_search, start_bulk
 from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.pullstore import PullStore, Removal
 from fhir_lupus.sync.reverse import (
@@ -45,6 +46,15 @@ from fhir_lupus.sync.reverse import (
     reverse_map,
 )
 from fhir_lupus.sync.search import Search, matches, parse_instant
+from fhir_lupus.sync.subjects import (
+    SubjectRow,
+    encounter_start,
+    enrolled_rows,
+    infusion_start,
+    patient_of,
+    period_start,
+    reaches,
+)
 from fhir_lupus.terminology import LabCatalogue, MappingPack
 from fhir_lupus.terminology.units import warm_up as warm_up_units
 
@@ -94,6 +104,7 @@ class PullResult:
     total_unmapped: int = 0
     fallbacks: list[str] = field(default_factory=list)
     outputs: tuple[Path, ...] = ()
+    bulk: BulkSummary | None = None  # pull --bulk: the export job, its files and waits
 
     @property
     def outside_windows(self) -> int:
@@ -140,11 +151,13 @@ def pull_labs(
     mark_from: str | None = None,
     mappings_dir: Path | None = None,
     workers: int = DEFAULT_WORKERS,
+    bulk: BulkOptions | None = None,
 ) -> PullResult:
     """Fetch, merge into the journal's store, write ``output`` (and its ``.unmapped`` file), move the mark.
 
-    ``since`` is what the search asks for (``_lastUpdated=ge``); ``mark_from`` is the mark before this pull
-    (it only moves forward); ``replace_all`` makes the store mirror exactly what was fetched (a full pull).
+    ``since`` is what the search asks for (``_lastUpdated=ge``, or the export's ``_since``); ``mark_from`` is the
+    mark before this pull (it only moves forward); ``replace_all`` makes the store mirror exactly what was
+    fetched (a full pull). ``bulk``: fetch through a Bulk Data export (``bulk.py``) instead of searches.
     """
     server = client.base_url
     store = PullStore(journal.connection, server, study.nct_id)
@@ -152,23 +165,46 @@ def pull_labs(
     fetch = _Fetch()
     batch: list[PulledLab | UnmappedResult] = []
     fetched = 0
-    for record in fetch_labs(
-        client,
-        study,
-        catalogue,
-        since=since,
-        window_days=window_days,
-        lookback_days=lookback_days,
-        state=fetch,
-        mappings_dir=mappings_dir,
-        workers=workers,
-    ):
+    run: BulkRun | None = None
+    records: Iterator[PulledLab | UnmappedResult]
+    if bulk is not None:
+        run = _bulk_run(
+            client,
+            journal,
+            study,
+            catalogue,
+            since=since,
+            window_days=window_days,
+            lookback_days=lookback_days,
+            state=fetch,
+            mappings_dir=mappings_dir,
+            options=bulk,
+        )
+        records = run.records()
+    else:
+        records = fetch_labs(
+            client,
+            study,
+            catalogue,
+            since=since,
+            window_days=window_days,
+            lookback_days=lookback_days,
+            state=fetch,
+            mappings_dir=mappings_dir,
+            workers=workers,
+        )
+    for record in records:
         batch.append(record)
         fetched += 1
         if len(batch) >= STAGE_BATCH:
             store.stage(batch)
             batch.clear()
     store.stage(batch)
+    if run is not None:
+        fetch.subjects = len(run.subjects)
+        fetch.skipped.update(run.subjects.skipped)
+        if run.subjects.high_water:
+            fetch.mark(run.subjects.high_water)
     marks = [m for m in (fetch.high_water, mark_from) if m]
     high_water = max(marks, key=_moment) if marks else None
     with journal.transaction():
@@ -176,6 +212,8 @@ def pull_labs(
         outputs = store.write(output) if output else ()
         if high_water and high_water != mark_from:
             journal.set_high_water(server, study.nct_id, high_water)
+    if run is not None:  # the rows are safe in the store: the server may drop the export's files
+        run.finish()
     return PullResult(
         rows=merged.new_rows,
         unmapped=merged.new_unmapped,
@@ -191,6 +229,61 @@ def pull_labs(
         total_unmapped=merged.total_unmapped,
         fallbacks=fetch.fallbacks,
         outputs=tuple(outputs),
+        bulk=run.summary if run is not None else None,
+    )
+
+
+def _bulk_run(
+    client: FhirClient,
+    journal: Journal,
+    study: StudyDefinition,
+    catalogue: LabCatalogue,
+    *,
+    since: str | None,
+    window_days: int | None,
+    lookback_days: int | None,
+    state: _Fetch,
+    mappings_dir: Path | None,
+    options: BulkOptions,
+) -> BulkRun:
+    """The export of ``pull --bulk`` for the subjects a search finds (the study's index stays a search)."""
+    pack = catalogue.pack
+    warm_up_units()
+    caps = client.capabilities(fresh=False)
+    caps.require_search("ResearchSubject")
+    study_systems = [
+        pack.identifier_system("study", study=study.nct_id),
+        *pack.superseded_identifier_systems("study", study=study.nct_id),
+    ]
+    study_ref = _find_study(client, caps, study_systems, study.nct_id, state)
+    search = Search("ResearchSubject").where(caps, study=study_ref).with_params(_count=PAGE)
+    _note(state, search)
+    subjects = enrolled_by_search(
+        study,
+        catalogue,
+        search.fetch(client),
+        study_id=study_ref.partition("/")[2],
+        window_days=window_days,
+        lookback_days=lookback_days,
+        mappings_dir=mappings_dir,
+    )
+    visit_system = pack.identifier_system("visit", study=study.nct_id)
+
+    def search_anchor(row: SubjectRow, research_subject: dict[str, Any]) -> date | None:
+        where = (client, caps, visit_system, row.patient_ref, row.subject_id, research_subject)
+        return _baseline(*where, study=study, pack=pack, state=state)
+
+    return start_bulk(
+        client,
+        journal,
+        study,
+        catalogue,
+        subjects,
+        options,
+        since=since,
+        search_anchor=search_anchor,
+        notes=state.fallbacks,
+        mappings_dir=mappings_dir,
     )
 
 
@@ -241,20 +334,16 @@ def fetch_labs(
     _note(state, subjects)
 
     def enrolled_subjects() -> Iterator[tuple[str, str, dict[str, Any]]]:
-        for research_subject in subjects.fetch(client):
-            patient_ref = research_subject.get("individual", research_subject.get("subject", {})).get("reference", "")
-            if not patient_ref.startswith("Patient/"):
-                continue
-            status = _subject_state(research_subject, state_system)
-            if status not in enrolled:  # a candidate, eligible or ineligible person: not a subject of the study
-                state.skipped[status or "no status"] += 1
-                continue
-            subject_id = next(
-                (i["value"] for i in research_subject.get("identifier", []) if i.get("system") == subject_system),
-                research_subject.get("id", ""),
-            )
+        rows = enrolled_rows(
+            subjects.fetch(client),
+            subject_system=subject_system,
+            state_system=state_system,
+            enrolled=enrolled,
+            skipped=state.skipped,
+        )
+        for row, research_subject in rows:
             state.subjects += 1
-            yield patient_ref, subject_id, research_subject
+            yield row.patient_ref, row.subject_id, research_subject
 
     def member(job: tuple[str, str, dict[str, Any]], into: _Fetch) -> _Member:
         """A subject with its day 0 (a look-up or two), its date floor and its reverse mapping."""
@@ -431,7 +520,7 @@ class _Plan:
     for all of them at once (``patient=Patient/a,Patient/b,...``), results with a catalogue code that some
     system wrote without the category, usually none; each result goes to the subject it refers to. The group
     search asks the earliest date floor of the group, and each subject's own floor is applied here to what
-    it brings (``_reaches``). A server that cannot search by code or category gets one search by patient,
+    it brings (``subjects.reaches``). A server that cannot search by code or category gets one search by patient,
     classified here. A server that refuses ``category:not`` gets a search by code alone per subject, and what
     it brings with the lab category is dropped (the category search brought it).
     """
@@ -520,14 +609,14 @@ class _Plan:
                 brought += 1  # what the server sent: how dense such results are, whatever --since keeps
                 if since_here and not matches(observation, "_lastUpdated", since_here):
                     continue
-                member = members[0] if len(members) == 1 else by_patient.get(_patient_of(observation))
+                member = members[0] if len(members) == 1 else by_patient.get(patient_of(observation))
                 if member is None:
                     stray.append(str(observation.get("id")))
                     continue
                 if _lab_category(observation, self.category):  # the server ignored :not; the category search had it
                     state.refetched += 1
                     continue
-                if member.floor and member.floor != floor and not _reaches(observation, member.floor):
+                if member.floor and member.floor != floor and not reaches(observation, member.floor):
                     continue  # before this subject's own floor: a search for this subject alone would not bring it
                 given.add(str(observation.get("id")))
                 _mark(state, observation)
@@ -603,64 +692,6 @@ def _lab_category(observation: dict[str, Any], category: str) -> bool:
     return matches(observation, "category", category)
 
 
-def _patient_of(observation: dict[str, Any]) -> str:
-    """``Patient/<id>`` of the Observation's subject, whether the reference is relative, absolute or versioned."""
-    reference = str((observation.get("subject") or {}).get("reference") or "")
-    patient_id = location_id(reference, "Patient")
-    return f"Patient/{patient_id}" if patient_id else reference
-
-
-def _reaches(observation: dict[str, Any], floor: date) -> bool:
-    """Whether ``date=ge<floor>`` matches the Observation, as FHIR search reads it: its effective time ends on or
-    after the floor's start (a date or partial date lasts until its end; a period without an end goes on), the
-    floor read as UTC midnight. An effective time we cannot read keeps the result: nothing is dropped on a guess.
-    """
-    start = datetime(floor.year, floor.month, floor.day, tzinfo=UTC)
-    ends: list[datetime | None] = [
-        _end_of(str(observation[key])) for key in ("effectiveDateTime", "effectiveInstant") if observation.get(key)
-    ]
-    period = observation.get("effectivePeriod") or {}
-    if period.get("end"):
-        ends.append(_end_of(str(period["end"])))
-    elif period.get("start"):
-        ends.append(None)  # still going on
-    if observation.get("effectiveTiming"):
-        ends.append(None)  # not read here
-    return any(end is None or end > start for end in ends)
-
-
-def _end_of(value: str) -> datetime | None:
-    """The exclusive end of a FHIR date, dateTime or instant (``2008`` ends at 2009-01-01); None if unreadable."""
-    text = value.strip()
-    try:
-        if "T" in text:
-            moment = parse_instant(text)
-            return moment + timedelta(microseconds=1) if moment else None
-        parts = [int(p) for p in text.split("-")]
-        if len(parts) == 1:
-            return datetime(parts[0] + 1, 1, 1, tzinfo=UTC)
-        if len(parts) == 2:
-            year, month = parts
-            return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-        year, month, day = parts[:3]
-        return datetime(year, month, day, tzinfo=UTC) + timedelta(days=1)
-    except ValueError:
-        return None
-
-
-def _subject_state(research_subject: dict[str, Any], state_system: str) -> str | None:
-    """The subject's current status: R4 ``status``; R5 ``progress`` (the state without an end, else the last)."""
-    progress = [p for p in research_subject.get("progress") or [] if p.get("subjectState")]
-    if not progress:
-        status = research_subject.get("status")
-        return str(status) if status else None
-    current = next((p for p in reversed(progress) if not p.get("endDate")), progress[-1])
-    codings = current["subjectState"].get("coding") or []
-    coding = next((c for c in codings if c.get("system") == state_system), codings[0] if codings else {})
-    code = coding.get("code")
-    return str(code) if code else None
-
-
 def _patient_search(caps: Capabilities) -> Search:
     if not caps.offers("Observation", "search-type"):
         raise UnsupportedInteraction("the server cannot search Observation")
@@ -710,32 +741,20 @@ def _baseline(
             return started
     if caps.offers("Encounter", "search-type"):
         search = Search("Encounter").where(caps, identifier=f"{visit_system}|{subject_id}/BL")
-        for encounter in search.fetch(client):
-            period = encounter.get("period") or encounter.get("actualPeriod") or {}
-            if period.get("start"):
-                return date.fromisoformat(period["start"][:10])
-    start = (research_subject.get("period") or {}).get("start")
-    return date.fromisoformat(start[:10]) if start else None
+        started = encounter_start(search.fetch(client))
+        if started is not None:
+            return started
+    return period_start(research_subject)
 
 
 def _infusion_start(
     client: FhirClient, caps: Capabilities, patient_ref: str, coding: dict[str, str], state: _Fetch
 ) -> date | None:
-    """The date the subject's first completed MSC infusion Procedure started (R4 performed*, R5 occurrence*)."""
+    """The day the subject's first completed MSC infusion Procedure started (a search by patient and code)."""
     param = next((name for name in ("patient", "subject") if caps.searches("Procedure", name)), "patient")
     search = Search("Procedure").where(caps, **{param: patient_ref}, code=f"{coding['system']}|{coding['code']}")
     _note(state, search)
-    starts = []
-    for procedure in search.fetch(client):
-        if procedure.get("status") != "completed":
-            continue
-        for key in ("performedDateTime", "occurrenceDateTime"):
-            if procedure.get(key):
-                starts.append(str(procedure[key])[:10])
-        for key in ("performedPeriod", "occurrencePeriod"):
-            if (procedure.get(key) or {}).get("start"):
-                starts.append(str(procedure[key]["start"])[:10])
-    return date.fromisoformat(min(starts)) if starts else None
+    return infusion_start(search.fetch(client))
 
 
 def _note(state: _Fetch, search: Search) -> None:

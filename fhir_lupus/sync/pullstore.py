@@ -28,7 +28,7 @@ from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
 from fhir_lupus.sync.search import parse_instant
 
-__all__ = ["MergeResult", "PullStore", "Removal", "Spool", "unmapped_path", "write_rows"]
+__all__ = ["MergeResult", "PullStore", "Removal", "Spool", "table_order", "unmapped_path", "write_rows"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pull_store (
@@ -180,6 +180,12 @@ def _sort_key(record: Record) -> str:
     if isinstance(record, PulledLab):
         return "\x1f".join((record.subject_id, record.collected_at, record.analyte, record.result_id))
     return "\x1f".join((record.subject_id, record.collected_at, record.observation_id))
+
+
+def table_order(records: Iterable[Record]) -> list[Record]:
+    """``records`` in the order of the pull's output files (the store's sort key, then the observation id):
+    for a table made elsewhere (the Spark path) that must equal the pull's."""
+    return sorted(records, key=lambda r: (_sort_key(r), r.observation_id))
 
 
 def _newer(version: str, updated: str, old_version: str, old_updated: str) -> bool | None:

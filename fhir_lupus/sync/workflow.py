@@ -18,6 +18,7 @@ from fhir_lupus.mappers._context import Resource
 from fhir_lupus.model import LoadReport, TrialData, loader
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.pipeline import MappedBatch, iter_mapped, map_trial, stream_trial
+from fhir_lupus.sync.bulk import BulkOptions
 from fhir_lupus.sync.dryrun import DryRunReport, dry_run
 from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.plan import content_hash
@@ -245,6 +246,7 @@ def pull_study(
     mappings_dir: Path | None = None,
     audit_log: AuditLog = None,
     workers: int = DEFAULT_WORKERS,
+    bulk: BulkOptions | None = None,
 ) -> PullResult:
     """Pull the study's labs into the journal's store and ``output``; the mark moves only after both.
 
@@ -275,6 +277,7 @@ def pull_study(
             mark_from=mark,
             mappings_dir=mappings_dir,
             workers=workers,
+            bulk=bulk,
         )
     except Exception as exc:
         outcome = f"failed: {type(exc).__name__}"
@@ -290,6 +293,9 @@ def pull_study(
         "total_rows": pulled.total_rows,
     }
     details = {"study": study.nct_id, "since": search_since or "", "high_water": pulled.high_water or ""}
+    if pulled.bulk is not None:
+        export = pulled.bulk
+        details["bulk_export"] = f"{export.level} level, {export.files} file(s), resumed: {export.resumed}"
     # chained, not unpacked: a large pull's new rows wait on disk (pullstore.Spool) and are read once here
     digest = digest_of(_row_hash(row) for row in itertools.chain(pulled.rows, pulled.unmapped))
     audit(counts=counts, digest=digest, outcome="complete", details=details)
