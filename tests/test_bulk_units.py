@@ -429,3 +429,40 @@ def test_a_server_that_refuses_type_filters_gets_an_export_without_them(
     assert all(p["name"] != "_typeFilter" for p in exporter.kick_offs[0][1]["parameter"])
     assert pulled.total_rows == len(pushed.labs) + len(pushed.treg) + 1
     assert any("refused _typeFilter (400)" in note for note in pulled.fallbacks)
+
+
+def test_the_cli_pulls_through_an_export_and_asks_the_lab_filters_when_told(
+    exporter: Exporter, pushed: TrialData, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from fhir_lupus.cli import app
+
+    exporter.waits = [{"Retry-After": "0", "X-Progress": "half way"}]
+    command = ["pull", "--server", BASE, "-o", str(tmp_path / "labs.csv"), "--journal", str(tmp_path / "j.sqlite")]
+    result = CliRunner().invoke(app, [*command, "--bulk", "--bulk-lab-filters", "--downloads", "2"])
+    assert result.exit_code == 0, result.output
+    assert "export in progress: half way (Retry-After 0 s)" in result.output
+    assert "bulk export (patient level, kicked off): 2 status request(s)" in result.output
+    filters = [p["valueString"] for p in exporter.kick_offs[0][1]["parameter"] if p["name"] == "_typeFilter"]
+    assert any(f.startswith("Observation?category=") for f in filters)
+    assert (
+        len((tmp_path / "labs.csv").read_text(encoding="utf-8").splitlines()) == len(pushed.labs) + len(pushed.treg) + 2
+    )
+
+    group = CliRunner().invoke(app, [*command, "--bulk", "--bulk-level", "group"])
+    assert group.exit_code == 2 and "--group ID" in group.output
+    level = CliRunner().invoke(app, [*command, "--bulk", "--bulk-level", "ward"])
+    assert level.exit_code == 2 and "--bulk-level must be one of patient, group, system" in level.output
+
+
+def test_a_study_without_enrolled_subjects_asks_no_export(
+    exporter: Exporter, pushed: TrialData, tmp_path: Path
+) -> None:
+    for research_subject in exporter.fake.all("ResearchSubject"):
+        research_subject["status"] = "candidate"
+    with client() as fhir, Journal(tmp_path / "bulk.sqlite") as journal:
+        pulled = pull_study(fhir, journal, pushed.study, since=None, bulk=options(tmp_path))
+    assert pulled.subjects == 0 and pulled.total_rows == 0 and pulled.skipped_subjects == {"candidate": 2}
+    assert exporter.kick_offs == [] and exporter.deleted == []
+    assert not [request for request in exporter.fake.requests if request[0] == "DELETE"]

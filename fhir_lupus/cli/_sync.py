@@ -281,6 +281,13 @@ def pull(
         float,
         typer.Option("--poll-max-wait", min=0, help="--bulk: honour Retry-After up to this many seconds a poll."),
     ] = 120.0,
+    bulk_lab_filters: Annotated[
+        bool,
+        typer.Option(
+            "--bulk-lab-filters",
+            help="--bulk: ask the server to filter Observations by lab category and catalogue codes (_typeFilter).",
+        ),
+    ] = False,
     bulk_restart: Annotated[
         bool, typer.Option("--bulk-restart", help="--bulk: start a new export, not the unfinished one in the journal.")
     ] = False,
@@ -327,6 +334,7 @@ def pull(
             downloads=downloads,
             max_poll_wait=poll_max_wait,
             restart=bulk_restart,
+            lab_filters=bulk_lab_filters,
             on_poll=_show_poll,
         )
     with client, open_journal(journal) as book:
@@ -350,8 +358,8 @@ def pull(
 
 
 def _show_poll(status: ExportStatus) -> None:
-    wait = f"; the server asks to wait {status.retry_after:.0f} s" if status.retry_after is not None else ""
-    console.print(f"export in progress: {status.progress or 'no progress given'}{wait}", highlight=False)
+    asked = f" (Retry-After {status.retry_after:.0f} s)" if status.retry_after is not None else ""
+    console.print(f"export in progress: {status.progress or 'no progress given'}{asked}", highlight=False)
 
 
 def render_pull(result: PullResult, *, limit: int = 20) -> None:

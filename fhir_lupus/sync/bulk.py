@@ -202,6 +202,8 @@ class BulkRun:
 
     def finish(self) -> None:
         """After the rows are merged: delete the job on the server (best effort) and in the journal, drop files."""
+        if not self.summary.status_url:  # nobody enrolled: no export was asked
+            return
         try:
             self.client.cancel_export(self.summary.status_url)
         except FhirHttpError as exc:
