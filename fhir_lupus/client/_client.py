@@ -10,6 +10,7 @@ Every httpx exception and every error status is translated here into the fhir_lu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
@@ -56,6 +57,27 @@ def location_version(location: str) -> str | None:
     """The version in a ``.../_history/2`` Location (None when absent)."""
     parts = location.split("?")[0].split("/")
     return parts[parts.index("_history") + 1] if "_history" in parts[:-1] else None
+
+
+@contextlib.contextmanager
+def _translated(method: str, url: str) -> Iterator[None]:
+    """httpx's exceptions, raised inside the block (also while a streamed body is read), as our error tree."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientHttpError(f"timed out ({type(exc).__name__})", method=method, url=url) from None
+    except httpx.TransportError as exc:
+        raise TransientHttpError(f"connection failed: {exc}", method=method, url=url) from None
+    except httpx.HTTPError as exc:
+        raise FhirHttpError(str(exc), method=method, url=url) from None
+
+
+def _raise_for_status(response: httpx.Response, method: str) -> None:
+    """An error status as the class its status and the server's words say (``error_class``)."""
+    if response.status_code >= 400:
+        message = server_message(response.content)
+        status = response.status_code
+        raise error_class(status, message)(message, status=status, method=method, url=str(response.url))
 
 
 class FhirClient:
@@ -244,21 +266,14 @@ class FhirClient:
         client = self._http if on_server else self._foreign_client()
         part = target.with_name(target.name + ".part")
         written = 0
-        try:
-            with client.stream("GET", url, headers={"Accept": NDJSON}) as response:
-                if response.status_code >= 400:
-                    message = server_message(response.read())
-                    raise error_class(response.status_code, message)(
-                        message, status=response.status_code, method="GET", url=url
-                    )
-                with part.open("wb") as handle:
-                    for chunk in response.iter_bytes(1 << 20):
-                        handle.write(chunk)
-                        written += len(chunk)
-        except httpx.TimeoutException as exc:
-            raise TransientHttpError(f"timed out ({type(exc).__name__})", method="GET", url=url) from None
-        except httpx.TransportError as exc:
-            raise TransientHttpError(f"download failed: {exc}", method="GET", url=url) from None
+        with _translated("GET", url), client.stream("GET", url, headers={"Accept": NDJSON}) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for_status(response, "GET")
+            with part.open("wb") as handle:
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+                    written += len(chunk)
         os.replace(part, target)
         return written
 
@@ -291,7 +306,7 @@ class FhirClient:
         content = orjson.dumps(body) if body is not None else None  # UTF-8 bytes; a push's Bundles are megabytes
         request_headers = {"Content-Type": FHIR_JSON, **(headers or {})} if content is not None else headers
         started = time.monotonic()
-        try:
+        with _translated(method, url):
             response = self._http.request(
                 method,
                 url,
@@ -300,20 +315,11 @@ class FhirClient:
                 headers=request_headers,
                 extensions={IDEMPOTENT: idempotent},
             )
-        except httpx.TimeoutException as exc:
-            raise TransientHttpError(f"timed out ({type(exc).__name__})", method=method, url=url) from None
-        except httpx.TransportError as exc:
-            raise TransientHttpError(f"connection failed: {exc}", method=method, url=url) from None
-        except httpx.HTTPError as exc:
-            raise FhirHttpError(str(exc), method=method, url=url) from None
         if logger.isEnabledFor(logging.DEBUG):  # the path only, query values redacted; never the bodies
             where = redact_url(str(response.url)).removeprefix(self.base_url.rstrip("/"))
             took = (time.monotonic() - started) * 1000
             logger.debug("%s %s -> %s (%.0f ms)", method, where or "/", response.status_code, took)
-        if response.status_code >= 400:
-            message = server_message(response.content)
-            status = response.status_code
-            raise error_class(status, message)(message, status=status, method=method, url=str(response.url))
+        _raise_for_status(response, method)
         return response
 
     def _url(self, path: str) -> str:

@@ -32,7 +32,7 @@ from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.spark.session import local_session, require_spark
 from fhir_lupus.spark.view import RAW_FIELDS, fact_resource, facts_from_rows, load_lab_view, with_raw
 from fhir_lupus.sync.local import split_ndjson, study_subjects
-from fhir_lupus.sync.pullstore import table_order
+from fhir_lupus.sync.pullstore import newer_record, table_order
 from fhir_lupus.sync.reverse import (
     CodeIndex,
     LabFact,
@@ -44,7 +44,6 @@ from fhir_lupus.sync.reverse import (
     observation_fact,
     range_meaning_system,
 )
-from fhir_lupus.sync.search import parse_instant
 from fhir_lupus.sync.subjects import LabSelection, patient_of
 from fhir_lupus.terminology import LabCatalogue
 
@@ -154,7 +153,7 @@ def spark_labs(
             result.others += 1
             continue
         kept = newest.get(record.observation_id)
-        if kept is None or _newer(record, kept):
+        if kept is None or newer_record(record, kept):
             newest[record.observation_id] = record
     ordered = table_order(newest.values())
     result.rows = [r for r in ordered if isinstance(r, PulledLab)]
@@ -200,13 +199,3 @@ def _facts(session: Any, files: list[Path], view: dict[str, Any], rules: PullRul
     texts = raw.rdd.map(lambda r: ((r["id"] or "", r["version"] or ""), tuple(r[n] for n in names))).distinct()
     joined = facts.join(texts).map(lambda pair: with_raw(pair[1][0], *pair[1][1]))
     return joined.union(odd.rdd.map(lambda r: observation_fact(orjson.loads(r["value"]), meaning)))
-
-
-def _newer(record: PulledLab | UnmappedResult, kept: PulledLab | UnmappedResult) -> bool:
-    """Whether ``record`` is a later version of the same Observation than ``kept`` (lastUpdated, then versionId)."""
-    one, two = parse_instant(record.last_updated), parse_instant(kept.last_updated)
-    if one and two and one != two:
-        return one > two
-    if record.version_id.isdigit() and kept.version_id.isdigit():
-        return int(record.version_id) > int(kept.version_id)
-    return False

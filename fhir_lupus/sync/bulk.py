@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from fhir_lupus.client import (
     ExportFile,
@@ -48,7 +48,7 @@ from fhir_lupus.client import (
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.sync.journal import BulkJob, Journal
-from fhir_lupus.sync.local import AnchorOf, LocalSubjects, anchors_from, read_ndjson, subjects_of_study
+from fhir_lupus.sync.local import LocalSubjects, anchors_from, read_ndjson
 from fhir_lupus.sync.reverse import PulledLab, UnmappedResult, code_index, load_pull_rules
 from fhir_lupus.terminology import LabCatalogue
 
@@ -164,16 +164,16 @@ class BulkRun:
         request: ExportRequest,
         options: BulkOptions,
         *,
-        search_anchor: AnchorOf,
         notes: list[str],
     ) -> None:
+        """``subjects`` come with day 0 found by search (``anchor_of``); a full export replaces it with day 0
+        from the Procedures and Encounters it brings."""
         self.client = client
         self.journal = journal
         self.study = study
         self.subjects = subjects
         self.request = request
         self.options = options
-        self.search_anchor = search_anchor
         self.notes = notes
         self.summary = BulkSummary(options.level)
         self.key = hashlib.sha256(request.describe().encode()).hexdigest()[:20]
@@ -190,12 +190,10 @@ class BulkRun:
         wanted = {"Observation", "Encounter", "Procedure"}
         files = self._download([f for f in manifest.output if f.type in wanted], manifest.requires_access_token)
         self._server_errors(manifest)
-        if self.request.since is None:
+        if self.request.since is None:  # else only what changed was exported: day 0 stays a search
             procedures = (r for path, f in files if f.type == "Procedure" for r in read_ndjson(path, source=f.url))
             encounters = (r for path, f in files if f.type == "Encounter" for r in read_ndjson(path, source=f.url))
             self.subjects.anchor_of = anchors_from(self.study, self.subjects.catalogue, procedures, encounters)
-        else:
-            self.subjects.anchor_of = self.search_anchor
         observations = (r for path, f in files if f.type == "Observation" for r in read_ndjson(path, source=f.url))
         yield from self.subjects.labs(observations)
         self.summary.others = self.subjects.others
@@ -329,7 +327,6 @@ def start_bulk(
     options: BulkOptions,
     *,
     since: str | None,
-    search_anchor: AnchorOf,
     notes: list[str],
     mappings_dir: Path | None = None,
 ) -> BulkRun:
@@ -337,31 +334,4 @@ def start_bulk(
     request = export_request(
         study, catalogue, options, patients=tuple(sorted(subjects.rows)), since=since, mappings_dir=mappings_dir
     )
-    return BulkRun(client, journal, study, subjects, request, options, search_anchor=search_anchor, notes=notes)
-
-
-def enrolled_by_search(
-    study: StudyDefinition,
-    catalogue: LabCatalogue,
-    research_subjects: Iterator[dict[str, Any]],
-    *,
-    study_id: str,
-    window_days: int | None,
-    lookback_days: int | None,
-    mappings_dir: Path | None,
-) -> LocalSubjects:
-    """The enrolled subjects among the ResearchSubjects a search found (day 0 is set by the run)."""
-
-    def unset(*_: object) -> None:
-        raise AssertionError("day 0 is set by BulkRun.records before the first result")
-
-    return subjects_of_study(
-        study,
-        catalogue,
-        research_subjects,
-        anchor_of=unset,
-        study_id=study_id,
-        window_days=window_days,
-        lookback_days=lookback_days,
-        mappings_dir=mappings_dir,
-    )
+    return BulkRun(client, journal, study, subjects, request, options, notes=notes)

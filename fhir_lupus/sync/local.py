@@ -11,8 +11,9 @@ A result of a Patient who is no enrolled subject is not the trial's and is only 
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -89,19 +90,14 @@ class LocalSubjects:
     others: int = 0  # results of Patients who are no enrolled subject (counted, not the trial's)
     high_water: str | None = None  # the latest meta.lastUpdated of a result taken
     _subjects: dict[str, LocalSubject] = field(default_factory=dict)
-    _by_code: CodeIndex = field(default_factory=dict)
-    _selection: LabSelection | None = None
+    _by_code: CodeIndex = field(init=False)
+    selection: LabSelection = field(init=False)  # which Observations are the trial's lab results
 
     def __post_init__(self) -> None:
         self._by_code = code_index(self.catalogue)
         pack = self.catalogue.pack
         category = f"{pack.system_uri(self.rules.lab_category.system)}|{self.rules.lab_category.code}"
-        self._selection = LabSelection(category, frozenset(self._by_code))
-
-    @property
-    def selection(self) -> LabSelection:
-        assert self._selection is not None
-        return self._selection
+        self.selection = LabSelection(category, frozenset(self._by_code))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -299,14 +295,16 @@ def split_ndjson(paths: Iterable[Path]) -> tuple[dict[str, list[dict[str, Any]]]
     context: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTEXT_TYPES}
     with_observations: list[Path] = []
     for path in paths:
-        first = next(read_ndjson(path), None)
+        resources = read_ndjson(path)
+        first = next(resources, None)
         if first is None:
             continue
         if first["resourceType"] == "Observation":
+            resources.close()  # the file is read again, line by line, by the caller
             with_observations.append(path)
             continue
         mixed = False
-        for resource in read_ndjson(path):
+        for resource in itertools.chain([first], resources):
             kind = resource["resourceType"]
             if kind in context:
                 context[kind].append(resource)
@@ -316,7 +314,7 @@ def split_ndjson(paths: Iterable[Path]) -> tuple[dict[str, list[dict[str, Any]]]
     return context, with_observations
 
 
-def read_ndjson(path: Path, *, source: str | None = None) -> Iterator[dict[str, Any]]:
+def read_ndjson(path: Path, *, source: str | None = None) -> Generator[dict[str, Any], None, None]:
     """The resources of an NDJSON file, one a line (blank lines skipped); NdjsonError names the file and line."""
     where = source or str(path)
     with path.open("rb") as handle:

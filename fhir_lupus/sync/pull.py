@@ -35,8 +35,9 @@ from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, Unsupport
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model.lifecycle import load_lifecycle_rules
 from fhir_lupus.model.study import StudyDefinition
-from fhir_lupus.sync.bulk import BulkOptions, BulkRun, BulkSummary, enrolled_by_search, start_bulk
+from fhir_lupus.sync.bulk import BulkOptions, BulkRun, BulkSummary, start_bulk
 from fhir_lupus.sync.journal import Journal
+from fhir_lupus.sync.local import subjects_of_study
 from fhir_lupus.sync.pullstore import PullStore, Removal
 from fhir_lupus.sync.reverse import (
     PulledLab,
@@ -258,21 +259,22 @@ def _bulk_run(
     study_ref = _find_study(client, caps, study_systems, study.nct_id, state)
     search = Search("ResearchSubject").where(caps, study=study_ref).with_params(_count=PAGE)
     _note(state, search)
-    subjects = enrolled_by_search(
-        study,
-        catalogue,
-        search.fetch(client),
-        study_id=study_ref.partition("/")[2],
-        window_days=window_days,
-        lookback_days=lookback_days,
-        mappings_dir=mappings_dir,
-    )
     visit_system = pack.identifier_system("visit", study=study.nct_id)
 
     def search_anchor(row: SubjectRow, research_subject: dict[str, Any]) -> date | None:
         where = (client, caps, visit_system, row.patient_ref, row.subject_id, research_subject)
         return _baseline(*where, study=study, pack=pack, state=state)
 
+    subjects = subjects_of_study(
+        study,
+        catalogue,
+        search.fetch(client),
+        anchor_of=search_anchor,
+        study_id=study_ref.partition("/")[2],
+        window_days=window_days,
+        lookback_days=lookback_days,
+        mappings_dir=mappings_dir,
+    )
     return start_bulk(
         client,
         journal,
@@ -281,7 +283,6 @@ def _bulk_run(
         subjects,
         options,
         since=since,
-        search_anchor=search_anchor,
         notes=state.fallbacks,
         mappings_dir=mappings_dir,
     )

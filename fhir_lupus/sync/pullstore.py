@@ -28,7 +28,7 @@ from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
 from fhir_lupus.sync.search import parse_instant
 
-__all__ = ["MergeResult", "PullStore", "Removal", "Spool", "table_order", "unmapped_path", "write_rows"]
+__all__ = ["MergeResult", "PullStore", "Removal", "Spool", "newer_record", "table_order", "unmapped_path", "write_rows"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pull_store (
@@ -186,6 +186,13 @@ def table_order(records: Iterable[Record]) -> list[Record]:
     """``records`` in the order of the pull's output files (the store's sort key, then the observation id):
     for a table made elsewhere (the Spark path) that must equal the pull's."""
     return sorted(records, key=lambda r: (_sort_key(r), r.observation_id))
+
+
+def newer_record(record: Record, kept: Record) -> bool:
+    """Whether ``record`` replaces ``kept``, another copy of the same Observation, by the store's rule: for a
+    table made elsewhere (the Spark path) that must keep what the pull's merge keeps."""
+    verdict = _newer(record.version_id, _updated(record.last_updated), kept.version_id, _updated(kept.last_updated))
+    return bool(verdict)
 
 
 def _newer(version: str, updated: str, old_version: str, old_updated: str) -> bool | None:
