@@ -6,6 +6,7 @@
      +-- TerminologyError(ValueError)   no catalogue code matches what the lab reported
      +-- InputError(ValueError)         a located problem in an input file (file, line, column)
      +-- ResourceInvalidError(ValueError)  a mapped resource failed FHIR validation (a bug, never input)
+     +-- RejectedRows                   rows were refused, so a command that publishes wrote nothing
 
 Errors subclass ValueError so generic handlers still catch them; the CLI turns them into exit codes.
 """
@@ -16,6 +17,7 @@ __all__ = [
     "FhirLupusError",
     "InputError",
     "MappingError",
+    "RejectedRows",
     "ResourceInvalidError",
     "TerminologyError",
     "UnitError",
@@ -64,3 +66,14 @@ class InputError(FhirLupusError, ValueError):
 
 class ResourceInvalidError(FhirLupusError, ValueError):
     """A mapped resource does not validate; raised before anything is emitted."""
+
+
+class RejectedRows(FhirLupusError):
+    """Rows were refused, so a command that publishes (map, report, registry package, screen --csv) wrote
+    nothing: a derived value computed without them could be wrong. ``--allow-rejects`` (library:
+    ``allow_rejects=True``) publishes anyway, with every derived value that depends on a refused row marked
+    preliminary."""
+
+    def __init__(self, count: int, what: str = "nothing was written") -> None:
+        self.count = count
+        super().__init__(f"{count} row(s) rejected: {what} (fix them, or pass --allow-rejects)")

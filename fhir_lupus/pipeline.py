@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fhir_lupus.errors import FhirLupusError, MappingError
+from fhir_lupus.errors import FhirLupusError, MappingError, RejectedRows
 from fhir_lupus.mappers import (
     map_adverse_event,
     map_encounter,
@@ -56,6 +57,7 @@ __all__ = [
     "iter_mapped",
     "make_context",
     "map_trial",
+    "refuse_rejected",
     "stream_trial",
 ]
 
@@ -198,7 +200,11 @@ def iter_mapped(
             report,
             lambda s: [
                 finish(map_patient(s, ctx)),
-                finish(map_research_subject(s, ctx, data.status_history.get(s.subject_id, ()))),
+                finish(
+                    map_research_subject(
+                        s, ctx, data.status_history.get(s.subject_id, ()), end=_end_of(data, s.subject_id)
+                    )
+                ),
             ],
         )
         if mapped is None:
@@ -233,6 +239,20 @@ def iter_mapped(
         batch.map(rows.adverse_events, 9, adverse_event, report, finish)
         yield MappedBatch(subject_id, tuple(batch.items))
     per_subject.reject_orphans(report)
+
+
+def refuse_rejected(
+    batches: Iterator[MappedBatch], report: LoadReport, *, allow_rejects: bool
+) -> Iterator[MappedBatch]:
+    """``batches``, then RejectedRows when ``report`` holds a refused row and ``allow_rejects`` is not given.
+
+    A writer that puts its output in place only after the last batch (fhir_lupus/streaming.py, the registry
+    package) then writes nothing: a derived value computed without a refused row must not be published unless
+    the caller asked for it (and then it is marked preliminary).
+    """
+    yield from batches
+    if report.rejects and not allow_rejects:
+        raise RejectedRows(sum(report.rejected.values()))
 
 
 def stream_trial(
@@ -358,6 +378,13 @@ class _SubjectRows:
         for subject_id, rows in self._by_subject.items():
             rows.reject_all(report, subject_id)
         self._by_subject.clear()
+
+
+def _end_of(data: TrialData, subject_id: str) -> date | None:
+    """The end of the subject's participation (fhir_lupus/model/timeline.py), when the load resolved one."""
+    timeline = data.timelines.get(subject_id)
+    end = timeline.end if timeline is not None else None
+    return end.day if end is not None else None
 
 
 def _map_record(row: Located[R], report: LoadReport, build: Callable[[R], list[Resource]]) -> list[Resource] | None:

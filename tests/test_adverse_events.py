@@ -144,14 +144,20 @@ class TestLoading:
         )
         assert any(reason in r.reason for r in report.rejects), report.rejects
 
-    def test_after_off_study_and_missing_suspect(self, dataset: Callable[..., Path]) -> None:
+    def test_after_off_study_is_a_safety_follow_up_and_a_missing_suspect_is_refused(
+        self, dataset: Callable[..., Path]
+    ) -> None:
         rows = (
             ae(event_id="AE8", subject_id="MSC-002", related_to="none", causality="", onset_on="2008-04-02"),
             ae(event_id="AE9", subject_id="MSC-002", onset_on="2008-03-01"),
         )
-        _, report = load_trial(dataset(with_events(*rows)))
+        data, report = load_trial(dataset(with_events(*rows)))
         by_line = {r.line: (r.column, r.reason) for r in report.rejects}
-        assert by_line[2][0] == "onset_on" and "left the study" in by_line[2][1]
+        assert 2 not in by_line  # an event after the subject left the study is still reported (ICH E2A)
+        assert [e.record.event.event_id for e in data.adverse_events] == ["AE8"]
+        (note,) = [f for f in report.findings if f.kind == "ae-after-off-study"]
+        assert (note.file, note.line, note.severity) == (ADVERSE_EVENTS, 2, "note")
+        assert "left the study on 2008-04-01 (subjects.csv:3)" in note.message
         assert by_line[3] == ("related_to", "MSC-002 has no msc_infusion given in procedures.csv")
 
     def test_duplicate_event_id(self, dataset: Callable[..., Path]) -> None:

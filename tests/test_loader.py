@@ -63,7 +63,7 @@ def test_clean_dataset_has_no_rejects(dataset: Callable[..., Path]) -> None:
         ("labs.csv", 0, "specimen", "saliva", "Input should be"),
         ("labs.csv", 0, "ref_low", "2.0", "ref_low is above ref_high"),
         ("labs.csv", 4, "ref_low", "0", "needs a numeric result"),
-        ("labs.csv", 0, "visit_code", "M02", "no accepted visit M02"),
+        ("labs.csv", 0, "visit_code", "M02", "visit M02 of MSC-001 is not in visits.csv"),
         ("sledai.csv", 0, "descriptors", "arthritis;headache", "unknown SLEDAI-2K descriptor"),
         ("sledai.csv", 0, "window_days", "14", "window_days 14"),
         ("treg.csv", 0, "percent", "140", "less than or equal to 100"),
@@ -88,6 +88,9 @@ def test_bad_cell_is_located(
     assert "must" not in str(report.rejects[0]) or str(report.rejects[0]).startswith(f"{file}:{index + 2}")
 
 
+SCORE_FINDINGS = ("sledai-lab-findings", "sledai-total-differs", "sledai-undecided")  # about one score's inputs
+
+
 def sledai_of(dataset: Callable[..., Path], edit: Edit) -> tuple[Any, LoadReport]:
     data, report = load_trial(dataset(edit))
     assert report.rejects == [], [str(r) for r in report.rejects]
@@ -109,8 +112,8 @@ def test_crf_total_is_the_score_and_lab_findings_stand_beside_it(dataset: Callab
 
 def test_without_a_crf_total_lab_findings_count(dataset: Callable[..., Path]) -> None:
     score, report = sledai_of(dataset, lambda rows: None)
-    assert score.total == 13 and not score.total_from_crf
-    assert not [f for f in report.findings if f.kind.startswith("sledai")]
+    assert score.total == 13 and not score.total_from_crf and score.final
+    assert not [f for f in report.findings if f.kind in SCORE_FINDINGS]
 
 
 def _low_wbc(rows: Rows, not_attributed: str) -> None:
@@ -128,7 +131,7 @@ def test_drug_attributed_leukopenia_does_not_score(dataset: Callable[..., Path])
     leukopenia = next(d for d in score.descriptors if d.key == "leukopenia")
     assert (leukopenia.source, leukopenia.points, leukopenia.evidence) == ("not-attributed", 0, ("L12",))
     assert "cyclophosphamide" in leukopenia.why
-    assert not [f for f in report.findings if f.kind.startswith("sledai")]
+    assert not [f for f in report.findings if f.kind in SCORE_FINDINGS]
 
 
 def test_not_attributed_and_due_to_lupus_at_once_is_refused(dataset: Callable[..., Path]) -> None:
@@ -194,24 +197,44 @@ def test_subject_without_mrn_or_pseudonym(dataset: Callable[..., Path]) -> None:
     assert any(r.file == "subjects.csv" and "mrn or a pseudonym" in r.reason for r in report.rejects)
 
 
-def test_unknown_header_column_refuses_every_row_of_that_file(dataset: Callable[..., Path]) -> None:
+def test_a_renamed_column_is_one_error_naming_both_columns(dataset: Callable[..., Path]) -> None:
+    """Not one refusal per row that never says which column is missing: the file, line 1, both names."""
+
+    def spoil(rows: Rows) -> None:
+        for row in rows["labs.csv"]:
+            row["result_value"] = row.pop("value")
+
+    with pytest.raises(InputError) as caught:
+        load(dataset, spoil)
+    assert str(caught.value).startswith("labs.csv:1: missing column value; unknown column result_value")
+
+
+def test_an_unknown_column_of_an_optional_file_stops_the_load_too(dataset: Callable[..., Path]) -> None:
     def spoil(rows: Rows) -> None:
         for row in rows["treg.csv"]:
             row["percnt"] = row.pop("percent")
 
-    report = load(dataset, spoil)
-    assert report.rejected == {"treg.csv": 1}
-    assert "unknown column(s) percnt" in report.rejects[0].reason
+    with pytest.raises(InputError, match=r"^treg\.csv:1: missing column percent; unknown column percnt"):
+        load(dataset, spoil)
 
 
-def test_missing_required_column(dataset: Callable[..., Path]) -> None:
+def test_missing_required_columns_are_listed_together(dataset: Callable[..., Path]) -> None:
     def spoil(rows: Rows) -> None:
         for row in rows["visits.csv"]:
-            del row["visit_date"]
+            del row["visit_date"], row["visit_code"]
 
-    report = load(dataset, spoil)
-    assert report.rejected["visits.csv"] == 3
-    assert report.rejects[0].column == "visit_date" and "lacks required column" in report.rejects[0].reason
+    with pytest.raises(InputError, match=r"^visits\.csv:1: missing columns visit_code, visit_date"):
+        load(dataset, spoil)
+
+
+def test_a_repeated_column_is_one_error(dataset: Callable[..., Path]) -> None:
+    path = dataset()
+    text = (path / "treg.csv").read_text(encoding="utf-8").splitlines()
+    (path / "treg.csv").write_text(
+        "\n".join([text[0] + ",lab", *(line + ",x" for line in text[1:])]) + "\n", encoding="utf-8"
+    )
+    with pytest.raises(InputError, match=r"^treg\.csv:1: repeated column lab"):
+        load_trial(path)
 
 
 def test_row_with_extra_cells(dataset: Callable[..., Path]) -> None:
@@ -224,11 +247,15 @@ def test_row_with_extra_cells(dataset: Callable[..., Path]) -> None:
     ]
 
 
-def test_missing_subjects_file_is_an_input_error(dataset: Callable[..., Path]) -> None:
+def test_without_subjects_file_nobody_is_enrolled_and_the_rows_are_refused(dataset: Callable[..., Path]) -> None:
+    """Which files a command needs is its own (mappings/checks/inputs.yaml, tests/test_data_integrity.py); the
+    loader reads what is there and refuses the rows of subjects it does not know."""
     path = dataset()
     (path / "subjects.csv").unlink()
-    with pytest.raises(InputError, match=r"subjects\.csv: required file is missing"):
-        load_trial(path)
+    data, report = load_trial(path)
+    assert data.subjects == [] and report.absent["subjects.csv"] == "missing"
+    assert report.rejected["visits.csv"] == 3
+    assert "unknown subject MSC-001 (not in subjects.csv)" in report.rejects[0].reason
 
 
 def test_missing_trial_txt(dataset: Callable[..., Path]) -> None:

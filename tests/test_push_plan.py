@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
+import pytest
 from fakefhir import SYS, ref, res, trial
+from support import REPO
 
 from fhir_lupus.bundle import business_key, dependency_sorted, entry, key_id, load_matching_rules, local_ref
 from fhir_lupus.client import Capabilities
+from fhir_lupus.errors import MappingError
 from fhir_lupus.sync import JournalEntry, Match, content_hash, plan_batch, plan_routes
 from fhir_lupus.sync.apply import WriteLimits, make_chunks
-from fhir_lupus.sync.plan import PlanItem, needs_lookup
+from fhir_lupus.sync.plan import PlanItem, load_finality_rules, needs_lookup
+from fhir_lupus.sync.reverse import load_pull_rules
 from fhir_lupus.sync.routes import CREATE_BY_ID
 
 
@@ -47,9 +53,11 @@ def routes(caps: Capabilities | None = None, **options: Any) -> dict[str, Any]:
 def plan(
     found: dict[tuple[str, str], list[Match]] | None = None,
     known: dict[Any, JournalEntry] | None = None,
+    *,
+    resources: list[dict[str, Any]] | None = None,
     **options: Any,
 ) -> dict[str, PlanItem]:
-    resources = dependency_sorted(trial())
+    resources = dependency_sorted(resources or trial())
     if found is None:
         found = {(r["resourceType"], business_key(r)): [] for r in resources}
     result = plan_batch(
@@ -163,6 +171,116 @@ class TestPlan:
             server_refs={"Patient/elsewhere": "Patient/77"},
         )
         assert result.items[0].action == "create"
+
+
+LAB = ("Observation", f"{SYS}|lab")
+
+
+def with_lab(status: str, **fields: Any) -> list[dict[str, Any]]:
+    """The small trial with its lab Observation (which the score is derived from) given ``status``."""
+    return [{**r, "status": status, **fields} if r["id"] == "lab" else r for r in trial()]
+
+
+def nothing_found(resources: list[dict[str, Any]]) -> dict[tuple[str, str], list[Match]]:
+    return {(r["resourceType"], business_key(r)): [] for r in resources}
+
+
+def server_lab(status: str, **fields: Any) -> Match:
+    """The lab as the server holds it (its own id and meta) with ``status``."""
+    lab = next(r for r in trial() if r["id"] == "lab")
+    return Match("S-LAB", "2", {**lab, "id": "S-LAB", "meta": {"versionId": "2"}, "status": status, **fields})
+
+
+class TestKeepFinal:
+    """Push never replaces a final server resource with a preliminary one (mappings/fhir/push.yaml)."""
+
+    @pytest.mark.parametrize("theirs", ["final", "amended", "corrected"])
+    @pytest.mark.parametrize("ours", ["preliminary", "registered"])
+    def test_a_final_server_copy_is_held_back_with_what_depends_on_it(self, theirs: str, ours: str) -> None:
+        resources = with_lab(ours, valueInteger=2)
+        found = {**nothing_found(resources), LAB: [server_lab(theirs, valueInteger=18)]}
+        items = plan(found, resources=resources)
+        lab = items["lab"]
+        assert (lab.action, lab.write, lab.server_ids) == ("held-back", None, ("S-LAB",))
+        assert lab.reason == (
+            f"the server holds a final version (Observation/S-LAB, status {theirs}); ours is {ours}: not replaced"
+        )
+        assert items["score"].action == "held-back" and "Observation/lab" in items["score"].reason
+        assert {items[k].action for k in ("p", "rs", "org")} == {"create"}  # the rest goes ahead
+
+    def test_a_preliminary_server_copy_is_updated_or_left_alone(self) -> None:
+        resources = with_lab("preliminary", valueInteger=5)
+        changed = {**nothing_found(resources), LAB: [server_lab("preliminary", valueInteger=3)]}
+        lab = plan(changed, resources=resources)["lab"]
+        assert (lab.action, lab.write, lab.server_id, lab.diffs) == ("update", "by-id", "S-LAB", ("valueInteger",))
+        equal = {**nothing_found(resources), LAB: [server_lab("preliminary", valueInteger=5)]}
+        assert plan(equal, resources=resources)["lab"].action == "unchanged"
+
+    def test_a_final_version_replaces_a_preliminary_one(self) -> None:
+        resources = with_lab("final", valueInteger=18)
+        found = {**nothing_found(resources), LAB: [server_lab("preliminary", valueInteger=2)]}
+        items = plan(found, resources=resources)
+        assert (items["lab"].action, items["lab"].diffs) == ("update", ("status", "valueInteger"))
+        assert items["score"].action == "create"
+
+    def test_a_preliminary_resource_the_server_lacks_is_created(self) -> None:
+        resources = with_lab("preliminary")
+        items = plan(nothing_found(resources), resources=resources)
+        assert (items["lab"].action, items["lab"].write) == ("create", "create-by-id")
+        assert items["score"].action == "create"
+
+    def test_a_superseded_final_copy_is_held_back_too(self) -> None:
+        resources = with_lab("preliminary")
+        old = server_lab("final")
+        found = {**nothing_found(resources), LAB: [Match(old.server_id, "2", old.resource, superseded="urn:old|lab")]}
+        assert plan(found, resources=resources)["lab"].action == "held-back"
+
+    def test_a_server_status_the_plan_cannot_see_is_never_overwritten(self) -> None:
+        resources = with_lab("preliminary")
+        digest = content_hash(next(r for r in resources if r["id"] == "lab"))
+        stale = {LAB: JournalEntry(*LAB, "old-hash", "S-LAB", "1", "created")}
+        without_content = {**nothing_found(resources), LAB: [Match("S-LAB", "2")]}
+        lab = plan(without_content, stale, resources=resources)["lab"]
+        assert lab.action == "held-back" and "(the look-up returned no content)" in lab.reason
+        assert "ours is preliminary and the server's status of Observation/S-LAB is unknown" in lab.reason
+        stripped = server_lab("final")
+        no_status = {k: v for k, v in (stripped.resource or {}).items() if k != "status"}
+        found = {**nothing_found(resources), LAB: [Match("S-LAB", "2", no_status)]}
+        assert "(the server copy has no status)" in plan(found, resources=resources)["lab"].reason
+        not_looked_up = {k: v for k, v in nothing_found(resources).items() if k != LAB}
+        lab = plan(not_looked_up, stale, resources=resources)["lab"]
+        assert lab.action == "held-back" and "(it was not looked up)" in lab.reason
+        # what the journal says is already there is not written at all: nothing to hold back
+        same = {LAB: JournalEntry(*LAB, digest, "S-LAB", "1", "created")}
+        assert plan(without_content, same, resources=resources)["lab"].action == "unchanged"
+
+    @pytest.mark.parametrize("params", [None, {"Observation": []}], ids=["search", "read"])
+    def test_journal_settled_preliminary_resources_are_looked_up(self, params: Any) -> None:
+        chosen = routes(statement(params=params))
+        assert chosen["Observation"].lookup == ("search" if params is None else "read")
+        resources = with_lab("preliminary")
+        known = {
+            (r["resourceType"], business_key(r)): JournalEntry(
+                r["resourceType"], business_key(r), content_hash(r), f"S-{r['id']}", "1", "created"
+            )
+            for r in resources
+        }
+        assert [r["id"] for r in needs_lookup(resources, chosen, known, verify=False)] == ["lab"]
+        assert needs_lookup(trial(), chosen, known, verify=False) == []  # final ones: the journal settles them
+
+    def test_the_status_classes_are_data_and_agree_with_pull(self, tmp_path: Path) -> None:
+        observation = load_finality_rules().keep_final["Observation"]
+        assert observation.final == load_pull_rules().rows
+        assert observation.preliminary == {"registered", "preliminary"}
+        root = tmp_path / "mappings"
+        shutil.copytree(REPO / "mappings", root)
+        rules = root / "fhir" / "push.yaml"
+        rules.write_text(
+            rules.read_text(encoding="utf-8").replace("[registered, preliminary]", "[registered, final]"),
+            encoding="utf-8",
+        )
+        with pytest.raises(MappingError, match=r"push\.yaml.*both final and preliminary: final"):
+            load_finality_rules(root)
 
 
 class TestRoutes:

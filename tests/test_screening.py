@@ -416,7 +416,15 @@ class TestExampleAndCli:
             "SCR-005": "ineligible",
             "SCR-006": "incomplete",
         }
-        assert screening_findings(data, screened) == []
+        # the one incomplete candidate is a query for the site, naming what is unknown; enrolled ones raise none
+        (query,) = screening_findings(data, screened)
+        assert (query.kind, query.severity, query.subject_id, query.line) == (
+            "eligibility-incomplete",
+            "query",
+            "SCR-006",
+            27,
+        )
+        assert "alt_uln not given" in query.message
 
     def test_screen_command(self, tmp_path: Path) -> None:
         out = tmp_path / "screen.csv"

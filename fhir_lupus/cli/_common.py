@@ -1,8 +1,10 @@
 """What the command groups share: the console, common options, summaries and the error -> exit code rule.
 
-Exit codes: 0 success; 1 rows were rejected (unless --allow-rejects), a push did not write everything it was
-asked to (conflicts, refusals, skipped types, a missing Provenance), or the server refused or failed; 2 our
-own usage or configuration error (bad options, unreadable files, inconsistent mappings); 4 authentication
+Exit codes: 0 success; 1 rows were rejected (unless --allow-rejects; a command that publishes then writes
+nothing), a push did not write everything it was asked to (conflicts, refusals, skipped types, a missing
+Provenance, a preliminary value held back), or the server refused or failed; 2 our own usage or configuration
+error (bad options, a needed file missing or empty, a file whose header or encoding is wrong, inconsistent
+mappings); 4 authentication
 refused (SMART Backend Services: the token endpoint refused the client id or the key's signature, or the FHIR
 server answered 401 even to a fresh token), so scripts can tell "fix the credentials" from other failures.
 """
@@ -27,8 +29,9 @@ from fhir_lupus.client import (
     SmartBackendAuth,
     UnsupportedInteraction,
 )
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.model import LoadReport, TrialData, load_trial, loader, write_quarantine
+from fhir_lupus.model.inputs import require_inputs
 from fhir_lupus.model.loader import load_trial_chunks
 from fhir_lupus.screening import screen_trial, screening_findings
 from fhir_lupus.sync import Journal
@@ -131,17 +134,24 @@ def _read_key(path: Path) -> bytes:
         fail(ValueError(f"--smart-key {path}: {exc.strerror or exc}"))
 
 
-def load(data_dir: Path, mappings: Path | None) -> tuple[TrialData, LoadReport]:
-    """Load a data directory; enrolled subjects who did not screen eligible are added as findings."""
+def add_screening_findings(data: TrialData, report: LoadReport, mappings: Path | None) -> None:
+    """The screening queries (enrolled subjects who did not screen eligible, ...) of one loaded chunk."""
+    report.findings.extend(screening_findings(data, screen_trial(data, mappings, report), report, mappings))
+
+
+def load(data_dir: Path, mappings: Path | None, command: str) -> tuple[TrialData, LoadReport]:
+    """Check that ``command``'s files are there (mappings/checks/inputs.yaml), then load the data directory;
+    the screening queries are added to the report."""
     try:
+        require_inputs(data_dir, command, mappings)
         data, report = load_trial(data_dir, mappings_dir=mappings)
-        report.findings.extend(screening_findings(data, screen_trial(data, mappings)))
+        add_screening_findings(data, report, mappings)
     except FhirLupusError as exc:
         fail(exc)
     return data, report
 
 
-def load_checked(data_dir: Path, mappings: Path | None) -> tuple[TrialData | None, LoadReport]:
+def load_checked(data_dir: Path, mappings: Path | None, command: str) -> tuple[TrialData | None, LoadReport]:
     """Load and check a data directory a chunk of subjects at a time (``load_trial_chunks``), as ``load`` does.
 
     Returns the trial when it is one chunk (the usual case: the caller maps what was loaded), None when it is
@@ -151,9 +161,10 @@ def load_checked(data_dir: Path, mappings: Path | None) -> tuple[TrialData | Non
     report = LoadReport()
     single: TrialData | None = None
     try:
+        require_inputs(data_dir, command, mappings)
         chunks = load_trial_chunks(data_dir, report, max_rows=loader.CHUNK_ROWS, mappings_dir=mappings)
         for number, chunk in enumerate(chunks):
-            report.findings.extend(screening_findings(chunk, screen_trial(chunk, mappings)))
+            add_screening_findings(chunk, report, mappings)
             single = chunk if number == 0 else None
     except FhirLupusError as exc:
         fail(exc)
@@ -178,11 +189,17 @@ def print_rows(report: LoadReport) -> None:
 
 
 def report_load(report: LoadReport, quarantine: Path | None, *, verbose_findings: bool = True) -> None:
-    """Rows table, findings, rejects, quarantine files."""
+    """Rows table, findings (notes and queries), rejects, quarantine files."""
     print_rows(report)
     if verbose_findings:
         for finding in report.findings:
-            console.print(f"[yellow]note[/yellow] {finding}", highlight=False)
+            label = "[magenta]query[/magenta]" if finding.severity == "query" else "[yellow]note[/yellow]"
+            console.print(f"{label} {finding}", highlight=False)
+    elif report.queries:
+        console.print(
+            f"[magenta]{len(report.queries)} queries[/magenta] for the site (fhir-lupus validate --queries lists them)",
+            highlight=False,
+        )
     for reject in report.rejects:
         console.print(f"[red]rejected[/red] {reject}", highlight=False)
     if quarantine is not None and report.rejects:
@@ -200,16 +217,37 @@ def note_rejects(report: LoadReport, consequence: str) -> None:
         )
 
 
-def exit_on_rejects(report: LoadReport, allow_rejects: bool) -> None:
+def exit_on_rejects(report: LoadReport, allow_rejects: bool, *, written: str = "") -> None:
+    """Exit 1 when rows were rejected, unless ``allow_rejects``; ``written``: what a publishing command did not
+    write because of them."""
     if report.rejects and not allow_rejects:
-        console.print(f"[red]{sum(report.rejected.values())} row(s) rejected[/red] (use --allow-rejects to go on)")
+        console.print(
+            f"[red]{sum(report.rejected.values())} row(s) rejected[/red]"
+            + (f": {written} not written" if written else "")
+            + " (use --allow-rejects to go on)"
+        )
         raise typer.Exit(1)
+
+
+def refuse_rejects(report: LoadReport, allow_rejects: bool, what: str) -> None:
+    """Before a publishing command writes ``what``: rows were rejected and --allow-rejects was not given, so
+    nothing is written (exit 1). With --allow-rejects, say which derived values are preliminary."""
+    if not report.rejects:
+        return
+    if not allow_rejects:
+        report_load(report, None, verbose_findings=False)
+        fail(RejectedRows(sum(report.rejected.values()), f"{what} not written"))
+    console.print(
+        f"[yellow]note[/yellow] {sum(report.rejected.values())} row(s) rejected and --allow-rejects given: {what} "
+        "is written without them; every value derived from them is marked preliminary",
+        highlight=False,
+    )
 
 
 def fail(exc: Exception) -> NoReturn:
     """Print the error; exit 4 when authentication was refused, 1 when the server refused or failed (or lacks
-    what we need), 2 for our own errors."""
+    what we need) or rows were rejected, 2 for our own errors."""
     console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # "fhir_lupus[spark]" stays as written
     if isinstance(exc, AuthenticationRefused):
         raise typer.Exit(EXIT_AUTH_REFUSED)
-    raise typer.Exit(1 if isinstance(exc, FhirHttpError | UnsupportedInteraction) else 2)
+    raise typer.Exit(1 if isinstance(exc, FhirHttpError | UnsupportedInteraction | RejectedRows) else 2)

@@ -41,7 +41,7 @@ def demo(
     if missing is not None:  # installed from a wheel: the example trial and the servers live in a checkout
         fail(missing)
     data_dir = data_dir or devserver.repo_root() / EXAMPLE
-    data, report = load(data_dir, None)
+    data, report = load(data_dir, None, "push")
     print_rows(report)
     if report.rejects:
         fail(FhirLupusError(f"{len(report.rejects)} example rows rejected; run fhir-lupus validate {data_dir}"))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from fhir_lupus.cli._common import (
     AllowRejects,
@@ -14,16 +15,19 @@ from fhir_lupus.cli._common import (
     Mappings,
     Quarantine,
     StrictValidation,
+    add_screening_findings,
     console,
     exit_on_rejects,
     fail,
     load,
     report_load,
 )
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.model import LoadReport, TrialData
-from fhir_lupus.pipeline import stream_trial
-from fhir_lupus.screening import screen_trial, screening_findings
+from fhir_lupus.model._check_rules import load_check_rules
+from fhir_lupus.model.inputs import require_inputs
+from fhir_lupus.model.queries import QueryLog, track_queries, write_queries
+from fhir_lupus.pipeline import refuse_rejected, stream_trial
 from fhir_lupus.streaming import write_bundle, write_ndjson
 
 __all__ = ["map_command", "validate"]
@@ -42,13 +46,59 @@ class FormatOption(StrEnum):
 def validate(
     data_dir: DataDir,
     quarantine: Quarantine = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            "--queries",
+            help="Write every open query (implausible values, missing data, ...) as CSV for the site; answers go "
+            "in the data directory's query_responses.csv.",
+        ),
+    ] = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
 ) -> None:
-    """Check a data directory: every problem with file, line and column; nothing is written but quarantine."""
-    _data, report = load(data_dir, mappings)
+    """Check a data directory: every problem with file, line and column; nothing is written but quarantine and
+    the query list. Rejects exit 1; queries and notes do not change the exit code."""
+    _data, report = load(data_dir, mappings, "validate")
+    try:
+        log = track_queries(report, data_dir)
+    except FhirLupusError as exc:
+        fail(exc)
+    closed = {query.finding for query in log.queries if query.status == "closed"}
+    report.findings = [finding for finding in report.findings if finding not in closed]
     report_load(report, quarantine)
+    _print_check_counts(report, log, mappings)
+    if queries is not None:
+        try:
+            written = write_queries(log, queries)
+        except OSError as exc:
+            fail(ValueError(f"--queries {queries}: {exc.strerror or exc}"))
+        console.print(f"wrote {written} open queries to {queries}", highlight=False)
     exit_on_rejects(report, allow_rejects)
+
+
+def _print_check_counts(report: LoadReport, log: QueryLog, mappings: Path | None) -> None:
+    """One line per check that fired: severity, and for queries how many are open, answered, reopened, closed."""
+    severities = {check: d.severity for check, d in load_check_rules(mappings).checks.items()}
+    rows: dict[str, list[int]] = {}
+    for reject in report.rejects:  # a refused check names itself at the end of its reason: "... [check-id]"
+        if reject.reason.endswith("]") and "[" in reject.reason:
+            rows.setdefault(reject.reason.rsplit("[", 1)[1][:-1], [0, 0, 0, 0, 0])[0] += 1
+    for finding in report.notes:
+        rows.setdefault(finding.kind, [0, 0, 0, 0, 0])[0] += 1
+    statuses = ("open", "answered", "reopened", "closed")
+    for (check, status), count in log.counts().items():
+        rows.setdefault(check, [0, 0, 0, 0, 0])[1 + statuses.index(status)] += count
+    if not rows:
+        return
+    table = Table(title="Checks", title_justify="left")
+    for column in ("check", "severity", "rows", "open", "answered", "reopened", "closed"):
+        table.add_column(column, justify="left" if column in ("check", "severity") else "right")
+    for check, counts in sorted(rows.items(), key=lambda item: (severities.get(item[0], ""), item[0])):
+        table.add_row(check, severities.get(check, "reject"), *(str(n) if n else "" for n in counts))
+    console.print(table)
+    if log.resolved:
+        console.print(f"{len(log.resolved)} answered queries are no longer raised (corrected in the data)")
 
 
 def map_command(
@@ -61,27 +111,39 @@ def map_command(
     mappings: Mappings = None,
     strict_validation: StrictValidation = False,
 ) -> None:
-    """Map a data directory to FHIR: a transaction Bundle, or one NDJSON file per resource type."""
+    """Map a data directory to FHIR: a transaction Bundle, or one NDJSON file per resource type.
+
+    When a row is rejected nothing is written (exit 1), unless --allow-rejects: then every value derived from a
+    rejected row (a SLEDAI-2K total whose lab descriptors could not be judged) is written as preliminary."""
     report = LoadReport()
 
     def screened(data: TrialData) -> None:  # as `load` does: enrolled subjects who did not screen eligible
-        report.findings.extend(screening_findings(data, screen_trial(data, mappings)))
+        add_screening_findings(data, report, mappings)
 
     try:
+        require_inputs(data_dir, "map", mappings)
         # a chunk of subjects loaded at a time, mapped and written subject by subject (fhir_lupus/streaming.py):
-        # memory holds one chunk's entities and one subject's resources, not the trial's
-        batches = stream_trial(
-            data_dir,
+        # memory holds one chunk's entities and one subject's resources, not the trial's; the writers put the
+        # output in place only once every batch is in, and a refusal at the end leaves it as it was
+        batches = refuse_rejected(
+            stream_trial(
+                data_dir,
+                report,
+                fhir_version=fhir_version.value,
+                mappings_dir=mappings,
+                validation="strict" if strict_validation else "fast",
+                on_chunk=screened,
+            ),
             report,
-            fhir_version=fhir_version.value,
-            mappings_dir=mappings,
-            validation="strict" if strict_validation else "fast",
-            on_chunk=screened,
+            allow_rejects=allow_rejects,
         )
         if output_format is FormatOption.bundle:
             counts = write_bundle(batches, output)
         else:
             counts = write_ndjson(batches, output)
+    except RejectedRows as exc:
+        report_load(report, quarantine)
+        fail(exc)
     except FhirLupusError as exc:
         fail(exc)
     console.print(f"wrote {output}")

@@ -25,6 +25,7 @@ from fhir_lupus.cli._common import (
     StrictValidation,
     Timeout,
     Token,
+    add_screening_findings,
     console,
     exit_on_rejects,
     fail,
@@ -34,10 +35,10 @@ from fhir_lupus.cli._common import (
 )
 from fhir_lupus.cli._mapping import FhirVersionOption
 from fhir_lupus.cli._sync import render_push
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.model import LoadReport, TrialData
+from fhir_lupus.model.inputs import require_inputs
 from fhir_lupus.registry import KEY_ENV, load_key, package_directory, submit_package
-from fhir_lupus.screening import screen_trial, screening_findings
 
 __all__ = ["registry_app"]
 
@@ -73,9 +74,10 @@ def package_command(
     report = LoadReport()
 
     def screened(data: TrialData) -> None:  # as `load` does: enrolled subjects who did not screen eligible
-        report.findings.extend(screening_findings(data, screen_trial(data, mappings)))
+        add_screening_findings(data, report, mappings)
 
     try:  # a chunk of subjects loaded at a time, packaged subject by subject: memory stays flat
+        require_inputs(data_dir, "registry-package", mappings)
         result = package_directory(
             data_dir,
             report,
@@ -86,7 +88,11 @@ def package_command(
             mappings_dir=mappings,
             validation="strict" if strict_validation else "fast",
             on_chunk=screened,
+            allow_rejects=allow_rejects,
         )
+    except RejectedRows as exc:  # nothing was written
+        report_load(report, quarantine, verbose_findings=False)
+        fail(exc)
     except FhirLupusError as exc:
         fail(exc)
     report_load(report, quarantine, verbose_findings=False)

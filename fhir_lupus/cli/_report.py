@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
+from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, fail, load, refuse_rejects
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.report import write_report
 
@@ -21,14 +21,18 @@ def report(
         Path | None,
         typer.Option("--figures", help="Directory for the PNG figures (default: <page stem>_figures/ beside it)."),
     ] = None,
+    allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
 ) -> None:
     """Subject timelines around the MSC infusion, change from baseline and responders
-    (definitions: mappings/report/report.yaml), as one HTML page that needs no network."""
-    data, loaded = load(data_dir, mappings)
-    note_rejects(loaded, "are not in the report")
+    (definitions: mappings/report/report.yaml), as one HTML page that needs no network.
+
+    With rejected rows nothing is written (exit 1) unless --allow-rejects: then every statistic that a rejected
+    row or a preliminary SLEDAI-2K total could change is marked preliminary on the page."""
+    data, loaded = load(data_dir, mappings, "report")
+    refuse_rejects(loaded, allow_rejects, f"the report {out}")
     try:
-        result = write_report(data, out, figures_dir=figures, mappings_dir=mappings)
+        result = write_report(data, out, figures_dir=figures, mappings_dir=mappings, report=loaded)
     except FhirLupusError as exc:
         fail(exc)
     console.print(
@@ -38,4 +42,6 @@ def report(
     )
     for item in result.set_aside:
         console.print(f"[yellow]set aside[/yellow] {item.where}: {item.series} {item.reported}: {item.reason}")
+    for line in result.preliminary:
+        console.print(f"[yellow]preliminary[/yellow] {line}", highlight=False)
     typer.echo(str(result.html))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fhir_lupus._atomic import write_atomic
 from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
 from fhir_lupus.model.schedule import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
 
@@ -36,19 +38,22 @@ def schedule(
             snapshot = datetime.strptime(as_of, "%Y-%m-%d").date()
         except ValueError:
             fail(ValueError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)"))
-    data, report = load(data_dir, mappings)
-    note_rejects(report, "are not counted")
-    schedules = schedule_report(data, as_of=snapshot)
+    data, report = load(data_dir, mappings, "schedule")
+    note_rejects(report, "are not counted: their visits are unknown")
+    for name, how in sorted(data.absent.items()):
+        console.print(f"[yellow]note[/yellow] {name} is {how}: what it holds is unknown, not missing", highlight=False)
+    schedules = schedule_report(data, as_of=snapshot, report=report)
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)  # a file or pipe: no terminal width to fit, keep each subject on one line
     out.print(summary_table(schedules))
     if csv_path is not None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=SCHEDULE_CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(schedule_rows(schedules))
         try:
-            with csv_path.open("w", encoding="utf-8", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=SCHEDULE_CSV_COLUMNS, lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(schedule_rows(schedules))
+            write_atomic(csv_path, buffer.getvalue())
         except OSError as exc:
             fail(ValueError(f"--csv {csv_path}: {exc.strerror or exc}"))
         console.print(f"wrote {csv_path}", highlight=False)
@@ -65,13 +70,14 @@ def summary_table(schedules: list[SubjectSchedule]) -> Table:
         "missed",
         "skipped",
         "not yet due",
+        "unknown",
         "visits short",
         "analytes missing (visits)",
     ):
         table.add_column(column, justify="left" if column in ("subject", "analytes missing (visits)") else "right")
     for item in schedules:
         if item.anchor is None:
-            table.add_row(item.subject_id, "no BL visit", str(item.last_contact or ""), *([""] * 7))
+            table.add_row(item.subject_id, "no BL visit", str(item.last_contact or ""), *([""] * 8))
             continue
         missing: Counter[str] = Counter(analyte for outcome in item.visits for analyte in outcome.missing)
         table.add_row(
@@ -83,6 +89,7 @@ def summary_table(schedules: list[SubjectSchedule]) -> Table:
             str(item.count("missed")),
             str(item.count("skipped")),
             str(item.count("not-yet-due")),
+            str(item.count("unknown")),
             str(sum(1 for outcome in item.visits if outcome.missing)),
             ", ".join(f"{analyte} ({count})" for analyte, count in sorted(missing.items())),
         )

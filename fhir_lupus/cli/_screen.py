@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, exit_on_rejects, fail, load
+from fhir_lupus._atomic import write_atomic
+from fhir_lupus.cli._common import (
+    AllowRejects,
+    DataDir,
+    Mappings,
+    console,
+    exit_on_rejects,
+    fail,
+    load,
+    refuse_rejects,
+)
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model._history_checks import MEDICATIONS, SCREENING
 from fhir_lupus.screening import ScreenedCandidate, screen_trial, screening_findings
@@ -19,6 +30,7 @@ __all__ = ["screen"]
 _out = Console(soft_wrap=True, highlight=False)
 _STYLE = {"eligible": "green", "ineligible": "red", "incomplete": "yellow"}
 _CSV_COLUMNS = ("subject_id", "enrolled", "verdict", "status", "criterion", "exclude", "decision", "data")
+_SCREENING_QUERIES = ("enrolled-not-eligible", "not-screened", "eligibility-incomplete")  # printed above
 
 
 def screen(
@@ -29,24 +41,28 @@ def screen(
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
 ) -> None:
-    """Decide the eligibility criteria of the study file for every row of screening.csv (docs/csv-layout.md)."""
-    data, report = load(data_dir, mappings)
+    """Decide the eligibility criteria of the study file for every row of screening.csv (docs/csv-layout.md),
+    as of each candidate's screening date. With rejected rows --csv is not written (exit 1) unless
+    --allow-rejects; a criterion a rejected row could have decided is then unknown."""
+    data, report = load(data_dir, mappings, "screen")
     try:
-        screened = screen_trial(data, mappings)
+        screened = screen_trial(data, mappings, report)
     except FhirLupusError as exc:
         fail(exc)
-    if not data.screening and not report.read[SCREENING]:
-        fail(ValueError(f"{data_dir / SCREENING}: no screened candidates (the file is missing or empty)"))
     for candidate in screened:
         _print(candidate)
     counts = {verdict: sum(c.result.verdict == verdict for c in screened) for verdict in _STYLE}
     _out.print(", ".join(f"{n} {verdict}" for verdict, n in counts.items()) + f" of {len(screened)} screened")
-    for finding in screening_findings(data, screened):
-        console.print(f"[yellow]note[/yellow] {finding}", highlight=False)
+    for finding in screening_findings(data, screened, report, mappings):
+        console.print(f"[magenta]{finding.severity}[/magenta] {finding}", highlight=False)
+    for finding in report.findings:
+        if finding.file in (SCREENING, MEDICATIONS) and finding.kind not in _SCREENING_QUERIES:
+            console.print(f"[yellow]{finding.severity}[/yellow] {finding}", highlight=False)
     for reject in report.rejects:
         if reject.file in (SCREENING, MEDICATIONS):
             console.print(f"[red]rejected[/red] {reject}", highlight=False)
     if csv_file is not None:
+        refuse_rejects(report, allow_rejects, str(csv_file))
         _write_csv(csv_file, screened)
         console.print(f"wrote {csv_file}")
     exit_on_rejects(report, allow_rejects)
@@ -66,25 +82,25 @@ def _print(candidate: ScreenedCandidate) -> None:
 
 
 def _write_csv(path: Path, screened: list[ScreenedCandidate]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(_CSV_COLUMNS)
+    for candidate in screened:
+        result = candidate.result
+        for item in result.criteria:
+            writer.writerow(
+                (
+                    result.subject_id,
+                    "yes" if candidate.enrolled else "no",
+                    result.verdict,
+                    result.status,
+                    item.criterion.text,
+                    "yes" if item.criterion.exclude else "no",
+                    item.decision,
+                    item.data,
+                )
+            )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_CSV_COLUMNS)
-            for candidate in screened:
-                result = candidate.result
-                for item in result.criteria:
-                    writer.writerow(
-                        (
-                            result.subject_id,
-                            "yes" if candidate.enrolled else "no",
-                            result.verdict,
-                            result.status,
-                            item.criterion.text,
-                            "yes" if item.criterion.exclude else "no",
-                            item.decision,
-                            item.data,
-                        )
-                    )
+        write_atomic(path, buffer.getvalue())
     except OSError as exc:
         fail(ValueError(f"--csv {path}: {exc.strerror or exc}"))

@@ -118,7 +118,7 @@ def push(
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
     # a trial larger than one chunk is checked chunk by chunk here, then streamed again by push_directory
-    data, report = load_checked(data_dir, mappings)
+    data, report = load_checked(data_dir, mappings, "push")
     report_load(report, quarantine, verbose_findings=False)
     exit_on_rejects(report, allow_rejects)
     client = make_client(
@@ -137,7 +137,7 @@ def push(
     with client, open_journal(journal) as book, validation_mode("strict" if strict_validation else "fast"):
         try:
             if dry_run:
-                whole = data if data is not None else load(data_dir, mappings)[0]  # the dry run plans it whole
+                whole = data if data is not None else load(data_dir, mappings, "push")[0]  # the dry run plans it whole
                 preview = dry_run_trial(
                     whole, report, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
                 )

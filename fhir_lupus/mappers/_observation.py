@@ -14,7 +14,7 @@ __all__ = ["json_number", "observation_base"]
 
 def json_number(value: Decimal | float) -> int | float:
     """A JSON number for a decimal: integral values stay integers (12, not 12.0)."""
-    number = Decimal(str(value))
+    number = value if isinstance(value, Decimal) else Decimal(str(value))
     return int(number) if number == number.to_integral_value() else float(number)
 
 

@@ -146,7 +146,9 @@ def _causality(ctx: MappingContext, terms: AdverseEventTerms, key: str) -> dict[
 
 def adverse_event_to_r5(resource: Resource, ctx: MappingContext) -> Resource:
     """R4 AdverseEvent -> R5: status, code, identifier list, outcome list, causality, and onset to resolution as
-    occurrencePeriod (R5 has no resolution date element; the R5 IG profiles occurrence[x] as a Period)."""
+    occurrencePeriod (R5 has no resolution date element; the R5 IG profiles occurrence[x] as a Period).
+
+    Seriousness and causality codes take R5's spelling (``AdverseEventTerms.r5_codes``: THO 5.x lower-cases them)."""
     terms, resource = _terms(ctx), copy.deepcopy(resource)
     r4_urls, r5_urls = terms.extensions.r4, terms.extensions.r5
     outcome_system = ctx.pack.system_uri(terms.outcome_system)
@@ -154,11 +156,15 @@ def adverse_event_to_r5(resource: Resource, ctx: MappingContext) -> Resource:
     outcome = next(o for o in terms.outcomes.values() if o.r4 == outcome_code)
     if outcome.nci:
         resource["outcome"]["coding"].append(_coding(ctx, "nci-thesaurus", outcome.nci, outcome.nci_display))
-    seriousness_system = ctx.pack.system_uri(terms.seriousness["yes"].system)
-    for coding in resource.get("seriousness", {}).get("coding", []):
-        entry = next((c for c in terms.seriousness.values() if c.code == coding["code"]), None)
-        if coding["system"] == seriousness_system and entry is not None and entry.r5_code:
-            coding["code"] = entry.r5_code
+    r5_codes = {ctx.pack.system_uri(system): codes for system, codes in terms.r5_codes().items()}
+    concepts = [resource.get("seriousness", {})] + [
+        concept
+        for suspect in resource.get("suspectEntity", [])
+        for causality in suspect.get("causality", [])
+        for concept in (causality.get("assessment", {}), causality.get("method", {}))
+    ]
+    for coding in (coding for concept in concepts for coding in concept.get("coding", [])):
+        coding["code"] = r5_codes.get(coding["system"], {}).get(coding["code"], coding["code"])
     rename = {r4_urls.grade: r5_urls.grade, r4_urls.seriousness_criteria: r5_urls.seriousness_criteria}
     extensions = []
     occurrence = {"start": resource.pop("date")}

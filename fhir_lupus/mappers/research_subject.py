@@ -1,14 +1,17 @@
 """Subject -> ResearchSubject: the subject's participation in the study (R4 shape).
 
 ``status`` is the current status (subjects.csv), ``period`` runs from the enrolment date (``enrolled_on``: with a
-status history, the date of its first on-study status) to the date the subject left (``off_study_on``, or the
-history's off-study / withdrawn row). R4 has no element for the history itself: each status_history.csv row is
-one complex project extension (status, date, reason); ``r5.to_r5`` turns them into ResearchSubject.progress.
+status history, the date of its first on-study status) to the end of participation: the date the subject left
+(``off_study_on``, or the history's off-study / withdrawn row) or died, whichever came first, as the subject's
+timeline resolves it (fhir_lupus/model/timeline.py; pull reads it back to stop assigning results to visits). R4
+has no element for the history itself: each status_history.csv row is one complex project extension (status,
+date, reason); ``r5.to_r5`` turns them into ResearchSubject.progress.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 from fhir_lupus.mappers._context import MappingContext, Resource
@@ -19,10 +22,13 @@ from fhir_lupus.model.lifecycle import load_lifecycle_rules
 __all__ = ["map_research_subject", "status_history_extension"]
 
 
-def map_research_subject(subject: Subject, ctx: MappingContext, history: Sequence[StatusChange] = ()) -> Resource:
+def map_research_subject(
+    subject: Subject, ctx: MappingContext, history: Sequence[StatusChange] = (), *, end: date | None = None
+) -> Resource:
+    """``end``: the end of participation of the subject's timeline (without one: subjects.csv or the history)."""
     left = history[-1] if history and history[-1].status in load_lifecycle_rules(ctx.pack.root).left_study else None
     period: dict[str, Any] = {"start": subject.enrolled_on.isoformat()}
-    end = subject.off_study_on or (left.on if left else None)
+    end = end or subject.off_study_on or (left.on if left else None)
     if end:
         period["end"] = end.isoformat()
     resource: Resource = {

@@ -1,26 +1,34 @@
 """Pass 3 for screening.csv and medications.csv: references between files and the medication catalogue.
 
 A screened candidate who enrolled is the subject of subjects.csv with the same id, so the two must agree on
-sex and birth date. A medication row belongs to a subject or a screened candidate; its drug, route, frequency
-and outcome are keys of mappings/terminology/medications.yaml and its dose unit is UCUM. A refused row keeps
-its file, line, column and reason (LoadReport.reject), as everywhere else.
+sex and birth date, and screening comes before enrolment. A medication row belongs to a subject or a screened
+candidate; its drug, route, frequency and outcome are keys of mappings/terminology/medications.yaml and its dose
+unit is UCUM. The edit checks of mappings/checks/ apply (``HistoryChecks``): contradictions (a pregnancy recorded
+for a man), dates in the future or after the subject's participation, implausible screening values and doses,
+and a course started after its candidate's screening (a note: eligibility ignores it). A refused row keeps its
+file, line, column and reason (LoadReport.reject), as everywhere else.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from fhir_lupus.errors import UnitError
+from fhir_lupus.model._check_rules import CheckRules
 from fhir_lupus.model._records import LoadReport, Located
+from fhir_lupus.model.edit_checks import Flags, LabChecks, contradictions, medication_doses, screening_values
 from fhir_lupus.model.entities import Subject
 from fhir_lupus.model.history import MedicationHistory, ScreeningRecord
+from fhir_lupus.model.timeline import DateChecks
 from fhir_lupus.terminology.medications import load_medication_catalogue
 from fhir_lupus.terminology.units import UnitConverter
 
-__all__ = ["MEDICATIONS", "SCREENING", "check_history"]
+__all__ = ["MEDICATIONS", "SCREENING", "HistoryChecks", "check_history"]
 
 SCREENING, MEDICATIONS = "screening.csv", "medications.csv"
 
@@ -31,17 +39,33 @@ class _Reader(Protocol):
     def __call__(self, name: str, model: type[M], key: tuple[str, ...]) -> list[Located[M]]: ...
 
 
+@dataclass(frozen=True)
+class HistoryChecks:
+    """The edit checks and the subjects' timelines, for the two files of this module."""
+
+    rules: CheckRules
+    flags: Flags
+    labs: LabChecks
+    dates: DateChecks
+
+
 def check_history(
     read: _Reader,
     report: LoadReport,
     subjects: dict[str, Located[Subject]],
     units: UnitConverter,
     mappings_root: Path,
+    checks: HistoryChecks,
 ) -> tuple[list[Located[ScreeningRecord]], list[Located[MedicationHistory]]]:
     """Read and check both files (each optional); refused rows go to ``report``."""
     screening = [
-        row for row in read(SCREENING, ScreeningRecord, ("subject_id",)) if _screening_ok(row, report, subjects, units)
+        row
+        for row in read(SCREENING, ScreeningRecord, ("subject_id",))
+        if _screening_ok(row, report, subjects, units) and not _screening_dates(row, subjects, checks)
     ]
+    screening = contradictions(checks.rules, SCREENING, screening, checks.flags)
+    screening_values(checks.labs, screening, units)
+    screened_on = {row.record.subject_id: row.record.screened_on for row in screening}
     catalogue = load_medication_catalogue(mappings_root)
     known = set(subjects) | {row.record.subject_id for row in screening}
     medications = []
@@ -79,8 +103,65 @@ def check_history(
         if problem is not None:
             report.reject(row, *problem)
             continue
+        if _medication_dates(row, subjects, screened_on.get(record.subject_id), checks):
+            continue
         medications.append(row)
+    medication_doses(checks.rules, medications, units, checks.flags)
     return screening, medications
+
+
+def _screening_dates(
+    row: Located[ScreeningRecord], subjects: dict[str, Located[Subject]], checks: HistoryChecks
+) -> bool:
+    """Screening and consent: not in the future, and before the enrolment of a candidate who enrolled."""
+    record, flags, today = row.record, checks.flags, checks.dates.today
+    for column, day in (("screened_on", record.screened_on), ("consent_on", record.consent_on)):
+        if day is None:
+            continue
+        if day > today:
+            return flags.raise_("future-date", row, column, f"{column} {day} is in the future (today is {today})")
+        enrolled = subjects.get(record.subject_id)
+        if enrolled is not None and day > enrolled.record.enrolled_on:
+            return flags.raise_(
+                "screening-after-enrolment",
+                row,
+                column,
+                f"{column} {day} is after the enrolment of {record.subject_id} on {enrolled.record.enrolled_on} "
+                f"(subjects.csv:{enrolled.line})",
+            )
+    return False
+
+
+def _medication_dates(
+    row: Located[MedicationHistory], subjects: dict[str, Located[Subject]], screened: date | None, checks: HistoryChecks
+) -> bool:
+    """A course: not in the future, not started after the subject's participation; one started after its
+    candidate's screening is a note (eligibility, judged as of the screening date, ignores it)."""
+    record = row.record
+    if record.ended_on is not None and record.ended_on > checks.dates.today:
+        return checks.flags.raise_(
+            "future-date",
+            row,
+            "ended_on",
+            f"ended_on {record.ended_on} is in the future (today is {checks.dates.today})",
+        )
+    if record.subject_id in subjects or screened is None:
+        refused = checks.dates.dated(row, record.subject_id, record.started_on, "started_on", f"{record.drug} course")
+    else:  # a candidate who did not enrol: no participation to end, the future is still impossible
+        refused = record.started_on > checks.dates.today and checks.flags.raise_(
+            "future-date", row, "started_on", f"started_on {record.started_on} is in the future"
+        )
+    if refused:
+        return True
+    if screened is not None and record.started_on > screened:
+        checks.flags.raise_(
+            "medication-after-screening",
+            row,
+            "started_on",
+            f"{record.drug} course started on {record.started_on}, after {record.subject_id} was screened on "
+            f"{screened}: eligibility does not count it",
+        )
+    return False
 
 
 def _screening_ok(

@@ -6,11 +6,33 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["Finding", "LoadReport", "Located", "Reject", "write_quarantine"]
+__all__ = ["RECORD_KEYS", "Finding", "LoadReport", "Located", "Reject", "record_key", "write_quarantine"]
 
 E = TypeVar("E")
+FindingSeverity = Literal["note", "query"]
+
+# The columns that identify a row of each file (its business key), so that a query about a row keeps its id when
+# lines move (fhir_lupus/model/queries.py) and a refused row can be matched to what it would have fed.
+RECORD_KEYS: dict[str, tuple[str, ...]] = {
+    "subjects.csv": ("subject_id",),
+    "visits.csv": ("subject_id", "visit_code"),
+    "labs.csv": ("result_id",),
+    "sledai.csv": ("subject_id", "visit_code"),
+    "treg.csv": ("measurement_id",),
+    "procedures.csv": ("procedure_id",),
+    "status_history.csv": ("subject_id", "status", "on"),
+    "adverse_events.csv": ("event_id",),
+    "screening.csv": ("subject_id",),
+    "medications.csv": ("medication_id",),
+}
+
+
+def record_key(file: str, row: dict[str, str]) -> str:
+    """The business key of a raw row of ``file`` as one string (``MSC-001/M03``); the whole row when unknown."""
+    columns = RECORD_KEYS.get(file) or tuple(sorted(row))
+    return "/".join((row.get(column) or "").strip() for column in columns)
 
 
 @dataclass(frozen=True)
@@ -40,12 +62,20 @@ class Reject:
 
 @dataclass(frozen=True)
 class Finding:
-    """Something worth telling that does not refuse the row (a protocol deviation, a missed visit)."""
+    """Something worth telling that does not refuse the row: a ``note`` (a protocol deviation, a missed visit)
+    or a ``query`` for the site (an implausible value, kept). ``kind`` is the check id of
+    mappings/checks/checks.yaml; ``subject_id``, ``column``, ``value`` and ``record`` (the row's business key)
+    make a query addressable (fhir_lupus/model/queries.py)."""
 
     file: str
     line: int | None
     kind: str
     message: str
+    severity: FindingSeverity = "note"
+    subject_id: str | None = None
+    column: str | None = None
+    value: str | None = None
+    record: str | None = None
 
     def __str__(self) -> str:
         where = self.file + (f":{self.line}" if self.line else "")
@@ -59,6 +89,20 @@ class LoadReport:
     read: Counter[str] = field(default_factory=Counter)
     rejects: list[Reject] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # files that are absent, or present without a row ("empty"): what depends on them is unknown
+    absent: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def queries(self) -> list[Finding]:
+        return [finding for finding in self.findings if finding.severity == "query"]
+
+    @property
+    def notes(self) -> list[Finding]:
+        return [finding for finding in self.findings if finding.severity == "note"]
+
+    def holds(self, file: str) -> bool:
+        """Whether ``file`` was there with at least one row (read, whatever became of its rows)."""
+        return file not in self.absent
 
     def reject(self, where: Located[Any] | tuple[str, int, dict[str, str]], column: str | None, reason: str) -> None:
         if isinstance(where, Located):

@@ -4,7 +4,9 @@ The row model checks types and ranges (grade 1-5, dates, code shapes); ``check_a
 mapping file (mappings/terminology/adverse_events.yaml) and the other files decide: known outcome, causality and
 suspect keys, seriousness criteria, the grade-5/fatal rule, dates in the subject's study time, and that each suspected
 study treatment is a procedures.csv row of that subject given before the onset. Every problem names its column; a
-refused row is in the report (and the quarantine), never dropped silently.
+refused row is in the report (and the quarantine), never dropped silently. The onset against the end of the
+subject's participation (after death: refused; after leaving the study: kept, a note) is the timeline's
+(fhir_lupus/model/timeline.py).
 """
 
 from __future__ import annotations
@@ -141,8 +143,6 @@ def check_adverse_events(
         subject = subjects[event.subject_id].record
         if event.onset_on < subject.enrolled_on:
             problems.append(("onset_on", f"onset before enrolment ({subject.enrolled_on})"))
-        if subject.off_study_on and event.onset_on > subject.off_study_on:
-            problems.append(("onset_on", f"onset after the subject left the study ({subject.off_study_on})"))
         suspects: list[tuple[str, str]] = []
         for suspect in terms.related_to.get(event.related_to, ()):
             kind = terms.suspects[suspect].procedure_kind

@@ -67,6 +67,9 @@ class Subject(_Entity):
     status: SubjectStatus
     off_study_on: date | None = None
     off_study_reason: str | None = None
+    # a key of off_study_reasons in mappings/fhir/lifecycle.yaml (``death`` among them): the timeline reads the
+    # code, never the free text
+    off_study_reason_code: str | None = None
     arm: str
 
     @field_validator("birth_date")
@@ -211,3 +214,4 @@ class StatusChange(_Entity):
     status: SubjectStatus
     on: date
     reason: str | None = None
+    reason_code: str | None = None  # as subjects.csv off_study_reason_code

@@ -21,12 +21,22 @@ from fhir_lupus.model._records import Finding, LoadReport, Located
 from fhir_lupus.model.entities import StatusChange, Subject, SubjectStatus, TreatmentProcedure
 from fhir_lupus.terminology import CodeRef, load_mapping_file
 
-__all__ = ["STATUS_HISTORY", "LifecycleRules", "check_status_history", "load_lifecycle_rules"]
+__all__ = ["STATUS_HISTORY", "LifecycleRules", "OffStudyReason", "check_status_history", "load_lifecycle_rules"]
 
 STATUS_HISTORY = "status_history.csv"
 SUBJECTS = "subjects.csv"
 PROCEDURES = "procedures.csv"
 STATUSES: frozenset[str] = frozenset(get_args(SubjectStatus))
+
+
+class OffStudyReason(BaseModel):
+    """A coded reason for leaving the study (mappings/fhir/lifecycle.yaml ``off_study_reasons``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cdisc: str
+    display: str
+    death: bool = False
 
 
 class LifecycleRules(BaseModel):
@@ -43,6 +53,7 @@ class LifecycleRules(BaseModel):
     enrolled: frozenset[SubjectStatus]
     progress_type: CodeRef
     milestones: dict[SubjectStatus, CodeRef] = {}
+    off_study_reasons: dict[str, OffStudyReason] = {}
 
     @model_validator(mode="after")
     def _ends_have_no_exit(self) -> LifecycleRules:
@@ -56,6 +67,11 @@ class LifecycleRules(BaseModel):
 
     def milestone(self, status: str) -> CodeRef | None:
         return next((ref for reached, ref in self.milestones.items() if reached == status), None)
+
+    def means_death(self, reason_code: str | None) -> bool:
+        """Whether a coded off-study reason is death (``death: true``); free text is never read."""
+        reason = self.off_study_reasons.get(reason_code) if reason_code else None
+        return reason is not None and reason.death
 
 
 def load_lifecycle_rules(mappings_dir: Path | None = None) -> LifecycleRules:
@@ -71,8 +87,8 @@ def check_status_history(
     procedures: Sequence[Located[TreatmentProcedure]],
     rules: LifecycleRules,
     report: LoadReport,
-) -> dict[str, tuple[StatusChange, ...]]:
-    """The accepted history of each subject, in order; refused rows and findings go to ``report``.
+) -> dict[str, tuple[Located[StatusChange], ...]]:
+    """The accepted history of each subject, in order, with its rows; refused rows and findings go to ``report``.
 
     ``rows`` are the rows of status_history.csv that passed the model and name a subject of subjects.csv.
     """
@@ -83,7 +99,7 @@ def check_status_history(
     for procedure in procedures:
         if procedure.record.kind == "msc_infusion" and procedure.record.status == "completed":
             infusions[procedure.record.subject_id].append(procedure)
-    accepted: dict[str, tuple[StatusChange, ...]] = {}
+    accepted: dict[str, tuple[Located[StatusChange], ...]] = {}
     for subject_id, subject in subjects.items():
         history = by_subject.get(subject_id, [])
         earlier = next(
@@ -110,7 +126,7 @@ def check_status_history(
             _refuse([r for r in history if r is not row], subject, f"{STATUS_HISTORY}:{row.line} was refused", report)
             continue
         report.findings.extend(_infusion_findings(history, infusions.get(subject_id, []), rules))
-        accepted[subject_id] = tuple(row.record for row in history)
+        accepted[subject_id] = tuple(history)
     return accepted
 
 
@@ -136,6 +152,12 @@ def _first_problem(history: Sequence[Located[StatusChange]], rules: LifecycleRul
         change = row.record
         if change.status in rules.reason_required and not change.reason:
             return row, "reason", f"{change.status} needs a reason"
+        if change.reason_code and change.status not in rules.left_study:
+            return (
+                row,
+                "reason_code",
+                f"a coded off-study reason belongs to {_listed(rules.left_study)}, not {change.status}",
+            )
         if previous is None:
             if change.status not in rules.first:
                 return row, "status", f"a history starts with {_listed(rules.first)}, not {change.status}"
@@ -186,6 +208,9 @@ def _disagreement(
                 "reason",
                 f"reason {last.record.reason!r}, {where} says off_study_reason {subject.off_study_reason!r}",
             )
+        code, said_code = last.record.reason_code, subject.off_study_reason_code
+        if code and said_code and code != said_code:
+            return last, "reason_code", f"reason_code {code!r}, {where} says off_study_reason_code {said_code!r}"
     elif subject.off_study_on:
         return (
             last,

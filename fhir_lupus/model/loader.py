@@ -2,26 +2,35 @@
 
 Three passes, each of which refuses rows rather than stopping: (1) every row against its entity model,
 (2) uniqueness of business keys, (3) references between files and the terminology (a visit's subject, a
-lab's analyte, unit and LOINC code, a SLEDAI total). A refused row keeps its file, line, column and reason;
-rows that depend on a refused row are refused too, naming it. Nothing is dropped without a reject.
+lab's analyte, unit and LOINC code, a SLEDAI total), the subject's timeline (fhir_lupus/model/timeline.py:
+nothing dated after the end of participation or in the future) and the edit checks of mappings/checks/
+(fhir_lupus/model/edit_checks.py: impossible values refused, implausible ones queried). A refused row keeps its
+file, line, column and reason; rows that depend on a refused row are refused too, naming it. Nothing is dropped
+without a reject. A file-level problem (a header with a missing or unknown column, a byte that is not UTF-8) is
+an InputError naming the file and line (fhir_lupus/model/_csv.py).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from fhir_lupus.errors import InputError, TerminologyError, UnitError
-from fhir_lupus.model._history_checks import check_history
-from fhir_lupus.model._records import Finding, LoadReport, Located
+from fhir_lupus.model._check_rules import load_check_rules, load_input_rules, load_lab_limits
+from fhir_lupus.model._csv import number_problem, read_rows
+from fhir_lupus.model._history_checks import HistoryChecks, check_history
+from fhir_lupus.model._records import LoadReport, Located
 from fhir_lupus.model.adverse_events import ADVERSE_EVENTS, AdverseEventRow, CheckedAdverseEvent, check_adverse_events
+from fhir_lupus.model.edit_checks import Flags, LabChecks, sledai_jumps, visit_windows
 from fhir_lupus.model.entities import (
     LabResult,
     SledaiAssessment,
@@ -32,13 +41,15 @@ from fhir_lupus.model.entities import (
     Visit,
 )
 from fhir_lupus.model.history import MedicationHistory, ScreeningRecord
-from fhir_lupus.model.lifecycle import STATUS_HISTORY, check_status_history, load_lifecycle_rules
+from fhir_lupus.model.lifecycle import STATUS_HISTORY, LifecycleRules, check_status_history, load_lifecycle_rules
 from fhir_lupus.model.schedule import evaluate_schedule, schedule_findings
 from fhir_lupus.model.study import StudyDefinition, load_study
+from fhir_lupus.model.timeline import DateChecks, SubjectTimeline, resolve_timelines, with_infusions
 from fhir_lupus.scoring.sledai import (
     LabEvidence,
     SledaiDefinition,
     SledaiScore,
+    UnjudgedLab,
     load_sledai_definition,
     score_sledai,
 )
@@ -103,6 +114,13 @@ class TrialData:
     # screening.csv (enrolled and non-enrolled candidates) and medications.csv (their prior regimens)
     screening: list[Located[ScreeningRecord]] = field(default_factory=list)
     medications: list[Located[MedicationHistory]] = field(default_factory=list)
+    # each subject's participation: enrolment, infusion, leaving, death (fhir_lupus/model/timeline.py)
+    timelines: dict[str, SubjectTimeline] = field(default_factory=dict)
+    # (file, line) of lab, Treg and SLEDAI-2K rows dated outside their visit's window (a query): `schedule` does
+    # not count them as measured at that visit
+    outside_visit: frozenset[tuple[str, int]] = frozenset()
+    # files absent ("missing") or without rows ("empty"): what depends on them is unknown
+    absent: dict[str, str] = field(default_factory=dict)
 
 
 def read_study_id(data_dir: Path) -> str:
@@ -119,14 +137,16 @@ def load_trial(
     *,
     study: StudyDefinition | None = None,
     mappings_dir: Path | None = None,
+    today: date | None = None,
 ) -> tuple[TrialData, LoadReport]:
-    """Load and check a data directory. Refused rows are in the report, never raised."""
+    """Load and check a data directory. Refused rows are in the report, never raised. ``today`` is the day
+    after which no date may be (default: the machine's date)."""
     if not data_dir.is_dir():
         raise InputError(str(data_dir), 0, None, "not a directory")
     pack = load_pack(mappings_dir)
     study = study or load_study(read_study_id(data_dir), mappings_dir)
     report = LoadReport()
-    checker = _Checker(data_dir, study, pack, load_sledai_definition(mappings_dir), report)
+    checker = _Checker(data_dir, study, pack, load_sledai_definition(mappings_dir), report, today=today)
     return checker.run(), report
 
 
@@ -142,6 +162,7 @@ def load_trial_chunks(
     max_rows: int = CHUNK_ROWS,
     study: StudyDefinition | None = None,
     mappings_dir: Path | None = None,
+    today: date | None = None,
 ) -> Iterator[TrialData]:
     """Load a data directory a few subjects at a time, so memory holds one chunk's entities, not the trial's.
 
@@ -170,7 +191,7 @@ def load_trial_chunks(
             subject = row.get("subject_id", "").strip()
             return subject in members or (last and subject not in everyone)
 
-        yield _Checker(data_dir, study, pack, sledai, report, keep=keep, keys=keys).run()
+        yield _Checker(data_dir, study, pack, sledai, report, keep=keep, keys=keys, today=today).run()
 
 
 def _subject_chunks(data_dir: Path, max_rows: int) -> list[list[str]]:
@@ -225,6 +246,7 @@ class _Checker:
         *,
         keep: Callable[[dict[str, str]], bool] | None = None,
         keys: _KeyDigests | None = None,
+        today: date | None = None,
     ) -> None:
         self.keep = keep  # only the rows of one chunk's subjects (load_trial_chunks); None: every row
         self.keys = keys  # keys seen by earlier chunks (load_trial_chunks)
@@ -233,38 +255,36 @@ class _Checker:
         self.catalogue = LabCatalogue(pack)
         self.sledai = sledai
         self.report = report
+        self.today = today or date.today()
         self.schedule = {visit.code: visit for visit in study.visits()}
+        self.rules = load_check_rules(pack.root)
+        self.flags = Flags(self.rules, report)
+        molar_masses = {key: analyte.molar_mass for key, analyte in pack.labs.analytes.items()}
+        self.lab_checks = LabChecks(load_lab_limits(pack.root), self.catalogue.units, self.flags, molar_masses)
 
     def run(self) -> TrialData:
-        subjects = self._subjects(self._read(SUBJECTS, Subject, ("subject_id",), required=True))
-        visits = self._visits(self._read(VISITS, Visit, ("subject_id", "visit_code")), subjects)
-        schedule_at = len(self.report.findings)
-        visit_keys = {(v.record.subject_id, v.record.visit_code): v for v in visits}
-        labs = self._labs(self._read(LABS, LabResult, ("result_id",)), subjects, visit_keys)
-        sledai = self._sledai(
-            self._read(SLEDAI, SledaiAssessment, ("subject_id", "visit_code")), subjects, visit_keys, labs
-        )
-        treg = [
+        root = self.catalogue.pack.root
+        subjects = self._subjects(self._read(SUBJECTS, Subject, ("subject_id",)))
+        procedures = [
             row
-            for row in self._read(TREG, TregMeasurement, ("measurement_id",))
-            if self._belongs(row, row.record.subject_id, row.record.visit_code, subjects, visit_keys)
+            for row in self._read(PROCEDURES, TreatmentProcedure, ("procedure_id",))
+            if self._subject_ok(row, row.record.subject_id, subjects)
         ]
-        procedures = self._procedures(self._read(PROCEDURES, TreatmentProcedure, ("procedure_id",)), subjects)
-        # The schedule is checked once the procedures are in (the anchor may be the MSC infusion); its findings
-        # go where the visits pass left off, so the report keeps file order.
-        self.report.findings[schedule_at:schedule_at] = self._schedule_findings(subjects, visits, procedures)
-        status_history = check_status_history(
+        lifecycle = load_lifecycle_rules(root)
+        histories = check_status_history(
             [
                 row
                 for row in self._read(STATUS_HISTORY, StatusChange, ("subject_id", "status", "on"))
                 if self._subject_ok(row, row.record.subject_id, subjects)
+                and not self._history_row_refused(row, lifecycle)
             ],
             subjects,
             procedures,
-            load_lifecycle_rules(self.catalogue.pack.root),
+            lifecycle,
             self.report,
         )
-        adverse_events = check_adverse_events(
+        terms = load_adverse_event_terms(root)
+        events = check_adverse_events(
             [
                 row
                 for row in self._read(ADVERSE_EVENTS, AdverseEventRow, ("event_id",))
@@ -272,11 +292,62 @@ class _Checker:
             ],
             subjects,
             procedures,
-            load_adverse_event_terms(self.catalogue.pack.root),
+            terms,
             self.report,
         )
+        # the subject's timeline: enrolment, leaving, death (fhir_lupus/model/timeline.py); every dated row below
+        # is checked against it
+        timelines = resolve_timelines(
+            subjects,
+            histories,
+            [Located(e.record.event, e.file, e.line, e.row) for e in events],
+            lifecycle,
+            self.flags,
+            events_recorded=self.report.holds(ADVERSE_EVENTS),
+        )
+        dates = DateChecks(timelines, self.flags, self.today)
+        procedures = self._procedures(procedures, dates)
+        timelines = with_infusions(timelines, procedures)
+        dates.timelines = timelines
+        adverse_events = self._events(events, procedures, dates)
+        visits = self._visits(self._read(VISITS, Visit, ("subject_id", "visit_code")), subjects, dates)
+        schedule_at = len(self.report.findings)
+        visit_keys = {(v.record.subject_id, v.record.visit_code): v for v in visits}
+        labs = self._labs(self._read(LABS, LabResult, ("result_id",)), subjects, visit_keys, dates)
+        treg = [
+            row
+            for row in self._read(TREG, TregMeasurement, ("measurement_id",))
+            if self._belongs(row, row.record.subject_id, row.record.visit_code, subjects, visit_keys)
+            and not dates.dated(row, row.record.subject_id, row.record.measured_at.date(), "measured_at", "Treg")
+        ]
+        sledai = self._sledai(
+            self._read(SLEDAI, SledaiAssessment, ("subject_id", "visit_code")), subjects, visit_keys, labs, dates
+        )
+        outside = self._visit_windows(timelines, visits, labs, treg, sledai)
+        # The schedule is checked once the procedures are in (the anchor may be the MSC infusion); its findings
+        # go where the visits pass left off, so the report keeps file order.
+        self.report.findings[schedule_at:schedule_at] = schedule_findings(
+            self.study,
+            evaluate_schedule(
+                self.study, (row.record for row in subjects.values()), visits, procedures, timelines=timelines
+            ),
+        )
         screening, medications = check_history(
-            self._read, self.report, subjects, self.catalogue.units, self.catalogue.pack.root
+            self._read,
+            self.report,
+            subjects,
+            self.catalogue.units,
+            root,
+            HistoryChecks(self.rules, self.flags, self.lab_checks, dates),
+        )
+        self.lab_checks.deltas(self.rules.lab_delta.ratio, self._kept(LABS))
+        sledai_jumps(
+            self.rules,
+            (
+                (row, row.record.assessment.subject_id, row.record.assessment.assessed_on, row.record.score.total)
+                for row in sledai
+            ),
+            self.flags,
         )
         return TrialData(
             self.study,
@@ -287,10 +358,18 @@ class _Checker:
             treg,
             procedures,
             adverse_events=adverse_events,
-            status_history=status_history,
+            status_history={sid: tuple(row.record for row in rows) for sid, rows in histories.items()},
             screening=screening,
             medications=medications,
+            timelines=timelines,
+            outside_visit=frozenset(outside),
+            absent=dict(self.report.absent),
         )
+
+    def _kept(self, file: str) -> Callable[[Located[Any]], bool]:
+        """Whether a row of ``file`` is still accepted (no reject names its line)."""
+        refused = {r.line for r in self.report.rejects if r.file == file}
+        return lambda row: row.line not in refused
 
     # -- pass 1 and 2: rows against models, keys unique ---------------------------------------------------
 
@@ -299,16 +378,19 @@ class _Checker:
         if not path.exists():
             if required:
                 raise InputError(str(path), 0, None, "required file is missing")
+            self.report.absent.setdefault(name, "missing")
             return []
         accepted: list[Located[M]] = []
         first_seen: dict[tuple[Any, ...], int] = {}
         across_chunks = self.keys is not None and "subject_id" not in key  # a subject's rows share its chunk
-        for line, row, header_problem in _rows(path, model):
+        any_row = False
+        for line, row, row_problem in read_rows(path, model):
+            any_row = True
             if self.keep is not None and not self.keep(row):
                 continue
             self.report.read[name] += 1
-            if header_problem:
-                self.report.reject((name, line, row), header_problem[0], header_problem[1])
+            if row_problem:
+                self.report.reject((name, line, row), None, row_problem)
                 continue
             try:
                 record = model.model_validate({k: v for k, v in row.items() if v.strip()})
@@ -317,6 +399,8 @@ class _Checker:
                     column = str(error["loc"][0]) if error["loc"] else None
                     message = error["msg"].removeprefix("Value error, ")
                     self.report.reject((name, line, row), column, message)
+                continue
+            if self._numbers_refused(record, (name, line, row)):
                 continue
             business_key = tuple(getattr(record, field) for field in key)
             first = first_seen.get(business_key)
@@ -331,18 +415,61 @@ class _Checker:
                 continue
             first_seen[business_key] = line
             accepted.append(Located(record, name, line, row))
+        if not any_row and name not in self.report.absent:
+            self.report.absent[name] = "empty"
+            meaning = load_input_rules(self.catalogue.pack.root).files.get(name, "")
+            self.flags.raise_("file-empty", (name, 0, {}), None, f"{name} has no rows: it counts as absent ({meaning})")
         return accepted
 
-    # -- pass 3: references and terminology ---------------------------------------------------------------
+    def _numbers_refused(self, record: BaseModel, where: tuple[str, int, dict[str, str]]) -> bool:
+        """Refuse a row holding a number no result can be (fhir_lupus/model/_csv.py, ``number_problem``)."""
+        refused = False
+        for column in _decimal_fields(type(record)):
+            value = getattr(record, column)
+            if value is not None and (problem := number_problem(value, where[2].get(column))):
+                self.report.reject(where, column, problem)
+                refused = True
+        return refused
+
+    # -- pass 3: references, terminology, dates and values -----------------------------------------------
 
     def _subjects(self, rows: list[Located[Subject]]) -> dict[str, Located[Subject]]:
         subjects = {}
+        lifecycle = load_lifecycle_rules(self.catalogue.pack.root)
         for row in rows:
-            if row.record.arm not in {arm.name for arm in self.study.arms}:
-                self.report.reject(row, "arm", f"arm {row.record.arm!r} is not an arm of {self.study.nct_id}")
+            subject = row.record
+            if subject.arm not in {arm.name for arm in self.study.arms}:
+                self.report.reject(row, "arm", f"arm {subject.arm!r} is not an arm of {self.study.nct_id}")
                 continue
-            subjects[row.record.subject_id] = row
+            code = subject.off_study_reason_code
+            if code is not None and code not in lifecycle.off_study_reasons:
+                known = ", ".join(lifecycle.off_study_reasons)
+                self.report.reject(row, "off_study_reason_code", f"{code!r} is not one of {known} (lifecycle.yaml)")
+                continue
+            if code is not None and subject.off_study_on is None and subject.status not in lifecycle.left_study:
+                self.report.reject(
+                    row, "off_study_reason_code", f"a coded off-study reason for a subject who is {subject.status}"
+                )
+                continue
+            refused = False
+            for column, day in (("enrolled_on", subject.enrolled_on), ("off_study_on", subject.off_study_on)):
+                if day is not None and day > self.today:
+                    refused |= self.flags.raise_(
+                        "future-date", row, column, f"{column} {day} is in the future (today is {self.today})"
+                    )
+            if not refused:
+                subjects[subject.subject_id] = row
         return subjects
+
+    def _history_row_refused(self, row: Located[StatusChange], lifecycle: LifecycleRules) -> bool:
+        change = row.record
+        if change.reason_code is not None and change.reason_code not in lifecycle.off_study_reasons:
+            known = ", ".join(lifecycle.off_study_reasons)
+            self.report.reject(row, "reason_code", f"{change.reason_code!r} is not one of {known} (lifecycle.yaml)")
+            return True
+        if change.on > self.today:
+            return self.flags.raise_("future-date", row, "on", f"{change.on} is in the future (today is {self.today})")
+        return False
 
     def _subject_ok(self, row: Located[Any], subject_id: str, subjects: dict[str, Located[Subject]]) -> bool:
         if subject_id in subjects:
@@ -367,11 +494,24 @@ class _Checker:
         if not self._subject_ok(row, subject_id, subjects):
             return False
         if (subject_id, visit_code) not in visits:
-            self.report.reject(row, "visit_code", f"no accepted visit {visit_code} for {subject_id} in {VISITS}")
+            refused = next(
+                (
+                    r
+                    for r in self.report.rejects
+                    if r.file == VISITS
+                    and r.row.get("subject_id", "").strip() == subject_id
+                    and r.row.get("visit_code", "").strip() == visit_code
+                ),
+                None,
+            )
+            why = f"was refused ({VISITS}:{refused.line})" if refused else f"is not in {VISITS}"
+            self.report.reject(row, "visit_code", f"visit {visit_code} of {subject_id} {why}")
             return False
         return True
 
-    def _visits(self, rows: list[Located[Visit]], subjects: dict[str, Located[Subject]]) -> list[Located[Visit]]:
+    def _visits(
+        self, rows: list[Located[Visit]], subjects: dict[str, Located[Subject]], dates: DateChecks
+    ) -> list[Located[Visit]]:
         accepted = []
         for row in rows:
             visit = row.record
@@ -380,38 +520,51 @@ class _Checker:
             if visit.visit_code not in self.schedule:
                 self.report.reject(row, "visit_code", f"{visit.visit_code!r} is not a visit of the protocol schedule")
                 continue
-            subject = subjects[visit.subject_id].record
-            if visit.visit_date < subject.enrolled_on:
-                self.report.reject(row, "visit_date", f"visit before enrolment ({subject.enrolled_on})")
-                continue
-            if subject.off_study_on and visit.visit_date > subject.off_study_on:
-                self.report.reject(
-                    row, "visit_date", f"visit after the subject left the study ({subject.off_study_on})"
-                )
+            if dates.dated(row, visit.subject_id, visit.visit_date, "visit_date", "visit", from_enrolment=True):
                 continue
             accepted.append(row)
         return accepted
 
-    def _schedule_findings(
+    def _visit_windows(
         self,
-        subjects: dict[str, Located[Subject]],
+        timelines: dict[str, SubjectTimeline],
         visits: list[Located[Visit]],
-        procedures: list[Located[TreatmentProcedure]],
-    ) -> list[Finding]:
-        """Visits outside their window, and protocol visits missed before the subject's last contact.
-
-        The schedule logic is fhir_lupus/model/schedule.py (shared with ``fhir-lupus schedule``): months count
-        from ``protocol.visit_months.anchor`` under its ``rule``; follow-ups after M24 are missed only when none
-        happens within ``latest_after_previous_months`` (+ the window) of the previous visit.
-        """
-        schedules = evaluate_schedule(self.study, (row.record for row in subjects.values()), visits, procedures)
-        return schedule_findings(self.study, schedules)
+        labs: list[Located[CheckedLab]],
+        treg: list[Located[TregMeasurement]],
+        sledai: list[Located[ScoredAssessment]],
+    ) -> set[tuple[str, int]]:
+        """Labs, Treg and SLEDAI-2K rows dated away from their visit (edit_checks.visit_windows)."""
+        held = {(v.record.subject_id, v.record.visit_code): v.record.visit_date for v in visits}
+        baseline = self.study.visits()[0].code
+        anchors = {sid: day for (sid, code), day in held.items() if code == baseline}
+        if self.study.protocol.visit_months.anchor == "msc_infusion":
+            anchors.update({sid: t.infusion_on for sid, t in timelines.items() if t.infusion_on is not None})
+        rows: list[tuple[Located[Any], str, str, date, str]] = []
+        rows += [
+            (r, r.record.lab.subject_id, r.record.lab.visit_code, r.record.lab.collected_at.date(), "collected_at")
+            for r in labs
+        ]
+        rows += [
+            (r, r.record.subject_id, r.record.visit_code, r.record.measured_at.date(), "measured_at") for r in treg
+        ]
+        rows += [
+            (
+                r,
+                r.record.assessment.subject_id,
+                r.record.assessment.visit_code,
+                r.record.assessment.assessed_on,
+                "assessed_on",
+            )
+            for r in sledai
+        ]
+        return visit_windows(self.study, anchors, held, rows, self.flags)
 
     def _labs(
         self,
         rows: list[Located[LabResult]],
         subjects: dict[str, Located[Subject]],
         visits: dict[tuple[str, str], Located[Visit]],
+        dates: DateChecks,
     ) -> list[Located[CheckedLab]]:
         accepted = []
         ordinals = self.catalogue.pack.ordinals
@@ -427,6 +580,9 @@ class _Checker:
             except ValueError as exc:
                 self.report.reject(row, "value", str(exc))
                 continue
+            if value.number is not None and (problem := number_problem(value.number, lab.value)):
+                self.report.reject(row, "value", problem)
+                continue
             if value.kind != "quantity" and (lab.ref_low is not None or lab.ref_high is not None):
                 self.report.reject(row, "ref_low", f"a reference range needs a numeric result, not a {value.kind}")
                 continue
@@ -439,6 +595,19 @@ class _Checker:
                 fallback = "method" if lab.method else "unit" if lab.unit else "value"
                 self.report.reject(row, exc.field if exc.field in _COLUMNS else fallback, str(exc))
                 continue
+            if dates.dated(row, lab.subject_id, lab.collected_at.date(), "collected_at", f"{lab.analyte} result"):
+                continue
+            cells = (("value", value.number), ("ref_low", lab.ref_low), ("ref_high", lab.ref_high))
+            if self.lab_checks.check(
+                row,
+                lab.analyte,
+                resolved.ucum,
+                cells,
+                subject_id=lab.subject_id,
+                when=lab.collected_at,
+                censored=value.comparator is not None,
+            ):
+                continue
             accepted.append(Located(CheckedLab(lab, value, resolved), row.file, row.line, row.row))
         return accepted
 
@@ -448,6 +617,7 @@ class _Checker:
         subjects: dict[str, Located[Subject]],
         visits: dict[tuple[str, str], Located[Visit]],
         labs: list[Located[CheckedLab]],
+        dates: DateChecks,
     ) -> list[Located[ScoredAssessment]]:
         evidence: dict[str, list[LabEvidence]] = defaultdict(list)
         for lab_row in labs:
@@ -461,14 +631,17 @@ class _Checker:
                     ucum=checked.resolved.ucum,
                     ref_low=checked.lab.ref_low,
                     ref_high=checked.lab.ref_high,
+                    where=f"{lab_row.file}:{lab_row.line}",
                 )
             )
+        unjudged = _refused_labs(self.report, self.catalogue.pack.labs.analytes, set(subjects))
+        labs_absent = not self.report.holds(LABS)
         accepted = []
+        known = {d.key for d in self.sledai.descriptors}
         for row in rows:
             assessment = row.record
             if not self._belongs(row, assessment.subject_id, assessment.visit_code, subjects, visits):
                 continue
-            known = {d.key for d in self.sledai.descriptors}
             for column, keys in (
                 ("descriptors", assessment.descriptors),
                 ("not_attributed", tuple(assessment.not_attribution_causes)),
@@ -478,13 +651,21 @@ class _Checker:
                     self.report.reject(row, column, f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}")
                     break
             else:
-                scored = self._score(row, assessment, evidence[assessment.subject_id])
+                if dates.dated(row, assessment.subject_id, assessment.assessed_on, "assessed_on", "SLEDAI-2K"):
+                    continue
+                refused = unjudged.get(assessment.subject_id, []) + unjudged.get("", [])
+                scored = self._score(row, assessment, evidence[assessment.subject_id], refused, labs_absent)
                 if scored is not None:
                     accepted.append(scored)
         return accepted
 
     def _score(
-        self, row: Located[SledaiAssessment], assessment: SledaiAssessment, labs: list[LabEvidence]
+        self,
+        row: Located[SledaiAssessment],
+        assessment: SledaiAssessment,
+        labs: list[LabEvidence],
+        refused: list[UnjudgedLab],
+        labs_absent: bool,
     ) -> Located[ScoredAssessment] | None:
         """Score one assessment; a CRF total is the score, lab findings it left out become findings."""
         try:
@@ -497,38 +678,57 @@ class _Checker:
                 units=self.catalogue.units,
                 not_attributed=assessment.not_attribution_causes,
                 reported_total=assessment.reported_total,
+                unjudged=refused,
+                labs_absent=labs_absent,
             )
         except ValueError as exc:
             self.report.reject(row, "window_days", str(exc))
             return None
         where = f"{assessment.subject_id} {assessment.visit_code}"
         if score.total_from_crf and score.total != score.assessed_total:
-            self.report.findings.append(
-                Finding(
-                    SLEDAI,
-                    row.line,
-                    "sledai-total-differs",
-                    f"{where}: CRF total {score.total}, the descriptors it lists weigh {score.assessed_total}; "
-                    "the CRF total is the score",
-                )
+            self.flags.raise_(
+                "sledai-total-differs",
+                row,
+                "reported_total",
+                f"{where}: CRF total {score.total}, the descriptors it lists weigh {score.assessed_total}; "
+                "the CRF total is the score",
             )
         if missed := score.uncounted_lab_findings:
             listed = ", ".join(f"{d.key} ({d.weight}; {'/'.join(d.evidence)})" for d in missed)
-            self.report.findings.append(
-                Finding(
-                    SLEDAI,
-                    row.line,
-                    "sledai-lab-findings",
-                    f"{where}: CRF total {score.total}; labs also meet {listed}, which would give "
-                    f"{score.computed_total}. Mark them not_attributed, or add them to the CRF",
-                )
+            self.flags.raise_(
+                "sledai-lab-findings",
+                row,
+                "descriptors",
+                f"{where}: CRF total {score.total}; labs also meet {listed}, which would give "
+                f"{score.computed_total}. Mark them not_attributed, or add them to the CRF",
+            )
+        if score.undecided:
+            causes = "; ".join(f"{d.key} (+{d.weight}): {', '.join(d.why)}" for d in score.undecided)
+            self.flags.raise_(
+                "sledai-undecided",
+                row,
+                "descriptors",
+                f"{where}: SLEDAI-2K {score.total} is preliminary, between {score.total} and {score.upper_total}: "
+                f"{causes}. Correct the lab rows, or give the CRF total",
+                value=str(score.total),
             )
         return Located(ScoredAssessment(assessment, score), row.file, row.line, row.row)
 
     def _procedures(
-        self, rows: list[Located[TreatmentProcedure]], subjects: dict[str, Located[Subject]]
+        self, rows: list[Located[TreatmentProcedure]], dates: DateChecks
     ) -> list[Located[TreatmentProcedure]]:
-        accepted = [row for row in rows if self._subject_ok(row, row.record.subject_id, subjects)]
+        accepted = [
+            row
+            for row in rows
+            if not dates.dated(
+                row,
+                row.record.subject_id,
+                row.record.started_at.date(),
+                "started_at",
+                row.record.kind,
+                from_enrolment=True,
+            )
+        ]
         window = self.study.protocol.pretreatment_to_infusion_hours
         by_subject: dict[str, list[Located[TreatmentProcedure]]] = defaultdict(list)
         for row in accepted:
@@ -545,73 +745,80 @@ class _Checker:
                 started = infusion.record.started_at
                 before = [p for p in pretreatments if p.record.started_at <= started]
                 if not before:
-                    self.report.findings.append(
-                        Finding(
-                            PROCEDURES,
-                            infusion.line,
-                            "protocol-deviation",
-                            f"{subject_id}: MSC infusion without a prior cyclophosphamide pretreatment",
-                        )
+                    self.flags.raise_(
+                        "protocol-deviation",
+                        infusion,
+                        "started_at",
+                        f"{subject_id}: MSC infusion without a prior cyclophosphamide pretreatment",
                     )
                     continue
                 latest = max(before, key=lambda p: p.record.started_at)
                 hours = (started - latest.record.started_at).total_seconds() / 3600
                 if not window.min <= hours <= window.max:
-                    self.report.findings.append(
-                        Finding(
-                            PROCEDURES,
-                            infusion.line,
-                            "protocol-deviation",
-                            f"{subject_id}: MSC infusion {hours:.1f} h after the cyclophosphamide "
-                            "pretreatment "
-                            f"(line {latest.line}); protocol: {window.min:g}-{window.max:g} h",
-                        )
+                    self.flags.raise_(
+                        "protocol-deviation",
+                        infusion,
+                        "started_at",
+                        f"{subject_id}: MSC infusion {hours:.1f} h after the cyclophosphamide "
+                        "pretreatment "
+                        f"(line {latest.line}); protocol: {window.min:g}-{window.max:g} h",
                     )
         return accepted
 
+    def _events(
+        self,
+        events: list[Located[CheckedAdverseEvent]],
+        procedures: list[Located[TreatmentProcedure]],
+        dates: DateChecks,
+    ) -> list[Located[CheckedAdverseEvent]]:
+        """The accepted events whose suspected treatments are still accepted, checked against the timeline."""
+        given = {row.record.procedure_id for row in procedures}
+        refused_lines = {
+            r.row.get("procedure_id", "").strip(): r.line for r in self.report.rejects if r.file == PROCEDURES
+        }
+        accepted = []
+        for row in events:
+            event = row.record.event
+            gone = [pid for _, pid in row.record.suspects if pid not in given]
+            if gone:
+                listed = ", ".join(f"{pid} ({PROCEDURES}:{refused_lines.get(pid, '?')})" for pid in gone)
+                self.report.reject(row, "related_to", f"the suspected treatment {listed} was refused")
+                continue
+            refused = False
+            for column, day in (("resolved_on", event.resolved_on), ("recorded_on", event.recorded_on)):
+                if day is not None and day > self.today:
+                    refused |= self.flags.raise_(
+                        "future-date", row, column, f"{column} {day} is in the future (today is {self.today})"
+                    )
+            if refused or dates.adverse_event(Located(event, row.file, row.line, row.row)):
+                continue
+            accepted.append(row)
+        return accepted
 
-def _rows(path: Path, model: type[BaseModel]) -> Iterator[tuple[int, dict[str, str], tuple[str | None, str] | None]]:
-    """Yield (line, row-dict, header-problem) for each non-blank record of a CSV file.
 
-    The line is where the record starts (quoted cells may span lines). A header problem (unknown or
-    missing column) refuses every row with the same reason, so a typo in one column name loses nothing.
-    """
-    fields = model.model_fields
-    required = [name for name, info in fields.items() if info.is_required()]
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(str(path), 0, None, f"cannot be read: {exc}") from None
-    with handle:
-        reader = csv.reader(handle)
+@functools.lru_cache(maxsize=32)
+def _decimal_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a row model that hold a Decimal (the numbers a row reports)."""
+    return tuple(name for name, info in model.model_fields.items() if "Decimal" in str(info.annotation))
+
+
+def _refused_labs(report: LoadReport, analytes: Mapping[str, Any], subjects: set[str]) -> dict[str, list[UnjudgedLab]]:
+    """The refused rows of labs.csv as the SLEDAI-2K calculator sees them, by subject ("" when the row's subject
+    cannot be told: it could be anyone's). A cell that cannot be read stands for any analyte or day."""
+    refused: dict[str, list[UnjudgedLab]] = defaultdict(list)
+    seen: set[int] = set()
+    for reject in report.rejects:
+        if reject.file != LABS or reject.line in seen:
+            continue
+        seen.add(reject.line)
+        cells = reject.row
+        subject = (cells.get("subject_id") or "").strip()
+        analyte = (cells.get("analyte") or "").strip()
         try:
-            header = [cell.strip() for cell in next(reader)]
-        except StopIteration:
-            return
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise InputError(path.name, 1, None, f"unreadable header: {exc}") from None
-        problem: tuple[str | None, str] | None = None
-        unknown = [name for name in header if name not in fields]
-        missing = [name for name in required if name not in header]
-        if unknown:
-            problem = (unknown[0], f"header has unknown column(s) {', '.join(unknown)}")
-        elif missing:
-            problem = (missing[0], f"header lacks required column(s) {', '.join(missing)}")
-        elif len(set(header)) != len(header):
-            problem = (None, "header repeats a column")
-        line = reader.line_num + 1
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except (csv.Error, UnicodeDecodeError) as exc:
-                raise InputError(path.name, line, None, f"malformed CSV: {exc}") from None
-            start, line = line, reader.line_num + 1
-            if not any(cell.strip() for cell in cells):
-                continue
-            row = dict(zip(header, cells, strict=False))
-            if len(cells) != len(header) and problem is None:
-                yield start, row, (None, f"row has {len(cells)} cells, the header has {len(header)}")
-                continue
-            yield start, row, problem
+            day: date | None = datetime.fromisoformat((cells.get("collected_at") or "").strip()).date()
+        except ValueError:
+            day = None
+        refused[subject if subject in subjects else ""].append(
+            UnjudgedLab(analyte if analyte in analytes else None, day, f"{LABS}:{reject.line}", reject.reason)
+        )
+    return refused

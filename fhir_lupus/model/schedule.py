@@ -13,15 +13,19 @@ schedule`` (the per-visit table and CSV). The rules are data (``protocol`` in ma
   happens within it (the next one is then owed that many months after the missed deadline, so one gap of
   two years counts two missed follow-ups, not four).
 - Any other visit not held is ``missed`` when its window closed before the subject's last contact (the last
-  visit held, or the off-study date); otherwise it is ``not-yet-due`` (still on study) or ``off-study``.
+  visit held, or the end of participation of the subject's timeline: leaving the study, or death, from
+  subjects.csv, status_history.csv or a fatal adverse event; fhir_lupus/model/timeline.py); otherwise it is
+  ``not-yet-due`` (still on study) or ``off-study`` (participation over: nothing more is expected). A visit
+  whose visits.csv row was refused is ``unknown``, never ``missed``.
 - At a visit held, every analyte its activities expect (``protocol.activities``) is looked up in labs.csv,
-  treg.csv and sledai.csv rows of that subject and visit; the ones without a row are ``missing``.
+  treg.csv and sledai.csv rows of that subject and visit (a row dated outside the visit's window does not
+  count); the ones without a row are ``missing``, or ``unknown`` when their file is absent or empty.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -29,8 +33,10 @@ from typing import TYPE_CHECKING, Literal
 from fhir_lupus.model._records import Finding, Located
 from fhir_lupus.model.entities import Subject, TreatmentProcedure, Visit
 from fhir_lupus.model.study import Activity, ProtocolVisit, StudyDefinition
+from fhir_lupus.model.timeline import SubjectTimeline
 
 if TYPE_CHECKING:
+    from fhir_lupus.model._records import LoadReport
     from fhir_lupus.model.loader import TrialData
 
 __all__ = [
@@ -46,7 +52,9 @@ __all__ = [
     "schedule_rows",
 ]
 
-VisitStatus = Literal["done", "out-of-window", "missed", "skipped", "not-yet-due", "off-study"]
+VisitStatus = Literal["done", "out-of-window", "missed", "skipped", "not-yet-due", "off-study", "unknown"]
+# where each activity source is recorded: an absent file makes its items unknown, not missing
+SOURCE_FILES = {None: "labs.csv", "treg": "treg.csv", "sledai": "sledai.csv"}
 
 VISITS, PROCEDURES = "visits.csv", "procedures.csv"
 SCHEDULE_CSV_COLUMNS = (
@@ -63,6 +71,7 @@ SCHEDULE_CSV_COLUMNS = (
     "days_outside_window",
     "expected",
     "missing",
+    "unknown",
     "visits_line",
 )
 
@@ -81,6 +90,7 @@ class VisitOutcome:
     line: int | None = None  # the visits.csv line of the visit held
     expected: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()  # expected items whose source file is absent: not known to be missing
 
     @property
     def held(self) -> bool:
@@ -144,10 +154,15 @@ def evaluate_schedule(
     *,
     present: Mapping[tuple[str, str], set[str]] | None = None,
     as_of: date | None = None,
+    timelines: Mapping[str, SubjectTimeline] | None = None,
+    refused_visits: Collection[tuple[str, str]] = (),
+    absent: Collection[str] = (),
 ) -> list[SubjectSchedule]:
     """Each subject's schedule, in subject order. ``present`` maps (subject, visit code) to the analyte keys
     (and ``sledai`` for a SLEDAI-2K row, the activity key of a ``source: sledai`` activity) recorded there;
-    without it no analyte is checked. ``as_of`` extends the last contact of subjects still on study."""
+    without it no analyte is checked. ``as_of`` extends the last contact of subjects still on study.
+    ``timelines`` give the end of participation (without them, subjects.csv ``off_study_on``);
+    ``refused_visits`` the (subject, visit code) of refused visits.csv rows; ``absent`` the files absent or empty."""
     held: dict[str, dict[str, _Held]] = defaultdict(dict)
     for row in visits:
         held[row.record.subject_id][row.record.visit_code] = _Held(row.record.visit_date, row.line)
@@ -155,27 +170,45 @@ def evaluate_schedule(
     for procedure in sorted(procedures, key=lambda p: p.record.started_at):
         if procedure.record.kind == "msc_infusion" and procedure.record.status == "completed":
             infusions.setdefault(procedure.record.subject_id, procedure.record.started_at.date())
+    context = _Context(study, present, as_of, frozenset(refused_visits), frozenset(absent))
     return [
         _subject_schedule(
-            study, subject, held.get(subject.subject_id, {}), infusions.get(subject.subject_id), present, as_of
+            context,
+            subject,
+            held.get(subject.subject_id, {}),
+            infusions.get(subject.subject_id),
+            (timelines or {}).get(subject.subject_id),
         )
         for subject in sorted(subjects, key=lambda s: s.subject_id)
     ]
 
 
+@dataclass(frozen=True)
+class _Context:
+    study: StudyDefinition
+    present: Mapping[tuple[str, str], set[str]] | None
+    as_of: date | None
+    refused_visits: frozenset[tuple[str, str]]
+    absent: frozenset[str]
+
+
 def _subject_schedule(
-    study: StudyDefinition,
+    context: _Context,
     subject: Subject,
     held: dict[str, _Held],
     infusion: date | None,
-    present: Mapping[tuple[str, str], set[str]] | None,
-    as_of: date | None,
+    timeline: SubjectTimeline | None,
 ) -> SubjectSchedule:
-    off_study = subject.off_study_on is not None
+    study, as_of = context.study, context.as_of
+    if timeline is not None:
+        off_study = timeline.ended
+        ended_on = timeline.end.day if timeline.end is not None else None
+    else:
+        off_study, ended_on = subject.off_study_on is not None, subject.off_study_on
     contacts = [visit.day for visit in held.values()]
-    if subject.off_study_on is not None:
-        contacts.append(subject.off_study_on)
-    elif as_of is not None:
+    if ended_on is not None:
+        contacts.append(ended_on)
+    elif as_of is not None and not off_study:
         contacts.append(as_of)
     last_contact = max(contacts) if contacts else None
     baseline = held.get("BL")
@@ -196,7 +229,7 @@ def _subject_schedule(
         due = study.due_date(anchor, visit.month)
         start, end = due - window, due + window
         this = held.get(visit.code)
-        expected, missing = _expected(study, visit, present if this is not None else None, subject.subject_id)
+        expected, missing, unknown = _expected(context, visit, this is not None, subject.subject_id)
         later = [held[v.code].day for v in protocol_visits[index + 1 :] if v.code in held]
         if visit.latest_after_previous_months is not None and last_held is not None and owed_from is not None:
             months = visit.latest_after_previous_months
@@ -212,53 +245,81 @@ def _subject_schedule(
                     owed_from = study.due_date(owed_from, months)
                 else:
                     status = "off-study" if off_study else "not-yet-due"
+                if (subject.subject_id, visit.code) in context.refused_visits:
+                    status = "unknown"
                 outcomes.append(VisitOutcome(subject.subject_id, visit, status, due, start, end, expected=expected))
                 continue
         if this is None:
             not_owed: VisitStatus = "off-study" if off_study else "not-yet-due"
             status = "missed" if end < last_contact else not_owed
+            if (subject.subject_id, visit.code) in context.refused_visits:
+                status = "unknown"  # its visits.csv row was refused: held or not, nobody can tell
             outcomes.append(VisitOutcome(subject.subject_id, visit, status, due, start, end, expected=expected))
             continue
         status = "done" if start <= this.day <= end else "out-of-window"
         outcomes.append(
-            VisitOutcome(subject.subject_id, visit, status, due, start, end, this.day, this.line, expected, missing)
+            VisitOutcome(
+                subject.subject_id, visit, status, due, start, end, this.day, this.line, expected, missing, unknown
+            )
         )
         last_held = owed_from = this.day
     return SubjectSchedule(subject.subject_id, anchor, fallback, last_contact, off_study, tuple(outcomes))
 
 
 def _expected(
-    study: StudyDefinition,
-    visit: ProtocolVisit,
-    present: Mapping[tuple[str, str], set[str]] | None,
-    subject_id: str,
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    expected = tuple(item for key in visit.activities for item in activity_items(key, study.protocol.activities[key]))
-    if present is None:
-        return expected, ()
-    there = present.get((subject_id, visit.code), set())
-    return expected, tuple(item for item in expected if not _item_present(item, there))
+    context: _Context, visit: ProtocolVisit, held: bool, subject_id: str
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(expected, missing, unknown) items of a visit; missing and unknown only for a visit held."""
+    activities = context.study.protocol.activities
+    sourced = [
+        (item, SOURCE_FILES.get(activities[key].source, "labs.csv"))
+        for key in visit.activities
+        for item in activity_items(key, activities[key])
+    ]
+    expected = tuple(item for item, _ in sourced)
+    if context.present is None or not held:
+        return expected, (), ()
+    there = context.present.get((subject_id, visit.code), set())
+    absent = [item for item, file in sourced if file in context.absent]
+    missing = tuple(item for item, _ in sourced if item not in absent and not _item_present(item, there))
+    return expected, missing, tuple(absent)
 
 
 def present_items(data: TrialData) -> dict[tuple[str, str], set[str]]:
-    """What each (subject, visit) has rows for: lab analyte keys, the Treg analyte, SLEDAI-2K activities."""
+    """What each (subject, visit) has rows for: lab analyte keys, the Treg analyte, SLEDAI-2K activities. A row
+    dated outside its visit's window (``data.outside_visit``) is not that visit's measurement."""
     present: dict[tuple[str, str], set[str]] = defaultdict(set)
+    away = data.outside_visit
     for lab in data.labs:
+        if (lab.file, lab.line) in away:
+            continue
         present[(lab.record.lab.subject_id, lab.record.lab.visit_code)].add(lab.record.lab.analyte)
     activities = data.study.protocol.activities
     treg_keys = {a for activity in activities.values() if activity.source == "treg" for a in activity.analytes}
     sledai_keys = {key for key, activity in activities.items() if activity.source == "sledai"}
     for treg in data.treg:
+        if (treg.file, treg.line) in away:
+            continue
         present[(treg.record.subject_id, treg.record.visit_code)].update(
             key for key in treg_keys if isinstance(key, str)
         )
     for scored in data.sledai:
+        if (scored.file, scored.line) in away:
+            continue
         present[(scored.record.assessment.subject_id, scored.record.assessment.visit_code)].update(sledai_keys)
     return dict(present)
 
 
-def schedule_report(data: TrialData, *, as_of: date | None = None) -> list[SubjectSchedule]:
-    """The schedule of every subject of a loaded trial, with the analytes missing at each visit held."""
+def schedule_report(
+    data: TrialData, *, as_of: date | None = None, report: LoadReport | None = None
+) -> list[SubjectSchedule]:
+    """The schedule of every subject of a loaded trial, with the analytes missing at each visit held; with the
+    load ``report``, a visit whose row was refused is ``unknown``."""
+    refused = {
+        (r.row.get("subject_id", "").strip(), r.row.get("visit_code", "").strip())
+        for r in (report.rejects if report is not None else ())
+        if r.file == VISITS
+    }
     return evaluate_schedule(
         data.study,
         (row.record for row in data.subjects),
@@ -266,6 +327,9 @@ def schedule_report(data: TrialData, *, as_of: date | None = None) -> list[Subje
         data.procedures,
         present=present_items(data),
         as_of=as_of,
+        timelines=data.timelines,
+        refused_visits=refused,
+        absent=data.absent,
     )
 
 
@@ -338,6 +402,7 @@ def schedule_rows(schedules: Sequence[SubjectSchedule]) -> list[dict[str, str]]:
                     "days_outside_window": str(outcome.days_outside_window) if outcome.held else "",
                     "expected": ";".join(outcome.expected),
                     "missing": ";".join(outcome.missing),
+                    "unknown": ";".join(outcome.unknown),
                     "visits_line": str(outcome.line) if outcome.line else "",
                 }
             )

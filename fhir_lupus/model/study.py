@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model.eligibility import EligibilityRule
-from fhir_lupus.terminology import CodeRef, default_mappings_dir, parse_model, read_yaml
+from fhir_lupus.terminology import CodeRef, load_mapping_file, mappings_root
 
 __all__ = [
     "DAYS_PER_MONTH",
@@ -263,8 +263,8 @@ def load_study(nct_id: str, mappings_dir: Path | None = None) -> StudyDefinition
     """Load mappings/studies/<nct_id>.yaml; MappingError when missing or malformed."""
     if not re.fullmatch(r"NCT\d{8}", nct_id):
         raise MappingError(f"{nct_id!r} is not an NCT id (NCT followed by 8 digits)")
-    path = (mappings_dir or default_mappings_dir()) / "studies" / f"{nct_id}.yaml"
-    study = parse_model(StudyDefinition, path, read_yaml(path))
+    path = mappings_root(mappings_dir) / "studies" / f"{nct_id}.yaml"
+    study = load_mapping_file(StudyDefinition, f"studies/{nct_id}.yaml", mappings_dir)  # read once per process
     if study.nct_id != nct_id:
         raise MappingError(f"{path}: nct_id {study.nct_id} does not match the file name")
     return study

@@ -33,7 +33,7 @@ from fhir_lupus.mappers._context import Resource
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.model.lifecycle import load_lifecycle_rules
 from fhir_lupus.model.loader import CHUNK_ROWS
-from fhir_lupus.pipeline import iter_mapped, stream_trial
+from fhir_lupus.pipeline import iter_mapped, refuse_rejected, stream_trial
 from fhir_lupus.registry._deidentify import RULES_FILE, LinkRow, deidentify, keyed_id, load_rules
 from fhir_lupus.registry._key import RegistryConfigError, RegistryKey
 from fhir_lupus.sync.journal import Journal
@@ -145,12 +145,14 @@ def package_directory(
     validation: Validation | None = None,
     on_chunk: Callable[[TrialData], None] | None = None,
     max_rows: int = CHUNK_ROWS,
+    allow_rejects: bool = False,
 ) -> PackageResult:
     """``package_trial`` for a data directory too large to hold: loaded, mapped and packaged a chunk at a time.
 
     The same package, byte for byte (``stream_trial`` yields the same resources; the files are sorted the
     same way). ``on_chunk`` sees each chunk's entities (the CLI adds the screening findings there); ``max_rows``
-    bounds a chunk (``load_trial_chunks``).
+    bounds a chunk (``load_trial_chunks``). When a row is refused, RejectedRows is raised after the last batch
+    and nothing is written, unless ``allow_rejects`` (values derived from refused rows are then preliminary).
     """
     statuses = load_lifecycle_rules(mappings_dir).enrolled
     enrolled: set[str] = set()
@@ -162,14 +164,18 @@ def package_directory(
         if on_chunk is not None:
             on_chunk(data)
 
-    batches = stream_trial(
-        data_dir,
+    batches = refuse_rejected(
+        stream_trial(
+            data_dir,
+            report,
+            fhir_version=fhir_version,
+            mappings_dir=mappings_dir,
+            validation=validation,
+            on_chunk=chunk_loaded,
+            max_rows=max_rows,
+        ),
         report,
-        fhir_version=fhir_version,
-        mappings_dir=mappings_dir,
-        validation=validation,
-        on_chunk=chunk_loaded,
-        max_rows=max_rows,
+        allow_rejects=allow_rejects,
     )
     first = next(batches)  # the study level: loads the first chunk, so the study id is known
     return write_package_batches(

@@ -11,18 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fhir_lupus._atomic import write_atomic
 from fhir_lupus.errors import InputError
-from fhir_lupus.model import TrialData
+from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.report.definitions import ReportDefinition, load_report_definition
-from fhir_lupus.report.series import Point, SetAside, collect_series
+from fhir_lupus.report.series import Point, SetAside, SubjectSeries, collect_series, incomplete_inputs
 from fhir_lupus.report.stats import ChangeSummary, ResponseTally, summarise_changes, tally_responses
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 __all__ = [
     "ReportDefinition",
     "ReportResult",
+    "ReportStatistics",
     "default_figures_dir",
     "load_report_definition",
+    "report_statistics",
     "write_report",
 ]
 
@@ -39,6 +42,49 @@ class ReportResult:
     set_aside: tuple[SetAside, ...]
     summaries: dict[str, list[ChangeSummary]]  # series key -> change from baseline at each summary month
     tallies: dict[str, list[ResponseTally]]  # response key -> tally at each evaluation month
+    preliminary: tuple[str, ...] = ()  # each statistic computed from incomplete input, as the page marks it
+
+
+@dataclass(frozen=True)
+class ReportStatistics:
+    """What the report computes before it draws anything (``report_statistics``): pure, no files, no figures."""
+
+    definition: ReportDefinition
+    subjects: list[SubjectSeries]
+    set_aside: list[SetAside]
+    summaries: dict[str, list[ChangeSummary]]
+    tallies: dict[str, list[ResponseTally]]
+    preliminary: tuple[str, ...]
+
+
+def report_statistics(
+    data: TrialData, *, mappings_dir: Path | None = None, report: LoadReport | None = None
+) -> ReportStatistics:
+    """The series, change from baseline and responders of a loaded trial; ``report`` (the load's): a statistic
+    one of its refused rows, or a preliminary SLEDAI-2K total, could change is preliminary and leaves that
+    subject out (``preliminary`` lists each)."""
+    definition = load_report_definition(mappings_dir)
+    catalogue = LabCatalogue(load_pack(mappings_dir))
+    subjects, set_aside = collect_series(data, definition, catalogue)
+    readings = {subject.subject_id: subject.at_visits() for subject in subjects}
+    refused = incomplete_inputs(report, data.study, definition, catalogue.pack.labs.analytes) if report else {}
+    summaries = {
+        series.key: summarise_changes(
+            {sid: by_series.get(series.key, {}) for sid, by_series in readings.items()},
+            definition.summary_months,
+            refused.get(series.key),
+        )
+        for series in definition.series
+    }
+    tallies = {response.key: tally_responses(response, readings, refused) for response in definition.responses}
+    preliminary = tuple(
+        f"{series.title} at M{item.month}: n={item.n} leaves out {', '.join(item.incomplete)} (an input row refused, "
+        "or a preliminary value)"
+        for series in definition.series
+        for item in summaries[series.key]
+        if not item.final
+    )
+    return ReportStatistics(definition, subjects, set_aside, summaries, tallies, preliminary)
 
 
 def default_figures_dir(out: Path) -> Path:
@@ -52,23 +98,18 @@ def write_report(
     *,
     figures_dir: Path | None = None,
     mappings_dir: Path | None = None,
+    report: LoadReport | None = None,
 ) -> ReportResult:
     """Write the report page to ``out`` and its figures (PNG) to ``figures_dir`` (default
-    ``<out stem>_figures/``). InputError names the path when a file cannot be written."""
+    ``<out stem>_figures/``), each file atomically. InputError names the path when a file cannot be written.
+    ``report``: the load's; a statistic one of its refused rows (or a preliminary SLEDAI-2K total) could change
+    is marked preliminary and leaves that subject out."""
     from fhir_lupus.report import figures as draw  # matplotlib is imported only when a report is made
     from fhir_lupus.report._page import FigureRef, render_page
 
-    definition = load_report_definition(mappings_dir)
-    catalogue = LabCatalogue(load_pack(mappings_dir))
-    subjects, set_aside = collect_series(data, definition, catalogue)
-    readings = {subject.subject_id: subject.at_visits() for subject in subjects}
-    summaries = {
-        series.key: summarise_changes(
-            {sid: by_series.get(series.key, {}) for sid, by_series in readings.items()}, definition.summary_months
-        )
-        for series in definition.series
-    }
-    tallies = {response.key: tally_responses(response, readings) for response in definition.responses}
+    stats = report_statistics(data, mappings_dir=mappings_dir, report=report)
+    definition, subjects, set_aside = stats.definition, stats.subjects, stats.set_aside
+    summaries, tallies, preliminary = stats.summaries, stats.tallies, stats.preliminary
 
     figures_dir = figures_dir or default_figures_dir(out)
     rendered: list[tuple[str, bytes, str]] = []
@@ -103,16 +144,14 @@ def write_report(
     )
     written: list[Path] = []
     try:
-        figures_dir.mkdir(parents=True, exist_ok=True)
         for name, png, _ in rendered:
             path = figures_dir / name
-            path.write_bytes(png)
+            write_atomic(path, png)
             written.append(path)
     except OSError as exc:
         raise InputError(str(figures_dir), 0, None, f"cannot write the figures: {exc.strerror or exc}") from None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(page, encoding="utf-8")
+        write_atomic(out, page)
     except OSError as exc:
         raise InputError(str(out), 0, None, f"cannot write the report: {exc.strerror or exc}") from None
     points = [p for s in subjects for series_points in s.points.values() for p in series_points]
@@ -125,4 +164,5 @@ def write_report(
         set_aside=tuple(set_aside),
         summaries=summaries,
         tallies=tallies,
+        preliminary=preliminary,
     )

@@ -29,6 +29,7 @@ th{background:#eef3f8}td.l,th.l{text-align:left}
 figure{margin:1rem 0 2rem}figure img{max-width:100%;height:auto;border:1px solid #e0e0e0}
 figcaption{font-size:.85rem;color:#555}
 .note{font-size:.88rem;color:#444}
+td.prelim{background:#fff3cd}
 .src{font-size:.85rem;background:#f4f4f4;padding:.5rem .8rem;border-left:3px solid #1f4e79}
 nav a{margin-right:1rem}code{background:#f2f2f2;padding:0 .2rem}
 """
@@ -122,25 +123,32 @@ def _cohort(definition: ReportDefinition, summaries: dict[str, list[ChangeSummar
         cells = [f'<td class="l">{escape(series.title)} ({escape(series.display_unit)})</td>']
         for item in summaries.get(series.key, []):
             iqr = item.iqr
-            cells.append(f"<td>{item.n}</td><td>{_fmt(item.median)}</td>")
-            cells.append(f"<td>{_fmt(iqr[0])} to {_fmt(iqr[1])}</td>" if iqr else "<td>-</td>")
-            if not (item.missing_baseline or item.missing_visit or item.censored):
+            mark = "" if item.final else ' class="prelim" title="preliminary: computed without some input"'
+            star = "" if item.final else "*"
+            cells.append(f"<td{mark}>{item.n}{star}</td><td{mark}>{_fmt(item.median)}{star}</td>")
+            cells.append(f"<td{mark}>{_fmt(iqr[0])} to {_fmt(iqr[1])}{star}</td>" if iqr else "<td>-</td>")
+            if not (item.missing_baseline or item.missing_visit or item.censored or item.incomplete):
                 continue
             out_rows.append(
                 f'<tr><td class="l">{escape(series.title)}</td><td>M{item.month}</td>'
                 f"<td>{len(item.missing_baseline)}</td><td>{len(item.missing_visit)}</td><td>{len(item.censored)}</td>"
-                f'<td class="l">{escape(", ".join(item.censored))}</td></tr>'
+                f'<td class="l">{escape(", ".join(item.censored))}</td>'
+                f'<td class="l">{escape(", ".join(item.incomplete))}</td></tr>'
             )
         body.append("<tr>" + "".join(cells) + "</tr>")
     return [
         '<h2 id="cohort">Cohort summary: change from baseline</h2>',
         "<p>Change = value at the visit minus value at baseline, in the display unit. Median and IQR (first to "
-        "third quartile, linear interpolation) over subjects with exact values at both visits; n counts them.</p>",
+        "third quartile, linear interpolation) over subjects with exact values at both visits; n counts them. "
+        "A value marked * is <b>preliminary</b>: an input row of a subject was refused, or a SLEDAI-2K total "
+        "could not be scored whole (a lab it needs was refused or missing), so that subject is left out and the "
+        "statistic may change once the data are corrected (listed below).</p>",
         f'<table><tr><th class="l" rowspan="2">series</th>{head}</tr><tr>{sub}</tr>{"".join(body)}</table>',
         "<h3>Not in the summary</h3>",
         (
             '<table><tr><th class="l">series</th><th>visit</th><th>no baseline</th><th>no value at visit</th>'
-            '<th>censored</th><th class="l">subjects with a censored value</th></tr>' + "".join(out_rows) + "</table>"
+            '<th>censored</th><th class="l">subjects with a censored value</th>'
+            '<th class="l">subjects left out: input refused or preliminary</th></tr>' + "".join(out_rows) + "</table>"
         )
         if out_rows
         else "<p class=note>Every subject has exact values at baseline and at every summary visit.</p>",

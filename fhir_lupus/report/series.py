@@ -3,22 +3,26 @@ a time axis around the MSC infusion and assigned to its protocol visit.
 
 Values are converted with the project's UnitConverter (UCUM, ucumvert), never with a factor written here.
 A value that cannot be put in the display unit (an ordinal, a titer, a unit of another dimension) is set
-aside with its file, line and reason; censored values keep their comparator and are listed.
+aside with its file, line and reason; censored values keep their comparator and are listed. A preliminary
+SLEDAI-2K total is a reading that is not final, and ``incomplete_inputs`` finds, per series, the subjects and
+visits whose input row was refused: the statistics leave both out and say so (fhir_lupus/report/stats.py).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date
 
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.model import TrialData
+from fhir_lupus.model import LoadReport, TrialData
+from fhir_lupus.model.study import StudyDefinition
 from fhir_lupus.report.definitions import ReportDefinition, SeriesDefinition
-from fhir_lupus.report.stats import Reading
+from fhir_lupus.report.stats import Incomplete, Reading
 from fhir_lupus.terminology import LabCatalogue
 
-__all__ = ["Point", "SetAside", "SubjectSeries", "collect_series"]
+__all__ = ["Point", "SetAside", "SubjectSeries", "collect_series", "incomplete_inputs"]
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,8 @@ def collect_series(
                 assessment.subject_id,
                 assessment.visit_code,
                 assessment.assessed_on,
-                Reading(float(score.total)),
-                str(score.total),
+                Reading(float(score.total), final=score.final),
+                str(score.total) if score.final else f"{score.total} (preliminary, up to {score.upper_total})",
                 where,
             )
     for subject in subjects.values():
@@ -165,3 +169,32 @@ def collect_series(
                     )
                 seen[point.visit_code] = point
     return list(subjects.values()), set_aside
+
+
+def incomplete_inputs(
+    report: LoadReport, study: StudyDefinition, definition: ReportDefinition, analytes: Collection[str]
+) -> dict[str, Incomplete]:
+    """Per series, the (subject, protocol month) whose input row was refused. A refused subjects.csv or visits.csv
+    row takes every series of that subject (or visit) with it; a cell that cannot be read (a blank subject, an
+    unknown visit code or analyte: not one of ``analytes``) stands for any (``Incomplete.ANY``)."""
+    months: dict[str, int | str] = {visit.code: visit.month for visit in study.visits()}
+    cells: dict[str, set[tuple[str, int | str]]] = {series.key: set() for series in definition.series}
+    why: dict[str, list[tuple[tuple[str, int | str], str]]] = {series.key: [] for series in definition.series}
+    for reject in report.rejects:
+        row = reject.row
+        subject = (row.get("subject_id") or "").strip() or Incomplete.ANY
+        month = months.get((row.get("visit_code") or "").strip(), Incomplete.ANY)
+        analyte = (row.get("analyte") or "").strip()
+        for series in definition.series:
+            if reject.file == "subjects.csv":
+                hit: tuple[str, int | str] | None = (subject, Incomplete.ANY)
+            elif reject.file == "visits.csv" or (reject.file == "sledai.csv" and series.source == "sledai"):
+                hit = (subject, month)
+            elif reject.file == "labs.csv" and series.source == "labs":
+                hit = (subject, month) if analyte == series.analyte or analyte not in analytes else None
+            else:
+                hit = None
+            if hit is not None:
+                cells[series.key].add(hit)
+                why[series.key].append((hit, f"{reject.file}:{reject.line}"))
+    return {key: Incomplete(frozenset(found), tuple(why[key])) for key, found in cells.items() if found}

@@ -3,6 +3,11 @@
 A censored reading (``<10``) is an interval, not a number. Change-from-baseline statistics need numbers, so a
 pair with a censored end is left out of the median and counted as such; a responder criterion is decided on
 the interval and is undecidable (not evaluable) only when the interval lies on both sides of the limit.
+
+A reading is not final when its value is preliminary (a SLEDAI-2K total whose lab descriptors could not be
+judged) or when an input row of that subject and visit was refused (``Incomplete``): such a pair is left out of
+the median and named, so a statistic with one is marked preliminary, and a responder criterion on it is not
+evaluable. Nothing computed from incomplete input is shown as final.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ __all__ = [
     "NOT_EVALUABLE",
     "ChangeSummary",
     "Classification",
+    "Incomplete",
     "Interval",
     "Reading",
     "ResponseTally",
@@ -42,6 +48,7 @@ class Reading:
 
     value: float
     comparator: str | None = None
+    final: bool = True  # False: a preliminary value (a lower bound), never a final statistic's input
 
     @property
     def censored(self) -> bool:
@@ -106,6 +113,22 @@ def percent_change(baseline: Reading, value: Reading) -> Interval | None:
     )
 
 
+@dataclass(frozen=True)
+class Incomplete:
+    """(subject, protocol month) pairs of one series whose input row was refused: the value there is unknown.
+    ``ANY`` stands for a subject or month the refused row does not tell (its cell could not be read)."""
+
+    ANY = "*"
+    cells: frozenset[tuple[str, int | str]] = frozenset()
+    why: tuple[tuple[tuple[str, int | str], str], ...] = ()  # the refused row of each cell, for the reader
+
+    def holds(self, subject: str, month: int) -> bool:
+        return any((s == subject or s == self.ANY) and (m == month or m == self.ANY) for s, m in self.cells)
+
+    def subjects(self) -> set[str]:
+        return {s for s, _ in self.cells if s != self.ANY}
+
+
 # -- change from baseline ----------------------------------------------------------------------------------
 
 
@@ -119,6 +142,12 @@ class ChangeSummary:
     missing_baseline: tuple[str, ...] = ()
     missing_visit: tuple[str, ...] = ()
     censored: tuple[str, ...] = ()
+    incomplete: tuple[str, ...] = ()  # a refused input row or a preliminary value at baseline or the visit
+
+    @property
+    def final(self) -> bool:
+        """Whether the statistic is computed from complete input (otherwise it is preliminary)."""
+        return not self.incomplete
 
     @property
     def n(self) -> int:
@@ -147,18 +176,25 @@ def quartiles(values: Sequence[float]) -> tuple[float, float] | None:
 def summarise_changes(
     readings: Mapping[str, Mapping[int, Reading]],
     months: Sequence[int],
+    incomplete: Incomplete | None = None,
 ) -> list[ChangeSummary]:
-    """``readings``: subject -> protocol month -> reading of one series (month 0 is baseline)."""
+    """``readings``: subject -> protocol month -> reading of one series (month 0 is baseline); ``incomplete``:
+    where an input row was refused (a subject refused whole is not in ``readings`` and is named too)."""
+    refused = incomplete or Incomplete()
     out: list[ChangeSummary] = []
     for month in months:
         changes: list[float] = []
         missing_baseline: list[str] = []
         missing_visit: list[str] = []
         censored: list[str] = []
-        for subject in sorted(readings):
-            by_month = readings[subject]
+        partial: list[str] = []
+        for subject in sorted(set(readings) | refused.subjects()):
+            by_month = readings.get(subject, {})
             base, there = by_month.get(BASELINE), by_month.get(month)
-            if base is None:
+            preliminary = any(r is not None and not r.final for r in (base, there))
+            if refused.holds(subject, BASELINE) or refused.holds(subject, month) or preliminary:
+                partial.append(subject)
+            elif base is None:
                 missing_baseline.append(subject)
             elif there is None:
                 missing_visit.append(subject)
@@ -166,7 +202,11 @@ def summarise_changes(
                 censored.append(subject)
             else:
                 changes.append(float(f"{there.value - base.value:.12g}"))
-        out.append(ChangeSummary(month, tuple(changes), tuple(missing_baseline), tuple(missing_visit), tuple(censored)))
+        out.append(
+            ChangeSummary(
+                month, tuple(changes), tuple(missing_baseline), tuple(missing_visit), tuple(censored), tuple(partial)
+            )
+        )
     return out
 
 
@@ -182,10 +222,23 @@ class Classification:
     reason: str  # why not evaluable, or the criteria that decided
 
 
-def evaluate_criterion(criterion: Criterion, readings: SubjectReadings, month: int) -> tuple[bool | None, str]:
-    """Decide one criterion for one subject at one month: (True/False/None, what was compared or missing)."""
+def evaluate_criterion(
+    criterion: Criterion,
+    readings: SubjectReadings,
+    month: int,
+    incomplete: Mapping[str, Incomplete] | None = None,
+    subject: str = "",
+) -> tuple[bool | None, str]:
+    """Decide one criterion for one subject at one month: (True/False/None, what was compared or missing).
+    Undecidable (None) when an input at the month or baseline was refused or is preliminary."""
     by_month = readings.get(criterion.series, {})
     there = by_month.get(month)
+    refused = (incomplete or {}).get(criterion.series, Incomplete())
+    used = (month,) if criterion.measure == "value" else (month, BASELINE)
+    if any(refused.holds(subject, m) for m in used):
+        return None, f"{criterion.series}: an input row at month {'/'.join(map(str, used))} was refused"
+    if any(by_month.get(m) is not None and not by_month[m].final for m in used):
+        return None, f"{criterion.series}: a preliminary value at month {'/'.join(map(str, used))}"
     if there is None:
         return None, f"no {criterion.series} at month {month}"
     if criterion.measure == "value":
@@ -204,7 +257,13 @@ def evaluate_criterion(criterion: Criterion, readings: SubjectReadings, month: i
     return verdict, f"{criterion.series} change {shown} {criterion.op} {criterion.limit:g} %"
 
 
-def classify(response: ResponseDefinition, subject_id: str, readings: SubjectReadings, month: int) -> Classification:
+def classify(
+    response: ResponseDefinition,
+    subject_id: str,
+    readings: SubjectReadings,
+    month: int,
+    incomplete: Mapping[str, Incomplete] | None = None,
+) -> Classification:
     """The first category whose criteria all hold; not evaluable as soon as one category cannot be decided
     (the subject might belong to it), ``otherwise`` when every category is ruled out."""
     for category in response.categories:
@@ -212,7 +271,7 @@ def classify(response: ResponseDefinition, subject_id: str, readings: SubjectRea
         undecided: list[str] = []
         failed = False
         for criterion in category.all_of:
-            verdict, why = evaluate_criterion(criterion, readings, month)
+            verdict, why = evaluate_criterion(criterion, readings, month, incomplete, subject_id)
             reasons.append(why)
             if verdict is None:
                 undecided.append(why)
@@ -249,14 +308,24 @@ class ResponseTally:
         ]
 
 
-def tally_responses(response: ResponseDefinition, cohort: Mapping[str, SubjectReadings]) -> list[ResponseTally]:
+def tally_responses(
+    response: ResponseDefinition,
+    cohort: Mapping[str, SubjectReadings],
+    incomplete: Mapping[str, Incomplete] | None = None,
+) -> list[ResponseTally]:
     """Classify every subject of ``cohort`` (subject -> series -> month -> reading) at each month of the
-    definition."""
+    definition; ``incomplete``: per series, where an input row was refused (a subject refused whole is not
+    evaluable)."""
+    subjects = set(cohort)
+    for refused in (incomplete or {}).values():
+        subjects |= refused.subjects()
     return [
         ResponseTally(
             response,
             month,
-            tuple(classify(response, subject, cohort[subject], month) for subject in sorted(cohort)),
+            tuple(
+                classify(response, subject, cohort.get(subject, {}), month, incomplete) for subject in sorted(subjects)
+            ),
         )
         for month in response.months
     ]

@@ -12,11 +12,16 @@ but scores nothing. Only the clinician can attribute, so:
 - without a CRF total, the score adds the lab-derived descriptors, except those marked not attributed.
 
 Every descriptor found (assessed, derived, not attributed) is kept with its evidence and whether it counted.
+
+A lab-based descriptor that cannot be judged (its lab row was refused, labs.csv is absent, a result has no
+reference limit or a unit its threshold cannot be compared with) while no CRF total is given leaves the total
+unknown: the score is then not ``final``, ``total`` is a lower bound and ``undecided`` says which descriptors
+could add how much, and why. The CRF total, when given, is the score whatever the labs say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -36,6 +41,8 @@ __all__ = [
     "ScoredDescriptor",
     "SledaiDefinition",
     "SledaiScore",
+    "UndecidedDescriptor",
+    "UnjudgedLab",
     "load_sledai_definition",
     "score_sledai",
 ]
@@ -110,6 +117,27 @@ class LabEvidence:
     ucum: str | None
     ref_low: Decimal | None
     ref_high: Decimal | None
+    where: str = ""  # file:line, for a reader
+
+
+@dataclass(frozen=True)
+class UnjudgedLab:
+    """A lab result the calculator could not see: a refused row. ``analyte`` / ``day`` None when the row's own
+    cell cannot be read (it could then be any analyte, any day)."""
+
+    analyte: str | None
+    day: date | None
+    where: str
+    why: str
+
+
+@dataclass(frozen=True)
+class UndecidedDescriptor:
+    """A lab-based descriptor that could not be judged: it might add ``weight`` points."""
+
+    key: str
+    weight: int
+    why: tuple[str, ...]
 
 
 Source = Literal["flagged", "derived", "not-attributed"]
@@ -142,6 +170,16 @@ class SledaiScore:
     descriptors: tuple[ScoredDescriptor, ...]
     total_from_crf: bool = False
     computed_total: int = 0
+    undecided: tuple[UndecidedDescriptor, ...] = ()
+
+    @property
+    def final(self) -> bool:
+        """Whether the total is the score; otherwise it is a lower bound (``upper_total`` the most it can be)."""
+        return not self.undecided
+
+    @property
+    def upper_total(self) -> int:
+        return self.total + sum(d.weight for d in self.undecided)
 
     @property
     def derived(self) -> tuple[str, ...]:
@@ -172,11 +210,14 @@ def score_sledai(
     units: UnitConverter,
     not_attributed: Mapping[str, str] | None = None,
     reported_total: int | None = None,
+    unjudged: Sequence[UnjudgedLab] = (),
+    labs_absent: bool = False,
 ) -> SledaiScore:
     """Score one assessment. KeyError/ValueError name an unknown descriptor or a window not allowed.
 
     ``not_attributed`` maps descriptor keys the clinician found present but not due to lupus to the cause
-    (may be empty); ``reported_total`` is the CRF total, which is the score when given.
+    (may be empty); ``reported_total`` is the CRF total, which is the score when given. ``unjudged``: the
+    subject's refused lab rows; ``labs_absent``: no lab file at all. Either may leave a descriptor undecided.
     """
     not_attributed = not_attributed or {}
     window = definition.default_window_days if window_days is None else window_days
@@ -188,20 +229,29 @@ def score_sledai(
     if both:
         raise ValueError(f"{', '.join(sorted(both))}: listed as due to lupus and as not attributed")
     start = assessed_on - timedelta(days=window)
-    in_window = [lab for lab in labs if start <= lab.collected_at.date() <= assessed_on]
+    in_window: dict[str, list[tuple[int, LabEvidence]]] = {}  # by analyte, with the position in ``labs``
+    for position, lab in enumerate(labs):
+        if start <= lab.collected_at.date() <= assessed_on:
+            in_window.setdefault(lab.analyte, []).append((position, lab))
+    refused = [u for u in unjudged if u.day is None or start <= u.day <= assessed_on]
     scored = []
+    undecided = []
     for descriptor in definition.descriptors:
         key, weight = descriptor.key, descriptor.weight
         if key in flagged:
             scored.append(ScoredDescriptor(key, weight, "flagged"))
             continue
         evidence: tuple[str, ...] = ()
+        unclear: list[LabEvidence] = []  # results whose comparison cannot be made
         if descriptor.derive is not None:
-            evidence = tuple(
-                lab.result_id
-                for lab in in_window
-                if any(_meets(condition, lab, units) for condition in descriptor.derive.any_of)
-            )
+            met = []
+            for lab in _labs_of(descriptor.derive, in_window):
+                verdicts = [_meets(condition, lab, units) for condition in descriptor.derive.any_of]
+                if any(verdicts):
+                    met.append(lab.result_id)
+                elif None in verdicts:
+                    unclear.append(lab)
+            evidence = tuple(met)
         if key in not_attributed:
             cause = not_attributed[key]
             why = "present, not attributed to lupus" + (f" ({cause})" if cause else "")
@@ -211,6 +261,10 @@ def score_sledai(
             scored.append(ScoredDescriptor(key, weight, "derived", evidence, counted=False, why=why))
         elif evidence:
             scored.append(ScoredDescriptor(key, weight, "derived", evidence))
+        elif descriptor.derive is not None and reported_total is None:
+            causes = _undecided(descriptor.derive, unclear, refused, labs_absent)
+            if causes:
+                undecided.append(UndecidedDescriptor(key, weight, causes))
     attributable = sum(d.weight for d in scored if d.source in ("flagged", "derived"))
     return SledaiScore(
         total=reported_total if reported_total is not None else sum(d.points for d in scored),
@@ -218,10 +272,34 @@ def score_sledai(
         descriptors=tuple(scored),
         total_from_crf=reported_total is not None,
         computed_total=attributable,
+        undecided=tuple(undecided),
     )
 
 
-def _meets(condition: Condition, lab: LabEvidence, units: UnitConverter) -> bool:
+def _labs_of(rule: DeriveRule, in_window: Mapping[str, list[tuple[int, LabEvidence]]]) -> list[LabEvidence]:
+    """The window's results of the analytes a rule reads, each once, in the order they were given."""
+    analytes = dict.fromkeys(condition.analyte for condition in rule.any_of)
+    found = sorted((item for analyte in analytes for item in in_window.get(analyte, ())), key=lambda item: item[0])
+    return [lab for _, lab in found]
+
+
+def _undecided(
+    rule: DeriveRule, unclear: list[LabEvidence], refused: list[UnjudgedLab], labs_absent: bool
+) -> tuple[str, ...]:
+    """Why a lab-based descriptor no lab met cannot be ruled out; empty when it can."""
+    analytes = {condition.analyte for condition in rule.any_of}
+    why = ["labs.csv is absent or has no rows"] if labs_absent else []
+    why += [f"{u.where} was refused ({u.why})" for u in refused if u.analyte is None or u.analyte in analytes]
+    why += [
+        f"{lab.where or lab.result_id} ({lab.analyte} {lab.value.raw}) cannot be compared: no reference limit, or a "
+        "unit the threshold does not convert to"
+        for lab in unclear
+    ]
+    return tuple(dict.fromkeys(why))
+
+
+def _meets(condition: Condition, lab: LabEvidence, units: UnitConverter) -> bool | None:
+    """Whether the lab meets the condition; None when it cannot be told (no limit, no conversion)."""
     if lab.analyte != condition.analyte:
         return False
     value = lab.value
@@ -231,10 +309,10 @@ def _meets(condition: Condition, lab: LabEvidence, units: UnitConverter) -> bool
         return False
     if condition.above is not None:
         limit = _limit(condition.above, lab, units)
-        return limit is not None and proves_above(value.number, value.comparator, limit)
+        return None if limit is None else proves_above(value.number, value.comparator, limit)
     assert condition.below is not None
     limit = _limit(condition.below, lab, units)
-    return limit is not None and proves_below(value.number, value.comparator, limit)
+    return None if limit is None else proves_below(value.number, value.comparator, limit)
 
 
 def _limit(bound: Threshold | str, lab: LabEvidence, units: UnitConverter) -> Decimal | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Literal
@@ -53,7 +53,12 @@ class CandidateFacts:
     alt: Decimal | None
     alt_uln: Decimal | None
     medications: tuple[MedicationHistory, ...]
-    as_of: date  # end of a course still running (its duration counts to here)
+    as_of: date  # the screening date: eligibility is judged as of it (courses are cut there)
+    sledai_upper: int | None = None  # a preliminary SLEDAI-2K total is a lower bound; this is the most it can be
+    # where each course comes from (medication_id -> "medications.csv:12"), and the candidate's refused rows of
+    # medications.csv: a refused row could have been a failed regimen, so "not met" becomes unknown
+    medication_lines: Mapping[str, str] = field(default_factory=dict)
+    refused_medications: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,11 @@ def _numeric(rule: EligibilityRule, facts: CandidateFacts, units: UnitConverter)
     if rule.source == "screening.sledai_total":
         if facts.sledai_total is None:
             return None, f"SLEDAI-2K total not given {limits}"
+        upper = facts.sledai_total if facts.sledai_upper is None else facts.sledai_upper
+        if upper != facts.sledai_total:  # preliminary: decided only when both ends of its range agree
+            seen = {rule.holds(Decimal(facts.sledai_total)), rule.holds(Decimal(upper))}
+            shown = f"SLEDAI-2K {facts.sledai_total}-{upper}, preliminary ({facts.sledai_source})"
+            return (seen.pop() if len(seen) == 1 else None), f"{shown} {limits}"
         total = Decimal(facts.sledai_total)
         return rule.holds(total), f"SLEDAI-2K {facts.sledai_total} ({facts.sledai_source}) {limits}"
     if rule.source == "screening.urine_protein_24h":
@@ -189,8 +199,10 @@ def _completed_years(birth: date, on: date) -> int:
 def _medications(
     rule: EligibilityRule, facts: CandidateFacts, catalogue: MedicationCatalogue, units: UnitConverter
 ) -> tuple[Tri, str]:
+    refused = facts.refused_medications
     if not facts.medications:
-        return None, "no medication history in medications.csv"
+        why = "no medication history in medications.csv"
+        return None, why + (f" ({', '.join(refused)} refused)" if refused else "")
     lines: list[str] = []
     branches: list[Tri] = []
     for regimen in rule.any_of:
@@ -201,10 +213,16 @@ def _medications(
         branches.append(branch)
         for (outcome, why), row in results:
             mark = {True: "meets", False: "does not meet", None: "cannot tell"}[outcome]
-            lines.append(f"{row.medication_id} {_show(row)}: {mark} (rule: {regimen.describe()}): {why}")
+            where = facts.medication_lines.get(row.medication_id)
+            named = f"{row.medication_id} ({where})" if where else row.medication_id
+            lines.append(f"{named} {_show(row)}: {mark} (rule: {regimen.describe()}): {why}")
         if not rows:
             lines.append(f"no course of {', '.join(sorted(drugs)) or 'such a drug'} (rule: {regimen.describe()})")
-    return _any(branches), "; ".join(lines)
+    verdict = _any(branches)
+    if verdict is False and refused:  # a refused course might have been the failed regimen
+        lines.append(f"{', '.join(refused)} refused: could have met it")
+        verdict = None
+    return verdict, "; ".join(lines)
 
 
 def _drugs(regimen: RegimenRule, catalogue: MedicationCatalogue) -> frozenset[str]:
@@ -217,7 +235,10 @@ def _drugs(regimen: RegimenRule, catalogue: MedicationCatalogue) -> frozenset[st
 def _course(
     regimen: RegimenRule, row: MedicationHistory, as_of: date, catalogue: MedicationCatalogue, units: UnitConverter
 ) -> tuple[Tri, str]:
-    """Whether one course meets the regimen, and the checks that decided it."""
+    """Whether one course meets the regimen as of the screening date (``as_of``), and the checks that decided
+    it: a course that starts after it does not count; a longer one counts its part up to it."""
+    if row.started_on > as_of:
+        return False, f"started after screening ({as_of}): not counted"
     checks: list[tuple[Tri, str]] = []
     frequency = catalogue.frequencies.get(row.frequency) if row.frequency else None
     if regimen.dose is not None:
@@ -237,9 +258,10 @@ def _course(
             days = Decimal(str(round(interval, 6)))
             checks.append((regimen.interval_days.holds(days), f"every {_num(days)} days"))
     if regimen.duration_months is not None:
-        end = row.ended_on or as_of
+        end = min(row.ended_on or as_of, as_of)
         months = _completed_months(row.started_on, end)
-        checks.append((regimen.duration_months.holds(Decimal(months)), f"{months} months"))
+        cut = f" up to screening ({as_of})" if row.ended_on is None or row.ended_on > as_of else ""
+        checks.append((regimen.duration_months.holds(Decimal(months)), f"{months} months{cut}"))
     if row.outcome not in regimen.outcome and row.outcome == "unknown":
         checks.append((None, "outcome unknown"))
     else:

@@ -66,7 +66,8 @@ class SparkLabs:
 class _Task:
     """What an executor needs to classify facts: small, picklable, shipped with each task."""
 
-    subjects: dict[str, tuple[str, date | None, date | None]]  # Patient/<id> -> (subject id, day 0, floor)
+    # Patient/<id> -> (subject id, day 0, floor, end of participation)
+    subjects: dict[str, tuple[str, date | None, date | None, date | None]]
     selection: LabSelection
     by_code: CodeIndex
     catalogue: LabCatalogue
@@ -83,11 +84,11 @@ class _Task:
             if found is None:
                 yield "other", fact.observation_id
                 continue
-            subject_id, anchor, floor = found
+            subject_id, anchor, floor, end = found
             if not self.selection.wanted(resource, floor):
                 continue
             record = classify_fact(
-                fact, subject_id, self.by_code, self.catalogue, self.study, anchor, self.window, self.rules
+                fact, subject_id, self.by_code, self.catalogue, self.study, anchor, self.window, self.rules, end=end
             )
             yield ("row" if isinstance(record, PulledLab) else "unmapped"), record
 
@@ -119,7 +120,7 @@ def spark_labs(
     )
     enrolled = {ref: subjects.subject(ref) for ref in subjects.rows}
     task = _Task(
-        subjects={ref: (s.subject_id, s.anchor, s.floor) for ref, s in enrolled.items() if s is not None},
+        subjects={ref: (s.subject_id, s.anchor, s.floor, s.end) for ref, s in enrolled.items() if s is not None},
         selection=subjects.selection,
         by_code=code_index(catalogue),
         catalogue=catalogue,

@@ -35,6 +35,7 @@ from fhir_lupus.sync.subjects import (
     enrolled_rows,
     infusion_start,
     patient_of,
+    period_end,
     period_start,
 )
 from fhir_lupus.terminology import LabCatalogue
@@ -69,6 +70,7 @@ class LocalSubject:
     subject_id: str
     anchor: date | None  # day 0 of the visit windows
     floor: date | None  # no result collected before this day is the trial's (lookback_days_before_anchor)
+    end: date | None = None  # the end of participation (ResearchSubject.period.end): later results have no visit
 
 
 @dataclass
@@ -109,7 +111,9 @@ class LocalSubjects:
             row, research_subject = self.rows[patient_ref]
             anchor = self.anchor_of(row, research_subject)
             floor = anchor - timedelta(days=self.lookback) if anchor and self.lookback is not None else None
-            found = self._subjects[patient_ref] = LocalSubject(patient_ref, row.subject_id, anchor, floor)
+            found = self._subjects[patient_ref] = LocalSubject(
+                patient_ref, row.subject_id, anchor, floor, period_end(research_subject)
+            )
         return found
 
     def reverse(self, observation: dict[str, Any], subject: LocalSubject) -> PulledLab | UnmappedResult:
@@ -122,6 +126,7 @@ class LocalSubjects:
             anchor=subject.anchor,
             window=self.window,
             rules=self.rules,
+            end=subject.end,
         )
 
     def labs(self, observations: Iterable[dict[str, Any]]) -> Iterator[PulledLab | UnmappedResult]:

@@ -9,7 +9,9 @@ look-ups found on the server, and the routes per type, every resource gets one a
 - ``unchanged``: the journal or the server copy equals what we would send, or it is a create-only record
   (a hospital's Patient) that exists and is linked, never overwritten;
 - ``conflict``: several server resources carry the key; none is touched;
-- ``held-back``: it refers to a conflict (or to something refused) directly or through others;
+- ``held-back``: it refers to a conflict (or to something refused) directly or through others; or it is
+  preliminary and would replace a final server copy, or one whose status the plan cannot see
+  (``mappings/fhir/push.yaml``: such resources are always looked up, so that the server copy is compared);
 - ``skipped``: its type is not written on this server; references to it become logical references.
 The dependency closure is computed once, in the same pass, because resources come referenced-first.
 The dry run is this plan rendered; push applies it (``sync/apply.py``).
@@ -21,7 +23,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from fhir_lupus.bundle import (
     WriteKind,
@@ -35,14 +40,17 @@ from fhir_lupus.bundle import (
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.sync.journal import JournalEntry
 from fhir_lupus.sync.routes import TypeRoute
+from fhir_lupus.terminology import load_mapping_file
 
 __all__ = [
     "Action",
+    "FinalityRules",
     "Match",
     "Plan",
     "PlanItem",
     "content_hash",
     "diff_paths",
+    "load_finality_rules",
     "needs_lookup",
     "plan_batch",
 ]
@@ -57,6 +65,44 @@ EQUAL = "server copy equal"
 def content_hash(resource: Resource) -> str:
     """SHA-256 of the resource's canonical JSON: equal hashes mean nothing to send."""
     return hashlib.sha256(json.dumps(resource, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class StatusClasses(BaseModel):
+    """The values of a type's ``status`` that make a version final, and those that make it preliminary."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    final: frozenset[str]
+    preliminary: frozenset[str]
+
+    @model_validator(mode="after")
+    def _apart(self) -> StatusClasses:
+        both = self.final & self.preliminary
+        if both:
+            raise ValueError(f"both final and preliminary: {', '.join(sorted(both))}")
+        return self
+
+
+class FinalityRules(BaseModel):
+    """mappings/fhir/push.yaml: per type, the statuses a preliminary version of ours never replaces."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep_final: dict[str, StatusClasses] = {}
+
+    def preliminary(self, resource: Mapping[str, Any]) -> str | None:
+        """The resource's status when its type calls it preliminary, else None."""
+        classes = self.keep_final.get(str(resource.get("resourceType")))
+        status = resource.get("status")
+        return status if classes is not None and isinstance(status, str) and status in classes.preliminary else None
+
+    def is_final(self, resource_type: str, status: Any) -> bool:
+        classes = self.keep_final.get(resource_type)
+        return classes is not None and status in classes.final
+
+
+def load_finality_rules(mappings_dir: Path | None = None) -> FinalityRules:
+    return load_mapping_file(FinalityRules, "fhir/push.yaml", mappings_dir)
 
 
 @dataclass(frozen=True)
@@ -118,16 +164,23 @@ class Plan:
 
 
 def needs_lookup(
-    resources: Iterable[Resource], routes: Mapping[str, TypeRoute], known: Mapping[Key, JournalEntry], *, verify: bool
+    resources: Iterable[Resource],
+    routes: Mapping[str, TypeRoute],
+    known: Mapping[Key, JournalEntry],
+    *,
+    verify: bool,
+    finality: FinalityRules | None = None,
 ) -> list[Resource]:
-    """The resources a look-up must settle: those the journal cannot (every routed one when verifying)."""
+    """The resources a look-up must settle: those the journal cannot (every routed one when verifying), and every
+    preliminary one (``finality``, default mappings/fhir/push.yaml), whose server copy may have become final."""
+    finality = load_finality_rules() if finality is None else finality
     wanted = []
     for resource in resources:
         route = routes[resource["resourceType"]]
         if route.skipped:
             continue
         entry = known.get((resource["resourceType"], business_key(resource)))
-        if verify or not (entry and entry.server_id):
+        if verify or not (entry and entry.server_id) or finality.preliminary(resource):
             wanted.append(resource)
     return wanted
 
@@ -143,20 +196,25 @@ def plan_batch(
     logical: Mapping[str, dict[str, Any]] | None = None,
     will_exist: Iterable[str] = (),
     verify: bool = False,
+    finality: FinalityRules | None = None,
 ) -> Plan:
     """One action per resource; see the module docstring.
 
     ``found`` holds the look-up results (a key absent from it was not looked up); ``server_refs`` the server
     ids of resources outside the batch; ``held_back`` and ``logical`` what earlier batches held back or
     skipped; ``will_exist`` the resources a dry run's earlier batches would create. ``verify`` (the dry run)
-    compares with the server copy even when the journal says unchanged.
+    compares with the server copy even when the journal says unchanged. ``finality`` (default
+    mappings/fhir/push.yaml) says which statuses are final and which preliminary.
     """
+    finality = load_finality_rules() if finality is None else finality
     plan = Plan([], dict(server_refs), dict(logical or {}), set(held_back))
     in_batch: set[str] = set(will_exist)
     for resource in resources:
         digest = content_hash(resource)
         route = routes[resource["resourceType"]]
-        item = replace(_decide(resource, digest, route, plan, known, found, in_batch, verify), digest=digest)
+        decided = _decide(resource, digest, route, plan, known, found, in_batch, verify)
+        matches = found.get((resource["resourceType"], decided.key))
+        item = replace(_keep_final(decided, matches, finality), digest=digest)
         plan.items.append(item)
         in_batch.add(item.local_ref)
         if item.action in ("conflict", "held-back"):
@@ -226,6 +284,32 @@ def _decide(
             return _known(resource, key, entry.server_id, entry.version_id, "unchanged", reason=LINKED, record=True)
         return _known(resource, key, entry.server_id, entry.version_id, "update")
     return _create(resource, key, route)
+
+
+def _keep_final(item: PlanItem, matches: list[Match] | None, finality: FinalityRules) -> PlanItem:
+    """An update that would write a preliminary version goes ahead only where the server copy was seen and is
+    not final; otherwise it is held back. The plan does no I/O: a server copy it cannot see (not looked up, or a
+    look-up without content) is never overwritten, and the next push looks it up again."""
+    ours = finality.preliminary(item.resource) if item.action == "update" else None
+    if ours is None:
+        return item
+    target = f"{item.resource_type}/{item.server_id}"
+    server = next((m.resource for m in matches or () if m.server_id == item.server_id), None)
+    theirs = server.get("status") if server is not None else None
+    if theirs is None:
+        seen = (
+            "it was not looked up"
+            if matches is None
+            else "the look-up returned no content"
+            if server is None
+            else "the server copy has no status"
+        )
+        reason = f"ours is {ours} and the server's status of {target} is unknown ({seen}): not replaced"
+    elif finality.is_final(item.resource_type, theirs):
+        reason = f"the server holds a final version ({target}, status {theirs}); ours is {ours}: not replaced"
+    else:
+        return item
+    return PlanItem(item.resource, item.key, "held-back", server_ids=(str(item.server_id),), reason=reason)
 
 
 def _known(

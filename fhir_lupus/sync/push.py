@@ -39,7 +39,7 @@ from fhir_lupus.mappers._context import Resource
 from fhir_lupus.sync.apply import Applier, ApplyCounts, Problem, WriteLimits
 from fhir_lupus.sync.journal import Journal
 from fhir_lupus.sync.lookup import RouteRefused, look_up
-from fhir_lupus.sync.plan import Plan, content_hash, needs_lookup, plan_batch
+from fhir_lupus.sync.plan import Plan, content_hash, load_finality_rules, needs_lookup, plan_batch
 from fhir_lupus.sync.provenance import load_provenance_template, provenance_resource, write_provenance
 from fhir_lupus.sync.routes import CREATE_BY_ID, TypeRoute, plan_routes
 from fhir_lupus.terminology import load_pack
@@ -124,6 +124,7 @@ class Planner:
         self.journal = journal
         self.capabilities = client.capabilities()
         self._rules = load_matching_rules(mappings_dir)
+        self._finality = load_finality_rules(mappings_dir)
         self._types = frozenset(resource_types)
         self._only, self._skip = only_types, skip_types
         self._refused: frozenset[tuple[str, str]] = frozenset()
@@ -165,7 +166,7 @@ class Planner:
         refs = self.journal.server_refs(server, outside) if self.journal else {}
         refs.update({ref: self._seen[ref] for ref in outside if ref in self._seen})
         while True:
-            wanted = needs_lookup(batch, self.routes, known, verify=self.verify)
+            wanted = needs_lookup(batch, self.routes, known, verify=self.verify, finality=self._finality)
             try:
                 found = look_up(self.client, wanted, self.routes, known=known)
                 break
@@ -183,6 +184,7 @@ class Planner:
             logical=self.logical,
             will_exist=self._creates,
             verify=self.verify,
+            finality=self._finality,
         )
         self.held_back = plan.held_back
         self.logical = plan.logical

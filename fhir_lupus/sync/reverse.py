@@ -278,6 +278,8 @@ def reverse_map(
     anchor: date | None,
     window: int,
     rules: PullRules,
+    *,
+    end: date | None = None,
 ) -> PulledLab | UnmappedResult:
     """The trial row of ``observation``, or the reason it is set aside (``classify_fact`` of its LabFact)."""
     return classify_fact(
@@ -289,6 +291,7 @@ def reverse_map(
         anchor,
         window,
         rules,
+        end=end,
     )
 
 
@@ -301,8 +304,11 @@ def classify_fact(
     anchor: date | None,
     window: int,
     rules: PullRules,
+    *,
+    end: date | None = None,
 ) -> PulledLab | UnmappedResult:
-    """Status, catalogue code, value and unit, reference range, then the visit window: one row or one reason."""
+    """Status, catalogue code, value and unit, reference range, then the visit window: one row or one reason.
+    ``end``: the end of the subject's participation; a result after it is a row assigned to no visit."""
     pack = catalogue.pack
     collected = fact.collected
     codes = ";".join(f"{system}|{code}" for system, code in fact.codes)
@@ -338,7 +344,7 @@ def classify_fact(
         return unmapped(
             f"status {status}: not final; kept aside until a final version arrives", f"{value} {unit}".strip()
         )
-    visit_code, in_window, offset = assign_visit(collected, anchor, study, window)
+    visit_code, in_window, offset = assign_visit(collected, anchor, study, window, end=end)
     return PulledLab(
         result_id=result_id,
         subject_id=subject_id,

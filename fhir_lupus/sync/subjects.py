@@ -25,6 +25,7 @@ __all__ = [
     "enrolled_rows",
     "infusion_start",
     "patient_of",
+    "period_end",
     "period_start",
     "reaches",
     "subject_row",
@@ -113,6 +114,15 @@ def encounter_start(encounters: Iterable[dict[str, Any]]) -> date | None:
         if period.get("start"):
             return date.fromisoformat(str(period["start"])[:10])
     return None
+
+
+def period_end(research_subject: dict[str, Any]) -> date | None:
+    """The end of the ResearchSubject's period: the end of participation (leaving the study, or death)."""
+    end = (research_subject.get("period") or {}).get("end")
+    try:
+        return date.fromisoformat(str(end)[:10]) if end else None
+    except ValueError:
+        return None  # a period end we cannot read ends nothing: the result keeps its visit
 
 
 def period_start(research_subject: dict[str, Any]) -> date | None:

@@ -13,18 +13,24 @@ __all__ = ["assign_visit"]
 _CODES: dict[int, tuple[StudyDefinition, dict[int, str]]] = {}
 
 
-def assign_visit(collected: str, anchor: date | None, study: StudyDefinition, window: int) -> tuple[str, str, str]:
-    """(visit code, ``in-window`` or ``outside-windows``, days from the due date) for a collection date.
+def assign_visit(
+    collected: str, anchor: date | None, study: StudyDefinition, window: int, *, end: date | None = None
+) -> tuple[str, str, str]:
+    """(visit code, ``in-window``, ``outside-windows`` or ``after-end``, days from the due date) for a collection
+    date.
 
     ``anchor`` is the subject's day 0 (``protocol.visit_months.anchor``). The month whose due date under the
     study's month rule is nearest is chosen; the result belongs to that visit when it falls within ``window``
-    days of its due date.
+    days of its due date. ``end`` is the end of the subject's participation (ResearchSubject.period.end, the
+    subject's timeline: leaving the study or death): a result collected after it belongs to no visit.
     """
     if not collected or anchor is None:
         return "", "outside-windows", ""
     day = date.fromisoformat(collected[:10])
     month = nearest_month(anchor, day, study.protocol.visit_months.rule)
     offset = (day - study.due_date(anchor, month)).days
+    if end is not None and day > end:
+        return "", "after-end", str(offset)
     codes = _visit_codes(study)
     if abs(offset) <= window and month in codes:
         return codes[month], "in-window", str(offset)

@@ -26,7 +26,7 @@ class Coded(_Frozen):
     system: str
     code: str
     display: str
-    r5_code: str | None = None  # when R5 (THO) spells the code differently
+    r5_code: str | None = None  # when R5's terminology (THO 5.x) spells the code differently
 
 
 class NciCode(_Frozen):
@@ -56,6 +56,15 @@ class Causality(_Frozen):
     nci_display: str
     who_umc: str | None = None
     who_umc_display: str | None = None
+    who_umc_r5: str | None = None  # the WHO-UMC code as R5's terminology (THO 5.x) spells it
+
+    @model_validator(mode="after")
+    def _who_umc_whole(self) -> Causality:
+        if self.who_umc is None and (self.who_umc_display is not None or self.who_umc_r5 is not None):
+            raise ValueError("who_umc_display and who_umc_r5 need who_umc")
+        if self.who_umc is not None and self.who_umc_r5 is None:
+            raise ValueError(f"who_umc {self.who_umc} needs who_umc_r5, its R5 spelling")
+        return self
 
 
 class Suspect(_Frozen):
@@ -114,12 +123,25 @@ class AdverseEventTerms(_Frozen):
             unknown = [s for s in suspects if s not in self.suspects]
             if unknown:
                 raise ValueError(f"related_to.{key} names unknown suspect(s) {', '.join(unknown)}")
+        if self.causality_method.r5_code is None:
+            raise ValueError("causality_method needs r5_code, its R5 spelling")
         if "fatal" not in self.outcomes or "death" not in self.seriousness_criteria:
             raise ValueError("outcomes needs 'fatal' and seriousness_criteria 'death' (grade 5 rules)")
         return self
 
     def related_keys(self) -> tuple[str, ...]:
         return tuple(self.related_to)
+
+    def r5_codes(self) -> dict[str, dict[str, str]]:
+        """System key -> {R4 code: R5 code}, for each code that R5's terminology spells differently."""
+        table: dict[str, dict[str, str]] = {}
+        for coded in (*self.seriousness.values(), self.causality_method):
+            if coded.r5_code:
+                table.setdefault(coded.system, {})[coded.code] = coded.r5_code
+        for entry in self.causality.values():
+            if entry.who_umc and entry.who_umc_r5:
+                table.setdefault(self.who_umc_system, {})[entry.who_umc] = entry.who_umc_r5
+        return table
 
 
 def load_adverse_event_terms(mappings_dir: Path | None = None) -> AdverseEventTerms:

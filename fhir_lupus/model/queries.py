@@ -1,0 +1,181 @@
+"""Queries like an EDC: every query finding as a row a data manager sends to the site and tracks.
+
+A query's id is derived from its check id, the file, the row's business key and the column (never the line), so
+it stays the same when rows move and a site's answer keeps pointing at it. The optional
+``query_responses.csv`` of the data directory answers queries (docs/csv-layout.md):
+
+- a response that confirms the current value (``confirmed_value`` equal to the cell) closes the query: a
+  confirmed extreme value stops coming back;
+- a confirmed value the cell no longer holds reopens it (the data changed since: look again);
+- a response without a confirmed value (``will correct``) leaves it open, answered.
+
+Closed queries are counted, not listed. Notes are not queries and are never written here.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fhir_lupus._atomic import write_atomic
+from fhir_lupus.model._csv import read_rows
+from fhir_lupus.model._records import Finding, LoadReport
+
+__all__ = [
+    "QUERY_COLUMNS",
+    "RESPONSES",
+    "Query",
+    "QueryLog",
+    "QueryResponse",
+    "query_id",
+    "track_queries",
+    "write_queries",
+]
+
+RESPONSES = "query_responses.csv"
+QueryStatus = Literal["open", "answered", "reopened", "closed"]
+QUERY_COLUMNS = (
+    "query_id",
+    "check",
+    "severity",
+    "status",
+    "subject_id",
+    "file",
+    "line",
+    "column",
+    "value",
+    "message",
+    "response",
+    "responded_by",
+    "responded_on",
+)
+
+
+class QueryResponse(BaseModel):
+    """One row of query_responses.csv: the site's answer to a query."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    query_id: str = Field(pattern=r"^Q-[0-9a-f]{12}$")
+    response: str = Field(min_length=1)
+    confirmed_value: str | None = None
+    responded_by: str = Field(min_length=1)
+    responded_on: date
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    finding: Finding
+    status: QueryStatus
+    response: QueryResponse | None = None
+
+
+@dataclass(frozen=True)
+class QueryLog:
+    """Every query of a load, with its status; ``resolved``: answered queries that no check raises any more."""
+
+    queries: tuple[Query, ...]
+    resolved: tuple[str, ...] = ()
+
+    @property
+    def open(self) -> list[Query]:
+        return [query for query in self.queries if query.status != "closed"]
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """(check, status) -> number of queries."""
+        return Counter((query.finding.kind, query.status) for query in self.queries)
+
+
+def query_id(finding: Finding) -> str:
+    """``Q-`` and 12 hex digits of SHA-256 over check id, file, record key (or subject) and column."""
+    record = finding.record or finding.subject_id or ""
+    text = "|".join((finding.kind, finding.file, record, finding.column or ""))
+    return "Q-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def read_responses(data_dir: Path, report: LoadReport) -> dict[str, QueryResponse]:
+    """The latest response to each query (by responded_on, then file order); bad rows are refused into
+    ``report`` like any other file's."""
+    path = data_dir / RESPONSES
+    latest: dict[str, QueryResponse] = {}
+    if not path.is_file():
+        return latest
+    for line, row, problem in read_rows(path, QueryResponse):
+        report.read[RESPONSES] += 1
+        if problem:
+            report.reject((RESPONSES, line, row), None, problem)
+            continue
+        try:
+            response = QueryResponse.model_validate({k: v for k, v in row.items() if v.strip()})
+        except ValidationError as exc:
+            for error in exc.errors():
+                column = str(error["loc"][0]) if error["loc"] else None
+                report.reject((RESPONSES, line, row), column, error["msg"].removeprefix("Value error, "))
+            continue
+        earlier = latest.get(response.query_id)
+        if earlier is None or response.responded_on >= earlier.responded_on:
+            latest[response.query_id] = response
+    return latest
+
+
+def track_queries(report: LoadReport, data_dir: Path) -> QueryLog:
+    """The queries of ``report`` with the site's responses applied (module docstring)."""
+    responses = read_responses(data_dir, report)
+    queries = []
+    seen = set()
+    for finding in report.queries:
+        qid = query_id(finding)
+        if qid in seen:  # one check on one cell raised twice (a chunk boundary): one query
+            continue
+        seen.add(qid)
+        response = responses.get(qid)
+        status: QueryStatus = "open"
+        if response is not None:
+            confirmed = response.confirmed_value
+            if confirmed is None:
+                status = "answered"
+            elif confirmed.strip() == (finding.value or "").strip():
+                status = "closed"
+            else:
+                status = "reopened"
+        queries.append(Query(qid, finding, status, response))
+    resolved = tuple(sorted(set(responses) - seen))
+    return QueryLog(tuple(queries), resolved)
+
+
+def write_queries(log: QueryLog, path: Path) -> int:
+    """Write the queries that are not closed as CSV (QUERY_COLUMNS), atomically; returns how many."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(QUERY_COLUMNS)
+    rows = log.open
+    for query in rows:
+        finding, response = query.finding, query.response
+        writer.writerow(
+            (
+                query.id,
+                finding.kind,
+                finding.severity,
+                query.status,
+                finding.subject_id or "",
+                finding.file,
+                finding.line or "",
+                finding.column or "",
+                finding.value or "",
+                finding.message,
+                response.response if response else "",
+                response.responded_by if response else "",
+                response.responded_on.isoformat() if response else "",
+            )
+        )
+    write_atomic(path, buffer.getvalue())
+    return len(rows)
