@@ -11,8 +11,9 @@ EXAMPLE = REPO / "examples" / "nct00698191"
 FAULT_RESULTS: list[str] = []  # one line per fault-injection case, printed at the end of the test run
 
 
-def example_subset(target: Path, subjects: int, *, first: int = 0) -> Path:
-    """A copy of the example trial with only ``subjects`` of its subjects (from the ``first``-th), every row of theirs.
+def example_subset(target: Path, subjects: int, *, first: int = 0, candidates: tuple[str, ...] = ()) -> Path:
+    """A copy of the example trial with only ``subjects`` of its subjects (from the ``first``-th), every row of theirs,
+    and the screening and medication rows of the ``candidates`` who did not enrol.
 
     Most integration tests need a few subjects, not twenty: the same code paths, a fraction of the time.
     """
@@ -20,6 +21,7 @@ def example_subset(target: Path, subjects: int, *, first: int = 0) -> Path:
     shutil.copy(EXAMPLE / "trial.txt", target / "trial.txt")
     with (EXAMPLE / "subjects.csv").open(encoding="utf-8", newline="") as handle:
         wanted = {row["subject_id"] for row in list(csv.DictReader(handle))[first : first + subjects]}
+    wanted |= set(candidates)
     for source in sorted(EXAMPLE.glob("*.csv")):
         with source.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)

@@ -353,6 +353,13 @@ class TestValueChecks:
             query.message
         )
 
+    def test_a_censored_bound_no_assay_reports_is_a_query(self, dataset: Callable[..., Path]) -> None:
+        # anti-dsDNA "<10" (range up to 100) is an assay limit; "<1000" is not (a "<10" times 100)
+        data, report = load(dataset, lambda rows: rows["labs.csv"][6].update(value="<1000"))
+        (query,) = findings(report, "lab-censored-bound")
+        assert (query.line, query.column) == (8, "value") and "above the upper reference limit 100" in query.message
+        assert len(data.labs) == 11 and not findings(load(dataset)[1], "lab-censored-bound")
+
     def test_a_pregnancy_recorded_for_a_man_is_refused(self, dataset: Callable[..., Path]) -> None:
         def edit(rows: Rows) -> None:
             rows["screening.csv"] = [dict(SCREEN_ROW, subject_id="C-1", sex="male", pregnant="yes")]
@@ -368,6 +375,18 @@ class TestValueChecks:
         _, report = load(dataset)
         (query,) = findings(report, "sledai-jump")
         assert (query.file, query.line, query.value) == ("sledai.csv", 3, "0") and "-13 from 13" in query.message
+
+    def test_an_implausible_screening_value_is_a_query(self, dataset: Callable[..., Path]) -> None:
+        def edit(rows: Rows) -> None:  # 24-h protein in mg written as g; the verdict would not change silently
+            rows["screening.csv"] = [dict(SCREEN_ROW, urine_protein_24h="1800")]
+            rows["medications.csv"] = [
+                med_row("M1", "MSC-001", "prednisone", "40", "mg", "qd", "oral", "2007-01-01", "")
+            ]
+
+        data, report = load(dataset, edit)
+        (query,) = findings(report, "screening-implausible")
+        assert (query.file, query.line, query.column) == ("screening.csv", 2, "urine_protein_24h")
+        assert "above 40 g/(24.h)" in query.message and len(data.screening) == 1
 
     def test_an_implausible_dose_is_a_query(self, dataset: Callable[..., Path]) -> None:
         def edit(rows: Rows) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from fhir_lupus.cli._common import (
@@ -92,11 +93,15 @@ def _print_check_counts(report: LoadReport, log: QueryLog, mappings: Path | None
     if not rows:
         return
     table = Table(title="Checks", title_justify="left")
+    widest = max(len(check) for check in rows)
     for column in ("check", "severity", "rows", "open", "answered", "reopened", "closed"):
-        table.add_column(column, justify="left" if column in ("check", "severity") else "right")
+        left = column in ("check", "severity")
+        table.add_column(
+            column, justify="left" if left else "right", no_wrap=True, min_width=widest if column == "check" else None
+        )
     for check, counts in sorted(rows.items(), key=lambda item: (severities.get(item[0], ""), item[0])):
         table.add_row(check, severities.get(check, "reject"), *(str(n) if n else "" for n in counts))
-    console.print(table)
+    (console if console.is_terminal else Console(stderr=True, width=160)).print(table)  # piped: whole lines
     if log.resolved:
         console.print(f"{len(log.resolved)} answered queries are no longer raised (corrected in the data)")
 

@@ -143,13 +143,14 @@ class LabChecks:
         *,
         subject_id: str,
         when: Any = None,
-        censored: bool = False,
+        comparator: str | None = None,
     ) -> bool:
-        """Check each (column, number) of one row; True when the row is refused. The first cell is the result:
-        it joins the delta check unless ``censored`` (a bound is not a value)."""
+        """Check each (column, number) of one row; True when the row is refused. The first cell is the result,
+        then the reference limits (``ref_low``, ``ref_high``); the result joins the delta check unless it is
+        censored (``comparator``: a bound is not a value), and a censored bound is checked against the limits."""
         if ucum is None:
             return False
-        refused = False
+        refused = self._censored_bound(row, analyte, comparator, dict(cells), subject_id)
         for index, (column, number) in enumerate(cells):
             if number is None:
                 continue
@@ -175,9 +176,35 @@ class LabChecks:
                     f"plausible range ({limit.reason}): a unit slip? Confirm or correct",
                     subject_id=subject_id,
                 )
-            elif index == 0 and not censored and when is not None:
+            elif index == 0 and comparator is None and when is not None:
                 self._values.append(_Value(subject_id, analyte, when, value, row))
         return refused
+
+    def _censored_bound(
+        self,
+        row: Located[Any],
+        analyte: str,
+        comparator: str | None,
+        cells: dict[str, Decimal | None],
+        subject_id: str,
+    ) -> bool:
+        """``<X`` with X above the upper reference limit, or ``>X`` with X below the lower one, is no assay limit."""
+        bound, low, high = cells.get("value"), cells.get("ref_low"), cells.get("ref_high")
+        if comparator is None or bound is None:
+            return False
+        if comparator.startswith("<") and high is not None and bound > high:
+            why = f"{comparator}{bound:g} is above the upper reference limit {high:g}"
+        elif comparator.startswith(">") and low is not None and bound < low:
+            why = f"{comparator}{bound:g} is below the lower reference limit {low:g}"
+        else:
+            return False
+        return self.flags.raise_(
+            "lab-censored-bound",
+            row,
+            "value",
+            f"{analyte} {why}: no assay reports such a limit. Confirm or correct",
+            subject_id=subject_id,
+        )
 
     def deltas(self, ratio: Decimal, accepted: Callable[[Located[Any]], bool]) -> None:
         """Query every result that is ``ratio`` times above or below each of its neighbours (module docstring).

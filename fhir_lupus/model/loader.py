@@ -12,23 +12,22 @@ an InputError naming the file and line (fhir_lupus/model/_csv.py).
 
 from __future__ import annotations
 
-import csv
-import functools
-import hashlib
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from fhir_lupus.errors import InputError, TerminologyError, UnitError
 from fhir_lupus.model._check_rules import load_check_rules, load_input_rules, load_lab_limits
-from fhir_lupus.model._csv import number_problem, read_rows
+from fhir_lupus.model._csv import number_problem
 from fhir_lupus.model._history_checks import HistoryChecks, check_history
+from fhir_lupus.model._reading import KeyDigests, RowReader, subject_chunks
 from fhir_lupus.model._records import LoadReport, Located
+from fhir_lupus.model._scoring import AssessmentScorer, CheckedLab, ScoredAssessment
 from fhir_lupus.model.adverse_events import ADVERSE_EVENTS, AdverseEventRow, CheckedAdverseEvent, check_adverse_events
 from fhir_lupus.model.edit_checks import Flags, LabChecks, sledai_jumps, visit_windows
 from fhir_lupus.model.entities import (
@@ -46,16 +45,12 @@ from fhir_lupus.model.schedule import evaluate_schedule, schedule_findings
 from fhir_lupus.model.study import StudyDefinition, load_study
 from fhir_lupus.model.timeline import DateChecks, SubjectTimeline, resolve_timelines, with_infusions
 from fhir_lupus.scoring.sledai import (
-    LabEvidence,
     SledaiDefinition,
-    SledaiScore,
-    UnjudgedLab,
     load_sledai_definition,
-    score_sledai,
 )
 from fhir_lupus.terminology import MappingPack, load_pack
 from fhir_lupus.terminology.adverse_events import load_adverse_event_terms
-from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
+from fhir_lupus.terminology.catalogue import LabCatalogue, parse_lab_value
 
 __all__ = [
     "CHUNK_ROWS",
@@ -80,21 +75,6 @@ SUBJECTS, VISITS, LABS, SLEDAI, TREG, PROCEDURES = (
 
 
 _COLUMNS = ("value", "unit", "method", "specimen")  # lab columns a TerminologyError may blame
-
-
-@dataclass(frozen=True)
-class CheckedLab:
-    """A lab row with its value read and its LOINC code chosen, done once at load time."""
-
-    lab: LabResult
-    value: LabValue
-    resolved: ResolvedLab
-
-
-@dataclass(frozen=True)
-class ScoredAssessment:
-    assessment: SledaiAssessment
-    score: SledaiScore
 
 
 @dataclass
@@ -180,9 +160,9 @@ def load_trial_chunks(
     pack = load_pack(mappings_dir)
     study = study or load_study(read_study_id(data_dir), mappings_dir)
     sledai = load_sledai_definition(mappings_dir)
-    chunks = _subject_chunks(data_dir, max_rows)
+    chunks = subject_chunks(data_dir, max_rows)
     everyone = {subject for chunk in chunks for subject in chunk}
-    keys = _KeyDigests()
+    keys = KeyDigests()
     for number, chunk in enumerate(chunks):
         last = number == len(chunks) - 1
         members = frozenset(chunk)
@@ -192,47 +172,6 @@ def load_trial_chunks(
             return subject in members or (last and subject not in everyone)
 
         yield _Checker(data_dir, study, pack, sledai, report, keep=keep, keys=keys, today=today).run()
-
-
-def _subject_chunks(data_dir: Path, max_rows: int) -> list[list[str]]:
-    """subjects.csv's subject ids, in order, cut where a chunk would pass ``max_rows`` rows over all files."""
-    rows: Counter[str] = Counter()
-    order: dict[str, None] = {}  # subjects.csv's ids in order, once each
-    for path in sorted(data_dir.glob("*.csv")):
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                for record in csv.DictReader(handle):
-                    subject = (record.get("subject_id") or "").strip()
-                    rows[subject] += 1
-                    if path.name == SUBJECTS:
-                        order.setdefault(subject)
-        except (OSError, csv.Error, UnicodeDecodeError):
-            continue  # the checking pass reports the file, naming it and the line
-    chunks: list[list[str]] = [[]]
-    size = 0
-    for subject in order:
-        if chunks[-1] and size + rows[subject] > max_rows:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(subject)
-        size += rows[subject]
-    return chunks
-
-
-class _KeyDigests:
-    """Per file, a 64-bit digest of each business key seen -> its line: duplicates across chunks, compactly."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, dict[int, int]] = defaultdict(dict)
-
-    def first(self, file: str, key: tuple[Any, ...], line: int) -> int | None:
-        """The line where ``key`` was first seen in ``file``, or None (and it is remembered at ``line``)."""
-        digest = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big")
-        seen = self._seen[file]
-        if digest in seen:
-            return seen[digest]
-        seen[digest] = line
-        return None
 
 
 class _Checker:
@@ -245,11 +184,9 @@ class _Checker:
         report: LoadReport,
         *,
         keep: Callable[[dict[str, str]], bool] | None = None,
-        keys: _KeyDigests | None = None,
+        keys: KeyDigests | None = None,
         today: date | None = None,
     ) -> None:
-        self.keep = keep  # only the rows of one chunk's subjects (load_trial_chunks); None: every row
-        self.keys = keys  # keys seen by earlier chunks (load_trial_chunks)
         self.data_dir = data_dir
         self.study = study
         self.catalogue = LabCatalogue(pack)
@@ -261,6 +198,9 @@ class _Checker:
         self.flags = Flags(self.rules, report)
         molar_masses = {key: analyte.molar_mass for key, analyte in pack.labs.analytes.items()}
         self.lab_checks = LabChecks(load_lab_limits(pack.root), self.catalogue.units, self.flags, molar_masses)
+        # passes 1 and 2 (rows against models, keys unique); ``keep`` and ``keys`` for load_trial_chunks
+        reader = RowReader(data_dir, report, self.flags, load_input_rules(pack.root), keep=keep, keys=keys)
+        self._read = reader.read
 
     def run(self) -> TrialData:
         root = self.catalogue.pack.root
@@ -370,66 +310,6 @@ class _Checker:
         """Whether a row of ``file`` is still accepted (no reject names its line)."""
         refused = {r.line for r in self.report.rejects if r.file == file}
         return lambda row: row.line not in refused
-
-    # -- pass 1 and 2: rows against models, keys unique ---------------------------------------------------
-
-    def _read(self, name: str, model: type[M], key: tuple[str, ...], *, required: bool = False) -> list[Located[M]]:
-        path = self.data_dir / name
-        if not path.exists():
-            if required:
-                raise InputError(str(path), 0, None, "required file is missing")
-            self.report.absent.setdefault(name, "missing")
-            return []
-        accepted: list[Located[M]] = []
-        first_seen: dict[tuple[Any, ...], int] = {}
-        across_chunks = self.keys is not None and "subject_id" not in key  # a subject's rows share its chunk
-        any_row = False
-        for line, row, row_problem in read_rows(path, model):
-            any_row = True
-            if self.keep is not None and not self.keep(row):
-                continue
-            self.report.read[name] += 1
-            if row_problem:
-                self.report.reject((name, line, row), None, row_problem)
-                continue
-            try:
-                record = model.model_validate({k: v for k, v in row.items() if v.strip()})
-            except ValidationError as exc:
-                for error in exc.errors():
-                    column = str(error["loc"][0]) if error["loc"] else None
-                    message = error["msg"].removeprefix("Value error, ")
-                    self.report.reject((name, line, row), column, message)
-                continue
-            if self._numbers_refused(record, (name, line, row)):
-                continue
-            business_key = tuple(getattr(record, field) for field in key)
-            first = first_seen.get(business_key)
-            if first is None and across_chunks and self.keys is not None:
-                first = self.keys.first(name, business_key, line)
-            if first is not None:
-                self.report.reject(
-                    (name, line, row),
-                    key[-1],
-                    f"duplicate {'/'.join(map(str, business_key))} (first at line {first})",
-                )
-                continue
-            first_seen[business_key] = line
-            accepted.append(Located(record, name, line, row))
-        if not any_row and name not in self.report.absent:
-            self.report.absent[name] = "empty"
-            meaning = load_input_rules(self.catalogue.pack.root).files.get(name, "")
-            self.flags.raise_("file-empty", (name, 0, {}), None, f"{name} has no rows: it counts as absent ({meaning})")
-        return accepted
-
-    def _numbers_refused(self, record: BaseModel, where: tuple[str, int, dict[str, str]]) -> bool:
-        """Refuse a row holding a number no result can be (fhir_lupus/model/_csv.py, ``number_problem``)."""
-        refused = False
-        for column in _decimal_fields(type(record)):
-            value = getattr(record, column)
-            if value is not None and (problem := number_problem(value, where[2].get(column))):
-                self.report.reject(where, column, problem)
-                refused = True
-        return refused
 
     # -- pass 3: references, terminology, dates and values -----------------------------------------------
 
@@ -605,7 +485,7 @@ class _Checker:
                 cells,
                 subject_id=lab.subject_id,
                 when=lab.collected_at,
-                censored=value.comparator is not None,
+                comparator=value.comparator,
             ):
                 continue
             accepted.append(Located(CheckedLab(lab, value, resolved), row.file, row.line, row.row))
@@ -619,23 +499,7 @@ class _Checker:
         labs: list[Located[CheckedLab]],
         dates: DateChecks,
     ) -> list[Located[ScoredAssessment]]:
-        evidence: dict[str, list[LabEvidence]] = defaultdict(list)
-        for lab_row in labs:
-            checked = lab_row.record
-            evidence[checked.lab.subject_id].append(
-                LabEvidence(
-                    result_id=checked.lab.result_id,
-                    analyte=checked.lab.analyte,
-                    collected_at=checked.lab.collected_at,
-                    value=checked.value,
-                    ucum=checked.resolved.ucum,
-                    ref_low=checked.lab.ref_low,
-                    ref_high=checked.lab.ref_high,
-                    where=f"{lab_row.file}:{lab_row.line}",
-                )
-            )
-        unjudged = _refused_labs(self.report, self.catalogue.pack.labs.analytes, set(subjects))
-        labs_absent = not self.report.holds(LABS)
+        scorer = AssessmentScorer(self.sledai, self.catalogue, self.flags, self.report, labs, set(subjects))
         accepted = []
         known = {d.key for d in self.sledai.descriptors}
         for row in rows:
@@ -653,66 +517,10 @@ class _Checker:
             else:
                 if dates.dated(row, assessment.subject_id, assessment.assessed_on, "assessed_on", "SLEDAI-2K"):
                     continue
-                refused = unjudged.get(assessment.subject_id, []) + unjudged.get("", [])
-                scored = self._score(row, assessment, evidence[assessment.subject_id], refused, labs_absent)
+                scored = scorer.score(row)
                 if scored is not None:
                     accepted.append(scored)
         return accepted
-
-    def _score(
-        self,
-        row: Located[SledaiAssessment],
-        assessment: SledaiAssessment,
-        labs: list[LabEvidence],
-        refused: list[UnjudgedLab],
-        labs_absent: bool,
-    ) -> Located[ScoredAssessment] | None:
-        """Score one assessment; a CRF total is the score, lab findings it left out become findings."""
-        try:
-            score = score_sledai(
-                self.sledai,
-                flagged=assessment.descriptors,
-                labs=labs,
-                assessed_on=assessment.assessed_on,
-                window_days=assessment.window_days,
-                units=self.catalogue.units,
-                not_attributed=assessment.not_attribution_causes,
-                reported_total=assessment.reported_total,
-                unjudged=refused,
-                labs_absent=labs_absent,
-            )
-        except ValueError as exc:
-            self.report.reject(row, "window_days", str(exc))
-            return None
-        where = f"{assessment.subject_id} {assessment.visit_code}"
-        if score.total_from_crf and score.total != score.assessed_total:
-            self.flags.raise_(
-                "sledai-total-differs",
-                row,
-                "reported_total",
-                f"{where}: CRF total {score.total}, the descriptors it lists weigh {score.assessed_total}; "
-                "the CRF total is the score",
-            )
-        if missed := score.uncounted_lab_findings:
-            listed = ", ".join(f"{d.key} ({d.weight}; {'/'.join(d.evidence)})" for d in missed)
-            self.flags.raise_(
-                "sledai-lab-findings",
-                row,
-                "descriptors",
-                f"{where}: CRF total {score.total}; labs also meet {listed}, which would give "
-                f"{score.computed_total}. Mark them not_attributed, or add them to the CRF",
-            )
-        if score.undecided:
-            causes = "; ".join(f"{d.key} (+{d.weight}): {', '.join(d.why)}" for d in score.undecided)
-            self.flags.raise_(
-                "sledai-undecided",
-                row,
-                "descriptors",
-                f"{where}: SLEDAI-2K {score.total} is preliminary, between {score.total} and {score.upper_total}: "
-                f"{causes}. Correct the lab rows, or give the CRF total",
-                value=str(score.total),
-            )
-        return Located(ScoredAssessment(assessment, score), row.file, row.line, row.row)
 
     def _procedures(
         self, rows: list[Located[TreatmentProcedure]], dates: DateChecks
@@ -794,31 +602,3 @@ class _Checker:
                 continue
             accepted.append(row)
         return accepted
-
-
-@functools.lru_cache(maxsize=32)
-def _decimal_fields(model: type[BaseModel]) -> tuple[str, ...]:
-    """The fields of a row model that hold a Decimal (the numbers a row reports)."""
-    return tuple(name for name, info in model.model_fields.items() if "Decimal" in str(info.annotation))
-
-
-def _refused_labs(report: LoadReport, analytes: Mapping[str, Any], subjects: set[str]) -> dict[str, list[UnjudgedLab]]:
-    """The refused rows of labs.csv as the SLEDAI-2K calculator sees them, by subject ("" when the row's subject
-    cannot be told: it could be anyone's). A cell that cannot be read stands for any analyte or day."""
-    refused: dict[str, list[UnjudgedLab]] = defaultdict(list)
-    seen: set[int] = set()
-    for reject in report.rejects:
-        if reject.file != LABS or reject.line in seen:
-            continue
-        seen.add(reject.line)
-        cells = reject.row
-        subject = (cells.get("subject_id") or "").strip()
-        analyte = (cells.get("analyte") or "").strip()
-        try:
-            day: date | None = datetime.fromisoformat((cells.get("collected_at") or "").strip()).date()
-        except ValueError:
-            day = None
-        refused[subject if subject in subjects else ""].append(
-            UnjudgedLab(analyte if analyte in analytes else None, day, f"{LABS}:{reject.line}", reject.reason)
-        )
-    return refused

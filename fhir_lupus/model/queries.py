@@ -23,10 +23,11 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_lupus._atomic import write_atomic
 from fhir_lupus.model._csv import read_rows
+from fhir_lupus.model._reading import validated
 from fhir_lupus.model._records import Finding, LoadReport
 
 __all__ = [
@@ -114,12 +115,8 @@ def read_responses(data_dir: Path, report: LoadReport) -> dict[str, QueryRespons
         if problem:
             report.reject((RESPONSES, line, row), None, problem)
             continue
-        try:
-            response = QueryResponse.model_validate({k: v for k, v in row.items() if v.strip()})
-        except ValidationError as exc:
-            for error in exc.errors():
-                column = str(error["loc"][0]) if error["loc"] else None
-                report.reject((RESPONSES, line, row), column, error["msg"].removeprefix("Value error, "))
+        response = validated(QueryResponse, (RESPONSES, line, row), report)
+        if response is None:
             continue
         earlier = latest.get(response.query_id)
         if earlier is None or response.responded_on >= earlier.responded_on:

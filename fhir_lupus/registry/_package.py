@@ -110,14 +110,20 @@ def package_trial(
     mappings_dir: Path | None = None,
     made_at: datetime | None = None,
     validation: Validation | None = None,
+    allow_rejects: bool = False,
 ) -> PackageResult:
     """Map the trial, keep the enrolled subjects' data (mappings/fhir/lifecycle.yaml), de-identify and write.
 
     ``validation``: "fast" or "strict" (fhir_lupus.validation), for the map and for the de-identified resources.
+    When ``report`` holds a refused row, RejectedRows is raised and nothing is written, unless ``allow_rejects``.
     """
     statuses = load_lifecycle_rules(mappings_dir).enrolled
     enrolled = {row.record.subject_id for row in data.subjects if row.record.status in statuses}
-    batches = iter_mapped(data, report, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation)
+    batches = refuse_rejected(
+        iter_mapped(data, report, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation),
+        report,
+        allow_rejects=allow_rejects,
+    )
     return write_package_batches(
         (batch.resources for batch in batches),
         out_dir,

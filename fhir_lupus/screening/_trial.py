@@ -63,10 +63,11 @@ def screen_trial(
             subject = reject.row.get("subject_id", "").strip()
             if where not in refused[subject]:
                 refused[subject].append(where)
+    baseline = data.study.visits()[0].code  # expanding the schedule is not free: once, not per row
     baseline_sledai = {
         row.record.assessment.subject_id: row.record
         for row in data.sledai
-        if row.record.assessment.visit_code == data.study.visits()[0].code
+        if row.record.assessment.visit_code == baseline
     }
     screened = []
     for row in data.screening:

@@ -55,6 +55,7 @@ class UnitConverter:
         self._aliases = pack.units.aliases
         self._arbitrary = pack.units.arbitrary_markers
         self._display = pack.units.display
+        self._commensurable: dict[tuple[str, str], bool] = {}  # a trial repeats a handful of unit pairs
 
     def to_ucum(self, reported: str) -> str:
         """The UCUM code for a unit as a lab wrote it; UnitError if UCUM cannot parse it."""
@@ -79,11 +80,16 @@ class UnitConverter:
         dimension; but a rate per 1.73 m2 of body surface and a raw rate are different quantities, so units
         whose annotations differ are never commensurable.
         """
-        if self.is_arbitrary(ucum_a) or self.is_arbitrary(ucum_b):
-            return ucum_a == ucum_b
-        if unit_annotations(ucum_a) != unit_annotations(ucum_b):
-            return False
-        return bool(self._parse(ucum_a).dimensionality == self._parse(ucum_b).dimensionality)
+        known = self._commensurable.get((ucum_a, ucum_b))
+        if known is None:
+            if self.is_arbitrary(ucum_a) or self.is_arbitrary(ucum_b):
+                known = ucum_a == ucum_b
+            elif unit_annotations(ucum_a) != unit_annotations(ucum_b):
+                known = False
+            else:
+                known = bool(self._parse(ucum_a).dimensionality == self._parse(ucum_b).dimensionality)
+            self._commensurable[(ucum_a, ucum_b)] = known
+        return known
 
     def convert(
         self,
