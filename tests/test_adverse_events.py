@@ -301,6 +301,17 @@ class TestMapper:
         assert "severity" not in r5 and "date" not in r5
         assert r5["suspectEntity"][0]["instanceReference"] == ctx.reference("Procedure", "NCT00698191", "P2")
         assert set(r5["suspectEntity"][0]["causality"]) == {"assessmentMethod", "entityRelatedness"}
+        # R5 validates against hl7.terminology 5.x, whose codes are lowercase; R4 keeps R4's spelling
+        causality = r5["suspectEntity"][0]["causality"]
+        assert causality["assessmentMethod"]["coding"][0]["code"] == "probability-scale"
+        assert r4["suspectEntity"][0]["causality"][0]["method"]["coding"][0]["code"] == "ProbabilityScale"
+        who_umc = [c["code"] for c in causality["entityRelatedness"]["coding"] if "causality-assess" in c["system"]]
+        r4_who_umc = [
+            c["code"]
+            for c in r4["suspectEntity"][0]["causality"][0]["assessment"]["coding"]
+            if "causality-assess" in c["system"]
+        ]
+        assert who_umc == [r4_who_umc[0].lower()] and who_umc[0] != r4_who_umc[0]
         urls = {e["url"].rsplit("/", 1)[-1]: e for e in r5["extension"]}
         assert set(urls) == {"ae-grade", "ae-severity"}
         assert all(e["url"].startswith("http://hl7.org/fhir/uv/ae-research-ig/") for e in r5["extension"])

@@ -729,3 +729,36 @@ def test_every_check_raised_is_declared_with_a_severity_and_a_source() -> None:
     assert raised - set(rules.checks) == set()  # raised but not declared
     assert {check for check in rules.checks if f'"{check}"' not in source} == set()  # declared, never raised
     assert all(check.source and check.what for check in rules.checks.values())
+
+
+def test_push_publishes_a_preliminary_total_only_where_no_final_one_stands(
+    dataset: Callable[..., Path], tmp_path: Path, fake: Any
+) -> None:
+    """The whole chain through the CLI against the fake server: a refused lab makes the BL total preliminary (listed);
+    the correct data makes it final; the refused lab again cannot put the preliminary total back over it."""
+    journal = tmp_path / "journal.sqlite"
+    args = ["--server", "https://fake.test/fhir", "--journal", str(journal)]
+
+    def baseline_total() -> dict[str, Any]:
+        (found,) = [o for o in fake.all("Observation") if o["identifier"][0]["value"] == "MSC-001/BL"]
+        return found
+
+    spoiled = dataset(spoiled_platelet)
+    refused = runner.invoke(app, ["push", str(spoiled), *args])
+    assert refused.exit_code == 1 and fake.all("Observation") == []  # nothing sent without --allow-rejects
+    first = runner.invoke(app, ["push", str(spoiled), *args, "--allow-rejects"])
+    assert first.exit_code == 0, first.output
+    assert "preliminary" in first.output and "sledai-undecided" in first.output
+    assert baseline_total()["status"] == "preliminary"
+    (spoiled / "labs.csv").write_text(
+        (spoiled / "labs.csv").read_text(encoding="utf-8").replace(",-85,", ",85,"), encoding="utf-8"
+    )
+    corrected = runner.invoke(app, ["push", str(spoiled), *args])
+    assert corrected.exit_code == 0, corrected.output
+    assert (baseline_total()["status"], baseline_total()["valueInteger"]) == ("final", 13)
+    (spoiled / "labs.csv").write_text(
+        (spoiled / "labs.csv").read_text(encoding="utf-8").replace(",85,", ",-85,"), encoding="utf-8"
+    )
+    again = runner.invoke(app, ["push", str(spoiled), *args, "--allow-rejects"])
+    assert again.exit_code == 1 and "held-back" in again.output and "not replaced" in again.output
+    assert (baseline_total()["status"], baseline_total()["valueInteger"]) == ("final", 13)

@@ -74,6 +74,7 @@ EXIT_AUTH_REFUSED = 4
 CaBundle = Annotated[Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust instead of the system's.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request.")]
 DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
+PRELIMINARY_CHECK = "sledai-undecided"  # the query that says a published total is preliminary (checks.yaml)
 
 
 def make_client(
@@ -195,11 +196,16 @@ def report_load(report: LoadReport, quarantine: Path | None, *, verbose_findings
         for finding in report.findings:
             label = "[magenta]query[/magenta]" if finding.severity == "query" else "[yellow]note[/yellow]"
             console.print(f"{label} {finding}", highlight=False)
-    elif report.queries:
-        console.print(
-            f"[magenta]{len(report.queries)} queries[/magenta] for the site (fhir-lupus validate --queries lists them)",
-            highlight=False,
-        )
+    else:  # what this command publishes as preliminary is listed all the same (a SLEDAI-2K total, a lower bound)
+        for finding in report.findings:
+            if finding.kind == PRELIMINARY_CHECK:
+                console.print(f"[yellow]preliminary[/yellow] {finding}", highlight=False)
+        if report.queries:
+            console.print(
+                f"[magenta]{len(report.queries)} queries[/magenta] for the site (fhir-lupus validate --queries lists "
+                "them)",
+                highlight=False,
+            )
     for reject in report.rejects:
         console.print(f"[red]rejected[/red] {reject}", highlight=False)
     if quarantine is not None and report.rejects:
