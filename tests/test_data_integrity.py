@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_adverse_events import ae
 from test_screening import SCREEN_ROW, facts, med, med_row
 from typer.testing import CliRunner
 
@@ -73,26 +74,10 @@ def withdrawn_in_history_only(rows: Rows) -> None:
 
 
 def fatal_event(**changes: str) -> dict[str, str]:
-    row = dict(
-        event_id="AE-1",
-        subject_id="MSC-001",
-        term="pulmonary haemorrhage",
-        meddra_code="",
-        ctcae_term="",
-        ctcae_code="",
-        grade="5",
-        serious="yes",
-        seriousness_criteria="death",
-        outcome="fatal",
-        onset_on="2008-02-10",
-        resolved_on="2008-02-12",
-        related_to="none",
-        causality="",
-        reporter="WJ",
-        recorded_on="2008-02-10",
-    )
-    row.update(changes)
-    return row
+    """A grade 5 event of MSC-001: onset 2008-02-10, death (resolved_on) 2008-02-12."""
+    fatal = dict(event_id="AE-1", term="pulmonary haemorrhage", ctcae_term="", grade="5", serious="yes")
+    fatal |= dict(seriousness_criteria="death", outcome="fatal", related_to="none", causality="")
+    return ae(**fatal, onset_on="2008-02-10", resolved_on="2008-02-12", recorded_on="2008-02-10") | changes
 
 
 def died(rows: Rows, *events: dict[str, str], coded: bool = True) -> None:
