@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from typing import IO, Any
 
 import orjson
 
+from fhir_lupus._scratch import scratch_dir
 from fhir_lupus.bundle import (
     DEPENDENCY_ORDER,
     MatchingRules,
@@ -38,8 +38,6 @@ from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.pipeline import MappedBatch
 
 __all__ = ["write_bundle", "write_ndjson"]
-
-_SPOOL_PREFIX = ".fhir-lupus-spool-"
 
 
 class _Spool:
@@ -70,8 +68,7 @@ class _Spool:
 
 @contextmanager
 def _spooled(beside: Path) -> Iterator[_Spool]:
-    beside.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix=_SPOOL_PREFIX, dir=beside))
+    directory = scratch_dir(beside, "spool")  # fhir_lupus/_scratch.py: never left behind, even by a kill
     spool = _Spool(directory)
     try:
         yield spool

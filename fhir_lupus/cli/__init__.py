@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import typer
 
+from fhir_lupus._scratch import exit_on_termination, sweep
 from fhir_lupus.cli._audit import app as audit_app
 from fhir_lupus.cli._demo import demo
 from fhir_lupus.cli._mapping import map_command, validate
@@ -33,4 +37,6 @@ app.add_typer(registry_app, name="registry")
 
 
 def main() -> None:
+    exit_on_termination()  # SIGTERM/SIGHUP: a normal exit, so no temporary file with patient data stays behind
+    sweep(Path(tempfile.gettempdir()))  # what a killed run left in the system's temporary directory (pull's spill)
     app()

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fhir_lupus._atomic import write_atomic
+from fhir_lupus._scratch import write_atomic
 from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
 from fhir_lupus.model.schedule import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
 

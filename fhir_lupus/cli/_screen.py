@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fhir_lupus._atomic import write_atomic
+from fhir_lupus._scratch import write_atomic
 from fhir_lupus.cli._common import (
     AllowRejects,
     DataDir,

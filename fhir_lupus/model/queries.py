@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fhir_lupus._atomic import write_atomic
+from fhir_lupus._scratch import write_atomic
 from fhir_lupus.model._csv import read_rows
 from fhir_lupus.model._reading import validated
 from fhir_lupus.model._records import Finding, LoadReport

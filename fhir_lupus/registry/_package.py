@@ -18,13 +18,13 @@ import itertools
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fhir_lupus._scratch import DIR_MODE, scratch_dir, write_atomic
 from fhir_lupus.audit import append_event, default_audit_path
 from fhir_lupus.bundle import dumps
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
@@ -257,9 +257,7 @@ def write_package_batches(
     links: list[LinkRow] = []
     excluded = 0
     known: dict[str, str] = {}  # old -> new references of the first batch (the study level)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
+    staging = scratch_dir(out_dir.parent, out_dir.name)  # fhir_lupus/_scratch.py: never left behind
     try:
         runs = _Runs(staging / ".runs", run_size)
         for number, resources in enumerate(batches):
@@ -493,13 +491,13 @@ def _replace_directory(out_dir: Path, files: Mapping[str, bytes], *, staging: Pa
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if staging is None:
-        staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-        staging.mkdir()
+        staging = scratch_dir(out_dir.parent, out_dir.name)
     try:
         for name, content in files.items():
             (staging / name).write_bytes(content)
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        os.chmod(staging, DIR_MODE)  # a private scratch directory until here; the package as mkdir makes one
         os.replace(staging, out_dir)
     finally:
         if staging.exists():
@@ -513,14 +511,4 @@ def _write_link_table(path: Path, links: list[LinkRow]) -> None:
     writer.writerow(LINK_COLUMNS)
     for link in sorted(links, key=lambda row: row.subject_id):
         writer.writerow((link.pseudonym, link.subject_id, link.date_shift_days))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(buffer.getvalue())
-        os.chmod(staging, 0o600)
-        os.replace(staging, path)
-    finally:
-        if staging.exists():
-            staging.unlink()
+    write_atomic(path, buffer.getvalue(), mode=0o600)  # its temporary file is mode 600 from the start too

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fhir_lupus._atomic import write_atomic
+from fhir_lupus._scratch import write_atomic
 from fhir_lupus.errors import InputError
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.report.definitions import ReportDefinition, load_report_definition

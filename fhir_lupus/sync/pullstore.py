@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import os
 import sqlite3
-import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -24,6 +23,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import orjson
 
+from fhir_lupus._scratch import FILE_MODE, scratch_file
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
 from fhir_lupus.sync.search import parse_instant
@@ -96,7 +96,8 @@ class Spool(Sequence[T], Generic[T]):
 
     def _spill(self, text: str) -> None:
         if self._file is None:
-            handle, self._path = tempfile.mkstemp(prefix="fhir-lupus-pull-", suffix=".jsonl")
+            handle, path = scratch_file(hint="pull", suffix=".jsonl")  # fhir_lupus/_scratch.py: swept if killed
+            self._path = str(path)
             self._file = os.fdopen(handle, "w", encoding="utf-8")
             weakref.finalize(self, _discard, self._file, self._path)
         self._file.write(text + "\n")
@@ -359,7 +360,8 @@ def write_rows(rows: Iterable[Any], path: Path, row_type: type) -> Path:
     """CSV (streamed), or parquet when the path ends in .parquet and pyarrow is installed; atomic replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = [f.name for f in fields(row_type)]
-    scratch = path.with_name(f".{path.name}.partial")
+    descriptor, scratch = scratch_file(path.parent, path.name)  # fhir_lupus/_scratch.py: swept if killed
+    os.close(descriptor)
     try:
         if path.suffix == ".parquet":
             _write_parquet((_flat(row) for row in rows), columns, scratch)
@@ -370,6 +372,7 @@ def write_rows(rows: Iterable[Any], path: Path, row_type: type) -> Path:
                 writer.writerows([flat.get(c, "") for c in columns] for flat in map(_flat, rows))
                 handle.flush()
                 os.fsync(handle.fileno())
+        os.chmod(scratch, FILE_MODE)  # private while written; then as open() makes a file
         os.replace(scratch, path)
     finally:
         scratch.unlink(missing_ok=True)
