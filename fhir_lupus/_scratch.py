@@ -8,16 +8,19 @@ none may stay behind:
 - a process killed outright (SIGKILL, a power cut) runs nothing: whatever it left is removed by the next run that
   makes a temporary file in the same directory (``sweep``), once no process with that pid is alive.
 
-``write_atomic``: the content goes to such a file beside the target, which then replaces it in one rename, so a
-reader sees the old file or the new one, never half of one.
+``write_atomic`` (and ``write_csv`` through it): the content goes to such a file beside the target, which then
+replaces it in one rename, so a reader sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -106,6 +109,15 @@ def write_atomic(path: Path, content: str | bytes, *, mode: int | None = None) -
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def write_csv(
+    path: Path, rows: Iterable[Sequence[object]], *, lineterminator: str = "\n", mode: int | None = None
+) -> None:
+    """``rows`` (the header first) as CSV, written with ``write_atomic``."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator=lineterminator).writerows(rows)
+    write_atomic(path, buffer.getvalue(), mode=mode)
 
 
 def exit_on_termination() -> None:

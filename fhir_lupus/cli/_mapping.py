@@ -82,9 +82,9 @@ def _print_check_counts(report: LoadReport, log: QueryLog, mappings: Path | None
     """One line per check that fired: severity, and for queries how many are open, answered, reopened, closed."""
     severities = {check: d.severity for check, d in load_check_rules(mappings).checks.items()}
     rows: dict[str, list[int]] = {}
-    for reject in report.rejects:  # a refused check names itself at the end of its reason: "... [check-id]"
-        if reject.reason.endswith("]") and "[" in reject.reason:
-            rows.setdefault(reject.reason.rsplit("[", 1)[1][:-1], [0, 0, 0, 0, 0])[0] += 1
+    for reject in report.rejects:
+        if reject.check is not None:
+            rows.setdefault(reject.check, [0, 0, 0, 0, 0])[0] += 1
     for finding in report.notes:
         rows.setdefault(finding.kind, [0, 0, 0, 0, 0])[0] += 1
     statuses = ("open", "answered", "reopened", "closed")

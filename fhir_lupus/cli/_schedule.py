@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
@@ -13,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fhir_lupus._scratch import write_atomic
+from fhir_lupus._scratch import write_csv
 from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
 from fhir_lupus.model.schedule import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
 
@@ -48,12 +46,9 @@ def schedule(
         out = Console(width=160)  # a file or pipe: no terminal width to fit, keep each subject on one line
     out.print(summary_table(schedules))
     if csv_path is not None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=SCHEDULE_CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(schedule_rows(schedules))
+        rows = [[row[column] for column in SCHEDULE_CSV_COLUMNS] for row in schedule_rows(schedules)]
         try:
-            write_atomic(csv_path, buffer.getvalue())
+            write_csv(csv_path, [SCHEDULE_CSV_COLUMNS, *rows])
         except OSError as exc:
             fail(ValueError(f"--csv {csv_path}: {exc.strerror or exc}"))
         console.print(f"wrote {csv_path}", highlight=False)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from fhir_lupus._scratch import write_atomic
+from fhir_lupus._scratch import write_csv
 from fhir_lupus.cli._common import (
     AllowRejects,
     DataDir,
@@ -82,25 +80,21 @@ def _print(candidate: ScreenedCandidate) -> None:
 
 
 def _write_csv(path: Path, screened: list[ScreenedCandidate]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(_CSV_COLUMNS)
-    for candidate in screened:
-        result = candidate.result
-        for item in result.criteria:
-            writer.writerow(
-                (
-                    result.subject_id,
-                    "yes" if candidate.enrolled else "no",
-                    result.verdict,
-                    result.status,
-                    item.criterion.text,
-                    "yes" if item.criterion.exclude else "no",
-                    item.decision,
-                    item.data,
-                )
-            )
+    rows = [
+        (
+            candidate.result.subject_id,
+            "yes" if candidate.enrolled else "no",
+            candidate.result.verdict,
+            candidate.result.status,
+            item.criterion.text,
+            "yes" if item.criterion.exclude else "no",
+            item.decision,
+            item.data,
+        )
+        for candidate in screened
+        for item in candidate.result.criteria
+    ]
     try:
-        write_atomic(path, buffer.getvalue())
+        write_csv(path, [_CSV_COLUMNS, *rows], lineterminator="\r\n")  # as csv.writer writes by default
     except OSError as exc:
         fail(ValueError(f"--csv {path}: {exc.strerror or exc}"))

@@ -103,7 +103,7 @@ def check_history(
         if problem is not None:
             report.reject(row, *problem)
             continue
-        if _medication_dates(row, subjects, screened_on.get(record.subject_id), checks):
+        if _medication_dates(row, screened_on.get(record.subject_id), checks):
             continue
         medications.append(row)
     medication_doses(checks.rules, medications, units, checks.flags)
@@ -114,15 +114,15 @@ def _screening_dates(
     row: Located[ScreeningRecord], subjects: dict[str, Located[Subject]], checks: HistoryChecks
 ) -> bool:
     """Screening and consent: not in the future, and before the enrolment of a candidate who enrolled."""
-    record, flags, today = row.record, checks.flags, checks.dates.today
+    record = row.record
     for column, day in (("screened_on", record.screened_on), ("consent_on", record.consent_on)):
         if day is None:
             continue
-        if day > today:
-            return flags.raise_("future-date", row, column, f"{column} {day} is in the future (today is {today})")
+        if checks.dates.future(row, day, column):
+            return True
         enrolled = subjects.get(record.subject_id)
         if enrolled is not None and day > enrolled.record.enrolled_on:
-            return flags.raise_(
+            return checks.flags.raise_(
                 "screening-after-enrolment",
                 row,
                 column,
@@ -132,26 +132,15 @@ def _screening_dates(
     return False
 
 
-def _medication_dates(
-    row: Located[MedicationHistory], subjects: dict[str, Located[Subject]], screened: date | None, checks: HistoryChecks
-) -> bool:
-    """A course: not in the future, not started after the subject's participation; one started after its
+def _medication_dates(row: Located[MedicationHistory], screened: date | None, checks: HistoryChecks) -> bool:
+    """A course: not in the future, not started after the subject's participation (a candidate who did not enrol
+    has no timeline: only the future is impossible for it); one started after its
     candidate's screening is a note (eligibility, judged as of the screening date, ignores it)."""
     record = row.record
-    if record.ended_on is not None and record.ended_on > checks.dates.today:
-        return checks.flags.raise_(
-            "future-date",
-            row,
-            "ended_on",
-            f"ended_on {record.ended_on} is in the future (today is {checks.dates.today})",
-        )
-    if record.subject_id in subjects or screened is None:
-        refused = checks.dates.dated(row, record.subject_id, record.started_on, "started_on", f"{record.drug} course")
-    else:  # a candidate who did not enrol: no participation to end, the future is still impossible
-        refused = record.started_on > checks.dates.today and checks.flags.raise_(
-            "future-date", row, "started_on", f"started_on {record.started_on} is in the future"
-        )
-    if refused:
+    what = f"{record.drug} course"
+    if checks.dates.future(row, record.ended_on, "ended_on") or checks.dates.dated(
+        row, record.subject_id, record.started_on, "started_on", what
+    ):
         return True
     if screened is not None and record.started_on > screened:
         checks.flags.raise_(

@@ -54,6 +54,7 @@ class Reject:
     column: str | None
     reason: str
     row: dict[str, str]
+    check: str | None = None  # the edit check of mappings/checks/checks.yaml that refused it, if one did
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" + (f": column {self.column}" if self.column else "")
@@ -104,12 +105,18 @@ class LoadReport:
         """Whether ``file`` was there with at least one row (read, whatever became of its rows)."""
         return file not in self.absent
 
-    def reject(self, where: Located[Any] | tuple[str, int, dict[str, str]], column: str | None, reason: str) -> None:
+    def reject(
+        self,
+        where: Located[Any] | tuple[str, int, dict[str, str]],
+        column: str | None,
+        reason: str,
+        check: str | None = None,
+    ) -> None:
         if isinstance(where, Located):
             file, line, row = where.file, where.line, where.row
         else:
             file, line, row = where
-        self.rejects.append(Reject(file=file, line=line, column=column, reason=reason, row=row))
+        self.rejects.append(Reject(file=file, line=line, column=column, reason=reason, row=row, check=check))
 
     @property
     def rejected(self) -> Counter[str]:

@@ -22,9 +22,10 @@ from fhir_lupus.model._records import LoadReport, Located
 from fhir_lupus.model.entities import Subject, TreatmentProcedure
 from fhir_lupus.terminology.adverse_events import AdverseEventTerms
 
-__all__ = ["ADVERSE_EVENTS", "AdverseEventRow", "CheckedAdverseEvent", "check_adverse_events"]
+__all__ = ["ADVERSE_EVENTS", "FATAL_OUTCOME", "AdverseEventRow", "CheckedAdverseEvent", "check_adverse_events"]
 
 ADVERSE_EVENTS = "adverse_events.csv"
+FATAL_OUTCOME = "fatal"  # the outcome key that is the subject's death (a grade 5 event has it)
 _KEY = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # procedure statuses that mean the treatment was (at least partly) given, so it can be a suspect
 _GIVEN = frozenset({"completed", "in-progress", "stopped", "on-hold"})
@@ -112,11 +113,11 @@ def row_problems(event: AdverseEventRow, terms: AdverseEventTerms) -> list[tuple
     if outcome_ok:
         if event.resolved_on and event.outcome not in terms.resolved_outcomes:
             problems.append(("resolved_on", f"an event with outcome {event.outcome} has not resolved"))
-        if event.grade == 5 and event.outcome != "fatal":
+        if event.grade == 5 and event.outcome != FATAL_OUTCOME:
             problems.append(("outcome", "a grade 5 event (death related to the event) has outcome fatal"))
-        if event.outcome == "fatal" and event.grade != 5:
+        if event.outcome == FATAL_OUTCOME and event.grade != 5:
             problems.append(("grade", "a fatal event is grade 5 (CTCAE: death related to the adverse event)"))
-        if event.outcome == "fatal" and "death" not in event.seriousness_criteria:
+        if event.outcome == FATAL_OUTCOME and "death" not in event.seriousness_criteria:
             problems.append(("seriousness_criteria", "a fatal event is serious with the criterion death"))
     return problems
 

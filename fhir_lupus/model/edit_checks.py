@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -56,7 +56,7 @@ class Flags:
         file, line, row = (where.file, where.line, where.row) if isinstance(where, Located) else where
         severity = self.rules.severity(check)
         if severity == "reject":
-            self.report.reject((file, line, row), column, f"{message} [{check}]")
+            self.report.reject((file, line, row), column, f"{message} [{check}]", check)
             return True
         self.report.findings.append(
             finding(check, severity, file, line, message, row=row, column=column, subject_id=subject_id, value=value)
@@ -120,46 +120,44 @@ class LabChecks:
         self.flags = flags
         self.molar_masses = molar_masses
         self._values: list[_Value] = []
-        self._factors: dict[tuple[str, str], tuple[float, LabLimit] | None] = {}
 
-    def in_unit(self, analyte: str, value: Decimal | float, ucum: str) -> tuple[float, LabLimit] | None:
-        """``value`` (in ``ucum``) in the analyte's limit unit, with its limits; None without limits or factor."""
-        if (analyte, ucum) not in self._factors:
-            limit = self.limits.get(analyte)
-            factor = None if limit is None else _factor(self.units, ucum, limit.unit, self.molar_masses.get(analyte))
-            self._factors[(analyte, ucum)] = None if factor is None or limit is None else (factor, limit)
-        known = self._factors[(analyte, ucum)]
-        if known is None:
+    def in_unit(self, analyte: str, value: Decimal | float, ucum: str | None) -> tuple[float, LabLimit] | None:
+        """``value`` in the analyte's limit unit, with its limits (``ucum`` None: it is in that unit already);
+        None when the analyte has no limits or the unit does not convert."""
+        limit = self.limits.get(analyte)
+        if limit is None:
             return None
-        factor, limit = known
-        return float(value) * factor, limit
+        factor = 1.0 if ucum is None else _factor(self.units, ucum, limit.unit, self.molar_masses.get(analyte))
+        return None if factor is None else (float(value) * factor, limit)
 
     def check(
         self,
         row: Located[Any],
         analyte: str,
         ucum: str | None,
-        cells: Sequence[tuple[str, Decimal | None]],
+        value: Decimal | None,
+        ref_low: Decimal | None = None,
+        ref_high: Decimal | None = None,
         *,
         subject_id: str,
         when: Any = None,
         comparator: str | None = None,
     ) -> bool:
-        """Check each (column, number) of one row; True when the row is refused. The first cell is the result,
-        then the reference limits (``ref_low``, ``ref_high``); the result joins the delta check unless it is
-        censored (``comparator``: a bound is not a value), and a censored bound is checked against the limits."""
+        """Check a result and its reference limits; True when the row is refused. The result joins the delta
+        check unless it is censored (``comparator``: a bound is not a value), and a censored bound is checked
+        against the reference limits."""
         if ucum is None:
             return False
-        refused = self._censored_bound(row, analyte, comparator, dict(cells), subject_id)
-        for index, (column, number) in enumerate(cells):
+        refused = self._censored_bound(row, analyte, comparator, value, ref_low, ref_high, subject_id)
+        for column, number in (("value", value), ("ref_low", ref_low), ("ref_high", ref_high)):
             if number is None:
                 continue
             converted = self.in_unit(analyte, number, ucum)
             if converted is None:
                 continue
-            value, limit = converted
-            shown = f"{number:g} {ucum}" + ("" if ucum == limit.unit else f" (= {value:.4g} {limit.unit})")
-            if broken := limit.physical.broken_by(value):
+            amount, limit = converted
+            shown = f"{number:g} {ucum}" + ("" if ucum == limit.unit else f" (= {amount:.4g} {limit.unit})")
+            if broken := limit.physical.broken_by(amount):
                 refused |= self.flags.raise_(
                     "lab-impossible",
                     row,
@@ -167,7 +165,7 @@ class LabChecks:
                     f"{analyte} {column} {shown} is {broken} {limit.unit}: impossible",
                     subject_id=subject_id,
                 )
-            elif broken := limit.plausible.broken_by(value):
+            elif broken := limit.plausible.broken_by(amount):
                 refused |= self.flags.raise_(
                     "lab-implausible",
                     row,
@@ -176,8 +174,8 @@ class LabChecks:
                     f"plausible range ({limit.reason}): a unit slip? Confirm or correct",
                     subject_id=subject_id,
                 )
-            elif index == 0 and comparator is None and when is not None:
-                self._values.append(_Value(subject_id, analyte, when, value, row))
+            elif column == "value" and comparator is None and when is not None:
+                self._values.append(_Value(subject_id, analyte, when, amount, row))
         return refused
 
     def _censored_bound(
@@ -185,11 +183,12 @@ class LabChecks:
         row: Located[Any],
         analyte: str,
         comparator: str | None,
-        cells: dict[str, Decimal | None],
+        bound: Decimal | None,
+        low: Decimal | None,
+        high: Decimal | None,
         subject_id: str,
     ) -> bool:
         """``<X`` with X above the upper reference limit, or ``>X`` with X below the lower one, is no assay limit."""
-        bound, low, high = cells.get("value"), cells.get("ref_low"), cells.get("ref_high")
         if comparator is None or bound is None:
             return False
         if comparator.startswith("<") and high is not None and bound > high:
@@ -321,30 +320,32 @@ def medication_doses(rules: CheckRules, rows: Iterable[Located[Any]], units: Uni
 
 
 def screening_values(lab_checks: LabChecks, rows: Iterable[Located[Any]], units: UnitConverter) -> None:
-    """screening.csv's ALT and 24-h urine protein against the limits of the same analytes (queries only)."""
+    """screening.csv's ALT (and its ULN, in ALT's unit: the file gives none, so the limit's unit is assumed) and
+    24-h urine protein (in its urine_protein_unit) against the limits of the same analytes (queries only)."""
     for row in rows:
         record = row.record
         cells: list[tuple[str, str, Decimal | None, str | None]] = [
-            ("alt", "alt", record.alt, "U/L"),
-            ("alt_uln", "alt", record.alt_uln, "U/L"),
+            ("alt", "alt", record.alt, None),
+            ("alt_uln", "alt", record.alt_uln, None),
             ("urine_protein_24h", "urine_protein_24h", record.urine_protein_24h, record.urine_protein_unit),
         ]
         for column, analyte, number, unit in cells:
-            if number is None or not unit:
+            if number is None or (column == "urine_protein_24h" and not unit):
                 continue
             try:
-                converted = lab_checks.in_unit(analyte, number, units.to_ucum(unit))
+                converted = lab_checks.in_unit(analyte, number, units.to_ucum(unit) if unit else None)
             except UnitError:
                 continue
             if converted is None:
                 continue
             value, limit = converted
             if broken := limit.plausible.broken_by(value):
+                shown = f"{number:g} {unit or limit.unit}"
                 lab_checks.flags.raise_(
                     "screening-implausible",
                     row,
                     column,
-                    f"{column} {number:g} {unit} is {broken} {limit.unit} ({limit.reason}): confirm or correct",
+                    f"{column} {shown} is {broken} {limit.unit} ({limit.reason}): confirm or correct",
                 )
 
 

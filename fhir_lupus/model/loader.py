@@ -192,10 +192,13 @@ class _Checker:
         self.catalogue = LabCatalogue(pack)
         self.sledai = sledai
         self.report = report
-        self.today = today or date.today()
         self.schedule = {visit.code: visit for visit in study.visits()}
         self.rules = load_check_rules(pack.root)
         self.flags = Flags(self.rules, report)
+        # the date rules (fhir_lupus/model/timeline.py): "not in the future" at once, the timelines once resolved
+        self.dates = DateChecks({}, self.flags, today or date.today())
+        self.refused_subjects: dict[str, int] = {}
+        self.refused_visits: dict[tuple[str, str], int] = {}
         molar_masses = {key: analyte.molar_mass for key, analyte in pack.labs.analytes.items()}
         self.lab_checks = LabChecks(load_lab_limits(pack.root), self.catalogue.units, self.flags, molar_masses)
         # passes 1 and 2 (rows against models, keys unique); ``keep`` and ``keys`` for load_trial_chunks
@@ -245,7 +248,8 @@ class _Checker:
             self.flags,
             events_recorded=self.report.holds(ADVERSE_EVENTS),
         )
-        dates = DateChecks(timelines, self.flags, self.today)
+        dates = self.dates
+        dates.timelines = timelines
         procedures = self._procedures(procedures, dates)
         timelines = with_infusions(timelines, procedures)
         dates.timelines = timelines
@@ -263,15 +267,14 @@ class _Checker:
         sledai = self._sledai(
             self._read(SLEDAI, SledaiAssessment, ("subject_id", "visit_code")), subjects, visit_keys, labs, dates
         )
-        outside = self._visit_windows(timelines, visits, labs, treg, sledai)
         # The schedule is checked once the procedures are in (the anchor may be the MSC infusion); its findings
-        # go where the visits pass left off, so the report keeps file order.
-        self.report.findings[schedule_at:schedule_at] = schedule_findings(
-            self.study,
-            evaluate_schedule(
-                self.study, (row.record for row in subjects.values()), visits, procedures, timelines=timelines
-            ),
+        # go where the visits pass left off, so the report keeps file order. Its day 0 also places the labs.
+        schedules = evaluate_schedule(
+            self.study, (row.record for row in subjects.values()), visits, procedures, timelines=timelines
         )
+        self.report.findings[schedule_at:schedule_at] = schedule_findings(self.study, schedules)
+        anchors = {schedule.subject_id: schedule.anchor for schedule in schedules if schedule.anchor is not None}
+        outside = self._visit_windows(anchors, visits, labs, treg, sledai)
         screening, medications = check_history(
             self._read,
             self.report,
@@ -331,14 +334,16 @@ class _Checker:
                     row, "off_study_reason_code", f"a coded off-study reason for a subject who is {subject.status}"
                 )
                 continue
-            refused = False
-            for column, day in (("enrolled_on", subject.enrolled_on), ("off_study_on", subject.off_study_on)):
-                if day is not None and day > self.today:
-                    refused |= self.flags.raise_(
-                        "future-date", row, column, f"{column} {day} is in the future (today is {self.today})"
-                    )
-            if not refused:
+            refused = [
+                self.dates.future(row, subject.enrolled_on, "enrolled_on"),
+                self.dates.future(row, subject.off_study_on, "off_study_on"),
+            ]
+            if not any(refused):
                 subjects[subject.subject_id] = row
+        # refused subjects, found once: every row of theirs names the line (the first, as the report lists them)
+        for reject in self.report.rejects:
+            if reject.file == SUBJECTS:
+                self.refused_subjects.setdefault(reject.row.get("subject_id", ""), reject.line)
         return subjects
 
     def _history_row_refused(self, row: Located[StatusChange], lifecycle: LifecycleRules) -> bool:
@@ -347,17 +352,15 @@ class _Checker:
             known = ", ".join(lifecycle.off_study_reasons)
             self.report.reject(row, "reason_code", f"{change.reason_code!r} is not one of {known} (lifecycle.yaml)")
             return True
-        if change.on > self.today:
-            return self.flags.raise_("future-date", row, "on", f"{change.on} is in the future (today is {self.today})")
-        return False
+        return self.dates.future(row, change.on, "on")
 
     def _subject_ok(self, row: Located[Any], subject_id: str, subjects: dict[str, Located[Subject]]) -> bool:
         if subject_id in subjects:
             return True
-        refused = [r for r in self.report.rejects if r.file == SUBJECTS and r.row.get("subject_id") == subject_id]
+        refused = self.refused_subjects.get(subject_id)
         reason = (
-            f"subject {subject_id} was rejected ({SUBJECTS}:{refused[0].line})"
-            if refused
+            f"subject {subject_id} was rejected ({SUBJECTS}:{refused})"
+            if refused is not None
             else f"unknown subject {subject_id} (not in {SUBJECTS})"
         )
         self.report.reject(row, "subject_id", reason)
@@ -374,17 +377,8 @@ class _Checker:
         if not self._subject_ok(row, subject_id, subjects):
             return False
         if (subject_id, visit_code) not in visits:
-            refused = next(
-                (
-                    r
-                    for r in self.report.rejects
-                    if r.file == VISITS
-                    and r.row.get("subject_id", "").strip() == subject_id
-                    and r.row.get("visit_code", "").strip() == visit_code
-                ),
-                None,
-            )
-            why = f"was refused ({VISITS}:{refused.line})" if refused else f"is not in {VISITS}"
+            refused = self.refused_visits.get((subject_id, visit_code))
+            why = f"was refused ({VISITS}:{refused})" if refused is not None else f"is not in {VISITS}"
             self.report.reject(row, "visit_code", f"visit {visit_code} of {subject_id} {why}")
             return False
         return True
@@ -403,22 +397,23 @@ class _Checker:
             if dates.dated(row, visit.subject_id, visit.visit_date, "visit_date", "visit", from_enrolment=True):
                 continue
             accepted.append(row)
+        for reject in self.report.rejects:  # found once: a lab of a refused visit names its line
+            if reject.file == VISITS:
+                key = (reject.row.get("subject_id", "").strip(), reject.row.get("visit_code", "").strip())
+                self.refused_visits.setdefault(key, reject.line)
         return accepted
 
     def _visit_windows(
         self,
-        timelines: dict[str, SubjectTimeline],
+        anchors: dict[str, date],
         visits: list[Located[Visit]],
         labs: list[Located[CheckedLab]],
         treg: list[Located[TregMeasurement]],
         sledai: list[Located[ScoredAssessment]],
     ) -> set[tuple[str, int]]:
-        """Labs, Treg and SLEDAI-2K rows dated away from their visit (edit_checks.visit_windows)."""
+        """Labs, Treg and SLEDAI-2K rows dated away from their visit (edit_checks.visit_windows); ``anchors``:
+        each subject's day 0 as the schedule counts it."""
         held = {(v.record.subject_id, v.record.visit_code): v.record.visit_date for v in visits}
-        baseline = self.study.visits()[0].code
-        anchors = {sid: day for (sid, code), day in held.items() if code == baseline}
-        if self.study.protocol.visit_months.anchor == "msc_infusion":
-            anchors.update({sid: t.infusion_on for sid, t in timelines.items() if t.infusion_on is not None})
         rows: list[tuple[Located[Any], str, str, date, str]] = []
         rows += [
             (r, r.record.lab.subject_id, r.record.lab.visit_code, r.record.lab.collected_at.date(), "collected_at")
@@ -477,12 +472,13 @@ class _Checker:
                 continue
             if dates.dated(row, lab.subject_id, lab.collected_at.date(), "collected_at", f"{lab.analyte} result"):
                 continue
-            cells = (("value", value.number), ("ref_low", lab.ref_low), ("ref_high", lab.ref_high))
             if self.lab_checks.check(
                 row,
                 lab.analyte,
                 resolved.ucum,
-                cells,
+                value.number,
+                lab.ref_low,
+                lab.ref_high,
                 subject_id=lab.subject_id,
                 when=lab.collected_at,
                 comparator=value.comparator,
@@ -592,13 +588,7 @@ class _Checker:
                 listed = ", ".join(f"{pid} ({PROCEDURES}:{refused_lines.get(pid, '?')})" for pid in gone)
                 self.report.reject(row, "related_to", f"the suspected treatment {listed} was refused")
                 continue
-            refused = False
-            for column, day in (("resolved_on", event.resolved_on), ("recorded_on", event.recorded_on)):
-                if day is not None and day > self.today:
-                    refused |= self.flags.raise_(
-                        "future-date", row, column, f"{column} {day} is in the future (today is {self.today})"
-                    )
-            if refused or dates.adverse_event(Located(event, row.file, row.line, row.row)):
+            if dates.adverse_event(Located(event, row.file, row.line, row.row)):
                 continue
             accepted.append(row)
         return accepted

@@ -14,9 +14,7 @@ Closed queries are counted, not listed. Notes are not queries and are never writ
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date
@@ -25,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fhir_lupus._scratch import write_atomic
+from fhir_lupus._scratch import write_csv
 from fhir_lupus.model._csv import read_rows
 from fhir_lupus.model._reading import validated
 from fhir_lupus.model._records import Finding, LoadReport
@@ -151,28 +149,25 @@ def track_queries(report: LoadReport, data_dir: Path) -> QueryLog:
 
 def write_queries(log: QueryLog, path: Path) -> int:
     """Write the queries that are not closed as CSV (QUERY_COLUMNS), atomically; returns how many."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(QUERY_COLUMNS)
     rows = log.open
-    for query in rows:
-        finding, response = query.finding, query.response
-        writer.writerow(
-            (
-                query.id,
-                finding.kind,
-                finding.severity,
-                query.status,
-                finding.subject_id or "",
-                finding.file,
-                finding.line or "",
-                finding.column or "",
-                finding.value or "",
-                finding.message,
-                response.response if response else "",
-                response.responded_by if response else "",
-                response.responded_on.isoformat() if response else "",
-            )
-        )
-    write_atomic(path, buffer.getvalue())
+    write_csv(path, [QUERY_COLUMNS, *(_query_row(query) for query in rows)])
     return len(rows)
+
+
+def _query_row(query: Query) -> tuple[object, ...]:
+    finding, response = query.finding, query.response
+    return (
+        query.id,
+        finding.kind,
+        finding.severity,
+        query.status,
+        finding.subject_id or "",
+        finding.file,
+        finding.line or "",
+        finding.column or "",
+        finding.value or "",
+        finding.message,
+        response.response if response else "",
+        response.responded_by if response else "",
+        response.responded_on.isoformat() if response else "",
+    )

@@ -29,7 +29,7 @@ from datetime import date
 from typing import Any
 
 from fhir_lupus.model._records import Located
-from fhir_lupus.model.adverse_events import AdverseEventRow
+from fhir_lupus.model.adverse_events import FATAL_OUTCOME, AdverseEventRow
 from fhir_lupus.model.edit_checks import Flags
 from fhir_lupus.model.entities import StatusChange, Subject, TreatmentProcedure
 from fhir_lupus.model.lifecycle import LifecycleRules
@@ -37,7 +37,6 @@ from fhir_lupus.model.lifecycle import LifecycleRules
 __all__ = ["DateChecks", "Dated", "SubjectTimeline", "resolve_timelines", "with_infusions"]
 
 SUBJECTS, STATUS_HISTORY, ADVERSE_EVENTS = "subjects.csv", "status_history.csv", "adverse_events.csv"
-FATAL = "fatal"  # the outcome key of adverse_events.csv that is death (grade 5 goes with it: model/adverse_events.py)
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def resolve_timelines(
     holds rows, so a death without a fatal event there is a disagreement."""
     fatal: dict[str, list[Located[AdverseEventRow]]] = {}
     for row in events:
-        if row.record.outcome == FATAL or row.record.grade == 5:
+        if row.record.outcome == FATAL_OUTCOME or row.record.grade == 5:
             fatal.setdefault(row.record.subject_id, []).append(row)
     timelines = {}
     for subject_id, located in subjects.items():
@@ -228,19 +227,24 @@ class DateChecks:
         self.flags = flags
         self.today = today
 
+    def future(self, row: Located[Any], day: date | None, column: str, what: str = "") -> bool:
+        """``future-date``: nothing in a trial record can have happened after today."""
+        if day is None or day <= self.today:
+            return False
+        return self.flags.raise_(
+            "future-date",
+            row,
+            column,
+            f"{f'{what} on' if what else column} {day} is in the future (today is {self.today})",
+            value=day.isoformat(),
+        )
+
     def dated(
         self, row: Located[Any], subject_id: str, day: date, column: str, what: str, *, from_enrolment: bool = False
     ) -> bool:
         """``future-date``, ``after-end`` and (``from_enrolment``) ``before-enrolment`` for one dated row."""
-        if day > self.today:
-            return self.flags.raise_(
-                "future-date",
-                row,
-                column,
-                f"{what} on {day} is in the future (today is {self.today})",
-                subject_id=subject_id,
-                value=day.isoformat(),
-            )
+        if self.future(row, day, column, what):
+            return True
         timeline = self.timelines.get(subject_id)
         if timeline is None:
             return False
@@ -266,17 +270,18 @@ class DateChecks:
         return False
 
     def adverse_event(self, row: Located[AdverseEventRow]) -> bool:
-        """An event's onset: never in the future or after death; after leaving the study, a note."""
+        """An event's dates never in the future, its onset never after death; after leaving the study, a note."""
         event = row.record
-        if event.onset_on > self.today:
-            return self.flags.raise_(
-                "future-date",
-                row,
-                "onset_on",
-                f"onset on {event.onset_on} is in the future (today is {self.today})",
-                subject_id=event.subject_id,
-                value=event.onset_on.isoformat(),
+        refused = [
+            self.future(row, day, column)
+            for column, day in (
+                ("onset_on", event.onset_on),
+                ("resolved_on", event.resolved_on),
+                ("recorded_on", event.recorded_on),
             )
+        ]
+        if any(refused):
+            return True
         timeline = self.timelines.get(event.subject_id)
         if timeline is None:
             return False

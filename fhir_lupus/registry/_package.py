@@ -10,10 +10,8 @@ is written beside it, never inside, with mode 600.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import heapq
-import io
 import itertools
 import json
 import os
@@ -24,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fhir_lupus._scratch import DIR_MODE, scratch_dir, write_atomic
+from fhir_lupus._scratch import DIR_MODE, scratch_dir, write_csv
 from fhir_lupus.audit import append_event, default_audit_path
 from fhir_lupus.bundle import dumps
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
@@ -506,9 +504,7 @@ def _replace_directory(out_dir: Path, files: Mapping[str, bytes], *, staging: Pa
 
 def _write_link_table(path: Path, links: list[LinkRow]) -> None:
     """pseudonym, subject_id, date_shift_days; mode 600 from the start (never readable by others)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(LINK_COLUMNS)
-    for link in sorted(links, key=lambda row: row.subject_id):
-        writer.writerow((link.pseudonym, link.subject_id, link.date_shift_days))
-    write_atomic(path, buffer.getvalue(), mode=0o600)  # its temporary file is mode 600 from the start too
+    rows = [
+        (link.pseudonym, link.subject_id, link.date_shift_days) for link in sorted(links, key=lambda r: r.subject_id)
+    ]
+    write_csv(path, [LINK_COLUMNS, *rows], mode=0o600)  # its temporary file is mode 600 from the start too
