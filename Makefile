@@ -30,7 +30,7 @@ test-unit: $(BIN)/fhir-lupus
 test-spark: $(BIN)/fhir-lupus
 	$(BIN)/python -m pip install --quiet -e '.[test,spark]'
 	mvn -q -B dependency:get -Dtransitive=false \
-		-Dartifact=$$($(BIN)/python -c 'from fhir_lupus.spark.session import pathling_package; print(pathling_package())')
+		-Dartifact=$$($(BIN)/python -c 'from fhir_lupus.spark._session import pathling_package; print(pathling_package())')
 	FHIR_LUPUS_SPARK_TESTS=1 $(BIN)/python -m pytest -q tests/spark
 
 lint: $(BIN)/fhir-lupus

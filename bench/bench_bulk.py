@@ -25,7 +25,9 @@ from bench_push import fresh_hapi
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
-from fhir_lupus.sync import BulkOptions, Journal, pull_study, push_trial
+from fhir_lupus.journal import Journal
+from fhir_lupus.pull import BulkOptions, pull_study
+from fhir_lupus.push import push_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

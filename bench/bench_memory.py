@@ -28,7 +28,7 @@ from scale_example import observations_per_copy, scale
 
 BIN = Path(sys.executable).parent
 LOAD_ONLY = (
-    "import sys; from pathlib import Path; from fhir_lupus.model.loader import load_trial; "
+    "import sys; from pathlib import Path; from fhir_lupus.model._loader import load_trial; "
     "data, report = load_trial(Path(sys.argv[1])); print(len(data.labs), 'labs')"
 )
 

@@ -42,10 +42,12 @@ from typing import Any
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import load_study
-from fhir_lupus.sync import Journal, pull_study, push_trial
-from fhir_lupus.sync.pull import DEFAULT_WORKERS
-from fhir_lupus.sync.reverse import load_pull_rules
+from fhir_lupus.pull import pull_study
+from fhir_lupus.pull._reverse import load_pull_rules
+from fhir_lupus.pull._runner import DEFAULT_WORKERS
+from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,9 +39,10 @@ from fhir_lupus import load_trial
 from fhir_lupus.bundle import dependency_sorted, local_ref, transaction_bundle
 from fhir_lupus.client import FhirClient
 from fhir_lupus.devserver import start, stop
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, PushOptions, push_trial
+from fhir_lupus.push import PushOptions, push_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

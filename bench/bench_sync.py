@@ -18,7 +18,9 @@ from pathlib import Path
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
-from fhir_lupus.sync import Journal, PushOptions, dry_run_trial, pull_study, push_trial
+from fhir_lupus.journal import Journal
+from fhir_lupus.pull import pull_study
+from fhir_lupus.push import PushOptions, dry_run_trial, push_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))

@@ -25,7 +25,7 @@ IN_PROCESS = """
 import statistics, sys, time
 from pathlib import Path
 from fhir_lupus.model import load_trial
-from fhir_lupus.screening import screen_trial, screening_findings
+from fhir_lupus.study import screen_trial, screening_findings
 data_dir = Path(sys.argv[1])
 load_trial(data_dir)
 times = []

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.registry import load_key, package_trial, submit_package
-from fhir_lupus.sync import Journal
 
 
 def main() -> int:

@@ -34,11 +34,11 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 try:  # POSIX; elsewhere appends are not locked against a concurrent process
@@ -46,15 +46,23 @@ try:  # POSIX; elsewhere appends are not locked against a concurrent process
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+from fhir_lupus.terminology import load_pack
+
+if TYPE_CHECKING:
+    from fhir_lupus.journal import Journal
+
 __all__ = [
     "DEFAULT_AUDIT_PATH",
     "GENESIS",
     "KINDS",
     "AuditEntry",
+    "AuditLog",
     "Problem",
     "VerifyReport",
     "append_event",
+    "append_run",
     "default_audit_path",
+    "digest_of",
     "entry_hash",
     "read_entries",
     "redact_server",
@@ -371,3 +379,42 @@ def _check_chain(report: VerifyReport, parsed: list[tuple[int, AuditEntry]]) -> 
                 )
             )
         previous = entry
+
+
+# where a push or a pull appends their audit entry: None = next to the journal
+# (fhir_lupus.audit.default_audit_path), a path = there, False = nowhere (tests that need no trail)
+AuditLog = Path | None | Literal[False]
+
+
+def digest_of(hashes: Iterable[str]) -> str:
+    """SHA-256 over the sorted per-item hashes, one per line: the same content gives the same digest."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
+def append_run(
+    audit_log: AuditLog,
+    journal: Journal,
+    kind: str,
+    *,
+    server: str,
+    counts: Mapping[str, int],
+    digest: str,
+    outcome: str,
+    details: Mapping[str, str],
+    mappings_dir: Path | None,
+) -> None:
+    """Append one run's entry (push, pull, registry) and record the new head in the journal."""
+    if audit_log is False:
+        return
+    path = default_audit_path(journal.path) if audit_log is None else audit_log
+    entry = append_event(
+        path,
+        kind,
+        server=server,
+        counts=counts,
+        content_hash=digest,
+        details=details,
+        outcome=outcome,
+        mapping_version=load_pack(mappings_dir).project.mapping_version,
+    )
+    journal.set_audit_head(path, entry["seq"], entry["hash"])

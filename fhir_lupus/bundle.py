@@ -27,7 +27,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus.errors import ResourceInvalidError
-from fhir_lupus.mappers._context import Resource
+from fhir_lupus.mappers import Resource
 from fhir_lupus.terminology import load_mapping_file
 
 __all__ = [

@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 
 from fhir_lupus.errors import FhirLupusError, MappingError, RejectedRows
 from fhir_lupus.mappers import (
+    MappingContext,
+    Resource,
+    conditioned_infusion,
     map_adverse_event,
     map_encounter,
     map_enrollment_group,
@@ -32,21 +35,16 @@ from fhir_lupus.mappers import (
     map_project_codesystem,
     map_research_study,
     map_research_subject,
+    map_schedule_of_activities,
     map_site_location,
     map_sledai_observation,
     map_sponsor_organization,
     map_treg_observation,
+    to_r5,
 )
-from fhir_lupus.mappers._context import MappingContext, Resource
-from fhir_lupus.mappers.medication_administration import conditioned_infusion
-from fhir_lupus.mappers.r5 import to_r5
-from fhir_lupus.mappers.schedule import map_schedule_of_activities
-from fhir_lupus.model._records import LoadReport, Located
-from fhir_lupus.model.entities import Subject
-from fhir_lupus.model.loader import CHUNK_ROWS, TrialData, load_trial_chunks
-from fhir_lupus.scoring.sledai import load_sledai_definition
-from fhir_lupus.terminology import load_pack
-from fhir_lupus.terminology.units import UnitConverter
+from fhir_lupus.model import CHUNK_ROWS, LoadReport, Located, Subject, TrialData, load_trial_chunks
+from fhir_lupus.scoring import load_sledai_definition
+from fhir_lupus.terminology import UnitConverter, load_pack
 from fhir_lupus.validation import FhirVersion, Validation, validate_resource
 
 __all__ = [
@@ -381,7 +379,7 @@ class _SubjectRows:
 
 
 def _end_of(data: TrialData, subject_id: str) -> date | None:
-    """The end of the subject's participation (fhir_lupus/model/timeline.py), when the load resolved one."""
+    """The end of the subject's participation (fhir_lupus/model/_timeline.py), when the load resolved one."""
     timeline = data.timelines.get(subject_id)
     end = timeline.end if timeline is not None else None
     return end.day if end is not None else None

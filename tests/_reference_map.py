@@ -29,12 +29,12 @@ from fhir_lupus.mappers import (
     map_treg_observation,
 )
 from fhir_lupus.mappers._context import Resource
-from fhir_lupus.mappers.medication_administration import conditioned_infusion
-from fhir_lupus.mappers.r5 import to_r5
-from fhir_lupus.mappers.schedule import map_schedule_of_activities
+from fhir_lupus.mappers._medication_administration import conditioned_infusion
+from fhir_lupus.mappers._r5 import to_r5
+from fhir_lupus.mappers._schedule import map_schedule_of_activities
+from fhir_lupus.model._entities import Subject
+from fhir_lupus.model._loader import TrialData
 from fhir_lupus.model._records import LoadReport, Located
-from fhir_lupus.model.entities import Subject
-from fhir_lupus.model.loader import TrialData
 from fhir_lupus.pipeline import make_context
 from fhir_lupus.validation import FhirVersion, validate_resource
 

@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 
 from fhir_lupus.bundle import DEPENDENCY_ORDER, business_key, dependency_sorted, transaction_bundle
 from fhir_lupus.cli import app
+from fhir_lupus.mappers._adverse_event import adverse_event_to_r5, map_adverse_event
 from fhir_lupus.mappers._context import MappingContext
-from fhir_lupus.mappers.adverse_event import adverse_event_to_r5, map_adverse_event
 from fhir_lupus.model import load_trial
-from fhir_lupus.model.adverse_events import ADVERSE_EVENTS, AdverseEventRow, CheckedAdverseEvent
-from fhir_lupus.model.entities import Subject
+from fhir_lupus.model._adverse_events import ADVERSE_EVENTS, AdverseEventRow, CheckedAdverseEvent
+from fhir_lupus.model._entities import Subject
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.safety import NOT_RELATED, summarise_safety
-from fhir_lupus.terminology.adverse_events import load_adverse_event_terms
+from fhir_lupus.study._safety import NOT_RELATED, summarise_safety
+from fhir_lupus.terminology._adverse_events import load_adverse_event_terms
 from fhir_lupus.validation import validate_resource
 
 NCI = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"

@@ -17,7 +17,9 @@ from fhir_lupus._logredact import RedactingFilter, redact, redact_url, register_
 from fhir_lupus.audit import GENESIS, append_event, default_audit_path, read_entries, redact_server, verify
 from fhir_lupus.cli import app
 from fhir_lupus.client import BearerAuth, FatalHttpError, FhirClient, FhirHttpError, RetryPolicy
-from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.journal import Journal
+from fhir_lupus.pull import pull_study
+from fhir_lupus.push import push_trial
 
 HASH = "ab" * 32
 

@@ -30,10 +30,12 @@ from fhir_lupus.client import (
     RetryPolicy,
     TransientHttpError,
 )
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
-from fhir_lupus.sync import BulkOptions, Journal, pull_study, push_trial
-from fhir_lupus.sync.bulk import BulkExportError, poll_wait
-from fhir_lupus.sync.local import NdjsonError, labs_from_ndjson
+from fhir_lupus.pull import BulkOptions, pull_study
+from fhir_lupus.pull._bulk import BulkExportError, poll_wait
+from fhir_lupus.pull._local import NdjsonError, labs_from_ndjson
+from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 STORAGE = "https://storage.test/exports"

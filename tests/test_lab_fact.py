@@ -21,8 +21,7 @@ from typer.testing import CliRunner
 from fhir_lupus.cli import app
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import StudyDefinition
-from fhir_lupus.spark.view import PAIR_FIELDS, RAW_FIELDS, fact_resource, facts_from_rows, load_lab_view, with_raw
-from fhir_lupus.sync.reverse import (
+from fhir_lupus.pull._reverse import (
     LabFact,
     PulledLab,
     UnmappedResult,
@@ -34,7 +33,8 @@ from fhir_lupus.sync.reverse import (
     range_meaning_system,
     reverse_map,
 )
-from fhir_lupus.sync.subjects import LabSelection
+from fhir_lupus.pull._subjects import LabSelection
+from fhir_lupus.spark._view import PAIR_FIELDS, RAW_FIELDS, fact_resource, facts_from_rows, load_lab_view, with_raw
 from fhir_lupus.terminology import LabCatalogue, default_mappings_dir
 
 UCUM = "http://unitsofmeasure.org"

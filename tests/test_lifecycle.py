@@ -17,13 +17,15 @@ from support import REPO
 from fhir_lupus import load_trial, map_trial, write_quarantine
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.errors import MappingError
+from fhir_lupus.journal import Journal
 from fhir_lupus.mappers._context import MappingContext
-from fhir_lupus.mappers.r5 import to_r5
-from fhir_lupus.mappers.research_subject import map_research_subject
+from fhir_lupus.mappers._r5 import to_r5
+from fhir_lupus.mappers._research_subject import map_research_subject
 from fhir_lupus.model import LoadReport, Located, TrialData
-from fhir_lupus.model.entities import StatusChange, SubjectStatus
-from fhir_lupus.model.lifecycle import STATUS_HISTORY, LifecycleRules, _first_problem, load_lifecycle_rules
-from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.model._entities import StatusChange, SubjectStatus
+from fhir_lupus.model._lifecycle import STATUS_HISTORY, LifecycleRules, _first_problem, load_lifecycle_rules
+from fhir_lupus.pull import pull_study
+from fhir_lupus.push import push_trial
 from fhir_lupus.validation import validate_resource
 
 Rows = dict[str, list[dict[str, str]]]
@@ -439,7 +441,7 @@ def test_pull_skips_research_subjects_that_are_not_enrolled(
 
 def test_pull_tells_how_many_it_skipped(capsys: pytest.CaptureFixture[str]) -> None:
     from fhir_lupus.cli._sync import render_pull
-    from fhir_lupus.sync.pull import PullResult
+    from fhir_lupus.pull._runner import PullResult
 
     render_pull(PullResult(subjects=2, skipped_subjects={"eligible": 1, "ineligible": 2}))
     assert "skipped 3 ResearchSubjects not enrolled (eligible 1, ineligible 2)" in capsys.readouterr().err

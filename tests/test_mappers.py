@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fhir_lupus.mappers.observation_lab import interpretation
+from fhir_lupus.mappers._observation_lab import interpretation
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.terminology import MappingPack

@@ -28,11 +28,15 @@ from fakefhir import BASE, FakeFhir, Refusal
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import Capabilities, FhirClient, RetryPolicy, TransientHttpError
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
-from fhir_lupus.sync import Journal, PullResult, UnmappedResult, pull, pull_study, pullstore, push_trial
-from fhir_lupus.sync.reverse import code_index, load_pull_rules
-from fhir_lupus.sync.search import Search, matches
-from fhir_lupus.sync.subjects import reaches
+from fhir_lupus.pull import PullResult, UnmappedResult, pull_study
+from fhir_lupus.pull import _runner as pull
+from fhir_lupus.pull import _store as pullstore
+from fhir_lupus.pull._reverse import code_index, load_pull_rules
+from fhir_lupus.pull._search import Search, matches
+from fhir_lupus.pull._subjects import reaches
+from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 LOINC = "http://loinc.org"

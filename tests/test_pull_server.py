@@ -10,7 +10,9 @@ from fakefhir import BASE, FakeFhir
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient, RetryPolicy, UnsupportedInteraction
-from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.journal import Journal
+from fhir_lupus.pull import pull_study
+from fhir_lupus.push import push_trial
 
 
 def client() -> FhirClient:

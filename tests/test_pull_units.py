@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from fhir_lupus.client import Capabilities, UnsupportedInteraction
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import StudyDefinition
-from fhir_lupus.sync import Journal, PulledLab, PullStore, UnmappedResult
-from fhir_lupus.sync.reverse import code_index, load_pull_rules, reverse_map
-from fhir_lupus.sync.search import Search, matches
+from fhir_lupus.pull import PulledLab, PullStore, UnmappedResult
+from fhir_lupus.pull._reverse import code_index, load_pull_rules, reverse_map
+from fhir_lupus.pull._search import Search, matches
 from fhir_lupus.terminology import LabCatalogue
 
 UCUM = "http://unitsofmeasure.org"

@@ -13,11 +13,12 @@ from support import REPO
 from fhir_lupus.bundle import business_key, dependency_sorted, entry, key_id, load_matching_rules, local_ref
 from fhir_lupus.client import Capabilities
 from fhir_lupus.errors import MappingError
-from fhir_lupus.sync import JournalEntry, Match, content_hash, plan_batch, plan_routes
-from fhir_lupus.sync.apply import WriteLimits, make_chunks
-from fhir_lupus.sync.plan import PlanItem, load_finality_rules, needs_lookup
-from fhir_lupus.sync.reverse import load_pull_rules
-from fhir_lupus.sync.routes import CREATE_BY_ID
+from fhir_lupus.journal import JournalEntry
+from fhir_lupus.pull._reverse import load_pull_rules
+from fhir_lupus.push import Match, content_hash, plan_batch, plan_routes
+from fhir_lupus.push._apply import WriteLimits, make_chunks
+from fhir_lupus.push._plan import PlanItem, load_finality_rules, needs_lookup
+from fhir_lupus.push._routes import CREATE_BY_ID
 
 
 def statement(

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from fhir_lupus.bundle import key_id
 from fhir_lupus.cli import app
 from fhir_lupus.client import FhirClient, FhirHttpError, InvalidResponse, RetryPolicy
-from fhir_lupus.sync import Journal, PushOptions, dry_run, push_groups, push_resources, workflow
+from fhir_lupus.journal import Journal
+from fhir_lupus.push import PushOptions, dry_run, push_groups, push_resources
+from fhir_lupus.push import _trial as workflow
 
 runner = CliRunner()
 
@@ -331,7 +333,7 @@ class TestCommandLine:
     ) -> None:
         data = dataset()
         common = ["--server", BASE, "--journal", str(tmp_path / "j.sqlite")]
-        monkeypatch.setattr("fhir_lupus.model.loader.CHUNK_ROWS", 12)  # the small dataset in several chunks
+        monkeypatch.setattr("fhir_lupus.model._loader.CHUNK_ROWS", 12)  # the small dataset in several chunks
         calls: list[str] = []
         real = workflow.stream_trial
         monkeypatch.setattr(workflow, "stream_trial", lambda *a, **k: calls.append("streamed") or real(*a, **k))
@@ -339,7 +341,7 @@ class TestCommandLine:
         assert streamed.exit_code == 0, streamed.output
         assert calls == ["streamed"]
         written = {t: len(fake.all(t)) for t in ("Patient", "ResearchSubject", "Observation", "Encounter")}
-        monkeypatch.setattr("fhir_lupus.model.loader.CHUNK_ROWS", 40_000)  # one chunk: loaded once, pushed
+        monkeypatch.setattr("fhir_lupus.model._loader.CHUNK_ROWS", 40_000)  # one chunk: loaded once, pushed
         again = runner.invoke(app, ["push", str(data), *common])
         assert again.exit_code == 0 and "0 created, 0 updated" in again.output, again.output
         assert calls == ["streamed"] and written["Observation"] > 0

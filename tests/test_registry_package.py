@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from fhir_lupus.cli import app
 from fhir_lupus.client import FhirClient, RetryPolicy
+from fhir_lupus.journal import Journal
 from fhir_lupus.mappers._context import Resource
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
@@ -36,7 +37,6 @@ from fhir_lupus.registry import (
     write_package,
 )
 from fhir_lupus.registry._deidentify import keyed_id
-from fhir_lupus.sync import Journal
 from fhir_lupus.terminology import MappingPack
 
 KEY = RegistryKey(b"registry-test-key-0123456789")

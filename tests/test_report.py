@@ -17,9 +17,9 @@ from fhir_lupus import load_trial
 from fhir_lupus.cli import app
 from fhir_lupus.errors import MappingError
 from fhir_lupus.report import load_report_definition, write_report
-from fhir_lupus.report.definitions import ReportDefinition, ResponseDefinition
-from fhir_lupus.report.series import collect_series
-from fhir_lupus.report.stats import (
+from fhir_lupus.report._definitions import ReportDefinition, ResponseDefinition
+from fhir_lupus.report._series import collect_series
+from fhir_lupus.report._stats import (
     NOT_EVALUABLE,
     Interval,
     Reading,

@@ -12,18 +12,18 @@ from typer.testing import CliRunner
 
 from fhir_lupus import load_trial, map_trial
 from fhir_lupus.cli import app
-from fhir_lupus.mappers.r5 import to_r5
-from fhir_lupus.mappers.schedule import map_schedule_of_activities
+from fhir_lupus.mappers._r5 import to_r5
+from fhir_lupus.mappers._schedule import map_schedule_of_activities
+from fhir_lupus.model._entities import Subject, Visit
 from fhir_lupus.model._records import Located
-from fhir_lupus.model.entities import Subject, Visit
-from fhir_lupus.model.schedule import (
+from fhir_lupus.model._schedule import (
     SubjectSchedule,
     VisitOutcome,
     evaluate_schedule,
     schedule_findings,
     schedule_rows,
 )
-from fhir_lupus.model.study import StudyDefinition, load_study
+from fhir_lupus.model._study import StudyDefinition, load_study
 from fhir_lupus.pipeline import make_context
 from fhir_lupus.terminology import load_pack
 from fhir_lupus.validation import validate_resource

@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 
 from fhir_lupus.cli import app
 from fhir_lupus.errors import MappingError
-from fhir_lupus.mappers.r5 import to_r5
+from fhir_lupus.mappers._r5 import to_r5
 from fhir_lupus.model import StudyDefinition, load_trial
-from fhir_lupus.model.history import MedicationHistory
-from fhir_lupus.model.study import Eligibility
+from fhir_lupus.model._history import MedicationHistory
+from fhir_lupus.model._study import Eligibility
 from fhir_lupus.pipeline import make_context, map_trial
-from fhir_lupus.screening import CandidateFacts, screen_candidate, screen_trial, screening_findings
+from fhir_lupus.study import CandidateFacts, screen_candidate, screen_trial, screening_findings
 from fhir_lupus.terminology import UnitConverter, load_pack, parse_model
-from fhir_lupus.terminology.medications import load_medication_catalogue
+from fhir_lupus.terminology._medications import load_medication_catalogue
 from fhir_lupus.validation import validate_resource
 
 CONSENT = date(2008, 5, 2)
@@ -397,7 +397,7 @@ class TestTrial:
             validate_resource(to_r5(resource, ctx), "R5")
 
     def test_procedure_codes_come_from_the_mappings_file(self) -> None:
-        source = (Path(__file__).parents[1] / "fhir_lupus" / "mappers" / "procedure.py").read_text(encoding="utf-8")
+        source = (Path(__file__).parents[1] / "fhir_lupus" / "mappers" / "_procedure.py").read_text(encoding="utf-8")
         assert "18629005" not in source and "47625008" not in source and "3002" not in source
 
 

@@ -22,8 +22,8 @@ from fhir_lupus import pipeline
 from fhir_lupus.bundle import dumps, references, transaction_bundle
 from fhir_lupus.errors import MappingError
 from fhir_lupus.mappers._context import Resource
+from fhir_lupus.model._loader import load_trial
 from fhir_lupus.model._records import LoadReport
-from fhir_lupus.model.loader import load_trial
 from fhir_lupus.pipeline import STAGES, MappedBatch, iter_mapped, map_trial, stream_trial
 from fhir_lupus.registry import RegistryKey, package_directory, package_trial, write_package, write_package_batches
 from fhir_lupus.streaming import write_bundle, write_ndjson

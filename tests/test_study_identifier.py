@@ -17,18 +17,10 @@ from fhir_lupus import load_trial
 from fhir_lupus.bundle import business_key, dependency_sorted, load_matching_rules, superseded_keys
 from fhir_lupus.client import Capabilities, FhirClient, RetryPolicy
 from fhir_lupus.errors import FhirLupusError, MappingError
+from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import (
-    Journal,
-    Match,
-    dry_run,
-    dry_run_trial,
-    plan_batch,
-    plan_routes,
-    pull_study,
-    push_resources,
-    push_trial,
-)
+from fhir_lupus.pull import pull_study
+from fhir_lupus.push import Match, dry_run, dry_run_trial, plan_batch, plan_routes, push_resources, push_trial
 from fhir_lupus.terminology import default_mappings_dir, load_pack
 
 NCT = "NCT00698191"

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from fhir_lupus.bundle import dependency_sorted
+from fhir_lupus.journal import Journal, JournalEntry
 from fhir_lupus.model import StudyDefinition
-from fhir_lupus.sync import Journal, JournalEntry, PulledLab, UnmappedResult, content_hash
-from fhir_lupus.sync.dryrun import diff_paths
-from fhir_lupus.sync.reverse import code_index, load_pull_rules, reverse_map
-from fhir_lupus.sync.visits import assign_visit
+from fhir_lupus.pull import PulledLab, UnmappedResult
+from fhir_lupus.pull._reverse import code_index, load_pull_rules, reverse_map
+from fhir_lupus.pull._visits import assign_visit
+from fhir_lupus.push import content_hash
+from fhir_lupus.push._dryrun import diff_paths
 from fhir_lupus.terminology import LabCatalogue
 
 UCUM = "http://unitsofmeasure.org"

@@ -13,12 +13,14 @@ from fakefhir import BASE, FakeFhir
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.errors import MappingError
+from fhir_lupus.journal import Journal
 from fhir_lupus.mappers._context import MappingContext
-from fhir_lupus.mappers.procedure import map_procedure
+from fhir_lupus.mappers._procedure import map_procedure
 from fhir_lupus.model import LoadReport, StudyDefinition, load_study
-from fhir_lupus.model.study import add_calendar_months, due_date, nearest_month
-from fhir_lupus.sync import Journal, pull_study, push_trial
-from fhir_lupus.sync.visits import assign_visit
+from fhir_lupus.model._study import add_calendar_months, due_date, nearest_month
+from fhir_lupus.pull import pull_study
+from fhir_lupus.pull._visits import assign_visit
+from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import MappingPack, default_mappings_dir
 
 Rows = dict[str, list[dict[str, str]]]

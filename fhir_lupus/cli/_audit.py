@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fhir_lupus.audit import default_audit_path, read_entries, verify
 from fhir_lupus.cli._common import DEFAULT_JOURNAL, JournalPath, console, fail
-from fhir_lupus.sync import Journal
+from fhir_lupus.journal import Journal
 
 __all__ = ["EXIT_TORN", "app"]
 

@@ -30,11 +30,10 @@ from fhir_lupus.client import (
     UnsupportedInteraction,
 )
 from fhir_lupus.errors import FhirLupusError, RejectedRows
-from fhir_lupus.model import LoadReport, TrialData, load_trial, loader, write_quarantine
-from fhir_lupus.model.inputs import require_inputs
-from fhir_lupus.model.loader import load_trial_chunks
-from fhir_lupus.screening import screen_trial, screening_findings
-from fhir_lupus.sync import Journal
+from fhir_lupus.journal import Journal
+from fhir_lupus.model import LoadReport, TrialData, load_trial, load_trial_chunks, require_inputs, write_quarantine
+from fhir_lupus.model import _loader as loader
+from fhir_lupus.study import screen_trial, screening_findings
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
 

@@ -12,8 +12,9 @@ from fhir_lupus import devserver
 from fhir_lupus.cli._common import console, fail, load, make_client, print_rows
 from fhir_lupus.cli._sync import render_push, subject_table
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.sync import Journal, pull_study, push_trial
-from fhir_lupus.sync.roundtrip import compare_round_trip
+from fhir_lupus.journal import Journal
+from fhir_lupus.pull import compare_round_trip, pull_study
+from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 __all__ = ["demo"]

@@ -24,10 +24,15 @@ from fhir_lupus.cli._common import (
     report_load,
 )
 from fhir_lupus.errors import FhirLupusError, RejectedRows
-from fhir_lupus.model import LoadReport, TrialData
-from fhir_lupus.model._check_rules import load_check_rules
-from fhir_lupus.model.inputs import require_inputs
-from fhir_lupus.model.queries import QueryLog, track_queries, write_queries
+from fhir_lupus.model import (
+    LoadReport,
+    QueryLog,
+    TrialData,
+    load_check_rules,
+    require_inputs,
+    track_queries,
+    write_queries,
+)
 from fhir_lupus.pipeline import refuse_rejected, stream_trial
 from fhir_lupus.streaming import write_bundle, write_ndjson
 

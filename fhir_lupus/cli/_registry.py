@@ -36,8 +36,7 @@ from fhir_lupus.cli._common import (
 from fhir_lupus.cli._mapping import FhirVersionOption
 from fhir_lupus.cli._sync import render_push
 from fhir_lupus.errors import FhirLupusError, RejectedRows
-from fhir_lupus.model import LoadReport, TrialData
-from fhir_lupus.model.inputs import require_inputs
+from fhir_lupus.model import LoadReport, TrialData, require_inputs
 from fhir_lupus.registry import KEY_ENV, load_key, package_directory, submit_package
 
 __all__ = ["registry_app"]

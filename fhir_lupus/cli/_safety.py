@@ -1,4 +1,4 @@
-"""``fhir-lupus safety``: the adverse events of a data directory, summarised (fhir_lupus.safety)."""
+"""``fhir-lupus safety``: the adverse events of a data directory, summarised (fhir_lupus.study._safety)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from rich.table import Table
 
 from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, exit_on_rejects, fail, load, print_rows
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.safety import SafetySummary, summarise_safety, write_summary_csv
-from fhir_lupus.terminology.adverse_events import load_adverse_event_terms
+from fhir_lupus.study import SafetySummary, summarise_safety, write_summary_csv
+from fhir_lupus.terminology import load_adverse_event_terms
 
 __all__ = ["safety"]
 

@@ -20,8 +20,8 @@ from fhir_lupus.cli._common import (
     refuse_rejects,
 )
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.model._history_checks import MEDICATIONS, SCREENING
-from fhir_lupus.screening import ScreenedCandidate, screen_trial, screening_findings
+from fhir_lupus.model import MEDICATIONS, SCREENING
+from fhir_lupus.study import ScreenedCandidate, screen_trial, screening_findings
 
 __all__ = ["screen"]
 

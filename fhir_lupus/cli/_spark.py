@@ -11,8 +11,7 @@ import typer
 from fhir_lupus.cli._common import Mappings, console, fail
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
-from fhir_lupus.sync.pullstore import unmapped_path, write_rows
-from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
+from fhir_lupus.pull import PulledLab, UnmappedResult, unmapped_path, write_rows
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 __all__ = ["spark_labs_command"]

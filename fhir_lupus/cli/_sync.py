@@ -41,19 +41,16 @@ from fhir_lupus.cli._common import (
 from fhir_lupus.client import ExportStatus, WriteStrategy
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import LoadReport, load_study
-from fhir_lupus.sync import (
+from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, BulkOptions, Level, PulledLab, PullResult, pull_study
+from fhir_lupus.push import (
+    DEFAULT_CONCURRENCY,
     DryRunReport,
-    PulledLab,
-    PullResult,
+    PushOptions,
     PushReport,
     dry_run_trial,
-    pull_study,
     push_directory,
     push_trial,
 )
-from fhir_lupus.sync.bulk import BulkOptions, Level
-from fhir_lupus.sync.push import DEFAULT_CONCURRENCY, PushOptions
-from fhir_lupus.sync.workflow import DEFAULT_OVERLAP_SECONDS
 from fhir_lupus.validation import validation_mode
 
 __all__ = ["pull", "push", "render_pull", "render_push"]

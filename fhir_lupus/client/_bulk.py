@@ -1,7 +1,7 @@
 """Bulk Data Access ($export) as it comes over the wire: the kick-off request, the status answers, the manifest.
 
 Pure shapes and parsing (HL7 FHIR Bulk Data Access IG, v2): ``FhirClient`` sends the requests, and
-``fhir_lupus.sync.bulk`` drives a job from kick-off to the last file. A kick-off that names patients goes as a
+``fhir_lupus.pull._bulk`` drives a job from kick-off to the last file. A kick-off that names patients goes as a
 POST of a Parameters resource (the only way the IG allows a ``patient`` list); one without goes as a GET, which
 every server that exports supports.
 """

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from fhir_lupus.model.study import StudyDefinition
-from fhir_lupus.scoring.sledai import SledaiDefinition
-from fhir_lupus.terminology import CodeRef, MappingPack
-from fhir_lupus.terminology.units import UnitConverter
+from fhir_lupus._resource import Resource
+from fhir_lupus.model import StudyDefinition
+from fhir_lupus.scoring import SledaiDefinition
+from fhir_lupus.terminology import CodeRef, MappingPack, UnitConverter
 
 __all__ = ["ID_NAMESPACE", "MappingContext", "Resource", "event_timing", "fhir_datetime"]
 
-Resource = dict[str, Any]
 # Fixed namespace of this project's UUIDv5 ids: changing it changes every id, so it never changes.
 ID_NAMESPACE = uuid.UUID("6f1d7c4e-2b7a-5c1e-9a53-4c2f1b0d8e71")
 

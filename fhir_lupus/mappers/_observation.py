@@ -6,8 +6,8 @@ from decimal import Decimal
 from typing import Any
 
 from fhir_lupus.mappers._context import MappingContext, Resource
-from fhir_lupus.mappers.patient import patient_identifier
-from fhir_lupus.model.entities import Subject
+from fhir_lupus.mappers._patient import patient_identifier
+from fhir_lupus.model import Subject
 
 __all__ = ["json_number", "observation_base"]
 

@@ -1,34 +1,92 @@
 """Trial entities, the study definition and the loader that fills them from CSV files."""
 
-from fhir_lupus.model._records import Finding, LoadReport, Located, Reject, write_quarantine
-from fhir_lupus.model.entities import (
+from fhir_lupus.model._adverse_events import AdverseEventRow, CheckedAdverseEvent
+from fhir_lupus.model._check_rules import load_check_rules
+from fhir_lupus.model._edit_checks import finding
+from fhir_lupus.model._eligibility import BOOLEAN_SOURCES, Bounds, EligibilityRule, RegimenRule
+from fhir_lupus.model._entities import (
     LabResult,
     SledaiAssessment,
+    StatusChange,
     Subject,
     TreatmentProcedure,
     TregMeasurement,
     Visit,
 )
-from fhir_lupus.model.loader import CheckedLab, ScoredAssessment, TrialData, load_trial, read_study_id
-from fhir_lupus.model.study import StudyDefinition, load_study
+from fhir_lupus.model._history import MedicationHistory, ScreeningRecord
+from fhir_lupus.model._history_checks import MEDICATIONS, SCREENING
+from fhir_lupus.model._inputs import require_inputs
+from fhir_lupus.model._lifecycle import load_lifecycle_rules
+from fhir_lupus.model._loader import (
+    CHUNK_ROWS,
+    CheckedLab,
+    ScoredAssessment,
+    TrialData,
+    load_trial,
+    load_trial_chunks,
+    read_study_id,
+)
+from fhir_lupus.model._queries import QueryLog, track_queries, write_queries
+from fhir_lupus.model._records import Finding, LoadReport, Located, Reject, write_quarantine
+from fhir_lupus.model._schedule import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
+from fhir_lupus.model._study import (
+    DAYS_PER_MONTH,
+    Activity,
+    Eligibility,
+    ProtocolVisit,
+    StudyDefinition,
+    add_calendar_months,
+    load_study,
+    nearest_month,
+)
 
 __all__ = [
+    "BOOLEAN_SOURCES",
+    "CHUNK_ROWS",
+    "DAYS_PER_MONTH",
+    "MEDICATIONS",
+    "SCHEDULE_CSV_COLUMNS",
+    "SCREENING",
+    "Activity",
+    "AdverseEventRow",
+    "Bounds",
+    "CheckedAdverseEvent",
     "CheckedLab",
+    "Eligibility",
+    "EligibilityRule",
     "Finding",
     "LabResult",
     "LoadReport",
     "Located",
+    "MedicationHistory",
+    "ProtocolVisit",
+    "QueryLog",
+    "RegimenRule",
     "Reject",
     "ScoredAssessment",
+    "ScreeningRecord",
     "SledaiAssessment",
+    "StatusChange",
     "StudyDefinition",
     "Subject",
+    "SubjectSchedule",
     "TreatmentProcedure",
     "TregMeasurement",
     "TrialData",
     "Visit",
+    "add_calendar_months",
+    "finding",
+    "load_check_rules",
+    "load_lifecycle_rules",
     "load_study",
     "load_trial",
+    "load_trial_chunks",
+    "nearest_month",
     "read_study_id",
+    "require_inputs",
+    "schedule_report",
+    "schedule_rows",
+    "track_queries",
     "write_quarantine",
+    "write_queries",
 ]

@@ -2,7 +2,7 @@
 
 ``checks.yaml`` names every check with its severity and source, and holds the parameters of the checks that
 have some; ``lab_limits.yaml`` the physical and plausible limits of each analyte; ``inputs.yaml`` which files a
-command needs. The engines that apply them are fhir_lupus/model/edit_checks.py, timeline.py and inputs.py.
+command needs. The engines that apply them are fhir_lupus/model/_edit_checks.py, timeline.py and inputs.py.
 """
 
 from __future__ import annotations

@@ -20,13 +20,12 @@ from pydantic import BaseModel
 
 from fhir_lupus.errors import UnitError
 from fhir_lupus.model._check_rules import CheckRules
+from fhir_lupus.model._edit_checks import Flags, LabChecks, contradictions, medication_doses, screening_values
+from fhir_lupus.model._entities import Subject
+from fhir_lupus.model._history import MedicationHistory, ScreeningRecord
 from fhir_lupus.model._records import LoadReport, Located
-from fhir_lupus.model.edit_checks import Flags, LabChecks, contradictions, medication_doses, screening_values
-from fhir_lupus.model.entities import Subject
-from fhir_lupus.model.history import MedicationHistory, ScreeningRecord
-from fhir_lupus.model.timeline import DateChecks
-from fhir_lupus.terminology.medications import load_medication_catalogue
-from fhir_lupus.terminology.units import UnitConverter
+from fhir_lupus.model._timeline import DateChecks
+from fhir_lupus.terminology import UnitConverter, load_medication_catalogue
 
 __all__ = ["MEDICATIONS", "SCREENING", "HistoryChecks", "check_history"]
 

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 
 from fhir_lupus.model._check_rules import InputRules
 from fhir_lupus.model._csv import number_problem, read_rows
+from fhir_lupus.model._edit_checks import Flags
 from fhir_lupus.model._records import LoadReport, Located
-from fhir_lupus.model.edit_checks import Flags
 
 __all__ = ["KeyDigests", "RowReader", "subject_chunks", "validated"]
 

@@ -14,7 +14,7 @@ E = TypeVar("E")
 FindingSeverity = Literal["note", "query"]
 
 # The columns that identify a row of each file (its business key), so that a query about a row keeps its id when
-# lines move (fhir_lupus/model/queries.py) and a refused row can be matched to what it would have fed.
+# lines move (fhir_lupus/model/_queries.py) and a refused row can be matched to what it would have fed.
 RECORD_KEYS: dict[str, tuple[str, ...]] = {
     "subjects.csv": ("subject_id",),
     "visits.csv": ("subject_id", "visit_code"),
@@ -66,7 +66,7 @@ class Finding:
     """Something worth telling that does not refuse the row: a ``note`` (a protocol deviation, a missed visit)
     or a ``query`` for the site (an implausible value, kept). ``kind`` is the check id of
     mappings/checks/checks.yaml; ``subject_id``, ``column``, ``value`` and ``record`` (the row's business key)
-    make a query addressable (fhir_lupus/model/queries.py)."""
+    make a query addressable (fhir_lupus/model/_queries.py)."""
 
     file: str
     line: int | None

@@ -1,4 +1,4 @@
-"""SLEDAI-2K assessments scored at load time, with what each score rests on (fhir_lupus/scoring/sledai.py scores).
+"""SLEDAI-2K assessments scored at load time, with what each score rests on (fhir_lupus/scoring/_sledai.py scores).
 
 A lab row is read and coded once (``CheckedLab``); an assessment is scored from the CRF and the subject's accepted
 labs (``ScoredAssessment``). The subject's refused lab rows, and an absent labs.csv, are handed to the calculator,
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from fhir_lupus.model._edit_checks import Flags
+from fhir_lupus.model._entities import LabResult, SledaiAssessment
 from fhir_lupus.model._records import LoadReport, Located
-from fhir_lupus.model.edit_checks import Flags
-from fhir_lupus.model.entities import LabResult, SledaiAssessment
-from fhir_lupus.scoring.sledai import LabEvidence, SledaiDefinition, SledaiScore, UnjudgedLab, score_sledai
-from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab
+from fhir_lupus.scoring import LabEvidence, SledaiDefinition, SledaiScore, UnjudgedLab, score_sledai
+from fhir_lupus.terminology import LabCatalogue, LabValue, ResolvedLab
 
 __all__ = ["AssessmentScorer", "CheckedLab", "ScoredAssessment"]
 

@@ -27,16 +27,13 @@ from fhir_lupus.audit import append_event, default_audit_path
 from fhir_lupus.bundle import dumps
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
 from fhir_lupus.errors import ResourceInvalidError
-from fhir_lupus.mappers._context import Resource
-from fhir_lupus.model import LoadReport, TrialData
-from fhir_lupus.model.lifecycle import load_lifecycle_rules
-from fhir_lupus.model.loader import CHUNK_ROWS
+from fhir_lupus.journal import Journal
+from fhir_lupus.mappers import Resource
+from fhir_lupus.model import CHUNK_ROWS, LoadReport, TrialData, load_lifecycle_rules
 from fhir_lupus.pipeline import iter_mapped, refuse_rejected, stream_trial
+from fhir_lupus.push import Progress, PushOptions, PushReport, push_resources, server_fhir_version
 from fhir_lupus.registry._deidentify import RULES_FILE, LinkRow, deidentify, keyed_id, load_rules
 from fhir_lupus.registry._key import RegistryConfigError, RegistryKey
-from fhir_lupus.sync.journal import Journal
-from fhir_lupus.sync.push import Progress, PushOptions, PushReport, push_resources
-from fhir_lupus.sync.workflow import server_fhir_version
 from fhir_lupus.terminology import default_mappings_dir, load_pack
 from fhir_lupus.validation import FhirVersion, Validation, validate_resource
 

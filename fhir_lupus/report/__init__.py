@@ -14,9 +14,9 @@ from pathlib import Path
 from fhir_lupus._scratch import write_atomic
 from fhir_lupus.errors import InputError
 from fhir_lupus.model import LoadReport, TrialData
-from fhir_lupus.report.definitions import ReportDefinition, load_report_definition
-from fhir_lupus.report.series import Point, SetAside, SubjectSeries, collect_series, incomplete_inputs
-from fhir_lupus.report.stats import ChangeSummary, ResponseTally, summarise_changes, tally_responses
+from fhir_lupus.report._definitions import ReportDefinition, load_report_definition
+from fhir_lupus.report._series import Point, SetAside, SubjectSeries, collect_series, incomplete_inputs
+from fhir_lupus.report._stats import ChangeSummary, ResponseTally, summarise_changes, tally_responses
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 __all__ = [
@@ -104,7 +104,7 @@ def write_report(
     ``<out stem>_figures/``), each file atomically. InputError names the path when a file cannot be written.
     ``report``: the load's; a statistic one of its refused rows (or a preliminary SLEDAI-2K total) could change
     is marked preliminary and leaves that subject out."""
-    from fhir_lupus.report import figures as draw  # matplotlib is imported only when a report is made
+    from fhir_lupus.report import _figures as draw  # matplotlib is imported only when a report is made
     from fhir_lupus.report._page import FigureRef, render_page
 
     stats = report_statistics(data, mappings_dir=mappings_dir, report=report)

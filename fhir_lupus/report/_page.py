@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-from fhir_lupus.report.definitions import ReportDefinition, ResponseDefinition
-from fhir_lupus.report.series import Point, SetAside, SubjectSeries
-from fhir_lupus.report.stats import NOT_EVALUABLE, ChangeSummary, ResponseTally
+from fhir_lupus.report._definitions import ReportDefinition, ResponseDefinition
+from fhir_lupus.report._series import Point, SetAside, SubjectSeries
+from fhir_lupus.report._stats import NOT_EVALUABLE, ChangeSummary, ResponseTally
 
 __all__ = ["FigureRef", "render_page"]
 

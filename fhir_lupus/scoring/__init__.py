@@ -1,10 +1,11 @@
 """Clinical scores computed from trial data (SLEDAI-2K)."""
 
-from fhir_lupus.scoring.sledai import (
+from fhir_lupus.scoring._sledai import (
     LabEvidence,
     ScoredDescriptor,
     SledaiDefinition,
     SledaiScore,
+    UnjudgedLab,
     load_sledai_definition,
     score_sledai,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "ScoredDescriptor",
     "SledaiDefinition",
     "SledaiScore",
+    "UnjudgedLab",
     "load_sledai_definition",
     "score_sledai",
 ]

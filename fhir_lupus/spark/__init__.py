@@ -7,9 +7,9 @@ PySpark and Pathling are imported only when a Spark function runs: without the e
 
 from __future__ import annotations
 
-from fhir_lupus.spark.labs import SparkLabs, spark_labs
-from fhir_lupus.spark.session import SparkUnavailable, java_home, local_session
-from fhir_lupus.spark.view import facts_from_rows, load_lab_view
+from fhir_lupus.spark._labs import SparkLabs, spark_labs
+from fhir_lupus.spark._session import SparkUnavailable, java_home, local_session
+from fhir_lupus.spark._view import facts_from_rows, load_lab_view
 
 __all__ = [
     "SparkLabs",

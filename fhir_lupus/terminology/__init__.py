@@ -1,5 +1,9 @@
 """Terminology: the mapping pack (mappings/), the lab catalogue and UCUM unit handling."""
 
+from fhir_lupus.terminology._adverse_events import AdverseEventTerms, load_adverse_event_terms
+from fhir_lupus.terminology._catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
+from fhir_lupus.terminology._censored import proves_above, proves_below
+from fhir_lupus.terminology._medications import MedicationCatalogue, load_medication_catalogue
 from fhir_lupus.terminology._pack import (
     CodeChoice,
     CodeRef,
@@ -11,22 +15,27 @@ from fhir_lupus.terminology._pack import (
     parse_model,
     read_yaml,
 )
-from fhir_lupus.terminology.catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
-from fhir_lupus.terminology.units import UnitConverter
+from fhir_lupus.terminology._units import UnitConverter
 
 __all__ = [
+    "AdverseEventTerms",
     "CodeChoice",
     "CodeRef",
     "LabCatalogue",
     "LabValue",
     "MappingPack",
+    "MedicationCatalogue",
     "ResolvedLab",
     "UnitConverter",
     "default_mappings_dir",
+    "load_adverse_event_terms",
     "load_mapping_file",
+    "load_medication_catalogue",
     "load_pack",
     "mappings_root",
     "parse_lab_value",
     "parse_model",
+    "proves_above",
+    "proves_below",
     "read_yaml",
 ]

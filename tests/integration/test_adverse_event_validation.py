@@ -18,10 +18,10 @@ import pytest
 from support import EXAMPLE, REPO, example_subset
 
 from fhir_lupus import load_trial
-from fhir_lupus.model.adverse_events import ADVERSE_EVENTS
+from fhir_lupus.model._adverse_events import ADVERSE_EVENTS
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.terminology import load_pack
-from fhir_lupus.terminology.adverse_events import load_adverse_event_terms
+from fhir_lupus.terminology._adverse_events import load_adverse_event_terms
 
 pytestmark = pytest.mark.integration
 

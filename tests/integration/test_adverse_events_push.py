@@ -13,8 +13,9 @@ import pytest
 from fhir_lupus import load_trial
 from fhir_lupus.bundle import local_ref, references
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, push_resources
+from fhir_lupus.push import push_resources
 from fhir_lupus.terminology import load_pack
 
 pytestmark = pytest.mark.integration

@@ -23,8 +23,10 @@ from typer.testing import CliRunner
 from fhir_lupus import load_trial
 from fhir_lupus.cli import app
 from fhir_lupus.client import ExportStatus, FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
-from fhir_lupus.sync import BulkOptions, Journal, PullResult, pull_study, push_trial
+from fhir_lupus.pull import BulkOptions, PullResult, pull_study
+from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import load_pack
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("server_url", ["hapi"], indirect=True)]

@@ -27,9 +27,11 @@ from support import FAULT_RESULTS
 from fhir_lupus import load_trial
 from fhir_lupus.bundle import business_key, identifiers
 from fhir_lupus.client import FhirClient, RetryPolicy
+from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, PushOptions, dry_run_trial, pull_study, push_trial
-from fhir_lupus.sync.roundtrip import compare_round_trip
+from fhir_lupus.pull import pull_study
+from fhir_lupus.pull._roundtrip import compare_round_trip
+from fhir_lupus.push import PushOptions, dry_run_trial, push_trial
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 pytestmark = pytest.mark.integration

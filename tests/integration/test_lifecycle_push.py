@@ -10,8 +10,10 @@ import pytest
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.pull import pull_study
+from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import load_pack
 
 pytestmark = pytest.mark.integration

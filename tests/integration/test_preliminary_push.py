@@ -13,8 +13,9 @@ import pytest
 from fhir_lupus import load_trial
 from fhir_lupus.bundle import business_key, local_ref, references
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, dry_run, push_resources
+from fhir_lupus.push import dry_run, push_resources
 
 pytestmark = pytest.mark.integration
 

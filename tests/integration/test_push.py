@@ -10,10 +10,12 @@ import pytest
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, PushOptions, dry_run, dry_run_trial, pull_study, push_resources, push_trial
-from fhir_lupus.sync.roundtrip import compare_round_trip
+from fhir_lupus.pull import pull_study
+from fhir_lupus.pull._roundtrip import compare_round_trip
+from fhir_lupus.push import PushOptions, dry_run, dry_run_trial, push_resources, push_trial
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 pytestmark = pytest.mark.integration

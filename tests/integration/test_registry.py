@@ -12,8 +12,8 @@ import pytest
 from fhir_lupus import load_trial
 from fhir_lupus.bundle import identifiers
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.registry import RegistryKey, package_trial, read_package, submit_package
-from fhir_lupus.sync import Journal
 
 pytestmark = pytest.mark.integration
 

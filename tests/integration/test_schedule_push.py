@@ -10,8 +10,9 @@ import pytest
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.sync import Journal, dry_run_trial, push_trial
+from fhir_lupus.push import dry_run_trial, push_trial
 from fhir_lupus.terminology import load_pack
 
 pytestmark = pytest.mark.integration

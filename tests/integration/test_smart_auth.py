@@ -29,7 +29,9 @@ from typer.testing import CliRunner
 from fhir_lupus import load_trial
 from fhir_lupus.cli import app
 from fhir_lupus.client import AuthenticationRefused, FatalHttpError, FhirClient, SmartBackendAuth
-from fhir_lupus.sync import Journal, pull_study, push_trial
+from fhir_lupus.journal import Journal
+from fhir_lupus.pull import pull_study
+from fhir_lupus.push import push_trial
 
 pytestmark = pytest.mark.integration
 # One FHIR server per test is enough behind the gateway: pushes go to Medplum (a one-subject push takes 10-30 s on

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from fhir_lupus.model import StudyDefinition
+from fhir_lupus.pull._local import labs_from_ndjson, read_ndjson
+from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
+from fhir_lupus.pull._store import table_order, write_rows
 from fhir_lupus.spark import spark_labs
-from fhir_lupus.sync.local import labs_from_ndjson, read_ndjson
-from fhir_lupus.sync.pullstore import table_order, write_rows
-from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
 from fhir_lupus.terminology import LabCatalogue
 
 

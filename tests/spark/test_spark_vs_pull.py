@@ -20,10 +20,12 @@ from support import example_subset, isolated_mappings_copy
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
+from fhir_lupus.pull import pull_study
+from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
+from fhir_lupus.pull._store import unmapped_path, write_rows
+from fhir_lupus.push import push_trial
 from fhir_lupus.spark import spark_labs
-from fhir_lupus.sync import Journal, pull_study, push_trial
-from fhir_lupus.sync.pullstore import unmapped_path, write_rows
-from fhir_lupus.sync.reverse import PulledLab, UnmappedResult
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 HAPI = os.environ.get("FHIR_LUPUS_HAPI_URL")

@@ -1,0 +1,388 @@
+"""The pulled rows of a study, kept in the journal's SQLite file and merged by observation id.
+
+A pull first stages what it fetched (``pull_stage``); then, in one SQLite transaction, it merges the stage
+into the store (``pull_store``: the newer version of an observation wins, by ``meta.lastUpdated`` then
+``versionId``), writes the output files from the store (written to a temporary file, synced, renamed), moves
+the high-water mark and commits. If anything fails before the commit, the store and the mark stay as they
+were and the next pull fetches the same results again; if the process dies after the files were renamed but
+before the commit, the next pull merges the same results again and writes the same files. So ``--since auto``
+keeps every row pulled before, never holds them all in memory, and cannot skip a result.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sqlite3
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any, Generic, TypeVar, overload
+
+import orjson
+
+from fhir_lupus._scratch import FILE_MODE, scratch_file
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
+from fhir_lupus.pull._search import parse_instant
+
+__all__ = ["MergeResult", "PullStore", "Removal", "Spool", "newer_record", "table_order", "unmapped_path", "write_rows"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pull_store (
+    server TEXT NOT NULL, study TEXT NOT NULL, observation_id TEXT NOT NULL,
+    version_id TEXT NOT NULL, updated TEXT NOT NULL, kind TEXT NOT NULL,
+    sort_key TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (server, study, observation_id)
+);
+CREATE INDEX IF NOT EXISTS pull_store_order ON pull_store (server, study, kind, sort_key);
+CREATE TABLE IF NOT EXISTS pull_stage (
+    server TEXT NOT NULL, study TEXT NOT NULL, observation_id TEXT NOT NULL,
+    version_id TEXT NOT NULL, updated TEXT NOT NULL, kind TEXT NOT NULL,
+    sort_key TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (server, study, observation_id)
+);
+CREATE INDEX IF NOT EXISTS pull_stage_order ON pull_stage (server, study, sort_key, observation_id);
+"""
+Record = PulledLab | UnmappedResult
+MERGE_BATCH = 1000  # staged records read at once by the merge: memory stays flat however large the pull
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A row pulled earlier that is no longer a trial row."""
+
+    observation_id: str
+    result_id: str
+    subject_id: str
+    reason: str
+
+
+T = TypeVar("T", PulledLab, UnmappedResult)
+SPOOL_IN_MEMORY = 2000  # records of a Spool kept in memory; the rest wait in a temporary file
+
+
+class Spool(Sequence[T], Generic[T]):
+    """The records new in one pull, in merge order: the first few in memory, the rest in a temporary file.
+
+    A first pull of a registry brings every result as new; holding them all as objects would make memory
+    grow with the pull (80,000 rows are over 100 MB). A Spool reads like a list (len, iteration, indexing,
+    equality with a list) and its file is removed when the Spool is collected.
+    """
+
+    def __init__(self, kind: type[T], in_memory: int | None = None) -> None:
+        self._kind: type[T] = kind
+        self._limit = SPOOL_IN_MEMORY if in_memory is None else in_memory
+        self._head: list[T] = []
+        self._spilled = 0
+        self._path: str | None = None
+        self._file: Any = None
+
+    def append(self, record: T) -> None:
+        if len(self._head) < self._limit:
+            self._head.append(record)
+            return
+        self._spill(_text(record))
+
+    def append_json(self, text: str) -> None:
+        """Append the record whose ``_flat`` JSON is ``text`` (as the store keeps it): past the in-memory head,
+        the text goes to the file as it is, without a round trip through an object."""
+        if len(self._head) < self._limit:
+            self._head.append(self._kind(**orjson.loads(text)))
+            return
+        self._spill(text)
+
+    def _spill(self, text: str) -> None:
+        if self._file is None:
+            handle, path = scratch_file(hint="pull", suffix=".jsonl")  # fhir_lupus/_scratch.py: swept if killed
+            self._path = str(path)
+            self._file = os.fdopen(handle, "w", encoding="utf-8")
+            weakref.finalize(self, _discard, self._file, self._path)
+        self._file.write(text + "\n")
+        self._spilled += 1
+
+    def __len__(self) -> int:
+        return len(self._head) + self._spilled
+
+    def __iter__(self) -> Iterator[T]:
+        yield from self._head
+        if self._path is None:
+            return
+        self._file.flush()
+        with open(self._path, encoding="utf-8") as spilled:
+            for _, line in zip(range(self._spilled), spilled, strict=False):
+                yield self._kind(**orjson.loads(line))
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        position = index + len(self) if index < 0 else index
+        if not 0 <= position < len(self):
+            raise IndexError("Spool index out of range")
+        if position < len(self._head):
+            return self._head[position]
+        return next(record for at, record in enumerate(self) if at == position)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content, like a list
+
+    def __repr__(self) -> str:
+        return f"Spool({len(self)} {self._kind.__name__})"
+
+
+def _discard(handle: Any, path: str) -> None:
+    handle.close()
+    Path(path).unlink(missing_ok=True)
+
+
+@dataclass
+class MergeResult:
+    new_rows: Spool[PulledLab] = field(default_factory=lambda: Spool(PulledLab))  # new, or a newer version
+    new_unmapped: Spool[UnmappedResult] = field(default_factory=lambda: Spool(UnmappedResult))
+    removed: list[Removal] = field(default_factory=list)
+    unchanged: int = 0  # fetched again at the same version (the ``ge`` overlap)
+    stale: int = 0  # older than what the store has
+    total_rows: int = 0
+    total_unmapped: int = 0
+
+
+def _text(record: Any) -> str:
+    """A record as the JSON text the stage, the store and the spool keep (orjson: a sixth of json's time)."""
+    return orjson.dumps(_flat(record)).decode()
+
+
+def _flat(record: Any) -> dict[str, Any]:
+    """``asdict`` for the flat records of a pull (strings only), without its deep copy: a fifth of a pull's
+    client time went to ``asdict`` for the stage, the spool and the output. A dict is taken as it is."""
+    if isinstance(record, dict):
+        return record
+    if is_dataclass(record) and hasattr(record, "__dict__"):
+        return dict(record.__dict__)
+    return asdict(record)
+
+
+def _updated(text: str) -> str:
+    """``meta.lastUpdated`` as a sortable UTC text (servers write +00:00, Z, or milliseconds)."""
+    moment = parse_instant(text)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds") if moment else ""
+
+
+def _sort_key(record: Record) -> str:
+    if isinstance(record, PulledLab):
+        return "\x1f".join((record.subject_id, record.collected_at, record.analyte, record.result_id))
+    return "\x1f".join((record.subject_id, record.collected_at, record.observation_id))
+
+
+def table_order(records: Iterable[Record]) -> list[Record]:
+    """``records`` in the order of the pull's output files (the store's sort key, then the observation id):
+    for a table made elsewhere (the Spark path) that must equal the pull's."""
+    return sorted(records, key=lambda r: (_sort_key(r), r.observation_id))
+
+
+def newer_record(record: Record, kept: Record) -> bool:
+    """Whether ``record`` replaces ``kept``, another copy of the same Observation, by the store's rule: for a
+    table made elsewhere (the Spark path) that must keep what the pull's merge keeps."""
+    verdict = _newer(record.version_id, _updated(record.last_updated), kept.version_id, _updated(kept.last_updated))
+    return bool(verdict)
+
+
+def _newer(version: str, updated: str, old_version: str, old_updated: str) -> bool | None:
+    """True if newer, False if older, None if the same version."""
+    if version == old_version:
+        return None
+    if updated != old_updated:
+        return updated > old_updated
+    if version.isdigit() and old_version.isdigit():
+        return int(version) > int(old_version)
+    return True  # same instant, another version id: the one fetched now is the server's current one
+
+
+class PullStore:
+    def __init__(self, db: sqlite3.Connection, server: str, study: str) -> None:
+        self._db = db
+        self.server = server
+        self.study = study
+        db.executescript(_SCHEMA)
+
+    def clear_stage(self) -> None:
+        self._db.execute("DELETE FROM pull_stage WHERE server = ? AND study = ?", (self.server, self.study))
+
+    def stage(self, records: Iterable[Record]) -> None:
+        """Keep fetched records until the merge (a later fetch of the same observation replaces it).
+
+        One transaction per call: the journal's connection commits each statement on its own otherwise, and
+        with ``synchronous=FULL`` every staged row cost a sync to disk (4 s for 1,330 rows here).
+        """
+        if self._db.in_transaction:  # inside the caller's transaction: it commits
+            self._insert_stage(records)
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._insert_stage(records)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _insert_stage(self, records: Iterable[Record]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO pull_stage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    self.server,
+                    self.study,
+                    r.observation_id,
+                    r.version_id,
+                    _updated(r.last_updated),
+                    "row" if isinstance(r, PulledLab) else "unmapped",
+                    _sort_key(r),
+                    _text(r),
+                )
+                for r in records
+            ],
+        )
+
+    def merge(self, *, replace_all: bool) -> MergeResult:
+        """Fold the stage into the store (inside the caller's transaction); ``replace_all``: drop the rest."""
+        result = MergeResult()
+        key = (self.server, self.study)
+        for batch in self._staged():
+            # what the store holds of this batch, in one look-up; the winners written in one statement
+            ids = [staged[0] for staged in batch]
+            known = {
+                row[0]: row[1:]
+                for row in self._db.execute(
+                    "SELECT observation_id, version_id, updated, kind, record FROM pull_store "
+                    f"WHERE server = ? AND study = ? AND observation_id IN ({','.join('?' * len(ids))})",
+                    (*key, *ids),
+                )
+            }
+            winners = []
+            for observation_id, version, updated, kind, sort_key, record in batch:
+                old = known.get(observation_id)
+                verdict = True if old is None else _newer(version, updated, old[0], old[1])
+                if verdict is None:
+                    result.unchanged += 1
+                    continue
+                if verdict is False:
+                    result.stale += 1
+                    continue
+                winners.append((*key, observation_id, version, updated, kind, sort_key, record))
+                if kind == "row":
+                    result.new_rows.append_json(record)
+                    continue
+                result.new_unmapped.append_json(record)
+                if old is not None and old[2] == "row":
+                    earlier, reason = orjson.loads(old[3]), orjson.loads(record)["reason"]
+                    result.removed.append(Removal(observation_id, earlier["result_id"], earlier["subject_id"], reason))
+            self._db.executemany("INSERT OR REPLACE INTO pull_store VALUES (?, ?, ?, ?, ?, ?, ?, ?)", winners)
+        if replace_all:
+            gone = self._db.execute(
+                "SELECT observation_id, kind, record FROM pull_store WHERE server = ? AND study = ? "
+                "AND observation_id NOT IN (SELECT observation_id FROM pull_stage WHERE server = ? AND study = ?)",
+                (*key, *key),
+            ).fetchall()
+            for observation_id, kind, record in gone:
+                if kind == "row":
+                    earlier = orjson.loads(record)
+                    result.removed.append(
+                        Removal(observation_id, earlier["result_id"], earlier["subject_id"], "no longer on the server")
+                    )
+            self._db.execute(
+                "DELETE FROM pull_store WHERE server = ? AND study = ? "
+                "AND observation_id NOT IN (SELECT observation_id FROM pull_stage WHERE server = ? AND study = ?)",
+                (*key, *key),
+            )
+        self.clear_stage()
+        counts = dict(
+            self._db.execute(
+                "SELECT kind, COUNT(*) FROM pull_store WHERE server = ? AND study = ? GROUP BY kind", key
+            ).fetchall()
+        )
+        result.total_rows, result.total_unmapped = counts.get("row", 0), counts.get("unmapped", 0)
+        return result
+
+    def _staged(self) -> Iterator[list[tuple[str, str, str, str, str, str]]]:
+        """The stage in output order, a bounded batch at a time (the merge writes between batches)."""
+        after = ("", "")
+        while True:
+            batch = self._db.execute(
+                "SELECT observation_id, version_id, updated, kind, sort_key, record FROM pull_stage "
+                "WHERE server = ? AND study = ? AND (sort_key, observation_id) > (?, ?) "
+                "ORDER BY sort_key, observation_id LIMIT ?",
+                (self.server, self.study, after[1], after[0], MERGE_BATCH),
+            ).fetchall()
+            if batch:
+                yield batch
+            if len(batch) < MERGE_BATCH:
+                return
+            after = (batch[-1][0], batch[-1][4])
+
+    def rows(self) -> Iterator[PulledLab]:
+        for (record,) in self._records("row"):
+            yield PulledLab(**orjson.loads(record))
+
+    def unmapped(self) -> Iterator[UnmappedResult]:
+        for (record,) in self._records("unmapped"):
+            yield UnmappedResult(**orjson.loads(record))
+
+    def _records(self, kind: str) -> Iterator[tuple[str]]:
+        cursor = self._db.execute(
+            "SELECT record FROM pull_store WHERE server = ? AND study = ? AND kind = ? ORDER BY sort_key",
+            (self.server, self.study, kind),
+        )
+        yield from cursor
+
+    def write(self, output: Path) -> tuple[Path, Path]:
+        """The rows file and its ``.unmapped`` companion, each replaced atomically (from the stored records as
+        they are: the same columns, without building the objects)."""
+        return (
+            write_rows((orjson.loads(r) for (r,) in self._records("row")), output, PulledLab),
+            write_rows((orjson.loads(r) for (r,) in self._records("unmapped")), unmapped_path(output), UnmappedResult),
+        )
+
+
+def unmapped_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".unmapped" + output.suffix)
+
+
+def write_rows(rows: Iterable[Any], path: Path, row_type: type) -> Path:
+    """CSV (streamed), or parquet when the path ends in .parquet and pyarrow is installed; atomic replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [f.name for f in fields(row_type)]
+    descriptor, scratch = scratch_file(path.parent, path.name)  # fhir_lupus/_scratch.py: swept if killed
+    os.close(descriptor)
+    try:
+        if path.suffix == ".parquet":
+            _write_parquet((_flat(row) for row in rows), columns, scratch)
+        else:
+            with scratch.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)  # what DictWriter writes, without its per-row check of the keys
+                writer.writerow(columns)
+                writer.writerows([flat.get(c, "") for c in columns] for flat in map(_flat, rows))
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(scratch, FILE_MODE)  # private while written; then as open() makes a file
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return path
+
+
+def _write_parquet(records: Iterable[dict[str, Any]], columns: list[str], path: Path) -> None:
+    try:
+        import pyarrow as pa  # type: ignore[import-not-found]
+        import pyarrow.parquet as pq  # type: ignore[import-not-found]
+    except ImportError:
+        raise FhirLupusError("parquet output needs pyarrow (pip install pyarrow); use a .csv path") from None
+    pq.write_table(pa.Table.from_pylist(list(records), schema=pa.schema([(c, pa.string()) for c in columns])), path)

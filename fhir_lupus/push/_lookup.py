@@ -1,0 +1,146 @@
+"""Look business keys up on the server, in batches: the only I/O the plan needs.
+
+``search`` routes ask with OR-lists (``identifier=a,b,c``, a few dozen keys per request) and map every match
+back to the keys it carries; a key nothing carries is asked again by the resource's identifiers under a
+superseded system (the route's ``superseded_use``), and what they find is matched to the key; ``read``
+routes read the id the journal knows, else our deterministic id. A parameter the server refuses despite its
+CapabilityStatement raises RouteRefused, so that the caller can compute the routes again without it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from fhir_lupus.bundle import business_key, identifiers, superseded_keys
+from fhir_lupus.client import FatalHttpError, FhirClient, UnknownSearchParameter
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.journal import JournalEntry
+from fhir_lupus.mappers import Resource
+from fhir_lupus.push._plan import Match
+from fhir_lupus.push._routes import TypeRoute
+
+__all__ = ["RouteRefused", "keys_of", "look_up"]
+
+Key = tuple[str, str]
+
+
+class RouteRefused(FhirLupusError):
+    """The server refused a search parameter that its CapabilityStatement lists."""
+
+    def __init__(self, resource_type: str, parameter: str, message: str) -> None:
+        self.resource_type = resource_type
+        self.parameter = parameter
+        super().__init__(f"the server refused {resource_type}?{parameter}: {message}")
+
+
+def keys_of(resource: dict[str, Any], parameter: str) -> list[str]:
+    """The business keys a server resource carries for ``parameter`` (identifiers, or a CodeSystem's url)."""
+    if parameter == "identifier":
+        return [f"{i.get('system')}|{i.get('value')}" for i in identifiers(resource)]
+    value = resource.get("url")
+    return [str(value)] if value else []
+
+
+def look_up(
+    client: FhirClient,
+    resources: Iterable[Resource],
+    routes: Mapping[str, TypeRoute],
+    *,
+    known: Mapping[Key, JournalEntry] | None = None,
+    size: int = 40,
+) -> dict[Key, list[Match]]:
+    """Every server resource matching each resource's business key (an empty list: none)."""
+    by_type: dict[str, list[Resource]] = defaultdict(list)
+    for resource in resources:
+        by_type[resource["resourceType"]].append(resource)
+    found: dict[Key, list[Match]] = {}
+    for resource_type, group in by_type.items():
+        route = routes[resource_type]
+        if route.lookup == "search" and route.search_param:
+            found.update(_search(client, resource_type, route.search_param, group, size))
+            if route.superseded_use:
+                found.update(_search_superseded(client, resource_type, route, group, found, size))
+        elif route.lookup == "read":
+            found.update(_read(client, resource_type, group, known or {}))
+    return found
+
+
+def _search(
+    client: FhirClient, resource_type: str, parameter: str, group: list[Resource], size: int
+) -> dict[Key, list[Match]]:
+    keys = list(dict.fromkeys(business_key(r) for r in group))
+    owners = {key: [key] for key in keys}
+    return {(resource_type, key): matches for key, matches in _find(client, resource_type, parameter, owners, size)}
+
+
+def _search_superseded(
+    client: FhirClient,
+    resource_type: str,
+    route: TypeRoute,
+    group: list[Resource],
+    found: Mapping[Key, list[Match]],
+    size: int,
+) -> dict[Key, list[Match]]:
+    """For each key the search did not find: the server resources carrying one of its superseded keys."""
+    owners: dict[str, list[str]] = defaultdict(list)  # superseded key -> the current keys that carry it
+    for resource in group:
+        key = business_key(resource)
+        if found.get((resource_type, key)) == []:
+            for old in superseded_keys(resource, route.superseded_use):
+                if key not in owners[old]:
+                    owners[old].append(key)
+    if not owners:
+        return {}
+    param = route.search_param or "identifier"
+    return {(resource_type, key): hits for key, hits in _find(client, resource_type, param, owners, size) if hits}
+
+
+def _find(
+    client: FhirClient, resource_type: str, parameter: str, owners: Mapping[str, list[str]], size: int
+) -> Iterator[tuple[str, list[Match]]]:
+    """Search the keys of ``owners`` in OR-lists; yield each owner key with the resources found for its keys.
+
+    An owner is the business key the matches are for: the searched key itself, or the current key of a
+    superseded one (then each Match says which superseded key found it).
+    """
+    found: dict[str, list[Match]] = {owner: [] for owned in owners.values() for owner in owned}
+    searched = list(owners)
+    for start in range(0, len(searched), size):
+        part = searched[start : start + size]
+        params = {parameter: ",".join(k.replace(",", r"\,") for k in part), "_count": str(4 * size)}
+        wanted = set(part)
+        try:
+            for match in client.search(resource_type, params):
+                for key in keys_of(match, parameter):
+                    if key not in wanted:
+                        continue
+                    for owner in owners[key]:
+                        seen = found[owner]
+                        if all(m.server_id != match.get("id") for m in seen):
+                            seen.append(_match(match, superseded=None if key == owner else key))
+        except UnknownSearchParameter as exc:
+            raise RouteRefused(resource_type, parameter, str(exc)) from None
+    yield from found.items()
+
+
+def _read(
+    client: FhirClient, resource_type: str, group: list[Resource], known: Mapping[Key, JournalEntry]
+) -> dict[Key, list[Match]]:
+    found: dict[Key, list[Match]] = {}
+    for resource in group:
+        key = business_key(resource)
+        entry = known.get((resource_type, key))
+        resource_id = entry.server_id if entry and entry.server_id else str(resource["id"])
+        try:
+            found[(resource_type, key)] = [_match(client.read(resource_type, resource_id))]
+        except FatalHttpError as exc:
+            if exc.status not in (404, 410):
+                raise
+            found[(resource_type, key)] = []
+    return found
+
+
+def _match(resource: dict[str, Any], *, superseded: str | None = None) -> Match:
+    return Match(str(resource.get("id")), (resource.get("meta") or {}).get("versionId"), resource, superseded)

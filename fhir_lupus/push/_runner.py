@@ -1,0 +1,485 @@
+"""Push mapped resources to a FHIR server: planned from the server, applied in accepted sizes, resumable.
+
+1. Read the CapabilityStatement and give every type a route (``routes.py``): how its business key is looked
+   up and how new resources are written; a type the server cannot take is skipped with one warning.
+2. For each window (whole subjects up to ``BATCH_SIZE`` resources, read lazily from the mapper; referenced
+   ones first): ask the journal what it knows, look the rest up on the server in OR-list searches, and plan
+   (``plan.py``): create, update, unchanged, conflict, held back or skipped.
+3. Apply the plan (``apply.py``): by-id writes for everything whose server id is known, new ones by PUT to a
+   key-derived id (or conditionally); chunk sizes adapt to what the server accepts and are remembered per
+   server. Up to ``concurrency`` windows are applied at the same time, each in its own thread and
+   transactions, while the next subject is mapped and planned: a server's transactions are what a push
+   waits for, and a server on several cores runs several at once.
+4. One Provenance for the push (and for any earlier push whose Provenance is still missing).
+A push that is killed, or stopped by a server failure, leaves the journal with what the server confirmed;
+the next push looks the rest up before writing, so nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhir_lupus.bundle import (
+    DEPENDENCY_ORDER,
+    business_key,
+    dependency_sorted,
+    load_matching_rules,
+    local_ref,
+    references,
+)
+from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, WriteStrategy
+from fhir_lupus.journal import Journal
+from fhir_lupus.mappers import Resource
+from fhir_lupus.push._apply import Applier, ApplyCounts, Problem, WriteLimits
+from fhir_lupus.push._lookup import RouteRefused, look_up
+from fhir_lupus.push._plan import Plan, content_hash, load_finality_rules, needs_lookup, plan_batch
+from fhir_lupus.push._provenance import load_provenance_template, provenance_resource, write_provenance
+from fhir_lupus.push._routes import CREATE_BY_ID, TypeRoute, plan_routes
+from fhir_lupus.terminology import load_pack
+
+__all__ = ["Planner", "PushOptions", "PushReport", "content_hash", "push_groups", "push_resources"]
+
+Progress = Callable[[int, int | None], None]  # done, total (None while a streamed push does not know it)
+BATCH_SIZE = 1000  # resources planned and applied at a time (whole subjects gathered up to it)
+# Windows written at the same time by push_trial and the CLI: HAPI JPA on 2 cores wrote subject-sized
+# transactions 1.7x faster with three in flight than with one (bench/README.md); push_resources keeps 1.
+DEFAULT_CONCURRENCY = 3
+
+
+@dataclass
+class PushReport(ApplyCounts):
+    """What a push did: the counts of its writes (ApplyCounts) and of its plans, routes, limits, Provenance."""
+
+    push_id: str = ""
+    server: str = ""
+    strategy: WriteStrategy | None = None
+    total: int = 0
+    unchanged: int = 0
+    routes: dict[str, TypeRoute] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    bundle_sizes: dict[str, int] = field(default_factory=dict)
+    provenance: str | None = None
+    provenance_missing: list[str] = field(default_factory=list)
+    earlier_provenance: list[str] = field(default_factory=list)
+    content_hashes: list[str] = field(default_factory=list)  # one per resource offered, as the plans computed them
+
+    @property
+    def written(self) -> int:
+        return self.created + self.updated
+
+    @property
+    def conflicts(self) -> list[Problem]:
+        return [p for p in self.problems if p.kind == "conflict"]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for p in self.problems if p.kind == kind)
+
+    @property
+    def complete(self) -> bool:
+        """Everything asked for was written or found unchanged, with its Provenance."""
+        forced_skips = [r for r in self.routes.values() if r.skipped and not r.skipped_by_user]
+        return not any(p.kind != "skipped" for p in self.problems) and not (self.provenance_missing or forced_skips)
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{kind} {size}" for kind, size in sorted(self.bundle_sizes.items()))
+        return (
+            f"{self.total} resources: {self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.linked} linked, {self.count('conflict')} conflicts, {self.count('held-back')} held back, "
+            f"{self.count('refused')} refused, {self.count('skipped')} skipped "
+            f"({self.chunks} chunk(s), {self.strategy or 'nothing sent'}"
+            + (f"; bundle sizes {sizes}" if sizes else "")
+            + (f"; {self.size_refusals} size refusal(s)" if self.size_refusals else "")
+            + ")"
+        )
+
+
+class Planner:
+    """Plans batch after batch for one server; carries what earlier batches held back or skipped.
+
+    Shared by push and the dry run, so both see the server the same way (``verify`` compares every
+    resource with the server copy, as the dry run does).
+    """
+
+    def __init__(
+        self,
+        client: FhirClient,
+        journal: Journal | None,
+        resource_types: Iterable[str],
+        *,
+        only_types: frozenset[str] | None = None,
+        skip_types: frozenset[str] = frozenset(),
+        mappings_dir: Path | None = None,
+        verify: bool = False,
+        warn: Callable[[str], None] = lambda _: None,
+        new_by_id: bool = True,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.capabilities = client.capabilities()
+        self._rules = load_matching_rules(mappings_dir)
+        self._finality = load_finality_rules(mappings_dir)
+        self._types = frozenset(resource_types)
+        self._only, self._skip = only_types, skip_types
+        self._refused: frozenset[tuple[str, str]] = frozenset()
+        self._new_by_id = new_by_id
+        self.routes = self._routes()
+        self.seen_types: set[str] = set()  # the types of the resources planned so far (what the report shows)
+        self.verify = verify
+        self.warn = warn
+        self.held_back: set[str] = set()
+        self.logical: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, str] = {}  # dry run: server ids found in earlier batches
+        self._creates: set[str] = set()  # dry run: what earlier batches would create
+
+    def _routes(self) -> dict[str, TypeRoute]:
+        return plan_routes(
+            self._types,
+            self.capabilities,
+            self._rules,
+            only=self._only,
+            skip=self._skip,
+            refused=self._refused,
+            new_by_id=self._new_by_id,
+        )
+
+    def refuse_by_id(self, resource_types: Iterable[str]) -> None:
+        """The server refused PUTs to new ids of these types: create them conditionally from now on."""
+        self._refused |= {(name, CREATE_BY_ID) for name in resource_types}
+        self.routes = self._routes()
+        for name in sorted(resource_types):
+            self.warn(f"the server refused {name} created by PUT to a new id; now: {self.routes[name].describe()}")
+
+    def plan(self, batch: list[Resource], held_back: Iterable[str] = ()) -> Plan:
+        server = self.client.base_url
+        self.seen_types.update(r["resourceType"] for r in batch)
+        keys = [(r["resourceType"], business_key(r)) for r in batch]
+        known = self.journal.lookup(server, keys) if self.journal else {}
+        inside = {local_ref(r) for r in batch}
+        outside = {t for r in batch for t in references(r)} - inside
+        refs = self.journal.server_refs(server, outside) if self.journal else {}
+        refs.update({ref: self._seen[ref] for ref in outside if ref in self._seen})
+        while True:
+            wanted = needs_lookup(batch, self.routes, known, verify=self.verify, finality=self._finality)
+            try:
+                found = look_up(self.client, wanted, self.routes, known=known)
+                break
+            except RouteRefused as exc:
+                self._refused |= {(exc.resource_type, exc.parameter)}
+                self.routes = self._routes()
+                self.warn(f"{exc}; now: {self.routes[exc.resource_type].describe()}")
+        plan = plan_batch(
+            batch,
+            self.routes,
+            known=known,
+            found=found,
+            server_refs=refs,
+            held_back=self.held_back | set(held_back),
+            logical=self.logical,
+            will_exist=self._creates,
+            verify=self.verify,
+            finality=self._finality,
+        )
+        self.held_back = plan.held_back
+        self.logical = plan.logical
+        if self.verify:  # nothing is written between batches: remember what the plan knows and would create
+            self._seen.update({ref: plan.server_refs[ref] for ref in inside if ref in plan.server_refs})
+            self._creates.update(item.local_ref for item in plan.items if item.action == "create")
+        return plan
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """How a push writes, the same for a list of resources, a loaded trial and a streamed data directory.
+
+    ``chunk_size`` is an upper bound: chunks shrink to what the server accepts, and the journal remembers it.
+    ``strategy`` overrides the CapabilityStatement's choice (transaction, batch, individual). ``only_types`` /
+    ``skip_types`` choose the types written. ``batch_size``: resources planned at a time (whole groups).
+    ``concurrency``: windows written at the same time. ``new_by_id``: new resources by PUT to a key-derived id
+    where the server allows it (``routes.py``); False keeps them conditional. ``progress`` gets (done, total).
+    """
+
+    chunk_size: int = 500
+    strategy: WriteStrategy | None = None
+    only_types: frozenset[str] | None = None
+    skip_types: frozenset[str] = frozenset()
+    batch_size: int = BATCH_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+    new_by_id: bool = True
+    progress: Progress | None = None
+
+
+def push_resources(
+    resources: Iterable[Resource],
+    client: FhirClient,
+    journal: Journal,
+    *,
+    source: str,
+    mapping_version: str,
+    mappings_dir: Path | None = None,
+    options: PushOptions | None = None,
+) -> PushReport:
+    """Push a list of resources (sorted here, referenced ones first) in windows of ``options.batch_size``; see
+    ``push_groups`` (the windows of one list refer to each other: a window still waits for those it refers to).
+    """
+    options = options or PushOptions()
+    ordered = dependency_sorted(resources)
+    size = options.batch_size
+    return push_groups(
+        [ordered[start : start + size] for start in range(0, len(ordered), size)],
+        client,
+        journal,
+        source=source,
+        mapping_version=mapping_version,
+        mappings_dir=mappings_dir,
+        options=options,
+        total=len(ordered),
+    )
+
+
+def push_groups(
+    groups: Iterable[Sequence[Resource]],
+    client: FhirClient,
+    journal: Journal,
+    *,
+    source: str,
+    mapping_version: str,
+    mappings_dir: Path | None = None,
+    options: PushOptions | None = None,
+    total: int | None = None,
+    report: PushReport | None = None,
+) -> PushReport:
+    """Plan and apply window by window (see the module docstring), as ``options`` say (``PushOptions``).
+
+    ``groups`` come in order, each referring only to itself and to earlier groups (the study-level resources, then
+    one group per subject, as ``iter_mapped`` yields them); they are consumed lazily, so a trial streamed from disk
+    is never held whole. Whole groups are gathered into windows of about ``batch_size`` resources (a larger group is
+    a window alone, never cut; so is the first). ``concurrency`` windows are written at the same time: a window is
+    planned only once every window it refers to is written, so the study's resources go first and subjects then in
+    parallel. ``total``, when known, is passed to ``progress``. ``report``: filled as the push goes, so that a
+    caller still has the counts when the push raises.
+    """
+    options = options or PushOptions()
+    if options.chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    if options.concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    progress, total_known = options.progress, total
+    server = client.base_url
+    report = report if report is not None else PushReport()
+    report.push_id, report.server = str(uuid.uuid4()), server
+    planner = Planner(
+        client,
+        journal,
+        DEPENDENCY_ORDER,
+        only_types=options.only_types,
+        skip_types=options.skip_types,
+        mappings_dir=mappings_dir,
+        warn=report.warnings.append,
+        new_by_id=options.new_by_id,
+    )
+    capabilities = planner.capabilities
+    report.strategy = options.strategy or capabilities.write_strategy()
+    limits = WriteLimits(options.chunk_size, journal.write_limits(server))
+    lanes = _Lanes(options.concurrency, report, planner)
+    done = 0
+    lock = threading.Lock()
+
+    def advance(count: int) -> None:
+        nonlocal done
+        with lock:
+            done += count
+            if progress:
+                progress(done, total_known)
+
+    journal.start_push(report.push_id, server, source)
+    status = "failed"
+    try:
+        advance(0)
+        for window in _windows(groups, options.batch_size):
+            report.total += len(window)
+            lanes.wait_for(window)
+            plan = planner.plan(window, lanes.held)
+            _record_settled(plan, journal, server, report.push_id)
+            _count_plan(plan, report)
+            report.content_hashes.extend(item.digest for item in plan.items)
+            advance(sum(1 for item in plan.items if item.action not in ("create", "update")))
+            applier = Applier(
+                client,
+                journal,
+                report.push_id,
+                report.strategy,
+                planner.routes,
+                limits,
+                counts=ApplyCounts(),
+                on_written=advance,
+                refused_by_id=set(lanes.refused_by_id),
+            )
+            lanes.start(window, plan, applier)
+        lanes.finish()
+        status = "completed"
+    finally:
+        lanes.close()
+        report.routes = {name: route for name, route in planner.routes.items() if name in planner.seen_types}
+        report.bundle_sizes = {kind: limits.size(kind) for kind in ("conditional", "direct")}
+        _warn_forced_skips(report)
+        journal.finish_push(report.push_id, status, report.summary())
+    _write_provenances(client, capabilities, journal, report, source, mapping_version, mappings_dir)
+    if not report.complete:
+        journal.finish_push(report.push_id, "completed-with-problems", report.summary())
+    return report
+
+
+class _Lanes:
+    """Windows being written: at most ``concurrency`` at once, each by its own Applier in a worker thread.
+
+    Everything the planner reads is settled on the calling thread: a window's counts, held-back resources and
+    types refused by id join the report when it is waited for. The first failure stops the push once the
+    windows already sent have finished (a transaction in flight cannot be called back); the journal then holds
+    every chunk the server confirmed.
+    """
+
+    def __init__(self, concurrency: int, report: PushReport, planner: Planner) -> None:
+        self.concurrency = concurrency
+        self.report = report
+        self.planner = planner
+        self.held: set[str] = set()
+        self.refused_by_id: set[str] = set()
+        self._pool = ThreadPoolExecutor(concurrency, "push") if concurrency > 1 else None
+        self._running: list[tuple[Future[None], Applier, frozenset[str]]] = []
+
+    def start(self, window: list[Resource], plan: Plan, applier: Applier) -> None:
+        if self._pool is None:
+            applier.apply(plan)
+            self._settle(applier)
+            return
+        while len(self._running) >= self.concurrency:
+            self._wait(self._running[0])
+        refs = frozenset(local_ref(r) for r in window)
+        self._running.append((self._pool.submit(applier.apply, plan), applier, refs))
+
+    def wait_for(self, window: list[Resource]) -> None:
+        """Wait for the windows that write something ``window`` refers to (the planner needs their ids)."""
+        inside = {local_ref(r) for r in window}
+        outside = {t for r in window for t in references(r)} - inside
+        for running in [r for r in self._running if r[2] & outside]:
+            self._wait(running)
+
+    def finish(self) -> None:
+        while self._running:
+            self._wait(self._running[0])
+
+    def close(self) -> None:
+        """After a failure: let what was sent finish and keep its counts; nothing new starts."""
+        if self._pool is None:
+            return
+        for future, applier, _ in self._running:
+            if not future.cancel():  # started: its confirmed chunks are in the journal, and count
+                futures_wait([future])
+                self._settle(applier)
+        self._running.clear()
+        self._pool.shutdown(wait=True)
+
+    def _wait(self, running: tuple[Future[None], Applier, frozenset[str]]) -> None:
+        self._running.remove(running)
+        future, applier, _ = running
+        try:
+            future.result()
+        finally:
+            self._settle(applier)
+
+    def _settle(self, applier: Applier) -> None:
+        self.report.add(applier.counts)
+        self.held |= applier.held_back
+        if applier.refused_by_id - self.refused_by_id:
+            self.refused_by_id |= applier.refused_by_id
+            self.planner.refuse_by_id(applier.refused_by_id)
+
+
+def _windows(groups: Iterable[Sequence[Resource]], size: int) -> Iterator[list[Resource]]:
+    """Groups gathered up to ``size`` resources, each window in dependency order; a larger group alone.
+
+    A group is never cut: its parts would refer to each other, and a window that must wait for another one
+    holds back every window after it (a subject's 4,000 labs are one window, written in chunks by one lane).
+    The first group is a window alone: the study-level resources, which every later group refers to, so
+    nothing else waits for a subject gathered with them.
+    """
+    window: list[Resource] = []
+    for number, group in enumerate(groups):
+        if window and (number == 1 or len(window) + len(group) > size):
+            yield dependency_sorted(window)
+            window = []
+        window.extend(group)
+    if window:
+        yield dependency_sorted(window)
+
+
+def _record_settled(plan: Plan, journal: Journal, server: str, push_id: str) -> None:
+    """What the look-ups settled without a write (a match equal to ours, a linked record) goes in the journal."""
+    settled = [item.journal_entry("matched") for item in plan.items if item.record]
+    if settled:
+        journal.record(server, push_id, settled)
+
+
+def _count_plan(plan: Plan, report: PushReport) -> None:
+    for item in plan.items:
+        if item.action == "unchanged":
+            report.unchanged += 1
+        elif item.action == "conflict" or item.action == "held-back" or item.action == "skipped":
+            report.problems.append(Problem(item.action, item.resource_type, item.key, item.reason, item.server_ids))
+
+
+def _warn_forced_skips(report: PushReport) -> None:
+    for route in report.routes.values():
+        if route.skipped and not route.skipped_by_user:
+            message = (
+                f"{route.resource_type} not written: {route.skip_reason}. Pass --skip-types {route.resource_type} "
+                "to push without it on purpose (references to it become logical references by identifier)"
+            )
+            if message not in report.warnings:
+                report.warnings.append(message)
+
+
+def _write_provenances(
+    client: FhirClient,
+    capabilities: Capabilities,
+    journal: Journal,
+    report: PushReport,
+    source: str,
+    mapping_version: str,
+    mappings_dir: Path | None,
+) -> None:
+    """This push's Provenance, and any an earlier push still owes; a failure is reported, not raised."""
+    pack = load_pack(mappings_dir)
+    template = load_provenance_template(mappings_dir)
+    for record in journal.awaiting_provenance(report.server):
+        targets = journal.targets(record.push_id)
+        if not targets:
+            continue
+        resource = provenance_resource(
+            record.push_id,
+            targets,
+            source=record.source if record.push_id != report.push_id else source,
+            mapping_version=mapping_version,
+            pack=pack,
+            template=template,
+        )
+        try:
+            reference = write_provenance(client, capabilities, resource, record.push_id)
+        except FhirHttpError as exc:
+            report.provenance_missing.append(
+                f"the Provenance of push {record.push_id} ({len(targets)} targets) was not written: {exc}; "
+                "the next push writes it"
+            )
+            continue
+        journal.provenance_written(record.push_id, reference)
+        if record.push_id == report.push_id:
+            report.provenance = reference
+        else:
+            report.earlier_provenance.append(reference)

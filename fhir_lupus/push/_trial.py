@@ -1,0 +1,173 @@
+"""Trial-level push, dry run and pull: the steps the CLI, the demo and the tests share."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from fhir_lupus.audit import AuditLog, append_run, digest_of
+from fhir_lupus.bundle import business_key
+from fhir_lupus.client import FhirClient, UnsupportedInteraction
+from fhir_lupus.journal import Journal
+from fhir_lupus.mappers import Resource
+from fhir_lupus.model import LoadReport, TrialData
+from fhir_lupus.model import _loader as loader
+from fhir_lupus.pipeline import MappedBatch, iter_mapped, map_trial, stream_trial
+from fhir_lupus.push._dryrun import DryRunReport, dry_run
+from fhir_lupus.push._plan import content_hash
+from fhir_lupus.push._runner import PushOptions, PushReport, push_groups
+from fhir_lupus.terminology import load_pack
+from fhir_lupus.validation import FhirVersion
+
+__all__ = [
+    "dry_run_trial",
+    "push_directory",
+    "push_trial",
+    "server_fhir_version",
+]
+
+
+def _push_counts(report: PushReport) -> dict[str, int]:
+    return {
+        "total": report.total,
+        "created": report.created,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "linked": report.linked,
+        **{kind.replace("-", "_"): report.count(kind) for kind in ("conflict", "held-back", "refused", "skipped")},
+    }
+
+
+def server_fhir_version(client: FhirClient) -> FhirVersion:
+    """R4 or R5, from the server's CapabilityStatement.fhirVersion."""
+    version = client.capabilities().fhir_version
+    if version.startswith("4.0"):
+        return "R4"
+    if version.startswith("5."):
+        return "R5"
+    raise UnsupportedInteraction(f"server speaks FHIR {version or '(unstated)'}; fhir_lupus writes R4 (4.0.x) or R5")
+
+
+def push_trial(
+    data: TrialData,
+    report: LoadReport,
+    client: FhirClient,
+    journal: Journal,
+    *,
+    source: str,
+    mappings_dir: Path | None = None,
+    options: PushOptions | None = None,
+    audit_log: AuditLog = None,
+) -> PushReport:
+    """Map the trial for the server's FHIR version subject by subject and push it as it maps (``push_groups``).
+
+    A resource the journal holds with the same content as confirmed on this server is not validated again
+    (``iter_mapped``'s ``trusted``): it was validated when it was sent, and nothing is sent for it now.
+    Every push, complete, incomplete or failed, appends one entry to the audit log (``audit_log``): counts,
+    outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server (for a push
+    that failed: of those offered before it stopped).
+    """
+    batches = iter_mapped(
+        data,
+        report,
+        fhir_version=server_fhir_version(client),
+        mappings_dir=mappings_dir,
+        trusted=_confirmed_on(journal, client.base_url),
+    )
+    return _push_batches(batches, client, journal, source, mappings_dir, options, audit_log)
+
+
+def push_directory(
+    data_dir: Path,
+    report: LoadReport,
+    client: FhirClient,
+    journal: Journal,
+    *,
+    source: str,
+    mappings_dir: Path | None = None,
+    options: PushOptions | None = None,
+    audit_log: AuditLog = None,
+    on_chunk: Callable[[TrialData], None] | None = None,
+    max_rows: int | None = None,
+) -> PushReport:
+    """``push_trial`` for a data directory read a chunk of subjects at a time (``stream_trial``): flat memory
+    whatever the trial's size. Rows the loader or the mappers refuse go to ``report`` as they come.
+    ``max_rows``: rows per chunk (default ``loader.CHUNK_ROWS``, read when called)."""
+    batches = stream_trial(
+        data_dir,
+        report,
+        max_rows=max_rows or loader.CHUNK_ROWS,
+        fhir_version=server_fhir_version(client),
+        mappings_dir=mappings_dir,
+        trusted=_confirmed_on(journal, client.base_url),
+        on_chunk=on_chunk,
+    )
+    return _push_batches(batches, client, journal, source, mappings_dir, options, audit_log)
+
+
+def _confirmed_on(journal: Journal, server: str) -> Callable[[Resource], bool]:
+    """True for a resource whose exact content the journal holds as confirmed on ``server``."""
+
+    def confirmed(resource: Resource) -> bool:
+        kind = str(resource["resourceType"])
+        return journal.confirmed_hash(server, kind, business_key(resource)) == content_hash(resource)
+
+    return confirmed
+
+
+def _push_batches(
+    batches: Iterable[MappedBatch],
+    client: FhirClient,
+    journal: Journal,
+    source: str,
+    mappings_dir: Path | None,
+    options: PushOptions | None,
+    audit_log: AuditLog,
+) -> PushReport:
+    audit = functools.partial(append_run, audit_log, journal, "push", server=client.base_url, mappings_dir=mappings_dir)
+    pushed = PushReport()
+    try:
+        push_groups(
+            (batch.resources for batch in batches),
+            client,
+            journal,
+            source=source,
+            mapping_version=load_pack(mappings_dir).project.mapping_version,
+            mappings_dir=mappings_dir,
+            options=options,
+            report=pushed,
+        )
+    except Exception as exc:
+        digest = digest_of(pushed.content_hashes)
+        audit(counts={"total": pushed.total}, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
+        raise
+    details = {"push_id": pushed.push_id, "strategy": str(pushed.strategy or "")}
+    if pushed.provenance:
+        details["provenance"] = pushed.provenance
+    outcome = "complete" if pushed.complete else "incomplete"
+    # the plans hashed every resource offered once already: the digest is made of those hashes
+    audit(counts=_push_counts(pushed), digest=digest_of(pushed.content_hashes), outcome=outcome, details=details)
+    return pushed
+
+
+def dry_run_trial(
+    data: TrialData,
+    report: LoadReport,
+    client: FhirClient,
+    *,
+    journal: Journal | None = None,
+    mappings_dir: Path | None = None,
+    only_types: frozenset[str] | None = None,
+    skip_types: frozenset[str] = frozenset(),
+) -> DryRunReport:
+    """What ``push_trial`` would do, from the server's current state; writes nothing."""
+    result = map_trial(data, report, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
+    return dry_run(
+        result.resources,
+        client,
+        journal=journal,
+        only_types=only_types,
+        skip_types=skip_types,
+        mappings_dir=mappings_dir,
+    )

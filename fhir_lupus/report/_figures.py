@@ -1,0 +1,222 @@
+"""The report's pictures, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
+
+Every figure has a fixed size and resolution and is written without the software tag, so the same data gives
+the same PNG bytes; the page embeds exactly the bytes written to the figures directory.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator, MultipleLocator
+
+from fhir_lupus.report._definitions import ReportDefinition, SeriesDefinition
+from fhir_lupus.report._series import Point, SubjectSeries
+from fhir_lupus.report._stats import ChangeSummary, ResponseTally
+
+__all__ = ["DPI", "change_figure", "png_bytes", "response_figure", "subject_figure"]
+
+DPI = 100
+INFUSION_COLOUR = "#c0392b"
+LINE_COLOUR = "#1f4e79"
+RESPONDER_COLOURS = ("#1b7837", "#7fbf7b", "#d9f0d3")  # the definition's categories, in order
+OTHERWISE_COLOUR, NOT_EVALUABLE_COLOUR = "#bdbdbd", "#ffffff"
+_CENSORED_MARKER = {"<": "v", "<=": "v", ">": "^", ">=": "^"}
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG, without the metadata that would change from one matplotlib build to the next."""
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure)
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _grid(count: int) -> tuple[int, int]:
+    cols = 2 if count > 1 else 1
+    return math.ceil(count / cols), cols
+
+
+def subject_figure(subject: SubjectSeries, definition: ReportDefinition) -> Figure:
+    """One panel per series over months around the infusion; the infusion is a vertical line, censored values
+    are open triangles at their limit pointing the way the true value lies."""
+    rows, cols = _grid(len(definition.series))
+    figure = Figure(figsize=(11, 2.6 * rows + 0.9), dpi=DPI, layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False, sharex=True)
+    xs = [p.x for points in subject.points.values() for p in points]
+    infusion_x = None
+    if subject.infusion is not None and subject.anchor is not None:
+        infusion_x = (subject.infusion - subject.anchor).days / definition.x_axis.days_per_month
+        xs.append(infusion_x)
+    low, high = (min(xs), max(xs)) if xs else (-1.0, 1.0)
+    pad = max(0.5, (high - low) * 0.03)
+    for index, series in enumerate(definition.series):
+        ax: Axes = axes[index // cols][index % cols]
+        _timeline(ax, series, subject.points.get(series.key, []), infusion_x)
+        ax.set_xlim(low - pad, high + pad)
+        if index // cols == rows - 1 or index + cols >= len(definition.series):
+            ax.set_xlabel(_axis_label(subject, definition))
+    for index in range(len(definition.series), rows * cols):
+        axes[index // cols][index % cols].set_visible(False)
+    title = f"{subject.subject_id}"
+    if subject.infusion is not None:
+        title += f" - MSC infusion {subject.infusion.isoformat()}"
+    else:
+        title += " - no completed MSC infusion recorded"
+    figure.suptitle(title, fontsize=13, fontweight="bold")
+    handles = [Line2D([], [], color=LINE_COLOUR, marker="o", markersize=4, linewidth=1.0, label="measured value")]
+    if infusion_x is not None:
+        handles.append(Line2D([], [], color=INFUSION_COLOUR, linestyle="--", linewidth=1.2, label="MSC infusion"))
+    comparators = sorted({p.reading.comparator for ps in subject.points.values() for p in ps if p.reading.comparator})
+    for comparator in comparators:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker=_CENSORED_MARKER[comparator],
+                markersize=7,
+                markerfacecolor="white",
+                markeredgecolor=LINE_COLOUR,
+                label=f"censored: true value {comparator} the point drawn",
+            )
+        )
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
+    return figure
+
+
+def _axis_label(subject: SubjectSeries, definition: ReportDefinition) -> str:
+    if subject.anchor_kind == "msc_infusion":
+        return definition.x_axis.label
+    return "Months since baseline visit"
+
+
+def _timeline(ax: Axes, series: SeriesDefinition, points: Sequence[Point], infusion_x: float | None) -> None:
+    ax.set_title(f"{series.title} ({series.display_unit})", fontsize=10, loc="left")
+    ax.grid(True, color="#e5e5e5", linewidth=0.6)
+    ax.tick_params(labelsize=8)
+    ax.xaxis.set_major_locator(MultipleLocator(6))  # protocol visits fall on multiples of 3 and 6 months
+    if series.source == "sledai":
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if infusion_x is not None:
+        ax.axvline(infusion_x, color=INFUSION_COLOUR, linestyle="--", linewidth=1.2)
+    if not points:
+        ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="#888888")
+        return
+    ax.plot([p.x for p in points], [p.reading.value for p in points], color=LINE_COLOUR, linewidth=1.0, alpha=0.6)
+    exact = [p for p in points if not p.reading.censored]
+    ax.plot(
+        [p.x for p in exact],
+        [p.reading.value for p in exact],
+        linestyle="none",
+        marker="o",
+        markersize=3.5,
+        color=LINE_COLOUR,
+    )
+    for comparator, marker in _CENSORED_MARKER.items():
+        censored = [p for p in points if p.reading.comparator == comparator]
+        if censored:
+            ax.plot(
+                [p.x for p in censored],
+                [p.reading.value for p in censored],
+                linestyle="none",
+                marker=marker,
+                markersize=7,
+                markerfacecolor="white",
+                markeredgecolor=LINE_COLOUR,
+                markeredgewidth=1.3,
+            )
+    values = [p.reading.value for p in points]
+    if min(values) >= 0:
+        ax.set_ylim(bottom=0, top=max(values) * 1.12 if max(values) > 0 else 1)
+
+
+def change_figure(definition: ReportDefinition, summaries: dict[str, list[ChangeSummary]]) -> Figure:
+    """Change from baseline at the summary months, one panel per series: box (median, IQR, 1.5 IQR whiskers)
+    and every subject's change as a dot; n under each box."""
+    rows, cols = _grid(len(definition.series))
+    figure = Figure(figsize=(11, 2.8 * rows + 0.9), dpi=DPI, layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False)
+    for index, series in enumerate(definition.series):
+        ax: Axes = axes[index // cols][index % cols]
+        ax.set_title(f"{series.title}: change from baseline ({series.display_unit})", fontsize=10, loc="left")
+        ax.axhline(0, color="#888888", linewidth=0.8)
+        ax.grid(True, axis="y", color="#e5e5e5", linewidth=0.6)
+        ax.tick_params(labelsize=8)
+        items = summaries.get(series.key, [])
+        positions = list(range(1, len(items) + 1))
+        filled = [(pos, item) for pos, item in zip(positions, items, strict=True) if item.changes]
+        if filled:
+            ax.boxplot(
+                [list(item.changes) for _, item in filled],
+                positions=[pos for pos, _ in filled],
+                widths=0.5,
+                showfliers=False,
+                medianprops={"color": INFUSION_COLOUR, "linewidth": 1.5},
+            )
+            for pos, item in filled:
+                offsets = _spread(len(item.changes))
+                ax.plot(
+                    [pos + o for o in offsets],
+                    list(item.changes),
+                    linestyle="none",
+                    marker="o",
+                    markersize=3,
+                    color=LINE_COLOUR,
+                    alpha=0.7,
+                )
+        ax.set_xticks(positions, [f"M{item.month}\nn={item.n}" for item in items])
+        ax.set_xlim(0.4, len(items) + 0.6)
+    for index in range(len(definition.series), rows * cols):
+        axes[index // cols][index % cols].set_visible(False)
+    figure.suptitle("Change from baseline at protocol visits", fontsize=13, fontweight="bold")
+    return figure
+
+
+def _spread(count: int) -> list[float]:
+    """Fixed horizontal offsets for the dots of one box (deterministic, unlike random jitter)."""
+    if count <= 1:
+        return [0.0] * count
+    return [-0.15 + 0.3 * i / (count - 1) for i in range(count)]
+
+
+def response_figure(tallies: Sequence[ResponseTally]) -> Figure:
+    """Stacked bars: subjects per response category at each evaluation month (not evaluable included)."""
+    figure = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
+    ax = figure.subplots()
+    if not tallies:
+        return figure
+    labels = [f"M{tally.month}" for tally in tallies]
+    bottoms = [0] * len(tallies)
+    response = tallies[0].response
+    colours = [RESPONDER_COLOURS[min(i, len(RESPONDER_COLOURS) - 1)] for i in range(len(response.categories))]
+    colours += [OTHERWISE_COLOUR, NOT_EVALUABLE_COLOUR]
+    for (key, label), colour in zip(tallies[0].categories(), colours, strict=True):
+        counts = [tally.count(key) for tally in tallies]
+        bars = ax.bar(
+            labels, counts, bottom=bottoms, color=colour, edgecolor="#555555", linewidth=0.6, label=label, width=0.6
+        )
+        for bar, count, bottom in zip(bars, counts, bottoms, strict=True):
+            if count:
+                ax.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    bottom + count / 2,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if key == response.categories[0].key else "black",
+                )
+        bottoms = [b + c for b, c in zip(bottoms, counts, strict=True)]
+    ax.set_ylabel("subjects")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(response.title, fontsize=12, fontweight="bold", loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    ax.set_ylim(0, max(bottoms) * 1.05 if max(bottoms) else 1)
+    return figure
