@@ -8,6 +8,7 @@ sub-packages (``model``, ``terminology``, ``scoring``, ``mappers``) for those wh
     bundle = transaction_bundle(result.resources)    # conditional, dependency-ordered transaction
 """
 
+from fhir_lupus._version import __version__
 from fhir_lupus.bundle import dumps, transaction_bundle
 from fhir_lupus.errors import (
     FhirLupusError,
@@ -21,8 +22,6 @@ from fhir_lupus.model import LoadReport, TrialData, load_study, load_trial, writ
 from fhir_lupus.pipeline import MapResult, map_trial
 from fhir_lupus.validation import check_invariants, validate_resource
 
-__version__ = "0.1.0"
-
 __all__ = [
     "FhirLupusError",
     "InputError",
@@ -33,6 +32,7 @@ __all__ = [
     "TerminologyError",
     "TrialData",
     "UnitError",
+    "__version__",
     "check_invariants",
     "dumps",
     "load_study",

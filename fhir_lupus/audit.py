@@ -1,5 +1,7 @@
 """The audit trail: a hash-chained JSON Lines log of every push, pull and registry submission.
 
+(Over 400 lines: the entry format, its append and its verify are one contract, read and changed together.)
+
 One entry per line, written with a single ``write()`` of the whole line (newline included) to a file opened
 with ``O_APPEND``, then flushed and fsync'ed, under an exclusive lock so two processes cannot fork the chain.
 A killed process can therefore leave at most a partial *last* line. Each entry holds::
@@ -46,6 +48,7 @@ try:  # POSIX; elsewhere appends are not locked against a concurrent process
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+from fhir_lupus._version import __version__
 from fhir_lupus.terminology import load_pack
 
 if TYPE_CHECKING:
@@ -116,9 +119,7 @@ def _actor() -> str:
 
 
 def _tool_version() -> str:
-    import fhir_lupus
-
-    return str(fhir_lupus.__version__)
+    return __version__
 
 
 def _parse(line: bytes) -> AuditEntry | None:

@@ -26,8 +26,8 @@ from urllib.parse import quote
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from fhir_lupus._resource import Resource
 from fhir_lupus.errors import ResourceInvalidError
-from fhir_lupus.mappers import Resource
 from fhir_lupus.terminology import load_mapping_file
 
 __all__ = [

@@ -20,9 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from fhir_lupus.client import FhirClient, RetryPolicy
+from fhir_lupus.client import FhirClient, RetryPolicy, serves
 from fhir_lupus.errors import FhirLupusError
 
 __all__ = ["SERVERS", "CheckoutMissing", "ServerHandle", "checkout_missing", "repo_root", "start", "stop"]
@@ -95,11 +93,7 @@ def start(name: str, port: int | None = None, *, timeout: float = 900.0, state_d
 
 def _discovers(issuer: str) -> bool:
     """True once an authorization server serves its discovery document (one quick try)."""
-    try:
-        response = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=5.0)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200
+    return serves(f"{issuer}/.well-known/openid-configuration")
 
 
 def _answers(url: str) -> bool:

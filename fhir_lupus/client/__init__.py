@@ -19,6 +19,7 @@ from fhir_lupus.client._errors import (
     outcome_text,
     server_message,
 )
+from fhir_lupus.client._probe import serves
 from fhir_lupus.client._retry import RetryPolicy, RetryTransport, classify, retry_after_seconds
 
 __all__ = [
@@ -53,4 +54,5 @@ __all__ = [
     "outcome_text",
     "retry_after_seconds",
     "server_message",
+    "serves",
 ]

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import dependency_sorted
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
-from fhir_lupus.mappers import Resource
 from fhir_lupus.push._plan import Action, diff_paths
 from fhir_lupus.push._routes import TypeRoute
 from fhir_lupus.push._runner import BATCH_SIZE, Planner

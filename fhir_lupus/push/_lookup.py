@@ -13,11 +13,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import business_key, identifiers, superseded_keys
 from fhir_lupus.client import FatalHttpError, FhirClient, UnknownSearchParameter
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.journal import JournalEntry
-from fhir_lupus.mappers import Resource
 from fhir_lupus.push._plan import Match
 from fhir_lupus.push._routes import TypeRoute
 

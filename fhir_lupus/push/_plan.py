@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import (
     WriteKind,
     business_key,
@@ -38,7 +39,6 @@ from fhir_lupus.bundle import (
     rewrite_references,
 )
 from fhir_lupus.journal import JournalEntry
-from fhir_lupus.mappers import Resource
 from fhir_lupus.push._routes import TypeRoute
 from fhir_lupus.terminology import load_mapping_file
 

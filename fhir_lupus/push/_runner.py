@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import (
     DEPENDENCY_ORDER,
     business_key,
@@ -36,7 +37,6 @@ from fhir_lupus.bundle import (
 )
 from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, WriteStrategy
 from fhir_lupus.journal import Journal
-from fhir_lupus.mappers import Resource
 from fhir_lupus.push._apply import Applier, ApplyCounts, Problem, WriteLimits
 from fhir_lupus.push._lookup import RouteRefused, look_up
 from fhir_lupus.push._plan import Plan, content_hash, load_finality_rules, needs_lookup, plan_batch

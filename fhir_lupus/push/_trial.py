@@ -6,11 +6,11 @@ import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from fhir_lupus._resource import Resource
 from fhir_lupus.audit import AuditLog, append_run, digest_of
 from fhir_lupus.bundle import business_key
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
 from fhir_lupus.journal import Journal
-from fhir_lupus.mappers import Resource
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.model import _loader as loader
 from fhir_lupus.pipeline import MappedBatch, iter_mapped, map_trial, stream_trial

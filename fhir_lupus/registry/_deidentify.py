@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fhir_lupus._resource import Resource
 from fhir_lupus.errors import FhirLupusError, MappingError
-from fhir_lupus.mappers import Resource
 from fhir_lupus.registry._key import RegistryKey
 from fhir_lupus.terminology import MappingPack, mappings_root, read_yaml
 

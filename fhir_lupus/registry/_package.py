@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fhir_lupus._resource import Resource
 from fhir_lupus._scratch import DIR_MODE, scratch_dir, write_csv
 from fhir_lupus.audit import append_event, default_audit_path
 from fhir_lupus.bundle import dumps
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
 from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.journal import Journal
-from fhir_lupus.mappers import Resource
 from fhir_lupus.model import CHUNK_ROWS, LoadReport, TrialData, load_lifecycle_rules
 from fhir_lupus.pipeline import iter_mapped, refuse_rejected, stream_trial
 from fhir_lupus.push import Progress, PushOptions, PushReport, push_resources, server_fhir_version
