@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fhir_lupus.client import FhirClient, RetryPolicy, serves
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import CheckoutMissing, FhirLupusError
 
 __all__ = ["SERVERS", "CheckoutMissing", "ServerHandle", "checkout_missing", "repo_root", "start", "stop"]
 
@@ -31,10 +31,6 @@ AUTH_SERVERS = frozenset({"oidc"})  # not FHIR servers: base URL without /fhir, 
 
 def repo_root() -> Path:
     return Path(os.environ.get("FHIR_LUPUS_ROOT", Path(__file__).resolve().parents[1]))
-
-
-class CheckoutMissing(RuntimeError):
-    """What was asked for lives in a checkout of the repository, not in an installed wheel."""
 
 
 def checkout_missing(*relative: str) -> CheckoutMissing | None:

@@ -17,11 +17,10 @@ from rich.table import Table
 
 from fhir_lupus.audit import default_audit_path, read_entries, verify
 from fhir_lupus.cli._common import DEFAULT_JOURNAL, JournalPath, console, fail
+from fhir_lupus.cli._exit import stop
 from fhir_lupus.journal import Journal
 
-__all__ = ["EXIT_TORN", "app"]
-
-EXIT_TORN = 3
+__all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verify and show the audit trail.")
 
@@ -71,14 +70,14 @@ def verify_command(
         console.print(f"[red]tampered[/red] {problem}", highlight=False)
     if report.status == "tampered":
         console.print(f"[red]{report.summary()}[/red]", highlight=False)
-        raise typer.Exit(1)
+        stop("audit-tampered")
     if report.status == "torn":
         console.print(
             f"[yellow]{report.summary()}[/yellow]: an append was killed mid-write; this is not tampering, "
             "but the last push or pull may be missing from the trail (the next append acknowledges the fragment)",
             highlight=False,
         )
-        raise typer.Exit(EXIT_TORN)
+        stop("audit-torn")
     console.print(report.summary(), highlight=False)
 
 

@@ -1,13 +1,5 @@
-"""What the command groups share: the console, common options, summaries and the error -> exit code rule.
-
-Exit codes: 0 success; 1 rows were rejected (unless --allow-rejects; a command that publishes then writes
-nothing), a push did not write everything it was asked to (conflicts, refusals, skipped types, a missing
-Provenance, a preliminary value held back), or the server refused or failed; 2 our own usage or configuration
-error (bad options, a needed file missing or empty, a file whose header or encoding is wrong, inconsistent
-mappings); 4 authentication
-refused (SMART Backend Services: the token endpoint refused the client id or the key's signature, or the FHIR
-server answered 401 even to a fresh token), so scripts can tell "fix the credentials" from other failures.
-"""
+"""What the command groups share: the console, common options, summaries, and ``fail`` (an error printed, and
+the exit code cli/_exit.py gives it)."""
 
 from __future__ import annotations
 
@@ -20,15 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fhir_lupus.client import (
-    AuthenticationRefused,
-    BasicAuth,
-    BearerAuth,
-    FhirClient,
-    FhirHttpError,
-    SmartBackendAuth,
-    UnsupportedInteraction,
-)
+from fhir_lupus.cli._exit import exit_code, stop
+from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, SmartBackendAuth
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, TrialData, load_trial, load_trial_chunks, require_inputs, write_quarantine
@@ -69,7 +54,6 @@ SmartAlg = Annotated[str, typer.Option("--smart-alg", help="RS384 or ES384.")]
 SmartKid = Annotated[
     str | None, typer.Option("--smart-kid", help="Key id (kid) of --smart-key in the client's registered JWKS.")
 ]
-EXIT_AUTH_REFUSED = 4
 CaBundle = Annotated[Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust instead of the system's.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request.")]
 DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
@@ -231,7 +215,7 @@ def exit_on_rejects(report: LoadReport, allow_rejects: bool, *, written: str = "
             + (f": {written} not written" if written else "")
             + " (use --allow-rejects to go on)"
         )
-        raise typer.Exit(1)
+        stop("rows-rejected")
 
 
 def refuse_rejects(report: LoadReport, allow_rejects: bool, what: str) -> None:
@@ -250,9 +234,6 @@ def refuse_rejects(report: LoadReport, allow_rejects: bool, what: str) -> None:
 
 
 def fail(exc: Exception) -> NoReturn:
-    """Print the error; exit 4 when authentication was refused, 1 when the server refused or failed (or lacks
-    what we need) or rows were rejected, 2 for our own errors."""
+    """Print the error; exit with the code cli/_exit.py gives its class."""
     console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # "fhir_lupus[spark]" stays as written
-    if isinstance(exc, AuthenticationRefused):
-        raise typer.Exit(EXIT_AUTH_REFUSED)
-    raise typer.Exit(1 if isinstance(exc, FhirHttpError | UnsupportedInteraction | RejectedRows) else 2)
+    raise typer.Exit(exit_code(exc))

@@ -10,6 +10,7 @@ import typer
 
 from fhir_lupus import devserver
 from fhir_lupus.cli._common import console, fail, load, make_client, print_rows
+from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._sync import render_push, subject_table
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.journal import Journal
@@ -96,4 +97,4 @@ def demo(
     console.print(f"investigator report: {len(page.figures)} figures in {out / 'report_figures'}; page:")
     typer.echo(str(page.html))
     if not trip.exact:
-        raise typer.Exit(1)
+        stop("round-trip-different")

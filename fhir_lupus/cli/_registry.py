@@ -33,6 +33,7 @@ from fhir_lupus.cli._common import (
     open_journal,
     report_load,
 )
+from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._mapping import FhirVersionOption
 from fhir_lupus.cli._sync import render_push
 from fhir_lupus.errors import FhirLupusError, RejectedRows
@@ -109,7 +110,7 @@ def package_command(
     exit_on_rejects(report, allow_rejects)
     if result.problems:
         console.print(f"[red]{len(result.problems)} resource(s) do not validate[/red] (validation.json)")
-        raise typer.Exit(1)
+        stop("package-invalid")
 
 
 @registry_app.command("submit")
@@ -157,4 +158,4 @@ def submit_command(
     render_push(result.report)
     console.print(f"audit: {result.audit}")
     if not result.report.complete:
-        raise typer.Exit(1)
+        stop("push-incomplete")

@@ -38,6 +38,7 @@ from fhir_lupus.cli._common import (
     open_journal,
     report_load,
 )
+from fhir_lupus.cli._exit import stop
 from fhir_lupus.client import ExportStatus, WriteStrategy
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import LoadReport, load_study
@@ -169,7 +170,7 @@ def push(
             fail(exc)
     render_push(result)
     if not result.complete:
-        raise typer.Exit(1)
+        stop("push-incomplete")
 
 
 def _type_list(value: str | None, option: str) -> frozenset[str] | None:

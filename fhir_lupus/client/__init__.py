@@ -3,24 +3,25 @@
 from fhir_lupus.client._auth import BasicAuth, BearerAuth, SmartBackendAuth
 from fhir_lupus.client._bulk import NDJSON, ExportFile, ExportManifest, ExportRequest, ExportStatus
 from fhir_lupus.client._capability import Capabilities, WriteStrategy
+from fhir_lupus.client._classify import Verdict, classify
 from fhir_lupus.client._client import FHIR_JSON, FhirClient, location_id, location_version
-from fhir_lupus.client._errors import (
+from fhir_lupus.client._errors import error_class, outcome_text, read_error_body, server_message
+from fhir_lupus.client._probe import serves
+from fhir_lupus.client._retry import RetryPolicy, RetryTransport, retry_after_seconds
+from fhir_lupus.errors import (  # the HTTP part of the error tree, where callers of the client look for it
     AuthenticationRefused,
     FatalHttpError,
     FhirHttpError,
     InvalidResponse,
+    Outcome,
+    OutcomeIssue,
     PagingLoopError,
     PreconditionFailed,
     TooLarge,
     TransientHttpError,
     UnknownSearchParameter,
     UnsupportedInteraction,
-    error_class,
-    outcome_text,
-    server_message,
 )
-from fhir_lupus.client._probe import serves
-from fhir_lupus.client._retry import RetryPolicy, RetryTransport, classify, retry_after_seconds
 
 __all__ = [
     "FHIR_JSON",
@@ -37,6 +38,8 @@ __all__ = [
     "FhirClient",
     "FhirHttpError",
     "InvalidResponse",
+    "Outcome",
+    "OutcomeIssue",
     "PagingLoopError",
     "PreconditionFailed",
     "RetryPolicy",
@@ -46,12 +49,14 @@ __all__ = [
     "TransientHttpError",
     "UnknownSearchParameter",
     "UnsupportedInteraction",
+    "Verdict",
     "WriteStrategy",
     "classify",
     "error_class",
     "location_id",
     "location_version",
     "outcome_text",
+    "read_error_body",
     "retry_after_seconds",
     "server_message",
     "serves",

@@ -25,7 +25,9 @@ import httpx
 import jwt
 
 from fhir_lupus._logredact import register_secret
-from fhir_lupus.client._errors import AuthenticationRefused, FatalHttpError, error_class, server_message
+from fhir_lupus.client._classify import classify
+from fhir_lupus.client._errors import error_class, read_error_body, server_message
+from fhir_lupus.errors import AuthenticationRefused, FatalHttpError
 
 __all__ = ["BasicAuth", "BearerAuth", "SmartBackendAuth"]
 
@@ -112,7 +114,7 @@ class SmartBackendAuth(httpx.Auth):
 
     def _store(self, response: httpx.Response) -> None:
         if response.status_code != 200:
-            kind = error_class(response.status_code, "")
+            kind = error_class(response.status_code)
             refused = kind is FatalHttpError  # a 4xx; 5xx were retried already and stay transient
             raise (AuthenticationRefused if refused else kind)(
                 self._refusal(response),
@@ -162,21 +164,24 @@ class SmartBackendAuth(httpx.Auth):
 
     def _discover(self, response: httpx.Response) -> None:
         """Take the token endpoint from the SMART configuration, after checking that it accepts our assertion."""
-        where = {"method": "GET", "url": self.discovery_url}
+        url = self.discovery_url
         if response.status_code != 200:
-            raise error_class(response.status_code, "")(
-                f"SMART discovery failed: {self.discovery_url} answered {response.status_code} "
-                f"({' '.join(server_message(response.content, limit=200).split())}); pass the token endpoint "
-                "(--smart-token-url)",
+            said, outcome = read_error_body(response.content, limit=200)
+            raise error_class(response.status_code)(
+                f"SMART discovery failed: {url} answered {response.status_code} ({' '.join(said.split())}); "
+                "pass the token endpoint (--smart-token-url)",
                 status=response.status_code,
-                **where,
+                method="GET",
+                url=url,
+                outcome=outcome,
             )
         config, token_url = _json_field(
             response,
             "token_endpoint",
-            f"SMART discovery failed: {self.discovery_url}",
+            f"SMART discovery failed: {url}",
             "pass --smart-token-url",
-            **where,
+            method="GET",
+            url=url,
         )
         methods = config.get("token_endpoint_auth_methods_supported")
         algorithms = config.get("token_endpoint_auth_signing_alg_values_supported")
@@ -188,9 +193,10 @@ class SmartBackendAuth(httpx.Auth):
             self.token_url = str(token_url)
             return
         raise AuthenticationRefused(
-            f"authentication refused: the SMART configuration at {self.discovery_url} does not accept {missing}",
+            f"authentication refused: the SMART configuration at {url} does not accept {missing}",
             status=200,
-            **where,
+            method="GET",
+            url=url,
         )
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -203,24 +209,27 @@ class SmartBackendAuth(httpx.Auth):
             token = self._token
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
-        if response.status_code == 401:
+        if classify(response.status_code) == "auth-refused":
             with self._lock:
                 if self._token == token:  # not renewed by another request in the meantime
                     self._store((yield self._token_request()))
                 token = self._token
             request.headers["Authorization"] = f"Bearer {token}"
             response = yield request
-            if response.status_code == 401:  # a token fresh from the token endpoint: another would fare no better
+            # refused again, a token fresh from the token endpoint: another would fare no better
+            if classify(response.status_code) == "auth-refused":
                 challenge = response.headers.get("WWW-Authenticate", "")
+                said, outcome = read_error_body(response.content, limit=200)
                 raise AuthenticationRefused(
                     "authentication refused: the FHIR server answered 401 again to a fresh token from "
                     f"{self.token_url} for client {self.client_id!r}"
                     + (f" (WWW-Authenticate: {' '.join(challenge.split())})" if challenge else "")
-                    + f": {' '.join(server_message(response.content, limit=200).split())}; check that the server "
+                    + f": {' '.join(said.split())}; check that the server "
                     "accepts tokens from this authorization server and the scopes granted to the client",
                     status=401,
                     method=request.method,
                     url=str(request.url),
+                    outcome=outcome,
                 )
 
 

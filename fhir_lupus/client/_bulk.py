@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_lupus.client._errors import InvalidResponse
+from fhir_lupus.errors import InvalidResponse
 
 __all__ = ["NDJSON", "ExportFile", "ExportManifest", "ExportRequest", "ExportStatus"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fhir_lupus.client._errors import UnsupportedInteraction
+from fhir_lupus.errors import UnsupportedInteraction
 
 __all__ = ["Capabilities", "WriteStrategy"]
 

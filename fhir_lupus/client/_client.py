@@ -26,16 +26,10 @@ import orjson
 from fhir_lupus._logredact import get_logger, install, redact_url
 from fhir_lupus.client._bulk import NDJSON, ExportManifest, ExportRequest, ExportStatus
 from fhir_lupus.client._capability import Capabilities
-from fhir_lupus.client._errors import (
-    FatalHttpError,
-    FhirHttpError,
-    InvalidResponse,
-    PagingLoopError,
-    TransientHttpError,
-    error_class,
-    server_message,
-)
+from fhir_lupus.client._classify import classify
+from fhir_lupus.client._errors import error_class, read_error_body
 from fhir_lupus.client._retry import IDEMPOTENT, RetryPolicy, RetryTransport, retry_after_seconds
+from fhir_lupus.errors import FatalHttpError, FhirHttpError, InvalidResponse, PagingLoopError, TransientHttpError
 
 __all__ = ["FHIR_JSON", "FhirClient", "location_id", "location_version"]
 
@@ -73,11 +67,13 @@ def _translated(method: str, url: str) -> Iterator[None]:
 
 
 def _raise_for_status(response: httpx.Response, method: str) -> None:
-    """An error status as the class its status and the server's words say (``error_class``)."""
+    """An error status as the class its status and the server's words say (``error_class``), carrying the
+    OperationOutcome parsed from the body."""
     if response.status_code >= 400:
-        message = server_message(response.content)
+        message, outcome = read_error_body(response.content)
         status = response.status_code
-        raise error_class(status, message)(message, status=status, method=method, url=str(response.url))
+        error = error_class(status, outcome or message)
+        raise error(message, status=status, method=method, url=str(response.url), outcome=outcome)
 
 
 class FhirClient:
@@ -250,7 +246,7 @@ class FhirClient:
         try:
             self._send_raw("DELETE", status_url)
         except FatalHttpError as exc:
-            if exc.status not in (404, 410):
+            if classify(exc.status, exc.outcome) != "not-found":
                 raise
 
     def download(self, url: str, target: Path, *, access_token: bool = True) -> int:

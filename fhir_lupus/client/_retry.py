@@ -2,9 +2,10 @@
 
 Only requests that are safe to repeat are retried: GET/HEAD/PUT/DELETE, and POSTs the caller marked
 idempotent (a transaction made only of conditional entries, a conditional create). Transient means
-transport errors (connect, read, timeouts), 408, 429, 500, 502, 503 and 504; everything else is final,
-except 409 on a write we send without If-Match: there it can only mean the server lost a lock or version
-race (HAPI answers 409 when its database times out on a lock), and the conditional write is re-evaluated.
+transport errors (connect, read, timeouts) and what ``classify`` calls transient (408, 429, 500, 502, 503,
+504); everything else is final, except a conflict (409) on a write we send without If-Match: there it can
+only mean the server lost a lock or version race (HAPI answers 409 when its database times out on a lock),
+and the conditional write is re-evaluated. The body is not read to decide: the status alone says it.
 Delays grow exponentially with full jitter and honour Retry-After (seconds or HTTP date), capped.
 """
 
@@ -16,29 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
 
 import httpx
 
-from fhir_lupus.client._errors import TRANSIENT_STATUS
+from fhir_lupus.client._classify import classify
 
-__all__ = [
-    "IDEMPOTENT",
-    "TRANSIENT_STATUS",
-    "RetryPolicy",
-    "RetryTransport",
-    "classify",
-    "retry_after_seconds",
-]
+__all__ = ["IDEMPOTENT", "RetryPolicy", "RetryTransport", "retry_after_seconds", "retryable"]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 IDEMPOTENT = "fhir_lupus.idempotent"  # request extension: True when a POST may be repeated safely
 
 
-def classify(response: httpx.Response) -> Literal["ok", "transient", "fatal"]:
-    if response.status_code < 400:
-        return "ok"
-    return "transient" if response.status_code in TRANSIENT_STATUS else "fatal"
+def retryable(response: httpx.Response, request: httpx.Request) -> bool:
+    """True when the answer may change if the (safe) request goes again: transient, or a lock or version race."""
+    verdict = classify(response.status_code)
+    return verdict == "transient" or (verdict == "conflict" and "If-Match" not in request.headers)
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -90,10 +83,7 @@ class RetryTransport(httpx.BaseTransport):
                     raise
                 self.policy.sleep(self.policy.backoff(attempt))
                 continue
-            retryable = classify(response) == "transient" or (
-                response.status_code == 409 and "If-Match" not in request.headers
-            )
-            if attempt == last or not safe or not retryable:
+            if attempt == last or not safe or not retryable(response, request):
                 return response
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             response.read()

@@ -44,8 +44,9 @@ from fhir_lupus.client import (
     FhirClient,
     FhirHttpError,
     TransientHttpError,
+    classify,
 )
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import BulkExportError
 from fhir_lupus.journal import BulkJob, Journal
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._local import LocalSubjects, anchors_from, read_ndjson
@@ -56,10 +57,6 @@ __all__ = ["BulkExportError", "BulkOptions", "BulkRun", "BulkSummary", "export_r
 
 Level = Literal["patient", "group", "system"]
 DOWNLOAD_ATTEMPTS = 3  # a file whose download breaks off is fetched again from its start
-
-
-class BulkExportError(FhirLupusError):
-    """The export did not finish (timed out, or the server could not build it); the journal keeps the job."""
 
 
 @dataclass(frozen=True)
@@ -222,14 +219,14 @@ class BulkRun:
             try:
                 return self._wait(job.status_url)
             except FatalHttpError as exc:
-                if exc.status not in (404, 410):
+                if classify(exc.status, exc.outcome) != "not-found":
                     raise
                 self.summary.restarted = True  # expired or deleted on the server: the export is asked again
                 self.notes.append(f"the export the journal kept is gone on the server ({exc.status}); asked again")
         try:
             status_url = self.client.export(self.request)
         except FatalHttpError as exc:
-            if exc.status not in (400, 422) or not self.request.type_filters:
+            if classify(exc.status) != "refused" or not self.request.type_filters:  # the status decides, not words
                 raise
             # a server that refuses _typeFilter (the IG makes it optional): everything of those types, selected here
             self.notes.append(f"the server refused _typeFilter ({exc.status}); the export is asked without it")

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from fhir_lupus.client import location_id
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import FhirLupusError, NdjsonError
 from fhir_lupus.model import StudyDefinition, load_lifecycle_rules
 from fhir_lupus.pull._reverse import CodeIndex, PulledLab, PullRules, UnmappedResult, code_index, load_pull_rules
 from fhir_lupus.pull._reverse import reverse_map as _reverse_map
@@ -55,10 +55,6 @@ __all__ = [
 CONTEXT_TYPES = ("ResearchStudy", "ResearchSubject", "Encounter", "Procedure")  # who is a subject, and day 0
 
 AnchorOf = Callable[[SubjectRow, dict[str, Any]], date | None]  # a subject's day 0, from its ResearchSubject
-
-
-class NdjsonError(FhirLupusError):
-    """A line of an NDJSON file that is not one FHIR resource (JSON object with a resourceType)."""
 
 
 @dataclass(frozen=True)

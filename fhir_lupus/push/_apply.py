@@ -32,13 +32,14 @@ from fhir_lupus.client import (
     FhirClient,
     FhirHttpError,
     InvalidResponse,
+    Outcome,
     PreconditionFailed,
     TooLarge,
+    Verdict,
     WriteStrategy,
-    error_class,
+    classify,
     location_id,
     location_version,
-    outcome_text,
 )
 from fhir_lupus.journal import Journal, JournalEntry
 from fhir_lupus.push._lookup import look_up
@@ -48,7 +49,7 @@ from fhir_lupus.push._routes import TypeRoute
 __all__ = ["Applier", "ChunkKind", "Problem", "WriteLimits", "chunk_kind", "make_chunks"]
 
 ChunkKind = Literal["conditional", "direct"]
-REFUSAL_STATUS = frozenset({400, 404, 409, 410, 412, 422})  # about the entries: isolate the resource
+ENTRIES_REFUSED: frozenset[Verdict] = frozenset({"refused", "unsupported", "not-found", "conflict", "multiple-matches"})
 
 
 def chunk_kind(item: PlanItem) -> ChunkKind:
@@ -179,7 +180,7 @@ class Applier:
             self._twins(chunk, exc)
             return
         except FatalHttpError as exc:
-            if exc.status not in REFUSAL_STATUS or isinstance(exc, AuthenticationRefused):  # not about entries
+            if not _about_the_entries(exc) or isinstance(exc, AuthenticationRefused):
                 raise
             if not self._without_ids(chunk):
                 self._isolate(chunk, exc)
@@ -311,11 +312,12 @@ class Applier:
             if 200 <= answer["status"] < 300:
                 done.append((item, answer))
                 continue
-            error = error_class(answer["status"], answer["message"])
-            if error is TooLarge:
-                raise TooLarge(answer["message"], status=answer["status"])
-            if error is PreconditionFailed:
-                self._twins([item], PreconditionFailed(answer["message"], status=answer["status"]))
+            verdict = classify(answer["status"], answer["outcome"])
+            if verdict == "too-large":
+                raise TooLarge(answer["message"], status=answer["status"], outcome=answer["outcome"])
+            if verdict == "multiple-matches":
+                twins = PreconditionFailed(answer["message"], status=answer["status"], outcome=answer["outcome"])
+                self._twins([item], twins)
             else:
                 self._refuse(item, f"{answer['status']} {answer['message']}".strip())
         return done
@@ -330,7 +332,7 @@ class Applier:
             except PreconditionFailed as exc:
                 self._twins([item], exc)
             except FatalHttpError as exc:
-                if exc.status not in REFUSAL_STATUS or isinstance(exc, TooLarge | AuthenticationRefused):
+                if not _about_the_entries(exc) or isinstance(exc, TooLarge | AuthenticationRefused):
                     raise
                 self._refuse(item, str(exc))
         return done
@@ -349,6 +351,7 @@ class Applier:
             "etag": response.headers.get("ETag", ""),
             "resource": stored if isinstance(stored, dict) else {},
             "message": "",
+            "outcome": None,
         }
 
     # -- recording -------------------------------------------------------------------------------------------
@@ -392,20 +395,26 @@ def _conditional(item: PlanItem) -> PlanItem:
 
 
 def _answer(raw: Any) -> dict[str, Any]:
-    """status (int), location, etag, resource and message of one response entry of a batch or transaction."""
+    """status (int), location, etag, resource, message and outcome of one entry of a batch or transaction answer."""
     raw = raw if isinstance(raw, dict) else {}
     response = raw.get("response") or {}
     status_text = str(response.get("status", "")).strip()
     digits = status_text.split(" ", 1)[0]
-    outcome = response.get("outcome")
+    outcome = Outcome.from_json(response["outcome"]) if isinstance(response.get("outcome"), dict) else None
     resource = raw.get("resource")
     return {
         "status": int(digits) if digits.isdigit() else 0,
         "location": str(response.get("location") or ""),
         "etag": str(response.get("etag") or ""),
         "resource": resource if isinstance(resource, dict) else {},
-        "message": outcome_text(outcome) if isinstance(outcome, dict) else "",
+        "message": outcome.text if outcome else "",
+        "outcome": outcome,
     }
+
+
+def _about_the_entries(exc: FhirHttpError) -> bool:
+    """A refusal of the entries (400, 404, 409, 410, 412, 422): isolate the resource the server refuses."""
+    return classify(exc.status, exc.outcome) in ENTRIES_REFUSED
 
 
 def _etag_version(etag: str) -> str | None:

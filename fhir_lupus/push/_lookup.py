@@ -15,8 +15,8 @@ from typing import Any
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import business_key, identifiers, superseded_keys
-from fhir_lupus.client import FatalHttpError, FhirClient, UnknownSearchParameter
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.client import FatalHttpError, FhirClient, UnknownSearchParameter, classify
+from fhir_lupus.errors import RouteRefused
 from fhir_lupus.journal import JournalEntry
 from fhir_lupus.push._plan import Match
 from fhir_lupus.push._routes import TypeRoute
@@ -24,15 +24,6 @@ from fhir_lupus.push._routes import TypeRoute
 __all__ = ["RouteRefused", "keys_of", "look_up"]
 
 Key = tuple[str, str]
-
-
-class RouteRefused(FhirLupusError):
-    """The server refused a search parameter that its CapabilityStatement lists."""
-
-    def __init__(self, resource_type: str, parameter: str, message: str) -> None:
-        self.resource_type = resource_type
-        self.parameter = parameter
-        super().__init__(f"the server refused {resource_type}?{parameter}: {message}")
 
 
 def keys_of(resource: dict[str, Any], parameter: str) -> list[str]:
@@ -136,7 +127,7 @@ def _read(
         try:
             found[(resource_type, key)] = [_match(client.read(resource_type, resource_id))]
         except FatalHttpError as exc:
-            if exc.status not in (404, 410):
+            if classify(exc.status, exc.outcome) != "not-found":
                 raise
             found[(resource_type, key)] = []
     return found

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fhir_lupus._resource import Resource
-from fhir_lupus.errors import FhirLupusError, MappingError
+from fhir_lupus.errors import DeidentificationError, MappingError
 from fhir_lupus.registry._key import RegistryKey
 from fhir_lupus.terminology import MappingPack, mappings_root, read_yaml
 
@@ -45,10 +45,6 @@ RULES_FILE = Path("registry") / "deidentification.yaml"
 _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})((?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:\d{2})?)$")
 _REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 _MIN_GUARDED_TOKEN = 5  # shorter subject identifiers cannot be told from values in a text search
-
-
-class DeidentificationError(FhirLupusError, ValueError):
-    """A resource cannot be de-identified safely (it would leak, or refers to something not in the package)."""
 
 
 class _ShiftRange(BaseModel):

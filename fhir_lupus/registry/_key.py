@@ -13,17 +13,13 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import RegistryConfigError
 
 __all__ = ["KEY_ENV", "MIN_KEY_BYTES", "RegistryConfigError", "RegistryKey", "load_key"]
 
 KEY_ENV = "FHIR_LUPUS_REGISTRY_KEY"
 MIN_KEY_BYTES = 16
 _KEY_ID_LABEL = "fhir-lupus registry key id v1"
-
-
-class RegistryConfigError(FhirLupusError, ValueError):
-    """The registry key or a package is unusable (unreadable, too open, too short, tampered with)."""
 
 
 class RegistryKey:

@@ -21,16 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import SparkUnavailable
 
 __all__ = ["JAVA_RANGE", "SparkUnavailable", "java_home", "local_session", "pathling_package", "require_spark"]
 
 JAVA_RANGE = (21, 23)  # the Java feature releases Pathling 9.4 on Spark 4.0 runs on
 EXTRA_HINT = "pip install 'fhir_lupus[spark]'"
-
-
-class SparkUnavailable(FhirLupusError):
-    """PySpark, Pathling or a suitable Java is missing: the message says what to install."""
 
 
 def require_spark() -> None:
