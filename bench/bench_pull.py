@@ -45,8 +45,8 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import pull_study
-from fhir_lupus.pull._reverse import load_pull_rules
 from fhir_lupus.pull._runner import DEFAULT_WORKERS
+from fhir_lupus.pull._subjects import lab_category as pack_lab_category
 from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import load_pack
 
@@ -61,8 +61,7 @@ PAGE = 1000
 
 
 def lab_category(mappings: Path) -> str:
-    rules, pack = load_pull_rules(mappings), load_pack(mappings)
-    return f"{pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
+    return pack_lab_category(load_pack(mappings))
 
 
 def patients(client: FhirClient, journal: Journal) -> list[str]:

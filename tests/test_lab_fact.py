@@ -28,18 +28,19 @@ from fhir_lupus.pull._reverse import (
     classify_fact,
     code_index,
     load_pull_rules,
+    normal_range,
     number_text,
     observation_fact,
-    range_meaning_system,
     reverse_map,
 )
-from fhir_lupus.pull._subjects import LabSelection
+from fhir_lupus.pull._subjects import LabSelection, lab_category
 from fhir_lupus.spark._view import PAIR_FIELDS, RAW_FIELDS, fact_resource, facts_from_rows, load_lab_view, with_raw
 from fhir_lupus.terminology import LabCatalogue, default_mappings_dir
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 MEANING = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
+NORMAL = (MEANING, "normal")
 
 
 def creatinine(**extra: Any) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def test_number_text_agrees_for_parsed_numbers_and_their_json_text(
 
 
 def test_observation_fact_reads_every_column() -> None:
-    fact = observation_fact(creatinine(), MEANING)
+    fact = observation_fact(creatinine(), NORMAL)
     assert fact == LabFact(
         observation_id="obs-1",
         patient="Patient/p1",
@@ -115,7 +116,7 @@ def test_a_period_and_a_coded_value(catalogue: LabCatalogue) -> None:
         valueCodeableConcept={"coding": [{"system": "urn:x", "code": "y"}], "text": "+"},
     )
     del observation["effectiveDateTime"], observation["valueQuantity"]
-    fact = observation_fact(observation, MEANING)
+    fact = observation_fact(observation, NORMAL)
     assert (fact.effective_start, fact.effective_end, fact.collected) == ("2008-01-01", "2008-01-02", "2008-01-01")
     assert fact.concept_codes == (("urn:x", "y"),) and fact.concept_text == "+" and fact.has_concept
 
@@ -125,7 +126,7 @@ def test_reverse_map_is_classify_fact_of_the_fact(catalogue: LabCatalogue, study
     for observation in (creatinine(), creatinine(status="preliminary"), creatinine(status="cancelled")):
         args = ("MSC-001", by_code, catalogue, study, None, 14, rules)
         expected = reverse_map(observation, *args)
-        assert classify_fact(observation_fact(observation, range_meaning_system(catalogue)), *args) == expected
+        assert classify_fact(observation_fact(observation, normal_range(catalogue)), *args) == expected
     row = reverse_map(creatinine(), "MSC-001", by_code, catalogue, study, None, 14, rules)
     assert isinstance(row, PulledLab)
     assert row.reported_value == "<1.0"  # the number's own text, not Spark's normalised decimal "1"
@@ -156,7 +157,7 @@ def test_view_rows_fold_into_the_fact_of_the_resource() -> None:
     one = creatinine()
     two = creatinine(id="obs-2", valueCodeableConcept={"coding": [{"system": "urn:x", "code": "y"}]})
     del two["valueQuantity"], two["identifier"]
-    facts = [observation_fact(o, MEANING) for o in (one, two)]
+    facts = [observation_fact(o, NORMAL) for o in (one, two)]
     rows = [row for observation, fact in zip((one, two), facts, strict=True) for row in view_rows(observation, fact)]
     folded = list(facts_from_rows(rows))
     raw = [(None if f.quantity_value is None else f.quantity_value, f.last_updated, None) for f in facts]
@@ -165,8 +166,8 @@ def test_view_rows_fold_into_the_fact_of_the_resource() -> None:
 
 def test_a_pair_row_away_from_its_fact_row_is_an_error() -> None:
     one, two = creatinine(), creatinine(id="obs-2")
-    rows_one = view_rows(one, observation_fact(one, MEANING))
-    rows_two = view_rows(two, observation_fact(two, MEANING))
+    rows_one = view_rows(one, observation_fact(one, NORMAL))
+    rows_two = view_rows(two, observation_fact(two, NORMAL))
     with pytest.raises(ValueError, match="Observation/obs-1 does not follow its fact row"):
         list(facts_from_rows([rows_one[0], rows_two[0], *rows_one[1:]]))
 
@@ -186,21 +187,21 @@ def test_a_pair_row_away_from_its_fact_row_is_an_error() -> None:
 def test_the_selection_reads_a_fact_as_it_reads_the_resource(
     catalogue: LabCatalogue, effective: dict[str, Any]
 ) -> None:
-    rules = load_pull_rules()
-    category = f"{catalogue.pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
+    category = lab_category(catalogue.pack)
     selection = LabSelection(category, frozenset(code_index(catalogue)))
-    for categories in ([], [{"coding": [{"system": category.split("|")[0], "code": rules.lab_category.code}]}]):
+    system, code = category.split("|")
+    for categories in ([], [{"coding": [{"system": system, "code": code}]}]):
         for coding in ([{"system": LOINC, "code": "2160-0"}], [{"system": LOINC, "code": "0000-0"}]):
             observation = {**creatinine(category=categories, code={"coding": coding}), **effective}
             if "effectiveDateTime" not in effective:
                 del observation["effectiveDateTime"]
-            resource = fact_resource(observation_fact(observation, MEANING))
+            resource = fact_resource(observation_fact(observation, NORMAL))
             for floor in (None, date(2008, 1, 1), date(2008, 2, 1), date(2008, 4, 1)):
                 assert selection.wanted(resource, floor) == selection.wanted(observation, floor), (observation, floor)
 
 
 def test_the_view_selects_every_labfact_column_and_names_its_source(catalogue: LabCatalogue) -> None:
-    view = load_lab_view(range_meaning_system(catalogue))
+    view = load_lab_view(normal_range(catalogue))
     columns = [c["name"] for select in view["select"] for c in select.get("column", [])]
     branches = view["select"][1]["unionAll"]
     pair_kinds = {c["path"].strip("'") for b in branches for c in b["column"] if c["name"] == "pair_kind"}
@@ -218,11 +219,11 @@ def test_a_view_that_disagrees_with_the_mapping_pack_is_refused(tmp_path: Path, 
     view["constant"][0]["valueUri"] = "urn:other"
     path.write_text(json.dumps(view))
     with pytest.raises(MappingError, match="normal_meaning is 'urn:other'"):
-        load_lab_view(range_meaning_system(catalogue), own)
+        load_lab_view(normal_range(catalogue), own)
     view["select"][0]["column"] = [c for c in view["select"][0]["column"] if c["name"] != "status"]
     path.write_text(json.dumps(view))
     with pytest.raises(MappingError, match="select has no column status"):
-        load_lab_view("urn:other", own)
+        load_lab_view(("urn:other", "normal"), own)
 
 
 def test_without_the_spark_extra_the_command_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import pytest
 from fhir_lupus.mappers._observation_lab import interpretation
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.terminology import MappingPack
+from fhir_lupus.terminology import MappingPack, load_fhir_codes
 from fhir_lupus.validation import validate_resource
 
 LOINC = "http://loinc.org"
@@ -186,7 +186,7 @@ class TestLabObservation:
         self, number: str, comparator: str | None, low: str | None, high: str | None, flag: str | None
     ) -> None:
         bounds = [None if bound is None else Decimal(bound) for bound in (low, high)]
-        assert interpretation(Decimal(number), comparator, *bounds) == flag
+        assert interpretation(Decimal(number), comparator, *bounds, load_fhir_codes().interpretation) == flag
 
     def test_egfr_unit_keeps_its_annotation(self, mapped: list[dict[str, Any]]) -> None:
         quantity = one(mapped, "Observation", "L8")["valueQuantity"]

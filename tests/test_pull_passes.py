@@ -33,9 +33,9 @@ from fhir_lupus.model import TrialData
 from fhir_lupus.pull import PullResult, UnmappedResult, pull_study
 from fhir_lupus.pull import _runner as pull
 from fhir_lupus.pull import _store as pullstore
-from fhir_lupus.pull._reverse import code_index, load_pull_rules
+from fhir_lupus.pull._reverse import code_index
 from fhir_lupus.pull._search import Search, matches
-from fhir_lupus.pull._subjects import reaches
+from fhir_lupus.pull._subjects import lab_category, reaches
 from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -49,8 +49,7 @@ def client() -> FhirClient:
 
 
 def category_token() -> str:
-    rules, pack = load_pull_rules(), load_pack()
-    return f"{pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
+    return lab_category(load_pack())
 
 
 def sent_back(fake: FakeFhir, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:

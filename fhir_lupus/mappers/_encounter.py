@@ -8,8 +8,6 @@ from fhir_lupus.model import Subject, Visit
 
 __all__ = ["map_encounter"]
 
-_CLASS_DISPLAY = {"AMB": "ambulatory", "IMP": "inpatient encounter"}
-
 
 def map_encounter(visit: Visit, subject: Subject, ctx: MappingContext) -> Resource:
     protocol_visit = ctx.study.visit(visit.visit_code)
@@ -21,11 +19,7 @@ def map_encounter(visit: Visit, subject: Subject, ctx: MappingContext) -> Resour
         "extension": [ctx.study_extension()],
         "identifier": [ctx.identifier("visit", f"{visit.subject_id}/{visit.visit_code}")],
         "status": "finished",
-        "class": {
-            "system": ctx.pack.system_uri("act-code"),
-            "code": protocol_visit.encounter_class,
-            "display": _CLASS_DISPLAY[protocol_visit.encounter_class],
-        },
+        "class": ctx.pack.coding(ctx.codes.encounter_class.of(protocol_visit.encounter_class)),
         "type": [visit_type],
         "subject": ctx.patient_ref(patient_identifier(subject, ctx)),
         "period": {"start": visit.visit_date.isoformat(), "end": visit.visit_date.isoformat()},

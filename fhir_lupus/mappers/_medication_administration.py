@@ -37,7 +37,7 @@ def map_medication_administration(
     dosage: dict[str, Any] = {"route": ctx.concept(catalogue.routes[pretreatment.route])}
     words = []
     if pretreatment.dose_mg is not None:
-        dosage["dose"] = ctx.quantity(json_number(pretreatment.dose_mg), "mg")
+        dosage["dose"] = ctx.quantity(json_number(pretreatment.dose_mg), ctx.codes.units.dose_mg)
         words.append(f"{json_number(pretreatment.dose_mg)} mg")
     if pretreatment.dose_mg_per_m2 is not None:
         words.append(f"({json_number(pretreatment.dose_mg_per_m2)} mg/m2)")

@@ -8,6 +8,7 @@ from typing import Any
 from fhir_lupus.mappers._context import MappingContext, Resource
 from fhir_lupus.mappers._patient import patient_identifier
 from fhir_lupus.model import Subject
+from fhir_lupus.terminology import CodeRef
 
 __all__ = ["json_number", "observation_base"]
 
@@ -25,7 +26,7 @@ def observation_base(
     key: tuple[str, ...],
     subject: Subject,
     visit_code: str,
-    category: str,
+    category: CodeRef,
     code: dict[str, Any],
     effective: str,
 ) -> Resource:
@@ -35,7 +36,7 @@ def observation_base(
         "extension": [ctx.study_extension()],
         "identifier": [identifier],
         "status": "final",
-        "category": [{"coding": [{"system": ctx.pack.system_uri("observation-category"), "code": category}]}],
+        "category": [{"coding": [ctx.pack.coding(category)]}],
         "code": code,
         "subject": ctx.patient_ref(patient_identifier(subject, ctx)),
         "encounter": ctx.encounter_ref(subject.subject_id, visit_code),

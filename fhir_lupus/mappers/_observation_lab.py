@@ -13,11 +13,9 @@ from typing import Any
 from fhir_lupus.mappers._context import MappingContext, Resource, fhir_datetime
 from fhir_lupus.mappers._observation import json_number, observation_base
 from fhir_lupus.model import CheckedLab, Subject
-from fhir_lupus.terminology import proves_above, proves_below
+from fhir_lupus.terminology import CodeRef, Interpretation, proves_above, proves_below
 
 __all__ = ["interpretation", "map_lab_observation"]
-
-_INTERPRETATION = {"H": "High", "L": "Low", "N": "Normal"}
 
 
 def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingContext) -> Resource:
@@ -39,7 +37,7 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
         key=("lab", lab.result_id),
         subject=subject,
         visit_code=lab.visit_code,
-        category="laboratory",
+        category=ctx.codes.lab_category,
         code={"coding": codings, "text": analyte.display},
         effective=fhir_datetime(lab.collected_at),
     )
@@ -49,19 +47,9 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
         if value.comparator:
             quantity = {"value": quantity.pop("value"), "comparator": value.comparator, **quantity}
         resource["valueQuantity"] = quantity
-        flag = interpretation(value.number, value.comparator, lab.ref_low, lab.ref_high)
+        flag = _verdict(value.number, value.comparator, lab.ref_low, lab.ref_high, ctx.codes.interpretation)
         if flag:
-            resource["interpretation"] = [
-                {
-                    "coding": [
-                        {
-                            "system": ctx.pack.system_uri("interpretation"),
-                            "code": flag,
-                            "display": _INTERPRETATION[flag],
-                        }
-                    ]
-                }
-            ]
+            resource["interpretation"] = [{"coding": [ctx.pack.coding(flag)]}]
     elif value.kind == "ordinal":
         assert value.ordinal is not None
         answer = ctx.pack.ordinals[value.ordinal]
@@ -104,19 +92,23 @@ def map_lab_observation(checked: CheckedLab, subject: Subject, ctx: MappingConte
     return resource
 
 
-def interpretation(number: Any, comparator: str | None, low: Any, high: Any) -> str | None:
-    """H, L or N against the reference range; None when the range or the value does not allow a verdict.
+def interpretation(number: Any, comparator: str | None, low: Any, high: Any, flags: Interpretation) -> str | None:
+    """The code of ``flags`` (H, L or N in mappings/fhir/codes.yaml) the value earns against the reference range;
+    None when the range or the value does not allow a verdict."""
+    flag = _verdict(number, comparator, low, high, flags)
+    return flag.code if flag else None
 
-    A censored value gets H or L only when it proves the limit is crossed (``>=10`` with high 10 does not),
-    and N only when it is an exact value inside the range.
-    """
+
+def _verdict(number: Any, comparator: str | None, low: Any, high: Any, flags: Interpretation) -> CodeRef | None:
+    """High, low or normal, or None. A censored value is high or low only when it proves the limit is crossed
+    (``>=10`` with high 10 does not), and normal only when it is an exact value inside the range."""
     if low is None and high is None:
         return None
     value = Decimal(str(number))
     if high is not None and proves_above(value, comparator, Decimal(str(high))):
-        return "H"
+        return flags.high
     if low is not None and proves_below(value, comparator, Decimal(str(low))):
-        return "L"
+        return flags.low
     if comparator is None and low is not None and high is not None and low <= value <= high:
-        return "N"
+        return flags.normal
     return None

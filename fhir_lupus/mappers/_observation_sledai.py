@@ -59,7 +59,7 @@ def map_sledai_observation(scored: ScoredAssessment, subject: Subject, ctx: Mapp
         key=("sledai", assessment.subject_id, assessment.visit_code),
         subject=subject,
         visit_code=assessment.visit_code,
-        category="survey",
+        category=ctx.codes.assessment_category,
         code=ctx.project_concept("sledai-2k-total"),
         effective=assessment.assessed_on.isoformat(),
     )

@@ -16,11 +16,11 @@ def map_treg_observation(measurement: TregMeasurement, subject: Subject, ctx: Ma
         key=("treg", measurement.measurement_id),
         subject=subject,
         visit_code=measurement.visit_code,
-        category="laboratory",
+        category=ctx.codes.lab_category,
         code=ctx.project_concept("treg-percent"),
         effective=fhir_datetime(measurement.measured_at),
     )
-    resource["valueQuantity"] = ctx.quantity(json_number(measurement.percent), "%")
+    resource["valueQuantity"] = ctx.quantity(json_number(measurement.percent), ctx.codes.units.percent)
     if measurement.lab:
         resource["performer"] = [{"display": measurement.lab}]
     return resource

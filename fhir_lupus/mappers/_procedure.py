@@ -29,16 +29,19 @@ def map_procedure(procedure: TreatmentProcedure, subject: Subject, ctx: MappingC
         },
     ]
     dose_url = ctx.pack.extension_url("procedure_dose")
+    units = ctx.codes.units
     if procedure.kind == "cyclophosphamide_pretreatment":
         code = ctx.project_concept("cyclophosphamide-pretreatment")
         code["coding"].insert(0, ctx.pack.coding(pretreatment.procedure_code))
         if procedure.dose_mg is not None:
-            extensions.append({"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.dose_mg), "mg")})
+            extensions.append(
+                {"url": dose_url, "valueQuantity": ctx.quantity(json_number(procedure.dose_mg), units.dose_mg)}
+            )
         if procedure.dose_mg_per_m2 is not None:
             extensions.append(
                 {
                     "url": dose_url,
-                    "valueQuantity": ctx.quantity(json_number(procedure.dose_mg_per_m2), "mg/m2"),
+                    "valueQuantity": ctx.quantity(json_number(procedure.dose_mg_per_m2), units.dose_mg_per_m2),
                 }
             )
     else:
@@ -47,7 +50,7 @@ def map_procedure(procedure: TreatmentProcedure, subject: Subject, ctx: MappingC
             extensions.append(
                 {
                     "url": dose_url,
-                    "valueQuantity": ctx.quantity(json_number(procedure.cells_per_kg), "{cells}/kg"),
+                    "valueQuantity": ctx.quantity(json_number(procedure.cells_per_kg), units.cells_per_kg),
                 }
             )
         if procedure.donor_id:

@@ -31,9 +31,8 @@ def _research_study(resource: Resource, ctx: MappingContext) -> Resource:
         "targetNumber": ctx.study.target_enrollment,
         "eligibility": resource.pop("enrollment")[0],
     }
-    role_system = ctx.pack.system_uri("research-study-party-role")
     resource["associatedParty"] = [
-        {"role": {"coding": [{"system": role_system, "code": "sponsor"}]}, "party": resource.pop("sponsor")}
+        {"role": {"coding": [ctx.pack.coding(ctx.codes.sponsor_role)]}, "party": resource.pop("sponsor")}
     ]
     resource["comparisonGroup"] = resource.pop("arm")
     return resource

@@ -106,7 +106,7 @@ def _plan_type(ctx: MappingContext) -> dict[str, Any]:
 
 
 def _days(ctx: MappingContext, value: int) -> dict[str, Any]:
-    return ctx.quantity(value, "d")
+    return ctx.quantity(value, ctx.codes.units.day)
 
 
 def _protocol(ctx: MappingContext, visits: tuple[ProtocolVisit, ...]) -> Resource:
@@ -136,7 +136,7 @@ def _protocol(ctx: MappingContext, visits: tuple[ProtocolVisit, ...]) -> Resourc
                     "relationship": "after",
                     "offsetDuration": _days(ctx, DAYS_PER_MONTH * visit.month)
                     if thirty_day
-                    else ctx.quantity(visit.month, "mo"),
+                    else ctx.quantity(visit.month, ctx.codes.units.month),
                 }
                 if thirty_day:
                     offset = DAYS_PER_MONTH * visit.month
@@ -153,7 +153,9 @@ def _protocol(ctx: MappingContext, visits: tuple[ProtocolVisit, ...]) -> Resourc
                 relation = {
                     "actionId": previous.code,
                     "relationship": "after",
-                    "offsetDuration": _days(ctx, DAYS_PER_MONTH * gap) if thirty_day else ctx.quantity(gap, "mo"),
+                    "offsetDuration": _days(ctx, DAYS_PER_MONTH * gap)
+                    if thirty_day
+                    else ctx.quantity(gap, ctx.codes.units.month),
                 }
                 if thirty_day:
                     relation["extension"] = [

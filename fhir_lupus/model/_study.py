@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model._eligibility import EligibilityRule
-from fhir_lupus.terminology import CodeRef, load_mapping_file, mappings_root
+from fhir_lupus.terminology import CodeRef, load_fhir_codes, load_mapping_file, mappings_root
 
 __all__ = [
     "DAYS_PER_MONTH",
@@ -130,7 +130,8 @@ class ScheduleEntry(_Frozen):
     month: int | None = None
     months: tuple[int, int] | None = None
     every: int = 1
-    encounter_class: Literal["AMB", "IMP"] = "AMB"  # HL7 v3-ActCode: the baseline is an in-patient admission
+    # a code of mappings/fhir/codes.yaml encounter_class (the baseline is an in-patient admission); none: its default
+    encounter_class: str | None = None
     activities: tuple[str, ...] = ()  # keys of Protocol.activities expected at every visit of the entry
     every_months: dict[str, int] = {}  # activity -> n: expected only in months that are multiples of n
     # a follow-up whose window reaches to this many months (+ the window) after the previous visit held
@@ -182,7 +183,7 @@ class ProtocolVisit(_Frozen):
     code: str
     name: str
     month: int
-    encounter_class: str = "AMB"
+    encounter_class: str | None = None  # see ScheduleEntry
     activities: tuple[str, ...] = ()  # keys of Protocol.activities expected at this visit
     latest_after_previous_months: int | None = None  # see ScheduleEntry
 
@@ -267,6 +268,13 @@ def load_study(nct_id: str, mappings_dir: Path | None = None) -> StudyDefinition
     study = load_mapping_file(StudyDefinition, f"studies/{nct_id}.yaml", mappings_dir)  # read once per process
     if study.nct_id != nct_id:
         raise MappingError(f"{path}: nct_id {study.nct_id} does not match the file name")
+    classes = load_fhir_codes(mappings_dir).encounter_class.display
+    for entry in study.protocol.schedule:
+        if entry.encounter_class is not None and entry.encounter_class not in classes:
+            raise MappingError(
+                f"{path}: schedule entry {entry.code or entry.pattern}: encounter_class {entry.encounter_class!r} "
+                f"is not one of {', '.join(classes)} (mappings/fhir/codes.yaml)"
+            )
     return study
 
 

@@ -16,9 +16,9 @@ from fhir_lupus.pull._reverse import (
     UnmappedResult,
     classify_fact,
     code_index,
+    normal_range,
     number_text,
     observation_fact,
-    range_meaning_system,
 )
 from fhir_lupus.pull._roundtrip import compare_round_trip
 from fhir_lupus.pull._runner import PullResult, fetch_labs, pull_labs
@@ -45,12 +45,12 @@ __all__ = [
     "compare_round_trip",
     "fetch_labs",
     "newer_record",
+    "normal_range",
     "number_text",
     "observation_fact",
     "patient_of",
     "pull_labs",
     "pull_study",
-    "range_meaning_system",
     "split_ndjson",
     "study_subjects",
     "table_order",

@@ -50,7 +50,8 @@ from fhir_lupus.errors import BulkExportError
 from fhir_lupus.journal import BulkJob, Journal
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._local import LocalSubjects, anchors_from, read_ndjson
-from fhir_lupus.pull._reverse import PulledLab, UnmappedResult, code_index, load_pull_rules
+from fhir_lupus.pull._reverse import PulledLab, UnmappedResult, code_index
+from fhir_lupus.pull._subjects import lab_category
 from fhir_lupus.terminology import LabCatalogue
 
 __all__ = ["BulkExportError", "BulkOptions", "BulkRun", "BulkSummary", "export_request", "poll_wait"]
@@ -124,10 +125,11 @@ def export_request(
     since: str | None,
     mappings_dir: Path | None = None,
 ) -> ExportRequest:
-    """The kick-off for the study's labs (and, for a full pull, what gives day 0) at the options' level."""
+    """The kick-off for the study's labs (and, for a full pull, what gives day 0) at the options' level.
+    ``mappings_dir`` is no longer read (the lab category comes with the catalogue's pack); it goes with the
+    other ``mappings_dir`` parameters when the settings object carries the pack."""
     pack = catalogue.pack
-    rules = load_pull_rules(mappings_dir)
-    category = f"{pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
+    category = lab_category(pack)
     codes = ",".join(sorted(code_index(catalogue)))
     types = ["Observation"]
     filters = [f"Observation?category={category}", f"Observation?code={codes}"] if options.lab_filters else []

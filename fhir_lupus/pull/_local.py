@@ -33,6 +33,7 @@ from fhir_lupus.pull._subjects import (
     encounter_start,
     enrolled_rows,
     infusion_start,
+    lab_category,
     patient_of,
     period_end,
     period_start,
@@ -92,9 +93,7 @@ class LocalSubjects:
 
     def __post_init__(self) -> None:
         self._by_code = code_index(self.catalogue)
-        pack = self.catalogue.pack
-        category = f"{pack.system_uri(self.rules.lab_category.system)}|{self.rules.lab_category.code}"
-        self.selection = LabSelection(category, frozenset(self._by_code))
+        self.selection = LabSelection(lab_category(self.catalogue.pack), frozenset(self._by_code))
 
     def __len__(self) -> int:
         return len(self.rows)

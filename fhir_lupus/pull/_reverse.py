@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fhir_lupus.errors import TerminologyError, UnitError
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._visits import assign_visit
-from fhir_lupus.terminology import CodeChoice, CodeRef, LabCatalogue, load_mapping_file
+from fhir_lupus.terminology import CodeChoice, LabCatalogue, fhir_codes, load_mapping_file
 
 __all__ = [
     "CodeIndex",
@@ -38,9 +38,9 @@ __all__ = [
     "code_index",
     "format_number",
     "load_pull_rules",
+    "normal_range",
     "number_text",
     "observation_fact",
-    "range_meaning_system",
     "reverse_map",
 ]
 
@@ -55,7 +55,6 @@ class PullRules(BaseModel):
     rows: frozenset[str]
     pending: frozenset[str]
     withdrawn: frozenset[str]
-    lab_category: CodeRef
     result_identifiers: tuple[str, ...]
     lookback_days_before_anchor: int | None = Field(ge=0)
 
@@ -206,10 +205,10 @@ def _pairs(items: Any, first: str, second: str) -> tuple[tuple[str, str], ...]:
     return tuple((str(i.get(first, "")), str(i.get(second, ""))) for i in items or [] if isinstance(i, dict))
 
 
-def observation_fact(observation: dict[str, Any], normal_meaning: str) -> LabFact:
+def observation_fact(observation: dict[str, Any], normal: tuple[str, str]) -> LabFact:
     """The LabFact of a FHIR Observation (a dict as the server or the NDJSON file gives it).
 
-    ``normal_meaning`` is the system of the reference-range meaning codes (``range_meaning_system``): the
+    ``normal`` is the ``(system, code)`` of the reference-range type of the normal range (``normal_range``): the
     normal range is picked here, as the view picks it with the same rule.
     """
     meta = observation.get("meta") or {}
@@ -217,11 +216,7 @@ def observation_fact(observation: dict[str, Any], normal_meaning: str) -> LabFac
     quantity = observation.get("valueQuantity") or {}
     concept = observation.get("valueCodeableConcept") or {}
     chosen: dict[str, Any] = next(
-        (
-            r
-            for r in observation.get("referenceRange") or []
-            if _is_normal(r, normal_meaning) and ("low" in r or "high" in r)
-        ),
+        (r for r in observation.get("referenceRange") or [] if _is_normal(r, normal) and ("low" in r or "high" in r)),
         {},
     )
     low, high = chosen.get("low") or {}, chosen.get("high") or {}
@@ -264,9 +259,11 @@ def observation_fact(observation: dict[str, Any], normal_meaning: str) -> LabFac
     )
 
 
-def range_meaning_system(catalogue: LabCatalogue) -> str:
-    """The code system of reference-range meanings (``normal``, ``treatment``...), from the mapping pack."""
-    return catalogue.pack.system_uri("referencerange-meaning")
+def normal_range(catalogue: LabCatalogue) -> tuple[str, str]:
+    """``(system, code)`` of the reference-range type that marks the normal range (mappings/fhir/codes.yaml
+    ``normal_range``): ``observation_fact`` picks the range by it, and the lab view's constants must equal it."""
+    normal = fhir_codes(catalogue.pack).normal_range
+    return catalogue.pack.system_uri(normal.system), normal.code
 
 
 def reverse_map(
@@ -283,7 +280,7 @@ def reverse_map(
 ) -> PulledLab | UnmappedResult:
     """The trial row of ``observation``, or the reason it is set aside (``classify_fact`` of its LabFact)."""
     return classify_fact(
-        observation_fact(observation, range_meaning_system(catalogue)),
+        observation_fact(observation, normal_range(catalogue)),
         subject_id,
         by_code,
         catalogue,
@@ -446,11 +443,11 @@ def _reference_range(fact: LabFact, analyte: str, ucum: str, catalogue: LabCatal
     return bounds[0], bounds[1]
 
 
-def _is_normal(reference_range: dict[str, Any], meaning: str) -> bool:
+def _is_normal(reference_range: dict[str, Any], normal: tuple[str, str]) -> bool:
     kind = reference_range.get("type")
     if not kind:
         return True
-    return any(c.get("system") == meaning and c.get("code") == "normal" for c in kind.get("coding", []))
+    return any((c.get("system"), c.get("code")) == normal for c in kind.get("coding", []))
 
 
 def format_number(value: float) -> str:

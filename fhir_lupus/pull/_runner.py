@@ -51,6 +51,7 @@ from fhir_lupus.pull._subjects import (
     encounter_start,
     enrolled_rows,
     infusion_start,
+    lab_category,
     patient_of,
     period_start,
     reaches,
@@ -324,7 +325,7 @@ def fetch_labs(
     ]
     study_ref = _find_study(client, caps, study_systems, study.nct_id, state)
     by_code = code_index(catalogue)
-    category = f"{pack.system_uri(rules.lab_category.system)}|{rules.lab_category.code}"
+    category = lab_category(pack)
     plan = _Plan(client, caps, since=since, code_list=",".join(sorted(by_code)), category=category)
     subject_system = pack.identifier_system("subject", study=study.nct_id)
     visit_system = pack.identifier_system("visit", study=study.nct_id)

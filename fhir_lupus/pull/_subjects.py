@@ -17,6 +17,7 @@ from typing import Any
 
 from fhir_lupus.client import location_id
 from fhir_lupus.pull._search import matches, parse_instant
+from fhir_lupus.terminology import MappingPack, fhir_codes
 
 __all__ = [
     "LabSelection",
@@ -24,6 +25,7 @@ __all__ = [
     "encounter_start",
     "enrolled_rows",
     "infusion_start",
+    "lab_category",
     "patient_of",
     "period_end",
     "period_start",
@@ -136,6 +138,14 @@ def patient_of(observation: dict[str, Any]) -> str:
     reference = str((observation.get("subject") or {}).get("reference") or "")
     patient_id = location_id(reference, "Patient")
     return f"Patient/{patient_id}" if patient_id else reference
+
+
+def lab_category(pack: MappingPack) -> str:
+    """``system|code`` of the laboratory category, from the entry the mappers write (mappings/fhir/codes.yaml
+    ``lab_category``): the search's ``category``, the bulk ``_typeFilter`` and the NDJSON and Spark selection all
+    ask for this one token, so pull finds what push wrote."""
+    category = fhir_codes(pack).lab_category
+    return f"{pack.system_uri(category.system)}|{category.code}"
 
 
 @dataclass(frozen=True)

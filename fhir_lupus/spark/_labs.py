@@ -39,9 +39,9 @@ from fhir_lupus.pull import (
     classify_fact,
     code_index,
     newer_record,
+    normal_range,
     observation_fact,
     patient_of,
-    range_meaning_system,
     split_ndjson,
     study_subjects,
     table_order,
@@ -131,14 +131,14 @@ def spark_labs(
         window=subjects.window,
         rules=subjects.rules,
     )
-    view = load_lab_view(range_meaning_system(catalogue), mappings_dir)
+    view = load_lab_view(normal_range(catalogue), mappings_dir)
     result = SparkLabs(rows=[], unmapped=[], subjects=len(task.subjects), skipped_subjects=subjects.skipped)
     result.files = len(with_observations)
     if not with_observations:
         return result
 
     session = spark if spark is not None else local_session(master, pathling_jar=pathling_jar)
-    facts = _facts(session, with_observations, view, task.rules, range_meaning_system(catalogue))
+    facts = _facts(session, with_observations, view, task.rules, normal_range(catalogue))
     try:
         records: list[tuple[str, Any]] = facts.mapPartitions(task.classify).collect()
     except Exception as exc:  # Py4JJavaError; its text carries HAPI's reason
@@ -165,7 +165,7 @@ def spark_labs(
     return result
 
 
-def _facts(session: Any, files: list[Path], view: dict[str, Any], rules: PullRules, meaning: str) -> Any:
+def _facts(session: Any, files: list[Path], view: dict[str, Any], rules: PullRules, normal: tuple[str, str]) -> Any:
     """An RDD of the LabFacts of the Observations in ``files``: by the view, plus the literal text of
     ``RAW_FIELDS`` joined by id and version; a status outside mappings/fhir/pull.yaml straight from the JSON.
 
@@ -202,4 +202,4 @@ def _facts(session: Any, files: list[Path], view: dict[str, Any], rules: PullRul
     )
     texts = raw.rdd.map(lambda r: ((r["id"] or "", r["version"] or ""), tuple(r[n] for n in names))).distinct()
     joined = facts.join(texts).map(lambda pair: with_raw(pair[1][0], *pair[1][1]))
-    return joined.union(odd.rdd.map(lambda r: observation_fact(orjson.loads(r["value"]), meaning)))
+    return joined.union(odd.rdd.map(lambda r: observation_fact(orjson.loads(r["value"]), normal)))

@@ -44,9 +44,9 @@ RAW_FIELDS = {
 _SCALARS = tuple(f.name for f in fields(LabFact) if f.name not in PAIR_FIELDS.values() and f.name not in RAW_FIELDS)
 
 
-def load_lab_view(normal_meaning: str, mappings_dir: Path | None = None) -> dict[str, Any]:
+def load_lab_view(normal: tuple[str, str], mappings_dir: Path | None = None) -> dict[str, Any]:
     """The ViewDefinition, checked against what the Python path assumes: every scalar LabFact column is
-    selected, and the reference-range meaning system is the mapping pack's (``normal_meaning``)."""
+    selected, and the normal range's type is the mapping pack's (``normal``: system and code, pull.normal_range)."""
     path = (mappings_dir or default_mappings_dir()) / VIEW_FILE
     try:
         view: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -57,12 +57,15 @@ def load_lab_view(normal_meaning: str, mappings_dir: Path | None = None) -> dict
     columns = {c.get("name") for select in view.get("select", []) for c in select.get("column", [])}
     if missing := [name for name in _SCALARS if name not in columns]:
         raise MappingError(f"{path}: select has no column {', '.join(missing)} (LabFact's fields)")
-    constants = {c.get("name"): c.get("valueUri", c.get("valueString")) for c in view.get("constant", [])}
-    if constants.get("normal_meaning") != normal_meaning:
-        raise MappingError(
-            f"{path}: constant normal_meaning is {constants.get('normal_meaning')!r}, but the mapping pack's "
-            f"referencerange-meaning system is {normal_meaning!r}"
-        )
+    constants = {
+        c.get("name"): c.get("valueUri", c.get("valueCode", c.get("valueString"))) for c in view.get("constant", [])
+    }
+    for name, expected in zip(("normal_meaning", "normal_code"), normal, strict=True):
+        if constants.get(name) != expected:
+            raise MappingError(
+                f"{path}: constant {name} is {constants.get(name)!r}, but the mapping pack's normal range "
+                f"(mappings/fhir/codes.yaml normal_range) says {expected!r}"
+            )
     return view
 
 

@@ -241,14 +241,15 @@ def _course(
     if regimen.dose is not None:
         checks.append(_dose_check("dose", regimen.dose, row.dose, row.dose_unit, units))
     if regimen.daily_dose is not None:
-        per_day = None if frequency is None else frequency.doses_per_day
+        per_day = None if frequency is None else catalogue.doses_per_day(frequency)
         if row.dose is None or per_day is None:
             checks.append((None, "daily dose unknown (dose or a repeating frequency missing)"))
         else:
             daily = row.dose * Decimal(str(per_day))
-            checks.append(_dose_check("daily dose", regimen.daily_dose, daily, f"{row.dose_unit}/d", units))
+            unit = catalogue.daily(row.dose_unit) if row.dose_unit else None  # a dose has a unit (MedicationHistory)
+            checks.append(_dose_check("daily dose", regimen.daily_dose, daily, unit, units))
     if regimen.interval_days is not None:
-        interval = None if frequency is None else frequency.interval_days
+        interval = None if frequency is None else catalogue.interval_days(frequency)
         if interval is None:
             checks.append((None, "dosing interval unknown"))
         else:

@@ -3,6 +3,7 @@
 from fhir_lupus.terminology._adverse_events import AdverseEventTerms, load_adverse_event_terms
 from fhir_lupus.terminology._catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
 from fhir_lupus.terminology._censored import proves_above, proves_below
+from fhir_lupus.terminology._codes import FhirCodes, Interpretation, fhir_codes, load_fhir_codes
 from fhir_lupus.terminology._medications import MedicationCatalogue, load_medication_catalogue
 from fhir_lupus.terminology._pack import (
     CodeChoice,
@@ -21,6 +22,8 @@ __all__ = [
     "AdverseEventTerms",
     "CodeChoice",
     "CodeRef",
+    "FhirCodes",
+    "Interpretation",
     "LabCatalogue",
     "LabValue",
     "MappingPack",
@@ -28,7 +31,9 @@ __all__ = [
     "ResolvedLab",
     "UnitConverter",
     "default_mappings_dir",
+    "fhir_codes",
     "load_adverse_event_terms",
+    "load_fhir_codes",
     "load_mapping_file",
     "load_medication_catalogue",
     "load_pack",

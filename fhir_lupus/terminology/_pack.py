@@ -134,6 +134,7 @@ class UnitsFile(_Frozen):
     aliases: dict[str, str]
     arbitrary_markers: tuple[str, ...]
     display: dict[str, str]
+    molar_mass: str  # the UCUM unit of labs.yaml molar_mass
 
 
 class OrdinalAnswer(_Frozen):

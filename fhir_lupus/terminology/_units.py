@@ -55,6 +55,7 @@ class UnitConverter:
         self._aliases = pack.units.aliases
         self._arbitrary = pack.units.arbitrary_markers
         self._display = pack.units.display
+        self._molar_mass = pack.units.molar_mass
         self._commensurable: dict[tuple[str, str], bool] = {}  # a trial repeats a handful of unit pairs
 
     def to_ucum(self, reported: str) -> str:
@@ -99,7 +100,8 @@ class UnitConverter:
         *,
         molar_mass: float | None = None,
     ) -> float:
-        """Convert ``value`` between UCUM units; ``molar_mass`` (g/mol) bridges substance and mass.
+        """Convert ``value`` between UCUM units; ``molar_mass`` (in units.yaml ``molar_mass``, g/mol) bridges
+        substance and mass.
 
         Raises UnitError for arbitrary units (other than identity) and for dimensions that do not match.
         """
@@ -115,7 +117,7 @@ class UnitConverter:
         target = self._parse(to_ucum)
         candidates = [quantity]
         if molar_mass is not None:
-            per_mol = molar_mass * self._parse("g/mol")
+            per_mol = molar_mass * self._parse(self._molar_mass)
             candidates += [quantity * per_mol, quantity / per_mol]
         for candidate in candidates:
             if candidate.dimensionality == target.dimensionality:

@@ -18,7 +18,7 @@ import pytest
 
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._local import labs_from_ndjson, read_ndjson
-from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
+from fhir_lupus.pull._reverse import PulledLab, UnmappedResult, normal_range
 from fhir_lupus.pull._store import table_order, write_rows
 from fhir_lupus.spark import spark_labs
 from fhir_lupus.terminology import LabCatalogue
@@ -67,9 +67,12 @@ def test_awkward_results_give_the_local_table(
         changed["meta"] = {"lastUpdated": "2026-11-30T10:00:00.123+08:00", "versionId": str(number)}
         lines.append(_literal(changed, "N", literal))
     treatment = {"type": {"coding": [{"system": catalogue.pack.system_uri("referencerange-meaning"), "code": "x"}]}}
+    system, code = normal_range(catalogue)  # the view's constants normal_meaning and normal_code
+    typed_normal = {"type": {"coding": [{"system": system, "code": code}]}}
     lines += [
         json.dumps({**base, "id": "comparator", "valueQuantity": {**quantity, "comparator": "<"}}),
         json.dumps({**base, "id": "ranges", "referenceRange": [{**ranges[0], **treatment}, {"text": "none"}, *ranges]}),
+        json.dumps({**base, "id": "typed-normal", "referenceRange": [{**ranges[0], **typed_normal}]}),
         json.dumps({**base, "id": "no-system", "code": {"coding": [{"code": "local"}, *base["code"]["coding"]]}}),
         json.dumps(
             {**base, "id": "their-id", "identifier": [{"value": "no-system"}, {"system": "urn:x", "value": "1"}]}
@@ -108,6 +111,8 @@ def test_awkward_results_give_the_local_table(
     assert by_id["number-5"].reported_value == "7" and by_id["number-0"].last_updated.endswith("+08:00")
     assert isinstance(by_id["withdrawn"], UnmappedResult) and isinstance(by_id["in-mixed"], PulledLab)
     assert by_id["their-id"].result_id == "|no-system"
+    typed = by_id["typed-normal"]
+    assert isinstance(typed, PulledLab) and typed.ref_low and typed.ref_low == by_id["comparator"].ref_low
 
 
 def test_a_missing_folder_is_a_clear_error(spark: Any, study: StudyDefinition, catalogue: LabCatalogue) -> None:
