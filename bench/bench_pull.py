@@ -46,7 +46,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._reverse import load_pull_rules
-from fhir_lupus.pull._runner import DEFAULT_WORKERS
+from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
 from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import load_pack
 
