@@ -45,8 +45,8 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import pull_study
-from fhir_lupus.pull._runner import DEFAULT_WORKERS
-from fhir_lupus.pull._subjects import lab_category as pack_lab_category
+from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
+from fhir_lupus.pull._selection import lab_category as pack_lab_category
 from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import load_pack
 

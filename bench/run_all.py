@@ -43,7 +43,7 @@ import bench_pull  # noqa: E402
 import bench_push  # noqa: E402
 
 from fhir_lupus.devserver import start, stop  # noqa: E402
-from fhir_lupus.pull._runner import DEFAULT_WORKERS  # noqa: E402
+from fhir_lupus.pull._search_pass import DEFAULT_WORKERS  # noqa: E402
 
 STEPS = ("map", "push", "pull", "scale")
 

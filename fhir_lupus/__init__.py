@@ -8,7 +8,7 @@ sub-packages (``model``, ``terminology``, ``scoring``, ``mappers``) for those wh
     bundle = transaction_bundle(result.resources)    # conditional, dependency-ordered transaction
 """
 
-from fhir_lupus._version import __version__
+from fhir_lupus._version import __version__ as __version__
 from fhir_lupus.bundle import dumps, transaction_bundle
 from fhir_lupus.errors import (
     FhirLupusError,
@@ -32,7 +32,6 @@ __all__ = [
     "TerminologyError",
     "TrialData",
     "UnitError",
-    "__version__",
     "check_invariants",
     "dumps",
     "load_study",

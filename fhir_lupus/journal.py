@@ -4,7 +4,8 @@ Per server and resource (type + business key) it keeps the content hash last con
 versionId, the last outcome and our own (deterministic) reference, so later batches and later pushes can
 point at the server's id. Per push: its status, what it wrote, the references still waiting for their
 Provenance, and the Provenance once written. Per server and chunk kind: the largest Bundle the server
-accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``). Per audit
+accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``, written by
+``fhir_lupus.pull``'s store on a connection of its own, which moves the mark with its merge). Per audit
 log: the last entry appended (``fhir_lupus.audit``), the anchor that shows a removed tail.
 
 One Journal may be shared by the threads of a push (``concurrency`` > 1): every method runs under one lock,
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["BulkJob", "Journal", "JournalEntry", "PushRecord"]
+__all__ = ["BulkJob", "Journal", "JournalEntry", "PushRecord", "record_high_water"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource (
@@ -140,6 +141,16 @@ def _serialized(method: _F) -> _F:
     return locked  # type: ignore[return-value]
 
 
+def record_high_water(db: sqlite3.Connection, server: str, study: str, mark: str) -> None:
+    """Write the pull mark on ``db``: the journal's connection, or the pull store's inside the transaction of its
+    merge (the mark moves only with the rows it covers)."""
+    db.execute(
+        "INSERT INTO pull_mark VALUES (?, ?, ?) "
+        "ON CONFLICT (server, study) DO UPDATE SET high_water = excluded.high_water",
+        (server, study, mark),
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -165,11 +176,6 @@ class Journal:
                 if column not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._db.execute(_LOCAL_REF_INDEX)
-
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """The SQLite connection, for the pull store that keeps its tables in the same file."""
-        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -347,11 +353,7 @@ class Journal:
 
     @_serialized
     def set_high_water(self, server: str, study: str, mark: str) -> None:
-        self._db.execute(
-            "INSERT INTO pull_mark VALUES (?, ?, ?) "
-            "ON CONFLICT (server, study) DO UPDATE SET high_water = excluded.high_water",
-            (server, study, mark),
-        )
+        record_high_water(self._db, server, study, mark)
 
     # -- bulk export in progress (pull --bulk) ----------------------------------------------------------------
 

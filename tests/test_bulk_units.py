@@ -343,6 +343,27 @@ def test_an_incremental_bulk_pull_asks_since_and_finds_day_0_by_search(
     assert any(path.startswith("Encounter?identifier=") for _, path in exporter.fake.requests)
 
 
+def test_a_result_after_the_end_of_participation_is_no_visits_on_every_pass(
+    exporter: Exporter, pushed: TrialData, tmp_path: Path
+) -> None:
+    # one Subjects for every pass: ResearchSubject.period.end ends the visits on the search pass too
+    leaver = next(
+        rs
+        for rs in exporter.fake.all("ResearchSubject")
+        if any(i.get("value") == "MSC-001" for i in rs.get("identifier", []))
+    )
+    leaver["period"] = {**(leaver.get("period") or {}), "end": "2008-01-20"}  # after BL, before M01
+    with client() as fhir, Journal(tmp_path / "search.sqlite") as journal:
+        searched = pull_study(fhir, journal, pushed.study, since=None, output=tmp_path / "search.csv")
+    with client() as fhir, Journal(tmp_path / "bulk.sqlite") as journal:
+        pull_study(fhir, journal, pushed.study, since=None, output=tmp_path / "bulk.csv", bulk=options(tmp_path))
+    assert table(tmp_path / "bulk.csv") == table(tmp_path / "search.csv")
+    late = [r for r in searched.rows if r.subject_id == "MSC-001" and r.collected_at[:10] > "2008-01-20"]
+    assert late and {(r.visit_code, r.window) for r in late} == {("", "after-end")}
+    kept = [r for r in searched.rows if r.subject_id == "MSC-002" or r.collected_at[:10] <= "2008-01-20"]
+    assert kept and all(r.window != "after-end" for r in kept)
+
+
 def test_the_wait_between_polls() -> None:
     bulk = BulkOptions(max_poll_wait=30.0, first_poll_wait=1.0)
     assert [poll_wait(None, polls, bulk) for polls in (1, 2, 3, 6, 9)] == [1.0, 2.0, 4.0, 30.0, 30.0]

@@ -21,19 +21,16 @@ from typer.testing import CliRunner
 from fhir_lupus.cli import app
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import StudyDefinition
+from fhir_lupus.pull._fact import LabFact, normal_range, number_text, observation_fact
 from fhir_lupus.pull._reverse import (
-    LabFact,
     PulledLab,
     UnmappedResult,
     classify_fact,
     code_index,
     load_pull_rules,
-    normal_range,
-    number_text,
-    observation_fact,
     reverse_map,
 )
-from fhir_lupus.pull._subjects import LabSelection, lab_category
+from fhir_lupus.pull._selection import LabSelection, lab_category
 from fhir_lupus.spark._view import PAIR_FIELDS, RAW_FIELDS, fact_resource, facts_from_rows, load_lab_view, with_raw
 from fhir_lupus.terminology import LabCatalogue, default_mappings_dir
 

@@ -17,8 +17,10 @@ import fhir_lupus
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import StudyDefinition, load_study, load_trial
 from fhir_lupus.pipeline import map_trial
-from fhir_lupus.pull._bulk import BulkOptions, export_request
-from fhir_lupus.pull._subjects import LabSelection, lab_category
+from fhir_lupus.pull._bulk import BulkOptions
+from fhir_lupus.pull._bulk_pass import export_request
+from fhir_lupus.pull._selection import LabSelection, lab_category
+from fhir_lupus.pull._subjects import Subjects
 from fhir_lupus.terminology import (
     CodeRef,
     LabCatalogue,
@@ -192,7 +194,8 @@ def test_push_and_pull_read_the_same_lab_category_entry(tmp_path: Path, dataset:
     assert set(selected) == {"lab_result", "treg", "sledai"}
     assert all(selected["lab_result"]) and all(selected["treg"]) and not any(selected["sledai"])
     options = BulkOptions(lab_filters=True)
-    request = export_request(data.study, LabCatalogue(pack, UnitConverter(pack)), options, patients=(), since="x")
+    subjects = Subjects(data.study, LabCatalogue(pack, UnitConverter(pack)), mappings_dir=root)
+    request = export_request(subjects, options, patients=(), since="x")
     assert f"Observation?category={category}" in request.type_filters
 
 

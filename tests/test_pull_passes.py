@@ -31,11 +31,14 @@ from fhir_lupus.client import Capabilities, FhirClient, RetryPolicy, TransientHt
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
 from fhir_lupus.pull import PullResult, UnmappedResult, pull_study
-from fhir_lupus.pull import _runner as pull
+from fhir_lupus.pull import _planner as planner
+from fhir_lupus.pull import _runner as runner
+from fhir_lupus.pull import _search_pass as search_pass
+from fhir_lupus.pull import _spool as spool_module
 from fhir_lupus.pull import _store as pullstore
 from fhir_lupus.pull._reverse import code_index
 from fhir_lupus.pull._search import Search, matches
-from fhir_lupus.pull._subjects import lab_category, reaches
+from fhir_lupus.pull._selection import lab_category, reaches
 from fhir_lupus.push import push_trial
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -227,7 +230,7 @@ def test_the_merge_reads_the_stage_in_batches_and_loses_nothing_at_their_edges(
     with client() as fhir, Journal(tmp_path / "one.sqlite") as journal:
         whole = pull_study(fhir, journal, trial.study, since=None, output=tmp_path / "one.csv")
     monkeypatch.setattr(pullstore, "MERGE_BATCH", 2)
-    monkeypatch.setattr(pullstore, "SPOOL_IN_MEMORY", 3)  # most of the new rows wait on disk
+    monkeypatch.setattr(spool_module, "SPOOL_IN_MEMORY", 3)  # most of the new rows wait on disk
     with client() as fhir, Journal(tmp_path / "two.sqlite") as journal:
         batched = pull_study(fhir, journal, trial.study, since=None, output=tmp_path / "two.csv")
     assert batched.rows == whole.rows and batched.unmapped == whole.unmapped and len(whole.rows) == 14
@@ -239,7 +242,7 @@ def test_a_spool_reads_like_a_list_and_removes_its_file() -> None:
         UnmappedResult("MSC-001", f"o{i}", "urn:x|1", "1", "2008-01-01", "no code of the lab catalogue")
         for i in range(5)
     ]
-    spool = pullstore.Spool(UnmappedResult, in_memory=2)
+    spool = spool_module.Spool(UnmappedResult, in_memory=2)
     for record in records:
         spool.append(record)
     assert len(spool) == 5 and list(spool) == records and spool == records and spool != records[:4]
@@ -339,7 +342,7 @@ def plant_without_category(fake: FakeFhir, patient: str, accession: str, when: s
 
 def per_subject(monkeypatch: pytest.MonkeyPatch) -> None:
     """Today's plan before the groups: one catalogue-code search per subject."""
-    monkeypatch.setattr(pull, "GROUP_MAX", 1)
+    monkeypatch.setattr(planner, "GROUP_MAX", 1)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -449,7 +452,7 @@ def test_a_group_too_long_for_the_server_is_split_and_the_url_kept_short(
     assert refused.total_rows == len(twelve.labs) + len(twelve.treg) and refused.fallbacks == []
     # a URL that would pass MAX_URL is not sent: the group is cut before, and nothing is refused
     fake.requests.clear()
-    monkeypatch.setattr(pull, "MAX_URL", len(f"{BASE}/Observation?") + limit)
+    monkeypatch.setattr(planner, "MAX_URL", len(f"{BASE}/Observation?") + limit)
     with client() as fhir, Journal(tmp_path / "b.sqlite") as journal:
         cut = pull_study(fhir, journal, twelve.study, since=None)
     sizes = [len(q["patient"].split(",")) for q in negated_searches(fake)]
@@ -521,8 +524,8 @@ def test_an_error_while_staging_stops_the_request_thread(
         raise OSError("disk full")
 
     monkeypatch.setattr(pullstore.PullStore, "stage", broken)
-    monkeypatch.setattr(pull, "READ_AHEAD_CHUNK", 1)
-    monkeypatch.setattr(pull, "STAGE_BATCH", 1)
+    monkeypatch.setattr(search_pass, "READ_AHEAD_CHUNK", 1)
+    monkeypatch.setattr(runner, "STAGE_BATCH", 1)
     fake.requests.clear()
     with client() as fhir, Journal(tmp_path / "j.sqlite") as journal, pytest.raises(OSError, match="disk full"):
         pull_study(fhir, journal, twelve.study, since=None, workers=1)  # one request thread, reading ahead

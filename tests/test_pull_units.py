@@ -264,12 +264,11 @@ class TestPullStore:
 
     def merge(self, store: PullStore, journal: Journal, *records: Any, replace_all: bool = False) -> Any:
         store.stage(records)
-        with journal.transaction():
+        with store.transaction():
             return store.merge(replace_all=replace_all)
 
     def test_newer_versions_win_same_versions_are_unchanged_and_withdrawals_remove_rows(self, tmp_path: Path) -> None:
-        with Journal(tmp_path / "j.sqlite") as journal:
-            store = PullStore(journal.connection, "http://s/fhir/", "NCT1")
+        with Journal(tmp_path / "j.sqlite") as journal, PullStore(journal.path, "http://s/fhir/", "NCT1") as store:
             first = self.merge(
                 store,
                 journal,
@@ -296,15 +295,14 @@ class TestPullStore:
             ]
 
     def test_output_is_the_whole_store_and_a_failed_write_changes_nothing(self, tmp_path: Path) -> None:
-        with Journal(tmp_path / "j.sqlite") as journal:
-            store = PullStore(journal.connection, "http://s/fhir/", "NCT1")
+        with Journal(tmp_path / "j.sqlite") as journal, PullStore(journal.path, "http://s/fhir/", "NCT1") as store:
             self.merge(store, journal, self.record("a", "1", "2026-01-01T00:00:00Z"))
             store.stage([self.record("b", "1", "2026-01-02T00:00:00Z")])
             blocked = tmp_path / "labs.csv"
             blocked.mkdir()  # the output path is a directory: the write fails
-            with pytest.raises(OSError), journal.transaction():
+            with pytest.raises(OSError), store.transaction():
                 store.merge(replace_all=False)
-                journal.set_high_water("http://s/fhir/", "NCT1", "2026-01-02T00:00:00Z")
+                store.set_high_water("2026-01-02T00:00:00Z")
                 store.write(blocked)
             assert journal.high_water("http://s/fhir/", "NCT1") is None
             assert [r.observation_id for r in store.rows()] == ["a"]  # the merge was rolled back too

@@ -1,30 +1,25 @@
 """Pull: a study's lab results from a FHIR server back into the trial's table, incremental and unit-normalised.
 
-The path of a pull (docs/architecture.md): ``_subjects`` says who is a subject and what is day 0; ``_search``
-is the one search object; ``_runner`` runs the search pass (or ``_bulk``'s export, or ``_local``'s NDJSON);
-``_reverse`` turns each Observation into a row (``_visits`` places it in the schedule); ``_store`` merges
-rows and keeps the table; ``_study`` is the study-level entry (high-water mark, audit).
+The path of a pull (docs/architecture.md): ``_study`` is the study-level entry (which mark, the audit entry);
+``_runner`` builds the pull's one ``Subjects`` (``_subjects``: the study, who is enrolled, each one's day 0) and
+runs a pass over it: the search pass (``_search_pass``, its group searches cut by the pure ``_planner``, every
+request a ``_search.Search``) or the bulk pass (``_bulk_pass``, the export job of ``_bulk``). Each Observation
+is read into a fact (``_fact``), selected (``_selection``) and made a row or set aside (``_reverse``; ``_visits``
+places it in the schedule); ``_store`` stages, merges and writes the rows and moves the mark on its own
+connection. ``_local`` gives the same rows from NDJSON files at hand, and ``fhir_lupus.spark`` on Spark.
 """
 
 from fhir_lupus.pull._bulk import BulkOptions, BulkSummary, Level
-from fhir_lupus.pull._local import split_ndjson, study_subjects
-from fhir_lupus.pull._reverse import (
-    CodeIndex,
-    LabFact,
-    PulledLab,
-    PullRules,
-    UnmappedResult,
-    classify_fact,
-    code_index,
-    normal_range,
-    number_text,
-    observation_fact,
-)
+from fhir_lupus.pull._fact import LabFact, normal_range, number_text, observation_fact
+from fhir_lupus.pull._local import split_ndjson
+from fhir_lupus.pull._reverse import CodeIndex, PulledLab, PullRules, UnmappedResult, classify_fact, code_index
 from fhir_lupus.pull._roundtrip import compare_round_trip
-from fhir_lupus.pull._runner import PullResult, fetch_labs, pull_labs
+from fhir_lupus.pull._runner import PullResult, pull_labs
+from fhir_lupus.pull._search_pass import fetch_labs
+from fhir_lupus.pull._selection import LabSelection, lab_category, patient_of
 from fhir_lupus.pull._store import PullStore, Removal, newer_record, table_order, unmapped_path, write_rows
 from fhir_lupus.pull._study import DEFAULT_OVERLAP_SECONDS, pull_study
-from fhir_lupus.pull._subjects import LabSelection, patient_of
+from fhir_lupus.pull._subjects import Subject, Subjects
 
 __all__ = [
     "DEFAULT_OVERLAP_SECONDS",
@@ -39,11 +34,14 @@ __all__ = [
     "PullStore",
     "PulledLab",
     "Removal",
+    "Subject",
+    "Subjects",
     "UnmappedResult",
     "classify_fact",
     "code_index",
     "compare_round_trip",
     "fetch_labs",
+    "lab_category",
     "newer_record",
     "normal_range",
     "number_text",
@@ -52,7 +50,6 @@ __all__ = [
     "pull_labs",
     "pull_study",
     "split_ndjson",
-    "study_subjects",
     "table_order",
     "unmapped_path",
     "write_rows",

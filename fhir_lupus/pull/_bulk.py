@@ -1,24 +1,13 @@
-"""``pull --bulk``: the study's lab results through a Bulk Data ``$export`` instead of paged searches.
+"""The export job of ``pull --bulk``: kicked off or resumed, polled, its files downloaded, deleted when done.
 
-The trial's index is small and is still searched (the ResearchStudy by its NCT identifier, its ResearchSubjects:
-a page per thousand subjects). What is large goes through one export job:
-- the Observations of the enrolled subjects' Patients, and, for a full pull, the MSC infusion Procedures and the
-  BL Encounters that give each subject's day 0 (``_typeFilter`` by their code and identifier system). The lab
-  results among the Observations are selected here, as the search pull selects them (the lab category or a
-  catalogue code); ``lab_filters`` asks the server to filter them too, which HAPI on H2 does 70 times slower;
-- at the **patient** level by default (``Patient/$export`` with one ``patient`` parameter per enrolled Patient, a
-  POST), so that nothing of the hospital's other patients is exported; at the **group** level for a Group the
-  server already has (``actual: true``, e.g. a hospital's cohort of the trial: ``--group ID``); at the **system**
-  level for a registry server that holds nothing else.
-- An incremental pull asks ``_since``; the export then brings only what changed, so day 0 of a subject with new
-  results is searched as the search-based pull does.
-The job's status URL is written to the journal as soon as the server accepts the kick-off: a pull that is
+What the export asks for, and what its files become, is the bulk pass's (``_bulk_pass``). This is the job:
+the status URL is written to the journal as soon as the server accepts the kick-off, so a pull that is
 interrupted (while the server builds the export, or while downloading) resumes the same job on its next run,
-and files already downloaded are not fetched again. Polling honours Retry-After (up to ``max_poll_wait``) and
-hands X-Progress to the caller. Files are streamed to disk, ``downloads`` at a time, then read a line at a time.
-Every result then goes through the same selection, reverse mapping, status rules and visit assignment as the
-search-based pull (``local.LocalSubjects``), so the two give the same lab table. After the rows are merged and
-the output written, the job is deleted on the server (so it can drop the files) and in the journal.
+and files already downloaded are not fetched again; a job of another request (the subjects or the mark
+changed), or one gone on the server, is replaced. Polling honours Retry-After (up to ``max_poll_wait``) and
+hands X-Progress to the caller. Files are streamed to disk, ``downloads`` at a time; the manifest's error files
+are read and said aloud. After the rows are merged and the output written, the job is deleted on the server (so
+it can drop the files) and in the journal.
 """
 
 from __future__ import annotations
@@ -28,7 +17,7 @@ import dataclasses
 import hashlib
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,12 +38,9 @@ from fhir_lupus.client import (
 from fhir_lupus.errors import BulkExportError
 from fhir_lupus.journal import BulkJob, Journal
 from fhir_lupus.model import StudyDefinition
-from fhir_lupus.pull._local import LocalSubjects, anchors_from, read_ndjson
-from fhir_lupus.pull._reverse import PulledLab, UnmappedResult, code_index
-from fhir_lupus.pull._subjects import lab_category
-from fhir_lupus.terminology import LabCatalogue
+from fhir_lupus.pull._local import read_ndjson
 
-__all__ = ["BulkExportError", "BulkOptions", "BulkRun", "BulkSummary", "export_request", "poll_wait"]
+__all__ = ["BulkExportError", "BulkOptions", "BulkRun", "BulkSummary", "poll_wait"]
 
 Level = Literal["patient", "group", "system"]
 DOWNLOAD_ATTEMPTS = 3  # a file whose download breaks off is fetched again from its start
@@ -116,61 +102,23 @@ def poll_wait(retry_after: float | None, polls: int, options: BulkOptions) -> fl
     return float(min(options.first_poll_wait * 2 ** max(polls - 1, 0), options.max_poll_wait))
 
 
-def export_request(
-    study: StudyDefinition,
-    catalogue: LabCatalogue,
-    options: BulkOptions,
-    *,
-    patients: tuple[str, ...],
-    since: str | None,
-    mappings_dir: Path | None = None,
-) -> ExportRequest:
-    """The kick-off for the study's labs (and, for a full pull, what gives day 0) at the options' level.
-    ``mappings_dir`` is no longer read (the lab category comes with the catalogue's pack); it goes with the
-    other ``mappings_dir`` parameters when the settings object carries the pack."""
-    pack = catalogue.pack
-    category = lab_category(pack)
-    codes = ",".join(sorted(code_index(catalogue)))
-    types = ["Observation"]
-    filters = [f"Observation?category={category}", f"Observation?code={codes}"] if options.lab_filters else []
-    if since is None:  # day 0 comes from the export; an incremental one would bring only what changed
-        months = study.protocol.visit_months
-        if months.anchor == "msc_infusion":
-            infusion = pack.coding(months.infusion_code)
-            types.append("Procedure")
-            filters.append(f"Procedure?code={infusion['system']}|{infusion['code']}")
-        types.append("Encounter")
-        filters.append(f"Encounter?identifier={pack.identifier_system('visit', study=study.nct_id)}|")
-    path = {"patient": "Patient/$export", "group": f"Group/{options.group_id}/$export", "system": "$export"}
-    return ExportRequest(
-        path=path[options.level],
-        types=tuple(types),
-        type_filters=tuple(filters) if options.type_filters else (),
-        since=since,
-        patients=patients if options.level == "patient" else (),
-    )
-
-
 class BulkRun:
-    """One ``pull --bulk``: the export job (kicked off or resumed), its files, and the rows they give."""
+    """One export job of ``pull --bulk``: kicked off or resumed, waited for, its files downloaded."""
 
     def __init__(
         self,
         client: FhirClient,
         journal: Journal,
         study: StudyDefinition,
-        subjects: LocalSubjects,
         request: ExportRequest,
         options: BulkOptions,
         *,
         notes: list[str],
     ) -> None:
-        """``subjects`` come with day 0 found by search (``anchor_of``); a full export replaces it with day 0
-        from the Procedures and Encounters it brings."""
+        """Nothing is requested until ``files``; ``notes`` gathers what the report says of the export."""
         self.client = client
         self.journal = journal
         self.study = study
-        self.subjects = subjects
         self.request = request
         self.options = options
         self.notes = notes
@@ -181,21 +129,13 @@ class BulkRun:
 
     # -- the job --------------------------------------------------------------------------------------------
 
-    def records(self) -> Iterator[PulledLab | UnmappedResult]:
-        """Run the export to its end, download its files, and yield each lab result of the study's subjects."""
-        if not self.subjects.rows:  # nobody enrolled: nothing to export
-            return
+    def files(self) -> list[tuple[Path, ExportFile]]:
+        """Run the export to its end and download its files of Observations, Encounters and Procedures."""
         manifest = self._manifest()
         wanted = {"Observation", "Encounter", "Procedure"}
         files = self._download([f for f in manifest.output if f.type in wanted], manifest.requires_access_token)
         self._server_errors(manifest)
-        if self.request.since is None:  # else only what changed was exported: day 0 stays a search
-            procedures = (r for path, f in files if f.type == "Procedure" for r in read_ndjson(path, source=f.url))
-            encounters = (r for path, f in files if f.type == "Encounter" for r in read_ndjson(path, source=f.url))
-            self.subjects.anchor_of = anchors_from(self.study, self.subjects.catalogue, procedures, encounters)
-        observations = (r for path, f in files if f.type == "Observation" for r in read_ndjson(path, source=f.url))
-        yield from self.subjects.labs(observations)
-        self.summary.others = self.subjects.others
+        return files
 
     def finish(self) -> None:
         """After the rows are merged: delete the job on the server (best effort) and in the journal, drop files."""
@@ -315,22 +255,3 @@ class BulkRun:
                     self.summary.server_errors.append(message)
                     if message not in self.notes:
                         self.notes.append(message)
-
-
-def start_bulk(
-    client: FhirClient,
-    journal: Journal,
-    study: StudyDefinition,
-    catalogue: LabCatalogue,
-    subjects: LocalSubjects,
-    options: BulkOptions,
-    *,
-    since: str | None,
-    notes: list[str],
-    mappings_dir: Path | None = None,
-) -> BulkRun:
-    """A BulkRun for ``subjects`` (the enrolled ones, found by search); nothing is requested until ``records``."""
-    request = export_request(
-        study, catalogue, options, patients=tuple(sorted(subjects.rows)), since=since, mappings_dir=mappings_dir
-    )
-    return BulkRun(client, journal, study, subjects, request, options, notes=notes)

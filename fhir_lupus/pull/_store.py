@@ -1,4 +1,4 @@
-"""The pulled rows of a study, kept in the journal's SQLite file and merged by observation id.
+"""The pulled rows of a study, kept in the journal's SQLite file on a connection of the store's own.
 
 A pull first stages what it fetched (``pull_stage``); then, in one SQLite transaction, it merges the stage
 into the store (``pull_store``: the newer version of an observation wins, by ``meta.lastUpdated`` then
@@ -7,6 +7,11 @@ the high-water mark and commits. If anything fails before the commit, the store 
 were and the next pull fetches the same results again; if the process dies after the files were renamed but
 before the commit, the next pull merges the same results again and writes the same files. So ``--since auto``
 keeps every row pulled before, never holds them all in memory, and cannot skip a result.
+
+The tables live in the journal's file beside the mark (``pull_mark``), so that the merge and the mark commit
+together; the store opens the file itself rather than borrowing the journal's connection. The file is in WAL
+mode: the journal reads while the store writes, and a write of one waits (up to BUSY_SECONDS) for the other's
+commit instead of failing.
 """
 
 from __future__ import annotations
@@ -14,21 +19,23 @@ from __future__ import annotations
 import csv
 import os
 import sqlite3
-import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 
 import orjson
 
 from fhir_lupus._scratch import FILE_MODE, scratch_file
 from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.journal import record_high_water
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._search import parse_instant
+from fhir_lupus.pull._spool import Spool, flat, record_text
 
-__all__ = ["MergeResult", "PullStore", "Removal", "Spool", "newer_record", "table_order", "unmapped_path", "write_rows"]
+__all__ = ["MergeResult", "PullStore", "Removal", "newer_record", "table_order", "unmapped_path", "write_rows"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pull_store (
@@ -48,6 +55,7 @@ CREATE INDEX IF NOT EXISTS pull_stage_order ON pull_stage (server, study, sort_k
 """
 Record = PulledLab | UnmappedResult
 MERGE_BATCH = 1000  # staged records read at once by the merge: memory stays flat however large the pull
+BUSY_SECONDS = 30.0  # how long a write waits for the journal's (a pull writes its bulk job between stages)
 
 
 @dataclass(frozen=True)
@@ -60,91 +68,6 @@ class Removal:
     reason: str
 
 
-T = TypeVar("T", PulledLab, UnmappedResult)
-SPOOL_IN_MEMORY = 2000  # records of a Spool kept in memory; the rest wait in a temporary file
-
-
-class Spool(Sequence[T], Generic[T]):
-    """The records new in one pull, in merge order: the first few in memory, the rest in a temporary file.
-
-    A first pull of a registry brings every result as new; holding them all as objects would make memory
-    grow with the pull (80,000 rows are over 100 MB). A Spool reads like a list (len, iteration, indexing,
-    equality with a list) and its file is removed when the Spool is collected.
-    """
-
-    def __init__(self, kind: type[T], in_memory: int | None = None) -> None:
-        self._kind: type[T] = kind
-        self._limit = SPOOL_IN_MEMORY if in_memory is None else in_memory
-        self._head: list[T] = []
-        self._spilled = 0
-        self._path: str | None = None
-        self._file: Any = None
-
-    def append(self, record: T) -> None:
-        if len(self._head) < self._limit:
-            self._head.append(record)
-            return
-        self._spill(_text(record))
-
-    def append_json(self, text: str) -> None:
-        """Append the record whose ``_flat`` JSON is ``text`` (as the store keeps it): past the in-memory head,
-        the text goes to the file as it is, without a round trip through an object."""
-        if len(self._head) < self._limit:
-            self._head.append(self._kind(**orjson.loads(text)))
-            return
-        self._spill(text)
-
-    def _spill(self, text: str) -> None:
-        if self._file is None:
-            handle, path = scratch_file(hint="pull", suffix=".jsonl")  # fhir_lupus/_scratch.py: swept if killed
-            self._path = str(path)
-            self._file = os.fdopen(handle, "w", encoding="utf-8")
-            weakref.finalize(self, _discard, self._file, self._path)
-        self._file.write(text + "\n")
-        self._spilled += 1
-
-    def __len__(self) -> int:
-        return len(self._head) + self._spilled
-
-    def __iter__(self) -> Iterator[T]:
-        yield from self._head
-        if self._path is None:
-            return
-        self._file.flush()
-        with open(self._path, encoding="utf-8") as spilled:
-            for _, line in zip(range(self._spilled), spilled, strict=False):
-                yield self._kind(**orjson.loads(line))
-
-    @overload
-    def __getitem__(self, index: int) -> T: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[T]: ...
-    def __getitem__(self, index: int | slice) -> T | list[T]:
-        if isinstance(index, slice):
-            return list(self)[index]
-        position = index + len(self) if index < 0 else index
-        if not 0 <= position < len(self):
-            raise IndexError("Spool index out of range")
-        if position < len(self._head):
-            return self._head[position]
-        return next(record for at, record in enumerate(self) if at == position)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content, like a list
-
-    def __repr__(self) -> str:
-        return f"Spool({len(self)} {self._kind.__name__})"
-
-
-def _discard(handle: Any, path: str) -> None:
-    handle.close()
-    Path(path).unlink(missing_ok=True)
-
-
 @dataclass
 class MergeResult:
     new_rows: Spool[PulledLab] = field(default_factory=lambda: Spool(PulledLab))  # new, or a newer version
@@ -154,21 +77,6 @@ class MergeResult:
     stale: int = 0  # older than what the store has
     total_rows: int = 0
     total_unmapped: int = 0
-
-
-def _text(record: Any) -> str:
-    """A record as the JSON text the stage, the store and the spool keep (orjson: a sixth of json's time)."""
-    return orjson.dumps(_flat(record)).decode()
-
-
-def _flat(record: Any) -> dict[str, Any]:
-    """``asdict`` for the flat records of a pull (strings only), without its deep copy: a fifth of a pull's
-    client time went to ``asdict`` for the stage, the spool and the output. A dict is taken as it is."""
-    if isinstance(record, dict):
-        return record
-    if is_dataclass(record) and hasattr(record, "__dict__"):
-        return dict(record.__dict__)
-    return asdict(record)
 
 
 def _updated(text: str) -> str:
@@ -208,11 +116,41 @@ def _newer(version: str, updated: str, old_version: str, old_updated: str) -> bo
 
 
 class PullStore:
-    def __init__(self, db: sqlite3.Connection, server: str, study: str) -> None:
-        self._db = db
+    """The rows pulled from ``server`` for ``study``, in the SQLite file at ``path`` (the journal's)."""
+
+    def __init__(self, path: Path, server: str, study: str) -> None:
         self.server = server
         self.study = study
-        db.executescript(_SCHEMA)
+        # explicit BEGIN/COMMIT below, as the journal's; synchronous=FULL: a committed merge survives a crash
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_SECONDS)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PullStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back when the block raises (or the process dies): the merge, the
+        output and the mark (``set_high_water``) all or nothing."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def set_high_water(self, mark: str) -> None:
+        """Move the study's mark (read by ``Journal.high_water``), inside the transaction of the merge."""
+        record_high_water(self._db, self.server, self.study, mark)
 
     def clear_stage(self) -> None:
         self._db.execute("DELETE FROM pull_stage WHERE server = ? AND study = ?", (self.server, self.study))
@@ -220,19 +158,14 @@ class PullStore:
     def stage(self, records: Iterable[Record]) -> None:
         """Keep fetched records until the merge (a later fetch of the same observation replaces it).
 
-        One transaction per call: the journal's connection commits each statement on its own otherwise, and
-        with ``synchronous=FULL`` every staged row cost a sync to disk (4 s for 1,330 rows here).
+        One transaction per call: the connection commits each statement on its own otherwise, and with
+        ``synchronous=FULL`` every staged row cost a sync to disk (4 s for 1,330 rows here).
         """
         if self._db.in_transaction:  # inside the caller's transaction: it commits
             self._insert_stage(records)
             return
-        self._db.execute("BEGIN")
-        try:
+        with self.transaction():
             self._insert_stage(records)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _insert_stage(self, records: Iterable[Record]) -> None:
         self._db.executemany(
@@ -246,7 +179,7 @@ class PullStore:
                     _updated(r.last_updated),
                     "row" if isinstance(r, PulledLab) else "unmapped",
                     _sort_key(r),
-                    _text(r),
+                    record_text(r),
                 )
                 for r in records
             ],
@@ -364,12 +297,12 @@ def write_rows(rows: Iterable[Any], path: Path, row_type: type) -> Path:
     os.close(descriptor)
     try:
         if path.suffix == ".parquet":
-            _write_parquet((_flat(row) for row in rows), columns, scratch)
+            _write_parquet((flat(row) for row in rows), columns, scratch)
         else:
             with scratch.open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)  # what DictWriter writes, without its per-row check of the keys
                 writer.writerow(columns)
-                writer.writerows([flat.get(c, "") for c in columns] for flat in map(_flat, rows))
+                writer.writerows([flat.get(c, "") for c in columns] for flat in map(flat, rows))
                 handle.flush()
                 os.fsync(handle.fileno())
         os.chmod(scratch, FILE_MODE)  # private while written; then as open() makes a file

@@ -15,7 +15,8 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._bulk import BulkOptions
-from fhir_lupus.pull._runner import DEFAULT_WORKERS, PullResult, mark_minus, pull_labs
+from fhir_lupus.pull._runner import PullResult, mark_minus, pull_labs
+from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 __all__ = ["DEFAULT_OVERLAP_SECONDS", "pull_study"]
@@ -96,7 +97,7 @@ def pull_study(
     if pulled.bulk is not None:
         export = pulled.bulk
         details["bulk_export"] = f"{export.level} level, {export.files} file(s), resumed: {export.resumed}"
-    # chained, not unpacked: a large pull's new rows wait on disk (pullstore.Spool) and are read once here
+    # chained, not unpacked: a large pull's new rows wait on disk (_spool.Spool) and are read once here
     digest = digest_of(_row_hash(row) for row in itertools.chain(pulled.rows, pulled.unmapped))
     audit(counts=counts, digest=digest, outcome="complete", details=details)
     return pulled

@@ -1,35 +1,46 @@
-"""Who is a subject of the study and which day is their day 0: pure rules over resources, whoever fetched them.
+"""Who is a subject of the study and which day is their day 0: set up once per pull, whoever fetched the resources.
 
-The search-based pull finds ResearchSubjects, Procedures and Encounters by searches; the bulk pull and the
-local (NDJSON) path have them from files. Both hand what they found to the functions here, so the enrolled
-statuses, the subject id and the anchor of the visit windows (``protocol.visit_months.anchor``) are decided
-once, the same way, whatever the transport. Which lab results count is decided here too (``LabSelection``):
-the lab category or a catalogue code, collected on or after the subject's date floor.
+A pull builds one ``Subjects`` and hands it to the pass that fetches the labs: the search pass (``_search_pass``),
+the bulk pass (``_bulk_pass``), the NDJSON path (``_local``) and Spark (``fhir_lupus.spark``). It holds what every
+path must decide alike: the study's identifier systems (current, then superseded), the enrolled statuses
+(mappings/fhir/lifecycle.yaml), the visit window, the look-back before day 0, the lab selection and the
+catalogue's code index. The study is found by its NCT identifier on the server (``find_study``) or among
+resources at hand (``take``); its enrolled ResearchSubjects are kept and the others counted by status (``enrol``).
+Day 0 (``protocol.visit_months.anchor``) follows one rule (``resolve``): the first completed MSC infusion
+Procedure (anchor ``msc_infusion``), else the BL Encounter, else the start of the ResearchSubject's period. Only
+where those Procedures and Encounters come from differs between the paths (``DayZeroRecords``): a search per
+subject (``OnServer``) or an index of the files at hand (``AtHand``).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Protocol
 
-from fhir_lupus.client import location_id
-from fhir_lupus.pull._search import matches, parse_instant
-from fhir_lupus.terminology import MappingPack, fhir_codes
+from fhir_lupus.client import Capabilities, FhirClient, location_id
+from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.model import StudyDefinition, load_lifecycle_rules
+from fhir_lupus.pull._reverse import PulledLab, UnmappedResult, code_index, load_pull_rules, reverse_map
+from fhir_lupus.pull._search import PAGE, Search, parse_instant
+from fhir_lupus.pull._selection import LabSelection, lab_category, patient_of
+from fhir_lupus.pull._state import PassState
+from fhir_lupus.terminology import LabCatalogue
 
 __all__ = [
-    "LabSelection",
+    "AtHand",
+    "DayZeroRecords",
+    "OnServer",
+    "Subject",
     "SubjectRow",
+    "Subjects",
     "encounter_start",
-    "enrolled_rows",
     "infusion_start",
-    "lab_category",
-    "patient_of",
     "period_end",
     "period_start",
-    "reaches",
     "subject_row",
     "subject_state",
 ]
@@ -44,6 +55,248 @@ class SubjectRow:
     status: str | None
 
 
+@dataclass(frozen=True)
+class Subject:
+    """An enrolled subject as the lab selection and the reverse mapping need it."""
+
+    patient_ref: str
+    subject_id: str
+    anchor: date | None  # day 0 of the visit windows
+    floor: date | None  # no result collected before this day is the trial's (lookback_days_before_anchor)
+    end: date | None = None  # the end of participation (ResearchSubject.period.end): later results have no visit
+
+
+class DayZeroRecords(Protocol):
+    """Where the resources that give day 0 come from: searches on the server, or files at hand."""
+
+    def infusions(self, patient_ref: str) -> Iterable[dict[str, Any]]:
+        """The subject's MSC infusion Procedures (asked for under anchor ``msc_infusion`` only)."""
+        ...
+
+    def baseline(self, subject_id: str) -> Iterable[dict[str, Any]]:
+        """The subject's BL Encounters."""
+        ...
+
+
+class Subjects:
+    """The study's enrolled subjects, each one's day 0, and how a result of theirs becomes a row.
+
+    Built once per pull and passed down to the pass, so that no path decides any of it its own way (three
+    set-ups of their own had drifted: the search pass ignored the end of participation that the others applied).
+    """
+
+    def __init__(
+        self,
+        study: StudyDefinition,
+        catalogue: LabCatalogue,
+        *,
+        window_days: int | None = None,
+        lookback_days: int | None = None,
+        mappings_dir: Path | None = None,
+    ) -> None:
+        pack = catalogue.pack
+        self.study = study
+        self.catalogue = catalogue
+        self.rules = load_pull_rules(mappings_dir)
+        self.window = window_days if window_days is not None else study.protocol.visit_window_days
+        self.lookback = lookback_days if lookback_days is not None else self.rules.lookback_days_before_anchor
+        self.by_code = code_index(catalogue)
+        self.selection = LabSelection(lab_category(pack), frozenset(self.by_code))  # which Observations are lab results
+        self.study_systems = (
+            pack.identifier_system("study", study=study.nct_id),
+            *pack.superseded_identifier_systems("study", study=study.nct_id),
+        )
+        self.subject_system = pack.identifier_system("subject", study=study.nct_id)
+        self.visit_system = pack.identifier_system("visit", study=study.nct_id)
+        self.state_system = pack.system_uri("research-subject-state")
+        self.enrolled = load_lifecycle_rules(mappings_dir).enrolled
+        months = study.protocol.visit_months
+        self.infusion = pack.coding(months.infusion_code) if months.anchor == "msc_infusion" else None
+        self.rows: dict[str, tuple[SubjectRow, dict[str, Any]]] = {}  # Patient/<id> -> (row, its ResearchSubject)
+        self.skipped: Counter[str] = Counter()  # ResearchSubjects not enrolled, by status
+        self.others = 0  # results at hand of Patients who are no enrolled subject (counted, not the trial's)
+        self.high_water: str | None = None  # the latest meta.lastUpdated of a result taken by ``labs``
+        self._resolved: dict[str, Subject] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- the study and who is enrolled in it -----------------------------------------------------------------
+
+    def find_study(self, client: FhirClient, caps: Capabilities, state: PassState) -> str:
+        """``ResearchStudy/<id>`` of the one study on the server carrying the NCT id under one of its systems."""
+        nct_id = self.study.nct_id
+        wanted = ",".join(f"{system}|{nct_id}".replace(",", r"\,") for system in dict.fromkeys(self.study_systems))
+        search = Search("ResearchStudy").where(caps, identifier=wanted)
+        state.note(search)
+        studies = list({str(found.get("id")): found for found in search.fetch(client)}.values())
+        if len(studies) != 1:
+            raise FhirLupusError(f"{len(studies)} ResearchStudy resources on the server carry {nct_id}; expected 1")
+        return f"ResearchStudy/{studies[0]['id']}"
+
+    def research_subjects(
+        self, client: FhirClient, caps: Capabilities, study_ref: str, state: PassState
+    ) -> Iterator[dict[str, Any]]:
+        """The ResearchSubjects of ``study_ref`` as a search brings them: lazily, a page at a time."""
+        search = Search("ResearchSubject").where(caps, study=study_ref).with_params(_count=PAGE)
+        state.note(search)
+        return search.fetch(client)
+
+    def take(self, resources: Mapping[str, Iterable[dict[str, Any]]]) -> AtHand:
+        """The study, its enrolled subjects and what gives their day 0, from resources at hand (ResearchStudy,
+        ResearchSubject, Encounter, Procedure, by type), as the search pass finds them on a server."""
+        systems = set(self.study_systems)
+        nct_id = self.study.nct_id
+        studies = {
+            str(found.get("id"))
+            for found in resources.get("ResearchStudy", ())
+            if any(i.get("system") in systems and i.get("value") == nct_id for i in found.get("identifier", []))
+        }
+        if len(studies) != 1:
+            raise FhirLupusError(f"{len(studies)} ResearchStudy resources carry {nct_id}; expected 1")
+        self.keep(resources.get("ResearchSubject", ()), study_id=studies.pop())
+        return AtHand(self, resources.get("Procedure", ()), resources.get("Encounter", ()))
+
+    def keep(self, research_subjects: Iterable[dict[str, Any]], *, study_id: str) -> None:
+        """Take every enrolled subject of ResearchStudy ``study_id`` among ``research_subjects`` at once."""
+        deque(self.enrol(research_subjects, study_id=study_id), maxlen=0)
+
+    def enrol(
+        self, research_subjects: Iterable[dict[str, Any]], *, study_id: str | None = None
+    ) -> Iterator[tuple[SubjectRow, dict[str, Any]]]:
+        """The enrolled subjects among ``research_subjects`` (lazily, each kept), with their ResearchSubject; the
+        others, which are candidates, eligible or ineligible people and no subjects of the study, counted by
+        status in ``skipped``. ``study_id``: only those whose ResearchSubject.study is that ResearchStudy."""
+        for research_subject in research_subjects:
+            if study_id is not None:
+                study_ref = str((research_subject.get("study") or {}).get("reference") or "")
+                if location_id(study_ref, "ResearchStudy") != study_id:
+                    continue
+            row = subject_row(research_subject, subject_system=self.subject_system, state_system=self.state_system)
+            if row is None:
+                continue
+            if row.status not in self.enrolled:
+                self.skipped[row.status or "no status"] += 1
+                continue
+            self.rows[row.patient_ref] = (row, research_subject)
+            yield row, research_subject
+
+    # -- day 0 -------------------------------------------------------------------------------------------------
+
+    def resolve(self, row: SubjectRow, research_subject: dict[str, Any], records: DayZeroRecords) -> Subject:
+        """The subject with its day 0 by the one rule, its date floor and the end of its participation."""
+        anchor = infusion_start(records.infusions(row.patient_ref)) if self.infusion is not None else None
+        if anchor is None:
+            anchor = encounter_start(records.baseline(row.subject_id))
+        if anchor is None:
+            anchor = period_start(research_subject)
+        floor = anchor - timedelta(days=self.lookback) if anchor and self.lookback is not None else None
+        return Subject(row.patient_ref, row.subject_id, anchor, floor, period_end(research_subject))
+
+    def subject(self, patient_ref: str, records: DayZeroRecords) -> Subject | None:
+        """The enrolled subject whose Patient is ``patient_ref`` (day 0 found on first use), None if none is."""
+        found = self._resolved.get(patient_ref)
+        if found is None and patient_ref in self.rows:
+            found = self._resolved[patient_ref] = self.resolve(*self.rows[patient_ref], records)
+        return found
+
+    # -- their lab results -------------------------------------------------------------------------------------
+
+    def reverse(self, observation: dict[str, Any], subject: Subject) -> PulledLab | UnmappedResult:
+        """The row of ``observation``, a result of ``subject``, or the reason it is set aside."""
+        return reverse_map(
+            observation,
+            subject_id=subject.subject_id,
+            by_code=self.by_code,
+            catalogue=self.catalogue,
+            study=self.study,
+            anchor=subject.anchor,
+            window=self.window,
+            rules=self.rules,
+            end=subject.end,
+        )
+
+    def labs(
+        self, observations: Iterable[dict[str, Any]], records: DayZeroRecords
+    ) -> Iterator[PulledLab | UnmappedResult]:
+        """Each of ``observations`` (resources at hand) that is a lab result of an enrolled subject, once, as a
+        row or set aside; a result of a Patient who is no enrolled subject is only counted (``others``)."""
+        seen: set[str] = set()
+        for observation in observations:
+            if observation.get("resourceType") != "Observation":
+                continue
+            subject = self.subject(patient_of(observation), records)
+            if subject is None:
+                self.others += 1
+                continue
+            if not self.selection.wanted(observation, subject.floor):
+                continue
+            observation_id = str(observation.get("id"))
+            if observation_id in seen:  # a bulk export may list a result under two _typeFilter queries
+                continue
+            seen.add(observation_id)
+            updated = (observation.get("meta") or {}).get("lastUpdated")
+            if updated and (self.high_water is None or _later(updated, self.high_water)):
+                self.high_water = updated
+            yield self.reverse(observation, subject)
+
+
+class AtHand:
+    """Day 0's Procedures and Encounters among resources at hand (an export's files, NDJSON), indexed once."""
+
+    def __init__(
+        self, subjects: Subjects, procedures: Iterable[dict[str, Any]], encounters: Iterable[dict[str, Any]]
+    ) -> None:
+        infusion = subjects.infusion
+        self._infusions: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        if infusion is not None:
+            for procedure in procedures:
+                codings = (procedure.get("code") or {}).get("coding") or []
+                if any(c.get("system") == infusion["system"] and c.get("code") == infusion["code"] for c in codings):
+                    reference = (procedure.get("subject") or procedure.get("patient") or {}).get("reference", "")
+                    self._infusions[f"Patient/{location_id(str(reference), 'Patient')}"].append(procedure)
+        self._baseline: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        for encounter in encounters:
+            for identifier in encounter.get("identifier", []):
+                value = str(identifier.get("value", ""))
+                if identifier.get("system") == subjects.visit_system and value.endswith("/BL"):
+                    self._baseline[value].append(encounter)
+
+    def infusions(self, patient_ref: str) -> Iterable[dict[str, Any]]:
+        return self._infusions.get(patient_ref, ())
+
+    def baseline(self, subject_id: str) -> Iterable[dict[str, Any]]:
+        return self._baseline.get(f"{subject_id}/BL", ())
+
+
+class OnServer:
+    """Day 0's Procedures and Encounters by search, subject by subject; a type the server cannot search gives none."""
+
+    def __init__(self, subjects: Subjects, client: FhirClient, caps: Capabilities, state: PassState) -> None:
+        self.subjects = subjects
+        self.client = client
+        self.caps = caps
+        self.state = state  # the fallbacks of a Procedure search are noted here
+
+    def infusions(self, patient_ref: str) -> Iterable[dict[str, Any]]:
+        """A search by patient and the study's infusion code."""
+        coding = self.subjects.infusion
+        if coding is None or not self.caps.offers("Procedure", "search-type"):
+            return ()
+        param = next((name for name in ("patient", "subject") if self.caps.searches("Procedure", name)), "patient")
+        code = f"{coding['system']}|{coding['code']}"
+        search = Search("Procedure").where(self.caps, **{param: patient_ref}, code=code)
+        self.state.note(search)
+        return search.fetch(self.client)
+
+    def baseline(self, subject_id: str) -> Iterable[dict[str, Any]]:
+        """A search by the BL visit's identifier."""
+        if not self.caps.offers("Encounter", "search-type"):
+            return ()
+        search = Search("Encounter").where(self.caps, identifier=f"{self.subjects.visit_system}|{subject_id}/BL")
+        return search.fetch(self.client)
+
+
 def subject_row(research_subject: dict[str, Any], *, subject_system: str, state_system: str) -> SubjectRow | None:
     """The subject's Patient, id and status; None when it names no Patient (a subject we cannot pull)."""
     reference = research_subject.get("individual", research_subject.get("subject", {})).get("reference", "")
@@ -55,26 +308,6 @@ def subject_row(research_subject: dict[str, Any], *, subject_system: str, state_
         research_subject.get("id", ""),
     )
     return SubjectRow(f"Patient/{patient_id}", str(subject_id), subject_state(research_subject, state_system))
-
-
-def enrolled_rows(
-    research_subjects: Iterable[dict[str, Any]],
-    *,
-    subject_system: str,
-    state_system: str,
-    enrolled: Collection[str],
-    skipped: Counter[str],
-) -> Iterator[tuple[SubjectRow, dict[str, Any]]]:
-    """The enrolled subjects among ``research_subjects`` (lazily), with their ResearchSubject; the others, which
-    are candidates, eligible or ineligible people and no subjects of the study, counted by status in ``skipped``."""
-    for research_subject in research_subjects:
-        row = subject_row(research_subject, subject_system=subject_system, state_system=state_system)
-        if row is None:
-            continue
-        if row.status not in enrolled:
-            skipped[row.status or "no status"] += 1
-            continue
-        yield row, research_subject
 
 
 def subject_state(research_subject: dict[str, Any], state_system: str) -> str | None:
@@ -133,75 +366,6 @@ def period_start(research_subject: dict[str, Any]) -> date | None:
     return date.fromisoformat(str(start)[:10]) if start else None
 
 
-def patient_of(observation: dict[str, Any]) -> str:
-    """``Patient/<id>`` of the Observation's subject, whether the reference is relative, absolute or versioned."""
-    reference = str((observation.get("subject") or {}).get("reference") or "")
-    patient_id = location_id(reference, "Patient")
-    return f"Patient/{patient_id}" if patient_id else reference
-
-
-def lab_category(pack: MappingPack) -> str:
-    """``system|code`` of the laboratory category, from the entry the mappers write (mappings/fhir/codes.yaml
-    ``lab_category``): the search's ``category``, the bulk ``_typeFilter`` and the NDJSON and Spark selection all
-    ask for this one token, so pull finds what push wrote."""
-    category = fhir_codes(pack).lab_category
-    return f"{pack.system_uri(category.system)}|{category.code}"
-
-
-@dataclass(frozen=True)
-class LabSelection:
-    """Which Observations of a subject are lab results of the trial, as pull's searches ask for them.
-
-    ``category`` is ``system|code`` of the laboratory category; ``codes`` the catalogue's ``system|code``
-    keys. A result counts when it has the category or one of the codes, and (``date=ge<floor>``) when its
-    effective time reaches the subject's date floor.
-    """
-
-    category: str
-    codes: frozenset[str]
-
-    def wanted(self, observation: dict[str, Any], floor: date | None) -> bool:
-        if floor is not None and not reaches(observation, floor):
-            return False
-        if matches(observation, "category", self.category):
-            return True
-        codings = (observation.get("code") or {}).get("coding") or []
-        return any(f"{c.get('system', '')}|{c.get('code', '')}" in self.codes for c in codings)
-
-
-def reaches(observation: dict[str, Any], floor: date) -> bool:
-    """Whether ``date=ge<floor>`` matches the Observation, as FHIR search reads it: its effective time ends on or
-    after the floor's start (a date or partial date lasts until its end; a period without an end goes on), the
-    floor read as UTC midnight. An effective time we cannot read keeps the result: nothing is dropped on a guess.
-    """
-    start = datetime(floor.year, floor.month, floor.day, tzinfo=UTC)
-    ends: list[datetime | None] = [
-        _end_of(str(observation[key])) for key in ("effectiveDateTime", "effectiveInstant") if observation.get(key)
-    ]
-    period = observation.get("effectivePeriod") or {}
-    if period.get("end"):
-        ends.append(_end_of(str(period["end"])))
-    elif period.get("start"):
-        ends.append(None)  # still going on
-    if observation.get("effectiveTiming"):
-        ends.append(None)  # not read here
-    return any(end is None or end > start for end in ends)
-
-
-def _end_of(value: str) -> datetime | None:
-    """The exclusive end of a FHIR date, dateTime or instant (``2008`` ends at 2009-01-01); None if unreadable."""
-    text = value.strip()
-    try:
-        if "T" in text:
-            moment = parse_instant(text)
-            return moment + timedelta(microseconds=1) if moment else None
-        parts = [int(p) for p in text.split("-")]
-        if len(parts) == 1:
-            return datetime(parts[0] + 1, 1, 1, tzinfo=UTC)
-        if len(parts) == 2:
-            year, month = parts
-            return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-        year, month, day = parts[:3]
-        return datetime(year, month, day, tzinfo=UTC) + timedelta(days=1)
-    except ValueError:
-        return None
+def _later(first: str, second: str) -> bool:
+    one, two = parse_instant(first), parse_instant(second)
+    return bool(one and two and one > two)

@@ -1,7 +1,7 @@
 """The lab table on Apache Spark with Pathling (the ``spark`` extra): the same rows as ``pull``, from NDJSON.
 
 A SQL-on-FHIR ViewDefinition (mappings/views/lab_observation.json) flattens the Observations; the pull's own
-rules (``sync.reverse.classify_fact``, ``sync.subjects.LabSelection``) then make the rows on the executors.
+rules (``pull.classify_fact``, ``pull.LabSelection``) then make the rows on the executors.
 PySpark and Pathling are imported only when a Spark function runs: without the extra, the error names it.
 """
 

@@ -2,15 +2,15 @@
 
 What runs where:
 - the driver reads the small resource types (ResearchStudy, ResearchSubject, Encounter, Procedure) with plain
-  Python and decides, with ``sync.local.study_subjects``, who is enrolled and each subject's day 0, exactly as
-  the local and the search-based pulls do; the subjects travel to the executors with the task (a few KB);
+  Python and decides, with the pull's ``Subjects``, who is enrolled and each subject's day 0, exactly as the
+  local and the search-based pulls do; the subjects travel to the executors with the task (a few KB);
 - Spark reads the Observation lines; Pathling encodes them and runs mappings/views/lab_observation.json; the
   same lines give the three literal values the view cannot keep (``view.RAW_FIELDS``), joined by id;
 - each executor folds the view's rows into LabFacts and applies pull's rules: the lab selection
   (``LabSelection.wanted``), then ``reverse.classify_fact`` (status, catalogue code, unit normalisation,
   reference range, visit window), since a view can neither convert units nor assign windows;
 - the driver collects the rows, keeps one per Observation id (the newest version, as the pull store does) and
-  sorts them as the pull's table is sorted (``pullstore.table_order``).
+  sorts them as the pull's table is sorted (``pull.table_order``).
 Nothing here names a local path: the input directory must be readable by the driver and the executors alike
 (a shared or distributed file system on a cluster).
 """
@@ -21,7 +21,6 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,15 @@ from fhir_lupus.pull import (
     LabSelection,
     PulledLab,
     PullRules,
+    Subject,
+    Subjects,
     UnmappedResult,
     classify_fact,
-    code_index,
     newer_record,
     normal_range,
     observation_fact,
     patient_of,
     split_ndjson,
-    study_subjects,
     table_order,
 )
 from fhir_lupus.spark._session import local_session, require_spark
@@ -69,8 +68,7 @@ class SparkLabs:
 class _Task:
     """What an executor needs to classify facts: small, picklable, shipped with each task."""
 
-    # Patient/<id> -> (subject id, day 0, floor, end of participation)
-    subjects: dict[str, tuple[str, date | None, date | None, date | None]]
+    subjects: dict[str, Subject]  # Patient/<id> -> the enrolled subject, with day 0, floor, end of participation
     selection: LabSelection
     by_code: CodeIndex
     catalogue: LabCatalogue
@@ -83,15 +81,22 @@ class _Task:
         a result of a Patient who is no subject, nothing for a result the selection leaves out."""
         for fact in facts:
             resource = fact_resource(fact)
-            found = self.subjects.get(patient_of(resource))
-            if found is None:
+            subject = self.subjects.get(patient_of(resource))
+            if subject is None:
                 yield "other", fact.observation_id
                 continue
-            subject_id, anchor, floor, end = found
-            if not self.selection.wanted(resource, floor):
+            if not self.selection.wanted(resource, subject.floor):
                 continue
             record = classify_fact(
-                fact, subject_id, self.by_code, self.catalogue, self.study, anchor, self.window, self.rules, end=end
+                fact,
+                subject.subject_id,
+                self.by_code,
+                self.catalogue,
+                self.study,
+                subject.anchor,
+                self.window,
+                self.rules,
+                end=subject.end,
             )
             yield ("row" if isinstance(record, PulledLab) else "unmapped"), record
 
@@ -111,21 +116,22 @@ def spark_labs(
     """The study's lab table from the NDJSON files of ``ndjson_dir`` (a bulk export, ``map --format ndjson``).
 
     ``spark``: a running SparkSession with the Pathling jar (a cluster's); else a session on ``master`` is made
-    (``session.local_session``). The result equals ``sync.local.labs_from_ndjson`` over the same files.
+    (``session.local_session``). The result equals ``pull._local.labs_from_ndjson`` over the same files.
     """
     require_spark()
     folder = Path(ndjson_dir)
     if not folder.is_dir():
         raise FhirLupusError(f"{folder}: not a directory of NDJSON files")
     context, with_observations = split_ndjson(sorted(folder.glob("*.ndjson")))
-    subjects = study_subjects(
-        study, catalogue, context, window_days=window_days, lookback_days=lookback_days, mappings_dir=mappings_dir
+    subjects = Subjects(
+        study, catalogue, window_days=window_days, lookback_days=lookback_days, mappings_dir=mappings_dir
     )
-    enrolled = {ref: subjects.subject(ref) for ref in subjects.rows}
+    day_zero = subjects.take(context)
+    enrolled = {ref: subjects.subject(ref, day_zero) for ref in subjects.rows}
     task = _Task(
-        subjects={ref: (s.subject_id, s.anchor, s.floor, s.end) for ref, s in enrolled.items() if s is not None},
+        subjects={ref: s for ref, s in enrolled.items() if s is not None},
         selection=subjects.selection,
-        by_code=code_index(catalogue),
+        by_code=subjects.by_code,
         catalogue=catalogue,
         study=study,
         window=subjects.window,

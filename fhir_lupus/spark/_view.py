@@ -111,7 +111,7 @@ def with_raw(fact: LabFact, quantity_value: str | None, last_updated: str | None
 
 
 def fact_resource(fact: LabFact) -> dict[str, Any]:
-    """The elements of an Observation that the lab selection reads (``subjects.LabSelection.wanted``,
+    """The elements of an Observation that the lab selection reads (``pull.LabSelection.wanted``,
     ``patient_of``), rebuilt from a LabFact, so the selection rules are applied by the same code on both paths."""
 
     def coding(system: str, code: str) -> dict[str, str]:
