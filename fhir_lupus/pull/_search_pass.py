@@ -24,7 +24,7 @@ from itertools import islice
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, UnsupportedInteraction
+from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, UnsupportedInteraction, classify
 from fhir_lupus.pull._planner import Planner, Refusal
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._search import PAGE, Search, matches
@@ -132,10 +132,9 @@ def fetch_labs(
 def refusal(error: FhirHttpError) -> Refusal | None:
     """What a failed group search says to the planner: its URL was too long (414, 431), or the server does not
     take a list of patients or ``category:not`` (400, 422); None for any other failure, raised as it is."""
-    if error.status in (414, 431):
-        return "too-long"
-    if error.status in (400, 422):
-        return "refused"
+    verdict = classify(error.status)  # the status alone: whatever its words, the planner tries a smaller search
+    if verdict == "too-long" or verdict == "refused":
+        return verdict
     return None
 
 
