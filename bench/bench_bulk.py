@@ -28,6 +28,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import BulkOptions, pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -44,7 +45,7 @@ def run(subjects: list[int], repeat: int, port: int, poll_wait: float) -> list[d
             data, report = load_trial(data_dir, mappings_dir=mappings)
             with fresh_hapi(port, scratch / "hapi") as url, FhirClient(url, timeout=600) as client:
                 with Journal(scratch / "push.sqlite") as journal:
-                    push_trial(data, report, client, journal, source="bench", mappings_dir=mappings)
+                    push_trial(TrialSource.loaded(data, report), client, journal, source="bench", mappings_dir=mappings)
                 ways: dict[str, BulkOptions | None] = {
                     "search": None,
                     "bulk, patient level": BulkOptions(max_poll_wait=poll_wait),

@@ -48,6 +48,7 @@ from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
 from fhir_lupus.pull._selection import lab_category as pack_lab_category
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +214,9 @@ def push_subjects(url: str, subjects: int, scratch: Path) -> tuple[str, Path, li
     data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
     data, report = load_trial(data_dir, mappings_dir=mappings)
     with FhirClient(url, timeout=600) as client, Journal(scratch / "push.sqlite") as journal:
-        push_trial(data, report, client, journal, source="bench", mappings_dir=mappings, audit_log=False)
+        push_trial(
+            TrialSource.loaded(data, report), client, journal, source="bench", mappings_dir=mappings, audit_log=False
+        )
         refs = patients(client, journal)
     return data.study.nct_id, mappings, refs, lab_category(mappings)
 

@@ -43,6 +43,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import PushOptions, push_trial
+from fhir_lupus.source import TrialSource
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -106,7 +107,7 @@ def prepare(subjects: int, scratch: Path) -> tuple[TrialData, LoadReport, Path, 
     mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
     data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
     data, report = load_trial(data_dir, mappings_dir=mappings)
-    resources = dependency_sorted(map_trial(data, LoadReport(), mappings_dir=mappings).resources)
+    resources = dependency_sorted(map_trial(TrialSource.loaded(data), mappings_dir=mappings).resources)
     return data, report, mappings, resources
 
 
@@ -117,8 +118,7 @@ def run_fhir_lupus(
     with FhirClient(url, timeout=600) as client, Journal(journal) as book, requests.recording():
         cpu, started = time.process_time(), time.perf_counter()
         first = push_trial(
-            data,
-            report,
+            TrialSource.loaded(data, report),
             client,
             book,
             source="bench",
@@ -129,7 +129,9 @@ def run_fhir_lupus(
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         idle = wall - requests.busy()
         started = time.perf_counter()
-        second = push_trial(data, report, client, book, source="bench", mappings_dir=mappings, audit_log=False)
+        second = push_trial(
+            TrialSource.loaded(data, report), client, book, source="bench", mappings_dir=mappings, audit_log=False
+        )
         again = time.perf_counter() - started
     if not (first.complete and first.created == first.total and second.written == 0):
         raise RuntimeError(f"unexpected push outcome: {first.summary()} / {second.summary()}")

@@ -21,6 +21,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import PushOptions, dry_run_trial, push_trial
+from fhir_lupus.source import TrialSource
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -52,14 +53,17 @@ def main() -> None:
                 timings.append((name, time.perf_counter() - started, detail))
 
             push = dict(source="bench", options=PushOptions(chunk_size=args.chunk_size), mappings_dir=mappings)
-            timed("push (all new)", lambda: push_trial(data, report, client, journal, **push).summary())
+            timed(
+                "push (all new)",
+                lambda: push_trial(TrialSource.loaded(data, report), client, journal, **push).summary(),
+            )
             timed(
                 "push again (journal: nothing sent)",
-                lambda: push_trial(data, report, client, journal, **push).summary(),
+                lambda: push_trial(TrialSource.loaded(data, report), client, journal, **push).summary(),
             )
             timed(
                 "dry run (every key looked up)",
-                lambda: dict(dry_run_trial(data, report, client, mappings_dir=mappings).counts),
+                lambda: dict(dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=mappings).counts),
             )
             timed(
                 "pull (all)",

@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.registry import load_key, package_trial, submit_package
+from fhir_lupus.source import TrialSource
 
 
 def main() -> int:
@@ -30,12 +30,13 @@ def main() -> int:
     args = parser.parse_args()
 
     key = load_key(args.key_file)  # refuses a key file others can read; the key is never written anywhere
-    data, report = load_trial(args.data_dir)
-    if report.rejects:
-        for reject in report.rejects:
-            print(f"rejected {reject}", file=sys.stderr)
-        return 1
-    made = package_trial(data, report, args.package_dir, key)
+    with TrialSource.directory(args.data_dir) as trial:  # loaded, checked and screened a chunk at a time
+        report = trial.check()
+        if report.rejects:
+            for reject in report.rejects:
+                print(f"rejected {reject}", file=sys.stderr)
+            return 1
+        made = package_trial(trial, args.package_dir, key)
     print(f"package {made.directory}: {made.manifest['resources']} resources, key id {key.key_id}")
     print(f"link table (keep it at the site): {made.link_table}")
     if made.problems:

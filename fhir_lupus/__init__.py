@@ -3,8 +3,8 @@
 The public surface is small: load a data directory, map it, bundle it. Everything else lives in
 sub-packages (``model``, ``terminology``, ``scoring``, ``mappers``) for those who need the parts.
 
-    data, report = load_trial(Path("examples/nct00698191"))
-    result = map_trial(data, report)                 # validated R4 resources; refused rows in report
+    trial = TrialSource.directory(Path("examples/nct00698191"))  # fhir_lupus.source: loaded when asked
+    result = map_trial(trial)                        # validated R4 resources; refused rows in trial.report
     bundle = transaction_bundle(result.resources)    # conditional, dependency-ordered transaction
 """
 

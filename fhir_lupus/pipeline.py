@@ -4,10 +4,10 @@ A record whose resource does not validate is refused like a bad input row (file,
 stopping the run; records that depend on it (a subject's labs) are refused with it. Study-level resources
 come from mappings/ and must validate, or the run stops with a MappingError.
 
-``iter_mapped`` maps subject by subject (a subject's resources refer only to each other and to the study
-level), ``stream_trial`` also loads a chunk of subjects at a time, and ``map_trial`` collects everything in one
-list. Streaming keeps memory flat for trials many times the example (issue 12); fhir_lupus/streaming.py and
-the registry package write what they stream.
+``iter_mapped`` maps one loaded trial (or chunk of one) subject by subject (a subject's resources refer only to
+each other and to the study level); ``stream_trial`` maps a ``TrialSource`` (fhir_lupus/source.py) chunk by
+chunk, and ``map_trial`` collects what it yields in one list. Streaming keeps memory flat for trials many times
+the example (issue 12); fhir_lupus/streaming.py, push and the registry package write what they stream.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from fhir_lupus.mappers import (
     map_treg_observation,
     to_r5,
 )
-from fhir_lupus.model import CHUNK_ROWS, LoadReport, Located, Subject, TrialData, load_trial_chunks
+from fhir_lupus.model import LoadReport, Located, Subject, TrialData
 from fhir_lupus.scoring import load_sledai_definition
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import UnitConverter, load_pack
 from fhir_lupus.validation import FhirVersion, Validation, validate_resource
 
@@ -117,23 +118,20 @@ class MappedBatch:
 
 
 def map_trial(
-    data: TrialData,
-    report: LoadReport,
+    trial: TrialSource,
     *,
     fhir_version: FhirVersion = "R4",
     mappings_dir: Path | None = None,
     validation: Validation | None = None,
 ) -> MapResult:
-    """Map every accepted record; refused ones are added to ``report``. Output order is deterministic.
+    """Map every accepted record; refused ones are added to the trial's report. Output order is deterministic.
 
     All of it in one list, in stage order and, within a stage, in source-file order. For a trial too large to
-    hold, use ``iter_mapped``, which yields the same resources subject by subject.
+    hold, use ``stream_trial``, which yields the same resources subject by subject.
     """
     items = [
         item
-        for batch in iter_mapped(
-            data, report, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation
-        )
+        for batch in stream_trial(trial, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation)
         for item in batch.items
     ]
     items.sort(key=lambda item: (item.stage, item.line))  # stable: a Patient stays before its ResearchSubject
@@ -254,30 +252,32 @@ def refuse_rejected(
 
 
 def stream_trial(
-    data_dir: Path,
-    report: LoadReport,
+    trial: TrialSource,
     *,
     fhir_version: FhirVersion = "R4",
     mappings_dir: Path | None = None,
     validation: Validation | None = None,
-    max_rows: int = CHUNK_ROWS,
     on_chunk: Callable[[TrialData], None] | None = None,
     trusted: Callable[[Resource], bool] | None = None,
 ) -> Iterator[MappedBatch]:
-    """Load and map a data directory a chunk of subjects at a time (``load_trial_chunks``), in flat memory.
+    """Map a trial a chunk of subjects at a time (``TrialSource.chunks``), in flat memory.
 
-    Yields what ``iter_mapped`` yields for the whole directory: the study-level batch once, then one batch per
-    subject; refused rows of the loader and of the map go to ``report``. ``on_chunk`` sees each chunk's
-    entities before they are mapped (the CLI adds the screening findings there). A trial of at most
-    ``max_rows`` rows is one chunk, loaded and mapped exactly as ``load_trial`` and ``iter_mapped`` do.
+    Yields what ``iter_mapped`` yields for the whole trial: the study-level batch once, then one batch per
+    subject; refused rows of the loader and of the map go to the trial's report. ``on_chunk`` sees each chunk's
+    entities before they are mapped. A trial of one chunk is mapped exactly as ``iter_mapped`` maps it.
     ``trusted``: as for ``iter_mapped``.
     """
     study_sent = False
-    for data in load_trial_chunks(data_dir, report, max_rows=max_rows, mappings_dir=mappings_dir):
+    for data in trial.chunks():
         if on_chunk is not None:
             on_chunk(data)
         batches = iter_mapped(
-            data, report, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation, trusted=trusted
+            data,
+            trial.report,
+            fhir_version=fhir_version,
+            mappings_dir=mappings_dir,
+            validation=validation,
+            trusted=trusted,
         )
         study = next(batches)  # mapped again for each chunk (a few dozen resources): the subjects refer to them
         if not study_sent:

@@ -18,6 +18,7 @@ from fhir_lupus.model import load_trial
 from fhir_lupus.model._adverse_events import ADVERSE_EVENTS, AdverseEventRow, CheckedAdverseEvent
 from fhir_lupus.model._entities import Subject
 from fhir_lupus.pipeline import map_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.study._safety import NOT_RELATED, summarise_safety
 from fhir_lupus.terminology._adverse_events import load_adverse_event_terms
 from fhir_lupus.validation import validate_resource
@@ -323,7 +324,7 @@ class TestPipelineAndBundle:
     def test_map_trial(self, dataset: Callable[..., Path], version: str) -> None:
         rows = (ae(), ae(event_id="AE2", related_to="both", causality="possible", onset_on="2008-01-20"))
         data, report = load_trial(dataset(with_events(*rows)))
-        resources = map_trial(data, report, fhir_version=version).resources  # type: ignore[arg-type]
+        resources = map_trial(TrialSource.loaded(data, report), fhir_version=version).resources  # type: ignore[arg-type]
         assert report.rejects == []
         events = [r for r in resources if r["resourceType"] == "AdverseEvent"]
         assert len(events) == 2
@@ -333,7 +334,9 @@ class TestPipelineAndBundle:
     ) -> None:
         data, report = load_trial(dataset(with_events(ae())))
         # the types this test is about (others' resource types are ordered by their own tests)
-        resources = [r for r in map_trial(data, report).resources if r["resourceType"] in DEPENDENCY_ORDER]
+        resources = [
+            r for r in map_trial(TrialSource.loaded(data, report)).resources if r["resourceType"] in DEPENDENCY_ORDER
+        ]
         event = next(r for r in resources if r["resourceType"] == "AdverseEvent")
         assert business_key(event) == "https://fhir-lupus.example.org/fhir/sid/NCT00698191/adverse-event|AE1"
         order = [f"{r['resourceType']}/{r['id']}" for r in dependency_sorted(resources)]

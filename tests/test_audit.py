@@ -20,6 +20,7 @@ from fhir_lupus.client import BearerAuth, FatalHttpError, FhirClient, FhirHttpEr
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 
 HASH = "ab" * 32
 
@@ -270,7 +271,7 @@ def test_push_and_pull_append_entries_and_log_nothing_personal(
         FhirClient(BASE, auth=BearerAuth(token), retry=RetryPolicy(attempts=1)) as fhir,
         Journal(journal_path) as journal,
     ):
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
         pull_study(fhir, journal, data.study, since=None)
         head = journal.audit_head(default_audit_path(journal_path))
     text = caplog.text + "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
@@ -297,9 +298,9 @@ def test_audit_can_be_switched_off_and_a_failed_push_is_recorded(
         fake.fail_types = {"Observation"}  # the subjects' labs: a server failure after the study went through
         log = tmp_path / "elsewhere" / "audit.jsonl"
         with pytest.raises(FhirHttpError):
-            push_trial(data, report, fhir, journal, source="test", audit_log=log)
+            push_trial(TrialSource.loaded(data, report), fhir, journal, source="test", audit_log=log)
         fake.fail_types = set()
-        push_trial(data, report, fhir, journal, source="test", audit_log=False)
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test", audit_log=False)
         assert not default_audit_path(journal.path).exists()
     (entry,) = read_entries(log)
     assert entry["outcome"].startswith("failed: ") and entry["counts"]["total"] > 0

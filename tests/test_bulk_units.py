@@ -36,6 +36,7 @@ from fhir_lupus.pull import BulkOptions, pull_study
 from fhir_lupus.pull._bulk import BulkExportError, poll_wait
 from fhir_lupus.pull._local import NdjsonError, labs_from_ndjson
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 STORAGE = "https://storage.test/exports"
@@ -172,7 +173,7 @@ def pushed(exporter: Exporter, dataset: Callable[..., Path], tmp_path: Path) -> 
     """The small trial pushed to the fake server, and a result a hospital wrote (mg/dL, its own identifier)."""
     data, report = load_trial(dataset())
     with client() as fhir, Journal(tmp_path / "push.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
     patient = exporter.fake.all("Patient")[0]["id"]
     exporter.fake.add(
         {

@@ -13,13 +13,14 @@ from fhir_lupus.bundle import DEPENDENCY_ORDER, dumps, transaction_bundle
 from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import check_invariants, validate_resource
 
 
 @pytest.fixture
 def bundle(dataset: Callable[..., Path]) -> dict[str, Any]:
     data, report = load_trial(dataset())
-    return transaction_bundle(map_trial(data, report).resources)
+    return transaction_bundle(map_trial(TrialSource.loaded(data, report)).resources)
 
 
 def _references(node: Any) -> list[str]:
@@ -75,7 +76,7 @@ def test_same_input_same_bytes(dataset: Callable[..., Path]) -> None:
     texts = []
     for _ in range(2):
         data, report = load_trial(path)
-        texts.append(dumps(transaction_bundle(map_trial(data, report).resources)))
+        texts.append(dumps(transaction_bundle(map_trial(TrialSource.loaded(data, report)).resources)))
     assert texts[0] == texts[1]
 
 

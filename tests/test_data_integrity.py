@@ -28,9 +28,10 @@ from fhir_lupus.model._queries import query_id, track_queries
 from fhir_lupus.model._schedule import schedule_report
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull._visits import assign_visit
-from fhir_lupus.registry import package_directory
+from fhir_lupus.registry import package_trial
 from fhir_lupus.registry._key import RegistryKey
 from fhir_lupus.report import write_report
+from fhir_lupus.source import TrialSource
 from fhir_lupus.study import screen_candidate, screen_trial, screening_findings
 from fhir_lupus.terminology import UnitConverter, load_pack
 from fhir_lupus.terminology._medications import load_medication_catalogue
@@ -104,7 +105,9 @@ class TestTimeline:
         statuses = {o.visit.code: o.status for o in schedule.visits}
         assert statuses["M01"] == "done" and statuses["M03"] == "off-study"  # not "missed" for two years
         assert not [f for f in report.findings if f.kind == "missed-visit" and "MSC-001" in f.message]
-        subject = next(r for r in map_trial(data, LoadReport()).resources if r["resourceType"] == "ResearchSubject")
+        subject = next(
+            r for r in map_trial(TrialSource.loaded(data)).resources if r["resourceType"] == "ResearchSubject"
+        )
         assert subject["period"]["end"] == "2008-03-01"
 
     def test_a_visit_after_the_withdrawal_is_refused_naming_where_it_ended(self, dataset: Callable[..., Path]) -> None:
@@ -606,7 +609,7 @@ class TestPublishing:
         refused = runner.invoke(app, ["report", str(data_dir), "-o", str(page)])
         assert refused.exit_code == 1 and not page.exists() and "not written" in refused.output
         data, report = load_trial(data_dir)
-        result = write_report(data, page, report=report)
+        result = write_report(TrialSource.loaded(data, report), page)
         summary = next(s for s in result.summaries["sledai"] if s.month == 3)
         assert not summary.final and summary.incomplete == ("MSC-001",)
         assert any("SLEDAI-2K total at M3" in line and "MSC-001" in line for line in result.preliminary)
@@ -628,8 +631,11 @@ class TestPublishing:
     def test_a_registry_package_is_not_written_with_rejects(self, dataset: Callable[..., Path], tmp_path: Path) -> None:
         key = RegistryKey(b"k" * 32)
         with pytest.raises(RejectedRows):
-            package_directory(
-                dataset(spoiled_platelet), LoadReport(), tmp_path / "pkg", key, link_table=tmp_path / "link.csv"
+            package_trial(
+                TrialSource.directory(dataset(spoiled_platelet)),
+                tmp_path / "pkg",
+                key,
+                link_table=tmp_path / "link.csv",
             )
         assert not (tmp_path / "pkg").exists() and not (tmp_path / "link.csv").exists()
 

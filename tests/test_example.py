@@ -11,13 +11,14 @@ from support import EXAMPLE
 from fhir_lupus.bundle import transaction_bundle
 from fhir_lupus.model import LoadReport, load_trial
 from fhir_lupus.pipeline import MapResult, map_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import check_invariants, validate_resource
 
 
 @pytest.fixture(scope="module")
 def example() -> tuple[MapResult, LoadReport]:
     data, report = load_trial(EXAMPLE)
-    return map_trial(data, report), report
+    return map_trial(TrialSource.loaded(data, report)), report
 
 
 def _rows(name: str) -> int:

@@ -26,6 +26,7 @@ from fhir_lupus.model._entities import StatusChange, SubjectStatus
 from fhir_lupus.model._lifecycle import STATUS_HISTORY, LifecycleRules, _first_problem, load_lifecycle_rules
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import validate_resource
 
 Rows = dict[str, list[dict[str, str]]]
@@ -197,7 +198,9 @@ def test_a_forbidden_transition_is_refused_naming_the_row(dataset: Callable[...,
     others = [r.reason for r in report.rejects if not r.column]
     assert others == ["the history of MSC-001 is refused whole: status_history.csv:3 was refused"] * 2
     # the subject keeps its subjects.csv status: the ResearchSubject is as without a history
-    subject = next(r for r in map_trial(data, report).resources if r["resourceType"] == "ResearchSubject")
+    subject = next(
+        r for r in map_trial(TrialSource.loaded(data, report)).resources if r["resourceType"] == "ResearchSubject"
+    )
     assert subject["status"] == "follow-up" and "extension" not in subject
 
 
@@ -270,7 +273,9 @@ def test_the_history_fills_what_subjects_csv_leaves_empty(dataset: Callable[...,
 
     data, report = load(dataset, edit)
     assert report.rejects == []
-    subject = [r for r in map_trial(data, report).resources if r["resourceType"] == "ResearchSubject"][1]
+    subject = [
+        r for r in map_trial(TrialSource.loaded(data, report)).resources if r["resourceType"] == "ResearchSubject"
+    ][1]
     assert subject["period"] == {"start": "2008-02-01", "end": "2008-04-01"}
     assert subject["extension"][0]["valueString"] == "moved away"
 
@@ -395,7 +400,7 @@ def test_without_history_r5_has_one_progress_entry(dataset: Callable[..., Path],
 def test_the_whole_trial_maps_in_r4_and_r5(dataset: Callable[..., Path]) -> None:
     data, report = load(dataset, with_history())
     for version in ("R4", "R5"):
-        result = map_trial(data, report, fhir_version=version)  # type: ignore[arg-type]
+        result = map_trial(TrialSource.loaded(data, report), fhir_version=version)  # type: ignore[arg-type]
         assert report.rejects == [] and result.counts["ResearchSubject"] == 2
 
 
@@ -407,7 +412,7 @@ def test_pull_skips_research_subjects_that_are_not_enrolled(
 ) -> None:
     data, report = load_trial(dataset())
     with FhirClient(BASE, retry=RetryPolicy(attempts=1)) as fhir, Journal(tmp_path / "j.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
         study = {"reference": f"ResearchStudy/{fake.all('ResearchStudy')[0]['id']}"}
         # a screened person another system (or the screening log) wrote: ineligible, eligible, an R5 candidate
         for status in ("ineligible", "eligible"):

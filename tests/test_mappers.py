@@ -12,6 +12,7 @@ import pytest
 from fhir_lupus.mappers._observation_lab import interpretation
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import MappingPack, load_fhir_codes
 from fhir_lupus.validation import validate_resource
 
@@ -25,7 +26,7 @@ STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 @pytest.fixture
 def mapped(dataset: Callable[..., Path]) -> list[dict[str, Any]]:
     data, report = load_trial(dataset())
-    resources = map_trial(data, report).resources
+    resources = map_trial(TrialSource.loaded(data, report)).resources
     assert report.rejects == []
     return resources
 
@@ -239,7 +240,7 @@ class TestSledaiAndTreg:
             rows["sledai.csv"][1]["not_attributed"] = ""
 
         data, report = load_trial(dataset(crf))
-        obs = one(map_trial(data, report).resources, "Observation", "MSC-001/BL")
+        obs = one(map_trial(TrialSource.loaded(data, report)).resources, "Observation", "MSC-001/BL")
         assert obs["valueInteger"] == 8  # the CRF total is the score
         components = {c["code"]["coding"][0]["code"]: c for c in obs["component"]}
         assert components["sledai-arthritis"]["valueInteger"] == 4
@@ -312,7 +313,7 @@ def _codings(node: Any) -> list[dict[str, Any]]:
 
 def test_r5_output_reshapes_and_validates(dataset: Callable[..., Path]) -> None:
     data, report = load_trial(dataset())
-    resources = map_trial(data, report, fhir_version="R5").resources
+    resources = map_trial(TrialSource.loaded(data, report), fhir_version="R5").resources
     subject = one(resources, "ResearchSubject", "MSC-002")
     assert subject["status"] == "active"
     assert subject["progress"][0]["subjectState"]["coding"][0]["code"] == "withdrawn"

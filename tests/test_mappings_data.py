@@ -21,6 +21,7 @@ from fhir_lupus.pull._bulk import BulkOptions
 from fhir_lupus.pull._bulk_pass import export_request
 from fhir_lupus.pull._selection import LabSelection, lab_category
 from fhir_lupus.pull._subjects import Subjects
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import (
     CodeRef,
     LabCatalogue,
@@ -181,7 +182,7 @@ def test_push_and_pull_read_the_same_lab_category_entry(tmp_path: Path, dataset:
     codes.write_text(text.replace("code: laboratory}", "code: lab-results}"), encoding="utf-8")
     pack = load_pack(root)
     data, report = load_trial(dataset(), mappings_dir=root)
-    resources = map_trial(data, report, mappings_dir=root).resources
+    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=root).resources
     category = lab_category(pack)
     assert category == f"{pack.system_uri('observation-category')}|lab-results"
     selection = LabSelection(category, frozenset())  # no catalogue code: the category alone selects

@@ -40,6 +40,7 @@ from fhir_lupus.pull._reverse import code_index
 from fhir_lupus.pull._search import Search, matches
 from fhir_lupus.pull._selection import lab_category, reaches
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 LOINC = "http://loinc.org"
@@ -125,7 +126,7 @@ def pulled_ids(result: PullResult) -> set[str]:
 def trial(fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path) -> TrialData:
     data, report = load_trial(dataset())
     with client() as fhir, Journal(tmp_path / "push.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
     return data
 
 
@@ -331,7 +332,7 @@ def twelve(fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path) -> Tria
     data, report = load_trial(dataset(cohort(10)))
     assert report.rejects == [] and len(data.subjects) == 12
     with client() as fhir, Journal(tmp_path / "push.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
     return data
 
 

@@ -13,6 +13,7 @@ from fhir_lupus.client import FhirClient, RetryPolicy, UnsupportedInteraction
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 
 
 def client() -> FhirClient:
@@ -24,7 +25,7 @@ def test_a_server_without_code_date_category_or_study_gives_the_same_rows(
 ) -> None:
     data, report = load_trial(dataset())
     with client() as fhir, Journal(tmp_path / "full.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
         full = pull_study(fhir, journal, data.study, since=None)
     # every lab row and the Treg measurement (the trial's secondary outcome) come back as rows
     assert full.fallbacks == [] and full.total_rows == len(data.labs) + len(data.treg) == 12
@@ -53,7 +54,7 @@ def test_a_server_that_cannot_search_labs_by_patient_is_named(
 ) -> None:
     data, report = load_trial(dataset())
     with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
     fake.search_params = {"Observation": ("identifier",)}
     with (
         client() as fhir,
@@ -73,7 +74,7 @@ def test_screening_labs_before_day_0_are_in_reach_and_the_floor_is_configurable(
     data, report = load_trial(dataset(screening))
     assert report.rejects == []
     with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
         default = pull_study(fhir, journal, data.study, since=None)
         floors = [path for _, path in fake.requests if "date=ge" in path]
         short = pull_study(fhir, journal, data.study, since=None, lookback_days=30)

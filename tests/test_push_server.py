@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ import pytest
 from fakefhir import BASE, SYS, FakeFhir, ref, res, trial
 from typer.testing import CliRunner
 
+from fhir_lupus import source as trial_source
 from fhir_lupus.bundle import key_id
 from fhir_lupus.cli import app
 from fhir_lupus.client import FhirClient, FhirHttpError, InvalidResponse, RetryPolicy
 from fhir_lupus.journal import Journal
-from fhir_lupus.push import PushOptions, dry_run, push_groups, push_resources
-from fhir_lupus.push import _trial as workflow
+from fhir_lupus.model import _reading as reading
+from fhir_lupus.push import PushOptions, ResourceGroups, dry_run, push_resources
+from fhir_lupus.source import TrialSource
 
 runner = CliRunner()
 
@@ -217,8 +220,8 @@ class TestConcurrency:
     def test_parallel_windows_write_every_subject_with_its_own_references(
         self, fake: FakeFhir, client: FhirClient, journal: Journal
     ) -> None:
-        report = push_groups(
-            copy.deepcopy(subjects(9, 5)),
+        report = push_resources(
+            ResourceGroups(copy.deepcopy(subjects(9, 5))),
             client,
             journal,
             source="t",
@@ -248,8 +251,8 @@ class TestConcurrency:
     ) -> None:
         fake.fail_types = {"ResearchSubject"}
         with pytest.raises(FhirHttpError):
-            push_groups(
-                copy.deepcopy(subjects(6, 4)),
+            push_resources(
+                ResourceGroups(copy.deepcopy(subjects(6, 4))),
                 client,
                 journal,
                 source="t",
@@ -259,7 +262,9 @@ class TestConcurrency:
         assert [status for _, status, _ in journal.pushes(client.base_url)] == ["failed"]
         assert not fake.all("ResearchSubject") and not fake.all("Patient")  # no half transaction
         fake.fail_types = set()
-        rerun = push_groups(copy.deepcopy(subjects(6, 4)), client, journal, source="t", mapping_version="t")
+        rerun = push_resources(
+            ResourceGroups(copy.deepcopy(subjects(6, 4))), client, journal, source="t", mapping_version="t"
+        )
         assert rerun.complete and rerun.created == 6 * 6
         assert len(fake.all("Observation")) == 24 and len(fake.all("Patient")) == 6
 
@@ -335,8 +340,8 @@ class TestCommandLine:
         common = ["--server", BASE, "--journal", str(tmp_path / "j.sqlite")]
         monkeypatch.setattr("fhir_lupus.model._loader.CHUNK_ROWS", 12)  # the small dataset in several chunks
         calls: list[str] = []
-        real = workflow.stream_trial
-        monkeypatch.setattr(workflow, "stream_trial", lambda *a, **k: calls.append("streamed") or real(*a, **k))
+        real = trial_source._replay  # the checked chunks, replayed from disk: never the CSV files again
+        monkeypatch.setattr(trial_source, "_replay", lambda *a, **k: calls.append("streamed") or real(*a, **k))
         streamed = runner.invoke(app, ["push", str(data), *common])
         assert streamed.exit_code == 0, streamed.output
         assert calls == ["streamed"]
@@ -346,6 +351,31 @@ class TestCommandLine:
         assert again.exit_code == 0 and "0 created, 0 updated" in again.output, again.output
         assert calls == ["streamed"] and written["Observation"] > 0
         assert {t: len(fake.all(t)) for t in written} == written
+
+    @pytest.mark.parametrize("chunk_rows", [12, 40_000])
+    def test_a_push_and_a_dry_run_read_each_csv_file_in_one_pass(
+        self,
+        fake: FakeFhir,
+        dataset: Callable[..., Path],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        chunk_rows: int,
+    ) -> None:
+        data = dataset()
+        common = ["--server", BASE, "--journal", str(tmp_path / "j.sqlite")]
+        monkeypatch.setattr("fhir_lupus.model._loader.CHUNK_ROWS", chunk_rows)
+        reads: Counter[str] = Counter()
+        real = reading.read_rows
+        monkeypatch.setattr(reading, "read_rows", lambda path, model: reads.update([path.name]) or real(path, model))
+        with TrialSource.directory(data) as once:  # one pass of the loader: each file once per chunk
+            chunks = len(list(once.chunks()))
+        one_pass = dict(reads)
+        assert set(one_pass.values()) == {chunks} and (chunks > 1) == (chunk_rows == 12)
+        for extra in ([], ["--dry-run"]):
+            reads.clear()
+            result = runner.invoke(app, ["push", str(data), *common, *extra])
+            assert result.exit_code == 0, result.output
+            assert dict(reads) == one_pass  # checked first, then sent from what was checked: never read again
 
     def test_exit_codes(self, fake: FakeFhir, dataset: Callable[..., Path], tmp_path: Path) -> None:
         data = dataset()

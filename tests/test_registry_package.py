@@ -37,6 +37,7 @@ from fhir_lupus.registry import (
     write_package,
 )
 from fhir_lupus.registry._deidentify import keyed_id
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import MappingPack
 
 KEY = RegistryKey(b"registry-test-key-0123456789")
@@ -259,7 +260,7 @@ def test_a_subject_identifier_left_in_free_text_is_refused(pack: MappingPack) ->
 def example_resources() -> list[Resource]:
     data, report = load_trial(EXAMPLE)
     assert report.rejects == []
-    return map_trial(data, report).resources
+    return map_trial(TrialSource.loaded(data, report)).resources
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +388,7 @@ def test_manifest_checks_every_file(example_package: Path, example_resources: li
 @pytest.fixture(scope="module")
 def subset_resources(tmp_path_factory: pytest.TempPathFactory) -> list[Resource]:
     data, report = load_trial(example_subset(tmp_path_factory.mktemp("subset"), 2))
-    return map_trial(data, report).resources
+    return map_trial(TrialSource.loaded(data, report)).resources
 
 
 def _package(resources: list[Resource], out: Path, key: RegistryKey, made_at: datetime = MADE_AT) -> dict[str, bytes]:

@@ -29,6 +29,7 @@ from fhir_lupus.report._stats import (
     summarise_changes,
     tally_responses,
 )
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, default_mappings_dir, load_pack
 
 
@@ -219,7 +220,7 @@ def test_values_that_cannot_be_converted_are_set_aside(two_subjects: Path):
 
 def test_the_page_embeds_every_figure_written(two_subjects: Path, tmp_path: Path):
     data, _ = load_trial(two_subjects)
-    result = write_report(data, tmp_path / "r.html")
+    result = write_report(TrialSource.loaded(data), tmp_path / "r.html")
     assert result.subjects == 2 and len(result.figures) == 2 + 1 + 1  # two subjects, change, one response
     assert all(f.parent == tmp_path / "r_figures" for f in result.figures)
     page = result.html.read_text(encoding="utf-8")
@@ -228,7 +229,7 @@ def test_the_page_embeds_every_figure_written(two_subjects: Path, tmp_path: Path
     assert not re.search(r"(src|href)=\"(https?:|//)", page)  # nothing to fetch
     assert result.censored and all(f"{escape(p.reported)}</td>" in page and p.where in page for p in result.censored)
     assert "KDIGO 2024" in page and "mappings/report/report.yaml" in page
-    again = write_report(data, tmp_path / "again.html", figures_dir=tmp_path / "figs")
+    again = write_report(TrialSource.loaded(data), tmp_path / "again.html", figures_dir=tmp_path / "figs")
     assert [p.read_bytes() for p in again.figures] == [p.read_bytes() for p in result.figures]  # deterministic
     assert b"Software" not in result.figures[0].read_bytes()[:200]
 

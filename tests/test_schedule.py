@@ -25,6 +25,7 @@ from fhir_lupus.model._schedule import (
 )
 from fhir_lupus.model._study import StudyDefinition, load_study
 from fhir_lupus.pipeline import make_context
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 from fhir_lupus.validation import validate_resource
 
@@ -268,5 +269,7 @@ def test_plan_and_activity_definitions_validate_in_r4_and_r5() -> None:
         r5 = to_r5(resource, ctx)
         validate_resource(r5, "R5")
     assert "targetId" in to_r5(protocol, ctx)["action"][2]["relatedAction"][0]
-    study = next(r for r in map_trial(data, report).resources if r["resourceType"] == "ResearchStudy")
+    study = next(
+        r for r in map_trial(TrialSource.loaded(data, report)).resources if r["resourceType"] == "ResearchStudy"
+    )
     assert study["protocol"] == [{"reference": f"PlanDefinition/{protocol['id']}"}]

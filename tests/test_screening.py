@@ -20,6 +20,7 @@ from fhir_lupus.model import StudyDefinition, load_trial
 from fhir_lupus.model._history import MedicationHistory
 from fhir_lupus.model._study import Eligibility
 from fhir_lupus.pipeline import make_context, map_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.study import CandidateFacts, screen_candidate, screen_trial, screening_findings
 from fhir_lupus.terminology import UnitConverter, load_pack, parse_model
 from fhir_lupus.terminology._medications import load_medication_catalogue
@@ -228,7 +229,7 @@ class TestOneDefinition:
         self, study: StudyDefinition, screen: Callable[..., Any], dataset: Callable[..., Path]
     ) -> None:
         data, report = load_trial(dataset())
-        group = next(r for r in map_trial(data, report).resources if r["resourceType"] == "Group")
+        group = next(r for r in map_trial(TrialSource.loaded(data, report)).resources if r["resourceType"] == "Group")
         characteristics = group["characteristic"]
         result = screen()
         assert len(characteristics) == len(study.eligibility) == len(result.criteria)
@@ -377,7 +378,7 @@ class TestTrial:
 
     def test_medication_resources_r4_and_r5(self, dataset: Callable[..., Path]) -> None:
         data, report = load_trial(dataset(with_history))
-        resources = map_trial(data, report).resources
+        resources = map_trial(TrialSource.loaded(data, report)).resources
         assert report.rejects == []
         statements = [r for r in resources if r["resourceType"] == "MedicationStatement"]
         assert [s["identifier"][0]["value"] for s in statements] == ["M1", "M2"]  # C-9 did not enrol: not mapped

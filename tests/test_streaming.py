@@ -25,7 +25,8 @@ from fhir_lupus.mappers._context import Resource
 from fhir_lupus.model._loader import load_trial
 from fhir_lupus.model._records import LoadReport
 from fhir_lupus.pipeline import STAGES, MappedBatch, iter_mapped, map_trial, stream_trial
-from fhir_lupus.registry import RegistryKey, package_directory, package_trial, write_package, write_package_batches
+from fhir_lupus.registry import RegistryKey, package_trial, write_package, write_package_batches
+from fhir_lupus.source import TrialSource
 from fhir_lupus.streaming import write_bundle, write_ndjson
 from fhir_lupus.validation import validate_resource
 
@@ -107,7 +108,7 @@ def test_map_trial_is_the_collected_stream_in_the_old_order(
 ) -> None:
     _batches, _report, old, _ = streamed
     data, report = load_trial(example3)
-    assert map_trial(data, report).resources == old
+    assert map_trial(TrialSource.loaded(data, report)).resources == old
 
 
 def test_r5_batches_match_the_whole_list_map(tmp_path: Path) -> None:
@@ -182,7 +183,7 @@ def test_records_of_a_subject_not_in_the_trial_are_refused(dataset: Callable[...
     hand_made = dataclasses.replace(data, visits=[*data.visits, orphan])
     resources = [r for batch in iter_mapped(hand_made, report) for r in batch.resources]
     assert [(r.line, r.reason) for r in report.rejects] == [(orphan.line, "subject X-9 could not be mapped")]
-    assert len(resources) == len(map_trial(data, LoadReport()).resources)
+    assert len(resources) == len(map_trial(TrialSource.loaded(data)).resources)
 
 
 def test_study_mapping_error_stops_before_any_subject(
@@ -293,9 +294,10 @@ def test_chunked_load_and_map_give_what_the_whole_load_gave(
     streamed: tuple[list[MappedBatch], LoadReport, list[Resource], LoadReport], example3: Path
 ) -> None:
     _batches, _report, old, old_report = streamed
-    report = LoadReport()
+    trial = TrialSource.directory(example3, max_rows=1)
+    report = trial.report
     chunks: list[int] = []
-    batches = list(stream_trial(example3, report, max_rows=1, on_chunk=lambda data: chunks.append(len(data.subjects))))
+    batches = list(stream_trial(trial, on_chunk=lambda data: chunks.append(len(data.subjects))))
     assert chunks == [1, 1, 1]  # max_rows below one subject's rows: a subject a chunk
     assert [b.subject_id for b in batches][:2] == [None, "MSC-001"]
     assert sum(b.subject_id is None for b in batches) == 1  # the study level once
@@ -308,7 +310,7 @@ def test_chunked_load_and_map_give_what_the_whole_load_gave(
 
 def test_one_chunk_when_the_trial_fits(example3: Path) -> None:
     sizes: list[int] = []
-    list(stream_trial(example3, LoadReport(), on_chunk=lambda data: sizes.append(len(data.subjects))))
+    list(stream_trial(TrialSource.directory(example3), on_chunk=lambda data: sizes.append(len(data.subjects))))
     assert sizes == [3]
 
 
@@ -320,8 +322,9 @@ def test_duplicate_key_across_chunks_is_refused_naming_the_first_line(dataset: C
 
     directory = dataset(repeat_a_result_id)
     _data, whole = load_trial(directory)
-    report = LoadReport()
-    list(stream_trial(directory, report, max_rows=1))
+    trial = TrialSource.directory(directory, max_rows=1)
+    report = trial.report
+    list(stream_trial(trial))
     assert [str(r) for r in whole.rejects] == [str(r) for r in report.rejects]
     assert len(report.rejects) == 1 and "duplicate" in report.rejects[0].reason
 
@@ -332,8 +335,9 @@ def test_rows_of_unknown_subjects_are_read_and_refused_once(dataset: Callable[..
 
     directory = dataset(stranger)
     _data, whole = load_trial(directory)
-    report = LoadReport()
-    list(stream_trial(directory, report, max_rows=1))
+    trial = TrialSource.directory(directory, max_rows=1)
+    report = trial.report
+    list(stream_trial(trial))
     assert report.read == whole.read
     assert [str(r) for r in report.rejects] == [str(r) for r in whole.rejects]
     assert "unknown subject MSC-404" in report.rejects[0].reason
@@ -388,11 +392,10 @@ def test_package_in_batches_and_runs_has_the_bytes_of_the_whole_package(
 
 def test_package_directory_has_the_bytes_of_package_trial(example3: Path, tmp_path: Path) -> None:
     data, report = load_trial(example3)
-    package_trial(data, report, tmp_path / "a", KEY, link_table=tmp_path / "a.csv", made_at=MADE_AT)
-    chunked = LoadReport()
-    package_directory(
-        example3, chunked, tmp_path / "b", KEY, link_table=tmp_path / "b.csv", made_at=MADE_AT, max_rows=1
-    )
+    package_trial(TrialSource.loaded(data, report), tmp_path / "a", KEY, link_table=tmp_path / "a.csv", made_at=MADE_AT)
+    trial = TrialSource.directory(example3, max_rows=1)
+    chunked = trial.report
+    package_trial(trial, tmp_path / "b", KEY, link_table=tmp_path / "b.csv", made_at=MADE_AT)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     assert Counter(map(str, chunked.rejects)) == Counter(map(str, report.rejects)) and chunked.read == report.read

@@ -21,6 +21,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import Match, dry_run, dry_run_trial, plan_batch, plan_routes, push_resources, push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import default_mappings_dir, load_pack
 
 NCT = "NCT00698191"
@@ -198,7 +199,9 @@ class TestFakeServer:
     ) -> None:
         source = dataset()
         old_data, old_report = load_trial(source, mappings_dir=before_change)
-        first = push_trial(old_data, old_report, client, journal, source="test", mappings_dir=before_change)
+        first = push_trial(
+            TrialSource.loaded(old_data, old_report), client, journal, source="test", mappings_dir=before_change
+        )
         assert first.complete, first.summary()
         [stored] = studies(fake)
         current, superseded = study_systems()
@@ -209,9 +212,12 @@ class TestFakeServer:
         pulled = pull_study(client, journal, data.study, since=None)
         assert pulled.subjects == 2 and pulled.total_rows >= len(data.labs)
 
-        expected = len(map_trial(data, report).resources)
-        assert dry_run_trial(data, report, client).counts == {"unchanged": expected - 1, "update": 1}
-        second = push_trial(data, report, client, journal, source="test")
+        expected = len(map_trial(TrialSource.loaded(data, report)).resources)
+        assert dry_run_trial(TrialSource.loaded(data, report), client).counts == {
+            "unchanged": expected - 1,
+            "update": 1,
+        }
+        second = push_trial(TrialSource.loaded(data, report), client, journal, source="test")
         assert second.complete and (second.created, second.updated) == (0, 1), second.summary()
         [study] = studies(fake)
         assert study["id"] == stored["id"]
@@ -219,7 +225,7 @@ class TestFakeServer:
             ("official", current),
             *(("old", s) for s in superseded),
         ]
-        third = push_trial(data, report, client, journal, source="test")
+        third = push_trial(TrialSource.loaded(data, report), client, journal, source="test")
         assert third.written == 0 and third.unchanged == expected
         again = pull_study(client, journal, data.study, since=None)
         assert again.subjects == 2 and again.total_rows == pulled.total_rows
@@ -237,7 +243,7 @@ class TestPull:
         server_searches_identifier: bool,
     ) -> None:
         old_data, old_report = load_trial(dataset(), mappings_dir=before_change)
-        push_trial(old_data, old_report, client, journal, source="test", mappings_dir=before_change)
+        push_trial(TrialSource.loaded(old_data, old_report), client, journal, source="test", mappings_dir=before_change)
         if not server_searches_identifier:
             fake.search_params = {"ResearchStudy": ()}
         fake.requests.clear()
@@ -257,7 +263,7 @@ class TestPull:
         self, fake: FakeFhir, client: FhirClient, journal: Journal, dataset: Callable[..., Path], before_change: Path
     ) -> None:
         old_data, old_report = load_trial(dataset(), mappings_dir=before_change)
-        push_trial(old_data, old_report, client, journal, source="test", mappings_dir=before_change)
+        push_trial(TrialSource.loaded(old_data, old_report), client, journal, source="test", mappings_dir=before_change)
         current, _ = study_systems()
         fake.add({"resourceType": "ResearchStudy", "identifier": [{"system": current, "value": NCT}]})
         data, _ = load_trial(dataset())

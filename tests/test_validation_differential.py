@@ -22,6 +22,7 @@ from fhir_lupus.cli import app
 from fhir_lupus.errors import FhirLupusError, ResourceInvalidError
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import default_mappings_dir, read_yaml
 from fhir_lupus.validation import (
     _MODE,
@@ -47,7 +48,9 @@ def originals(directory: Path) -> dict[FhirVersion, list[Resource]]:
     mapped: dict[FhirVersion, list[Resource]] = {}
     for version in ("R4", "R5"):
         data, report = load_trial(directory)
-        mapped[version] = map_trial(data, report, fhir_version=version, validation="strict").resources
+        mapped[version] = map_trial(
+            TrialSource.loaded(data, report), fhir_version=version, validation="strict"
+        ).resources
     return mapped
 
 
@@ -272,7 +275,7 @@ def test_strict_map_and_fast_map_give_the_same_resources(
     directory: Path, originals: dict[FhirVersion, list[Resource]]
 ) -> None:
     data, report = load_trial(directory)
-    assert map_trial(data, report, validation="fast").resources == originals["R4"]
+    assert map_trial(TrialSource.loaded(data, report), validation="fast").resources == originals["R4"]
 
 
 def test_fast_forms_decide_every_mapped_resource(originals: dict[FhirVersion, list[Resource]]) -> None:
@@ -310,7 +313,7 @@ def test_cli_strict_validation_reaches_push_and_registry_package(
         raise FhirLupusError("stopped by the test")
 
     monkeypatch.setattr("fhir_lupus.cli._sync.push_trial", push_trial)
-    monkeypatch.setattr("fhir_lupus.cli._registry.package_directory", package_trial)  # streams (issue 12, item 1)
+    monkeypatch.setattr("fhir_lupus.cli._registry.package_trial", package_trial)  # streams (issue 12, item 1)
     key = tmp_path / "registry.key"
     key.write_text("test-secret-0123456789")
     key.chmod(0o600)

@@ -21,6 +21,7 @@ from fhir_lupus.model._study import add_calendar_months, due_date, nearest_month
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._visits import assign_visit
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import MappingPack, default_mappings_dir
 
 Rows = dict[str, list[dict[str, str]]]
@@ -197,7 +198,7 @@ class TestPullAssignment:
 def pulled(fake: FakeFhir, dataset: Callable[..., Path], study: StudyDefinition, tmp_path: Path) -> dict[str, Any]:
     data, report = load_trial(dataset(), study=study)
     with FhirClient(BASE, retry=RetryPolicy(attempts=1)) as fhir, Journal(tmp_path / "j.sqlite") as journal:
-        push_trial(data, report, fhir, journal, source="test")
+        push_trial(TrialSource.loaded(data, report), fhir, journal, source="test")
         result = pull_study(fhir, journal, study, since=None)
     return {row.result_id: (row.visit_code, row.days_from_due) for row in result.rows}
 

@@ -16,9 +16,8 @@ from fhir_lupus.cli._exit import exit_code, stop
 from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, SmartBackendAuth
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.journal import Journal
-from fhir_lupus.model import LoadReport, TrialData, load_trial, load_trial_chunks, require_inputs, write_quarantine
-from fhir_lupus.model import _loader as loader
-from fhir_lupus.study import screen_trial, screening_findings
+from fhir_lupus.model import LoadReport, write_quarantine
+from fhir_lupus.source import TrialSource
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
 
@@ -118,41 +117,36 @@ def _read_key(path: Path) -> bytes:
         fail(ValueError(f"--smart-key {path}: {exc.strerror or exc}"))
 
 
-def add_screening_findings(data: TrialData, report: LoadReport, mappings: Path | None) -> None:
-    """The screening queries (enrolled subjects who did not screen eligible, ...) of one loaded chunk."""
-    report.findings.extend(screening_findings(data, screen_trial(data, mappings, report), report, mappings))
-
-
-def load(data_dir: Path, mappings: Path | None, command: str) -> tuple[TrialData, LoadReport]:
-    """Check that ``command``'s files are there (mappings/checks/inputs.yaml), then load the data directory;
-    the screening queries are added to the report."""
+def open_trial(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
+    """The data directory as a ``TrialSource``, once ``command``'s files are found there (mappings/checks/
+    inputs.yaml); the source loads, checks and screens when the command asks."""
     try:
-        require_inputs(data_dir, command, mappings)
-        data, report = load_trial(data_dir, mappings_dir=mappings)
-        add_screening_findings(data, report, mappings)
+        return TrialSource.directory(data_dir, command=command, mappings_dir=mappings)
     except FhirLupusError as exc:
         fail(exc)
-    return data, report
 
 
-def load_checked(data_dir: Path, mappings: Path | None, command: str) -> tuple[TrialData | None, LoadReport]:
-    """Load and check a data directory a chunk of subjects at a time (``load_trial_chunks``), as ``load`` does.
-
-    Returns the trial when it is one chunk (the usual case: the caller maps what was loaded), None when it is
-    larger: every chunk was read and checked, so the report holds every reject before anything is sent, and
-    the caller streams the directory again (``push_directory``) instead of holding it whole.
-    """
-    report = LoadReport()
-    single: TrialData | None = None
+def load(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
+    """``open_trial``, then the whole trial loaded (``TrialSource.whole``): its report holds the screening
+    queries too."""
+    trial = open_trial(data_dir, mappings, command)
     try:
-        require_inputs(data_dir, command, mappings)
-        chunks = load_trial_chunks(data_dir, report, max_rows=loader.CHUNK_ROWS, mappings_dir=mappings)
-        for number, chunk in enumerate(chunks):
-            add_screening_findings(chunk, report, mappings)
-            single = chunk if number == 0 else None
+        trial.whole()
     except FhirLupusError as exc:
         fail(exc)
-    return single, report
+    return trial
+
+
+def load_checked(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
+    """``open_trial``, then every chunk of subjects read and checked (``TrialSource.check``), as ``load`` does:
+    the report holds every reject before anything is sent, and the command replays the chunks it kept."""
+    trial = open_trial(data_dir, mappings, command)
+    try:
+        trial.check()
+    except FhirLupusError as exc:
+        trial.close()
+        fail(exc)
+    return trial
 
 
 def print_rows(report: LoadReport) -> None:

@@ -43,7 +43,8 @@ def demo(
     if missing is not None:  # installed from a wheel: the example trial and the servers live in a checkout
         fail(missing)
     data_dir = data_dir or devserver.repo_root() / EXAMPLE
-    data, report = load(data_dir, None, "push")
+    trial = load(data_dir, None, "push")
+    data, report = trial.whole(), trial.report
     print_rows(report)
     if report.rejects:
         fail(FhirLupusError(f"{len(report.rejects)} example rows rejected; run fhir-lupus validate {data_dir}"))
@@ -63,9 +64,9 @@ def demo(
             make_client(server) as client,
             Journal(Path(scratch) / "journal.sqlite") as book,
         ):
-            result = push_trial(data, report, client, book, source=str(data_dir))
+            result = push_trial(trial, client, book, source=str(data_dir))
             render_push(result)
-            again = push_trial(data, report, client, book, source=str(data_dir))
+            again = push_trial(trial, client, book, source=str(data_dir))
             console.print(f"second push: {again.written} written, {again.unchanged} unchanged")
             pulled = pull_study(client, book, data.study, since=None, output=out / "labs.csv")
     except FhirLupusError as exc:
@@ -91,7 +92,7 @@ def demo(
     from fhir_lupus.report import write_report  # matplotlib loads only here, at the end of the demo
 
     try:
-        page = write_report(data, out / "report.html", figures_dir=out / "report_figures")
+        page = write_report(trial, out / "report.html", figures_dir=out / "report_figures")
     except FhirLupusError as exc:
         fail(exc)
     console.print(f"investigator report: {len(page.figures)} figures in {out / 'report_figures'}; page:")

@@ -16,23 +16,15 @@ from fhir_lupus.cli._common import (
     Mappings,
     Quarantine,
     StrictValidation,
-    add_screening_findings,
     console,
     exit_on_rejects,
     fail,
     load,
+    open_trial,
     report_load,
 )
 from fhir_lupus.errors import FhirLupusError, RejectedRows
-from fhir_lupus.model import (
-    LoadReport,
-    QueryLog,
-    TrialData,
-    load_check_rules,
-    require_inputs,
-    track_queries,
-    write_queries,
-)
+from fhir_lupus.model import LoadReport, QueryLog, load_check_rules, track_queries, write_queries
 from fhir_lupus.pipeline import refuse_rejected, stream_trial
 from fhir_lupus.streaming import write_bundle, write_ndjson
 
@@ -65,7 +57,7 @@ def validate(
 ) -> None:
     """Check a data directory: every problem with file, line and column; nothing is written but quarantine and
     the query list. Rejects exit 1; queries and notes do not change the exit code."""
-    _data, report = load(data_dir, mappings, "validate")
+    report = load(data_dir, mappings, "validate").report
     try:
         log = track_queries(report, data_dir)
     except FhirLupusError as exc:
@@ -125,24 +117,18 @@ def map_command(
 
     When a row is rejected nothing is written (exit 1), unless --allow-rejects: then every value derived from a
     rejected row (a SLEDAI-2K total whose lab descriptors could not be judged) is written as preliminary."""
-    report = LoadReport()
-
-    def screened(data: TrialData) -> None:  # as `load` does: enrolled subjects who did not screen eligible
-        add_screening_findings(data, report, mappings)
-
+    trial = open_trial(data_dir, mappings, "map")
+    report = trial.report
     try:
-        require_inputs(data_dir, "map", mappings)
-        # a chunk of subjects loaded at a time, mapped and written subject by subject (fhir_lupus/streaming.py):
-        # memory holds one chunk's entities and one subject's resources, not the trial's; the writers put the
-        # output in place only once every batch is in, and a refusal at the end leaves it as it was
+        # a chunk of subjects loaded (checked, screened) at a time, mapped and written subject by subject
+        # (fhir_lupus/streaming.py): memory holds one chunk's entities and one subject's resources, not the trial's;
+        # the writers put the output in place only once every batch is in, and a refusal at the end leaves it as it was
         batches = refuse_rejected(
             stream_trial(
-                data_dir,
-                report,
+                trial,
                 fhir_version=fhir_version.value,
                 mappings_dir=mappings,
                 validation="strict" if strict_validation else "fast",
-                on_chunk=screened,
             ),
             report,
             allow_rejects=allow_rejects,

@@ -25,20 +25,19 @@ from fhir_lupus.cli._common import (
     StrictValidation,
     Timeout,
     Token,
-    add_screening_findings,
     console,
     exit_on_rejects,
     fail,
     make_client,
     open_journal,
+    open_trial,
     report_load,
 )
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._mapping import FhirVersionOption
 from fhir_lupus.cli._sync import render_push
 from fhir_lupus.errors import FhirLupusError, RejectedRows
-from fhir_lupus.model import LoadReport, TrialData, require_inputs
-from fhir_lupus.registry import KEY_ENV, load_key, package_directory, submit_package
+from fhir_lupus.registry import KEY_ENV, load_key, package_trial, submit_package
 
 __all__ = ["registry_app"]
 
@@ -71,23 +70,17 @@ def package_command(
         key = load_key(key_file)
     except FhirLupusError as exc:
         fail(exc)
-    report = LoadReport()
-
-    def screened(data: TrialData) -> None:  # as `load` does: enrolled subjects who did not screen eligible
-        add_screening_findings(data, report, mappings)
-
-    try:  # a chunk of subjects loaded at a time, packaged subject by subject: memory stays flat
-        require_inputs(data_dir, "registry-package", mappings)
-        result = package_directory(
-            data_dir,
-            report,
+    trial = open_trial(data_dir, mappings, "registry-package")
+    report = trial.report
+    try:  # a chunk of subjects loaded (checked, screened) at a time, packaged subject by subject: memory stays flat
+        result = package_trial(
+            trial,
             output,
             key,
             link_table=link_table,
             fhir_version=fhir_version.value,
             mappings_dir=mappings,
             validation="strict" if strict_validation else "fast",
-            on_chunk=screened,
             allow_rejects=allow_rejects,
         )
     except RejectedRows as exc:  # nothing was written

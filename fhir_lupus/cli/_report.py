@@ -29,10 +29,10 @@ def report(
 
     With rejected rows nothing is written (exit 1) unless --allow-rejects: then every statistic that a rejected
     row or a preliminary SLEDAI-2K total could change is marked preliminary on the page."""
-    data, loaded = load(data_dir, mappings, "report")
-    refuse_rejects(loaded, allow_rejects, f"the report {out}")
+    trial = load(data_dir, mappings, "report")
+    refuse_rejects(trial.report, allow_rejects, f"the report {out}")
     try:
-        result = write_report(data, out, figures_dir=figures, mappings_dir=mappings, report=loaded)
+        result = write_report(trial, out, figures_dir=figures, mappings_dir=mappings)
     except FhirLupusError as exc:
         fail(exc)
     console.print(

@@ -23,7 +23,8 @@ def safety(
     data_dir: DataDir, csv: CsvOut = None, allow_rejects: AllowRejects = False, mappings: Mappings = None
 ) -> None:
     """Adverse events by grade, seriousness and relatedness, per subject, and the serious events."""
-    data, report = load(data_dir, mappings, "safety")
+    trial = load(data_dir, mappings, "safety")
+    data, report = trial.whole(), trial.report
     try:
         summary = summarise_safety((c.record.event for c in data.adverse_events), load_adverse_event_terms(mappings))
     except FhirLupusError as exc:

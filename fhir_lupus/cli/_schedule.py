@@ -36,7 +36,8 @@ def schedule(
             snapshot = datetime.strptime(as_of, "%Y-%m-%d").date()
         except ValueError:
             fail(ValueError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)"))
-    data, report = load(data_dir, mappings, "schedule")
+    trial = load(data_dir, mappings, "schedule")
+    data, report = trial.whole(), trial.report
     note_rejects(report, "are not counted: their visits are unknown")
     for name, how in sorted(data.absent.items()):
         console.print(f"[yellow]note[/yellow] {name} is {how}: what it holds is unknown, not missing", highlight=False)

@@ -19,9 +19,8 @@ from fhir_lupus.cli._common import (
     load,
     refuse_rejects,
 )
-from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import MEDICATIONS, SCREENING
-from fhir_lupus.study import ScreenedCandidate, screen_trial, screening_findings
+from fhir_lupus.study import ScreenedCandidate
 
 __all__ = ["screen"]
 
@@ -42,16 +41,13 @@ def screen(
     """Decide the eligibility criteria of the study file for every row of screening.csv (docs/csv-layout.md),
     as of each candidate's screening date. With rejected rows --csv is not written (exit 1) unless
     --allow-rejects; a criterion a rejected row could have decided is then unknown."""
-    data, report = load(data_dir, mappings, "screen")
-    try:
-        screened = screen_trial(data, mappings, report)
-    except FhirLupusError as exc:
-        fail(exc)
+    trial = load(data_dir, mappings, "screen")  # screened as it loads: the verdicts and their queries are kept
+    report, screened = trial.report, trial.screened
     for candidate in screened:
         _print(candidate)
     counts = {verdict: sum(c.result.verdict == verdict for c in screened) for verdict in _STYLE}
     _out.print(", ".join(f"{n} {verdict}" for verdict, n in counts.items()) + f" of {len(screened)} screened")
-    for finding in screening_findings(data, screened, report, mappings):
+    for finding in trial.screening_findings:
         console.print(f"[magenta]{finding.severity}[/magenta] {finding}", highlight=False)
     for finding in report.findings:
         if finding.file in (SCREENING, MEDICATIONS) and finding.kind not in _SCREENING_QUERIES:

@@ -32,7 +32,6 @@ from fhir_lupus.cli._common import (
     console,
     exit_on_rejects,
     fail,
-    load,
     load_checked,
     make_client,
     open_journal,
@@ -41,7 +40,7 @@ from fhir_lupus.cli._common import (
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.client import ExportStatus, WriteStrategy
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.model import LoadReport, load_study
+from fhir_lupus.model import load_study
 from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, BulkOptions, Level, PulledLab, PullResult, pull_study
 from fhir_lupus.push import (
     DEFAULT_CONCURRENCY,
@@ -49,7 +48,6 @@ from fhir_lupus.push import (
     PushOptions,
     PushReport,
     dry_run_trial,
-    push_directory,
     push_trial,
 )
 from fhir_lupus.validation import validation_mode
@@ -115,59 +113,52 @@ def push(
     only = _type_list(types, "--types")
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
-    # a trial larger than one chunk is checked chunk by chunk here, then streamed again by push_directory
-    data, report = load_checked(data_dir, mappings, "push")
-    report_load(report, quarantine, verbose_findings=False)
-    exit_on_rejects(report, allow_rejects)
-    client = make_client(
-        server,
-        token=token,
-        basic=basic,
-        smart_client_id=smart_client_id,
-        smart_key=smart_key,
-        smart_token_url=smart_token_url,
-        smart_alg=smart_alg,
-        smart_kid=smart_kid,
-        ca_bundle=ca_bundle,
-        timeout=timeout,
-    )
-    # the push code maps inside; the mode reaches its validation through fhir_lupus.validation.validation_mode
-    with client, open_journal(journal) as book, validation_mode("strict" if strict_validation else "fast"):
-        try:
-            if dry_run:
-                whole = data if data is not None else load(data_dir, mappings, "push")[0]  # the dry run plans it whole
-                preview = dry_run_trial(
-                    whole, report, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
-                )
-                render_dry_run(preview, show_diffs)
-                return
-            with _progress() as bar:
-                task = bar.add_task("pushing", total=None)
-
-                def progress(done: int, total: int | None) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                options = PushOptions(
-                    chunk_size=chunk_size,
-                    strategy=strategy,
-                    only_types=only,
-                    skip_types=skip,
-                    concurrency=concurrency,
-                    new_by_id=not conditional_creates,
-                    progress=progress,
-                )
-                source = str(data_dir.resolve())
-                if data is not None:
-                    result = push_trial(
-                        data, report, client, book, source=source, mappings_dir=mappings, options=options
+    # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
+    trial = load_checked(data_dir, mappings, "push")
+    with trial:  # the chunks it kept on disk are removed on the way out
+        report = trial.report
+        report_load(report, quarantine, verbose_findings=False)
+        exit_on_rejects(report, allow_rejects)
+        client = make_client(
+            server,
+            token=token,
+            basic=basic,
+            smart_client_id=smart_client_id,
+            smart_key=smart_key,
+            smart_token_url=smart_token_url,
+            smart_alg=smart_alg,
+            smart_kid=smart_kid,
+            ca_bundle=ca_bundle,
+            timeout=timeout,
+        )
+        # the push code maps inside; the mode reaches its validation through fhir_lupus.validation.validation_mode
+        with client, open_journal(journal) as book, validation_mode("strict" if strict_validation else "fast"):
+            try:
+                if dry_run:
+                    preview = dry_run_trial(
+                        trial, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
                     )
-                else:  # rows were checked above: this streamed second pass refuses the same ones, into a spare report
-                    spare = LoadReport()
-                    result = push_directory(
-                        data_dir, spare, client, book, source=source, mappings_dir=mappings, options=options
+                    render_dry_run(preview, show_diffs)
+                    return
+                with _progress() as bar:
+                    task = bar.add_task("pushing", total=None)
+
+                    def progress(done: int, total: int | None) -> None:
+                        bar.update(task, completed=done, total=total)
+
+                    options = PushOptions(
+                        chunk_size=chunk_size,
+                        strategy=strategy,
+                        only_types=only,
+                        skip_types=skip,
+                        concurrency=concurrency,
+                        new_by_id=not conditional_creates,
+                        progress=progress,
                     )
-        except FhirLupusError as exc:
-            fail(exc)
+                    source = str(data_dir.resolve())
+                    result = push_trial(trial, client, book, source=source, mappings_dir=mappings, options=options)
+            except FhirLupusError as exc:
+                fail(exc)
     render_push(result)
     if not result.complete:
         stop("push-incomplete")

@@ -17,18 +17,11 @@ from fhir_lupus.model._history import MedicationHistory, ScreeningRecord
 from fhir_lupus.model._history_checks import MEDICATIONS, SCREENING
 from fhir_lupus.model._inputs import require_inputs
 from fhir_lupus.model._lifecycle import load_lifecycle_rules
-from fhir_lupus.model._loader import (
-    CHUNK_ROWS,
-    CheckedLab,
-    ScoredAssessment,
-    TrialData,
-    load_trial,
-    load_trial_chunks,
-    read_study_id,
-)
+from fhir_lupus.model._loader import CHUNK_ROWS, chunk_plan, load_trial, load_trial_chunks, read_study_id
 from fhir_lupus.model._queries import QueryLog, track_queries, write_queries
 from fhir_lupus.model._records import Finding, LoadReport, Located, Reject, write_quarantine
 from fhir_lupus.model._schedule import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
+from fhir_lupus.model._scoring import CheckedLab, ScoredAssessment
 from fhir_lupus.model._study import (
     DAYS_PER_MONTH,
     Activity,
@@ -39,6 +32,7 @@ from fhir_lupus.model._study import (
     load_study,
     nearest_month,
 )
+from fhir_lupus.model._trial import TrialData
 
 __all__ = [
     "BOOLEAN_SOURCES",
@@ -75,6 +69,7 @@ __all__ = [
     "TrialData",
     "Visit",
     "add_calendar_months",
+    "chunk_plan",
     "finding",
     "load_check_rules",
     "load_lifecycle_rules",

@@ -28,16 +28,13 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from fhir_lupus.model._entities import Subject, TreatmentProcedure, Visit
-from fhir_lupus.model._records import Finding, Located
+from fhir_lupus.model._records import Finding, LoadReport, Located
 from fhir_lupus.model._study import Activity, ProtocolVisit, StudyDefinition
 from fhir_lupus.model._timeline import SubjectTimeline
-
-if TYPE_CHECKING:
-    from fhir_lupus.model._loader import TrialData
-    from fhir_lupus.model._records import LoadReport
+from fhir_lupus.model._trial import TrialData
 
 __all__ = [
     "SCHEDULE_CSV_COLUMNS",

@@ -10,7 +10,7 @@ CRF total left out, are notes (mappings/checks/checks.yaml).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -18,10 +18,11 @@ from typing import Any
 from fhir_lupus.model._edit_checks import Flags
 from fhir_lupus.model._entities import LabResult, SledaiAssessment
 from fhir_lupus.model._records import LoadReport, Located
+from fhir_lupus.model._timeline import DateChecks
 from fhir_lupus.scoring import LabEvidence, SledaiDefinition, SledaiScore, UnjudgedLab, score_sledai
 from fhir_lupus.terminology import LabCatalogue, LabValue, ResolvedLab
 
-__all__ = ["AssessmentScorer", "CheckedLab", "ScoredAssessment"]
+__all__ = ["AssessmentScorer", "CheckedLab", "ScoredAssessment", "score_assessments"]
 
 LABS = "labs.csv"
 
@@ -126,6 +127,38 @@ class AssessmentScorer:
                 f"{causes}. Correct the lab rows, or give the CRF total",
                 value=str(score.total),
             )
+
+
+def score_assessments(
+    rows: list[Located[SledaiAssessment]],
+    belongs: Callable[[Located[Any], str, str], bool],
+    scorer: AssessmentScorer,
+    definition: SledaiDefinition,
+    dates: DateChecks,
+) -> list[Located[ScoredAssessment]]:
+    """Pass 3 for sledai.csv: rows of accepted subjects and visits, with known descriptors and dates, scored by
+    ``scorer`` (made once every lab row is settled: it reads their refusals); the others refused into its report."""
+    accepted = []
+    known = {d.key for d in definition.descriptors}
+    for row in rows:
+        assessment = row.record
+        if not belongs(row, assessment.subject_id, assessment.visit_code):
+            continue
+        for column, keys in (
+            ("descriptors", assessment.descriptors),
+            ("not_attributed", tuple(assessment.not_attribution_causes)),
+        ):
+            unknown = [key for key in keys if key not in known]
+            if unknown:
+                scorer.report.reject(row, column, f"unknown SLEDAI-2K descriptor(s): {', '.join(unknown)}")
+                break
+        else:
+            if dates.dated(row, assessment.subject_id, assessment.assessed_on, "assessed_on", "SLEDAI-2K"):
+                continue
+            scored = scorer.score(row)
+            if scored is not None:
+                accepted.append(scored)
+    return accepted
 
 
 def refused_labs(

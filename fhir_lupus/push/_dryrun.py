@@ -19,8 +19,9 @@ from fhir_lupus.bundle import dependency_sorted
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.push._plan import Action, diff_paths
+from fhir_lupus.push._planner import Planner
 from fhir_lupus.push._routes import TypeRoute
-from fhir_lupus.push._runner import BATCH_SIZE, Planner
+from fhir_lupus.push._runner import BATCH_SIZE
 
 __all__ = ["DryRunItem", "DryRunReport", "diff_paths", "dry_run"]
 

@@ -1,15 +1,16 @@
 """Push mapped resources to a FHIR server: planned from the server, applied in accepted sizes, resumable.
 
-1. Read the CapabilityStatement and give every type a route (``routes.py``): how its business key is looked
-   up and how new resources are written; a type the server cannot take is skipped with one warning.
+1. Read the CapabilityStatement and give every type a route (``_routes``, through ``_planner``): how its
+   business key is looked up and how new resources are written; a type the server cannot take is skipped with
+   one warning.
 2. For each window (whole subjects up to ``BATCH_SIZE`` resources, read lazily from the mapper; referenced
    ones first): ask the journal what it knows, look the rest up on the server in OR-list searches, and plan
-   (``plan.py``): create, update, unchanged, conflict, held back or skipped.
-3. Apply the plan (``apply.py``): by-id writes for everything whose server id is known, new ones by PUT to a
+   (``_plan``): create, update, unchanged, conflict, held back or skipped.
+3. Apply the plan (``_apply``): by-id writes for everything whose server id is known, new ones by PUT to a
    key-derived id (or conditionally); chunk sizes adapt to what the server accepts and are remembered per
    server. Up to ``concurrency`` windows are applied at the same time, each in its own thread and
    transactions, while the next subject is mapped and planned: a server's transactions are what a push
-   waits for, and a server on several cores runs several at once.
+   waits for, and a server on several cores runs several at once (``_lanes``).
 4. One Provenance for the push (and for any earlier push whose Provenance is still missing).
 A push that is killed, or stopped by a server failure, leaves the journal with what the server confirmed;
 the next push looks the rest up before writing, so nothing is written twice.
@@ -20,36 +21,35 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fhir_lupus._resource import Resource
-from fhir_lupus.bundle import (
-    DEPENDENCY_ORDER,
-    business_key,
-    dependency_sorted,
-    load_matching_rules,
-    local_ref,
-    references,
-)
+from fhir_lupus.bundle import DEPENDENCY_ORDER, dependency_sorted
 from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, WriteStrategy
 from fhir_lupus.journal import Journal
 from fhir_lupus.push._apply import Applier, ApplyCounts, Problem, WriteLimits
-from fhir_lupus.push._lookup import RouteRefused, look_up
-from fhir_lupus.push._plan import Plan, content_hash, load_finality_rules, needs_lookup, plan_batch
+from fhir_lupus.push._lanes import Lanes
+from fhir_lupus.push._plan import Plan
+from fhir_lupus.push._planner import Planner
 from fhir_lupus.push._provenance import load_provenance_template, provenance_resource, write_provenance
-from fhir_lupus.push._routes import CREATE_BY_ID, TypeRoute, plan_routes
+from fhir_lupus.push._routes import TypeRoute
 from fhir_lupus.terminology import load_pack
 
-__all__ = ["Planner", "PushOptions", "PushReport", "content_hash", "push_groups", "push_resources"]
+__all__ = [
+    "BATCH_SIZE",
+    "DEFAULT_CONCURRENCY",
+    "Progress",
+    "PushOptions",
+    "PushReport",
+    "ResourceGroups",
+    "push_resources",
+]
 
 Progress = Callable[[int, int | None], None]  # done, total (None while a streamed push does not know it)
 BATCH_SIZE = 1000  # resources planned and applied at a time (whole subjects gathered up to it)
 # Windows written at the same time by push_trial and the CLI: HAPI JPA on 2 cores wrote subject-sized
-# transactions 1.7x faster with three in flight than with one (bench/README.md); push_resources keeps 1.
+# transactions 1.7x faster with three in flight than with one (bench/README.md).
 DEFAULT_CONCURRENCY = 3
 
 
@@ -100,100 +100,6 @@ class PushReport(ApplyCounts):
         )
 
 
-class Planner:
-    """Plans batch after batch for one server; carries what earlier batches held back or skipped.
-
-    Shared by push and the dry run, so both see the server the same way (``verify`` compares every
-    resource with the server copy, as the dry run does).
-    """
-
-    def __init__(
-        self,
-        client: FhirClient,
-        journal: Journal | None,
-        resource_types: Iterable[str],
-        *,
-        only_types: frozenset[str] | None = None,
-        skip_types: frozenset[str] = frozenset(),
-        mappings_dir: Path | None = None,
-        verify: bool = False,
-        warn: Callable[[str], None] = lambda _: None,
-        new_by_id: bool = True,
-    ) -> None:
-        self.client = client
-        self.journal = journal
-        self.capabilities = client.capabilities()
-        self._rules = load_matching_rules(mappings_dir)
-        self._finality = load_finality_rules(mappings_dir)
-        self._types = frozenset(resource_types)
-        self._only, self._skip = only_types, skip_types
-        self._refused: frozenset[tuple[str, str]] = frozenset()
-        self._new_by_id = new_by_id
-        self.routes = self._routes()
-        self.seen_types: set[str] = set()  # the types of the resources planned so far (what the report shows)
-        self.verify = verify
-        self.warn = warn
-        self.held_back: set[str] = set()
-        self.logical: dict[str, dict[str, Any]] = {}
-        self._seen: dict[str, str] = {}  # dry run: server ids found in earlier batches
-        self._creates: set[str] = set()  # dry run: what earlier batches would create
-
-    def _routes(self) -> dict[str, TypeRoute]:
-        return plan_routes(
-            self._types,
-            self.capabilities,
-            self._rules,
-            only=self._only,
-            skip=self._skip,
-            refused=self._refused,
-            new_by_id=self._new_by_id,
-        )
-
-    def refuse_by_id(self, resource_types: Iterable[str]) -> None:
-        """The server refused PUTs to new ids of these types: create them conditionally from now on."""
-        self._refused |= {(name, CREATE_BY_ID) for name in resource_types}
-        self.routes = self._routes()
-        for name in sorted(resource_types):
-            self.warn(f"the server refused {name} created by PUT to a new id; now: {self.routes[name].describe()}")
-
-    def plan(self, batch: list[Resource], held_back: Iterable[str] = ()) -> Plan:
-        server = self.client.base_url
-        self.seen_types.update(r["resourceType"] for r in batch)
-        keys = [(r["resourceType"], business_key(r)) for r in batch]
-        known = self.journal.lookup(server, keys) if self.journal else {}
-        inside = {local_ref(r) for r in batch}
-        outside = {t for r in batch for t in references(r)} - inside
-        refs = self.journal.server_refs(server, outside) if self.journal else {}
-        refs.update({ref: self._seen[ref] for ref in outside if ref in self._seen})
-        while True:
-            wanted = needs_lookup(batch, self.routes, known, verify=self.verify, finality=self._finality)
-            try:
-                found = look_up(self.client, wanted, self.routes, known=known)
-                break
-            except RouteRefused as exc:
-                self._refused |= {(exc.resource_type, exc.parameter)}
-                self.routes = self._routes()
-                self.warn(f"{exc}; now: {self.routes[exc.resource_type].describe()}")
-        plan = plan_batch(
-            batch,
-            self.routes,
-            known=known,
-            found=found,
-            server_refs=refs,
-            held_back=self.held_back | set(held_back),
-            logical=self.logical,
-            will_exist=self._creates,
-            verify=self.verify,
-            finality=self._finality,
-        )
-        self.held_back = plan.held_back
-        self.logical = plan.logical
-        if self.verify:  # nothing is written between batches: remember what the plan knows and would create
-            self._seen.update({ref: plan.server_refs[ref] for ref in inside if ref in plan.server_refs})
-            self._creates.update(item.local_ref for item in plan.items if item.action == "create")
-        return plan
-
-
 @dataclass(frozen=True)
 class PushOptions:
     """How a push writes, the same for a list of resources, a loaded trial and a streamed data directory.
@@ -215,8 +121,25 @@ class PushOptions:
     progress: Progress | None = None
 
 
+@dataclass(frozen=True)
+class ResourceGroups:
+    """Resources that come in groups, each referring only to itself and to earlier groups: the study-level
+    resources, then one group per subject, as ``iter_mapped`` yields them (``push_trial``). Consumed lazily, so a
+    trial streamed from disk is never held whole. ``total``, when known, is passed to ``progress``."""
+
+    groups: Iterable[Sequence[Resource]]
+    total: int | None = None
+
+    @classmethod
+    def of_list(cls, resources: Iterable[Resource], size: int) -> ResourceGroups:
+        """A list of resources, sorted (referenced ones first) and cut into groups of ``size``; these refer to
+        each other, so a window still waits for those it refers to."""
+        ordered = dependency_sorted(resources)
+        return cls([ordered[start : start + size] for start in range(0, len(ordered), size)], len(ordered))
+
+
 def push_resources(
-    resources: Iterable[Resource],
+    resources: Iterable[Resource] | ResourceGroups,
     client: FhirClient,
     journal: Journal,
     *,
@@ -224,53 +147,24 @@ def push_resources(
     mapping_version: str,
     mappings_dir: Path | None = None,
     options: PushOptions | None = None,
-) -> PushReport:
-    """Push a list of resources (sorted here, referenced ones first) in windows of ``options.batch_size``; see
-    ``push_groups`` (the windows of one list refer to each other: a window still waits for those it refers to).
-    """
-    options = options or PushOptions()
-    ordered = dependency_sorted(resources)
-    size = options.batch_size
-    return push_groups(
-        [ordered[start : start + size] for start in range(0, len(ordered), size)],
-        client,
-        journal,
-        source=source,
-        mapping_version=mapping_version,
-        mappings_dir=mappings_dir,
-        options=options,
-        total=len(ordered),
-    )
-
-
-def push_groups(
-    groups: Iterable[Sequence[Resource]],
-    client: FhirClient,
-    journal: Journal,
-    *,
-    source: str,
-    mapping_version: str,
-    mappings_dir: Path | None = None,
-    options: PushOptions | None = None,
-    total: int | None = None,
     report: PushReport | None = None,
 ) -> PushReport:
     """Plan and apply window by window (see the module docstring), as ``options`` say (``PushOptions``).
 
-    ``groups`` come in order, each referring only to itself and to earlier groups (the study-level resources, then
-    one group per subject, as ``iter_mapped`` yields them); they are consumed lazily, so a trial streamed from disk
-    is never held whole. Whole groups are gathered into windows of about ``batch_size`` resources (a larger group is
-    a window alone, never cut; so is the first). ``concurrency`` windows are written at the same time: a window is
-    planned only once every window it refers to is written, so the study's resources go first and subjects then in
-    parallel. ``total``, when known, is passed to ``progress``. ``report``: filled as the push goes, so that a
-    caller still has the counts when the push raises.
+    ``resources``: a list (cut into groups of ``batch_size``, ``ResourceGroups.of_list``) or ``ResourceGroups``.
+    Whole groups are gathered into windows of about ``batch_size`` resources (a larger group is a window alone,
+    never cut; so is the first). ``concurrency`` windows are written at the same time: a window is planned only
+    once every window it refers to is written, so the study's resources go first and subjects then in parallel.
+    ``report``: filled as the push goes, so that a caller still has the counts when the push raises.
     """
     options = options or PushOptions()
     if options.chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     if options.concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    progress, total_known = options.progress, total
+    if not isinstance(resources, ResourceGroups):
+        resources = ResourceGroups.of_list(resources, options.batch_size)
+    progress, total_known = options.progress, resources.total
     server = client.base_url
     report = report if report is not None else PushReport()
     report.push_id, report.server = str(uuid.uuid4()), server
@@ -287,7 +181,7 @@ def push_groups(
     capabilities = planner.capabilities
     report.strategy = options.strategy or capabilities.write_strategy()
     limits = WriteLimits(options.chunk_size, journal.write_limits(server))
-    lanes = _Lanes(options.concurrency, report, planner)
+    lanes = Lanes(options.concurrency, report, planner)
     done = 0
     lock = threading.Lock()
 
@@ -302,7 +196,7 @@ def push_groups(
     status = "failed"
     try:
         advance(0)
-        for window in _windows(groups, options.batch_size):
+        for window in _windows(resources.groups, options.batch_size):
             report.total += len(window)
             lanes.wait_for(window)
             plan = planner.plan(window, lanes.held)
@@ -334,72 +228,6 @@ def push_groups(
     if not report.complete:
         journal.finish_push(report.push_id, "completed-with-problems", report.summary())
     return report
-
-
-class _Lanes:
-    """Windows being written: at most ``concurrency`` at once, each by its own Applier in a worker thread.
-
-    Everything the planner reads is settled on the calling thread: a window's counts, held-back resources and
-    types refused by id join the report when it is waited for. The first failure stops the push once the
-    windows already sent have finished (a transaction in flight cannot be called back); the journal then holds
-    every chunk the server confirmed.
-    """
-
-    def __init__(self, concurrency: int, report: PushReport, planner: Planner) -> None:
-        self.concurrency = concurrency
-        self.report = report
-        self.planner = planner
-        self.held: set[str] = set()
-        self.refused_by_id: set[str] = set()
-        self._pool = ThreadPoolExecutor(concurrency, "push") if concurrency > 1 else None
-        self._running: list[tuple[Future[None], Applier, frozenset[str]]] = []
-
-    def start(self, window: list[Resource], plan: Plan, applier: Applier) -> None:
-        if self._pool is None:
-            applier.apply(plan)
-            self._settle(applier)
-            return
-        while len(self._running) >= self.concurrency:
-            self._wait(self._running[0])
-        refs = frozenset(local_ref(r) for r in window)
-        self._running.append((self._pool.submit(applier.apply, plan), applier, refs))
-
-    def wait_for(self, window: list[Resource]) -> None:
-        """Wait for the windows that write something ``window`` refers to (the planner needs their ids)."""
-        inside = {local_ref(r) for r in window}
-        outside = {t for r in window for t in references(r)} - inside
-        for running in [r for r in self._running if r[2] & outside]:
-            self._wait(running)
-
-    def finish(self) -> None:
-        while self._running:
-            self._wait(self._running[0])
-
-    def close(self) -> None:
-        """After a failure: let what was sent finish and keep its counts; nothing new starts."""
-        if self._pool is None:
-            return
-        for future, applier, _ in self._running:
-            if not future.cancel():  # started: its confirmed chunks are in the journal, and count
-                futures_wait([future])
-                self._settle(applier)
-        self._running.clear()
-        self._pool.shutdown(wait=True)
-
-    def _wait(self, running: tuple[Future[None], Applier, frozenset[str]]) -> None:
-        self._running.remove(running)
-        future, applier, _ = running
-        try:
-            future.result()
-        finally:
-            self._settle(applier)
-
-    def _settle(self, applier: Applier) -> None:
-        self.report.add(applier.counts)
-        self.held |= applier.held_back
-        if applier.refused_by_id - self.refused_by_id:
-            self.refused_by_id |= applier.refused_by_id
-            self.planner.refuse_by_id(applier.refused_by_id)
 
 
 def _windows(groups: Iterable[Sequence[Resource]], size: int) -> Iterator[list[Resource]]:

@@ -1,9 +1,13 @@
-"""Trial-level push, dry run and pull: the steps the CLI, the demo and the tests share."""
+"""Trial-level push and dry run: a ``TrialSource`` (fhir_lupus/source.py) mapped for the server and sent, audited.
+
+The steps the CLI, the demo and the tests share: whatever the trial's size, it is mapped a chunk of subjects at a
+time, as the source hands them out, and pushed subject by subject as it maps.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from fhir_lupus._resource import Resource
@@ -11,21 +15,15 @@ from fhir_lupus.audit import AuditLog, append_run, digest_of
 from fhir_lupus.bundle import business_key
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
 from fhir_lupus.journal import Journal
-from fhir_lupus.model import LoadReport, TrialData
-from fhir_lupus.model import _loader as loader
-from fhir_lupus.pipeline import MappedBatch, iter_mapped, map_trial, stream_trial
+from fhir_lupus.pipeline import map_trial, stream_trial
 from fhir_lupus.push._dryrun import DryRunReport, dry_run
 from fhir_lupus.push._plan import content_hash
-from fhir_lupus.push._runner import PushOptions, PushReport, push_groups
+from fhir_lupus.push._runner import PushOptions, PushReport, ResourceGroups, push_resources
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 from fhir_lupus.validation import FhirVersion
 
-__all__ = [
-    "dry_run_trial",
-    "push_directory",
-    "push_trial",
-    "server_fhir_version",
-]
+__all__ = ["dry_run_trial", "push_trial", "server_fhir_version"]
 
 
 def _push_counts(report: PushReport) -> dict[str, int]:
@@ -50,8 +48,7 @@ def server_fhir_version(client: FhirClient) -> FhirVersion:
 
 
 def push_trial(
-    data: TrialData,
-    report: LoadReport,
+    trial: TrialSource,
     client: FhirClient,
     journal: Journal,
     *,
@@ -60,7 +57,9 @@ def push_trial(
     options: PushOptions | None = None,
     audit_log: AuditLog = None,
 ) -> PushReport:
-    """Map the trial for the server's FHIR version subject by subject and push it as it maps (``push_groups``).
+    """Map the trial for the server's FHIR version subject by subject and push it as it maps (``push_resources``
+    with ``ResourceGroups``): a chunk of subjects at a time, so memory stays flat whatever the trial's size.
+    Records the map refuses go to the trial's report. ``source``: the push's source, as its Provenance names it.
 
     A resource the journal holds with the same content as confirmed on this server is not validated again
     (``iter_mapped``'s ``trusted``): it was validated when it was sent, and nothing is sent for it now.
@@ -68,68 +67,17 @@ def push_trial(
     outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server (for a push
     that failed: of those offered before it stopped).
     """
-    batches = iter_mapped(
-        data,
-        report,
-        fhir_version=server_fhir_version(client),
-        mappings_dir=mappings_dir,
-        trusted=_confirmed_on(journal, client.base_url),
-    )
-    return _push_batches(batches, client, journal, source, mappings_dir, options, audit_log)
-
-
-def push_directory(
-    data_dir: Path,
-    report: LoadReport,
-    client: FhirClient,
-    journal: Journal,
-    *,
-    source: str,
-    mappings_dir: Path | None = None,
-    options: PushOptions | None = None,
-    audit_log: AuditLog = None,
-    on_chunk: Callable[[TrialData], None] | None = None,
-    max_rows: int | None = None,
-) -> PushReport:
-    """``push_trial`` for a data directory read a chunk of subjects at a time (``stream_trial``): flat memory
-    whatever the trial's size. Rows the loader or the mappers refuse go to ``report`` as they come.
-    ``max_rows``: rows per chunk (default ``loader.CHUNK_ROWS``, read when called)."""
     batches = stream_trial(
-        data_dir,
-        report,
-        max_rows=max_rows or loader.CHUNK_ROWS,
+        trial,
         fhir_version=server_fhir_version(client),
         mappings_dir=mappings_dir,
         trusted=_confirmed_on(journal, client.base_url),
-        on_chunk=on_chunk,
     )
-    return _push_batches(batches, client, journal, source, mappings_dir, options, audit_log)
-
-
-def _confirmed_on(journal: Journal, server: str) -> Callable[[Resource], bool]:
-    """True for a resource whose exact content the journal holds as confirmed on ``server``."""
-
-    def confirmed(resource: Resource) -> bool:
-        kind = str(resource["resourceType"])
-        return journal.confirmed_hash(server, kind, business_key(resource)) == content_hash(resource)
-
-    return confirmed
-
-
-def _push_batches(
-    batches: Iterable[MappedBatch],
-    client: FhirClient,
-    journal: Journal,
-    source: str,
-    mappings_dir: Path | None,
-    options: PushOptions | None,
-    audit_log: AuditLog,
-) -> PushReport:
     audit = functools.partial(append_run, audit_log, journal, "push", server=client.base_url, mappings_dir=mappings_dir)
     pushed = PushReport()
     try:
-        push_groups(
-            (batch.resources for batch in batches),
+        push_resources(
+            ResourceGroups(batch.resources for batch in batches),
             client,
             journal,
             source=source,
@@ -151,9 +99,18 @@ def _push_batches(
     return pushed
 
 
+def _confirmed_on(journal: Journal, server: str) -> Callable[[Resource], bool]:
+    """True for a resource whose exact content the journal holds as confirmed on ``server``."""
+
+    def confirmed(resource: Resource) -> bool:
+        kind = str(resource["resourceType"])
+        return journal.confirmed_hash(server, kind, business_key(resource)) == content_hash(resource)
+
+    return confirmed
+
+
 def dry_run_trial(
-    data: TrialData,
-    report: LoadReport,
+    trial: TrialSource,
     client: FhirClient,
     *,
     journal: Journal | None = None,
@@ -161,8 +118,9 @@ def dry_run_trial(
     only_types: frozenset[str] | None = None,
     skip_types: frozenset[str] = frozenset(),
 ) -> DryRunReport:
-    """What ``push_trial`` would do, from the server's current state; writes nothing."""
-    result = map_trial(data, report, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
+    """What ``push_trial`` would do, from the server's current state; writes nothing. The trial is mapped whole
+    (``map_trial``, a chunk at a time) and planned in windows, as ``dry_run`` plans a list."""
+    result = map_trial(trial, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
     return dry_run(
         result.resources,
         client,

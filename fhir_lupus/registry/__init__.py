@@ -1,32 +1,25 @@
 """Registry submission: de-identified packages of the trial's enrolled subjects, and their submission.
 
-Rules (what is removed, re-keyed, shifted, generalised) are data in mappings/registry/deidentification.yaml.
+Rules (what is removed, re-keyed, shifted, generalised) are data in mappings/registry/deidentification.yaml
+(``_rules``); ``_deidentify`` applies them, with the walks over a resource of ``_tree``; ``_key`` holds the
+registry key; ``_package`` builds a package from a ``TrialSource`` (sorted on disk by ``_runs``); ``_submit``
+checks one against its manifest and pushes it.
 """
 
-from fhir_lupus.registry._deidentify import (
-    DeidentificationError,
-    DeidentificationRules,
-    Deidentified,
-    LinkRow,
-    deidentify,
-    load_rules,
-    shift_date,
-)
+from fhir_lupus.registry._deidentify import DeidentificationError, Deidentified, LinkRow, deidentify
 from fhir_lupus.registry._key import KEY_ENV, RegistryConfigError, RegistryKey, load_key
 from fhir_lupus.registry._package import (
     MANIFEST,
     VALIDATION,
-    Package,
     PackageResult,
-    SubmitResult,
     default_link_table,
-    package_directory,
     package_trial,
-    read_package,
-    submit_package,
     write_package,
     write_package_batches,
 )
+from fhir_lupus.registry._rules import DeidentificationRules, load_rules
+from fhir_lupus.registry._submit import Package, SubmitResult, read_package, submit_package
+from fhir_lupus.registry._tree import shift_date
 
 __all__ = [
     "KEY_ENV",
@@ -45,7 +38,6 @@ __all__ = [
     "deidentify",
     "load_key",
     "load_rules",
-    "package_directory",
     "package_trial",
     "read_package",
     "shift_date",

@@ -13,94 +13,31 @@ The rules are data (mappings/registry/deidentification.yaml); this module applie
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
-from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing import Any
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.errors import DeidentificationError, MappingError
 from fhir_lupus.registry._key import RegistryKey
-from fhir_lupus.terminology import MappingPack, mappings_root, read_yaml
+from fhir_lupus.registry._rules import RULES_FILE, DeidentificationRules
+from fhir_lupus.registry._tree import (
+    FHIR_DATE,
+    drop_path,
+    prune,
+    references_in,
+    shift_dates,
+    strings_in,
+    walk_identifiers,
+)
+from fhir_lupus.terminology import MappingPack
 
-__all__ = [
-    "DeidentificationError",
-    "DeidentificationRules",
-    "Deidentified",
-    "LinkRow",
-    "deidentify",
-    "load_rules",
-    "shift_date",
-]
+__all__ = ["DeidentificationError", "Deidentified", "LinkRow", "deidentify", "keyed_id"]
 
-RULES_FILE = Path("registry") / "deidentification.yaml"
-# A FHIR date (full precision), dateTime or instant: the lexical forms whose calendar date is moved.
-_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})((?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:\d{2})?)$")
-_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 _MIN_GUARDED_TOKEN = 5  # shorter subject identifiers cannot be told from values in a text search
-
-
-class _ShiftRange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min: int
-    max: int
-
-    @model_validator(mode="after")
-    def _ordered(self) -> _ShiftRange:
-        if self.min > self.max or (self.min, self.max) == (0, 0):
-            raise ValueError("date_shift_days needs min <= max and some day other than 0")
-        return self
-
-
-class _Identifiers(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    keep: tuple[str, ...] = ()
-    rekey: tuple[str, ...] = ()
-
-
-class DeidentificationRules(BaseModel):
-    """mappings/registry/deidentification.yaml, checked when it loads."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    date_shift_days: _ShiftRange
-    birth_date: Literal["year", "drop"]
-    max_age_years: int = Field(ge=0)
-    identifiers: _Identifiers
-    drop_codings: tuple[str, ...] = ()
-    drop_extensions: tuple[str, ...] = ()
-    drop_sub_extensions: dict[str, tuple[str, ...]] = {}
-    drop: dict[str, tuple[str, ...]] = {}
-
-    @model_validator(mode="after")
-    def _disjoint(self) -> DeidentificationRules:
-        both = set(self.identifiers.keep) & set(self.identifiers.rekey)
-        if both:
-            raise ValueError(f"identifiers both kept and re-keyed: {sorted(both)}")
-        if "subject" not in self.identifiers.rekey:
-            raise ValueError("identifiers.rekey must hold subject: its keyed value is the subject's pseudonym")
-        return self
-
-
-def load_rules(mappings_dir: Path | None = None) -> DeidentificationRules:
-    return _rules_at(mappings_root(mappings_dir) / RULES_FILE)
-
-
-@functools.lru_cache(maxsize=4)
-def _rules_at(path: Path) -> DeidentificationRules:
-    if not path.is_file():
-        raise MappingError(f"{path}: mapping file missing")
-    try:
-        return DeidentificationRules.model_validate(read_yaml(path))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise MappingError(f"{path}: {problems}") from None
 
 
 @dataclass(frozen=True)
@@ -117,19 +54,6 @@ class Deidentified:
     resources: list[Resource]
     links: list[LinkRow]
     excluded: int  # resources of subjects who are not enrolled
-
-
-def shift_date(value: str, days: int) -> str | None:
-    """``value`` moved by ``days`` when it is a full FHIR date/dateTime/instant (time and offset kept), else None."""
-    match = _DATE.match(value)
-    if match is None:
-        return None
-    year, month, day, rest = match.groups()
-    try:
-        moved = date(int(year), int(month), int(day)) + timedelta(days=days)
-    except ValueError:
-        return None
-    return moved.isoformat() + rest
 
 
 def date_shift(key: RegistryKey, study: str, subject_id: str, rules: DeidentificationRules) -> int:
@@ -188,17 +112,17 @@ def deidentify(
     for resource, owner in kept:
         clean = json.loads(json.dumps(resource))  # a deep copy, faster than copy.deepcopy
         _strip(clean, rules, systems)
-        _walk_identifiers(clean, lambda i: systems.replace(i, key))
+        walk_identifiers(clean, lambda i: systems.replace(i, key))
         if clean["resourceType"] == "Patient" and owner is not None:
             pseudonym = [{"system": systems.registry("subject"), "value": pseudonyms[owner]}]
             head = {"resourceType": "Patient", "id": clean["id"], "identifier": pseudonym}
             clean = head | {k: v for k, v in clean.items() if k not in head}
             _generalise_birth_date(clean, rules, last_years.get(owner))
-        _rewrite_references(clean, ids)
+        _rewritereferences_in(clean, ids)
         clean["id"] = ids[f"{resource['resourceType']}/{resource['id']}"].split("/", 1)[1]
         if owner is not None:
-            _shift_dates(clean, shifts[owner])
-        clean = _prune(clean)
+            shift_dates(clean, shifts[owner])
+        clean = prune(clean)
         if owner is not None:
             _guard(clean, guards.get(owner, ()), pseudonyms[owner])
         output.append(clean)
@@ -272,24 +196,12 @@ def _owner(resource: Resource, owners: dict[str, str]) -> str | None:
         if ref not in owners:
             raise DeidentificationError(f"{ref} has no ResearchSubject: its subject is unknown")
         return owners[ref]
-    for ref in _references(resource):
+    for ref in references_in(resource):
         if ref.startswith("Patient/"):
             if ref not in owners:
                 raise DeidentificationError(f"{resource['resourceType']} refers to a Patient without ResearchSubject")
             return owners[ref]
     return None
-
-
-def _references(node: Any) -> Iterable[str]:
-    if isinstance(node, dict):
-        for name, value in node.items():
-            if name == "reference" and isinstance(value, str):
-                yield value
-            else:
-                yield from _references(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _references(value)
 
 
 def _guards(resources: list[Resource], owners: dict[str, str]) -> dict[str, set[str]]:
@@ -302,7 +214,7 @@ def _guards(resources: list[Resource], owners: dict[str, str]) -> dict[str, set[
         if subject is None:
             continue
         guards[subject].update(str(i["value"]) for i in _identifier_list(resource) if i.get("value"))
-        if _DATE.match(str(resource.get("birthDate", ""))):
+        if FHIR_DATE.match(str(resource.get("birthDate", ""))):
             guards[subject].add(str(resource["birthDate"])[:10])
     return {s: {t for t in tokens if len(t) >= _MIN_GUARDED_TOKEN} for s, tokens in guards.items()}
 
@@ -313,42 +225,20 @@ def _last_years(kept: list[tuple[Resource, str | None]]) -> dict[str, int]:
     for resource, owner in kept:
         if owner is None:
             continue
-        for value in _strings(resource):
-            match = _DATE.match(value)
+        for value in strings_in(resource):
+            match = FHIR_DATE.match(value)
             if match:
                 years[owner] = max(years.get(owner, 0), int(match.group(1)))
     return years
 
 
-def _strings(node: Any) -> Iterable[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _strings(value)
-
-
 def _strip(resource: Resource, rules: DeidentificationRules, systems: _Systems) -> None:
     for path in (*rules.drop.get("*", ()), *rules.drop.get(resource["resourceType"], ())):
-        _drop_path(resource, path.split("."))
+        drop_path(resource, path.split("."))
     for contained in resource.get("contained") or []:
         if isinstance(contained, dict) and "resourceType" in contained:
             _strip(contained, rules, systems)
     _filter_codings_and_extensions(resource, systems)
-
-
-def _drop_path(node: Any, parts: list[str]) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _drop_path(item, parts)
-    elif isinstance(node, dict):
-        if len(parts) == 1:
-            node.pop(parts[0], None)
-        elif parts[0] in node:
-            _drop_path(node[parts[0]], parts[1:])
 
 
 def _filter_codings_and_extensions(node: Any, systems: _Systems) -> None:
@@ -376,29 +266,6 @@ def _filter_codings_and_extensions(node: Any, systems: _Systems) -> None:
         _filter_codings_and_extensions(node[name], systems)
 
 
-def _walk_identifiers(node: Any, replace: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
-    """Every Identifier (``identifier``, list or single, and ``valueIdentifier``) through ``replace``."""
-    if isinstance(node, list):
-        for item in node:
-            _walk_identifiers(item, replace)
-        return
-    if not isinstance(node, dict):
-        return
-    for name in list(node):
-        value = node[name]
-        if name in ("identifier", "valueIdentifier"):
-            if isinstance(value, dict):
-                new = replace(value)
-                if new is None:
-                    del node[name]
-                else:
-                    node[name] = new
-            elif isinstance(value, list):
-                node[name] = [n for n in (replace(i) for i in value if isinstance(i, dict)) if n is not None]
-        else:
-            _walk_identifiers(value, replace)
-
-
 def _generalise_birth_date(patient: Resource, rules: DeidentificationRules, last_year: int | None) -> None:
     born = str(patient.get("birthDate") or "")
     if not born:
@@ -410,10 +277,10 @@ def _generalise_birth_date(patient: Resource, rules: DeidentificationRules, last
         patient["birthDate"] = born[:4]
 
 
-def _rewrite_references(node: Any, ids: dict[str, str]) -> None:
+def _rewritereferences_in(node: Any, ids: dict[str, str]) -> None:
     if isinstance(node, list):
         for item in node:
-            _rewrite_references(item, ids)
+            _rewritereferences_in(item, ids)
         return
     if not isinstance(node, dict):
         return
@@ -428,43 +295,7 @@ def _rewrite_references(node: Any, ids: dict[str, str]) -> None:
             node.pop("display", None)  # a person's display is a name
     for name, value in node.items():
         if name != "reference":
-            _rewrite_references(value, ids)
-
-
-def _shift_dates(node: Any, days: int) -> None:
-    if isinstance(node, list):
-        for index, value in enumerate(node):
-            if isinstance(value, str):
-                moved = shift_date(value, days)
-                if moved is not None:
-                    node[index] = moved
-            else:
-                _shift_dates(value, days)
-    elif isinstance(node, dict):
-        for name, value in node.items():
-            if isinstance(value, str):
-                if name != "birthDate":
-                    moved = shift_date(value, days)
-                    if moved is not None:
-                        node[name] = moved
-            else:
-                _shift_dates(value, days)
-
-
-def _prune(node: Any) -> Any:
-    """Remove what removal left empty (ele-1), and extensions left with a url only (ext-1)."""
-    if isinstance(node, dict):
-        pruned = {k: _prune(v) for k, v in node.items()}
-        pruned = {k: v for k, v in pruned.items() if v not in (None, "", {}, [])}
-        return pruned
-    if isinstance(node, list):
-        items = [_prune(v) for v in node]
-        return [v for v in items if v not in (None, "", {}, []) and not _bare_extension(v)]
-    return node
-
-
-def _bare_extension(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"url"}
+            _rewritereferences_in(value, ids)
 
 
 def _guard(resource: Resource, tokens: Collection[str], pseudonym: str) -> None:

@@ -17,6 +17,7 @@ from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.report._definitions import ReportDefinition, load_report_definition
 from fhir_lupus.report._series import Point, SetAside, SubjectSeries, collect_series, incomplete_inputs
 from fhir_lupus.report._stats import ChangeSummary, ResponseTally, summarise_changes, tally_responses
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 __all__ = [
@@ -93,21 +94,21 @@ def default_figures_dir(out: Path) -> Path:
 
 
 def write_report(
-    data: TrialData,
+    trial: TrialSource,
     out: Path,
     *,
     figures_dir: Path | None = None,
     mappings_dir: Path | None = None,
-    report: LoadReport | None = None,
 ) -> ReportResult:
-    """Write the report page to ``out`` and its figures (PNG) to ``figures_dir`` (default
+    """Write the report page of the whole trial to ``out`` and its figures (PNG) to ``figures_dir`` (default
     ``<out stem>_figures/``), each file atomically. InputError names the path when a file cannot be written.
-    ``report``: the load's; a statistic one of its refused rows (or a preliminary SLEDAI-2K total) could change
-    is marked preliminary and leaves that subject out."""
+    A statistic one of the refused rows of the trial's report (or a preliminary SLEDAI-2K total) could change is
+    marked preliminary and leaves that subject out."""
     from fhir_lupus.report import _figures as draw  # matplotlib is imported only when a report is made
     from fhir_lupus.report._page import FigureRef, render_page
 
-    stats = report_statistics(data, mappings_dir=mappings_dir, report=report)
+    data = trial.whole()
+    stats = report_statistics(data, mappings_dir=mappings_dir, report=trial.report)
     definition, subjects, set_aside = stats.definition, stats.subjects, stats.set_aside
     summaries, tallies, preliminary = stats.summaries, stats.tallies, stats.preliminary
 

@@ -20,6 +20,7 @@ from support import EXAMPLE, REPO, example_subset
 from fhir_lupus import load_trial
 from fhir_lupus.model._adverse_events import ADVERSE_EVENTS
 from fhir_lupus.pipeline import map_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 from fhir_lupus.terminology._adverse_events import load_adverse_event_terms
 
@@ -105,7 +106,9 @@ def adverse_events(data_dir: Path) -> dict[str, list[Resource]]:
     assert report.rejects == [], report.rejects
     mapped = {
         version: [
-            r for r in map_trial(data, report, fhir_version=version).resources if r["resourceType"] == "AdverseEvent"
+            r
+            for r in map_trial(TrialSource.loaded(data, report), fhir_version=version).resources
+            if r["resourceType"] == "AdverseEvent"
         ]
         for version in ("R4", "R5")
     }

@@ -16,6 +16,7 @@ from fhir_lupus.client import BearerAuth, FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,9 @@ def test_push_and_pull_logs_hold_no_personal_data_and_are_audited(
     caplog.set_level(logging.DEBUG)  # the root logger: fhir_lupus, httpx and httpcore all at DEBUG
     journal_path = tmp_path / "journal.sqlite"
     with FhirClient(server_url, auth=BearerAuth(TOKEN), timeout=120) as client, Journal(journal_path) as journal:
-        pushed = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        pushed = push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         assert pushed.complete, pushed.summary()
         pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
         assert pulled.subjects == 2 and pulled.rows

@@ -27,6 +27,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
 from fhir_lupus.pull import BulkOptions, PullResult, pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("server_url", ["hapi"], indirect=True)]
@@ -96,7 +97,7 @@ def pushed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     data, report = load_trial(example_subset(root / "example", 20), mappings_dir=mappings)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with FhirClient(server_url, timeout=120) as client, Journal(root / "push.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", mappings_dir=mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=mappings)
         subject_system = load_pack(mappings).identifier_system("subject", study=data.study.nct_id)
         patients = [
             next(client.search("ResearchSubject", {"identifier": f"{subject_system}|{subject}"}))["individual"][

@@ -16,6 +16,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.mappers import Resource
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import push_resources
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,9 @@ def test_medication_resources_push_idempotently(
 ) -> None:
     data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
     assert report.rejects == []
-    resources = with_what_they_refer_to(map_trial(data, report, mappings_dir=isolated_mappings).resources)
+    resources = with_what_they_refer_to(
+        map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    )
     statements = [r for r in resources if r["resourceType"] == "MedicationStatement"]
     administrations = [r for r in resources if r["resourceType"] == "MedicationAdministration"]
     assert statements and len(administrations) == 1

@@ -16,6 +16,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import dry_run, push_resources
+from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def test_a_final_total_on_the_server_is_never_replaced_by_a_preliminary_one(
 ) -> None:
     data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
     assert report.rejects == []
-    mapped = map_trial(data, report, mappings_dir=isolated_mappings).resources
+    mapped = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
     totals = sledai_totals(mapped)
     baseline, month1 = totals["BL"], totals["M01"]
     assert baseline["status"] == month1["status"] == "final"

@@ -15,6 +15,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
 UCUM = "http://unitsofmeasure.org"
@@ -57,7 +58,7 @@ def test_labs_the_hospital_wrote_statuses_and_later_corrections(
     month3 = data.study.due_date(baseline, 3) + timedelta(days=1)
     output = tmp_path / "labs.csv"
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
         first = pull_study(client, journal, data.study, since=None, output=output, mappings_dir=isolated_mappings)
         ours = len(data.labs) + len(data.treg)
         assert first.total_rows == ours == len(rows_of(output))
@@ -133,7 +134,7 @@ def test_the_mark_moves_only_after_the_output_is_written(
 ) -> None:
     data, report = load_trial(subset(1, first=3), mappings_dir=isolated_mappings)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
         blocked = tmp_path / "blocked.csv"
         blocked.mkdir()
         with pytest.raises(OSError):

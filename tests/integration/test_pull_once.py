@@ -19,6 +19,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def test_every_lab_once_and_catalogue_codes_without_the_lab_category_kept(
 ) -> None:
     data, report = load_trial(subset(1, first=3), mappings_dir=isolated_mappings)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
         patient = next(
             f"Patient/{e.server_id}" for e in journal.entries(client.base_url).values() if e.resource_type == "Patient"
         )
@@ -97,7 +98,7 @@ def test_the_catalogue_code_search_for_a_group_of_patients_keeps_each_subjects_f
         return send(self, method, path, **kwargs)
 
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
         for subject, floor in floors.items():
             found = client.search("ResearchSubject", {"identifier": f"{subject_system}|{subject}"})
             patient = next(iter(found))["individual"]["reference"]

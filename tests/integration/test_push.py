@@ -16,6 +16,7 @@ from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._roundtrip import compare_round_trip
 from fhir_lupus.push import PushOptions, dry_run, dry_run_trial, push_resources, push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 pytestmark = pytest.mark.integration
@@ -31,18 +32,22 @@ def test_push_is_idempotent_and_pull_returns_what_was_pushed(
     client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
     data, report = load(subset(2), isolated_mappings)
-    expected = len(map_trial(data, report, mappings_dir=isolated_mappings).resources)
+    expected = len(map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources)
 
-    before = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)
+    before = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
     assert before.counts["create"] == expected and before.counts["conflict"] == 0
 
     with Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        first = push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         assert first.complete and first.created == expected and first.provenance, first.summary()
-        after = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)
+        after = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
         assert after.counts == {"unchanged": expected}, [i for i in after.items if i.action != "unchanged"][:3]
 
-        second = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        second = push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         assert second.written == 0 and second.unchanged == expected and second.provenance is None
 
         pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
@@ -63,7 +68,7 @@ def test_changed_value_is_the_only_thing_sent_and_pulled_again(
     source = subset(1)
     data, report = load(source, isolated_mappings)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
         pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
 
         labs = source / "labs.csv"
@@ -73,7 +78,9 @@ def test_changed_value_is_the_only_thing_sent_and_pulled_again(
         labs.write_text(changed, encoding="utf-8")
         data2, report2 = load(source, isolated_mappings)
         time.sleep(1.1)  # _lastUpdated is compared at the server's precision
-        third = push_trial(data2, report2, client, journal, source="test", mappings_dir=isolated_mappings)
+        third = push_trial(
+            TrialSource.loaded(data2, report2), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         # only the C3 result changed: 0.55 g/L is still below the range, so the BL SLEDAI stays the same
         assert third.written == 1 and third.updated == 1 and third.chunks == 1
         delta = pull_study(client, journal, data2.study, since="auto", mappings_dir=isolated_mappings)
@@ -82,9 +89,9 @@ def test_changed_value_is_the_only_thing_sent_and_pulled_again(
 
 def test_dry_run_writes_nothing(client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path]) -> None:
     data, report = load(subset(1), isolated_mappings)
-    first = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)
-    second = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)
-    assert first.counts == second.counts == {"create": len(map_trial(data, report).resources)}
+    first = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    second = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    assert first.counts == second.counts == {"create": len(map_trial(TrialSource.loaded(data, report)).resources)}
 
 
 def test_skipped_types_become_logical_references_the_server_accepts(
@@ -94,8 +101,7 @@ def test_skipped_types_become_logical_references_the_server_accepts(
     skipped = frozenset({"Organization", "Location"})
     with Journal(tmp_path / "journal.sqlite") as journal:
         pushed = push_trial(
-            data,
-            report,
+            TrialSource.loaded(data, report),
             client,
             journal,
             source="test",
@@ -188,7 +194,7 @@ def test_types_the_server_cannot_search_by_key_fall_back_on_a_real_server(
 ) -> None:
     """HAPI without CodeSystem?url (system searches the same element) and without Organization?identifier."""
     data, report = load(subset(1), isolated_mappings)
-    resources = map_trial(data, report, mappings_dir=isolated_mappings).resources
+    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
     expected = len(resources)
     # Read by our id, the Organization is the same resource in every run against a long-lived server: one that an
     # earlier run left is updated, not created (CI's server is fresh, a developer's may not be).
@@ -200,14 +206,20 @@ def test_types_the_server_cannot_search_by_key_fall_back_on_a_real_server(
     ]
     try:
         with FhirClient(client.base_url, timeout=120) as fresh, Journal(tmp_path / "journal.sqlite") as journal:
-            pushed = push_trial(data, report, fresh, journal, source="test", mappings_dir=isolated_mappings)
+            pushed = push_trial(
+                TrialSource.loaded(data, report), fresh, journal, source="test", mappings_dir=isolated_mappings
+            )
             assert pushed.complete and pushed.created == expected - left_before, pushed.summary()
             assert pushed.updated == left_before, pushed.summary()
             assert pushed.routes["CodeSystem"].search_param == "system"
             assert pushed.routes["Organization"].lookup == "read"  # PUT Organization/<our id>: update-as-create
-            again = push_trial(data, report, fresh, journal, source="test", mappings_dir=isolated_mappings)
+            again = push_trial(
+                TrialSource.loaded(data, report), fresh, journal, source="test", mappings_dir=isolated_mappings
+            )
             assert again.written == 0 and again.unchanged == expected
-            state = dry_run_trial(data, report, fresh, journal=journal, mappings_dir=isolated_mappings)
+            state = dry_run_trial(
+                TrialSource.loaded(data, report), fresh, journal=journal, mappings_dir=isolated_mappings
+            )
             assert state.counts == {"unchanged": expected}
         codesystem_url = load_pack(isolated_mappings).system_uri("project")
         assert len(list(client.search("CodeSystem", {"system": codesystem_url}))) == 1

@@ -14,6 +14,7 @@ from fhir_lupus.bundle import identifiers
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.registry import RegistryKey, package_trial, read_package, submit_package
+from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def test_registry_package_submitted_twice_writes_once_without_duplicates(
 ) -> None:
     data, report = load_trial(subset(2), mappings_dir=isolated_mappings)
     assert report.rejects == []
-    made = package_trial(data, report, tmp_path / "package", KEY, mappings_dir=isolated_mappings)
+    made = package_trial(TrialSource.loaded(data, report), tmp_path / "package", KEY, mappings_dir=isolated_mappings)
     assert made.problems == [] and made.manifest["subjects"] == 2
     package = read_package(tmp_path / "package")
     total = len(package.resources)

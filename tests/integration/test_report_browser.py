@@ -13,6 +13,7 @@ from support import REPO
 
 from fhir_lupus import load_trial
 from fhir_lupus.report import write_report
+from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def test_report_renders_in_chromium(chromium: Path, subset: Callable[..., Path],
     from playwright.sync_api import sync_playwright
 
     data, _ = load_trial(subset(3))
-    result = write_report(data, tmp_path / "report.html")
+    result = write_report(TrialSource.loaded(data), tmp_path / "report.html")
     assert len(result.figures) == 3 + 2  # three subjects, change from baseline, renal response
 
     console_errors: list[str] = []

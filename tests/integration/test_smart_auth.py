@@ -32,6 +32,7 @@ from fhir_lupus.client import AuthenticationRefused, FatalHttpError, FhirClient,
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
 # One FHIR server per test is enough behind the gateway: pushes go to Medplum (a one-subject push takes 10-30 s on
@@ -144,9 +145,13 @@ def test_push_and_pull_with_es384_token_obtained_once(
     who = register(oidc_url, "ES384")
     client, transport, _ = smart_client(gated, oidc_url, who)
     with client, Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        first = push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         assert first.complete and first.created > 0, first.summary()
-        second = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        second = push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         assert second.written == 0 and second.unchanged == first.created
         pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
         assert pulled.subjects == 1 and pulled.rows

@@ -14,6 +14,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import dry_run_trial, push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
 pytestmark = pytest.mark.integration
@@ -37,12 +38,14 @@ def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
             "title": "registered before the identifier system changed",
         }
     )
-    expected = len(map_trial(data, report, mappings_dir=isolated_mappings).resources)
+    expected = len(map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources)
 
-    preview = dry_run_trial(data, report, client, mappings_dir=isolated_mappings)
+    preview = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
     assert preview.counts == {"create": expected - 1, "update": 1}, preview.counts
     with Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        first = push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         assert first.complete and (first.created, first.updated) == (expected - 1, 1), first.summary()
 
         either = {"identifier": f"{current}|{nct},{old}|{nct}"}
@@ -60,9 +63,11 @@ def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
         subjects = list(client.search("ResearchSubject", {"study": f"ResearchStudy/{theirs['id']}"}))
         assert len(subjects) == 2
 
-        second = push_trial(data, report, client, journal, source="test", mappings_dir=isolated_mappings)
+        second = push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+        )
         assert second.written == 0 and second.unchanged == expected, second.summary()
-        state = dry_run_trial(data, report, client, journal=journal, mappings_dir=isolated_mappings)
+        state = dry_run_trial(TrialSource.loaded(data, report), client, journal=journal, mappings_dir=isolated_mappings)
         assert state.counts == {"unchanged": expected}, [i for i in state.items if i.action != "unchanged"][:3]
 
         pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from fhir_lupus.model import LoadReport
 from fhir_lupus.pipeline import stream_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.streaming import write_ndjson
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nct00698191"
@@ -38,5 +38,5 @@ def spark() -> Iterator[Any]:
 def example_ndjson(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The whole example trial as `fhir-lupus map --format ndjson` writes it."""
     folder = tmp_path_factory.mktemp("example-ndjson")
-    write_ndjson(stream_trial(EXAMPLE, LoadReport()), folder)
+    write_ndjson(stream_trial(TrialSource.directory(EXAMPLE)), folder)
     return folder

@@ -25,6 +25,7 @@ from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._store import unmapped_path, write_rows
 from fhir_lupus.push import push_trial
+from fhir_lupus.source import TrialSource
 from fhir_lupus.spark import spark_labs
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -56,7 +57,7 @@ def test_spark_writes_the_table_pull_writes(spark: Any, tmp_path: Path) -> None:
     data, report = load_trial(example_subset(tmp_path / "data", 2), mappings_dir=mappings)
     pack = load_pack(mappings)
     with FhirClient(HAPI, timeout=120) as client, Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(data, report, client, journal, source="test", mappings_dir=mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=mappings)
         studies = list(
             client.search(
                 "ResearchStudy",

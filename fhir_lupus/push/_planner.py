@@ -1,0 +1,116 @@
+"""One server's plans, batch after batch: what push and the dry run both see before anything is written.
+
+The routes (``_routes``) come from the server's CapabilityStatement and change when the server refuses a search
+parameter or a PUT to a new id; the journal answers what it knows, the server is asked the rest (``_lookup``),
+and ``_plan`` decides each resource. What one batch held back or would create is carried to the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from fhir_lupus._resource import Resource
+from fhir_lupus.bundle import business_key, load_matching_rules, local_ref, references
+from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
+from fhir_lupus.push._lookup import RouteRefused, look_up
+from fhir_lupus.push._plan import Plan, load_finality_rules, needs_lookup, plan_batch
+from fhir_lupus.push._routes import CREATE_BY_ID, TypeRoute, plan_routes
+
+__all__ = ["Planner"]
+
+
+class Planner:
+    """Plans batch after batch for one server; carries what earlier batches held back or skipped.
+
+    Shared by push and the dry run, so both see the server the same way (``verify`` compares every
+    resource with the server copy, as the dry run does).
+    """
+
+    def __init__(
+        self,
+        client: FhirClient,
+        journal: Journal | None,
+        resource_types: Iterable[str],
+        *,
+        only_types: frozenset[str] | None = None,
+        skip_types: frozenset[str] = frozenset(),
+        mappings_dir: Path | None = None,
+        verify: bool = False,
+        warn: Callable[[str], None] = lambda _: None,
+        new_by_id: bool = True,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.capabilities = client.capabilities()
+        self._rules = load_matching_rules(mappings_dir)
+        self._finality = load_finality_rules(mappings_dir)
+        self._types = frozenset(resource_types)
+        self._only, self._skip = only_types, skip_types
+        self._refused: frozenset[tuple[str, str]] = frozenset()
+        self._new_by_id = new_by_id
+        self.routes = self._routes()
+        self.seen_types: set[str] = set()  # the types of the resources planned so far (what the report shows)
+        self.verify = verify
+        self.warn = warn
+        self.held_back: set[str] = set()
+        self.logical: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, str] = {}  # dry run: server ids found in earlier batches
+        self._creates: set[str] = set()  # dry run: what earlier batches would create
+
+    def _routes(self) -> dict[str, TypeRoute]:
+        return plan_routes(
+            self._types,
+            self.capabilities,
+            self._rules,
+            only=self._only,
+            skip=self._skip,
+            refused=self._refused,
+            new_by_id=self._new_by_id,
+        )
+
+    def refuse_by_id(self, resource_types: Iterable[str]) -> None:
+        """The server refused PUTs to new ids of these types: create them conditionally from now on."""
+        self._refused |= {(name, CREATE_BY_ID) for name in resource_types}
+        self.routes = self._routes()
+        for name in sorted(resource_types):
+            self.warn(f"the server refused {name} created by PUT to a new id; now: {self.routes[name].describe()}")
+
+    def plan(self, batch: list[Resource], held_back: Iterable[str] = ()) -> Plan:
+        server = self.client.base_url
+        self.seen_types.update(r["resourceType"] for r in batch)
+        keys = [(r["resourceType"], business_key(r)) for r in batch]
+        known = self.journal.lookup(server, keys) if self.journal else {}
+        inside = {local_ref(r) for r in batch}
+        outside = {t for r in batch for t in references(r)} - inside
+        refs = self.journal.server_refs(server, outside) if self.journal else {}
+        refs.update({ref: self._seen[ref] for ref in outside if ref in self._seen})
+        while True:
+            wanted = needs_lookup(batch, self.routes, known, verify=self.verify, finality=self._finality)
+            try:
+                found = look_up(self.client, wanted, self.routes, known=known)
+                break
+            except RouteRefused as exc:
+                self._refused |= {(exc.resource_type, exc.parameter)}
+                self.routes = self._routes()
+                self.warn(f"{exc}; now: {self.routes[exc.resource_type].describe()}")
+        plan = plan_batch(
+            batch,
+            self.routes,
+            known=known,
+            found=found,
+            server_refs=refs,
+            held_back=self.held_back | set(held_back),
+            logical=self.logical,
+            will_exist=self._creates,
+            verify=self.verify,
+            finality=self._finality,
+        )
+        self.held_back = plan.held_back
+        self.logical = plan.logical
+        if self.verify:  # nothing is written between batches: remember what the plan knows and would create
+            self._seen.update({ref: plan.server_refs[ref] for ref in inside if ref in plan.server_refs})
+            self._creates.update(item.local_ref for item in plan.items if item.action == "create")
+        return plan
