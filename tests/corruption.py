@@ -25,10 +25,9 @@ from typing import Any
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import LoadReport, load_trial
 from fhir_lupus.model._inputs import require_inputs
-from fhir_lupus.model._schedule import schedule_report
 from fhir_lupus.pipeline import iter_mapped
 from fhir_lupus.report import report_statistics
-from fhir_lupus.study import screen_trial, screening_findings
+from fhir_lupus.study import schedule_report, screen_trial, screening_findings
 
 TODAY = date(2026, 12, 6)  # the day the checks run: fixed, so that "in the future" means the same every run
 _NUMBER = re.compile(r"^(<=|>=|<|>)?(-?\d+(?:\.\d+)?)$")

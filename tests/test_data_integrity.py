@@ -25,14 +25,13 @@ from fhir_lupus.model import LoadReport, StudyDefinition, TrialData, load_trial
 from fhir_lupus.model._check_rules import load_check_rules
 from fhir_lupus.model._inputs import needed_files, require_inputs
 from fhir_lupus.model._queries import query_id, track_queries
-from fhir_lupus.model._schedule import schedule_report
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull._visits import assign_visit
 from fhir_lupus.registry import package_trial
 from fhir_lupus.registry._key import RegistryKey
 from fhir_lupus.report import write_report
 from fhir_lupus.source import TrialSource
-from fhir_lupus.study import screen_candidate, screen_trial, screening_findings
+from fhir_lupus.study import schedule_report, screen_candidate, screen_trial, screening_findings
 from fhir_lupus.terminology import UnitConverter, load_pack
 from fhir_lupus.terminology._medications import load_medication_catalogue
 

@@ -21,11 +21,11 @@ from fhir_lupus.model._schedule import (
     VisitOutcome,
     evaluate_schedule,
     schedule_findings,
-    schedule_rows,
 )
 from fhir_lupus.model._study import StudyDefinition, load_study
 from fhir_lupus.pipeline import make_context
 from fhir_lupus.source import TrialSource
+from fhir_lupus.study import schedule_rows
 from fhir_lupus.terminology import load_pack
 from fhir_lupus.validation import validate_resource
 

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from fhir_lupus._scratch import write_csv
 from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
-from fhir_lupus.model import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
+from fhir_lupus.model import SubjectSchedule
+from fhir_lupus.study import SCHEDULE_CSV_COLUMNS, schedule_report, schedule_rows
 
 __all__ = ["schedule"]
 

@@ -20,7 +20,7 @@ from fhir_lupus.model._lifecycle import load_lifecycle_rules
 from fhir_lupus.model._loader import CHUNK_ROWS, chunk_plan, load_trial, load_trial_chunks, read_study_id
 from fhir_lupus.model._queries import QueryLog, track_queries, write_queries
 from fhir_lupus.model._records import Finding, LoadReport, Located, Reject, write_quarantine
-from fhir_lupus.model._schedule import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
+from fhir_lupus.model._schedule import SubjectSchedule, evaluate_schedule
 from fhir_lupus.model._scoring import CheckedLab, ScoredAssessment
 from fhir_lupus.model._study import (
     DAYS_PER_MONTH,
@@ -39,7 +39,6 @@ __all__ = [
     "CHUNK_ROWS",
     "DAYS_PER_MONTH",
     "MEDICATIONS",
-    "SCHEDULE_CSV_COLUMNS",
     "SCREENING",
     "Activity",
     "AdverseEventRow",
@@ -70,6 +69,7 @@ __all__ = [
     "Visit",
     "add_calendar_months",
     "chunk_plan",
+    "evaluate_schedule",
     "finding",
     "load_check_rules",
     "load_lifecycle_rules",
@@ -79,8 +79,6 @@ __all__ = [
     "nearest_month",
     "read_study_id",
     "require_inputs",
-    "schedule_report",
-    "schedule_rows",
     "track_queries",
     "write_quarantine",
     "write_queries",

@@ -29,7 +29,7 @@ from fhir_lupus.pull._local import read_ndjson
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._state import PassState
 from fhir_lupus.pull._subjects import AtHand, DayZeroRecords, OnServer, Subjects
-from fhir_lupus.terminology._units import warm_up as warm_up_units
+from fhir_lupus.terminology import warm_up_units
 
 __all__ = ["BulkPass", "export_request"]
 

@@ -31,7 +31,7 @@ from fhir_lupus.pull._search import PAGE, Search, matches
 from fhir_lupus.pull._selection import patient_of, reaches
 from fhir_lupus.pull._state import PassState
 from fhir_lupus.pull._subjects import OnServer, Subject, SubjectRow, Subjects
-from fhir_lupus.terminology._units import warm_up as warm_up_units
+from fhir_lupus.terminology import warm_up_units
 
 __all__ = ["DEFAULT_WORKERS", "fetch_labs", "refusal"]
 

@@ -1,5 +1,8 @@
 """Apply a push plan: send its writes in chunks the server accepts, and journal what the server confirmed.
 
+(Over 400 lines: a chunk's write, the reading of its answer and the fall-backs on a refusal are one state
+machine; split, each half would need the other's state.)
+
 Chunks follow the plan's order (referenced resources first). Inside a transaction, references between its
 entries are ``urn:uuid``; to resources written before, the server's ids. A chunk is as large as the server
 has shown it accepts for its kind (``conditional`` when it holds any conditional entry, ``direct`` when every

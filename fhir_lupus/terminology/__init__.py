@@ -17,6 +17,7 @@ from fhir_lupus.terminology._pack import (
     read_yaml,
 )
 from fhir_lupus.terminology._units import UnitConverter
+from fhir_lupus.terminology._units import warm_up as warm_up_units
 
 __all__ = [
     "AdverseEventTerms",
@@ -43,4 +44,5 @@ __all__ = [
     "proves_above",
     "proves_below",
     "read_yaml",
+    "warm_up_units",
 ]
