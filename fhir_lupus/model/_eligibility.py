@@ -1,7 +1,7 @@
 """The machine-readable rule of an eligibility criterion (``rule:`` in mappings/studies/<NCT id>.yaml).
 
 One definition serves two readers: the enrolment Group (fhir_lupus/mappers/_group.py) takes a criterion's
-numeric range or boolean from its rule, and the screening engine (fhir_lupus/screening/) decides the
+numeric range or boolean from its rule, and the screening engine (fhir_lupus/study/) decides the
 criterion from it. A rule names where its data comes from (``source``) and what it must be:
 
 - ``screening.<finding>``: a yes/no column of screening.csv, ``equals: true`` (the finding present);

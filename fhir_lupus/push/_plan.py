@@ -14,7 +14,7 @@ look-ups found on the server, and the routes per type, every resource gets one a
   (``mappings/fhir/push.yaml``: such resources are always looked up, so that the server copy is compared);
 - ``skipped``: its type is not written on this server; references to it become logical references.
 The dependency closure is computed once, in the same pass, because resources come referenced-first.
-The dry run is this plan rendered; push applies it (``sync/apply.py``).
+The dry run is this plan rendered; push applies it (``push/_apply.py``).
 """
 
 from __future__ import annotations
