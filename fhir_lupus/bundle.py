@@ -304,7 +304,7 @@ def dumps(document: Any, *, pretty: bool = True) -> str:
     took a quarter of ``fhir-lupus map``. The text is what ``json.dumps(ensure_ascii=False)`` with ``indent=2``
     (pretty) or without spaces (compact) writes, UTF-8 kept as is, except numbers under 1e-4: orjson writes
     ``0.00001`` and ``2.5e-7`` where ``json`` writes ``1e-05`` and ``2.5e-07`` (the same values). Content
-    hashes (``sync.plan.content_hash``) keep ``json``, so journals written before stay valid.
+    hashes (``push.content_hash``) keep ``json``, so journals written before stay valid.
     """
     if pretty:
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
