@@ -1,42 +1,82 @@
 """fhir_lupus: FHIR interoperability adapter for the NCT00698191 MSC-for-refractory-SLE trial.
 
-The public surface is small: load a data directory, map it, bundle it. Everything else lives in
-sub-packages (``model``, ``terminology``, ``scoring``, ``mappers``) for those who need the parts.
+This is the whole public surface (docs/api.md, with an example for each use: push, pull, registry); a test
+pins it. Everything else is reached through the packages (``fhir_lupus.model``, ``fhir_lupus.push``, ...),
+whose modules are private.
 
-    trial = TrialSource.directory(Path("examples/nct00698191"))  # fhir_lupus.source: loaded when asked
-    result = map_trial(trial)                        # validated R4 resources; refused rows in trial.report
-    bundle = transaction_bundle(result.resources)    # conditional, dependency-ordered transaction
+    with TrialSource.directory(Path("examples/nct00698191"), command="push") as trial:
+        trial.check()                                        # every CSV read and checked once
+        with FhirClient(server) as client, Journal(path) as journal:
+            push_trial(trial, client, journal, source="site export")
 """
 
+from fhir_lupus._resource import Resource
 from fhir_lupus._version import __version__ as __version__
 from fhir_lupus.bundle import dumps, transaction_bundle
+from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, RetryPolicy, SmartBackendAuth
 from fhir_lupus.errors import (
+    FhirHttpError,
     FhirLupusError,
     InputError,
     MappingError,
+    Outcome,
+    RejectedRows,
     ResourceInvalidError,
     TerminologyError,
     UnitError,
 )
-from fhir_lupus.model import LoadReport, TrialData, load_study, load_trial, write_quarantine
+from fhir_lupus.journal import Journal
+from fhir_lupus.mappers import MappingContext
+from fhir_lupus.model import LoadReport, StudyDefinition, TrialData, load_study, load_trial, write_quarantine
 from fhir_lupus.pipeline import MapResult, map_trial
+from fhir_lupus.pull import BulkOptions, PullResult, pull_study
+from fhir_lupus.push import DryRunReport, PushOptions, PushReport, dry_run_trial, push_trial
+from fhir_lupus.registry import PackageResult, RegistryKey, SubmitResult, load_key, package_trial, submit_package
+from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import check_invariants, validate_resource
 
 __all__ = [
+    "BasicAuth",
+    "BearerAuth",
+    "BulkOptions",
+    "DryRunReport",
+    "FhirClient",
+    "FhirHttpError",
     "FhirLupusError",
     "InputError",
+    "Journal",
     "LoadReport",
     "MapResult",
+    "MappingContext",
     "MappingError",
+    "Outcome",
+    "PackageResult",
+    "PullResult",
+    "PushOptions",
+    "PushReport",
+    "RegistryKey",
+    "RejectedRows",
+    "Resource",
     "ResourceInvalidError",
+    "RetryPolicy",
+    "SmartBackendAuth",
+    "StudyDefinition",
+    "SubmitResult",
     "TerminologyError",
     "TrialData",
+    "TrialSource",
     "UnitError",
     "check_invariants",
+    "dry_run_trial",
     "dumps",
+    "load_key",
     "load_study",
     "load_trial",
     "map_trial",
+    "package_trial",
+    "pull_study",
+    "push_trial",
+    "submit_package",
     "transaction_bundle",
     "validate_resource",
     "write_quarantine",

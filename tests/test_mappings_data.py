@@ -33,12 +33,8 @@ from fhir_lupus.terminology import (
 )
 
 
-def test_public_names_are_pinned() -> None:
-    assert sorted(fhir_lupus.__all__) == [
-        "FhirLupusError", "InputError", "LoadReport", "MapResult", "MappingError", "ResourceInvalidError",
-        "TerminologyError", "TrialData", "UnitError", "check_invariants", "dumps", "load_study", "load_trial",
-        "map_trial", "transaction_bundle", "validate_resource", "write_quarantine",
-    ]  # fmt: skip
+def test_public_names_resolve() -> None:
+    # the list itself is pinned to docs/api.md by tests/test_public_api.py
     for name in fhir_lupus.__all__:
         assert getattr(fhir_lupus, name)
 
