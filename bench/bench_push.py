@@ -43,7 +43,9 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import PushOptions, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
+from fhir_lupus.terminology import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -106,8 +108,10 @@ def fresh_hapi(port: int, state: Path) -> Iterator[str]:
 def prepare(subjects: int, scratch: Path) -> tuple[TrialData, LoadReport, Path, list[dict[str, Any]]]:
     mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
     data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
-    data, report = load_trial(data_dir, mappings_dir=mappings)
-    resources = dependency_sorted(map_trial(TrialSource.loaded(data), mappings_dir=mappings).resources)
+    data, report = load_trial(data_dir, pack=load_pack(mappings))
+    resources = dependency_sorted(
+        map_trial(TrialSource.loaded(data), settings=Settings.from_mappings(mappings)).resources
+    )
     return data, report, mappings, resources
 
 
@@ -122,7 +126,7 @@ def run_fhir_lupus(
             client,
             book,
             source="bench",
-            mappings_dir=mappings,
+            settings=Settings.from_mappings(mappings),
             audit_log=False,
             options=PushOptions(concurrency=concurrency),
         )
@@ -130,7 +134,12 @@ def run_fhir_lupus(
         idle = wall - requests.busy()
         started = time.perf_counter()
         second = push_trial(
-            TrialSource.loaded(data, report), client, book, source="bench", mappings_dir=mappings, audit_log=False
+            TrialSource.loaded(data, report),
+            client,
+            book,
+            source="bench",
+            settings=Settings.from_mappings(mappings),
+            audit_log=False,
         )
         again = time.perf_counter() - started
     if not (first.complete and first.created == first.total and second.written == 0):

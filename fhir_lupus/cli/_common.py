@@ -1,5 +1,6 @@
-"""What the command groups share: the console, common options, summaries, and ``fail`` (an error printed, and
-the exit code cli/_exit.py gives it)."""
+"""What the command groups share: the console, common options, the ``Settings`` of a command (``settings_of``,
+the one place they are made), summaries, and ``fail`` (an error printed, and the exit code cli/_exit.py gives
+it)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, SmartBackendAut
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, write_quarantine
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
@@ -117,19 +119,28 @@ def _read_key(path: Path) -> bytes:
         fail(ValueError(f"--smart-key {path}: {exc.strerror or exc}"))
 
 
-def open_trial(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
-    """The data directory as a ``TrialSource``, once ``command``'s files are found there (mappings/checks/
-    inputs.yaml); the source loads, checks and screens when the command asks."""
+def settings_of(mappings: Path | None, *, strict_validation: bool = False) -> Settings:
+    """The command's ``Settings``, from ``--mappings`` and ``--strict-validation``: the pack is read and checked
+    here, once for the whole command (exit 2 naming the file when it is wrong)."""
     try:
-        return TrialSource.directory(data_dir, command=command, mappings_dir=mappings)
+        return Settings.from_mappings(mappings, validation="strict" if strict_validation else "fast")
     except FhirLupusError as exc:
         fail(exc)
 
 
-def load(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
+def open_trial(data_dir: Path, settings: Settings, command: str) -> TrialSource:
+    """The data directory as a ``TrialSource``, once ``command``'s files are found there (mappings/checks/
+    inputs.yaml); the source loads, checks and screens when the command asks."""
+    try:
+        return TrialSource.directory(data_dir, command=command, settings=settings)
+    except FhirLupusError as exc:
+        fail(exc)
+
+
+def load(data_dir: Path, settings: Settings, command: str) -> TrialSource:
     """``open_trial``, then the whole trial loaded (``TrialSource.whole``): its report holds the screening
     queries too."""
-    trial = open_trial(data_dir, mappings, command)
+    trial = open_trial(data_dir, settings, command)
     try:
         trial.whole()
     except FhirLupusError as exc:
@@ -137,10 +148,10 @@ def load(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
     return trial
 
 
-def load_checked(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
+def load_checked(data_dir: Path, settings: Settings, command: str) -> TrialSource:
     """``open_trial``, then every chunk of subjects read and checked (``TrialSource.check``), as ``load`` does:
     the report holds every reject before anything is sent, and the command replays the chunks it kept."""
-    trial = open_trial(data_dir, mappings, command)
+    trial = open_trial(data_dir, settings, command)
     try:
         trial.check()
     except FhirLupusError as exc:

@@ -32,6 +32,7 @@ from fhir_lupus.cli._common import (
     open_journal,
     open_trial,
     report_load,
+    settings_of,
 )
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._mapping import FhirVersionOption
@@ -70,7 +71,7 @@ def package_command(
         key = load_key(key_file)
     except FhirLupusError as exc:
         fail(exc)
-    trial = open_trial(data_dir, mappings, "registry-package")
+    trial = open_trial(data_dir, settings_of(mappings, strict_validation=strict_validation), "registry-package")
     report = trial.report
     try:  # a chunk of subjects loaded (checked, screened) at a time, packaged subject by subject: memory stays flat
         result = package_trial(
@@ -79,8 +80,7 @@ def package_command(
             key,
             link_table=link_table,
             fhir_version=fhir_version.value,
-            mappings_dir=mappings,
-            validation="strict" if strict_validation else "fast",
+            settings=trial.settings,
             allow_rejects=allow_rejects,
         )
     except RejectedRows as exc:  # nothing was written
@@ -129,6 +129,7 @@ def submit_command(
     timeout: Timeout = 60.0,
 ) -> None:
     """Check PACKAGE_DIR against its manifest and push it to SERVER (journaled: a second submit writes nothing)."""
+    settings = settings_of(mappings)
     client = make_client(
         server,
         token=token,
@@ -144,7 +145,7 @@ def submit_command(
     with client, open_journal(journal) as book:
         try:
             result = submit_package(
-                package_dir, client, book, chunk_size=chunk_size, mappings_dir=mappings, audit_log=audit_log
+                package_dir, client, book, chunk_size=chunk_size, settings=settings, audit_log=audit_log
             )
         except FhirLupusError as exc:
             fail(exc)

@@ -36,6 +36,7 @@ from fhir_lupus.cli._common import (
     make_client,
     open_journal,
     report_load,
+    settings_of,
 )
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.client import ExportStatus, WriteStrategy
@@ -50,7 +51,6 @@ from fhir_lupus.push import (
     dry_run_trial,
     push_trial,
 )
-from fhir_lupus.validation import validation_mode
 
 __all__ = ["pull", "push", "render_pull", "render_push"]
 
@@ -114,7 +114,8 @@ def push(
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
     # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
-    trial = load_checked(data_dir, mappings, "push")
+    settings = settings_of(mappings, strict_validation=strict_validation)
+    trial = load_checked(data_dir, settings, "push")
     with trial:  # the chunks it kept on disk are removed on the way out
         report = trial.report
         report_load(report, quarantine, verbose_findings=False)
@@ -131,12 +132,11 @@ def push(
             ca_bundle=ca_bundle,
             timeout=timeout,
         )
-        # the push code maps inside; the mode reaches its validation through fhir_lupus.validation.validation_mode
-        with client, open_journal(journal) as book, validation_mode("strict" if strict_validation else "fast"):
+        with client, open_journal(journal) as book:
             try:
                 if dry_run:
                     preview = dry_run_trial(
-                        trial, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
+                        trial, client, journal=book, settings=settings, only_types=only, skip_types=skip
                     )
                     render_dry_run(preview, show_diffs)
                     return
@@ -156,7 +156,7 @@ def push(
                         progress=progress,
                     )
                     source = str(data_dir.resolve())
-                    result = push_trial(trial, client, book, source=source, mappings_dir=mappings, options=options)
+                    result = push_trial(trial, client, book, source=source, settings=settings, options=options)
             except FhirLupusError as exc:
                 fail(exc)
     render_push(result)
@@ -299,6 +299,7 @@ def pull(
     The output always holds every row pulled so far from SERVER for the study (kept in the journal, merged
     by observation id, newer version wins); results that are not rows go to OUTPUT's .unmapped file.
     """
+    settings = settings_of(mappings)
     client = make_client(
         server,
         token=token,
@@ -328,7 +329,7 @@ def pull(
         )
     with client, open_journal(journal) as book:
         try:
-            definition = load_study(study, mappings)
+            definition = load_study(study, settings.pack)
             result = pull_study(
                 client,
                 book,
@@ -338,7 +339,7 @@ def pull(
                 lookback_days=lookback_days,
                 output=output,
                 overlap_seconds=overlap,
-                mappings_dir=mappings,
+                settings=settings,
                 bulk=options,
             )
         except FhirLupusError as exc:

@@ -32,6 +32,7 @@ from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._roundtrip import compare_round_trip
 from fhir_lupus.push import PushOptions, dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -127,8 +128,10 @@ def test_push_and_pull_through_a_fault(
     subset: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    data, report = load_trial(subset(1), pack=load_pack(isolated_mappings))
+    resources = map_trial(
+        TrialSource.loaded(data, report), settings=Settings.from_mappings(isolated_mappings)
+    ).resources
     rule = FAULTS[fault](proxy, nth_transaction(2))
     retry = RetryPolicy(attempts=4, base_delay=0.2, max_delay=2.0)
     with (
@@ -141,16 +144,22 @@ def test_push_and_pull_through_a_fault(
             journal,
             source="test",
             options=PushOptions(chunk_size=50),
-            mappings_dir=isolated_mappings,
+            settings=Settings.from_mappings(isolated_mappings),
         )
         assert rule.fired >= 1, f"the fault never fired: {proxy.events[-3:]}"
         assert pushed.problems == [] and pushed.provenance
         again = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report),
+            client,
+            journal,
+            source="test",
+            settings=Settings.from_mappings(isolated_mappings),
         )
         assert again.written == 0 and again.unchanged == len(resources)
         lost, duplicated, disagreeing = census(client, resources, journal)
-        state = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+        state = dry_run_trial(
+            TrialSource.loaded(data, report), client, settings=Settings.from_mappings(isolated_mappings)
+        )
         FAULT_RESULTS.append(
             f"{client.base_url} push, {fault}: fired {rule.fired}x; {len(resources)} resources: "
             f"lost {lost}, duplicated {duplicated}, journal disagreeing {disagreeing}"
@@ -161,7 +170,7 @@ def test_push_and_pull_through_a_fault(
         assert len(provenances) == 1  # the Provenance was not written twice either
 
         pull_rule = FAULTS[fault](proxy, nth_lab_search(2))
-        pulled = pull_study(faulty, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(faulty, journal, data.study, since=None, settings=Settings.from_mappings(isolated_mappings))
         trip = compare_round_trip(data, pulled.rows, LabCatalogue(load_pack(isolated_mappings)))
         FAULT_RESULTS.append(
             f"{client.base_url} pull, {fault} on a lab search: fired {pull_rule.fired}x; {len(pulled.rows)} rows: "
@@ -199,14 +208,20 @@ def test_push_killed_with_sigkill_midway_resumes_without_loss_or_duplicates(
         time.sleep(0.02)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the push finished before it could be killed"
-    data, report = load_trial(data_dir, mappings_dir=isolated_mappings)
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    data, report = load_trial(data_dir, pack=load_pack(isolated_mappings))
+    resources = map_trial(
+        TrialSource.loaded(data, report), settings=Settings.from_mappings(isolated_mappings)
+    ).resources
     partial = _journal_rows(journal_path)
     assert 60 <= partial < len(resources)
     with Journal(journal_path) as journal:
         assert [status for _, status, _ in journal.pushes(client.base_url)] == ["running"]
         resumed = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report),
+            client,
+            journal,
+            source="test",
+            settings=Settings.from_mappings(isolated_mappings),
         )
         assert resumed.complete and resumed.written + resumed.unchanged == len(resources)
         assert resumed.earlier_provenance  # the killed push's writes get their Provenance

@@ -13,6 +13,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -24,9 +25,11 @@ SCHEDULE_TYPES = ("PlanDefinition", "ActivityDefinition")
 def test_schedule_of_activities_round_trips_and_second_push_is_unchanged(
     client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1), pack=load_pack(isolated_mappings))
     assert report.rejects == []
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    resources = map_trial(
+        TrialSource.loaded(data, report), settings=Settings.from_mappings(isolated_mappings)
+    ).resources
     ours = {r["resourceType"]: 0 for r in resources}
     for resource in resources:
         ours[resource["resourceType"]] += 1
@@ -35,15 +38,23 @@ def test_schedule_of_activities_round_trips_and_second_push_is_unchanged(
 
     with Journal(tmp_path / "journal.sqlite") as journal:
         first = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report),
+            client,
+            journal,
+            source="test",
+            settings=Settings.from_mappings(isolated_mappings),
         )
         assert first.complete, first.summary()
         second = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report),
+            client,
+            journal,
+            source="test",
+            settings=Settings.from_mappings(isolated_mappings),
         )
         assert second.written == 0 and second.unchanged == len(resources), second.summary()
     # a fresh journal: the plan looks every resource up on the server by its identifier and finds it unchanged
-    fresh = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    fresh = dry_run_trial(TrialSource.loaded(data, report), client, settings=Settings.from_mappings(isolated_mappings))
     assert fresh.counts == {"unchanged": len(resources)}, [i for i in fresh.items if i.action != "unchanged"][:3]
 
     pack = load_pack(isolated_mappings)

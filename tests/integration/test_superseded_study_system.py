@@ -14,6 +14,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
     client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
-    data, report = load_trial(subset(2), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(2), pack=load_pack(isolated_mappings))
     assert report.rejects == []
     nct = data.study.nct_id
     pack = load_pack(isolated_mappings)
@@ -38,13 +39,21 @@ def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
             "title": "registered before the identifier system changed",
         }
     )
-    expected = len(map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources)
+    expected = len(
+        map_trial(TrialSource.loaded(data, report), settings=Settings.from_mappings(isolated_mappings)).resources
+    )
 
-    preview = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    preview = dry_run_trial(
+        TrialSource.loaded(data, report), client, settings=Settings.from_mappings(isolated_mappings)
+    )
     assert preview.counts == {"create": expected - 1, "update": 1}, preview.counts
     with Journal(tmp_path / "journal.sqlite") as journal:
         first = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report),
+            client,
+            journal,
+            source="test",
+            settings=Settings.from_mappings(isolated_mappings),
         )
         assert first.complete and (first.created, first.updated) == (expected - 1, 1), first.summary()
 
@@ -64,12 +73,21 @@ def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
         assert len(subjects) == 2
 
         second = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report),
+            client,
+            journal,
+            source="test",
+            settings=Settings.from_mappings(isolated_mappings),
         )
         assert second.written == 0 and second.unchanged == expected, second.summary()
-        state = dry_run_trial(TrialSource.loaded(data, report), client, journal=journal, mappings_dir=isolated_mappings)
+        state = dry_run_trial(
+            TrialSource.loaded(data, report),
+            client,
+            journal=journal,
+            settings=Settings.from_mappings(isolated_mappings),
+        )
         assert state.counts == {"unchanged": expected}, [i for i in state.items if i.action != "unchanged"][:3]
 
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=Settings.from_mappings(isolated_mappings))
         assert pulled.subjects == 2 and pulled.total_rows >= len(data.labs)
     assert len(list(client.search("ResearchStudy", either))) == 1
