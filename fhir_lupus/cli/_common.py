@@ -14,12 +14,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from fhir_lupus.cli._exit import exit_code, stop
-from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, SmartBackendAuth
+from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, write_quarantine
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
+from fhir_lupus.validation import Validation
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
 
@@ -39,69 +40,9 @@ StrictValidation = Annotated[
         help="Evaluate every FHIRPath invariant with fhirpathpy (the reference path, slower); same verdicts.",
     ),
 ]
-Server = Annotated[str, typer.Option("--server", help="FHIR base URL, e.g. https://hospital.example/fhir")]
 JournalPath = Annotated[Path, typer.Option("--journal", help="SQLite journal of pushes and pulls.")]
-Token = Annotated[str | None, typer.Option("--token", envvar="FHIR_LUPUS_TOKEN", help="Bearer token.")]
-Basic = Annotated[str | None, typer.Option("--basic", envvar="FHIR_LUPUS_BASIC", help="user:password for basic auth.")]
-SmartClient = Annotated[str | None, typer.Option("--smart-client-id", help="SMART Backend Services client id.")]
-SmartKey = Annotated[Path | None, typer.Option("--smart-key", help="PEM private key for the client assertion.")]
-SmartTokenUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--smart-token-url", help="OAuth token endpoint (default: from the server's .well-known/smart-configuration)."
-    ),
-]
-SmartAlg = Annotated[str, typer.Option("--smart-alg", help="RS384 or ES384.")]
-SmartKid = Annotated[
-    str | None, typer.Option("--smart-kid", help="Key id (kid) of --smart-key in the client's registered JWKS.")
-]
-CaBundle = Annotated[Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust instead of the system's.")]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request.")]
 DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
 PRELIMINARY_CHECK = "sledai-undecided"  # the query that says a published total is preliminary (checks.yaml)
-
-
-def make_client(
-    server: str,
-    *,
-    token: str | None = None,
-    basic: str | None = None,
-    smart_client_id: str | None = None,
-    smart_key: Path | None = None,
-    smart_token_url: str | None = None,
-    smart_alg: str = "RS384",
-    smart_kid: str | None = None,
-    ca_bundle: Path | None = None,
-    timeout: float = 60.0,
-) -> FhirClient:
-    auth: BearerAuth | BasicAuth | SmartBackendAuth | None = None
-    if token:
-        auth = BearerAuth(token)
-    elif basic:
-        user, _, password = basic.partition(":")
-        auth = BasicAuth(user, password)
-    elif smart_client_id or smart_key or smart_token_url:
-        if not (smart_client_id and smart_key):
-            fail(
-                ValueError(
-                    "SMART Backend Services needs --smart-client-id and --smart-key (--smart-token-url "
-                    "is discovered from the server's .well-known/smart-configuration when not given)"
-                )
-            )
-        if smart_alg not in ("RS384", "ES384"):
-            fail(ValueError("--smart-alg must be RS384 or ES384"))
-        auth = SmartBackendAuth(
-            token_url=smart_token_url,
-            fhir_base=server,
-            client_id=smart_client_id,
-            private_key_pem=_read_key(smart_key),
-            algorithm="RS384" if smart_alg == "RS384" else "ES384",
-            key_id=smart_kid,
-        )
-    try:
-        return FhirClient(server, auth=auth, timeout=timeout, ca_bundle=str(ca_bundle) if ca_bundle else None)
-    except ValueError as exc:
-        fail(exc)
 
 
 def open_journal(path: Path) -> Journal:
@@ -112,18 +53,15 @@ def open_journal(path: Path) -> Journal:
         fail(ValueError(f"{path}: cannot open the journal: {exc}"))
 
 
-def _read_key(path: Path) -> bytes:
+def settings_of(
+    mappings: Path | None, *, strict_validation: bool = False, connection: Connection | None = None
+) -> Settings:
+    """The command's ``Settings``, from ``--mappings``, ``--strict-validation`` and the connection options
+    (cli/_connection.py): the pack is read and checked here, once for the whole command (exit 2 naming the file
+    when it is wrong)."""
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        fail(ValueError(f"--smart-key {path}: {exc.strerror or exc}"))
-
-
-def settings_of(mappings: Path | None, *, strict_validation: bool = False) -> Settings:
-    """The command's ``Settings``, from ``--mappings`` and ``--strict-validation``: the pack is read and checked
-    here, once for the whole command (exit 2 naming the file when it is wrong)."""
-    try:
-        return Settings.from_mappings(mappings, validation="strict" if strict_validation else "fast")
+        validation: Validation = "strict" if strict_validation else "fast"
+        return Settings.from_mappings(mappings, validation=validation, connection=connection)
     except FhirLupusError as exc:
         fail(exc)
 

@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 from fhir_lupus import devserver
-from fhir_lupus.cli._common import console, fail, load, make_client, print_rows
+from fhir_lupus.cli._common import console, fail, load, print_rows
+from fhir_lupus.cli._connection import open_client
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._sync import render_push, subject_table
+from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import compare_round_trip, pull_study
@@ -44,8 +46,7 @@ def demo(
     if missing is not None:  # installed from a wheel: the example trial and the servers live in a checkout
         fail(missing)
     data_dir = data_dir or devserver.repo_root() / EXAMPLE
-    settings = Settings.default()
-    trial = load(data_dir, settings, "push")
+    trial = load(data_dir, Settings.default(), "push")
     data, report = trial.whole(), trial.report
     print_rows(report)
     if report.rejects:
@@ -59,11 +60,12 @@ def demo(
             fail(exc)
         server = handle.url
         console.print(f"{engine} answers at {server}")
+    settings = trial.settings.with_connection(Connection(server))
     out.mkdir(parents=True, exist_ok=True)
     try:
         with (
             tempfile.TemporaryDirectory() as scratch,
-            make_client(server) as client,
+            open_client(settings) as client,
             Journal(Path(scratch) / "journal.sqlite") as book,
         ):
             result = push_trial(trial, client, book, source=str(data_dir), settings=settings)

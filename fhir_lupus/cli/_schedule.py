@@ -12,15 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fhir_lupus._scratch import write_csv
-from fhir_lupus.cli._common import (
-    DataDir,
-    Mappings,
-    console,
-    fail,
-    load,
-    note_rejects,
-    settings_of,
-)
+from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects, settings_of
 from fhir_lupus.model import SCHEDULE_CSV_COLUMNS, SubjectSchedule, schedule_report, schedule_rows
 
 __all__ = ["schedule"]

@@ -8,12 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import (
-    Mappings,
-    console,
-    fail,
-    settings_of,
-)
+from fhir_lupus.cli._common import Mappings, console, fail, settings_of
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import PulledLab, UnmappedResult, unmapped_path, write_rows
