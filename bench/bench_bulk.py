@@ -28,6 +28,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import BulkOptions, pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,10 +43,11 @@ def run(subjects: list[int], repeat: int, port: int, poll_wait: float) -> list[d
             scratch = Path(scratch_name)
             mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
             data_dir = EXAMPLE if count >= 20 else example_subset(scratch / "data", count)
-            data, report = load_trial(data_dir, mappings_dir=mappings)
+            settings = Settings.from_mappings(mappings)
+            data, report = load_trial(data_dir, pack=settings.pack)
             with fresh_hapi(port, scratch / "hapi") as url, FhirClient(url, timeout=600) as client:
                 with Journal(scratch / "push.sqlite") as journal:
-                    push_trial(TrialSource.loaded(data, report), client, journal, source="bench", mappings_dir=mappings)
+                    push_trial(TrialSource.loaded(data, report), client, journal, source="bench", settings=settings)
                 ways: dict[str, BulkOptions | None] = {
                     "search": None,
                     "bulk, patient level": BulkOptions(max_poll_wait=poll_wait),
@@ -60,7 +62,7 @@ def run(subjects: list[int], repeat: int, port: int, poll_wait: float) -> list[d
                         started = time.perf_counter()
                         with Journal(output.with_suffix(".sqlite")) as journal:
                             result = pull_study(
-                                client, journal, data.study, since=None, output=output, mappings_dir=mappings, bulk=bulk
+                                client, journal, data.study, since=None, output=output, settings=settings, bulk=bulk
                             )
                         times[name].append(time.perf_counter() - started)
                         waited[name].append(result.bulk.waited if result.bulk else 0.0)

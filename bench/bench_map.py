@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from fhir_lupus import dumps, load_trial, map_trial, transaction_bundle
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import _model, check_invariants
 
@@ -24,7 +25,8 @@ def run(data_dir: Path = EXAMPLE, fhir_version: str = "R4", validation: str = "f
     started = time.perf_counter()
     data, report = load_trial(data_dir)
     loaded = time.perf_counter()
-    result = map_trial(TrialSource.loaded(data, report), fhir_version=fhir_version, validation=validation)  # type: ignore[arg-type]
+    settings = Settings.from_mappings(None, validation=validation)  # type: ignore[arg-type]
+    result = map_trial(TrialSource.loaded(data, report), fhir_version=fhir_version, settings=settings)
     mapped = time.perf_counter()
     for item in result.resources:
         _model(fhir_version, item["resourceType"]).model_validate(item)  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
 from fhir_lupus.pull._selection import lab_category as pack_lab_category
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -77,7 +78,8 @@ def run_pull(url: str, nct_id: str, mappings: Path, scratch: Path, workers: int)
     """One full pull with a fresh journal; (seconds, rows + set-aside results)."""
     run = scratch / f"pull-{uuid.uuid4().hex[:8]}"
     run.mkdir()
-    study = load_study(nct_id, mappings)
+    settings = Settings.from_mappings(mappings)
+    study = load_study(nct_id, settings.pack)
     started = time.perf_counter()
     with FhirClient(url, timeout=600) as client, Journal(run / "journal.sqlite") as journal:
         result = pull_study(
@@ -86,7 +88,7 @@ def run_pull(url: str, nct_id: str, mappings: Path, scratch: Path, workers: int)
             study,
             since=None,
             output=run / "labs.csv",
-            mappings_dir=mappings,
+            settings=settings,
             audit_log=False,
             workers=workers,
         )
@@ -212,10 +214,11 @@ def push_subjects(url: str, subjects: int, scratch: Path) -> tuple[str, Path, li
     directory, Patient references, lab category token)."""
     mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
     data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
-    data, report = load_trial(data_dir, mappings_dir=mappings)
+    settings = Settings.from_mappings(mappings)
+    data, report = load_trial(data_dir, pack=settings.pack)
     with FhirClient(url, timeout=600) as client, Journal(scratch / "push.sqlite") as journal:
         push_trial(
-            TrialSource.loaded(data, report), client, journal, source="bench", mappings_dir=mappings, audit_log=False
+            TrialSource.loaded(data, report), client, journal, source="bench", settings=settings, audit_log=False
         )
         refs = patients(client, journal)
     return data.study.nct_id, mappings, refs, lab_category(mappings)

@@ -43,7 +43,9 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import PushOptions, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
+from fhir_lupus.terminology import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -106,15 +108,16 @@ def fresh_hapi(port: int, state: Path) -> Iterator[str]:
 def prepare(subjects: int, scratch: Path) -> tuple[TrialData, LoadReport, Path, list[dict[str, Any]]]:
     mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
     data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
-    data, report = load_trial(data_dir, mappings_dir=mappings)
-    resources = dependency_sorted(map_trial(TrialSource.loaded(data), mappings_dir=mappings).resources)
+    settings = Settings.from_mappings(mappings)
+    data, report = load_trial(data_dir, pack=settings.pack)
+    resources = dependency_sorted(map_trial(TrialSource.loaded(data), settings=settings).resources)
     return data, report, mappings, resources
 
 
 def run_fhir_lupus(
     url: str, data: TrialData, report: LoadReport, mappings: Path, journal: Path, concurrency: int
 ) -> dict[str, float]:
-    requests = Requests()
+    requests, settings = Requests(), Settings.from_mappings(mappings)
     with FhirClient(url, timeout=600) as client, Journal(journal) as book, requests.recording():
         cpu, started = time.process_time(), time.perf_counter()
         first = push_trial(
@@ -122,7 +125,7 @@ def run_fhir_lupus(
             client,
             book,
             source="bench",
-            mappings_dir=mappings,
+            settings=settings,
             audit_log=False,
             options=PushOptions(concurrency=concurrency),
         )
@@ -130,7 +133,7 @@ def run_fhir_lupus(
         idle = wall - requests.busy()
         started = time.perf_counter()
         second = push_trial(
-            TrialSource.loaded(data, report), client, book, source="bench", mappings_dir=mappings, audit_log=False
+            TrialSource.loaded(data, report), client, book, source="bench", settings=settings, audit_log=False
         )
         again = time.perf_counter() - started
     if not (first.complete and first.created == first.total and second.written == 0):
@@ -151,7 +154,7 @@ def run_fhirpy(url: str, resources: list[dict[str, Any]]) -> float:
 def run_transactions(url: str, resources: list[dict[str, Any]], mappings: Path) -> float:
     from fhir_lupus.bundle import load_matching_rules
 
-    rules = load_matching_rules(mappings)
+    rules = load_matching_rules(load_pack(mappings))
     with FhirClient(url) as fhir:
         capabilities = fhir.capabilities()
     known: dict[str, str] = {}

@@ -21,6 +21,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import PushOptions, dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,8 @@ def main() -> None:
         scratch = Path(scratch_dir)
         mappings = isolated_mappings(scratch)
         data_dir = EXAMPLE if args.subjects >= 20 else example_subset(scratch / "data", args.subjects)
-        data, report = load_trial(data_dir, mappings_dir=mappings)
+        settings = Settings.from_mappings(mappings)
+        data, report = load_trial(data_dir, pack=settings.pack)
         timings = []
         with FhirClient(args.server, timeout=600) as client, Journal(scratch / "journal.sqlite") as journal:
 
@@ -52,7 +54,7 @@ def main() -> None:
                 detail = step() if callable(step) else step
                 timings.append((name, time.perf_counter() - started, detail))
 
-            push = dict(source="bench", options=PushOptions(chunk_size=args.chunk_size), mappings_dir=mappings)
+            push = dict(source="bench", options=PushOptions(chunk_size=args.chunk_size), settings=settings)
             timed(
                 "push (all new)",
                 lambda: push_trial(TrialSource.loaded(data, report), client, journal, **push).summary(),
@@ -63,18 +65,18 @@ def main() -> None:
             )
             timed(
                 "dry run (every key looked up)",
-                lambda: dict(dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=mappings).counts),
+                lambda: dict(dry_run_trial(TrialSource.loaded(data, report), client, settings=settings).counts),
             )
             timed(
                 "pull (all)",
                 lambda: (lambda r: f"{r.total_rows} rows, {r.total_unmapped} set aside")(
-                    pull_study(client, journal, data.study, since=None, mappings_dir=mappings)
+                    pull_study(client, journal, data.study, since=None, settings=settings)
                 ),
             )
             timed(
                 "pull again (--since auto)",
                 lambda: (lambda r: f"{len(r.rows)} new, {r.unchanged} fetched again unchanged")(
-                    pull_study(client, journal, data.study, since="auto", mappings_dir=mappings)
+                    pull_study(client, journal, data.study, since="auto", settings=settings)
                 ),
             )
     for name, seconds, detail in timings:

@@ -49,7 +49,6 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 from fhir_lupus._version import __version__
-from fhir_lupus.terminology import load_pack
 
 if TYPE_CHECKING:
     from fhir_lupus.journal import Journal
@@ -402,9 +401,10 @@ def append_run(
     digest: str,
     outcome: str,
     details: Mapping[str, str],
-    mappings_dir: Path | None,
+    mapping_version: str,
 ) -> None:
-    """Append one run's entry (push, pull, registry) and record the new head in the journal."""
+    """Append one run's entry (push, pull, registry) and record the new head in the journal; ``mapping_version``:
+    the mapping pack's (mappings/project.yaml) the run used."""
     if audit_log is False:
         return
     path = default_audit_path(journal.path) if audit_log is None else audit_log
@@ -416,6 +416,6 @@ def append_run(
         content_hash=digest,
         details=details,
         outcome=outcome,
-        mapping_version=load_pack(mappings_dir).project.mapping_version,
+        mapping_version=mapping_version,
     )
     journal.set_audit_head(path, entry["seq"], entry["hash"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.errors import ResourceInvalidError
-from fhir_lupus.terminology import load_mapping_file
+from fhir_lupus.terminology import MappingPack, load_pack
 
 __all__ = [
     "DEPENDENCY_ORDER",
@@ -89,8 +88,8 @@ class MatchingRules(BaseModel):
         return self.search.get(resource_type, self.default_search)
 
 
-def load_matching_rules(mappings_dir: Path | None = None) -> MatchingRules:
-    return load_mapping_file(MatchingRules, "fhir/matching.yaml", mappings_dir)
+def load_matching_rules(pack: MappingPack | None = None) -> MatchingRules:
+    return (pack or load_pack()).load(MatchingRules, "fhir/matching.yaml")
 
 
 def local_ref(resource: Resource) -> str:

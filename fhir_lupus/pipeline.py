@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fhir_lupus.errors import FhirLupusError, MappingError, RejectedRows
@@ -44,9 +43,10 @@ from fhir_lupus.mappers import (
 )
 from fhir_lupus.model import LoadReport, Located, Subject, TrialData
 from fhir_lupus.scoring import load_sledai_definition
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
-from fhir_lupus.terminology import UnitConverter, load_pack
-from fhir_lupus.validation import FhirVersion, Validation, validate_resource
+from fhir_lupus.terminology import MappingPack, UnitConverter, load_pack
+from fhir_lupus.validation import FhirVersion, validate_resource
 
 __all__ = [
     "STAGES",
@@ -73,11 +73,10 @@ class MapResult:
         return Counter(resource["resourceType"] for resource in self.resources)
 
 
-def make_context(data: TrialData, mappings_dir: Path | None = None) -> MappingContext:
-    pack = load_pack(mappings_dir)
-    return MappingContext(
-        study=data.study, pack=pack, units=UnitConverter(pack), sledai=load_sledai_definition(mappings_dir)
-    )
+def make_context(data: TrialData, pack: MappingPack | None = None) -> MappingContext:
+    """What the mappers of ``data`` need: its study and ``pack`` (default: ``load_pack()``)."""
+    pack = pack or load_pack()
+    return MappingContext(study=data.study, pack=pack, units=UnitConverter(pack), sledai=load_sledai_definition(pack))
 
 
 # The stages of the map step, in the order map_trial has always emitted them: a resource's stage and source line
@@ -121,18 +120,16 @@ def map_trial(
     trial: TrialSource,
     *,
     fhir_version: FhirVersion = "R4",
-    mappings_dir: Path | None = None,
-    validation: Validation | None = None,
+    settings: Settings | None = None,
 ) -> MapResult:
     """Map every accepted record; refused ones are added to the trial's report. Output order is deterministic.
 
     All of it in one list, in stage order and, within a stage, in source-file order. For a trial too large to
-    hold, use ``stream_trial``, which yields the same resources subject by subject.
+    hold, use ``stream_trial``, which yields the same resources subject by subject. ``settings``: the mapping pack
+    and the validation path (default: ``Settings.default()``).
     """
     items = [
-        item
-        for batch in stream_trial(trial, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation)
-        for item in batch.items
+        item for batch in stream_trial(trial, fhir_version=fhir_version, settings=settings) for item in batch.items
     ]
     items.sort(key=lambda item: (item.stage, item.line))  # stable: a Patient stays before its ResearchSubject
     return MapResult(resources=[item.resource for item in items], fhir_version=fhir_version)
@@ -143,8 +140,7 @@ def iter_mapped(
     report: LoadReport,
     *,
     fhir_version: FhirVersion = "R4",
-    mappings_dir: Path | None = None,
-    validation: Validation | None = None,
+    settings: Settings | None = None,
     trusted: Callable[[Resource], bool] | None = None,
 ) -> Iterator[MappedBatch]:
     """Map the trial one subject at a time, so a caller can write (or send) each batch and let it go.
@@ -159,12 +155,14 @@ def iter_mapped(
     content as confirmed on the server", which was validated before it was sent: a second push with nothing
     changed then costs the map and the hashing, not the validation (most of the map's time).
     """
-    ctx = make_context(data, mappings_dir)
+    settings = settings or Settings.default()
+    ctx = make_context(data, settings.pack)
+    validation = settings.validation  # "fast" or "strict": fhir_lupus.validation
 
     def finish(resource: Resource) -> Resource:
         final = to_r5(resource, ctx) if fhir_version == "R5" else resource
         if trusted is None or not trusted(final):
-            validate_resource(final, fhir_version, validation=validation)  # "fast" or "strict": fhir_lupus.validation
+            validate_resource(final, fhir_version, validation=validation, pack=ctx.pack)
         return final
 
     study: list[MappedResource] = []
@@ -255,8 +253,7 @@ def stream_trial(
     trial: TrialSource,
     *,
     fhir_version: FhirVersion = "R4",
-    mappings_dir: Path | None = None,
-    validation: Validation | None = None,
+    settings: Settings | None = None,
     on_chunk: Callable[[TrialData], None] | None = None,
     trusted: Callable[[Resource], bool] | None = None,
 ) -> Iterator[MappedBatch]:
@@ -267,6 +264,7 @@ def stream_trial(
     entities before they are mapped. A trial of one chunk is mapped exactly as ``iter_mapped`` maps it.
     ``trusted``: as for ``iter_mapped``.
     """
+    settings = settings or Settings.default()
     study_sent = False
     for data in trial.chunks():
         if on_chunk is not None:
@@ -275,8 +273,7 @@ def stream_trial(
             data,
             trial.report,
             fhir_version=fhir_version,
-            mappings_dir=mappings_dir,
-            validation=validation,
+            settings=settings,
             trusted=trusted,
         )
         study = next(batches)  # mapped again for each chunk (a few dozen resources): the subjects refer to them

@@ -3,7 +3,8 @@
 Map, push, the dry run, a registry package and the report all take a ``TrialSource``; none reads a data
 directory itself. A source is either a data directory (``TrialSource.directory``) or a trial already loaded
 (``TrialSource.loaded``: a test's hand-made trial, one loaded with ``load_trial``). A directory source
-- refuses at once, naming the file, a directory that lacks what the ``command`` needs (mappings/checks/inputs.yaml);
+- refuses at once, naming the file, a directory that lacks what the ``command`` needs (mappings/checks/inputs.yaml
+  of its ``Settings``' pack, the mappings it is loaded and checked against);
 - reads each CSV file once per operation. ``whole()`` loads the trial as one (``load_trial``: the commands that
   look at all of it). ``chunks()`` loads it a chunk of subjects at a time (``load_trial_chunks``), so memory holds
   one chunk however large the trial. ``check()`` reads every chunk before anything is written (a push must know
@@ -40,6 +41,7 @@ from fhir_lupus.model import (
     load_trial_chunks,
     require_inputs,
 )
+from fhir_lupus.settings import Settings
 from fhir_lupus.study import ScreenedCandidate, screen_trial, screening_findings
 
 __all__ = ["TrialSource"]
@@ -57,14 +59,14 @@ class TrialSource:
         *,
         data_dir: Path | None = None,
         held: TrialData | None = None,
-        mappings_dir: Path | None = None,
+        settings: Settings | None = None,
         max_rows: int | None = None,
         study: StudyDefinition | None = None,
         today: date | None = None,
     ) -> None:
         self.report = report
         self.data_dir = data_dir
-        self.mappings_dir = mappings_dir
+        self.settings = settings or Settings.default()
         self.screened: list[ScreenedCandidate] = []  # the candidates of a trial loaded whole, in file order
         self.screening_findings: list[Finding] = []  # what the screening added to the report
         self._held = held
@@ -80,19 +82,19 @@ class TrialSource:
         data_dir: Path,
         *,
         command: str | None = None,
-        mappings_dir: Path | None = None,
+        settings: Settings | None = None,
         max_rows: int | None = None,
         study: StudyDefinition | None = None,
         today: date | None = None,
     ) -> TrialSource:
         """A data directory (docs/csv-layout.md), read when an operation asks. ``command``: InputError now, naming
-        the file, when a file it needs is missing or has no row. ``max_rows``: rows a chunk holds at most (default
+        the file, when a file it needs is missing or has no row. ``settings``: whose mapping pack the rows are
+        checked against (default: ``Settings.default()``). ``max_rows``: rows a chunk holds at most (default
         ``CHUNK_ROWS``); ``study``, ``today``: as for ``load_trial``."""
+        settings = settings or Settings.default()
         if command is not None:
-            require_inputs(data_dir, command, mappings_dir)
-        return cls(
-            LoadReport(), data_dir=data_dir, mappings_dir=mappings_dir, max_rows=max_rows, study=study, today=today
-        )
+            require_inputs(data_dir, command, settings.pack)
+        return cls(LoadReport(), data_dir=data_dir, settings=settings, max_rows=max_rows, study=study, today=today)
 
     @classmethod
     def loaded(cls, data: TrialData, report: LoadReport | None = None) -> TrialSource:
@@ -107,7 +109,7 @@ class TrialSource:
             data, _ = load_trial(
                 self.data_dir,
                 study=self._study,
-                mappings_dir=self.mappings_dir,
+                pack=self.settings.pack,
                 today=self._today,
                 report=self.report,
             )
@@ -160,7 +162,7 @@ class TrialSource:
         self._state = "streamed"
         plan = chunk_plan(self.data_dir, self._max_rows)
         chunks = load_trial_chunks(
-            self.data_dir, self.report, plan=plan, study=self._study, mappings_dir=self.mappings_dir, today=self._today
+            self.data_dir, self.report, plan=plan, study=self._study, pack=self.settings.pack, today=self._today
         )
         for data in chunks:
             self._screen(data)
@@ -185,8 +187,8 @@ class TrialSource:
     def _screen(self, data: TrialData) -> list[ScreenedCandidate]:
         """The screening of one loaded chunk: its queries (mappings/checks/checks.yaml) added to the report; its
         verdicts returned (kept for a trial loaded whole only: a large trial's would fill the memory chunks save)."""
-        screened = screen_trial(data, self.mappings_dir, self.report)
-        findings = screening_findings(data, screened, self.report, self.mappings_dir)
+        screened = screen_trial(data, self.settings.pack, self.report)
+        findings = screening_findings(data, screened, self.report, self.settings.pack)
         self.report.findings.extend(findings)
         self.screening_findings.extend(findings)
         return screened

@@ -8,52 +8,37 @@ Two paths give the same verdicts. "strict" evaluates every invariant with fhirpa
 "fast" (the default) uses the plain-Python form of a rule where fhir_lupus._fastinvariants has one for
 exactly that expression, and fhirpathpy where it has none or is not sure; tests/test_validation_differential.py
 holds the two paths to the same verdicts. Both validate the model the same way. The path is chosen per call
-(``validation=``) or for a block of code (``validation_mode``), which is how ``--strict-validation`` reaches the
-push code without a parameter through every layer.
+(``validation=``); map, push and the registry package take it from their ``Settings`` (fhir_lupus/settings.py),
+which is how ``--strict-validation`` reaches all three. The invariants are those of the mapping pack a call
+names (default: ``load_pack()``), compiled once per pack.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from pydantic import ValidationError
 
 from fhir_lupus._fastinvariants import Predicate, fast_predicate
 from fhir_lupus.errors import MappingError, ResourceInvalidError
-from fhir_lupus.terminology import mappings_root, read_yaml
+from fhir_lupus.terminology import MappingPack, load_pack, read_yaml
 
-__all__ = ["FhirVersion", "Validation", "check_invariants", "validate_resource", "validation_mode"]
+__all__ = ["FhirVersion", "Validation", "check_invariants", "check_validation", "validate_resource"]
 
 FhirVersion = Literal["R4", "R5"]
 Validation = Literal["fast", "strict"]
-
-_MODE: ContextVar[Validation] = ContextVar("fhir_lupus_validation", default="fast")
-
-
-@contextmanager
-def validation_mode(mode: Validation) -> Iterator[None]:
-    """Validate with ``mode`` inside the block wherever a call does not say ``validation=`` itself."""
-    if mode not in ("fast", "strict"):
-        raise ValueError(f"validation must be 'fast' or 'strict', not {mode!r}")
-    token = _MODE.set(mode)
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
+INVARIANTS_FILE = "fhir/invariants.yaml"
 
 
-def _mode(validation: Validation | None) -> Validation:
-    if validation is None:
-        return _MODE.get()
-    if validation not in ("fast", "strict"):
+def check_validation(validation: str) -> Validation:
+    """``validation`` itself when it names a path; ValueError otherwise (a typo must not pick one silently)."""
+    if validation not in get_args(Validation):
         raise ValueError(f"validation must be 'fast' or 'strict', not {validation!r}")
-    return validation
+    return cast(Validation, validation)
 
 
 @dataclass(frozen=True)
@@ -66,12 +51,13 @@ class _Invariant:
     fast: Predicate | None  # the plain-Python form of exactly this expression, if there is one
 
 
-def _invariants(mappings_dir: Path | None = None) -> dict[str, tuple[_Invariant, ...]]:
-    return _invariants_at(mappings_root(mappings_dir) / "fhir" / "invariants.yaml")
+def _invariants(pack: MappingPack | None = None) -> dict[str, tuple[_Invariant, ...]]:
+    """The pack's invariants (default: ``load_pack()``), compiled once per pack and kept by it."""
+    pack = pack or load_pack()
+    return pack.derive(INVARIANTS_FILE, lambda: _compile(pack.root / INVARIANTS_FILE))
 
 
-@functools.lru_cache(maxsize=2)
-def _invariants_at(path: Path) -> dict[str, tuple[_Invariant, ...]]:
+def _compile(path: Path) -> dict[str, tuple[_Invariant, ...]]:
     from fhirpathpy import compile as compile_fhirpath
     from fhirpathpy.models import models
 
@@ -92,11 +78,16 @@ def _invariants_at(path: Path) -> dict[str, tuple[_Invariant, ...]]:
 
 
 def check_invariants(
-    resource: dict[str, Any], version: FhirVersion = "R4", *, validation: Validation | None = None
+    resource: dict[str, Any],
+    version: FhirVersion = "R4",
+    *,
+    validation: Validation = "fast",
+    pack: MappingPack | None = None,
 ) -> list[str]:
-    """The keys and texts of the invariants a resource breaks (empty list when it passes)."""
-    rules = _invariants()
-    fast = _mode(validation) == "fast"
+    """The keys and texts of the invariants a resource breaks (empty list when it passes); ``pack``: whose
+    mappings/fhir/invariants.yaml (default: ``load_pack()``)."""
+    fast = check_validation(validation) == "fast"
+    rules = _invariants(pack)
     broken = []
     if not fast or _has_empty(resource):
         broken = [f"ele-1: All FHIR elements must have a @value or children ({p})" for p in _empty_elements(resource)]
@@ -167,12 +158,15 @@ def _model(version: FhirVersion, resource_type: str) -> Any:
 
 
 def validate_resource(
-    resource: dict[str, Any], version: FhirVersion = "R4", *, validation: Validation | None = None
+    resource: dict[str, Any],
+    version: FhirVersion = "R4",
+    *,
+    validation: Validation = "fast",
+    pack: MappingPack | None = None,
 ) -> None:
     """Raise ResourceInvalidError unless the resource passes its model and its invariants.
 
-    ``validation``: "fast" or "strict" (see the module docstring); None takes ``validation_mode``'s, by
-    default "fast".
+    ``validation``: "fast" or "strict" (see the module docstring); ``pack``: as for ``check_invariants``.
     """
     resource_type = resource.get("resourceType")
     label = f"{resource_type}/{resource.get('id', '?')}"
@@ -185,6 +179,6 @@ def validate_resource(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         raise ResourceInvalidError(f"{label}: FHIR {version} model: {problems}") from None
-    broken = check_invariants(resource, version, validation=validation)
+    broken = check_invariants(resource, version, validation=validation, pack=pack)
     if broken:
         raise ResourceInvalidError(f"{label}: FHIRPath invariants broken: {'; '.join(broken)}")

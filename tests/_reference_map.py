@@ -7,7 +7,6 @@ way ``map_trial`` did. The streaming path must give the same resources, rejects 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fhir_lupus.errors import FhirLupusError, MappingError
@@ -36,6 +35,7 @@ from fhir_lupus.model._entities import Subject
 from fhir_lupus.model._loader import TrialData
 from fhir_lupus.model._records import LoadReport, Located
 from fhir_lupus.pipeline import make_context
+from fhir_lupus.terminology import MappingPack
 from fhir_lupus.validation import FhirVersion, validate_resource
 
 R = TypeVar("R")
@@ -46,10 +46,10 @@ def reference_map(
     report: LoadReport,
     *,
     fhir_version: FhirVersion = "R4",
-    mappings_dir: Path | None = None,
+    pack: MappingPack | None = None,
 ) -> list[Resource]:
     """The resources ``map_trial`` returned before streaming, in its order; refused rows go to ``report``."""
-    ctx = make_context(data, mappings_dir)
+    ctx = make_context(data, pack)
 
     def finish(resource: Resource) -> Resource:
         final = to_r5(resource, ctx) if fhir_version == "R5" else resource

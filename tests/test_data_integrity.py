@@ -505,7 +505,7 @@ class TestFiles:
 @pytest.fixture(scope="module")
 def decide(study: StudyDefinition) -> Callable[..., Any]:
     pack = load_pack()
-    catalogue, units = load_medication_catalogue(pack.root), UnitConverter(pack)
+    catalogue, units = load_medication_catalogue(pack), UnitConverter(pack)
     return lambda **changes: screen_candidate(facts(**changes), study.eligibility, catalogue=catalogue, units=units)
 
 

@@ -32,7 +32,7 @@ from fhir_lupus.pull._reverse import (
 )
 from fhir_lupus.pull._selection import LabSelection, lab_category
 from fhir_lupus.spark._view import PAIR_FIELDS, RAW_FIELDS, fact_resource, facts_from_rows, load_lab_view, with_raw
-from fhir_lupus.terminology import LabCatalogue, default_mappings_dir
+from fhir_lupus.terminology import LabCatalogue, default_mappings_dir, load_pack
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -216,11 +216,11 @@ def test_a_view_that_disagrees_with_the_mapping_pack_is_refused(tmp_path: Path, 
     view["constant"][0]["valueUri"] = "urn:other"
     path.write_text(json.dumps(view))
     with pytest.raises(MappingError, match="normal_meaning is 'urn:other'"):
-        load_lab_view(normal_range(catalogue), own)
+        load_lab_view(normal_range(catalogue), load_pack(own))
     view["select"][0]["column"] = [c for c in view["select"][0]["column"] if c["name"] != "status"]
     path.write_text(json.dumps(view))
     with pytest.raises(MappingError, match="select has no column status"):
-        load_lab_view(("urn:other", "normal"), own)
+        load_lab_view(("urn:other", "normal"), load_pack(own))
 
 
 def test_without_the_spark_extra_the_command_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from fhir_lupus.model._lifecycle import STATUS_HISTORY, LifecycleRules, _first_p
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
 from fhir_lupus.source import TrialSource
+from fhir_lupus.terminology import load_pack
 from fhir_lupus.validation import validate_resource
 
 Rows = dict[str, list[dict[str, str]]]
@@ -331,7 +332,7 @@ def test_a_status_that_is_not_a_fhir_code_fails_when_the_rules_load(tmp_path: Pa
     path = root / "fhir" / "lifecycle.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("follow-up: [off-study", "followup: [off-study"))
     with pytest.raises(MappingError, match=r"lifecycle\.yaml: transitions\.followup"):
-        load_lifecycle_rules(root)
+        load_lifecycle_rules(load_pack(root))
 
 
 # -- ResearchSubject, R4 and R5 ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from fhir_lupus.pull._bulk import BulkOptions
 from fhir_lupus.pull._bulk_pass import export_request
 from fhir_lupus.pull._selection import LabSelection, lab_category
 from fhir_lupus.pull._subjects import Subjects
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import (
     CodeRef,
@@ -104,7 +105,7 @@ def test_sledai_weights_must_add_up_to_105(tmp_path: Path) -> None:
     path = root / "scoring" / "sledai2k.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("{key: fever, weight: 1", "{key: fever, weight: 2"))
     with pytest.raises(MappingError, match="105"):
-        load_sledai_definition(root)
+        load_sledai_definition(load_pack(root))
 
 
 def test_every_code_names_its_system(pack: MappingPack) -> None:
@@ -177,8 +178,8 @@ def test_push_and_pull_read_the_same_lab_category_entry(tmp_path: Path, dataset:
     assert text.count("code: laboratory}") == 1
     codes.write_text(text.replace("code: laboratory}", "code: lab-results}"), encoding="utf-8")
     pack = load_pack(root)
-    data, report = load_trial(dataset(), mappings_dir=root)
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=root).resources
+    data, report = load_trial(dataset(), pack=load_pack(root))
+    resources = map_trial(TrialSource.loaded(data, report), settings=Settings.from_mappings(root)).resources
     category = lab_category(pack)
     assert category == f"{pack.system_uri('observation-category')}|lab-results"
     selection = LabSelection(category, frozenset())  # no catalogue code: the category alone selects
@@ -191,7 +192,7 @@ def test_push_and_pull_read_the_same_lab_category_entry(tmp_path: Path, dataset:
     assert set(selected) == {"lab_result", "treg", "sledai"}
     assert all(selected["lab_result"]) and all(selected["treg"]) and not any(selected["sledai"])
     options = BulkOptions(lab_filters=True)
-    subjects = Subjects(data.study, LabCatalogue(pack, UnitConverter(pack)), mappings_dir=root)
+    subjects = Subjects(data.study, LabCatalogue(pack, UnitConverter(pack)))
     request = export_request(subjects, options, patients=(), since="x")
     assert f"Observation?category={category}" in request.type_filters
 
@@ -211,4 +212,4 @@ def test_a_study_naming_an_unknown_encounter_class_fails_at_load_time(tmp_path: 
     path = root / "studies" / "NCT00698191.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("encounter_class: IMP", "encounter_class: IPM"))
     with pytest.raises(MappingError, match="encounter_class 'IPM' is not one of AMB, IMP"):
-        load_study("NCT00698191", root)
+        load_study("NCT00698191", load_pack(root))

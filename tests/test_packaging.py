@@ -67,7 +67,7 @@ def test_a_change_of_the_environment_within_one_process_is_honoured(
     monkeypatch.setenv("FHIR_LUPUS_MAPPINGS", str(own))
     assert load_pack().root == own.resolve() != checkout.root
     assert load_pack().identifier_system("study", study="") != checkout.identifier_system("study", study="")
-    assert load_matching_rules() is not rules and load_matching_rules() == load_matching_rules(own)
+    assert load_matching_rules() is not rules and load_matching_rules() == load_matching_rules(load_pack(own))
     monkeypatch.delenv("FHIR_LUPUS_MAPPINGS")
     assert load_pack() is checkout  # still read once per directory
 

@@ -19,6 +19,7 @@ from fhir_lupus.push import Match, content_hash, plan_batch, plan_routes
 from fhir_lupus.push._apply import WriteLimits, make_chunks
 from fhir_lupus.push._plan import PlanItem, load_finality_rules, needs_lookup
 from fhir_lupus.push._routes import CREATE_BY_ID
+from fhir_lupus.terminology import load_pack
 
 
 def statement(
@@ -281,7 +282,7 @@ class TestKeepFinal:
             encoding="utf-8",
         )
         with pytest.raises(MappingError, match=r"push\.yaml.*both final and preliminary: final"):
-            load_finality_rules(root)
+            load_finality_rules(load_pack(root))
 
 
 class TestRoutes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 from html import escape
 from pathlib import Path
 
@@ -190,10 +191,10 @@ def test_definitions_name_their_source():
 def test_a_criterion_on_an_unknown_series_is_refused(tmp_path: Path):
     data = yaml.safe_load((default_mappings_dir() / "report" / "report.yaml").read_text(encoding="utf-8"))
     data["responses"][0]["categories"][0]["all_of"][0]["series"] = "upcr"
-    (tmp_path / "report").mkdir()
+    shutil.copytree(default_mappings_dir(), tmp_path, dirs_exist_ok=True)  # a whole pack, with this report.yaml
     (tmp_path / "report" / "report.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(MappingError, match=r"report\.yaml.*unknown series 'upcr'"):
-        load_report_definition(tmp_path)
+        load_report_definition(load_pack(tmp_path))
 
 
 # -- series and the page -------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def facts(**changes: Any) -> CandidateFacts:
 @pytest.fixture(scope="module")
 def screen(study: StudyDefinition) -> Callable[..., Any]:
     pack = load_pack()
-    catalogue, units = load_medication_catalogue(pack.root), UnitConverter(pack)
+    catalogue, units = load_medication_catalogue(pack), UnitConverter(pack)
 
     def run(**changes: Any) -> Any:
         return screen_candidate(facts(**changes), study.eligibility, catalogue=catalogue, units=units)

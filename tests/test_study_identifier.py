@@ -21,6 +21,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import Match, dry_run, dry_run_trial, plan_batch, plan_routes, push_resources, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import default_mappings_dir, load_pack
 
@@ -198,10 +199,9 @@ class TestFakeServer:
         self, fake: FakeFhir, client: FhirClient, journal: Journal, dataset: Callable[..., Path], before_change: Path
     ) -> None:
         source = dataset()
-        old_data, old_report = load_trial(source, mappings_dir=before_change)
-        first = push_trial(
-            TrialSource.loaded(old_data, old_report), client, journal, source="test", mappings_dir=before_change
-        )
+        old = Settings.from_mappings(before_change)
+        old_data, old_report = load_trial(source, pack=old.pack)
+        first = push_trial(TrialSource.loaded(old_data, old_report), client, journal, source="test", settings=old)
         assert first.complete, first.summary()
         [stored] = studies(fake)
         current, superseded = study_systems()
@@ -242,8 +242,9 @@ class TestPull:
         before_change: Path,
         server_searches_identifier: bool,
     ) -> None:
-        old_data, old_report = load_trial(dataset(), mappings_dir=before_change)
-        push_trial(TrialSource.loaded(old_data, old_report), client, journal, source="test", mappings_dir=before_change)
+        old = Settings.from_mappings(before_change)
+        old_data, old_report = load_trial(dataset(), pack=old.pack)
+        push_trial(TrialSource.loaded(old_data, old_report), client, journal, source="test", settings=old)
         if not server_searches_identifier:
             fake.search_params = {"ResearchStudy": ()}
         fake.requests.clear()
@@ -262,8 +263,9 @@ class TestPull:
     def test_two_studies_one_under_each_system_are_an_error(
         self, fake: FakeFhir, client: FhirClient, journal: Journal, dataset: Callable[..., Path], before_change: Path
     ) -> None:
-        old_data, old_report = load_trial(dataset(), mappings_dir=before_change)
-        push_trial(TrialSource.loaded(old_data, old_report), client, journal, source="test", mappings_dir=before_change)
+        old = Settings.from_mappings(before_change)
+        old_data, old_report = load_trial(dataset(), pack=old.pack)
+        push_trial(TrialSource.loaded(old_data, old_report), client, journal, source="test", settings=old)
         current, _ = study_systems()
         fake.add({"resourceType": "ResearchStudy", "identifier": [{"system": current, "value": NCT}]})
         data, _ = load_trial(dataset())

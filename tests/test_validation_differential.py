@@ -22,16 +22,15 @@ from fhir_lupus.cli import app
 from fhir_lupus.errors import FhirLupusError, ResourceInvalidError
 from fhir_lupus.model import load_trial
 from fhir_lupus.pipeline import map_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import default_mappings_dir, read_yaml
 from fhir_lupus.validation import (
-    _MODE,
     FhirVersion,
     Validation,
     _invariants,
     check_invariants,
     validate_resource,
-    validation_mode,
 )
 
 Resource = dict[str, Any]
@@ -49,7 +48,9 @@ def originals(directory: Path) -> dict[FhirVersion, list[Resource]]:
     for version in ("R4", "R5"):
         data, report = load_trial(directory)
         mapped[version] = map_trial(
-            TrialSource.loaded(data, report), fhir_version=version, validation="strict"
+            TrialSource.loaded(data, report),
+            fhir_version=version,
+            settings=Settings.from_mappings(None, validation="strict"),
         ).resources
     return mapped
 
@@ -265,8 +266,8 @@ def test_fast_forms_cover_the_rules_resources_break_in_bulk() -> None:
 def test_mode_defaults_to_fast_and_a_block_can_ask_for_strict() -> None:
     resource = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueInteger": 1}
     assert check_invariants(resource) == []
-    with validation_mode("strict"):
-        assert check_invariants({**resource, "dataAbsentReason": {"text": "x"}})[0].startswith("obs-6:")
+    strict = check_invariants({**resource, "dataAbsentReason": {"text": "x"}}, validation="strict")
+    assert strict[0].startswith("obs-6:")
     with pytest.raises(ValueError, match="fast"):
         check_invariants(resource, validation="quick")  # type: ignore[arg-type]
 
@@ -275,7 +276,8 @@ def test_strict_map_and_fast_map_give_the_same_resources(
     directory: Path, originals: dict[FhirVersion, list[Resource]]
 ) -> None:
     data, report = load_trial(directory)
-    assert map_trial(TrialSource.loaded(data, report), validation="fast").resources == originals["R4"]
+    fast = Settings.from_mappings(None, validation="fast")
+    assert map_trial(TrialSource.loaded(data, report), settings=fast).resources == originals["R4"]
 
 
 def test_fast_forms_decide_every_mapped_resource(originals: dict[FhirVersion, list[Resource]]) -> None:
@@ -305,11 +307,11 @@ def test_cli_strict_validation_reaches_push_and_registry_package(
     seen: list[str] = []
 
     def push_trial(*args: Any, **kwargs: Any) -> Any:
-        seen.append(_MODE.get())
+        seen.append(kwargs["settings"].validation)
         raise FhirLupusError("stopped by the test")
 
     def package_trial(*args: Any, **kwargs: Any) -> Any:
-        seen.append(kwargs["validation"])
+        seen.append(kwargs["settings"].validation)
         raise FhirLupusError("stopped by the test")
 
     monkeypatch.setattr("fhir_lupus.cli._sync.push_trial", push_trial)

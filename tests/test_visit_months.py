@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -22,7 +23,7 @@ from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._visits import assign_visit
 from fhir_lupus.push import push_trial
 from fhir_lupus.source import TrialSource
-from fhir_lupus.terminology import MappingPack, default_mappings_dir
+from fhir_lupus.terminology import MappingPack, default_mappings_dir, load_pack
 
 Rows = dict[str, list[dict[str, str]]]
 BL = date(2008, 1, 5)  # MSC-001's baseline in tests/conftest.py; its MSC infusion is on 2008-01-07
@@ -99,11 +100,11 @@ class TestStudyFile:
     ) -> None:
         source = (default_mappings_dir() / "studies" / "NCT00698191.yaml").read_text(encoding="utf-8")
         assert source.count(f"    {key}: {good}\n") == 1
+        shutil.copytree(default_mappings_dir(), tmp_path, dirs_exist_ok=True)  # a whole pack, with this study
         path = tmp_path / "studies" / "NCT00698191.yaml"
-        path.parent.mkdir()
         path.write_text(source.replace(f"    {key}: {good}\n", f"    {key}: {bad}\n"), encoding="utf-8")
         with pytest.raises(MappingError) as raised:
-            load_study("NCT00698191", tmp_path)
+            load_study("NCT00698191", load_pack(tmp_path))
         assert str(path) in str(raised.value) and f"protocol.visit_months.{key}" in str(raised.value)
 
     def test_the_infusion_code_is_how_the_mapper_codes_the_infusion(

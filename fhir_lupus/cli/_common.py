@@ -1,5 +1,6 @@
-"""What the command groups share: the console, common options, summaries, and ``fail`` (an error printed, and
-the exit code cli/_exit.py gives it)."""
+"""What the command groups share: the console, common options, the ``Settings`` of a command (``settings_of``,
+the one place they are made), summaries, and ``fail`` (an error printed, and the exit code cli/_exit.py gives
+it)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from fhir_lupus.cli._exit import exit_code, stop
-from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, SmartBackendAuth
+from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, write_quarantine
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
+from fhir_lupus.validation import Validation
 
 console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
 
@@ -37,69 +40,9 @@ StrictValidation = Annotated[
         help="Evaluate every FHIRPath invariant with fhirpathpy (the reference path, slower); same verdicts.",
     ),
 ]
-Server = Annotated[str, typer.Option("--server", help="FHIR base URL, e.g. https://hospital.example/fhir")]
 JournalPath = Annotated[Path, typer.Option("--journal", help="SQLite journal of pushes and pulls.")]
-Token = Annotated[str | None, typer.Option("--token", envvar="FHIR_LUPUS_TOKEN", help="Bearer token.")]
-Basic = Annotated[str | None, typer.Option("--basic", envvar="FHIR_LUPUS_BASIC", help="user:password for basic auth.")]
-SmartClient = Annotated[str | None, typer.Option("--smart-client-id", help="SMART Backend Services client id.")]
-SmartKey = Annotated[Path | None, typer.Option("--smart-key", help="PEM private key for the client assertion.")]
-SmartTokenUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--smart-token-url", help="OAuth token endpoint (default: from the server's .well-known/smart-configuration)."
-    ),
-]
-SmartAlg = Annotated[str, typer.Option("--smart-alg", help="RS384 or ES384.")]
-SmartKid = Annotated[
-    str | None, typer.Option("--smart-kid", help="Key id (kid) of --smart-key in the client's registered JWKS.")
-]
-CaBundle = Annotated[Path | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust instead of the system's.")]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per request.")]
 DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
 PRELIMINARY_CHECK = "sledai-undecided"  # the query that says a published total is preliminary (checks.yaml)
-
-
-def make_client(
-    server: str,
-    *,
-    token: str | None = None,
-    basic: str | None = None,
-    smart_client_id: str | None = None,
-    smart_key: Path | None = None,
-    smart_token_url: str | None = None,
-    smart_alg: str = "RS384",
-    smart_kid: str | None = None,
-    ca_bundle: Path | None = None,
-    timeout: float = 60.0,
-) -> FhirClient:
-    auth: BearerAuth | BasicAuth | SmartBackendAuth | None = None
-    if token:
-        auth = BearerAuth(token)
-    elif basic:
-        user, _, password = basic.partition(":")
-        auth = BasicAuth(user, password)
-    elif smart_client_id or smart_key or smart_token_url:
-        if not (smart_client_id and smart_key):
-            fail(
-                ValueError(
-                    "SMART Backend Services needs --smart-client-id and --smart-key (--smart-token-url "
-                    "is discovered from the server's .well-known/smart-configuration when not given)"
-                )
-            )
-        if smart_alg not in ("RS384", "ES384"):
-            fail(ValueError("--smart-alg must be RS384 or ES384"))
-        auth = SmartBackendAuth(
-            token_url=smart_token_url,
-            fhir_base=server,
-            client_id=smart_client_id,
-            private_key_pem=_read_key(smart_key),
-            algorithm="RS384" if smart_alg == "RS384" else "ES384",
-            key_id=smart_kid,
-        )
-    try:
-        return FhirClient(server, auth=auth, timeout=timeout, ca_bundle=str(ca_bundle) if ca_bundle else None)
-    except ValueError as exc:
-        fail(exc)
 
 
 def open_journal(path: Path) -> Journal:
@@ -110,26 +53,32 @@ def open_journal(path: Path) -> Journal:
         fail(ValueError(f"{path}: cannot open the journal: {exc}"))
 
 
-def _read_key(path: Path) -> bytes:
+def settings_of(
+    mappings: Path | None, *, strict_validation: bool = False, connection: Connection | None = None
+) -> Settings:
+    """The command's ``Settings``, from ``--mappings``, ``--strict-validation`` and the connection options
+    (cli/_connection.py): the pack is read and checked here, once for the whole command (exit 2 naming the file
+    when it is wrong)."""
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        fail(ValueError(f"--smart-key {path}: {exc.strerror or exc}"))
-
-
-def open_trial(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
-    """The data directory as a ``TrialSource``, once ``command``'s files are found there (mappings/checks/
-    inputs.yaml); the source loads, checks and screens when the command asks."""
-    try:
-        return TrialSource.directory(data_dir, command=command, mappings_dir=mappings)
+        validation: Validation = "strict" if strict_validation else "fast"
+        return Settings.from_mappings(mappings, validation=validation, connection=connection)
     except FhirLupusError as exc:
         fail(exc)
 
 
-def load(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
+def open_trial(data_dir: Path, settings: Settings, command: str) -> TrialSource:
+    """The data directory as a ``TrialSource``, once ``command``'s files are found there (mappings/checks/
+    inputs.yaml); the source loads, checks and screens when the command asks."""
+    try:
+        return TrialSource.directory(data_dir, command=command, settings=settings)
+    except FhirLupusError as exc:
+        fail(exc)
+
+
+def load(data_dir: Path, settings: Settings, command: str) -> TrialSource:
     """``open_trial``, then the whole trial loaded (``TrialSource.whole``): its report holds the screening
     queries too."""
-    trial = open_trial(data_dir, mappings, command)
+    trial = open_trial(data_dir, settings, command)
     try:
         trial.whole()
     except FhirLupusError as exc:
@@ -137,10 +86,10 @@ def load(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
     return trial
 
 
-def load_checked(data_dir: Path, mappings: Path | None, command: str) -> TrialSource:
+def load_checked(data_dir: Path, settings: Settings, command: str) -> TrialSource:
     """``open_trial``, then every chunk of subjects read and checked (``TrialSource.check``), as ``load`` does:
     the report holds every reject before anything is sent, and the command replays the chunks it kept."""
-    trial = open_trial(data_dir, mappings, command)
+    trial = open_trial(data_dir, settings, command)
     try:
         trial.check()
     except FhirLupusError as exc:

@@ -9,14 +9,17 @@ from typing import Annotated
 import typer
 
 from fhir_lupus import devserver
-from fhir_lupus.cli._common import console, fail, load, make_client, print_rows
+from fhir_lupus.cli._common import console, fail, load, print_rows
+from fhir_lupus.cli._connection import open_client
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._sync import render_push, subject_table
+from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import compare_round_trip, pull_study
 from fhir_lupus.push import push_trial
-from fhir_lupus.terminology import LabCatalogue, load_pack
+from fhir_lupus.settings import Settings
+from fhir_lupus.terminology import LabCatalogue
 
 __all__ = ["demo"]
 
@@ -43,7 +46,7 @@ def demo(
     if missing is not None:  # installed from a wheel: the example trial and the servers live in a checkout
         fail(missing)
     data_dir = data_dir or devserver.repo_root() / EXAMPLE
-    trial = load(data_dir, None, "push")
+    trial = load(data_dir, Settings.default(), "push")
     data, report = trial.whole(), trial.report
     print_rows(report)
     if report.rejects:
@@ -57,18 +60,19 @@ def demo(
             fail(exc)
         server = handle.url
         console.print(f"{engine} answers at {server}")
+    settings = trial.settings.with_connection(Connection(server))
     out.mkdir(parents=True, exist_ok=True)
     try:
         with (
             tempfile.TemporaryDirectory() as scratch,
-            make_client(server) as client,
+            open_client(settings) as client,
             Journal(Path(scratch) / "journal.sqlite") as book,
         ):
-            result = push_trial(trial, client, book, source=str(data_dir))
+            result = push_trial(trial, client, book, source=str(data_dir), settings=settings)
             render_push(result)
-            again = push_trial(trial, client, book, source=str(data_dir))
+            again = push_trial(trial, client, book, source=str(data_dir), settings=settings)
             console.print(f"second push: {again.written} written, {again.unchanged} unchanged")
-            pulled = pull_study(client, book, data.study, since=None, output=out / "labs.csv")
+            pulled = pull_study(client, book, data.study, since=None, output=out / "labs.csv", settings=settings)
     except FhirLupusError as exc:
         fail(exc)
     finally:
@@ -76,7 +80,7 @@ def demo(
             devserver.stop(handle)
             console.print(f"stopped the {engine} server")
     console.print(subject_table(pulled.rows))
-    trip = compare_round_trip(data, pulled.rows, LabCatalogue(load_pack()))
+    trip = compare_round_trip(data, pulled.rows, LabCatalogue(settings.pack))
     console.print(
         f"pulled {len(pulled.rows)} lab rows ({pulled.outside_windows} outside visit windows, "
         f"{len(pulled.unmapped)} not in the catalogue) into {out / 'labs.csv'}"
@@ -92,7 +96,7 @@ def demo(
     from fhir_lupus.report import write_report  # matplotlib loads only here, at the end of the demo
 
     try:
-        page = write_report(trial, out / "report.html", figures_dir=out / "report_figures")
+        page = write_report(trial, out / "report.html", figures_dir=out / "report_figures", settings=settings)
     except FhirLupusError as exc:
         fail(exc)
     console.print(f"investigator report: {len(page.figures)} figures in {out / 'report_figures'}; page:")

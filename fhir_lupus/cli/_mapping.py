@@ -22,10 +22,12 @@ from fhir_lupus.cli._common import (
     load,
     open_trial,
     report_load,
+    settings_of,
 )
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.model import LoadReport, QueryLog, load_check_rules, track_queries, write_queries
 from fhir_lupus.pipeline import refuse_rejected, stream_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.streaming import write_bundle, write_ndjson
 
 __all__ = ["map_command", "validate"]
@@ -57,7 +59,8 @@ def validate(
 ) -> None:
     """Check a data directory: every problem with file, line and column; nothing is written but quarantine and
     the query list. Rejects exit 1; queries and notes do not change the exit code."""
-    report = load(data_dir, mappings, "validate").report
+    settings = settings_of(mappings)
+    report = load(data_dir, settings, "validate").report
     try:
         log = track_queries(report, data_dir)
     except FhirLupusError as exc:
@@ -65,7 +68,7 @@ def validate(
     closed = {query.finding for query in log.queries if query.status == "closed"}
     report.findings = [finding for finding in report.findings if finding not in closed]
     report_load(report, quarantine)
-    _print_check_counts(report, log, mappings)
+    _print_check_counts(report, log, settings)
     if queries is not None:
         try:
             written = write_queries(log, queries)
@@ -75,9 +78,9 @@ def validate(
     exit_on_rejects(report, allow_rejects)
 
 
-def _print_check_counts(report: LoadReport, log: QueryLog, mappings: Path | None) -> None:
+def _print_check_counts(report: LoadReport, log: QueryLog, settings: Settings) -> None:
     """One line per check that fired: severity, and for queries how many are open, answered, reopened, closed."""
-    severities = {check: d.severity for check, d in load_check_rules(mappings).checks.items()}
+    severities = {check: d.severity for check, d in load_check_rules(settings.pack).checks.items()}
     rows: dict[str, list[int]] = {}
     for reject in report.rejects:
         if reject.check is not None:
@@ -117,19 +120,14 @@ def map_command(
 
     When a row is rejected nothing is written (exit 1), unless --allow-rejects: then every value derived from a
     rejected row (a SLEDAI-2K total whose lab descriptors could not be judged) is written as preliminary."""
-    trial = open_trial(data_dir, mappings, "map")
+    trial = open_trial(data_dir, settings_of(mappings, strict_validation=strict_validation), "map")
     report = trial.report
     try:
         # a chunk of subjects loaded (checked, screened) at a time, mapped and written subject by subject
         # (fhir_lupus/streaming.py): memory holds one chunk's entities and one subject's resources, not the trial's;
         # the writers put the output in place only once every batch is in, and a refusal at the end leaves it as it was
         batches = refuse_rejected(
-            stream_trial(
-                trial,
-                fhir_version=fhir_version.value,
-                mappings_dir=mappings,
-                validation="strict" if strict_validation else "fast",
-            ),
+            stream_trial(trial, fhir_version=fhir_version.value, settings=trial.settings),
             report,
             allow_rejects=allow_rejects,
         )

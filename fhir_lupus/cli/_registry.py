@@ -10,32 +10,24 @@ import typer
 from fhir_lupus.cli._common import (
     DEFAULT_JOURNAL,
     AllowRejects,
-    Basic,
-    CaBundle,
     DataDir,
     JournalPath,
     Mappings,
     Quarantine,
-    Server,
-    SmartAlg,
-    SmartClient,
-    SmartKey,
-    SmartKid,
-    SmartTokenUrl,
     StrictValidation,
-    Timeout,
-    Token,
     console,
     exit_on_rejects,
     fail,
-    make_client,
     open_journal,
     open_trial,
     report_load,
+    settings_of,
 )
+from fhir_lupus.cli._connection import connection_options, open_client
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._mapping import FhirVersionOption
 from fhir_lupus.cli._sync import render_push
+from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.registry import KEY_ENV, load_key, package_trial, submit_package
 
@@ -70,7 +62,7 @@ def package_command(
         key = load_key(key_file)
     except FhirLupusError as exc:
         fail(exc)
-    trial = open_trial(data_dir, mappings, "registry-package")
+    trial = open_trial(data_dir, settings_of(mappings, strict_validation=strict_validation), "registry-package")
     report = trial.report
     try:  # a chunk of subjects loaded (checked, screened) at a time, packaged subject by subject: memory stays flat
         result = package_trial(
@@ -79,8 +71,7 @@ def package_command(
             key,
             link_table=link_table,
             fhir_version=fhir_version.value,
-            mappings_dir=mappings,
-            validation="strict" if strict_validation else "fast",
+            settings=trial.settings,
             allow_rejects=allow_rejects,
         )
     except RejectedRows as exc:  # nothing was written
@@ -107,9 +98,10 @@ def package_command(
 
 
 @registry_app.command("submit")
+@connection_options
 def submit_command(
     package_dir: Annotated[Path, typer.Argument(help="A package made by `registry package`.", show_default=False)],
-    server: Server,
+    connection: Connection,
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", min=1, help="Most resources per transaction; less if the server asks.")
     ] = 500,
@@ -118,33 +110,13 @@ def submit_command(
         Path | None, typer.Option("--audit-log", help="Audit log (default: beside the journal).")
     ] = None,
     mappings: Mappings = None,
-    token: Token = None,
-    basic: Basic = None,
-    smart_client_id: SmartClient = None,
-    smart_key: SmartKey = None,
-    smart_token_url: SmartTokenUrl = None,
-    smart_alg: SmartAlg = "RS384",
-    smart_kid: SmartKid = None,
-    ca_bundle: CaBundle = None,
-    timeout: Timeout = 60.0,
 ) -> None:
     """Check PACKAGE_DIR against its manifest and push it to SERVER (journaled: a second submit writes nothing)."""
-    client = make_client(
-        server,
-        token=token,
-        basic=basic,
-        smart_client_id=smart_client_id,
-        smart_key=smart_key,
-        smart_token_url=smart_token_url,
-        smart_alg=smart_alg,
-        smart_kid=smart_kid,
-        ca_bundle=ca_bundle,
-        timeout=timeout,
-    )
-    with client, open_journal(journal) as book:
+    settings = settings_of(mappings, connection=connection)
+    with open_client(settings) as client, open_journal(journal) as book:
         try:
             result = submit_package(
-                package_dir, client, book, chunk_size=chunk_size, mappings_dir=mappings, audit_log=audit_log
+                package_dir, client, book, chunk_size=chunk_size, settings=settings, audit_log=audit_log
             )
         except FhirLupusError as exc:
             fail(exc)

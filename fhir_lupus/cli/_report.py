@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, fail, load, refuse_rejects
+from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, fail, load, refuse_rejects, settings_of
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.report import write_report
 
@@ -29,10 +29,11 @@ def report(
 
     With rejected rows nothing is written (exit 1) unless --allow-rejects: then every statistic that a rejected
     row or a preliminary SLEDAI-2K total could change is marked preliminary on the page."""
-    trial = load(data_dir, mappings, "report")
+    settings = settings_of(mappings)
+    trial = load(data_dir, settings, "report")
     refuse_rejects(trial.report, allow_rejects, f"the report {out}")
     try:
-        result = write_report(trial, out, figures_dir=figures, mappings_dir=mappings)
+        result = write_report(trial, out, figures_dir=figures, settings=settings)
     except FhirLupusError as exc:
         fail(exc)
     console.print(

@@ -9,7 +9,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, exit_on_rejects, fail, load, print_rows
+from fhir_lupus.cli._common import (
+    AllowRejects,
+    DataDir,
+    Mappings,
+    console,
+    exit_on_rejects,
+    fail,
+    load,
+    print_rows,
+    settings_of,
+)
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.study import SafetySummary, summarise_safety, write_summary_csv
 from fhir_lupus.terminology import load_adverse_event_terms
@@ -23,10 +33,12 @@ def safety(
     data_dir: DataDir, csv: CsvOut = None, allow_rejects: AllowRejects = False, mappings: Mappings = None
 ) -> None:
     """Adverse events by grade, seriousness and relatedness, per subject, and the serious events."""
-    trial = load(data_dir, mappings, "safety")
+    settings = settings_of(mappings)
+    trial = load(data_dir, settings, "safety")
     data, report = trial.whole(), trial.report
     try:
-        summary = summarise_safety((c.record.event for c in data.adverse_events), load_adverse_event_terms(mappings))
+        terms = load_adverse_event_terms(settings.pack)
+        summary = summarise_safety((c.record.event for c in data.adverse_events), terms)
     except FhirLupusError as exc:
         fail(exc)
     if report.rejects:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fhir_lupus._scratch import write_csv
-from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects
+from fhir_lupus.cli._common import DataDir, Mappings, console, fail, load, note_rejects, settings_of
 from fhir_lupus.model import SubjectSchedule
 from fhir_lupus.study import SCHEDULE_CSV_COLUMNS, schedule_report, schedule_rows
 
@@ -37,7 +37,7 @@ def schedule(
             snapshot = datetime.strptime(as_of, "%Y-%m-%d").date()
         except ValueError:
             fail(ValueError(f"--as-of {as_of!r} is not a date (YYYY-MM-DD)"))
-    trial = load(data_dir, mappings, "schedule")
+    trial = load(data_dir, settings_of(mappings), "schedule")
     data, report = trial.whole(), trial.report
     note_rejects(report, "are not counted: their visits are unknown")
     for name, how in sorted(data.absent.items()):

@@ -18,6 +18,7 @@ from fhir_lupus.cli._common import (
     fail,
     load,
     refuse_rejects,
+    settings_of,
 )
 from fhir_lupus.model import MEDICATIONS, SCREENING
 from fhir_lupus.study import ScreenedCandidate
@@ -41,7 +42,8 @@ def screen(
     """Decide the eligibility criteria of the study file for every row of screening.csv (docs/csv-layout.md),
     as of each candidate's screening date. With rejected rows --csv is not written (exit 1) unless
     --allow-rejects; a criterion a rejected row could have decided is then unknown."""
-    trial = load(data_dir, mappings, "screen")  # screened as it loads: the verdicts and their queries are kept
+    # screened as it loads: the verdicts and their queries are kept
+    trial = load(data_dir, settings_of(mappings), "screen")
     report, screened = trial.report, trial.screened
     for candidate in screened:
         _print(candidate)

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import Mappings, console, fail
+from fhir_lupus.cli._common import Mappings, console, fail, settings_of
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import PulledLab, UnmappedResult, unmapped_path, write_rows
-from fhir_lupus.terminology import LabCatalogue, load_pack
+from fhir_lupus.terminology import LabCatalogue
 
 __all__ = ["spark_labs_command"]
 
@@ -57,16 +57,16 @@ def spark_labs_command(
 
     started = time.monotonic()
     try:
-        definition = load_study(study, mappings)
+        pack = settings_of(mappings).pack
+        definition = load_study(study, pack)
         result = spark_labs(
             ndjson_dir,
             definition,
-            LabCatalogue(load_pack(mappings)),
+            LabCatalogue(pack),
             master=master,
             pathling_jar=pathling_jar,
             window_days=window_days,
             lookback_days=lookback_days,
-            mappings_dir=mappings,
         )
         rows = write_rows(result.rows, output, PulledLab)
         unmapped = write_rows(result.unmapped, unmapped_path(output), UnmappedResult)

@@ -14,31 +14,22 @@ from fhir_lupus.bundle import DEPENDENCY_ORDER
 from fhir_lupus.cli._common import (
     DEFAULT_JOURNAL,
     AllowRejects,
-    Basic,
-    CaBundle,
     DataDir,
     JournalPath,
     Mappings,
     Quarantine,
-    Server,
-    SmartAlg,
-    SmartClient,
-    SmartKey,
-    SmartKid,
-    SmartTokenUrl,
     StrictValidation,
-    Timeout,
-    Token,
     console,
     exit_on_rejects,
     fail,
     load_checked,
-    make_client,
     open_journal,
     report_load,
+    settings_of,
 )
+from fhir_lupus.cli._connection import connection_options, open_client
 from fhir_lupus.cli._exit import stop
-from fhir_lupus.client import ExportStatus, WriteStrategy
+from fhir_lupus.client import Connection, ExportStatus, WriteStrategy
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, BulkOptions, Level, PulledLab, PullResult, pull_study
@@ -50,14 +41,14 @@ from fhir_lupus.push import (
     dry_run_trial,
     push_trial,
 )
-from fhir_lupus.validation import validation_mode
 
 __all__ = ["pull", "push", "render_pull", "render_push"]
 
 
+@connection_options
 def push(
     data_dir: DataDir,
-    server: Server,
+    connection: Connection,
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", min=1, help="Most resources per transaction; less if the server asks.")
     ] = 500,
@@ -98,15 +89,6 @@ def push(
     quarantine: Quarantine = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
-    token: Token = None,
-    basic: Basic = None,
-    smart_client_id: SmartClient = None,
-    smart_key: SmartKey = None,
-    smart_token_url: SmartTokenUrl = None,
-    smart_alg: SmartAlg = "RS384",
-    smart_kid: SmartKid = None,
-    ca_bundle: CaBundle = None,
-    timeout: Timeout = 60.0,
     strict_validation: StrictValidation = False,
 ) -> None:
     """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled)."""
@@ -114,29 +96,17 @@ def push(
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
     # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
-    trial = load_checked(data_dir, mappings, "push")
+    settings = settings_of(mappings, strict_validation=strict_validation, connection=connection)
+    trial = load_checked(data_dir, settings, "push")
     with trial:  # the chunks it kept on disk are removed on the way out
         report = trial.report
         report_load(report, quarantine, verbose_findings=False)
         exit_on_rejects(report, allow_rejects)
-        client = make_client(
-            server,
-            token=token,
-            basic=basic,
-            smart_client_id=smart_client_id,
-            smart_key=smart_key,
-            smart_token_url=smart_token_url,
-            smart_alg=smart_alg,
-            smart_kid=smart_kid,
-            ca_bundle=ca_bundle,
-            timeout=timeout,
-        )
-        # the push code maps inside; the mode reaches its validation through fhir_lupus.validation.validation_mode
-        with client, open_journal(journal) as book, validation_mode("strict" if strict_validation else "fast"):
+        with open_client(settings) as client, open_journal(journal) as book:
             try:
                 if dry_run:
                     preview = dry_run_trial(
-                        trial, client, journal=book, mappings_dir=mappings, only_types=only, skip_types=skip
+                        trial, client, journal=book, settings=settings, only_types=only, skip_types=skip
                     )
                     render_dry_run(preview, show_diffs)
                     return
@@ -156,7 +126,7 @@ def push(
                         progress=progress,
                     )
                     source = str(data_dir.resolve())
-                    result = push_trial(trial, client, book, source=source, mappings_dir=mappings, options=options)
+                    result = push_trial(trial, client, book, source=source, settings=settings, options=options)
             except FhirLupusError as exc:
                 fail(exc)
     render_push(result)
@@ -230,8 +200,9 @@ def render_dry_run(report: DryRunReport, show: int) -> None:
         )
 
 
+@connection_options
 def pull(
-    server: Server,
+    connection: Connection,
     output: Annotated[Path, typer.Option("-o", "--output", help="Lab rows (.csv, or .parquet with pyarrow).")],
     study: Annotated[str, typer.Option("--study", help="NCT id of a study in mappings/studies/.")] = "NCT00698191",
     since: Annotated[
@@ -282,15 +253,6 @@ def pull(
     ] = False,
     journal: JournalPath = DEFAULT_JOURNAL,
     mappings: Mappings = None,
-    token: Token = None,
-    basic: Basic = None,
-    smart_client_id: SmartClient = None,
-    smart_key: SmartKey = None,
-    smart_token_url: SmartTokenUrl = None,
-    smart_alg: SmartAlg = "RS384",
-    smart_kid: SmartKid = None,
-    ca_bundle: CaBundle = None,
-    timeout: Timeout = 60.0,
 ) -> None:
     """Pull the study's lab Observations into trial lab rows (units normalised, visits assigned).
 
@@ -299,18 +261,8 @@ def pull(
     The output always holds every row pulled so far from SERVER for the study (kept in the journal, merged
     by observation id, newer version wins); results that are not rows go to OUTPUT's .unmapped file.
     """
-    client = make_client(
-        server,
-        token=token,
-        basic=basic,
-        smart_client_id=smart_client_id,
-        smart_key=smart_key,
-        smart_token_url=smart_token_url,
-        smart_alg=smart_alg,
-        smart_kid=smart_kid,
-        ca_bundle=ca_bundle,
-        timeout=timeout,
-    )
+    settings = settings_of(mappings, connection=connection)
+    client = open_client(settings)
     options = None
     if bulk:
         if bulk_level not in get_args(Level):
@@ -328,7 +280,7 @@ def pull(
         )
     with client, open_journal(journal) as book:
         try:
-            definition = load_study(study, mappings)
+            definition = load_study(study, settings.pack)
             result = pull_study(
                 client,
                 book,
@@ -338,7 +290,7 @@ def pull(
                 lookback_days=lookback_days,
                 output=output,
                 overlap_seconds=overlap,
-                mappings_dir=mappings,
+                settings=settings,
                 bulk=options,
             )
         except FhirLupusError as exc:

@@ -5,6 +5,7 @@ from fhir_lupus.client._bulk import NDJSON, ExportFile, ExportManifest, ExportRe
 from fhir_lupus.client._capability import Capabilities, WriteStrategy
 from fhir_lupus.client._classify import Verdict, classify
 from fhir_lupus.client._client import FHIR_JSON, FhirClient, location_id, location_version
+from fhir_lupus.client._connection import Connection
 from fhir_lupus.client._errors import error_class, outcome_text, read_error_body, server_message
 from fhir_lupus.client._probe import serves
 from fhir_lupus.client._retry import RetryPolicy, RetryTransport, retry_after_seconds
@@ -30,6 +31,7 @@ __all__ = [
     "BasicAuth",
     "BearerAuth",
     "Capabilities",
+    "Connection",
     "ExportFile",
     "ExportManifest",
     "ExportRequest",

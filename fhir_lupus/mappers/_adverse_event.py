@@ -26,7 +26,7 @@ __all__ = ["adverse_event_to_r5", "map_adverse_event", "suspect_references"]
 
 
 def _terms(ctx: MappingContext) -> AdverseEventTerms:
-    return load_adverse_event_terms(ctx.pack.root)
+    return load_adverse_event_terms(ctx.pack)
 
 
 def _coding(ctx: MappingContext, system: str, code: str, display: str | None = None) -> dict[str, str]:

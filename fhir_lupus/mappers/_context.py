@@ -16,7 +16,7 @@ from typing import Any
 from fhir_lupus._resource import Resource
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.scoring import SledaiDefinition
-from fhir_lupus.terminology import CodeRef, FhirCodes, MappingPack, UnitConverter, fhir_codes
+from fhir_lupus.terminology import CodeRef, FhirCodes, MappingPack, UnitConverter, load_fhir_codes
 
 __all__ = ["ID_NAMESPACE", "MappingContext", "Resource", "event_timing", "fhir_datetime"]
 
@@ -56,7 +56,7 @@ class MappingContext:
     @property
     def codes(self) -> FhirCodes:
         """The codes and units mappers write on their own (mappings/fhir/codes.yaml)."""
-        return fhir_codes(self.pack)
+        return load_fhir_codes(self.pack)
 
     def resource_id(self, resource_type: str, *key: str) -> str:
         return _uuid5("|".join((resource_type, *key)))

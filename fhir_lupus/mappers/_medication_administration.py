@@ -32,7 +32,7 @@ def map_medication_administration(
     subject: Subject,
     ctx: MappingContext,
 ) -> Resource:
-    catalogue = load_medication_catalogue(ctx.pack.root)
+    catalogue = load_medication_catalogue(ctx.pack)
     config = catalogue.pretreatment
     dosage: dict[str, Any] = {"route": ctx.concept(catalogue.routes[pretreatment.route])}
     words = []

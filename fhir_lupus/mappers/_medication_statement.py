@@ -21,7 +21,7 @@ __all__ = ["map_medication_statement", "medication_dosage"]
 
 
 def map_medication_statement(medication: MedicationHistory, subject: Subject, ctx: MappingContext) -> Resource:
-    catalogue = load_medication_catalogue(ctx.pack.root)
+    catalogue = load_medication_catalogue(ctx.pack)
     outcome = catalogue.outcomes[medication.outcome]
     outcome_concept = ctx.concept(outcome.code)
     period = {"start": medication.started_on.isoformat()}

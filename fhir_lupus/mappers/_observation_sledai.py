@@ -13,14 +13,12 @@ and each undecided descriptor is a component without a value whose dataAbsentRea
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus.mappers._context import MappingContext, Resource
 from fhir_lupus.mappers._observation import observation_base
 from fhir_lupus.model import ScoredAssessment, Subject
-from fhir_lupus.terminology import CodeRef, load_mapping_file
+from fhir_lupus.terminology import CodeRef, MappingPack, load_pack
 
 __all__ = ["DerivedValues", "descriptor_code", "load_derived_values", "map_sledai_observation"]
 
@@ -41,8 +39,8 @@ class DerivedValues(BaseModel):
     undecided_component: CodeRef
 
 
-def load_derived_values(mappings_dir: Path | None = None) -> DerivedValues:
-    return load_mapping_file(DerivedValues, "fhir/derived.yaml", mappings_dir)
+def load_derived_values(pack: MappingPack | None = None) -> DerivedValues:
+    return (pack or load_pack()).load(DerivedValues, "fhir/derived.yaml")
 
 
 def descriptor_code(key: str) -> str:
@@ -63,7 +61,7 @@ def map_sledai_observation(scored: ScoredAssessment, subject: Subject, ctx: Mapp
         code=ctx.project_concept("sledai-2k-total"),
         effective=assessment.assessed_on.isoformat(),
     )
-    derived = load_derived_values(ctx.pack.root)
+    derived = load_derived_values(ctx.pack)
     resource["status"] = derived.status.final if score.final else derived.status.incomplete
     resource["extension"].append({"url": ctx.pack.extension_url("sledai_window"), "valueInteger": score.window_days})
     resource["valueInteger"] = score.total

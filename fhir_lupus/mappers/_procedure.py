@@ -19,7 +19,7 @@ __all__ = ["map_procedure"]
 
 
 def map_procedure(procedure: TreatmentProcedure, subject: Subject, ctx: MappingContext) -> Resource:
-    medications = load_medication_catalogue(ctx.pack.root)
+    medications = load_medication_catalogue(ctx.pack)
     pretreatment = medications.pretreatment
     extensions: list[dict[str, Any]] = [
         ctx.study_extension(),

@@ -42,7 +42,7 @@ def _research_subject(resource: Resource, ctx: MappingContext) -> Resource:
     """R5 keeps the state in ``progress`` (``status`` is the resource's publication status): one entry per row of
     the status history (the R4 project extensions), each ending where the next starts; without a history, one
     entry for the current status over the subject's period."""
-    rules = load_lifecycle_rules(ctx.pack.root)
+    rules = load_lifecycle_rules(ctx.pack)
     history_url = ctx.pack.extension_url("status_history")
     reason_url = ctx.pack.extension_url("off_study_reason")
     extensions = resource.pop("extension", [])

@@ -25,7 +25,7 @@ def map_research_subject(
     subject: Subject, ctx: MappingContext, history: Sequence[StatusChange] = (), *, end: date | None = None
 ) -> Resource:
     """``end``: the end of participation of the subject's timeline (without one: subjects.csv or the history)."""
-    left = history[-1] if history and history[-1].status in load_lifecycle_rules(ctx.pack.root).left_study else None
+    left = history[-1] if history and history[-1].status in load_lifecycle_rules(ctx.pack).left_study else None
     period: dict[str, Any] = {"start": subject.enrolled_on.isoformat()}
     end = end or subject.off_study_on or (left.on if left else None)
     if end:

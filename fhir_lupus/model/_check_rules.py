@@ -10,13 +10,12 @@ from __future__ import annotations
 import functools
 import math
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
-from fhir_lupus.terminology import load_mapping_file
+from fhir_lupus.terminology import MappingPack, load_pack
 
 __all__ = [
     "CheckRules",
@@ -148,13 +147,13 @@ class InputRules(_Frozen):
         return self
 
 
-def load_check_rules(mappings_dir: Path | None = None) -> CheckRules:
-    return load_mapping_file(CheckRules, "checks/checks.yaml", mappings_dir)
+def load_check_rules(pack: MappingPack | None = None) -> CheckRules:
+    return (pack or load_pack()).load(CheckRules, "checks/checks.yaml")
 
 
-def load_lab_limits(mappings_dir: Path | None = None) -> LabLimits:
-    return load_mapping_file(LabLimits, "checks/lab_limits.yaml", mappings_dir)
+def load_lab_limits(pack: MappingPack | None = None) -> LabLimits:
+    return (pack or load_pack()).load(LabLimits, "checks/lab_limits.yaml")
 
 
-def load_input_rules(mappings_dir: Path | None = None) -> InputRules:
-    return load_mapping_file(InputRules, "checks/inputs.yaml", mappings_dir)
+def load_input_rules(pack: MappingPack | None = None) -> InputRules:
+    return (pack or load_pack()).load(InputRules, "checks/inputs.yaml")

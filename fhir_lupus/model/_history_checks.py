@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -25,7 +24,7 @@ from fhir_lupus.model._entities import Subject
 from fhir_lupus.model._history import MedicationHistory, ScreeningRecord
 from fhir_lupus.model._records import LoadReport, Located
 from fhir_lupus.model._timeline import DateChecks
-from fhir_lupus.terminology import UnitConverter, load_medication_catalogue
+from fhir_lupus.terminology import MappingPack, UnitConverter, load_medication_catalogue
 
 __all__ = ["MEDICATIONS", "SCREENING", "HistoryChecks", "check_history"]
 
@@ -53,7 +52,7 @@ def check_history(
     report: LoadReport,
     subjects: dict[str, Located[Subject]],
     units: UnitConverter,
-    mappings_root: Path,
+    pack: MappingPack,
     checks: HistoryChecks,
 ) -> tuple[list[Located[ScreeningRecord]], list[Located[MedicationHistory]]]:
     """Read and check both files (each optional); refused rows go to ``report``."""
@@ -65,7 +64,7 @@ def check_history(
     screening = contradictions(checks.rules, SCREENING, screening, checks.flags)
     screening_values(checks.labs, screening, units)
     screened_on = {row.record.subject_id: row.record.screened_on for row in screening}
-    catalogue = load_medication_catalogue(mappings_root)
+    catalogue = load_medication_catalogue(pack)
     known = set(subjects) | {row.record.subject_id for row in screening}
     medications = []
     for row in read(MEDICATIONS, MedicationHistory, ("medication_id",)):

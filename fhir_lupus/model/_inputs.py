@@ -13,16 +13,17 @@ from pathlib import Path
 from fhir_lupus.errors import InputError
 from fhir_lupus.model._check_rules import load_input_rules
 from fhir_lupus.model._csv import has_rows
+from fhir_lupus.terminology import MappingPack
 
 __all__ = ["needed_files", "require_inputs"]
 
 SUBJECTS = "subjects.csv"
 
 
-def needed_files(data_dir: Path, command: str, mappings_dir: Path | None = None) -> tuple[str, ...]:
+def needed_files(data_dir: Path, command: str, pack: MappingPack | None = None) -> tuple[str, ...]:
     """The files ``command`` needs; for ``validate``, those of the stage the directory is at (``enrolled`` once
     subjects.csv has rows, else ``screening``)."""
-    rules = load_input_rules(mappings_dir)
+    rules = load_input_rules(pack)
     if command == "validate":
         path = data_dir / SUBJECTS
         enrolled = path.is_file() and has_rows(path)
@@ -33,13 +34,13 @@ def needed_files(data_dir: Path, command: str, mappings_dir: Path | None = None)
         raise ValueError(f"mappings/checks/inputs.yaml lists no command {command!r}") from None
 
 
-def require_inputs(data_dir: Path, command: str, mappings_dir: Path | None = None) -> None:
+def require_inputs(data_dir: Path, command: str, pack: MappingPack | None = None) -> None:
     """Raise InputError naming every file ``command`` needs that is missing or holds no row."""
     if not data_dir.is_dir():
         raise InputError(str(data_dir), 0, None, "not a directory")
-    rules = load_input_rules(mappings_dir)
+    rules = load_input_rules(pack)
     problems: list[tuple[str, str]] = []
-    for name in needed_files(data_dir, command, mappings_dir):
+    for name in needed_files(data_dir, command, pack):
         path = data_dir / name
         if not path.is_file():
             problems.append((name, "is missing"))

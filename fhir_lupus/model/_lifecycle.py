@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
-from pathlib import Path
 from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from fhir_lupus.model._entities import StatusChange, Subject, SubjectStatus, TreatmentProcedure
 from fhir_lupus.model._records import Finding, LoadReport, Located
-from fhir_lupus.terminology import CodeRef, load_mapping_file
+from fhir_lupus.terminology import CodeRef, MappingPack, load_pack
 
 __all__ = ["STATUS_HISTORY", "LifecycleRules", "OffStudyReason", "check_status_history", "load_lifecycle_rules"]
 
@@ -74,8 +73,8 @@ class LifecycleRules(BaseModel):
         return reason is not None and reason.death
 
 
-def load_lifecycle_rules(mappings_dir: Path | None = None) -> LifecycleRules:
-    return load_mapping_file(LifecycleRules, "fhir/lifecycle.yaml", mappings_dir)
+def load_lifecycle_rules(pack: MappingPack | None = None) -> LifecycleRules:
+    return (pack or load_pack()).load(LifecycleRules, "fhir/lifecycle.yaml")
 
 
 Problem = tuple[Located[StatusChange], str, str]  # the row, its column, the reason

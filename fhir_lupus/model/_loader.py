@@ -74,18 +74,19 @@ def load_trial(
     data_dir: Path,
     *,
     study: StudyDefinition | None = None,
-    mappings_dir: Path | None = None,
+    pack: MappingPack | None = None,
     today: date | None = None,
     report: LoadReport | None = None,
 ) -> tuple[TrialData, LoadReport]:
     """Load and check a data directory. Refused rows are in the report (a new one, or ``report``), never raised.
-    ``today`` is the day after which no date may be (default: the machine's date)."""
+    ``today`` is the day after which no date may be (default: the machine's date); ``pack``: the mappings the
+    rows are checked against (default: ``load_pack()``)."""
     if not data_dir.is_dir():
         raise InputError(str(data_dir), 0, None, "not a directory")
-    pack = load_pack(mappings_dir)
-    study = study or load_study(read_study_id(data_dir), mappings_dir)
+    pack = pack or load_pack()
+    study = study or load_study(read_study_id(data_dir), pack)
     report = report if report is not None else LoadReport()
-    checker = _Checker(data_dir, study, pack, load_sledai_definition(mappings_dir), report, today=today)
+    checker = _Checker(data_dir, study, pack, load_sledai_definition(pack), report, today=today)
     return checker.run(), report
 
 
@@ -107,7 +108,7 @@ def load_trial_chunks(
     max_rows: int | None = None,
     plan: list[list[str]] | None = None,
     study: StudyDefinition | None = None,
-    mappings_dir: Path | None = None,
+    pack: MappingPack | None = None,
     today: date | None = None,
 ) -> Iterator[TrialData]:
     """Load a data directory a few subjects at a time, so memory holds one chunk's entities, not the trial's.
@@ -123,9 +124,9 @@ def load_trial_chunks(
     """
     if not data_dir.is_dir():
         raise InputError(str(data_dir), 0, None, "not a directory")
-    pack = load_pack(mappings_dir)
-    study = study or load_study(read_study_id(data_dir), mappings_dir)
-    sledai = load_sledai_definition(mappings_dir)
+    pack = pack or load_pack()
+    study = study or load_study(read_study_id(data_dir), pack)
+    sledai = load_sledai_definition(pack)
     chunks = plan if plan is not None else chunk_plan(data_dir, max_rows)
     everyone = {subject for chunk in chunks for subject in chunk}
     keys = KeyDigests()
@@ -159,27 +160,27 @@ class _Checker:
         self.sledai = sledai
         self.report = report
         self.schedule = {visit.code: visit for visit in study.visits()}
-        self.rules = load_check_rules(pack.root)
+        self.rules = load_check_rules(pack)
         self.flags = Flags(self.rules, report)
         # the date rules (fhir_lupus/model/_timeline.py): "not in the future" at once, the timelines once resolved
         self.dates = DateChecks({}, self.flags, today or date.today())
         self.refused_subjects: dict[str, int] = {}
         self.refused_visits: dict[tuple[str, str], int] = {}
         molar_masses = {key: analyte.molar_mass for key, analyte in pack.labs.analytes.items()}
-        self.lab_checks = LabChecks(load_lab_limits(pack.root), self.catalogue.units, self.flags, molar_masses)
+        self.lab_checks = LabChecks(load_lab_limits(pack), self.catalogue.units, self.flags, molar_masses)
         # passes 1 and 2 (rows against models, keys unique); ``keep`` and ``keys`` for load_trial_chunks
-        reader = RowReader(data_dir, report, self.flags, load_input_rules(pack.root), keep=keep, keys=keys)
+        reader = RowReader(data_dir, report, self.flags, load_input_rules(pack), keep=keep, keys=keys)
         self._read = reader.read
 
     def run(self) -> TrialData:
-        root = self.catalogue.pack.root
+        pack = self.catalogue.pack
         subjects = self._subjects(self._read(SUBJECTS, Subject, ("subject_id",)))
         procedures = [
             row
             for row in self._read(PROCEDURES, TreatmentProcedure, ("procedure_id",))
             if self._subject_ok(row, row.record.subject_id, subjects)
         ]
-        lifecycle = load_lifecycle_rules(root)
+        lifecycle = load_lifecycle_rules(pack)
         histories = check_status_history(
             [
                 row
@@ -192,7 +193,7 @@ class _Checker:
             lifecycle,
             self.report,
         )
-        terms = load_adverse_event_terms(root)
+        terms = load_adverse_event_terms(pack)
         events = check_adverse_events(
             [
                 row
@@ -255,7 +256,7 @@ class _Checker:
             self.report,
             subjects,
             self.catalogue.units,
-            root,
+            pack,
             HistoryChecks(self.rules, self.flags, self.lab_checks, dates),
         )
         self.lab_checks.deltas(self.rules.lab_delta.ratio, self._kept(LABS))
@@ -293,7 +294,7 @@ class _Checker:
 
     def _subjects(self, rows: list[Located[Subject]]) -> dict[str, Located[Subject]]:
         subjects = {}
-        lifecycle = load_lifecycle_rules(self.catalogue.pack.root)
+        lifecycle = load_lifecycle_rules(self.catalogue.pack)
         for row in rows:
             subject = row.record
             if subject.arm not in {arm.name for arm in self.study.arms}:

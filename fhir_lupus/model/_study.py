@@ -5,14 +5,13 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model._eligibility import EligibilityRule
-from fhir_lupus.terminology import CodeRef, load_fhir_codes, load_mapping_file, mappings_root
+from fhir_lupus.terminology import CodeRef, MappingPack, load_fhir_codes, load_pack
 
 __all__ = [
     "DAYS_PER_MONTH",
@@ -260,15 +259,17 @@ def _activities_at(entry: ScheduleEntry, month: int) -> tuple[str, ...]:
     return (*entry.activities, *(key for key in periodic if key not in entry.activities))
 
 
-def load_study(nct_id: str, mappings_dir: Path | None = None) -> StudyDefinition:
-    """Load mappings/studies/<nct_id>.yaml; MappingError when missing or malformed."""
+def load_study(nct_id: str, pack: MappingPack | None = None) -> StudyDefinition:
+    """mappings/studies/<nct_id>.yaml of ``pack`` (default: ``load_pack()``); MappingError when missing or
+    malformed."""
     if not re.fullmatch(r"NCT\d{8}", nct_id):
         raise MappingError(f"{nct_id!r} is not an NCT id (NCT followed by 8 digits)")
-    path = mappings_root(mappings_dir) / "studies" / f"{nct_id}.yaml"
-    study = load_mapping_file(StudyDefinition, f"studies/{nct_id}.yaml", mappings_dir)  # read once per process
+    pack = pack or load_pack()
+    path = pack.root / "studies" / f"{nct_id}.yaml"
+    study = pack.load(StudyDefinition, f"studies/{nct_id}.yaml")  # read once per pack
     if study.nct_id != nct_id:
         raise MappingError(f"{path}: nct_id {study.nct_id} does not match the file name")
-    classes = load_fhir_codes(mappings_dir).encounter_class.display
+    classes = load_fhir_codes(pack).encounter_class.display
     for entry in study.protocol.schedule:
         if entry.encounter_class is not None and entry.encounter_class not in classes:
             raise MappingError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_lupus.terminology import LabCatalogue, fhir_codes
+from fhir_lupus.terminology import LabCatalogue, load_fhir_codes
 
 __all__ = ["LabFact", "normal_range", "number_text", "observation_fact"]
 
@@ -157,7 +157,7 @@ def observation_fact(observation: dict[str, Any], normal: tuple[str, str]) -> La
 def normal_range(catalogue: LabCatalogue) -> tuple[str, str]:
     """``(system, code)`` of the reference-range type that marks the normal range (mappings/fhir/codes.yaml
     ``normal_range``): ``observation_fact`` picks the range by it, and the lab view's constants must equal it."""
-    normal = fhir_codes(catalogue.pack).normal_range
+    normal = load_fhir_codes(catalogue.pack).normal_range
     return catalogue.pack.system_uri(normal.system), normal.code
 
 

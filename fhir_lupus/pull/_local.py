@@ -34,7 +34,6 @@ def labs_from_ndjson(
     *,
     window_days: int | None = None,
     lookback_days: int | None = None,
-    mappings_dir: Path | None = None,
 ) -> tuple[Subjects, Iterator[PulledLab | UnmappedResult]]:
     """The study's subjects and a lazy stream of their lab rows from NDJSON files (any names, any order).
 
@@ -43,9 +42,7 @@ def labs_from_ndjson(
     taken for a file of Observations (as a bulk export and ``map --format ndjson`` write them) and read once.
     """
     context, with_observations = split_ndjson(sorted(paths))
-    subjects = Subjects(
-        study, catalogue, window_days=window_days, lookback_days=lookback_days, mappings_dir=mappings_dir
-    )
+    subjects = Subjects(study, catalogue, window_days=window_days, lookback_days=lookback_days)
     day_zero = subjects.take(context)
 
     def observations() -> Iterator[dict[str, Any]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +26,7 @@ from fhir_lupus.errors import TerminologyError, UnitError
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._fact import LabFact, normal_range, observation_fact
 from fhir_lupus.pull._visits import assign_visit
-from fhir_lupus.terminology import CodeChoice, LabCatalogue, load_mapping_file
+from fhir_lupus.terminology import CodeChoice, LabCatalogue, MappingPack, load_pack
 
 __all__ = [
     "CodeIndex",
@@ -56,8 +55,8 @@ class PullRules(BaseModel):
     lookback_days_before_anchor: int | None = Field(ge=0)
 
 
-def load_pull_rules(mappings_dir: Path | None = None) -> PullRules:
-    return load_mapping_file(PullRules, "fhir/pull.yaml", mappings_dir)
+def load_pull_rules(pack: MappingPack | None = None) -> PullRules:
+    return (pack or load_pack()).load(PullRules, "fhir/pull.yaml")
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,6 @@ def pull_labs(
     lookback_days: int | None = None,
     output: Path | None = None,
     mark_from: str | None = None,
-    mappings_dir: Path | None = None,
     workers: int = DEFAULT_WORKERS,
     bulk: BulkOptions | None = None,
 ) -> PullResult:
@@ -81,9 +80,7 @@ def pull_labs(
     fetched (a full pull). ``bulk``: fetch through a Bulk Data export (``_bulk_pass``) instead of searches.
     """
     server = client.base_url
-    subjects = Subjects(
-        study, catalogue, window_days=window_days, lookback_days=lookback_days, mappings_dir=mappings_dir
-    )
+    subjects = Subjects(study, catalogue, window_days=window_days, lookback_days=lookback_days)
     state = PassState()
     run: BulkPass | None = None
     with PullStore(journal.path, server, study.nct_id) as store:

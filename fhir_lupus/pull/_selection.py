@@ -14,7 +14,7 @@ from typing import Any
 
 from fhir_lupus.client import location_id
 from fhir_lupus.pull._search import matches, parse_instant
-from fhir_lupus.terminology import MappingPack, fhir_codes
+from fhir_lupus.terminology import MappingPack, load_fhir_codes
 
 __all__ = ["LabSelection", "lab_category", "patient_of", "reaches"]
 
@@ -30,7 +30,7 @@ def lab_category(pack: MappingPack) -> str:
     """``system|code`` of the laboratory category, from the entry the mappers write (mappings/fhir/codes.yaml
     ``lab_category``): the search's ``category``, the bulk ``_typeFilter`` and the NDJSON and Spark selection all
     ask for this one token, so pull finds what push wrote."""
-    category = fhir_codes(pack).lab_category
+    category = load_fhir_codes(pack).lab_category
     return f"{pack.system_uri(category.system)}|{category.code}"
 
 

@@ -17,7 +17,8 @@ from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._bulk import BulkOptions
 from fhir_lupus.pull._runner import PullResult, mark_minus, pull_labs
 from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
-from fhir_lupus.terminology import LabCatalogue, load_pack
+from fhir_lupus.settings import Settings
+from fhir_lupus.terminology import LabCatalogue
 
 __all__ = ["DEFAULT_OVERLAP_SECONDS", "pull_study"]
 
@@ -44,7 +45,7 @@ def pull_study(
     lookback_days: int | None = None,
     output: Path | None = None,
     overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     audit_log: AuditLog = None,
     workers: int = DEFAULT_WORKERS,
     bulk: BulkOptions | None = None,
@@ -56,27 +57,30 @@ def pull_study(
     pulls everything and makes the output mirror the server; an ISO date-time pulls what changed since then.
     Every pull, also a failed one, appends an entry to the audit log (``audit_log``, as for ``push_trial``):
     counts, and ``digest_of`` the hashes of the rows new in this pull. ``workers``: subjects fetched at once.
+    ``settings``: the mapping pack rows are made with (default: ``Settings.default()``).
     """
+    pack = (settings or Settings.default()).pack
     mark = journal.high_water(client.base_url, study.nct_id)
     if since == "auto":
         search_since = mark_minus(mark, overlap_seconds) if mark else None
         replace_all = mark is None
     else:
         search_since, replace_all = since, since is None
-    audit = functools.partial(append_run, audit_log, journal, "pull", server=client.base_url, mappings_dir=mappings_dir)
+    audit = functools.partial(
+        append_run, audit_log, journal, "pull", server=client.base_url, mapping_version=pack.project.mapping_version
+    )
     try:
         pulled = pull_labs(
             client,
             journal,
             study,
-            LabCatalogue(load_pack(mappings_dir)),
+            LabCatalogue(pack),
             since=search_since,
             replace_all=replace_all,
             window_days=window_days,
             lookback_days=lookback_days,
             output=output,
             mark_from=mark,
-            mappings_dir=mappings_dir,
             workers=workers,
             bulk=bulk,
         )

@@ -18,7 +18,6 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 from fhir_lupus.client import Capabilities, FhirClient, location_id
@@ -92,12 +91,11 @@ class Subjects:
         *,
         window_days: int | None = None,
         lookback_days: int | None = None,
-        mappings_dir: Path | None = None,
     ) -> None:
-        pack = catalogue.pack
+        pack = catalogue.pack  # the mappings of the catalogue are the pull's: its rules and lifecycle too
         self.study = study
         self.catalogue = catalogue
-        self.rules = load_pull_rules(mappings_dir)
+        self.rules = load_pull_rules(pack)
         self.window = window_days if window_days is not None else study.protocol.visit_window_days
         self.lookback = lookback_days if lookback_days is not None else self.rules.lookback_days_before_anchor
         self.by_code = code_index(catalogue)
@@ -109,7 +107,7 @@ class Subjects:
         self.subject_system = pack.identifier_system("subject", study=study.nct_id)
         self.visit_system = pack.identifier_system("visit", study=study.nct_id)
         self.state_system = pack.system_uri("research-subject-state")
-        self.enrolled = load_lifecycle_rules(mappings_dir).enrolled
+        self.enrolled = load_lifecycle_rules(pack).enrolled
         months = study.protocol.visit_months
         self.infusion = pack.coding(months.infusion_code) if months.anchor == "msc_infusion" else None
         self.rows: dict[str, tuple[SubjectRow, dict[str, Any]]] = {}  # Patient/<id> -> (row, its ResearchSubject)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import dependency_sorted
@@ -22,6 +21,7 @@ from fhir_lupus.push._plan import Action, diff_paths
 from fhir_lupus.push._planner import Planner
 from fhir_lupus.push._routes import TypeRoute
 from fhir_lupus.push._runner import BATCH_SIZE
+from fhir_lupus.settings import Settings
 
 __all__ = ["DryRunItem", "DryRunReport", "diff_paths", "dry_run"]
 
@@ -55,8 +55,10 @@ def dry_run(
     only_types: frozenset[str] | None = None,
     skip_types: frozenset[str] = frozenset(),
     batch_size: int = BATCH_SIZE,
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
 ) -> DryRunReport:
+    """The plan of ``resources`` against the server (see the module docstring); ``settings``: the mapping pack
+    whose matching and finality rules apply (default: ``Settings.default()``)."""
     ordered = dependency_sorted(resources)
     report = DryRunReport()
     planner = Planner(
@@ -65,7 +67,7 @@ def dry_run(
         {r["resourceType"] for r in ordered},
         only_types=only_types,
         skip_types=skip_types,
-        mappings_dir=mappings_dir,
+        pack=(settings or Settings.default()).pack,
         verify=True,
         warn=report.warnings.append,
     )

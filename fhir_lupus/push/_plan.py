@@ -23,7 +23,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -40,7 +39,7 @@ from fhir_lupus.bundle import (
 )
 from fhir_lupus.journal import JournalEntry
 from fhir_lupus.push._routes import TypeRoute
-from fhir_lupus.terminology import load_mapping_file
+from fhir_lupus.terminology import MappingPack, load_pack
 
 __all__ = [
     "Action",
@@ -101,8 +100,8 @@ class FinalityRules(BaseModel):
         return classes is not None and status in classes.final
 
 
-def load_finality_rules(mappings_dir: Path | None = None) -> FinalityRules:
-    return load_mapping_file(FinalityRules, "fhir/push.yaml", mappings_dir)
+def load_finality_rules(pack: MappingPack | None = None) -> FinalityRules:
+    return (pack or load_pack()).load(FinalityRules, "fhir/push.yaml")
 
 
 @dataclass(frozen=True)

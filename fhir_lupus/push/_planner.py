@@ -8,7 +8,6 @@ and ``_plan`` decides each resource. What one batch held back or would create is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from fhir_lupus._resource import Resource
@@ -18,6 +17,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.push._lookup import RouteRefused, look_up
 from fhir_lupus.push._plan import Plan, load_finality_rules, needs_lookup, plan_batch
 from fhir_lupus.push._routes import CREATE_BY_ID, TypeRoute, plan_routes
+from fhir_lupus.terminology import MappingPack
 
 __all__ = ["Planner"]
 
@@ -37,7 +37,7 @@ class Planner:
         *,
         only_types: frozenset[str] | None = None,
         skip_types: frozenset[str] = frozenset(),
-        mappings_dir: Path | None = None,
+        pack: MappingPack | None = None,
         verify: bool = False,
         warn: Callable[[str], None] = lambda _: None,
         new_by_id: bool = True,
@@ -45,8 +45,8 @@ class Planner:
         self.client = client
         self.journal = journal
         self.capabilities = client.capabilities()
-        self._rules = load_matching_rules(mappings_dir)
-        self._finality = load_finality_rules(mappings_dir)
+        self._rules = load_matching_rules(pack)
+        self._finality = load_finality_rules(pack)
         self._types = frozenset(resource_types)
         self._only, self._skip = only_types, skip_types
         self._refused: frozenset[tuple[str, str]] = frozenset()

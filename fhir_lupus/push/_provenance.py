@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus.client import Capabilities, FhirClient, UnknownSearchParameter, location_id
-from fhir_lupus.terminology import CodeRef, MappingPack, load_mapping_file
+from fhir_lupus.terminology import CodeRef, MappingPack, load_pack
 
 __all__ = ["ProvenanceTemplate", "load_provenance_template", "provenance_resource", "write_provenance"]
 
@@ -33,8 +32,8 @@ class ProvenanceTemplate(BaseModel):
     activity_text: str
 
 
-def load_provenance_template(mappings_dir: Path | None = None) -> ProvenanceTemplate:
-    return load_mapping_file(ProvenanceTemplate, "fhir/provenance.yaml", mappings_dir)
+def load_provenance_template(pack: MappingPack | None = None) -> ProvenanceTemplate:
+    return (pack or load_pack()).load(ProvenanceTemplate, "fhir/provenance.yaml")
 
 
 def provenance_resource(

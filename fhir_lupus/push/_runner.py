@@ -22,7 +22,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import DEPENDENCY_ORDER, dependency_sorted
@@ -34,7 +33,8 @@ from fhir_lupus.push._plan import Plan
 from fhir_lupus.push._planner import Planner
 from fhir_lupus.push._provenance import load_provenance_template, provenance_resource, write_provenance
 from fhir_lupus.push._routes import TypeRoute
-from fhir_lupus.terminology import load_pack
+from fhir_lupus.settings import Settings
+from fhir_lupus.terminology import MappingPack
 
 __all__ = [
     "BATCH_SIZE",
@@ -145,7 +145,7 @@ def push_resources(
     *,
     source: str,
     mapping_version: str,
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     options: PushOptions | None = None,
     report: PushReport | None = None,
 ) -> PushReport:
@@ -156,7 +156,10 @@ def push_resources(
     never cut; so is the first). ``concurrency`` windows are written at the same time: a window is planned only
     once every window it refers to is written, so the study's resources go first and subjects then in parallel.
     ``report``: filled as the push goes, so that a caller still has the counts when the push raises.
+    ``settings``: the mapping pack whose matching, finality and Provenance rules apply (default:
+    ``Settings.default()``).
     """
+    pack = (settings or Settings.default()).pack
     options = options or PushOptions()
     if options.chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -174,7 +177,7 @@ def push_resources(
         DEPENDENCY_ORDER,
         only_types=options.only_types,
         skip_types=options.skip_types,
-        mappings_dir=mappings_dir,
+        pack=pack,
         warn=report.warnings.append,
         new_by_id=options.new_by_id,
     )
@@ -224,7 +227,7 @@ def push_resources(
         report.bundle_sizes = {kind: limits.size(kind) for kind in ("conditional", "direct")}
         _warn_forced_skips(report)
         journal.finish_push(report.push_id, status, report.summary())
-    _write_provenances(client, capabilities, journal, report, source, mapping_version, mappings_dir)
+    _write_provenances(client, capabilities, journal, report, source, mapping_version, pack)
     if not report.complete:
         journal.finish_push(report.push_id, "completed-with-problems", report.summary())
     return report
@@ -281,11 +284,10 @@ def _write_provenances(
     report: PushReport,
     source: str,
     mapping_version: str,
-    mappings_dir: Path | None,
+    pack: MappingPack,
 ) -> None:
     """This push's Provenance, and any an earlier push still owes; a failure is reported, not raised."""
-    pack = load_pack(mappings_dir)
-    template = load_provenance_template(mappings_dir)
+    template = load_provenance_template(pack)
     for record in journal.awaiting_provenance(report.server):
         targets = journal.targets(record.push_id)
         if not targets:

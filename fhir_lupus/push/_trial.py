@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.audit import AuditLog, append_run, digest_of
@@ -19,8 +18,8 @@ from fhir_lupus.pipeline import map_trial, stream_trial
 from fhir_lupus.push._dryrun import DryRunReport, dry_run
 from fhir_lupus.push._plan import content_hash
 from fhir_lupus.push._runner import PushOptions, PushReport, ResourceGroups, push_resources
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
-from fhir_lupus.terminology import load_pack
 from fhir_lupus.validation import FhirVersion
 
 __all__ = ["dry_run_trial", "push_trial", "server_fhir_version"]
@@ -53,7 +52,7 @@ def push_trial(
     journal: Journal,
     *,
     source: str,
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     options: PushOptions | None = None,
     audit_log: AuditLog = None,
 ) -> PushReport:
@@ -65,15 +64,18 @@ def push_trial(
     (``iter_mapped``'s ``trusted``): it was validated when it was sent, and nothing is sent for it now.
     Every push, complete, incomplete or failed, appends one entry to the audit log (``audit_log``): counts,
     outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server (for a push
-    that failed: of those offered before it stopped).
+    that failed: of those offered before it stopped). ``settings``: the mapping pack and the validation path of
+    the map (default: ``Settings.default()``).
     """
+    settings = settings or Settings.default()
+    version = settings.pack.project.mapping_version
     batches = stream_trial(
         trial,
         fhir_version=server_fhir_version(client),
-        mappings_dir=mappings_dir,
+        settings=settings,
         trusted=_confirmed_on(journal, client.base_url),
     )
-    audit = functools.partial(append_run, audit_log, journal, "push", server=client.base_url, mappings_dir=mappings_dir)
+    audit = functools.partial(append_run, audit_log, journal, "push", server=client.base_url, mapping_version=version)
     pushed = PushReport()
     try:
         push_resources(
@@ -81,8 +83,8 @@ def push_trial(
             client,
             journal,
             source=source,
-            mapping_version=load_pack(mappings_dir).project.mapping_version,
-            mappings_dir=mappings_dir,
+            mapping_version=version,
+            settings=settings,
             options=options,
             report=pushed,
         )
@@ -114,18 +116,18 @@ def dry_run_trial(
     client: FhirClient,
     *,
     journal: Journal | None = None,
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     only_types: frozenset[str] | None = None,
     skip_types: frozenset[str] = frozenset(),
 ) -> DryRunReport:
     """What ``push_trial`` would do, from the server's current state; writes nothing. The trial is mapped whole
     (``map_trial``, a chunk at a time) and planned in windows, as ``dry_run`` plans a list."""
-    result = map_trial(trial, fhir_version=server_fhir_version(client), mappings_dir=mappings_dir)
+    result = map_trial(trial, fhir_version=server_fhir_version(client), settings=settings)
     return dry_run(
         result.resources,
         client,
         journal=journal,
         only_types=only_types,
         skip_types=skip_types,
-        mappings_dir=mappings_dir,
+        settings=settings,
     )

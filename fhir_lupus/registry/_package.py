@@ -29,9 +29,9 @@ from fhir_lupus.registry._deidentify import LinkRow, deidentify, keyed_id
 from fhir_lupus.registry._key import RegistryConfigError, RegistryKey
 from fhir_lupus.registry._rules import RULES_FILE, load_rules
 from fhir_lupus.registry._runs import SortedRuns
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
-from fhir_lupus.terminology import default_mappings_dir, load_pack
-from fhir_lupus.validation import FhirVersion, Validation, validate_resource
+from fhir_lupus.validation import FhirVersion, validate_resource
 
 __all__ = [
     "FHIR_RELEASES",
@@ -81,20 +81,21 @@ def package_trial(
     *,
     link_table: Path | None = None,
     fhir_version: FhirVersion = "R4",
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     made_at: datetime | None = None,
-    validation: Validation | None = None,
     allow_rejects: bool = False,
 ) -> PackageResult:
     """Map the trial, keep the enrolled subjects' data (mappings/fhir/lifecycle.yaml), de-identify and write.
 
     Loaded, mapped and packaged a chunk of subjects at a time (``stream_trial``), in flat memory: the same package,
-    byte for byte, whatever the chunks (the files are sorted the same way). ``validation``: "fast" or "strict"
-    (fhir_lupus.validation), for the map and for the de-identified resources. When the trial's report holds a
+    byte for byte, whatever the chunks (the files are sorted the same way). ``settings``: the mapping pack and the
+    validation path ("fast" or "strict", fhir_lupus.validation), for the map and for the de-identified resources
+    (default: ``Settings.default()``). When the trial's report holds a
     refused row, RejectedRows is raised after the last batch and nothing is written, unless ``allow_rejects``
     (values derived from refused rows are then preliminary).
     """
-    statuses = load_lifecycle_rules(mappings_dir).enrolled
+    settings = settings or Settings.default()
+    statuses = load_lifecycle_rules(settings.pack).enrolled
     enrolled: set[str] = set()
     study: list[str] = []
 
@@ -103,9 +104,7 @@ def package_trial(
         study[:] = [data.study.nct_id]
 
     batches = refuse_rejected(
-        stream_trial(
-            trial, fhir_version=fhir_version, mappings_dir=mappings_dir, validation=validation, on_chunk=chunk_loaded
-        ),
+        stream_trial(trial, fhir_version=fhir_version, settings=settings, on_chunk=chunk_loaded),
         trial.report,
         allow_rejects=allow_rejects,
     )
@@ -118,9 +117,8 @@ def package_trial(
         enrolled=enrolled,
         link_table=link_table,
         fhir_version=fhir_version,
-        mappings_dir=mappings_dir,
+        settings=settings,
         made_at=made_at,
-        validation=validation,
     )
 
 
@@ -133,11 +131,11 @@ def write_package(
     enrolled: Collection[str] | None,
     link_table: Path | None = None,
     fhir_version: FhirVersion = "R4",
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     made_at: datetime | None = None,
-    validation: Validation | None = None,
 ) -> PackageResult:
-    """De-identify mapped resources, validate every one and write the package and the link table."""
+    """De-identify mapped resources, validate every one and write the package and the link table; ``settings``:
+    the mapping pack and the validation path (default: ``Settings.default()``)."""
     return write_package_batches(
         [resources],
         out_dir,
@@ -146,9 +144,8 @@ def write_package(
         enrolled=enrolled,
         link_table=link_table,
         fhir_version=fhir_version,
-        mappings_dir=mappings_dir,
+        settings=settings,
         made_at=made_at,
-        validation=validation,
     )
 
 
@@ -161,9 +158,8 @@ def write_package_batches(
     enrolled: Collection[str] | None,
     link_table: Path | None = None,
     fhir_version: FhirVersion = "R4",
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     made_at: datetime | None = None,
-    validation: Validation | None = None,
     run_size: int = RUN_SIZE,
 ) -> PackageResult:
     """``write_package`` for resources that come a batch at a time (the first: what the others refer to).
@@ -177,8 +173,9 @@ def write_package_batches(
     if link_path.resolve().is_relative_to(out_dir.resolve()):
         raise RegistryConfigError(f"{link_path}: the link table must not be inside the package directory {out_dir}")
     _check_replaceable(out_dir)
-    pack = load_pack(mappings_dir)
-    rules = load_rules(mappings_dir)
+    settings = settings or Settings.default()
+    pack, validation = settings.pack, settings.validation
+    rules = load_rules(pack)
     problems: list[tuple[str, str, dict[str, str]]] = []
     links: list[LinkRow] = []
     excluded = 0
@@ -197,7 +194,7 @@ def write_package_batches(
             excluded += clean.excluded
             for resource in clean.resources:
                 try:
-                    validate_resource(resource, fhir_version, validation=validation)
+                    validate_resource(resource, fhir_version, validation=validation, pack=pack)
                 except ResourceInvalidError as exc:
                     label = f"{resource['resourceType']}/{resource['id']}"
                     problems.append(
@@ -213,7 +210,7 @@ def write_package_batches(
         }
         validation_text = dumps(outcome).encode("utf-8")
         (staging / VALIDATION).write_bytes(validation_text)
-        rules_path = (mappings_dir or default_mappings_dir()) / RULES_FILE
+        rules_path = pack.root / RULES_FILE
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -4,14 +4,13 @@ which identifiers are kept or re-keyed, how far dates move, how birth dates are 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fhir_lupus.errors import MappingError
-from fhir_lupus.terminology import mappings_root, read_yaml
+from fhir_lupus.terminology import MappingPack, load_pack, read_yaml
 
 __all__ = ["RULES_FILE", "DeidentificationRules", "load_rules"]
 
@@ -59,12 +58,13 @@ class DeidentificationRules(BaseModel):
         return self
 
 
-def load_rules(mappings_dir: Path | None = None) -> DeidentificationRules:
-    return _rules_at(mappings_root(mappings_dir) / RULES_FILE)
+def load_rules(pack: MappingPack | None = None) -> DeidentificationRules:
+    """The rules of ``pack`` (default: ``load_pack()``), read and checked once per pack."""
+    pack = pack or load_pack()
+    return pack.derive(RULES_FILE, lambda: _parse(pack.root / RULES_FILE))
 
 
-@functools.lru_cache(maxsize=4)
-def _rules_at(path: Path) -> DeidentificationRules:
+def _parse(path: Path) -> DeidentificationRules:
     if not path.is_file():
         raise MappingError(f"{path}: mapping file missing")
     try:

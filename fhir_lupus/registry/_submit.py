@@ -17,6 +17,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.push import Progress, PushOptions, PushReport, push_resources, server_fhir_version
 from fhir_lupus.registry._key import RegistryConfigError
 from fhir_lupus.registry._package import FHIR_RELEASES, FORMAT, FORMAT_VERSION, MANIFEST, sha256_of
+from fhir_lupus.settings import Settings
 
 __all__ = ["Package", "SubmitResult", "read_package", "submit_package"]
 
@@ -79,10 +80,11 @@ def submit_package(
     *,
     chunk_size: int = 500,
     progress: Progress | None = None,
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
     audit_log: Path | None = None,
 ) -> SubmitResult:
-    """Push a package's resources (``push_resources``: idempotent, resumable through the journal)."""
+    """Push a package's resources (``push_resources``: idempotent, resumable through the journal); ``settings``:
+    the mapping pack whose matching rules find them on the server (default: ``Settings.default()``)."""
     package = read_package(directory)
     release = package.manifest["fhir_version"]
     version = server_fhir_version(client)
@@ -95,7 +97,7 @@ def submit_package(
             journal,
             source=f"fhir-lupus registry package {package.manifest['study']} (key {package.manifest['key_id']})",
             mapping_version=package.manifest["mapping_version"],
-            mappings_dir=mappings_dir,
+            settings=settings,
             options=PushOptions(chunk_size=chunk_size, progress=progress),
         )
     except Exception as exc:  # the trail shows the attempt too; the journal knows what was confirmed

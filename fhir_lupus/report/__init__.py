@@ -17,8 +17,9 @@ from fhir_lupus.model import LoadReport, TrialData
 from fhir_lupus.report._definitions import ReportDefinition, load_report_definition
 from fhir_lupus.report._series import Point, SetAside, SubjectSeries, collect_series, incomplete_inputs
 from fhir_lupus.report._stats import ChangeSummary, ResponseTally, summarise_changes, tally_responses
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
-from fhir_lupus.terminology import LabCatalogue, load_pack
+from fhir_lupus.terminology import LabCatalogue, MappingPack, load_pack
 
 __all__ = [
     "ReportDefinition",
@@ -59,13 +60,14 @@ class ReportStatistics:
 
 
 def report_statistics(
-    data: TrialData, *, mappings_dir: Path | None = None, report: LoadReport | None = None
+    data: TrialData, *, pack: MappingPack | None = None, report: LoadReport | None = None
 ) -> ReportStatistics:
     """The series, change from baseline and responders of a loaded trial; ``report`` (the load's): a statistic
     one of its refused rows, or a preliminary SLEDAI-2K total, could change is preliminary and leaves that
-    subject out (``preliminary`` lists each)."""
-    definition = load_report_definition(mappings_dir)
-    catalogue = LabCatalogue(load_pack(mappings_dir))
+    subject out (``preliminary`` lists each). ``pack``: the mappings (default: ``load_pack()``)."""
+    pack = pack or load_pack()
+    definition = load_report_definition(pack)
+    catalogue = LabCatalogue(pack)
     subjects, set_aside = collect_series(data, definition, catalogue)
     readings = {subject.subject_id: subject.at_visits() for subject in subjects}
     refused = incomplete_inputs(report, data.study, definition, catalogue.pack.labs.analytes) if report else {}
@@ -98,17 +100,17 @@ def write_report(
     out: Path,
     *,
     figures_dir: Path | None = None,
-    mappings_dir: Path | None = None,
+    settings: Settings | None = None,
 ) -> ReportResult:
     """Write the report page of the whole trial to ``out`` and its figures (PNG) to ``figures_dir`` (default
     ``<out stem>_figures/``), each file atomically. InputError names the path when a file cannot be written.
     A statistic one of the refused rows of the trial's report (or a preliminary SLEDAI-2K total) could change is
-    marked preliminary and leaves that subject out."""
+    marked preliminary and leaves that subject out. ``settings``: the mapping pack (default: ``Settings.default()``)."""
     from fhir_lupus.report import _figures as draw  # matplotlib is imported only when a report is made
     from fhir_lupus.report._page import FigureRef, render_page
 
     data = trial.whole()
-    stats = report_statistics(data, mappings_dir=mappings_dir, report=trial.report)
+    stats = report_statistics(data, pack=(settings or Settings.default()).pack, report=trial.report)
     definition, subjects, set_aside = stats.definition, stats.subjects, stats.set_aside
     summaries, tallies, preliminary = stats.summaries, stats.tallies, stats.preliminary
 

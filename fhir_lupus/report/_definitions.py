@@ -6,12 +6,11 @@ change them without touching the engine; this module only checks that the file i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_lupus.terminology import load_mapping_file
+from fhir_lupus.terminology import MappingPack, load_pack
 
 __all__ = [
     "Category",
@@ -110,6 +109,6 @@ class ReportDefinition(_Frozen):
         return {series.key: series for series in self.series}
 
 
-def load_report_definition(mappings_dir: Path | None = None) -> ReportDefinition:
+def load_report_definition(pack: MappingPack | None = None) -> ReportDefinition:
     """Read and check mappings/report/report.yaml; MappingError names the file and key when it is wrong."""
-    return load_mapping_file(ReportDefinition, "report/report.yaml", mappings_dir)
+    return (pack or load_pack()).load(ReportDefinition, "report/report.yaml")

@@ -25,13 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import UnitError
-from fhir_lupus.terminology import LabValue, UnitConverter, load_mapping_file, proves_above, proves_below
+from fhir_lupus.terminology import LabValue, MappingPack, UnitConverter, load_pack, proves_above, proves_below
 
 __all__ = [
     "LabEvidence",
@@ -193,8 +192,8 @@ class SledaiScore:
         return tuple(d for d in self.descriptors if d.source == "derived" and not d.counted)
 
 
-def load_sledai_definition(mappings_dir: Path | None = None) -> SledaiDefinition:
-    return load_mapping_file(SledaiDefinition, "scoring/sledai2k.yaml", mappings_dir)
+def load_sledai_definition(pack: MappingPack | None = None) -> SledaiDefinition:
+    return (pack or load_pack()).load(SledaiDefinition, "scoring/sledai2k.yaml")
 
 
 def score_sledai(

@@ -111,21 +111,19 @@ def spark_labs(
     pathling_jar: Path | None = None,
     window_days: int | None = None,
     lookback_days: int | None = None,
-    mappings_dir: Path | None = None,
 ) -> SparkLabs:
     """The study's lab table from the NDJSON files of ``ndjson_dir`` (a bulk export, ``map --format ndjson``).
 
     ``spark``: a running SparkSession with the Pathling jar (a cluster's); else a session on ``master`` is made
-    (``session.local_session``). The result equals ``pull._local.labs_from_ndjson`` over the same files.
+    (``session.local_session``). The result equals ``pull._local.labs_from_ndjson`` over the same files. The
+    mappings are the catalogue's pack (``catalogue.pack``): its pull rules, lifecycle and lab view.
     """
     require_spark()
     folder = Path(ndjson_dir)
     if not folder.is_dir():
         raise FhirLupusError(f"{folder}: not a directory of NDJSON files")
     context, with_observations = split_ndjson(sorted(folder.glob("*.ndjson")))
-    subjects = Subjects(
-        study, catalogue, window_days=window_days, lookback_days=lookback_days, mappings_dir=mappings_dir
-    )
+    subjects = Subjects(study, catalogue, window_days=window_days, lookback_days=lookback_days)
     day_zero = subjects.take(context)
     enrolled = {ref: subjects.subject(ref, day_zero) for ref in subjects.rows}
     task = _Task(
@@ -137,7 +135,7 @@ def spark_labs(
         window=subjects.window,
         rules=subjects.rules,
     )
-    view = load_lab_view(normal_range(catalogue), mappings_dir)
+    view = load_lab_view(normal_range(catalogue), catalogue.pack)
     result = SparkLabs(rows=[], unmapped=[], subjects=len(task.subjects), skipped_subjects=subjects.skipped)
     result.files = len(with_observations)
     if not with_observations:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields, replace
-from pathlib import Path
 from typing import Any
 
 from fhir_lupus.errors import MappingError
 from fhir_lupus.pull import LabFact, number_text
-from fhir_lupus.terminology import default_mappings_dir
+from fhir_lupus.terminology import MappingPack, load_pack
 
 __all__ = [
     "PAIR_FIELDS",
@@ -44,10 +43,11 @@ RAW_FIELDS = {
 _SCALARS = tuple(f.name for f in fields(LabFact) if f.name not in PAIR_FIELDS.values() and f.name not in RAW_FIELDS)
 
 
-def load_lab_view(normal: tuple[str, str], mappings_dir: Path | None = None) -> dict[str, Any]:
-    """The ViewDefinition, checked against what the Python path assumes: every scalar LabFact column is
-    selected, and the normal range's type is the mapping pack's (``normal``: system and code, pull.normal_range)."""
-    path = (mappings_dir or default_mappings_dir()) / VIEW_FILE
+def load_lab_view(normal: tuple[str, str], pack: MappingPack | None = None) -> dict[str, Any]:
+    """The ViewDefinition of ``pack`` (default: ``load_pack()``), checked against what the Python path assumes:
+    every scalar LabFact column is selected, and the normal range's type is the mapping pack's (``normal``:
+    system and code, pull.normal_range)."""
+    path = (pack or load_pack()).root / VIEW_FILE
     try:
         view: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

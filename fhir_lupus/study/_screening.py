@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from fhir_lupus.model import (
     BOOLEAN_SOURCES,
@@ -31,7 +30,7 @@ from fhir_lupus.model import (
     load_check_rules,
 )
 from fhir_lupus.study._criteria import CandidateFacts, ScreeningResult, screen_candidate
-from fhir_lupus.terminology import UnitConverter, load_medication_catalogue, load_pack
+from fhir_lupus.terminology import MappingPack, UnitConverter, load_medication_catalogue, load_pack
 
 __all__ = ["ScreenedCandidate", "screen_trial", "screening_findings"]
 
@@ -46,14 +45,14 @@ class ScreenedCandidate:
 
 
 def screen_trial(
-    data: TrialData, mappings_dir: Path | None = None, report: LoadReport | None = None
+    data: TrialData, pack: MappingPack | None = None, report: LoadReport | None = None
 ) -> list[ScreenedCandidate]:
     """Screen every accepted screening.csv row against the study's criteria, in file order, as of each
     candidate's screening date. ``report``: the load's, whose refused medications.csv rows make a criterion
-    they could have met unknown."""
-    pack = load_pack(mappings_dir)
+    they could have met unknown; ``pack``: the mappings (default: ``load_pack()``)."""
+    pack = pack or load_pack()
     units = UnitConverter(pack)
-    catalogue = load_medication_catalogue(pack.root)
+    catalogue = load_medication_catalogue(pack)
     enrolled = {row.record.subject_id for row in data.subjects}
     medications: dict[str, list[MedicationHistory]] = defaultdict(list)
     lines: dict[str, str] = {}
@@ -97,7 +96,7 @@ def screening_findings(
     data: TrialData,
     screened: list[ScreenedCandidate],
     report: LoadReport | None = None,
-    mappings_dir: Path | None = None,
+    pack: MappingPack | None = None,
 ) -> list[Finding]:
     """Queries for the site (severities in mappings/checks/checks.yaml), never silently accepted:
 
@@ -108,7 +107,7 @@ def screening_findings(
 
     Each names the criteria that failed or stayed unknown with the data and rows they were decided on.
     """
-    rules = load_check_rules(load_pack(mappings_dir).root)
+    rules = load_check_rules(pack)
     findings = []
     for candidate in screened:
         result = candidate.result

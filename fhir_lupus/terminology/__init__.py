@@ -3,16 +3,14 @@
 from fhir_lupus.terminology._adverse_events import AdverseEventTerms, load_adverse_event_terms
 from fhir_lupus.terminology._catalogue import LabCatalogue, LabValue, ResolvedLab, parse_lab_value
 from fhir_lupus.terminology._censored import proves_above, proves_below
-from fhir_lupus.terminology._codes import FhirCodes, Interpretation, fhir_codes, load_fhir_codes
+from fhir_lupus.terminology._codes import FhirCodes, Interpretation, load_fhir_codes
 from fhir_lupus.terminology._medications import MedicationCatalogue, load_medication_catalogue
 from fhir_lupus.terminology._pack import (
     CodeChoice,
     CodeRef,
     MappingPack,
     default_mappings_dir,
-    load_mapping_file,
     load_pack,
-    mappings_root,
     parse_model,
     read_yaml,
 )
@@ -32,13 +30,10 @@ __all__ = [
     "ResolvedLab",
     "UnitConverter",
     "default_mappings_dir",
-    "fhir_codes",
     "load_adverse_event_terms",
     "load_fhir_codes",
-    "load_mapping_file",
     "load_medication_catalogue",
     "load_pack",
-    "mappings_root",
     "parse_lab_value",
     "parse_model",
     "proves_above",

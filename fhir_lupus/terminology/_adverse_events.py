@@ -6,12 +6,11 @@ naming the file), before any row is read.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_lupus.terminology._pack import load_mapping_file
+from fhir_lupus.terminology._pack import MappingPack, load_pack
 
 __all__ = ["AdverseEventTerms", "load_adverse_event_terms"]
 
@@ -144,5 +143,5 @@ class AdverseEventTerms(_Frozen):
         return table
 
 
-def load_adverse_event_terms(mappings_dir: Path | None = None) -> AdverseEventTerms:
-    return load_mapping_file(AdverseEventTerms, "terminology/adverse_events.yaml", mappings_dir)
+def load_adverse_event_terms(pack: MappingPack | None = None) -> AdverseEventTerms:
+    return (pack or load_pack()).load(AdverseEventTerms, "terminology/adverse_events.yaml")

@@ -7,15 +7,12 @@ from coming back (tests/test_mappings_data.py).
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from fhir_lupus.errors import MappingError
-from fhir_lupus.terminology._pack import CodeRef, MappingPack, load_mapping_file
+from fhir_lupus.terminology._pack import CodeRef, MappingPack, load_pack
 
-__all__ = ["EncounterClasses", "FhirCodes", "FixedUnits", "Interpretation", "fhir_codes", "load_fhir_codes"]
+__all__ = ["EncounterClasses", "FhirCodes", "FixedUnits", "Interpretation", "load_fhir_codes"]
 
 CODES_FILE = "fhir/codes.yaml"
 
@@ -75,17 +72,7 @@ class FhirCodes(_Frozen):
     units: FixedUnits
 
 
-def load_fhir_codes(mappings_dir: Path | None = None) -> FhirCodes:
-    """mappings/fhir/codes.yaml, read and checked once per process and directory."""
-    return load_mapping_file(FhirCodes, CODES_FILE, mappings_dir)
-
-
-def fhir_codes(pack: MappingPack) -> FhirCodes:
-    """The codes of the pack's own directory. Mappers and pull's reverse mapping ask once per resource: keyed by
-    the pack's root, already resolved, this costs a dictionary look-up where ``load_fhir_codes`` costs 20 us."""
-    return _codes_at(pack.root)
-
-
-@functools.lru_cache(maxsize=8)
-def _codes_at(root: Path) -> FhirCodes:
-    return load_fhir_codes(root)
+def load_fhir_codes(pack: MappingPack | None = None) -> FhirCodes:
+    """mappings/fhir/codes.yaml of ``pack`` (default: ``load_pack()``), read and checked once per pack: mappers and
+    pull's reverse mapping ask once per resource, and a later call is a dictionary look-up."""
+    return (pack or load_pack()).load(FhirCodes, CODES_FILE)

@@ -6,12 +6,11 @@ concept fails when the file is loaded, before any row is read.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_lupus.terminology._pack import CodeRef, load_mapping_file
+from fhir_lupus.terminology._pack import CodeRef, MappingPack, load_pack
 
 __all__ = [
     "DrugEntry",
@@ -101,6 +100,6 @@ class MedicationCatalogue(_Frozen):
         return frozenset(key for key, drug in self.drugs.items() if name in drug.classes)
 
 
-def load_medication_catalogue(root: Path | None = None) -> MedicationCatalogue:
-    """Load mappings/terminology/medications.yaml once per process."""
-    return load_mapping_file(MedicationCatalogue, "terminology/medications.yaml", root)
+def load_medication_catalogue(pack: MappingPack | None = None) -> MedicationCatalogue:
+    """mappings/terminology/medications.yaml of ``pack`` (default: ``load_pack()``), read once per pack."""
+    return (pack or load_pack()).load(MedicationCatalogue, "terminology/medications.yaml")

@@ -10,6 +10,8 @@ import functools
 import importlib.resources
 import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -28,9 +30,7 @@ __all__ = [
     "ProjectConcept",
     "checkout_mappings_dir",
     "default_mappings_dir",
-    "load_mapping_file",
     "load_pack",
-    "mappings_root",
     "packaged_mappings_dir",
     "parse_model",
     "read_yaml",
@@ -38,6 +38,7 @@ __all__ = [
 
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class _Frozen(BaseModel):
@@ -178,8 +179,19 @@ class ProjectFile(_Frozen):
         return self
 
 
+class _Loaded(dict[Any, Any]):
+    """What a pack has read and built from its other files. Not part of what the pack is: pickled empty (a chunk
+    kept on disk, a worker process read them again), and the pack's equality compares its fields only."""
+
+    lock = threading.Lock()  # a first read in two threads (push lanes) parses the file once
+
+    def __reduce__(self) -> tuple[type[_Loaded], tuple[()]]:
+        return (_Loaded, ())
+
+
 class MappingPack(_Frozen):
-    """Everything in mappings/ except studies and scoring, validated and ready to use."""
+    """Everything in mappings/ except studies and scoring, validated and ready to use; the other files (rules,
+    studies, scoring, ...) are read through ``load`` and kept by the pack, so each is parsed once per pack."""
 
     root: Path
     systems: dict[str, str]
@@ -188,6 +200,34 @@ class MappingPack(_Frozen):
     units: UnitsFile
     ordinals: dict[str, OrdinalAnswer]
     codesystem: ProjectCodeSystemFile
+
+    @functools.cached_property
+    def _loaded(self) -> _Loaded:
+        return _Loaded()  # kept in the instance's __dict__: a plain attribute look-up once made (mappers ask per row)
+
+    def load(self, model: type[M], relative: str) -> M:
+        """The file ``relative`` to the pack's root, checked against ``model`` the first time it is asked for and
+        kept: a later call is a dictionary look-up (mappers ask once per resource)."""
+        try:  # the look-up ``derive`` makes, inlined: this is the call mappers make per resource
+            loaded: M = self._loaded[model, relative]
+            return loaded
+        except KeyError:
+            return self.derive((model, relative), lambda: _parse_file(model, self.root / relative))
+
+    def derive(self, key: object, build: Callable[[], T]) -> T:
+        """What ``build`` makes from the pack's files (compiled invariants, a checked view), made once per pack and
+        kept under ``key``."""
+        loaded = self._loaded
+        try:
+            made: T = loaded[key]
+            return made
+        except KeyError:
+            pass
+        with _Loaded.lock:
+            if key not in loaded:
+                loaded[key] = build()
+            made = loaded[key]
+        return made
 
     def system_uri(self, short: str) -> str:
         """The URI for a short system name used in mappings/ (``loinc``, ``snomed``, ``project``...)."""
@@ -296,36 +336,30 @@ def default_mappings_dir() -> Path:
     return checkout_mappings_dir() or packaged_mappings_dir()
 
 
-def mappings_root(mappings_dir: Path | None = None) -> Path:
-    """The mappings directory a call means, resolved: the caches below are keyed by it, never by ``None``, so a
-    process that changes FHIR_LUPUS_MAPPINGS between calls (a test, a notebook, a service serving two packs)
-    never gets the pack it read first."""
-    if mappings_dir is not None:
-        return mappings_dir.resolve()
+def _resolved_root(root: Path | None) -> Path:
+    """The mappings directory a call means, resolved: packs are kept by it, never by ``None``, so a process that
+    changes FHIR_LUPUS_MAPPINGS between calls (a test, a notebook, a service serving two packs) never gets the
+    pack it read first."""
+    if root is not None:
+        return root.resolve()
     return _default_root(os.environ.get("FHIR_LUPUS_MAPPINGS"), os.getcwd())
 
 
 @functools.lru_cache(maxsize=8)
 def _default_root(env: str | None, cwd: str) -> Path:
     """The default directory, resolved once per FHIR_LUPUS_MAPPINGS value and working directory (a relative
-    value depends on it): loaders ask for it once per resource, and resolving it takes a dozen system calls."""
+    value depends on it): resolving it takes a dozen system calls."""
     return default_mappings_dir().resolve()
 
 
-def load_mapping_file(model: type[M], relative: str, mappings_dir: Path | None = None) -> M:
-    """One file of mappings/ (``relative`` to its root), read and checked once per process and directory."""
-    parsed: M = _parsed_file(model, mappings_root(mappings_dir) / relative)  # lru_cache erases the type
-    return parsed
-
-
-@functools.lru_cache(maxsize=128)
-def _parsed_file(model: type[M], path: Path) -> M:
+def _parse_file(model: type[M], path: Path) -> M:
     return parse_model(model, path, read_yaml(path))
 
 
 def load_pack(root: Path | None = None) -> MappingPack:
-    """Load and check mappings/ once per process and directory (the files are small and read-only)."""
-    return _pack_at(mappings_root(root))
+    """Load and check mappings/ once per process and directory (the files are small and read-only); ``None``:
+    the default directory (``default_mappings_dir``)."""
+    return _pack_at(_resolved_root(root))
 
 
 @functools.lru_cache(maxsize=8)

@@ -19,6 +19,7 @@ from support import FAULT_RESULTS, example_subset, isolated_mappings_copy
 
 from fhir_lupus import devserver
 from fhir_lupus.client import FhirClient
+from fhir_lupus.settings import Settings
 from fhir_lupus.terminology import load_pack
 
 SERVER_NAMES = ("hapi", "medplum")
@@ -72,6 +73,12 @@ def isolated_mappings(tmp_path: Path) -> Path:
     systems = (pack.identifier_system("study", study=""), *pack.superseded_identifier_systems("study", study=""))
     assert all(s.startswith(f"https://fhir-lupus.example.org/t/{run}/") for s in systems), systems
     return target
+
+
+@pytest.fixture
+def isolated_settings(isolated_mappings: Path) -> Settings:
+    """``Settings`` of the ``isolated_mappings`` pack (the same pack: it is read once per directory)."""
+    return Settings.from_mappings(isolated_mappings)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import push_resources
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -37,12 +38,16 @@ def closure(resources: list[dict[str, Any]], resource_type: str) -> list[dict[st
 
 
 def test_adverse_events_push_by_id_and_a_second_push_is_unchanged(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
-    data, report = load_trial(subset(1, first=2), mappings_dir=isolated_mappings)  # MSC-003: MSC and CYC related
+    data, report = load_trial(subset(1, first=2), pack=isolated_settings.pack)  # MSC-003: MSC and CYC related
     assert report.rejects == [] and len(data.adverse_events) >= 2
     resources = closure(
-        map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources, "AdverseEvent"
+        map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources, "AdverseEvent"
     )
     events = [r for r in resources if r["resourceType"] == "AdverseEvent"]
     suspects = {s["instance"]["reference"].split("/")[0] for e in events for s in e.get("suspectEntity", [])}

@@ -16,6 +16,7 @@ from fhir_lupus.client import BearerAuth, FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
@@ -25,13 +26,13 @@ TOKEN = "integration-static-bearer-0f3c9d2e7a"  # HAPI and Medplum's dev servers
 
 def test_push_and_pull_logs_hold_no_personal_data_and_are_audited(
     server_url: str,
-    isolated_mappings: Path,
+    isolated_settings: Settings,
     subset: Callable[..., Path],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     directory = subset(2)
-    data, report = load_trial(directory, mappings_dir=isolated_mappings)
+    data, report = load_trial(directory, pack=isolated_settings.pack)
     assert report.rejects == []
     with (directory / "subjects.csv").open(newline="") as handle:
         subjects = list(csv.DictReader(handle))
@@ -42,10 +43,10 @@ def test_push_and_pull_logs_hold_no_personal_data_and_are_audited(
     journal_path = tmp_path / "journal.sqlite"
     with FhirClient(server_url, auth=BearerAuth(TOKEN), timeout=120) as client, Journal(journal_path) as journal:
         pushed = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings
         )
         assert pushed.complete, pushed.summary()
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
         assert pulled.subjects == 2 and pulled.rows
 
     text = caplog.text + "\n".join(f"{r.getMessage()}\n{r.exc_text or ''}" for r in caplog.records)

@@ -27,8 +27,8 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
 from fhir_lupus.pull import BulkOptions, PullResult, pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
-from fhir_lupus.terminology import load_pack
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("server_url", ["hapi"], indirect=True)]
 UCUM = "http://unitsofmeasure.org"
@@ -44,6 +44,10 @@ class Pushed:
     mappings: Path
     patients: list[str]
     pushed_at: str
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_mappings(self.mappings)
 
 
 def hospital_results(patient: str, when: date) -> list[dict[str, Any]]:
@@ -94,11 +98,12 @@ def pushed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """The example trial (every subject) pushed under identifier systems of this module, plus hospital labs."""
     root = tmp_path_factory.mktemp("bulk")
     mappings = isolated_mappings_copy(root / "mappings", f"t/{uuid.uuid4().hex[:12]}")
-    data, report = load_trial(example_subset(root / "example", 20), mappings_dir=mappings)
+    settings = Settings.from_mappings(mappings)
+    data, report = load_trial(example_subset(root / "example", 20), pack=settings.pack)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with FhirClient(server_url, timeout=120) as client, Journal(root / "push.sqlite") as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=mappings)
-        subject_system = load_pack(mappings).identifier_system("subject", study=data.study.nct_id)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=settings)
+        subject_system = settings.pack.identifier_system("subject", study=data.study.nct_id)
         patients = [
             next(client.search("ResearchSubject", {"identifier": f"{subject_system}|{subject}"}))["individual"][
                 "reference"
@@ -112,7 +117,7 @@ def pushed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def search_pull(client: FhirClient, pushed: Pushed, out: Path, **kwargs: Any) -> PullResult:
     with Journal(out.with_suffix(".sqlite")) as journal:
-        return pull_study(client, journal, pushed.data.study, output=out, mappings_dir=pushed.mappings, **kwargs)
+        return pull_study(client, journal, pushed.data.study, output=out, settings=pushed.settings, **kwargs)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -187,7 +192,7 @@ def test_group_level_export_of_an_actual_group_and_a_resumed_job(
     by_group = BulkOptions(level="group", group_id=group["id"], max_poll_wait=1.0, on_poll=interrupt)
     with Journal(tmp_path / "bulk.sqlite") as journal:
         with pytest.raises(KeyboardInterrupt):  # stopped while HAPI builds the export
-            pull_study(client, journal, pushed.data.study, since=None, mappings_dir=pushed.mappings, bulk=by_group)
+            pull_study(client, journal, pushed.data.study, since=None, settings=pushed.settings, bulk=by_group)
         job = journal.bulk_export(client.base_url, pushed.data.study.nct_id)
         assert job is not None and "$export-poll-status" in job.status_url
         resumed = pull_study(
@@ -196,7 +201,7 @@ def test_group_level_export_of_an_actual_group_and_a_resumed_job(
             pushed.data.study,
             since=None,
             output=tmp_path / "bulk.csv",
-            mappings_dir=pushed.mappings,
+            settings=pushed.settings,
             bulk=BulkOptions(level="group", group_id=group["id"], max_poll_wait=1.0),
         )
         assert journal.bulk_export(client.base_url, pushed.data.study.nct_id) is None
@@ -216,7 +221,7 @@ def test_system_level_export_since_a_moment_takes_only_the_studys_subjects(
             pushed.data.study,
             since=pushed.pushed_at,
             output=tmp_path / "bulk.csv",
-            mappings_dir=pushed.mappings,
+            settings=pushed.settings,
             bulk=bulk,
         )
     same_tables(tmp_path / "bulk.csv", tmp_path / "search.csv")

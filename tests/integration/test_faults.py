@@ -32,6 +32,7 @@ from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._roundtrip import compare_round_trip
 from fhir_lupus.push import PushOptions, dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -124,11 +125,12 @@ def test_push_and_pull_through_a_fault(
     proxy: FaultProxy,
     client: FhirClient,
     isolated_mappings: Path,
+    isolated_settings: Settings,
     subset: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    data, report = load_trial(subset(1), pack=isolated_settings.pack)
+    resources = map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources
     rule = FAULTS[fault](proxy, nth_transaction(2))
     retry = RetryPolicy(attempts=4, base_delay=0.2, max_delay=2.0)
     with (
@@ -141,16 +143,14 @@ def test_push_and_pull_through_a_fault(
             journal,
             source="test",
             options=PushOptions(chunk_size=50),
-            mappings_dir=isolated_mappings,
+            settings=isolated_settings,
         )
         assert rule.fired >= 1, f"the fault never fired: {proxy.events[-3:]}"
         assert pushed.problems == [] and pushed.provenance
-        again = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
-        )
+        again = push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         assert again.written == 0 and again.unchanged == len(resources)
         lost, duplicated, disagreeing = census(client, resources, journal)
-        state = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+        state = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
         FAULT_RESULTS.append(
             f"{client.base_url} push, {fault}: fired {rule.fired}x; {len(resources)} resources: "
             f"lost {lost}, duplicated {duplicated}, journal disagreeing {disagreeing}"
@@ -161,7 +161,7 @@ def test_push_and_pull_through_a_fault(
         assert len(provenances) == 1  # the Provenance was not written twice either
 
         pull_rule = FAULTS[fault](proxy, nth_lab_search(2))
-        pulled = pull_study(faulty, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(faulty, journal, data.study, since=None, settings=isolated_settings)
         trip = compare_round_trip(data, pulled.rows, LabCatalogue(load_pack(isolated_mappings)))
         FAULT_RESULTS.append(
             f"{client.base_url} pull, {fault} on a lab search: fired {pull_rule.fired}x; {len(pulled.rows)} rows: "
@@ -171,7 +171,12 @@ def test_push_and_pull_through_a_fault(
 
 
 def test_push_killed_with_sigkill_midway_resumes_without_loss_or_duplicates(
-    server_url: str, client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    server_url: str,
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     data_dir = subset(1, first=1)
     journal_path = tmp_path / "journal.sqlite"
@@ -199,14 +204,14 @@ def test_push_killed_with_sigkill_midway_resumes_without_loss_or_duplicates(
         time.sleep(0.02)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the push finished before it could be killed"
-    data, report = load_trial(data_dir, mappings_dir=isolated_mappings)
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    data, report = load_trial(data_dir, pack=isolated_settings.pack)
+    resources = map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources
     partial = _journal_rows(journal_path)
     assert 60 <= partial < len(resources)
     with Journal(journal_path) as journal:
         assert [status for _, status, _ in journal.pushes(client.base_url)] == ["running"]
         resumed = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings
         )
         assert resumed.complete and resumed.written + resumed.unchanged == len(resources)
         assert resumed.earlier_provenance  # the killed push's writes get their Provenance

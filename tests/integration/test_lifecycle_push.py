@@ -14,6 +14,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -21,22 +22,24 @@ pytestmark = pytest.mark.integration
 
 
 def test_status_history_pushes_idempotently_and_pull_skips_the_never_enrolled(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
-    data, report = load_trial(subset(2, first=5), mappings_dir=isolated_mappings)  # MSC-006 withdrew, MSC-007 did not
+    data, report = load_trial(subset(2, first=5), pack=isolated_settings.pack)  # MSC-006 withdrew, MSC-007 did not
     assert report.rejects == [] and sorted(data.status_history) == ["MSC-006", "MSC-007"]
-    expected = len(map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources)
+    expected = len(map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources)
     pack = load_pack(isolated_mappings)
     history_url = pack.extension_url("status_history")
     subject_system = pack.identifier_system("subject", study=data.study.nct_id)
 
     with Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
-        )
+        first = push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         assert first.complete and first.created == expected, first.summary()
         second = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings
         )
         assert second.written == 0 and second.unchanged == expected and second.provenance is None
 
@@ -65,6 +68,6 @@ def test_status_history_pushes_idempotently_and_pull_skips_the_never_enrolled(
                 "individual": {"reference": f"Patient/{patient['id']}"},
             }
         )
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
         assert pulled.subjects == 2 and pulled.skipped_subjects == {"ineligible": 1}
         assert {row.subject_id for row in pulled.rows} == {"MSC-006", "MSC-007"}

@@ -16,6 +16,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.mappers import Resource
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import push_resources
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -39,12 +40,16 @@ def with_what_they_refer_to(resources: list[Resource]) -> list[Resource]:
 
 
 def test_medication_resources_push_idempotently(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1), pack=isolated_settings.pack)
     assert report.rejects == []
     resources = with_what_they_refer_to(
-        map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+        map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources
     )
     statements = [r for r in resources if r["resourceType"] == "MedicationStatement"]
     administrations = [r for r in resources if r["resourceType"] == "MedicationAdministration"]
@@ -52,11 +57,11 @@ def test_medication_resources_push_idempotently(
     version = load_pack(isolated_mappings).project.mapping_version
     with Journal(tmp_path / "journal.sqlite") as journal:
         first = push_resources(
-            resources, client, journal, source="test", mapping_version=version, mappings_dir=isolated_mappings
+            resources, client, journal, source="test", mapping_version=version, settings=isolated_settings
         )
         assert first.complete and first.created == len(resources), first.summary()
         second = push_resources(
-            resources, client, journal, source="test", mapping_version=version, mappings_dir=isolated_mappings
+            resources, client, journal, source="test", mapping_version=version, settings=isolated_settings
         )
         assert second.written == 0 and second.unchanged == len(resources), second.summary()
 

@@ -16,6 +16,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import dry_run, push_resources
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
@@ -52,11 +53,11 @@ def replaced(resources: list[Resource], new: Resource) -> list[Resource]:
 
 
 def test_a_final_total_on_the_server_is_never_replaced_by_a_preliminary_one(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient, isolated_settings: Settings, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1), pack=isolated_settings.pack)
     assert report.rejects == []
-    mapped = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    mapped = map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources
     totals = sledai_totals(mapped)
     baseline, month1 = totals["BL"], totals["M01"]
     assert baseline["status"] == month1["status"] == "final"
@@ -69,7 +70,7 @@ def test_a_final_total_on_the_server_is_never_replaced_by_a_preliminary_one(
 
     def push(resources: list[Resource]) -> Any:
         return push_resources(
-            resources, client, journal, source="test", mapping_version="t", mappings_dir=isolated_mappings
+            resources, client, journal, source="test", mapping_version="t", settings=isolated_settings
         )
 
     with Journal(tmp_path / "journal.sqlite") as journal:
@@ -86,7 +87,7 @@ def test_a_final_total_on_the_server_is_never_replaced_by_a_preliminary_one(
         stored = list(client.search("Observation", {"identifier": f"{system}|{value}"}))
         assert [(s["status"], s["valueInteger"]) for s in stored] == [("final", baseline["valueInteger"])]
 
-        preview = dry_run(second_push, client, journal=journal, mappings_dir=isolated_mappings)
+        preview = dry_run(second_push, client, journal=journal, settings=isolated_settings)
         actions = {(i.business_key, i.action) for i in preview.items if i.resource_type == "Observation"}
         assert (business_key(baseline), "held-back") in actions
         assert (business_key(month1), "unchanged") in actions

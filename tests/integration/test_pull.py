@@ -15,6 +15,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
@@ -51,15 +52,15 @@ def rows_of(path: Path) -> list[dict[str, str]]:
 
 
 def test_labs_the_hospital_wrote_statuses_and_later_corrections(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient, isolated_settings: Settings, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1), pack=isolated_settings.pack)
     baseline = next(v.record.visit_date for v in data.visits if v.record.visit_code == "BL")
     month3 = data.study.due_date(baseline, 3) + timedelta(days=1)
     output = tmp_path / "labs.csv"
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
-        first = pull_study(client, journal, data.study, since=None, output=output, mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
+        first = pull_study(client, journal, data.study, since=None, output=output, settings=isolated_settings)
         ours = len(data.labs) + len(data.treg)
         assert first.total_rows == ours == len(rows_of(output))
 
@@ -98,7 +99,7 @@ def test_labs_the_hospital_wrote_statuses_and_later_corrections(
         ]:
             made[accession] = client.create(hospital_lab(patient, accession, status, month3, loinc, local, value))
 
-        second = pull_study(client, journal, data.study, since="auto", output=output, mappings_dir=isolated_mappings)
+        second = pull_study(client, journal, data.study, since="auto", output=output, settings=isolated_settings)
         new = {r.result_id: r for r in second.rows}
         assert set(new) == {f"{HOSPITAL}|ACC-1", f"{HOSPITAL}|ACC-2"}
         creatinine = new[f"{HOSPITAL}|ACC-1"]
@@ -119,7 +120,7 @@ def test_labs_the_hospital_wrote_statuses_and_later_corrections(
         # the lab withdraws the creatinine and finalises the C4
         client.put(f"Observation/{made['ACC-1']['id']}", {**made["ACC-1"], "status": "entered-in-error"})
         client.put(f"Observation/{made['ACC-5']['id']}", {**made["ACC-5"], "status": "final"})
-        third = pull_study(client, journal, data.study, since="auto", output=output, mappings_dir=isolated_mappings)
+        third = pull_study(client, journal, data.study, since="auto", output=output, settings=isolated_settings)
         assert [r.result_id for r in third.removed] == [f"{HOSPITAL}|ACC-1"]
         assert [r.result_id for r in third.rows] == [f"{HOSPITAL}|ACC-5"]
         written = rows_of(output)
@@ -130,21 +131,21 @@ def test_labs_the_hospital_wrote_statuses_and_later_corrections(
 
 
 def test_the_mark_moves_only_after_the_output_is_written(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient, isolated_settings: Settings, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
-    data, report = load_trial(subset(1, first=3), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1, first=3), pack=isolated_settings.pack)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         blocked = tmp_path / "blocked.csv"
         blocked.mkdir()
         with pytest.raises(OSError):
-            pull_study(client, journal, data.study, since="auto", output=blocked, mappings_dir=isolated_mappings)
+            pull_study(client, journal, data.study, since="auto", output=blocked, settings=isolated_settings)
         assert journal.high_water(client.base_url, data.study.nct_id) is None
         output = tmp_path / "labs.csv"
-        done = pull_study(client, journal, data.study, since="auto", output=output, mappings_dir=isolated_mappings)
+        done = pull_study(client, journal, data.study, since="auto", output=output, settings=isolated_settings)
         ours = len(data.labs) + len(data.treg)
         assert done.total_rows == ours == len(rows_of(output)) and done.high_water
-        again = pull_study(client, journal, data.study, since="auto", output=output, mappings_dir=isolated_mappings)
+        again = pull_study(client, journal, data.study, since="auto", output=output, settings=isolated_settings)
         # ge the mark (minus the overlap): everything is fetched again, nothing is new, nothing is lost
         assert again.rows == [] and again.unchanged >= 1 and again.total_rows == ours
         assert len(rows_of(output)) == ours

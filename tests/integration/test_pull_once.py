@@ -19,6 +19,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -47,11 +48,11 @@ def written_elsewhere(patient: str, accession: str, code: str, category: list[di
 
 
 def test_every_lab_once_and_catalogue_codes_without_the_lab_category_kept(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient, isolated_settings: Settings, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
-    data, report = load_trial(subset(1, first=3), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1, first=3), pack=isolated_settings.pack)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         patient = next(
             f"Patient/{e.server_id}" for e in journal.entries(client.base_url).values() if e.resource_type == "Patient"
         )
@@ -63,7 +64,7 @@ def test_every_lab_once_and_catalogue_codes_without_the_lab_category_kept(
             ("VITAL", "PULSE", [{"coding": [{"system": CATEGORY, "code": "vital-signs"}]}]),
         ]:
             client.create(written_elsewhere(patient, accession, code, category))
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
     assert pulled.refetched == 0 and pulled.fallbacks == []  # the server took category:not; nothing came twice
     rows = {r.result_id: r for r in pulled.rows}
     assert rows[f"{HOSPITAL}|NO-CATEGORY"].analyte == rows[f"{HOSPITAL}|LOCAL-CATEGORY"].analyte == "c3"
@@ -75,6 +76,7 @@ def test_every_lab_once_and_catalogue_codes_without_the_lab_category_kept(
 def test_the_catalogue_code_search_for_a_group_of_patients_keeps_each_subjects_floor(
     client: FhirClient,
     isolated_mappings: Path,
+    isolated_settings: Settings,
     subset: Callable[..., Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -82,7 +84,7 @@ def test_the_catalogue_code_search_for_a_group_of_patients_keeps_each_subjects_f
     """Three subjects: the first searched alone, the other two together (``patient=Patient/a,Patient/b``,
     which HAPI and Medplum both take with ``category:not``); the group asks the earlier of their floors, and
     each subject's own floor (90 days before its BL visit) is applied to what comes back."""
-    data, report = load_trial(subset(3), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(3), pack=isolated_settings.pack)
     pack = load_pack(isolated_mappings)
     subject_system = pack.identifier_system("subject", study=data.study.nct_id)
     visits = [v.record for v in data.visits]
@@ -98,14 +100,14 @@ def test_the_catalogue_code_search_for_a_group_of_patients_keeps_each_subjects_f
         return send(self, method, path, **kwargs)
 
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         for subject, floor in floors.items():
             found = client.search("ResearchSubject", {"identifier": f"{subject_system}|{subject}"})
             patient = next(iter(found))["individual"]["reference"]
             for accession, day in ((f"ON-{subject}", floor), (f"BEFORE-{subject}", floor - timedelta(days=1))):
                 client.create({**written_elsewhere(patient, accession, "C3", None), "effectiveDateTime": str(day)})
         monkeypatch.setattr(FhirClient, "_send_raw", spy)
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
     assert sorted(len(patients.split(",")) for patients in sent) == [1, 2]
     assert pulled.refetched == 0 and pulled.fallbacks == []
     planted = {r.result_id.rpartition("|")[2]: r.subject_id for r in pulled.rows if r.result_id.startswith(HOSPITAL)}

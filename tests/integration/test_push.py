@@ -16,6 +16,7 @@ from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._roundtrip import compare_round_trip
 from fhir_lupus.push import PushOptions, dry_run, dry_run_trial, push_resources, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -23,34 +24,36 @@ pytestmark = pytest.mark.integration
 
 
 def load(data_dir: Path, mappings: Path) -> tuple[TrialData, object]:
-    data, report = load_trial(data_dir, mappings_dir=mappings)
+    data, report = load_trial(data_dir, pack=load_pack(mappings))
     assert report.rejects == []
     return data, report
 
 
 def test_push_is_idempotent_and_pull_returns_what_was_pushed(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     data, report = load(subset(2), isolated_mappings)
-    expected = len(map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources)
+    expected = len(map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources)
 
-    before = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    before = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
     assert before.counts["create"] == expected and before.counts["conflict"] == 0
 
     with Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
-        )
+        first = push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         assert first.complete and first.created == expected and first.provenance, first.summary()
-        after = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+        after = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
         assert after.counts == {"unchanged": expected}, [i for i in after.items if i.action != "unchanged"][:3]
 
         second = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings
         )
         assert second.written == 0 and second.unchanged == expected and second.provenance is None
 
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
         trip = compare_round_trip(data, pulled.rows, LabCatalogue(load_pack(isolated_mappings)))
         rows = len(data.labs) + len(data.treg)  # Treg %, the secondary outcome, comes back as rows too
         assert trip.exact and trip.matched == rows, (trip.missing[:5], trip.different[:5], trip.extra[:5])
@@ -58,18 +61,22 @@ def test_push_is_idempotent_and_pull_returns_what_was_pushed(
         assert {r.visit_code for r in pulled.rows if r.analyte == "treg_percent"} >= {"BL", "M03"}
         assert {r.visit_code for r in pulled.rows if r.window == "in-window"} >= {"BL", "M01", "M12"}
 
-        incremental = pull_study(client, journal, data.study, since="auto", mappings_dir=isolated_mappings)
+        incremental = pull_study(client, journal, data.study, since="auto", settings=isolated_settings)
         assert incremental.rows == [] and incremental.total_rows == rows
 
 
 def test_changed_value_is_the_only_thing_sent_and_pulled_again(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     source = subset(1)
     data, report = load(source, isolated_mappings)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings)
-        pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
+        pull_study(client, journal, data.study, since=None, settings=isolated_settings)
 
         labs = source / "labs.csv"
         text = labs.read_text(encoding="utf-8")
@@ -79,23 +86,29 @@ def test_changed_value_is_the_only_thing_sent_and_pulled_again(
         data2, report2 = load(source, isolated_mappings)
         time.sleep(1.1)  # _lastUpdated is compared at the server's precision
         third = push_trial(
-            TrialSource.loaded(data2, report2), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data2, report2), client, journal, source="test", settings=isolated_settings
         )
         # only the C3 result changed: 0.55 g/L is still below the range, so the BL SLEDAI stays the same
         assert third.written == 1 and third.updated == 1 and third.chunks == 1
-        delta = pull_study(client, journal, data2.study, since="auto", mappings_dir=isolated_mappings)
+        delta = pull_study(client, journal, data2.study, since="auto", settings=isolated_settings)
         assert [(r.result_id, r.value, r.unit) for r in delta.rows] == [("L-MSC-001-BL-C3", "0.55", "g/L")]
 
 
-def test_dry_run_writes_nothing(client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path]) -> None:
+def test_dry_run_writes_nothing(
+    client: FhirClient, isolated_mappings: Path, isolated_settings: Settings, subset: Callable[..., Path]
+) -> None:
     data, report = load(subset(1), isolated_mappings)
-    first = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
-    second = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    first = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
+    second = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
     assert first.counts == second.counts == {"create": len(map_trial(TrialSource.loaded(data, report)).resources)}
 
 
 def test_skipped_types_become_logical_references_the_server_accepts(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     data, report = load(subset(1), isolated_mappings)
     skipped = frozenset({"Organization", "Location"})
@@ -105,7 +118,7 @@ def test_skipped_types_become_logical_references_the_server_accepts(
             client,
             journal,
             source="test",
-            mappings_dir=isolated_mappings,
+            settings=isolated_settings,
             options=PushOptions(skip_types=skipped),
         )
     assert pushed.complete and pushed.count("skipped") == 2, pushed.summary()
@@ -190,11 +203,15 @@ def _retire(client: FhirClient, resource_type: str, code: str, expression: str, 
 
 @pytest.mark.parametrize("server_url", ["hapi"], indirect=True)
 def test_types_the_server_cannot_search_by_key_fall_back_on_a_real_server(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     """HAPI without CodeSystem?url (system searches the same element) and without Organization?identifier."""
     data, report = load(subset(1), isolated_mappings)
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    resources = map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources
     expected = len(resources)
     # Read by our id, the Organization is the same resource in every run against a long-lived server: one that an
     # earlier run left is updated, not created (CI's server is fresh, a developer's may not be).
@@ -207,19 +224,17 @@ def test_types_the_server_cannot_search_by_key_fall_back_on_a_real_server(
     try:
         with FhirClient(client.base_url, timeout=120) as fresh, Journal(tmp_path / "journal.sqlite") as journal:
             pushed = push_trial(
-                TrialSource.loaded(data, report), fresh, journal, source="test", mappings_dir=isolated_mappings
+                TrialSource.loaded(data, report), fresh, journal, source="test", settings=isolated_settings
             )
             assert pushed.complete and pushed.created == expected - left_before, pushed.summary()
             assert pushed.updated == left_before, pushed.summary()
             assert pushed.routes["CodeSystem"].search_param == "system"
             assert pushed.routes["Organization"].lookup == "read"  # PUT Organization/<our id>: update-as-create
             again = push_trial(
-                TrialSource.loaded(data, report), fresh, journal, source="test", mappings_dir=isolated_mappings
+                TrialSource.loaded(data, report), fresh, journal, source="test", settings=isolated_settings
             )
             assert again.written == 0 and again.unchanged == expected
-            state = dry_run_trial(
-                TrialSource.loaded(data, report), fresh, journal=journal, mappings_dir=isolated_mappings
-            )
+            state = dry_run_trial(TrialSource.loaded(data, report), fresh, journal=journal, settings=isolated_settings)
             assert state.counts == {"unchanged": expected}
         codesystem_url = load_pack(isolated_mappings).system_uri("project")
         assert len(list(client.search("CodeSystem", {"system": codesystem_url}))) == 1

@@ -13,6 +13,7 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.push import dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -22,11 +23,15 @@ SCHEDULE_TYPES = ("PlanDefinition", "ActivityDefinition")
 
 
 def test_schedule_of_activities_round_trips_and_second_push_is_unchanged(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1), pack=isolated_settings.pack)
     assert report.rejects == []
-    resources = map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources
+    resources = map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources
     ours = {r["resourceType"]: 0 for r in resources}
     for resource in resources:
         ours[resource["resourceType"]] += 1
@@ -34,16 +39,14 @@ def test_schedule_of_activities_round_trips_and_second_push_is_unchanged(
     assert ours["ActivityDefinition"] == len(data.study.protocol.activities)
 
     with Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
-        )
+        first = push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         assert first.complete, first.summary()
         second = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings
         )
         assert second.written == 0 and second.unchanged == len(resources), second.summary()
     # a fresh journal: the plan looks every resource up on the server by its identifier and finds it unchanged
-    fresh = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    fresh = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
     assert fresh.counts == {"unchanged": len(resources)}, [i for i in fresh.items if i.action != "unchanged"][:3]
 
     pack = load_pack(isolated_mappings)

@@ -32,6 +32,7 @@ from fhir_lupus.client import AuthenticationRefused, FatalHttpError, FhirClient,
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
@@ -139,21 +140,19 @@ def search_once(client: FhirClient) -> None:
 
 @MEDPLUM
 def test_push_and_pull_with_es384_token_obtained_once(
-    gated: Gated, oidc_url: str, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    gated: Gated, oidc_url: str, isolated_settings: Settings, subset: Callable[..., Path], tmp_path: Path
 ) -> None:
-    data, report = load_trial(subset(1), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(1), pack=isolated_settings.pack)
     who = register(oidc_url, "ES384")
     client, transport, _ = smart_client(gated, oidc_url, who)
     with client, Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
-        )
+        first = push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         assert first.complete and first.created > 0, first.summary()
         second = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings
         )
         assert second.written == 0 and second.unchanged == first.created
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
         assert pulled.subjects == 1 and pulled.rows
     assert transport.token_requests == 1  # cached and reused by every request of two pushes and a pull
     assert gated.gateway.passed > 5 and gated.gateway.refused == [] and len(gated.gateway.tokens) == 1

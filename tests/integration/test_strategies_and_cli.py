@@ -17,6 +17,7 @@ from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._roundtrip import compare_round_trip
 from fhir_lupus.push import PushOptions, dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
@@ -26,28 +27,33 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("strategy", ["batch", "individual"])
 def test_fallback_strategies_resolve_references_in_order(
-    strategy: WriteStrategy, client: FhirClient, isolated_mappings: Path, dataset: Callable[..., Path], tmp_path: Path
+    strategy: WriteStrategy,
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    dataset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
-    data, report = load_trial(dataset(), mappings_dir=isolated_mappings)
-    expected = len(map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources)
+    data, report = load_trial(dataset(), pack=isolated_settings.pack)
+    expected = len(map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources)
     with Journal(tmp_path / "j.sqlite") as journal:
         pushed = push_trial(
             TrialSource.loaded(data, report),
             client,
             journal,
             source="t",
-            mappings_dir=isolated_mappings,
+            settings=isolated_settings,
             options=PushOptions(strategy=strategy, chunk_size=7),
         )
         assert pushed.strategy == strategy and pushed.written == expected and pushed.complete, pushed.summary()
-        state = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+        state = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
         assert state.counts == {"unchanged": expected}  # references were rewritten to the right server ids
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
     assert compare_round_trip(data, pulled.rows, LabCatalogue(load_pack(isolated_mappings))).exact
 
 
 def test_cli_push_dry_run_pull(
-    server_url: str, isolated_mappings: Path, dataset: Callable[..., Path], tmp_path: Path
+    server_url: str, isolated_mappings: Path, isolated_settings: Settings, dataset: Callable[..., Path], tmp_path: Path
 ) -> None:
     data_dir = dataset()
     journal = tmp_path / "journal.sqlite"
@@ -59,8 +65,8 @@ def test_cli_push_dry_run_pull(
     )
     assert counts, preview.output
     create, update, unchanged, conflict = map(int, counts.groups())
-    loaded, loaded_report = load_trial(data_dir, mappings_dir=isolated_mappings)
-    expected = len(map_trial(TrialSource.loaded(loaded, loaded_report), mappings_dir=isolated_mappings).resources)
+    loaded, loaded_report = load_trial(data_dir, pack=isolated_settings.pack)
+    expected = len(map_trial(TrialSource.loaded(loaded, loaded_report), settings=isolated_settings).resources)
     assert expected > 28  # the study, 2 subjects' records, the schedule and medications of the base rows
     assert (create, update, unchanged, conflict) == (expected, 0, 0, 0)
     first = runner.invoke(app, ["push", str(data_dir), "--chunk-size", "10", *common])

@@ -14,6 +14,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial
 from fhir_lupus.pull import pull_study
 from fhir_lupus.push import dry_run_trial, push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import load_pack
 
@@ -21,9 +22,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
-    client: FhirClient, isolated_mappings: Path, subset: Callable[..., Path], tmp_path: Path
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
-    data, report = load_trial(subset(2), mappings_dir=isolated_mappings)
+    data, report = load_trial(subset(2), pack=isolated_settings.pack)
     assert report.rejects == []
     nct = data.study.nct_id
     pack = load_pack(isolated_mappings)
@@ -38,14 +43,12 @@ def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
             "title": "registered before the identifier system changed",
         }
     )
-    expected = len(map_trial(TrialSource.loaded(data, report), mappings_dir=isolated_mappings).resources)
+    expected = len(map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources)
 
-    preview = dry_run_trial(TrialSource.loaded(data, report), client, mappings_dir=isolated_mappings)
+    preview = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
     assert preview.counts == {"create": expected - 1, "update": 1}, preview.counts
     with Journal(tmp_path / "journal.sqlite") as journal:
-        first = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
-        )
+        first = push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         assert first.complete and (first.created, first.updated) == (expected - 1, 1), first.summary()
 
         either = {"identifier": f"{current}|{nct},{old}|{nct}"}
@@ -64,12 +67,12 @@ def test_study_stored_under_the_superseded_system_is_updated_not_duplicated(
         assert len(subjects) == 2
 
         second = push_trial(
-            TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=isolated_mappings
+            TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings
         )
         assert second.written == 0 and second.unchanged == expected, second.summary()
-        state = dry_run_trial(TrialSource.loaded(data, report), client, journal=journal, mappings_dir=isolated_mappings)
+        state = dry_run_trial(TrialSource.loaded(data, report), client, journal=journal, settings=isolated_settings)
         assert state.counts == {"unchanged": expected}, [i for i in state.items if i.action != "unchanged"][:3]
 
-        pulled = pull_study(client, journal, data.study, since=None, mappings_dir=isolated_mappings)
+        pulled = pull_study(client, journal, data.study, since=None, settings=isolated_settings)
         assert pulled.subjects == 2 and pulled.total_rows >= len(data.labs)
     assert len(list(client.search("ResearchStudy", either))) == 1

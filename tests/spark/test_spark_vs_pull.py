@@ -25,6 +25,7 @@ from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._store import unmapped_path, write_rows
 from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.spark import spark_labs
 from fhir_lupus.terminology import LabCatalogue, load_pack
@@ -54,10 +55,12 @@ def hospital_result(patient: str, accession: str, status: str, value: dict[str, 
 def test_spark_writes_the_table_pull_writes(spark: Any, tmp_path: Path) -> None:
     assert HAPI is not None
     mappings = isolated_mappings_copy(tmp_path / "mappings", f"t/{uuid.uuid4().hex[:12]}")
-    data, report = load_trial(example_subset(tmp_path / "data", 2), mappings_dir=mappings)
+    data, report = load_trial(example_subset(tmp_path / "data", 2), pack=load_pack(mappings))
     pack = load_pack(mappings)
     with FhirClient(HAPI, timeout=120) as client, Journal(tmp_path / "journal.sqlite") as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", mappings_dir=mappings)
+        push_trial(
+            TrialSource.loaded(data, report), client, journal, source="test", settings=Settings.from_mappings(mappings)
+        )
         studies = list(
             client.search(
                 "ResearchStudy",
@@ -74,7 +77,12 @@ def test_spark_writes_the_table_pull_writes(spark: Any, tmp_path: Path) -> None:
         two = {"valueQuantity": {"value": 2, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"}}
         client.create(hospital_result(patients[0], "ACC-4", "final", two))
         pulled = pull_study(
-            client, journal, data.study, since=None, output=tmp_path / "pull" / "labs.csv", mappings_dir=mappings
+            client,
+            journal,
+            data.study,
+            since=None,
+            output=tmp_path / "pull" / "labs.csv",
+            settings=Settings.from_mappings(mappings),
         )
         assert pulled.outputs is not None
         export = tmp_path / "ndjson"
@@ -85,7 +93,7 @@ def test_spark_writes_the_table_pull_writes(spark: Any, tmp_path: Path) -> None:
         for kind, resources in found.items():
             (export / f"{kind}.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in resources))
 
-    result = spark_labs(export, data.study, LabCatalogue(pack), spark=spark, mappings_dir=mappings)
+    result = spark_labs(export, data.study, LabCatalogue(pack), spark=spark)
     rows = write_rows(result.rows, tmp_path / "spark" / "labs.csv", PulledLab)
     unmapped = write_rows(result.unmapped, unmapped_path(rows), UnmappedResult)
     pull_rows, pull_unmapped = pulled.outputs
