@@ -13,7 +13,7 @@ whose modules are private.
 from fhir_lupus._resource import Resource
 from fhir_lupus._version import __version__ as __version__
 from fhir_lupus.bundle import dumps, transaction_bundle
-from fhir_lupus.client import BasicAuth, BearerAuth, FhirClient, RetryPolicy, SmartBackendAuth
+from fhir_lupus.client import BasicAuth, BearerAuth, Connection, FhirClient, RetryPolicy, SmartBackendAuth
 from fhir_lupus.errors import (
     FhirHttpError,
     FhirLupusError,
@@ -32,6 +32,7 @@ from fhir_lupus.pipeline import MapResult, map_trial
 from fhir_lupus.pull import BulkOptions, PullResult, pull_study
 from fhir_lupus.push import DryRunReport, PushOptions, PushReport, dry_run_trial, push_trial
 from fhir_lupus.registry import PackageResult, RegistryKey, SubmitResult, load_key, package_trial, submit_package
+from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import check_invariants, validate_resource
 
@@ -39,6 +40,7 @@ __all__ = [
     "BasicAuth",
     "BearerAuth",
     "BulkOptions",
+    "Connection",
     "DryRunReport",
     "FhirClient",
     "FhirHttpError",
@@ -59,6 +61,7 @@ __all__ = [
     "Resource",
     "ResourceInvalidError",
     "RetryPolicy",
+    "Settings",
     "SmartBackendAuth",
     "StudyDefinition",
     "SubmitResult",
