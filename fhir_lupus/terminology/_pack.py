@@ -183,7 +183,7 @@ class _Loaded(dict[Any, Any]):
     """What a pack has read and built from its other files. Not part of what the pack is: pickled empty (a chunk
     kept on disk, a worker process read them again), and the pack's equality compares its fields only."""
 
-    lock = threading.Lock()  # a first read in two threads (push lanes) parses the file once
+    lock = threading.RLock()  # a first read in two threads (push lanes) parses the file once
 
     def __reduce__(self) -> tuple[type[_Loaded], tuple[()]]:
         return (_Loaded, ())
