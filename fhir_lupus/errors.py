@@ -9,6 +9,7 @@
      +-- RejectedRows                      rows were refused, so a command that publishes wrote nothing
      +-- DeidentificationError(ValueError)  a registry resource cannot be de-identified safely
      +-- RegistryConfigError(ValueError)   the registry key or a package is unusable
+     +-- SiteProfileError(ValueError)      the site profile forbids the write asked for: placeholders, a changed system
      +-- NdjsonError                       a line of an NDJSON file that is not one FHIR resource
      +-- BulkExportError                   a bulk export did not finish; the journal keeps the job
      +-- RouteRefused                      the server refused a search parameter its CapabilityStatement lists
@@ -59,6 +60,7 @@ __all__ = [
     "RejectedRows",
     "ResourceInvalidError",
     "RouteRefused",
+    "SiteProfileError",
     "SparkUnavailable",
     "TerminologyError",
     "TooLarge",
@@ -136,6 +138,12 @@ class DeidentificationError(FhirLupusError, ValueError):
 
 class RegistryConfigError(FhirLupusError, ValueError):
     """The registry key or a package is unusable (unreadable, too open, too short, tampered with)."""
+
+
+class SiteProfileError(FhirLupusError, ValueError):
+    """The site profile forbids what was asked: a write to a real server while identifier systems are still
+    example placeholders, or a system changed since the last push without the old value recorded as superseded
+    (every identifier would be re-keyed and the server would get a duplicate of everything)."""
 
 
 # -- pulling and pushing, above HTTP -----------------------------------------------------------------------

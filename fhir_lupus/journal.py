@@ -6,7 +6,9 @@ point at the server's id. Per push: its status, what it wrote, the references st
 Provenance, and the Provenance once written. Per server and chunk kind: the largest Bundle the server
 accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``, written by
 ``fhir_lupus.pull``'s store on a connection of its own, which moves the mark with its merge). Per audit
-log: the last entry appended (``fhir_lupus.audit``), the anchor that shows a removed tail.
+log: the last entry appended (``fhir_lupus.audit``), the anchor that shows a removed tail. Per server: the site
+profile's systems its resources were last written under (a change would re-key them). Over 400 lines: one table
+per thing remembered, each with its two or three statements, all under the one lock.
 
 One Journal may be shared by the threads of a push (``concurrency`` > 1): every method runs under one lock,
 so a worker's chunk record never interleaves with the planner's reads on the same connection.
@@ -79,6 +81,12 @@ CREATE TABLE IF NOT EXISTS bulk_export (
     status_url TEXT NOT NULL,
     kicked_off TEXT NOT NULL,
     PRIMARY KEY (server, study)
+);
+CREATE TABLE IF NOT EXISTS site_system (
+    server TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (server, name)
 );
 CREATE TABLE IF NOT EXISTS audit_head (
     log  TEXT PRIMARY KEY,
@@ -377,6 +385,19 @@ class Journal:
     @_serialized
     def end_bulk_export(self, server: str, study: str) -> None:
         self._db.execute("DELETE FROM bulk_export WHERE server = ? AND study = ?", (server, study))
+
+    # -- the site's systems per server ---------------------------------------------------------------------
+
+    @_serialized
+    def site_systems(self, server: str) -> dict[str, str]:
+        """The systems (``MappingPack.site_systems``) the last push that wrote to ``server`` wrote under."""
+        rows = self._db.execute("SELECT name, value FROM site_system WHERE server = ?", (server,))
+        return {str(row[0]): str(row[1]) for row in rows}
+
+    def set_site_systems(self, server: str, systems: dict[str, str]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM site_system WHERE server = ?", (server,))
+            db.executemany("INSERT INTO site_system VALUES (?, ?, ?)", [(server, *item) for item in systems.items()])
 
     # -- audit anchor ---------------------------------------------------------------------------------------
 

@@ -194,7 +194,7 @@ def fake() -> Iterator[FakeFhir]:
     """The in-memory FHIR server of tests/fakefhir.py, answering every request to its base through respx."""
     server = FakeFhir()
     with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="fake.test").mock(side_effect=server)
+        mock.route(host="127.0.0.1", port=9).mock(side_effect=server)
         yield server
 
 

@@ -25,7 +25,7 @@ import httpx
 
 from fhir_lupus.bundle import DEPENDENCY_ORDER
 
-BASE = "https://fake.test/fhir"
+BASE = "http://127.0.0.1:9/fhir"  # loopback: what push accepts under the example site profile; respx answers
 TYPES = (*DEPENDENCY_ORDER, "Provenance")
 # What the fake searches by default, per type (others: identifier); a test can narrow it with search_params.
 DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {

@@ -144,7 +144,7 @@ def _patient(resource: dict[str, Any]) -> str:
 def exporter() -> Iterator[Exporter]:
     server = Exporter(FakeFhir())
     with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="fake.test").mock(side_effect=server)
+        mock.route(host="127.0.0.1", port=9).mock(side_effect=server)
         mock.route(host="storage.test").mock(side_effect=server)
         yield server
 

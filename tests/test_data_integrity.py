@@ -727,7 +727,7 @@ def test_push_publishes_a_preliminary_total_only_where_no_final_one_stands(
     """The whole chain through the CLI against the fake server: a refused lab makes the BL total preliminary (listed);
     the correct data makes it final; the refused lab again cannot put the preliminary total back over it."""
     journal = tmp_path / "journal.sqlite"
-    args = ["--server", "https://fake.test/fhir", "--journal", str(journal)]
+    args = ["--server", "http://127.0.0.1:9/fhir", "--journal", str(journal)]
 
     def baseline_total() -> dict[str, Any]:
         (found,) = [o for o in fake.all("Observation") if o["identifier"][0]["value"] == "MSC-001/BL"]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fhir_lupus import devserver
 from fhir_lupus.cli import app
 from fhir_lupus.errors import MappingError
-from fhir_lupus.terminology import _pack, default_mappings_dir
+from fhir_lupus.terminology import _locate, default_mappings_dir
 
 runner = CliRunner()
 
@@ -24,7 +24,7 @@ def installed_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     site = tmp_path / "site-packages"
     (site / "fhir_lupus" / "_mappings").mkdir(parents=True)
     monkeypatch.delenv("FHIR_LUPUS_MAPPINGS", raising=False)
-    monkeypatch.setattr(_pack, "__file__", str(site / "fhir_lupus" / "terminology" / "_pack.py"))
+    monkeypatch.setattr(_locate, "__file__", str(site / "fhir_lupus" / "terminology" / "_locate.py"))
     monkeypatch.setattr(importlib.resources, "files", lambda package: site / package)
     return site
 
@@ -35,7 +35,7 @@ def test_from_a_checkout_the_top_level_mappings_are_used(monkeypatch: pytest.Mon
 
 
 def test_without_a_checkout_the_packaged_copy_is_used(installed_layout: Path) -> None:
-    assert _pack.checkout_mappings_dir() is None
+    assert _locate.checkout_mappings_dir() is None
     assert default_mappings_dir() == installed_layout / "fhir_lupus" / "_mappings"
 
 
@@ -78,7 +78,7 @@ def test_a_packaged_copy_inside_a_zip_is_refused_clearly(tmp_path: Path, monkeyp
         zipped.writestr("fhir_lupus/_mappings/project.yaml", "{}")
     monkeypatch.setattr(importlib.resources, "files", lambda package: zipfile.Path(archive, f"{package}/"))
     with pytest.raises(MappingError, match="pass --mappings DIR or set FHIR_LUPUS_MAPPINGS"):
-        _pack.packaged_mappings_dir()
+        _locate.packaged_mappings_dir()
 
 
 def test_demo_outside_a_checkout_says_what_it_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from fhir_lupus.cli._report import report
 from fhir_lupus.cli._safety import safety
 from fhir_lupus.cli._schedule import schedule
 from fhir_lupus.cli._screen import screen
+from fhir_lupus.cli._site import mappings_app, site_app
 from fhir_lupus.cli._spark import spark_labs_command
 from fhir_lupus.cli._sync import pull, push
 
@@ -34,6 +35,8 @@ app.command()(screen)
 app.command("spark-labs")(spark_labs_command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(registry_app, name="registry")
+app.add_typer(site_app, name="site")
+app.add_typer(mappings_app, name="mappings")
 
 
 def main() -> None:

@@ -33,6 +33,15 @@ AllowRejects = Annotated[bool, typer.Option("--allow-rejects", help="Go on (and 
 Mappings = Annotated[
     Path | None, typer.Option("--mappings", help="Use this mappings/ directory instead of the bundled one.")
 ]
+SiteFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--site",
+        envvar="FHIR_LUPUS_SITE",
+        help="Site profile (fhir-lupus site init): MRN and identifier systems, canonical base, SMART client. "
+        "Default: the example profile, whose placeholders only a loopback server accepts.",
+    ),
+]
 StrictValidation = Annotated[
     bool,
     typer.Option(
@@ -54,14 +63,18 @@ def open_journal(path: Path) -> Journal:
 
 
 def settings_of(
-    mappings: Path | None, *, strict_validation: bool = False, connection: Connection | None = None
+    mappings: Path | None,
+    *,
+    site: Path | None = None,
+    strict_validation: bool = False,
+    connection: Connection | None = None,
 ) -> Settings:
-    """The command's ``Settings``, from ``--mappings``, ``--strict-validation`` and the connection options
-    (cli/_connection.py): the pack is read and checked here, once for the whole command (exit 2 naming the file
-    when it is wrong)."""
+    """The command's ``Settings``, from ``--mappings``, ``--site``, ``--strict-validation`` and the connection
+    options (cli/_connection.py): the pack and the profile are read and checked here, once for the whole command
+    (exit 2 naming the file when one is wrong)."""
     try:
         validation: Validation = "strict" if strict_validation else "fast"
-        return Settings.from_mappings(mappings, validation=validation, connection=connection)
+        return Settings.from_mappings(mappings, site=site, validation=validation, connection=connection)
     except FhirLupusError as exc:
         fail(exc)
 

@@ -37,6 +37,7 @@ EXIT_CODES: dict[type[errors.FhirLupusError], int] = {
     errors.RejectedRows: 1,
     errors.DeidentificationError: 2,
     errors.RegistryConfigError: 2,
+    errors.SiteProfileError: 2,
     errors.NdjsonError: 2,
     errors.BulkExportError: 2,
     errors.RouteRefused: 2,
@@ -61,6 +62,7 @@ Result = Literal[
     "round-trip-different",  # the demo pulled back other values than it pushed
     "audit-tampered",  # the audit log's hash chain is broken
     "audit-torn",  # the audit log is intact but for a torn last line (an append killed mid-write)
+    "check-failed",  # a check command found what it checks for (site check: placeholder systems)
 ]
 RESULT_CODES: dict[Result, int] = {
     "rows-rejected": 1,
@@ -69,6 +71,7 @@ RESULT_CODES: dict[Result, int] = {
     "round-trip-different": 1,
     "audit-tampered": 1,
     "audit-torn": 3,
+    "check-failed": 1,
 }
 
 

@@ -15,6 +15,7 @@ from fhir_lupus.cli._common import (
     DataDir,
     Mappings,
     Quarantine,
+    SiteFile,
     StrictValidation,
     console,
     exit_on_rejects,
@@ -56,10 +57,11 @@ def validate(
     ] = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
+    site: SiteFile = None,
 ) -> None:
     """Check a data directory: every problem with file, line and column; nothing is written but quarantine and
     the query list. Rejects exit 1; queries and notes do not change the exit code."""
-    settings = settings_of(mappings)
+    settings = settings_of(mappings, site=site)
     report = load(data_dir, settings, "validate").report
     try:
         log = track_queries(report, data_dir)
@@ -114,13 +116,14 @@ def map_command(
     quarantine: Quarantine = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
+    site: SiteFile = None,
     strict_validation: StrictValidation = False,
 ) -> None:
     """Map a data directory to FHIR: a transaction Bundle, or one NDJSON file per resource type.
 
     When a row is rejected nothing is written (exit 1), unless --allow-rejects: then every value derived from a
     rejected row (a SLEDAI-2K total whose lab descriptors could not be judged) is written as preliminary."""
-    trial = open_trial(data_dir, settings_of(mappings, strict_validation=strict_validation), "map")
+    trial = open_trial(data_dir, settings_of(mappings, site=site, strict_validation=strict_validation), "map")
     report = trial.report
     try:
         # a chunk of subjects loaded (checked, screened) at a time, mapped and written subject by subject

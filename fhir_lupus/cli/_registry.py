@@ -14,6 +14,7 @@ from fhir_lupus.cli._common import (
     JournalPath,
     Mappings,
     Quarantine,
+    SiteFile,
     StrictValidation,
     console,
     exit_on_rejects,
@@ -29,7 +30,14 @@ from fhir_lupus.cli._mapping import FhirVersionOption
 from fhir_lupus.cli._sync import render_push
 from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError, RejectedRows
-from fhir_lupus.registry import KEY_ENV, load_key, package_trial, submit_package
+from fhir_lupus.registry import (
+    KEY_ENV,
+    load_key,
+    package_trial,
+    read_package,
+    refuse_placeholder_package,
+    submit_package,
+)
 
 __all__ = ["registry_app"]
 
@@ -55,6 +63,7 @@ def package_command(
     quarantine: Quarantine = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
+    site: SiteFile = None,
     strict_validation: StrictValidation = False,
 ) -> None:
     """Map DATA_DIR, keep the enrolled subjects' data, de-identify it with the key and write a package."""
@@ -62,7 +71,9 @@ def package_command(
         key = load_key(key_file)
     except FhirLupusError as exc:
         fail(exc)
-    trial = open_trial(data_dir, settings_of(mappings, strict_validation=strict_validation), "registry-package")
+    trial = open_trial(
+        data_dir, settings_of(mappings, site=site, strict_validation=strict_validation), "registry-package"
+    )
     report = trial.report
     try:  # a chunk of subjects loaded (checked, screened) at a time, packaged subject by subject: memory stays flat
         result = package_trial(
@@ -110,13 +121,19 @@ def submit_command(
         Path | None, typer.Option("--audit-log", help="Audit log (default: beside the journal).")
     ] = None,
     mappings: Mappings = None,
+    site: SiteFile = None,
 ) -> None:
     """Check PACKAGE_DIR against its manifest and push it to SERVER (journaled: a second submit writes nothing)."""
-    settings = settings_of(mappings, connection=connection)
+    settings = settings_of(mappings, site=site, connection=connection)
+    try:  # the package is checked, and a placeholder refusal made, before any file is opened or request sent
+        package = read_package(package_dir)
+        refuse_placeholder_package(package, connection.server)
+    except FhirLupusError as exc:
+        fail(exc)
     with open_client(settings) as client, open_journal(journal) as book:
         try:
             result = submit_package(
-                package_dir, client, book, chunk_size=chunk_size, settings=settings, audit_log=audit_log
+                package, client, book, chunk_size=chunk_size, settings=settings, audit_log=audit_log
             )
         except FhirLupusError as exc:
             fail(exc)

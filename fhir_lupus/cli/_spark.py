@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import Mappings, console, fail, settings_of
+from fhir_lupus.cli._common import Mappings, SiteFile, console, fail, settings_of
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import PulledLab, UnmappedResult, unmapped_path, write_rows
@@ -45,6 +45,7 @@ def spark_labs_command(
         ),
     ] = None,
     mappings: Mappings = None,
+    site: SiteFile = None,
 ) -> None:
     """The study's lab table from NDJSON files, computed on Spark: the rows `pull` would write.
 
@@ -57,7 +58,7 @@ def spark_labs_command(
 
     started = time.monotonic()
     try:
-        pack = settings_of(mappings).pack
+        pack = settings_of(mappings, site=site).pack
         definition = load_study(study, pack)
         result = spark_labs(
             ndjson_dir,

@@ -18,6 +18,7 @@ from fhir_lupus.cli._common import (
     JournalPath,
     Mappings,
     Quarantine,
+    SiteFile,
     StrictValidation,
     console,
     exit_on_rejects,
@@ -89,6 +90,7 @@ def push(
     quarantine: Quarantine = None,
     allow_rejects: AllowRejects = False,
     mappings: Mappings = None,
+    site: SiteFile = None,
     strict_validation: StrictValidation = False,
 ) -> None:
     """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled)."""
@@ -96,7 +98,12 @@ def push(
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
     # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
-    settings = settings_of(mappings, strict_validation=strict_validation, connection=connection)
+    settings = settings_of(mappings, site=site, strict_validation=strict_validation, connection=connection)
+    if not dry_run:  # before any network I/O and before the trial is read: the fix is in the site profile
+        try:
+            settings.refuse_placeholders(connection.server, "push")
+        except FhirLupusError as exc:
+            fail(exc)
     trial = load_checked(data_dir, settings, "push")
     with trial:  # the chunks it kept on disk are removed on the way out
         report = trial.report
@@ -253,6 +260,7 @@ def pull(
     ] = False,
     journal: JournalPath = DEFAULT_JOURNAL,
     mappings: Mappings = None,
+    site: SiteFile = None,
 ) -> None:
     """Pull the study's lab Observations into trial lab rows (units normalised, visits assigned).
 
@@ -261,7 +269,7 @@ def pull(
     The output always holds every row pulled so far from SERVER for the study (kept in the journal, merged
     by observation id, newer version wins); results that are not rows go to OUTPUT's .unmapped file.
     """
-    settings = settings_of(mappings, connection=connection)
+    settings = settings_of(mappings, site=site, connection=connection)
     client = open_client(settings)
     options = None
     if bulk:

@@ -16,7 +16,7 @@ from typing import Any
 from fhir_lupus._resource import Resource
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.scoring import SledaiDefinition
-from fhir_lupus.terminology import CodeRef, FhirCodes, MappingPack, UnitConverter, load_fhir_codes
+from fhir_lupus.terminology import CodeRef, FhirCodes, MappingPack, SiteProfile, UnitConverter, load_fhir_codes
 
 __all__ = ["ID_NAMESPACE", "MappingContext", "Resource", "event_timing", "fhir_datetime"]
 
@@ -52,6 +52,11 @@ class MappingContext:
     @property
     def nct_id(self) -> str:
         return self.study.nct_id
+
+    @property
+    def site(self) -> SiteProfile:
+        """The site the resources are written for (its organisation, location, MRN system)."""
+        return self.pack.site
 
     @property
     def codes(self) -> FhirCodes:

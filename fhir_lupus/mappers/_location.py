@@ -1,4 +1,5 @@
-"""Study site -> Location (the department that runs the trial)."""
+"""The site profile's location -> Location (the department that runs the trial), managed by the site's
+organisation: a logical reference by its identifier, since the hospital's own Organization is not ours to write."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ __all__ = ["map_site_location"]
 
 
 def map_site_location(ctx: MappingContext) -> Resource:
-    site = ctx.study.site
+    site = ctx.site
+    location = site.location
     return {
         "resourceType": "Location",
-        "id": ctx.resource_id("Location", site.key),
-        "identifier": [ctx.identifier("location", site.key)],
+        "id": ctx.resource_id("Location", location.key),
+        "identifier": [ctx.identifier("location", location.key)],
         "status": "active",
-        "name": site.name,
+        "name": location.name,
         "mode": "instance",
-        "address": {"city": site.city, "state": site.state, "country": site.country},
+        "address": {"city": location.city, "state": location.state, "country": location.country},
+        "managingOrganization": {
+            "identifier": ctx.identifier("organization", site.organization.key),
+            "display": site.organization.name,
+        },
     }

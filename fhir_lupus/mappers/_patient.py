@@ -26,7 +26,8 @@ def patient_identifier(subject: Subject, ctx: MappingContext) -> dict[str, Any]:
                 }
             ]
         }
-        return {"use": "usual", "type": mr_type, "system": ctx.study.site.mrn_system, "value": subject.mrn}
+        mrn_system = ctx.pack.identifier_system("mrn", study=ctx.nct_id)  # the site profile's
+        return {"use": "usual", "type": mr_type, "system": mrn_system, "value": subject.mrn}
     assert subject.pseudonym, "the Subject model guarantees an mrn or a pseudonym"
     return {
         "use": "secondary",

@@ -50,7 +50,7 @@ def map_research_study(ctx: MappingContext) -> Resource:
         # the schedule of activities (fhir_lupus/mappers/_schedule.py), as the SoA IG's ResearchStudySoa has it
         "protocol": [ctx.reference("PlanDefinition", study.nct_id, protocol_key())],
         "sponsor": ctx.reference("Organization", study.sponsor.key, display=study.sponsor.name),
-        "site": [ctx.reference("Location", study.site.key, display=study.site.name)],
+        "site": [ctx.reference("Location", ctx.site.location.key, display=ctx.site.location.name)],
         "note": [
             {
                 "text": f"Registered overall status (ClinicalTrials.gov): {status.registered}. "

@@ -46,15 +46,6 @@ class Sponsor(_Frozen):
     key: str
 
 
-class Site(_Frozen):
-    key: str
-    name: str
-    city: str
-    state: str
-    country: str = Field(pattern=r"^[A-Z]{2}$")
-    mrn_system: str
-
-
 class Arm(_Frozen):
     name: str
     type: str
@@ -196,7 +187,6 @@ class StudyDefinition(_Frozen):
     design: str
     recruitment_status: RecruitmentStatus
     sponsor: Sponsor
-    site: Site
     arms: tuple[Arm, ...] = Field(min_length=1)
     target_enrollment: int = Field(gt=0)
     sex: str

@@ -104,8 +104,16 @@ class Subjects:
             pack.identifier_system("study", study=study.nct_id),
             *pack.superseded_identifier_systems("study", study=study.nct_id),
         )
-        self.subject_system = pack.identifier_system("subject", study=study.nct_id)
-        self.visit_system = pack.identifier_system("visit", study=study.nct_id)
+        # current system first; then those it replaced (mappings/project.yaml, the site profile's superseded values)
+        self.subject_systems = (
+            pack.identifier_system("subject", study=study.nct_id),
+            *pack.superseded_identifier_systems("subject", study=study.nct_id),
+        )
+        self.visit_systems = (
+            pack.identifier_system("visit", study=study.nct_id),
+            *pack.superseded_identifier_systems("visit", study=study.nct_id),
+        )
+        self.visit_system = self.visit_systems[0]
         self.state_system = pack.system_uri("research-subject-state")
         self.enrolled = load_lifecycle_rules(pack).enrolled
         months = study.protocol.visit_months
@@ -170,7 +178,7 @@ class Subjects:
                 study_ref = str((research_subject.get("study") or {}).get("reference") or "")
                 if location_id(study_ref, "ResearchStudy") != study_id:
                     continue
-            row = subject_row(research_subject, subject_system=self.subject_system, state_system=self.state_system)
+            row = subject_row(research_subject, subject_systems=self.subject_systems, state_system=self.state_system)
             if row is None:
                 continue
             if row.status not in self.enrolled:
@@ -257,7 +265,7 @@ class AtHand:
         for encounter in encounters:
             for identifier in encounter.get("identifier", []):
                 value = str(identifier.get("value", ""))
-                if identifier.get("system") == subjects.visit_system and value.endswith("/BL"):
+                if identifier.get("system") in subjects.visit_systems and value.endswith("/BL"):
                     self._baseline[value].append(encounter)
 
     def infusions(self, patient_ref: str) -> Iterable[dict[str, Any]]:
@@ -291,20 +299,22 @@ class OnServer:
         """A search by the BL visit's identifier."""
         if not self.caps.offers("Encounter", "search-type"):
             return ()
-        search = Search("Encounter").where(self.caps, identifier=f"{self.subjects.visit_system}|{subject_id}/BL")
+        wanted = ",".join(f"{system}|{subject_id}/BL".replace(",", r"\,") for system in self.subjects.visit_systems)
+        search = Search("Encounter").where(self.caps, identifier=wanted)
         return search.fetch(self.client)
 
 
-def subject_row(research_subject: dict[str, Any], *, subject_system: str, state_system: str) -> SubjectRow | None:
-    """The subject's Patient, id and status; None when it names no Patient (a subject we cannot pull)."""
+def subject_row(
+    research_subject: dict[str, Any], *, subject_systems: tuple[str, ...], state_system: str
+) -> SubjectRow | None:
+    """The subject's Patient, id (under the first of ``subject_systems`` it carries) and status; None when it
+    names no Patient (a subject we cannot pull)."""
     reference = research_subject.get("individual", research_subject.get("subject", {})).get("reference", "")
     patient_id = location_id(str(reference), "Patient")
     if not patient_id:
         return None
-    subject_id = next(
-        (i["value"] for i in research_subject.get("identifier", []) if i.get("system") == subject_system),
-        research_subject.get("id", ""),
-    )
+    values = {i.get("system"): i.get("value") for i in research_subject.get("identifier", []) if i.get("value")}
+    subject_id = next((values[s] for s in subject_systems if s in values), research_subject.get("id", ""))
     return SubjectRow(f"Patient/{patient_id}", str(subject_id), subject_state(research_subject, state_system))
 
 

@@ -10,7 +10,7 @@ CapabilityStatement raises RouteRefused, so that the caller can compute the rout
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from fhir_lupus._resource import Resource
@@ -21,7 +21,7 @@ from fhir_lupus.journal import JournalEntry
 from fhir_lupus.push._plan import Match
 from fhir_lupus.push._routes import TypeRoute
 
-__all__ = ["RouteRefused", "keys_of", "look_up"]
+__all__ = ["RouteRefused", "keys_of", "look_up", "old_keys"]
 
 Key = tuple[str, str]
 
@@ -41,8 +41,12 @@ def look_up(
     *,
     known: Mapping[Key, JournalEntry] | None = None,
     size: int = 40,
+    old_systems: Callable[[str], tuple[str, ...]] = lambda _: (),
 ) -> dict[Key, list[Match]]:
-    """Every server resource matching each resource's business key (an empty list: none)."""
+    """Every server resource matching each resource's business key (an empty list: none). A key not found is
+    looked up again under the systems it replaced: its identifiers of the route's ``superseded_use``, and its
+    system (a CodeSystem: its url) under each system ``old_systems`` names (the superseded values of
+    mappings/project.yaml and of the site profile, ``MappingPack.old_systems``)."""
     by_type: dict[str, list[Resource]] = defaultdict(list)
     for resource in resources:
         by_type[resource["resourceType"]].append(resource)
@@ -51,8 +55,7 @@ def look_up(
         route = routes[resource_type]
         if route.lookup == "search" and route.search_param:
             found.update(_search(client, resource_type, route.search_param, group, size))
-            if route.superseded_use:
-                found.update(_search_superseded(client, resource_type, route, group, found, size))
+            found.update(_search_superseded(client, resource_type, route, group, found, size, old_systems))
         elif route.lookup == "read":
             found.update(_read(client, resource_type, group, known or {}))
     return found
@@ -73,19 +76,36 @@ def _search_superseded(
     group: list[Resource],
     found: Mapping[Key, list[Match]],
     size: int,
+    old_systems: Callable[[str], tuple[str, ...]],
 ) -> dict[Key, list[Match]]:
     """For each key the search did not find: the server resources carrying one of its superseded keys."""
     owners: dict[str, list[str]] = defaultdict(list)  # superseded key -> the current keys that carry it
     for resource in group:
         key = business_key(resource)
         if found.get((resource_type, key)) == []:
-            for old in superseded_keys(resource, route.superseded_use):
+            for old in old_keys(resource, route, old_systems):
                 if key not in owners[old]:
                     owners[old].append(key)
     if not owners:
         return {}
     param = route.search_param or "identifier"
     return {(resource_type, key): hits for key, hits in _find(client, resource_type, param, owners, size) if hits}
+
+
+def old_keys(resource: Resource, route: TypeRoute, old_systems: Callable[[str], tuple[str, ...]]) -> list[str]:
+    """The keys the resource had before: its identifiers of the route's ``superseded_use``, and its key under
+    each system its own systems replaced (a CodeSystem: the older urls of its url)."""
+    if resource["resourceType"] == "CodeSystem":
+        url = resource.get("url")
+        renamed = list(old_systems(str(url))) if url else []
+    else:
+        renamed = [
+            f"{old}|{i['value']}"
+            for i in identifiers(resource)
+            if i.get("system") and i.get("value")
+            for old in old_systems(str(i["system"]))
+        ]
+    return list(dict.fromkeys([*superseded_keys(resource, route.superseded_use), *renamed]))
 
 
 def _find(

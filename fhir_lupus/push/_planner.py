@@ -7,19 +7,21 @@ and ``_plan`` decides each resource. What one batch held back or would create is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import business_key, load_matching_rules, local_ref, references
 from fhir_lupus.client import FhirClient
-from fhir_lupus.journal import Journal
-from fhir_lupus.push._lookup import RouteRefused, look_up
+from fhir_lupus.journal import Journal, JournalEntry
+from fhir_lupus.push._lookup import RouteRefused, look_up, old_keys
 from fhir_lupus.push._plan import Plan, load_finality_rules, needs_lookup, plan_batch
 from fhir_lupus.push._routes import CREATE_BY_ID, TypeRoute, plan_routes
-from fhir_lupus.terminology import MappingPack
+from fhir_lupus.terminology import MappingPack, load_pack
 
 __all__ = ["Planner"]
+
+Key = tuple[str, str]  # (resource type, business key)
 
 
 class Planner:
@@ -46,6 +48,7 @@ class Planner:
         self.journal = journal
         self.capabilities = client.capabilities()
         self._rules = load_matching_rules(pack)
+        self._old_systems = (pack or load_pack()).old_systems
         self._finality = load_finality_rules(pack)
         self._types = frozenset(resource_types)
         self._only, self._skip = only_types, skip_types
@@ -78,11 +81,32 @@ class Planner:
         for name in sorted(resource_types):
             self.warn(f"the server refused {name} created by PUT to a new id; now: {self.routes[name].describe()}")
 
+    def _known_under_old_keys(
+        self, batch: list[Resource], known: Mapping[Key, JournalEntry]
+    ) -> dict[Key, JournalEntry]:
+        """What the journal knows of a resource under a key it had before (a system since superseded), for the
+        types found by reading their id: that id derives from the key, so only the journal can say where the
+        resource written under the old key lives (a searchable type is found by searching its old keys)."""
+        if self.journal is None:
+            return {}
+        wanted: dict[Key, Key] = {}  # (type, old key) -> (type, current key)
+        for resource in batch:
+            current = (resource["resourceType"], business_key(resource))
+            route = self.routes.get(current[0])
+            if current in known or route is None or route.lookup != "read":
+                continue
+            for old in old_keys(resource, route, self._old_systems):
+                wanted[(current[0], old)] = current
+        if not wanted:
+            return {}
+        return {wanted[old]: entry for old, entry in self.journal.lookup(self.client.base_url, wanted).items()}
+
     def plan(self, batch: list[Resource], held_back: Iterable[str] = ()) -> Plan:
         server = self.client.base_url
         self.seen_types.update(r["resourceType"] for r in batch)
         keys = [(r["resourceType"], business_key(r)) for r in batch]
         known = self.journal.lookup(server, keys) if self.journal else {}
+        known.update(self._known_under_old_keys(batch, known))
         inside = {local_ref(r) for r in batch}
         outside = {t for r in batch for t in references(r)} - inside
         refs = self.journal.server_refs(server, outside) if self.journal else {}
@@ -90,7 +114,7 @@ class Planner:
         while True:
             wanted = needs_lookup(batch, self.routes, known, verify=self.verify, finality=self._finality)
             try:
-                found = look_up(self.client, wanted, self.routes, known=known)
+                found = look_up(self.client, wanted, self.routes, known=known, old_systems=self._old_systems)
                 break
             except RouteRefused as exc:
                 self._refused |= {(exc.resource_type, exc.parameter)}

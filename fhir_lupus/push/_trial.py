@@ -66,8 +66,14 @@ def push_trial(
     outcome, and ``digest_of`` the content hashes of the mapped resources offered to the server (for a push
     that failed: of those offered before it stopped). ``settings``: the mapping pack and the validation path of
     the map (default: ``Settings.default()``).
+
+    Before anything is sent, the site profile is checked (SiteProfileError): a server not on loopback is refused
+    while its systems are example placeholders, and a system changed since the last push to this server without
+    its old value recorded as superseded is refused; a push that wrote records the systems it wrote under.
     """
     settings = settings or Settings.default()
+    settings.refuse_placeholders(client.base_url, "push")
+    settings.refuse_site_change(journal.site_systems(client.base_url), client.base_url)
     version = settings.pack.project.mapping_version
     batches = stream_trial(
         trial,
@@ -89,9 +95,11 @@ def push_trial(
             report=pushed,
         )
     except Exception as exc:
+        _record_site(journal, client.base_url, pushed, settings)
         digest = digest_of(pushed.content_hashes)
         audit(counts={"total": pushed.total}, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
         raise
+    _record_site(journal, client.base_url, pushed, settings)
     details = {"push_id": pushed.push_id, "strategy": str(pushed.strategy or "")}
     if pushed.provenance:
         details["provenance"] = pushed.provenance
@@ -99,6 +107,12 @@ def push_trial(
     # the plans hashed every resource offered once already: the digest is made of those hashes
     audit(counts=_push_counts(pushed), digest=digest_of(pushed.content_hashes), outcome=outcome, details=details)
     return pushed
+
+
+def _record_site(journal: Journal, server: str, pushed: PushReport, settings: Settings) -> None:
+    """The systems of the site profile, once a push wrote (or linked) anything under them on ``server``."""
+    if pushed.written or pushed.linked:
+        journal.set_site_systems(server, settings.pack.site_systems(derived=True))
 
 
 def _confirmed_on(journal: Journal, server: str) -> Callable[[Resource], bool]:

@@ -18,7 +18,13 @@ from fhir_lupus.registry._package import (
     write_package_batches,
 )
 from fhir_lupus.registry._rules import DeidentificationRules, load_rules
-from fhir_lupus.registry._submit import Package, SubmitResult, read_package, submit_package
+from fhir_lupus.registry._submit import (
+    Package,
+    SubmitResult,
+    read_package,
+    refuse_placeholder_package,
+    submit_package,
+)
 from fhir_lupus.registry._tree import shift_date
 
 __all__ = [
@@ -40,6 +46,7 @@ __all__ = [
     "load_rules",
     "package_trial",
     "read_package",
+    "refuse_placeholder_package",
     "shift_date",
     "submit_package",
     "write_package",

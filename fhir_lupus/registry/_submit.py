@@ -12,14 +12,16 @@ from typing import Any
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.audit import append_event, default_audit_path
+from fhir_lupus.bundle import identifiers
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
 from fhir_lupus.journal import Journal
 from fhir_lupus.push import Progress, PushOptions, PushReport, push_resources, server_fhir_version
 from fhir_lupus.registry._key import RegistryConfigError
 from fhir_lupus.registry._package import FHIR_RELEASES, FORMAT, FORMAT_VERSION, MANIFEST, sha256_of
 from fhir_lupus.settings import Settings
+from fhir_lupus.terminology import refuse_placeholders
 
-__all__ = ["Package", "SubmitResult", "read_package", "submit_package"]
+__all__ = ["Package", "SubmitResult", "read_package", "refuse_placeholder_package", "submit_package"]
 
 
 @dataclass
@@ -73,8 +75,22 @@ def read_package(directory: Path) -> Package:
     return Package(directory, manifest, resources, sha256_of(raw))
 
 
+def refuse_placeholder_package(package: Package, server: str) -> None:
+    """SiteProfileError when ``server`` is not on loopback and the package's identifiers are under example
+    placeholder systems (it was made with the example site profile); no network I/O."""
+    systems = {
+        str(identifier["system"]): resource["resourceType"]
+        for resource in package.resources
+        for identifier in identifiers(resource)
+        if identifier.get("system")
+    }
+    named = {f"{kind}.identifier.system": system for system, kind in systems.items()}
+    where = "the package (made with the example site profile)"
+    refuse_placeholders(server, named, action=f"registry submit of {package.directory}", where=where)
+
+
 def submit_package(
-    directory: Path,
+    directory: Path | Package,
     client: FhirClient,
     journal: Journal,
     *,
@@ -84,8 +100,14 @@ def submit_package(
     audit_log: Path | None = None,
 ) -> SubmitResult:
     """Push a package's resources (``push_resources``: idempotent, resumable through the journal); ``settings``:
-    the mapping pack whose matching rules find them on the server (default: ``Settings.default()``)."""
-    package = read_package(directory)
+    the mapping pack whose matching rules find them on the server (default: ``Settings.default()``).
+
+    ``directory``: the package's directory, or the package ``read_package`` read from it.
+
+    A server not on loopback is refused, before any request, while the package's identifiers are under example
+    placeholder systems (``refuse_placeholder_package``)."""
+    package = directory if isinstance(directory, Package) else read_package(directory)
+    refuse_placeholder_package(package, client.base_url)
     release = package.manifest["fhir_version"]
     version = server_fhir_version(client)
     if FHIR_RELEASES[version] != release:

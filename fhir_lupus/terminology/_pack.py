@@ -1,24 +1,30 @@
 """Loading of mappings/: the data that says what every code, unit and study setting is.
 
 The contract is frozen pydantic with ``extra="forbid"``: a misspelt key in a YAML file fails when the pack is
-loaded, before any data moves.
+loaded, before any data moves. Over 400 lines: each file's contract, and the pack's look-ups that the site
+profile changes (systems, superseded values), are read together.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.resources
-import os
 import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
+from fhir_lupus.terminology._locate import (
+    checkout_mappings_dir,
+    default_mappings_dir,
+    packaged_mappings_dir,
+    resolved_root,
+)
+from fhir_lupus.terminology._site import EXAMPLE_PROFILE, SiteProfile, load_site_profile, superseded_systems
+from fhir_lupus.terminology._yaml import parse_model, read_yaml
 
 __all__ = [
     "CodeChoice",
@@ -159,7 +165,7 @@ class ProjectCodeSystemFile(_Frozen):
 
 
 class ProjectFile(_Frozen):
-    canonical_base: str
+    canonical_base: str = ""  # the site profile's (fhir_lupus/terminology/_site.py): filled when the pack is made
     mapping_version: str
     identifier_systems: dict[str, str]
     # key -> systems it used before, kept so that resources stored under them are still found (and updated)
@@ -194,8 +200,9 @@ class MappingPack(_Frozen):
     studies, scoring, ...) are read through ``load`` and kept by the pack, so each is parsed once per pack."""
 
     root: Path
-    systems: dict[str, str]
-    project: ProjectFile
+    systems: dict[str, str]  # short name -> URI; ``{base}`` already filled from the site profile
+    project: ProjectFile  # with the site profile applied (``with_site``)
+    site: SiteProfile
     labs: LabCatalogueFile
     units: UnitsFile
     ordinals: dict[str, OrdinalAnswer]
@@ -228,6 +235,60 @@ class MappingPack(_Frozen):
                 loaded[key] = build()
             made = loaded[key]
         return made
+
+    def with_site(self, site: SiteProfile) -> MappingPack:
+        """This pack for ``site``: its canonical base and identifier systems, its superseded values added to
+        those of mappings/project.yaml (a pack of its own, with its own cache of read files)."""
+        if site == self.site:
+            return self
+        return _assemble(self.root, site)
+
+    def site_systems(self, *, derived: bool = False) -> dict[str, str]:
+        """What identifies the site's writes, by name: the canonical base and each identifier system (``{study}``
+        left as written); only those that do not derive from the base unless ``derived``. The journal records
+        them all per server; placeholders are looked for in the others (the base covers what derives from it)."""
+        base = self.project.canonical_base
+        named = {"canonical_base": base}
+        for key, template in sorted(self.project.identifier_systems.items()):
+            if derived or "{base}" not in template:
+                named[f"identifier_systems.{key}"] = template.replace("{base}", base)
+        return named
+
+    def superseded_values(self) -> dict[str, frozenset[str]]:
+        """By the names of ``site_systems``: the values each may have had before (what a change may come from)."""
+        base = self.project.canonical_base
+        values = {"canonical_base": frozenset(self.site.superseded.canonical_base)}
+        for key, olds in self.project.superseded_identifier_systems.items():
+            values[f"identifier_systems.{key}"] = frozenset(old.replace("{base}", base) for old in olds)
+        return values
+
+    def old_systems(self, system: str) -> tuple[str, ...]:
+        """The systems (or CodeSystem URLs) that ``system`` replaced, from the superseded values of
+        mappings/project.yaml and the site profile: push looks a resource up under them when its key is not found."""
+        renames = self.derive("renames", self._renames)
+        if system in renames.exact:
+            return renames.exact[system]
+        for prefix, suffix, olds in renames.per_study:
+            middle = system[len(prefix) : len(system) - len(suffix)] if len(system) > len(prefix) + len(suffix) else ""
+            if middle and "/" not in middle and system.startswith(prefix) and system.endswith(suffix):
+                return tuple(self.expand(old, study=middle) for old in olds)
+        return ()
+
+    def _renames(self) -> _Renames:
+        renames = _Renames()
+        for key, olds in self.project.superseded_identifier_systems.items():
+            current = self.project.identifier_systems[key].replace("{base}", self.project.canonical_base)
+            if "{study}" in current:
+                prefix, _, suffix = current.partition("{study}")
+                renames.per_study.append((prefix, suffix, olds))
+            else:
+                renames.exact[current] = tuple(self.expand(old) for old in olds)
+        for short, template in _raw_at(self.root).systems.items():
+            if "{base}" in template:  # the project CodeSystem's URL follows the canonical base
+                olds = tuple(template.replace("{base}", base) for base in self.site.superseded.canonical_base)
+                if olds:
+                    renames.exact[self.systems[short]] = olds
+        return renames
 
     def system_uri(self, short: str) -> str:
         """The URI for a short system name used in mappings/ (``loinc``, ``snomed``, ``project``...)."""
@@ -288,82 +349,63 @@ class MappingPack(_Frozen):
         return coding
 
 
-def read_yaml(path: Path) -> Any:
-    """Read one YAML file, turning a parse error into a MappingError naming the file."""
-    try:
-        with path.open(encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise MappingError(f"{path}: mapping file missing") from None
-    except yaml.YAMLError as exc:
-        raise MappingError(f"{path}: not valid YAML: {exc}") from None
-
-
-def parse_model(model: type[M], path: Path, data: Any) -> M:
-    """Validate YAML data against its contract; the error names the file and the key path."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise MappingError(f"{path}: {problems}") from None
-
-
-def checkout_mappings_dir() -> Path | None:
-    """The repository's top-level mappings/ when the package runs from a checkout (beside pyproject.toml)."""
-    root = Path(__file__).resolve().parents[2]
-    return root / "mappings" if (root / "pyproject.toml").is_file() and (root / "mappings").is_dir() else None
-
-
-def packaged_mappings_dir() -> Path:
-    """The copy of mappings/ that a wheel carries as package data (fhir_lupus/_mappings, see setup.py)."""
-    packaged = importlib.resources.files("fhir_lupus") / "_mappings"
-    if not isinstance(packaged, Path):  # imported from a zip: the loaders read files by path
-        raise MappingError(
-            f"the bundled mappings ({packaged}) are not on the file system; pass --mappings DIR or set "
-            "FHIR_LUPUS_MAPPINGS"
-        )
-    return packaged
-
-
-def default_mappings_dir() -> Path:
-    """FHIR_LUPUS_MAPPINGS when set, else the checkout's mappings/ when running from a checkout, else the copy
-    installed with the package (read through importlib.resources). ``--mappings DIR`` overrides all three."""
-    env = os.environ.get("FHIR_LUPUS_MAPPINGS")
-    if env:
-        return Path(env)
-    return checkout_mappings_dir() or packaged_mappings_dir()
-
-
-def _resolved_root(root: Path | None) -> Path:
-    """The mappings directory a call means, resolved: packs are kept by it, never by ``None``, so a process that
-    changes FHIR_LUPUS_MAPPINGS between calls (a test, a notebook, a service serving two packs) never gets the
-    pack it read first."""
-    if root is not None:
-        return root.resolve()
-    return _default_root(os.environ.get("FHIR_LUPUS_MAPPINGS"), os.getcwd())
-
-
-@functools.lru_cache(maxsize=8)
-def _default_root(env: str | None, cwd: str) -> Path:
-    """The default directory, resolved once per FHIR_LUPUS_MAPPINGS value and working directory (a relative
-    value depends on it): resolving it takes a dozen system calls."""
-    return default_mappings_dir().resolve()
-
-
 def _parse_file(model: type[M], path: Path) -> M:
     return parse_model(model, path, read_yaml(path))
 
 
 def load_pack(root: Path | None = None) -> MappingPack:
     """Load and check mappings/ once per process and directory (the files are small and read-only); ``None``:
-    the default directory (``default_mappings_dir``)."""
-    return _pack_at(_resolved_root(root))
+    the default directory (``default_mappings_dir``). The pack comes with the directory's example site profile
+    (``EXAMPLE_PROFILE``); ``with_site`` gives it for another."""
+    return _pack_at(resolved_root(root))
 
 
 @functools.lru_cache(maxsize=8)
 def _pack_at(root: Path) -> MappingPack:
+    return _assemble(root, load_site_profile(root / EXAMPLE_PROFILE))
+
+
+class _Renames:
+    """``MappingPack.old_systems``' index: systems without ``{study}`` by value, the others by prefix/suffix."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, tuple[str, ...]] = {}
+        self.per_study: list[tuple[str, str, tuple[str, ...]]] = []
+
+
+class _Raw(NamedTuple):
+    """The files of a mappings directory as read, before a site profile is applied."""
+
+    systems: dict[str, str]
+    parsed: dict[str, Any]
+    ordinals: dict[str, OrdinalAnswer]
+
+
+def _assemble(root: Path, site: SiteProfile) -> MappingPack:
+    raw = _raw_at(root)
+    project: ProjectFile = raw.parsed["project"]
+    unknown = sorted(set(site.superseded.identifier_systems) - set(project.identifier_systems) - {"mrn"})
+    if unknown:
+        where = site.source or "the site profile"
+        raise MappingError(f"{where}: superseded.identifier_systems names unknown systems {', '.join(unknown)}")
+    systems_of = {**project.identifier_systems, **site.identifier_systems}
+    applied = project.model_copy(
+        update={
+            "canonical_base": site.canonical_base,
+            "identifier_systems": systems_of,
+            "superseded_identifier_systems": superseded_systems(
+                systems_of, project.superseded_identifier_systems, site
+            ),
+        }
+    )
+    systems = {short: uri.replace("{base}", site.canonical_base) for short, uri in raw.systems.items()}
+    return MappingPack(
+        root=root, systems=systems, ordinals=raw.ordinals, site=site, **{**raw.parsed, "project": applied}
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _raw_at(root: Path) -> _Raw:
     term = root / "terminology"
     files: dict[str, tuple[type[BaseModel], Path]] = {
         "project": (ProjectFile, root / "project.yaml"),
@@ -381,4 +423,4 @@ def _pack_at(root: Path) -> MappingPack:
         str(key).lower(): parse_model(OrdinalAnswer, ordinals_path, value)
         for key, value in (read_yaml(ordinals_path) or {}).items()
     }
-    return MappingPack(root=root, systems=systems, ordinals=ordinals, **parsed)
+    return _Raw({str(k): str(v) for k, v in systems.items()}, parsed, ordinals)
