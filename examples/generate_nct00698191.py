@@ -26,10 +26,17 @@ README
   (a protocol deviation that ``fhir-lupus`` must report);
 * ``labs.csv`` - renal panel, serology, urinalysis and blood count at every visit in
   the units of a Chinese hospital laboratory (eGFR by CKD-EPI 2009 from the reported
-  creatinine, age and sex), ANA and CD4 % every three months, 24-h creatinine
+  creatinine, age and sex), CD4 % every three months, 24-h creatinine
   clearance at baseline and, for three subjects, a BUN in mg/dL from a referring
-  laboratory. Creatinine is written ``umol/L``, in about 5 % of rows ``µmol/L``; a low
-  anti-dsDNA is reported as ``<10``; a missed visit has no results;
+  laboratory. ANA is measured at every visit with anti-dsDNA, C3 and C4: the registration
+  (/work/shared/seed/NCT00698191-registration.txt) lists "Lupus serology (ANA, dsDNA,
+  C3, C4) - Monthly" as a primary outcome, and the study file
+  (mappings/studies/NCT00698191.yaml, ``protocol.activities.serology``) expects all
+  four at every monthly visit. (The example once had ANA only every three months, so
+  ``fhir-lupus schedule`` reported it missing at two visits in three; the values of
+  every other row did not change when it became monthly.) Creatinine is written
+  ``umol/L``, in about 5 % of rows ``µmol/L``; a low anti-dsDNA is reported as ``<10``;
+  a missed visit has no results;
 * ``sledai.csv`` - one SLEDAI-2K assessment per visit; ``descriptors`` lists the
   clinical descriptors (and, in about one row in ten, a lab descriptor as well);
   ``reported_total`` is left empty for the tool to compute;
@@ -157,9 +164,11 @@ ANALYTES = {
     )
 }
 MALE_HEMOGLOBIN_REF = ("130", "175")
-QUARTERLY = ("ana", "cd4_percent")
+QUARTERLY = ("cd4_percent",)
 BASELINE_ONLY = ("creatinine_clearance", "bun")  # bun only for BUN_SUBJECTS
-EVERY_VISIT = tuple(key for key in ANALYTES if key not in QUARTERLY + BASELINE_ONLY)
+# ANA is monthly serology (see the module docstring). It comes last of the every-visit panel, where the quarterly
+# panel used to put it, so the visits that always had it keep their rows in the same order.
+EVERY_VISIT = (*(key for key in ANALYTES if key not in (*QUARTERLY, *BASELINE_ONLY, "ana")), "ana")
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def test_demo_against_a_running_server(server_url: str, tmp_path: Path) -> None:
     """The job `make demo` runs, in full (the whole example trial), on the server it starts by default."""
     result = runner.invoke(app, ["demo", "--server", server_url, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "round trip: 8248 of 8248 lab and Treg values identical" in result.output  # 8091 labs, 157 Treg
+    assert "round trip: 8527 of 8527 lab and Treg values identical" in result.output  # 8370 labs, 157 Treg
     assert (tmp_path / "labs.csv").exists()
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "report.html")  # the demo ends with the report
     assert len(list((tmp_path / "report_figures").glob("subject-*.png"))) == 20
