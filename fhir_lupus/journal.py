@@ -1,4 +1,5 @@
 """The push/pull journal: a local SQLite file that makes pushes resumable and pulls incremental.
+(Over 400 lines: one class over one file, whose schema and migrations alone take 70 lines.)
 
 Per server and resource (type + business key) it keeps the content hash last confirmed, the server's id and
 versionId, the last outcome and our own (deterministic) reference, so later batches and later pushes can
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+from fhir_lupus._scratch import create_private
 
 __all__ = ["BulkJob", "Journal", "JournalEntry", "PushRecord", "record_high_water"]
 
@@ -159,6 +162,21 @@ def record_high_water(db: sqlite3.Connection, server: str, study: str, mark: str
     )
 
 
+def _copied(path: Path) -> sqlite3.Connection:
+    """The journal file at ``path`` copied into memory. A journal in use, or left by a killed run, has its -wal
+    (its last commits) and -shm: read through them. A closed one has none, and SQLite would make them even to
+    read it: it is read as immutable instead."""
+    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if path.exists():
+        sides = all(path.with_name(path.name + side).exists() for side in ("-wal", "-shm"))
+        source = sqlite3.connect(path.resolve().as_uri() + ("?mode=ro" if sides else "?immutable=1"), uri=True)
+        try:
+            source.backup(memory)
+        finally:
+            source.close()
+    return memory
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -169,14 +187,21 @@ def _chunks(items: list[str]) -> Iterator[list[str]]:
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, in_memory: bool = False) -> None:
+        """The journal at ``path``, made if absent: mode 600, and so its -wal and -shm (it holds patients'
+        identifiers). ``in_memory``: a copy of the file as it is now (empty if there is none), read and changed in
+        memory only: a dry run writes nothing, not even SQLite's side files."""
         self.path = path
         self._lock = threading.RLock()
         # explicit BEGIN/COMMIT below; shared by a push's threads, always under self._lock
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a confirmed chunk survives a crash
+        if in_memory:
+            self._db = _copied(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(path)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a confirmed chunk survives a crash
         self._db.executescript(_SCHEMA)
         for table, columns in _ADDED_COLUMNS.items():
             present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}

@@ -14,14 +14,14 @@ directory itself. A source is either a data directory (``TrialSource.directory``
   findings join the one ``report``; the candidates of a trial loaded whole are kept for ``fhir-lupus screen``.
 
 A source read chunk by chunk without ``check()`` is read once: reading it again would count every row twice, so it
-is refused (RuntimeError). The chunks kept on disk are temporary files (fhir_lupus/_scratch.py) removed by
-``close()`` (or when the source is collected, or the process ends).
+is refused (RuntimeError). The chunks kept on disk are temporary files (fhir_lupus/_scratch.py: a private
+directory in the system's temporary directory, nothing is renamed out of it) removed by ``close()`` (or when
+the source is collected, or the process ends).
 """
 
 from __future__ import annotations
 
 import pickle
-import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator
@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from fhir_lupus._scratch import scratch_dir
+from fhir_lupus._scratch import discard, open_private, scratch_dir
 from fhir_lupus.model import (
     Finding,
     LoadReport,
@@ -178,9 +178,9 @@ class TrialSource:
     def _keep(self, data: TrialData) -> Path:
         if self._spool is None:
             self._spool = scratch_dir(Path(tempfile.gettempdir()), "chunks")
-            self._removal = weakref.finalize(self, shutil.rmtree, self._spool, True)
+            self._removal = weakref.finalize(self, discard, self._spool)
         path = self._spool / f"{len(self._spooled)}.pickle"
-        with path.open("wb") as handle:
+        with open_private(path, "wb") as handle:
             pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
         return path
 

@@ -1,7 +1,8 @@
 """Writers that take the map step one subject at a time (``pipeline.iter_mapped``) and never hold the trial.
 
 Each batch is serialised as it arrives into spool files, one per (resource type, stage) for NDJSON and one per
-(type, reference depth, stage) for a Bundle, in a hidden directory beside the output; when the last batch is
+(type, reference depth, stage) for a Bundle, in a private temporary directory beside the output
+(fhir_lupus/_scratch.py: mode 700, removed however the run ends); when the last batch is
 written, the spools are joined in that key order. That order is the one the whole-list writers always had
 (``map_trial``'s stage order, and ``transaction_bundle``'s type-then-depth order), so the output has the same
 bytes as before whenever each CSV lists its rows subject by subject in subjects.csv order (the example, and any
@@ -12,7 +13,6 @@ the output path when mapping fails half-way: the spools are removed and the old 
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import orjson
 
-from fhir_lupus._scratch import scratch_dir
+from fhir_lupus._scratch import discard, open_private, publish, scratch_dir
 from fhir_lupus.bundle import (
     DEPENDENCY_ORDER,
     MatchingRules,
@@ -52,7 +52,7 @@ class _Spool:
         handle = self._files.get(key)
         if handle is None:
             path = self.directory / f"{len(self._paths)}.part"
-            handle = self._files[key] = path.open("w", encoding="utf-8", newline="")
+            handle = self._files[key] = open_private(path, encoding="utf-8", newline="")
             self._paths[key] = path
         handle.write(text)
 
@@ -74,7 +74,7 @@ def _spooled(beside: Path) -> Iterator[_Spool]:
         yield spool
     finally:
         spool.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        discard(directory)
 
 
 def write_ndjson(batches: Iterable[MappedBatch], directory: Path) -> Counter[str]:
@@ -100,7 +100,7 @@ def write_ndjson(batches: Iterable[MappedBatch], directory: Path) -> Counter[str
                 for path in rest:
                     with path.open("rb") as part:
                         shutil.copyfileobj(part, joined)
-            os.replace(first, directory / f"{resource_type}.ndjson")
+            publish(first, directory / f"{resource_type}.ndjson")
     return counts
 
 
@@ -150,7 +150,7 @@ def write_bundle(
                 study_urls.update(urls)
         spool.close()
         staging = spool.directory / "bundle.json"
-        with staging.open("w", encoding="utf-8", newline="") as out:
+        with open_private(staging, encoding="utf-8", newline="") as out:
             head = dumps({"resourceType": "Bundle", "type": bundle_type, "entry": []})
             parts = spool.parts()
             if not parts:
@@ -165,7 +165,7 @@ def write_bundle(
                             separator_left = False
                         shutil.copyfileobj(part, out)
                 out.write("\n  ]\n}\n")
-        os.replace(staging, path)
+        publish(staging, path)
     return counts
 
 

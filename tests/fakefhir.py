@@ -15,9 +15,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -336,6 +338,39 @@ class FakeFhir:
                 {"response": {"status": f"{status} {'Created' if status == 201 else 'OK'}", "location": location}}
             )
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
+
+
+@contextmanager
+def served(server: FakeFhir) -> Iterator[str]:
+    """``server`` over HTTP on a loopback port, for a command run in a child process; yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            origin = BASE[: -len(urlsplit(BASE).path)]  # the fake reads the path only
+            request = httpx.Request(self.command, origin + self.path, headers=dict(self.headers), content=body)
+            response = server(request)
+            self.send_response(response.status_code)
+            for name, value in response.headers.items():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.content)))
+            self.end_headers()
+            self.wfile.write(response.content)
+
+        do_GET = do_POST = do_PUT = do_DELETE = answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, name="fakefhir-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}{urlsplit(BASE).path}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def _instant(text: str) -> datetime:

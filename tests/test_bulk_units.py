@@ -8,6 +8,7 @@ rows prove the selection is ours. The integration tests (tests/integration/test_
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,9 @@ def test_files_downloaded_before_an_interruption_are_not_fetched_again(
     with client() as fhir, Journal(tmp_path / "bulk.sqlite") as journal:
         with pytest.raises(TransientHttpError):
             pull_study(fhir, journal, pushed.study, since=None, bulk=options(tmp_path, downloads=1))
+        kept = [path for path in (tmp_path / "bulk").rglob("*") if path.is_file()]  # patient data, kept to resume
+        assert kept and {stat.S_IMODE(path.stat().st_mode) for path in kept} == {0o600}
+        assert stat.S_IMODE((tmp_path / "bulk").stat().st_mode) == 0o700
         exporter.failing_files = set()
         pulled = pull_study(fhir, journal, pushed.study, since=None, bulk=options(tmp_path))
     assert pulled.bulk is not None and pulled.bulk.resumed and pulled.bulk.reused_files == 1

@@ -54,10 +54,11 @@ DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
 PRELIMINARY_CHECK = "sledai-undecided"  # the query that says a published total is preliminary (checks.yaml)
 
 
-def open_journal(path: Path) -> Journal:
-    """The SQLite journal, or exit 2 naming the file when it cannot be opened."""
+def open_journal(path: Path, *, in_memory: bool = False) -> Journal:
+    """The SQLite journal, or exit 2 naming the file when it cannot be opened. ``in_memory``: a copy, for a
+    command that must write nothing (``push --dry-run``)."""
     try:
-        return Journal(path)
+        return Journal(path, in_memory=in_memory)
     except (OSError, sqlite3.Error) as exc:
         fail(ValueError(f"{path}: cannot open the journal: {exc}"))
 

@@ -109,7 +109,7 @@ def push(
         report = trial.report
         report_load(report, quarantine, verbose_findings=False)
         exit_on_rejects(report, allow_rejects)
-        with open_client(settings) as client, open_journal(journal) as book:
+        with open_client(settings) as client, open_journal(journal, in_memory=dry_run) as book:
             try:
                 if dry_run:
                     preview = dry_run_trial(

@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from fhir_lupus._logredact import get_logger, install, redact_url
+from fhir_lupus._scratch import open_private
 from fhir_lupus.client._bulk import NDJSON, ExportManifest, ExportRequest, ExportStatus
 from fhir_lupus.client._capability import Capabilities
 from fhir_lupus.client._classify import classify
@@ -266,7 +267,7 @@ class FhirClient:
             if response.status_code >= 400:
                 response.read()
                 _raise_for_status(response, "GET")
-            with part.open("wb") as handle:
+            with open_private(part, "wb") as handle:  # an export's data: only its owner may read it
                 for chunk in response.iter_bytes(1 << 20):
                     handle.write(chunk)
                     written += len(chunk)

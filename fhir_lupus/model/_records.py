@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
+
+from fhir_lupus._scratch import PRIVATE_FILE, write_atomic
 
 __all__ = ["RECORD_KEYS", "Finding", "LoadReport", "Located", "Reject", "record_key", "write_quarantine"]
 
@@ -131,7 +134,8 @@ class LoadReport:
 
 
 def write_quarantine(rejects: list[Reject], directory: Path) -> list[Path]:
-    """Write each file's refused rows to ``<file>.rejected.csv``: original columns + _line, _column, _reason.
+    """Write each file's refused rows to ``<file>.rejected.csv``: original columns + _line, _column, _reason;
+    mode 600, as the rows hold patient data.
 
     Rows refused for several reasons are written once, with the reasons joined, so the quarantine count
     equals the rejected count.
@@ -148,14 +152,15 @@ def write_quarantine(rejects: list[Reject], directory: Path) -> list[Path]:
             for name in group[0].row:
                 if name not in columns:
                     columns.append(name)
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[*columns, "_line", "_column", "_reason"])
-            writer.writeheader()
-            for line, group in sorted(rows.items()):
-                record = dict(group[0].row)
-                record["_line"] = str(line)
-                record["_column"] = ";".join(dict.fromkeys(r.column or "" for r in group))
-                record["_reason"] = " | ".join(r.reason for r in group)
-                writer.writerow(record)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[*columns, "_line", "_column", "_reason"])
+        writer.writeheader()
+        for line, group in sorted(rows.items()):
+            record = dict(group[0].row)
+            record["_line"] = str(line)
+            record["_column"] = ";".join(dict.fromkeys(r.column or "" for r in group))
+            record["_reason"] = " | ".join(r.reason for r in group)
+            writer.writerow(record)
+        write_atomic(path, buffer.getvalue(), mode=PRIVATE_FILE)  # patients' rows: mode 600 from the first byte
         written.append(path)
     return written

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from fhir_lupus._scratch import PRIVATE_DIR, private_dir
 from fhir_lupus.client import (
     ExportFile,
     ExportManifest,
@@ -212,7 +213,8 @@ class BulkRun:
 
     def _download(self, files: list[ExportFile], access_token: bool) -> list[tuple[Path, ExportFile]]:
         """Each file to the work directory, ``downloads`` at a time; a file complete from an earlier run is kept."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.work_dir.parent)  # the downloads are patient data: only their owner may read them
+        self.work_dir.mkdir(PRIVATE_DIR, exist_ok=True)
         targets = [(self.work_dir / f"{index:05d}-{file.type}.ndjson", file) for index, file in enumerate(files)]
 
         def fetch(target: Path, file: ExportFile) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import orjson
 
-from fhir_lupus._scratch import scratch_file
+from fhir_lupus._scratch import discard, scratch_file
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 
 __all__ = ["Spool", "flat", "record_text"]
@@ -102,7 +102,7 @@ class Spool(Sequence[T], Generic[T]):
 
 def _discard(handle: Any, path: str) -> None:
     handle.close()
-    Path(path).unlink(missing_ok=True)
+    discard(Path(path))
 
 
 def record_text(record: Any) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from fhir_lupus._scratch import FILE_MODE, scratch_file
+from fhir_lupus._scratch import create_private, discard, publish, scratch_file
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.journal import record_high_water
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
@@ -122,6 +122,7 @@ class PullStore:
         self.server = server
         self.study = study
         # explicit BEGIN/COMMIT below, as the journal's; synchronous=FULL: a committed merge survives a crash
+        create_private(path)  # the journal's file, mode 600 if it is new (it holds patient data)
         self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_SECONDS)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -305,10 +306,9 @@ def write_rows(rows: Iterable[Any], path: Path, row_type: type) -> Path:
                 writer.writerows([flat.get(c, "") for c in columns] for flat in map(flat, rows))
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.chmod(scratch, FILE_MODE)  # private while written; then as open() makes a file
-        os.replace(scratch, path)
+        publish(scratch, path)  # private while written; then as open() makes a file (an output the user named)
     finally:
-        scratch.unlink(missing_ok=True)
+        discard(scratch)
     return path
 
 

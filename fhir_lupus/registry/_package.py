@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import shutil
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_lupus._resource import Resource
-from fhir_lupus._scratch import DIR_MODE, scratch_dir, write_csv
+from fhir_lupus._scratch import discard, open_private, publish, scratch_dir, write_csv
 from fhir_lupus.bundle import dumps
 from fhir_lupus.errors import ResourceInvalidError
 from fhir_lupus.model import TrialData, load_lifecycle_rules
@@ -209,7 +208,7 @@ def write_package_batches(
             "problems": [problem for _type, _id, problem in problems],
         }
         validation_text = dumps(outcome).encode("utf-8")
-        (staging / VALIDATION).write_bytes(validation_text)
+        _write_private(staging / VALIDATION, validation_text)
         rules_path = pack.root / RULES_FILE
         manifest = {
             "format": FORMAT,
@@ -233,11 +232,10 @@ def write_package_batches(
             ],
             "validation": {"file": VALIDATION, "sha256": sha256_of(validation_text), "problems": len(problems)},
         }
-        (staging / MANIFEST).write_bytes(dumps(manifest).encode("utf-8"))
+        _write_private(staging / MANIFEST, dumps(manifest).encode("utf-8"))
         _replace_directory(out_dir, {}, staging=staging)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        discard(staging)
     _write_link_table(link_path, links)
     return PackageResult(out_dir, link_path, manifest, [problem for _t, _i, problem in problems], excluded)
 
@@ -265,14 +263,17 @@ def _replace_directory(out_dir: Path, files: Mapping[str, bytes], *, staging: Pa
         staging = scratch_dir(out_dir.parent, out_dir.name)
     try:
         for name, content in files.items():
-            (staging / name).write_bytes(content)
+            _write_private(staging / name, content)
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        os.chmod(staging, DIR_MODE)  # a private scratch directory until here; the package as mkdir makes one
-        os.replace(staging, out_dir)
+        publish(staging, out_dir)  # a private temporary directory until here; the package as mkdir makes one
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        discard(staging)
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    with open_private(path, "wb") as out:
+        out.write(content)
 
 
 def _write_link_table(path: Path, links: list[LinkRow]) -> None:

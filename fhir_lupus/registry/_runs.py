@@ -12,6 +12,8 @@ import heapq
 import shutil
 from pathlib import Path
 
+from fhir_lupus._scratch import PRIVATE_DIR, open_private
+
 __all__ = ["SortedRuns"]
 
 
@@ -32,11 +34,11 @@ class SortedRuns:
             self._flush()
 
     def _flush(self) -> None:
-        self.directory.mkdir(exist_ok=True)
+        self.directory.mkdir(PRIVATE_DIR, exist_ok=True)
         for resource_type, items in self._pending.items():
             items.sort()
             path = self.directory / f"{resource_type}.{len(self._runs.get(resource_type, []))}"
-            with path.open("w", encoding="utf-8", newline="") as handle:
+            with open_private(path, encoding="utf-8", newline="") as handle:
                 handle.writelines(f"{resource_id}\t{line}\n" for resource_id, line in items)
             self._runs.setdefault(resource_type, []).append(path)
         self._pending.clear()
@@ -51,7 +53,7 @@ class SortedRuns:
             count = 0
             with contextlib.ExitStack() as stack:
                 runs = [stack.enter_context(path.open("r", encoding="utf-8", newline="")) for path in paths]
-                out = stack.enter_context((directory / f"{resource_type}.ndjson").open("wb"))
+                out = stack.enter_context(open_private(directory / f"{resource_type}.ndjson", "wb"))
                 for merged in heapq.merge(*runs, key=lambda text: text.split("\t", 1)[0]):
                     data = merged.split("\t", 1)[1].encode("utf-8")
                     out.write(data)
