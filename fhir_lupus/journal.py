@@ -1,5 +1,5 @@
 """The push/pull journal: a local SQLite file that makes pushes resumable and pulls incremental.
-(Over 400 lines: one class over one file, whose schema and migrations alone take 70 lines.)
+Over 400 lines: one class over one file, one table per thing remembered, all under the one lock.
 
 Per server and resource (type + business key) it keeps the content hash last confirmed, the server's id and
 versionId, the last outcome and our own (deterministic) reference, so later batches and later pushes can
@@ -8,8 +8,7 @@ Provenance, and the Provenance once written. Per server and chunk kind: the larg
 accepted. Per server and study: the pull high-water mark and the rows pulled so far (``pull_store``, written by
 ``fhir_lupus.pull``'s store on a connection of its own, which moves the mark with its merge). Per audit
 log: the last entry appended (``fhir_lupus.audit``), the anchor that shows a removed tail. Per server: the site
-profile's systems its resources were last written under (a change would re-key them). Over 400 lines: one table
-per thing remembered, each with its two or three statements, all under the one lock.
+profile's systems its resources were last written under (a change would re-key them).
 
 One Journal may be shared by the threads of a push (``concurrency`` > 1): every method runs under one lock,
 so a worker's chunk record never interleaves with the planner's reads on the same connection.
