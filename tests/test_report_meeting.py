@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
 import fhir_lupus
+from fhir_lupus.cli import app
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import load_trial
 from fhir_lupus.model._queries import query_id
@@ -240,3 +242,17 @@ def test_the_default_generation_time_is_now_in_utc(dataset: Callable[..., Path],
     result = write_report(TrialSource.loaded(data), tmp_path / "r.html")
     assert result.metadata is not None and result.metadata.generated_at.tzinfo == UTC
     assert before <= result.metadata.generated_at <= datetime.now(UTC)
+
+
+def test_the_cli_prints_the_metadata_and_the_preliminary_summary(dataset: Callable[..., Path], tmp_path: Path) -> None:
+    spoilt = ae("AE-7", "MSC-002", 3, "2008-02-12", serious="yes")  # refused: a serious event names a criterion
+    data_dir = dataset(with_events(spoilt))
+    out = tmp_path / "page.html"
+    refused = CliRunner().invoke(app, ["report", str(data_dir), "-o", str(out)])
+    assert refused.exit_code == 1 and not out.exists()
+    run = CliRunner().invoke(app, ["report", str(data_dir), "-o", str(out), "--allow-rejects"])
+    assert run.exit_code == 0, run.output
+    said = " ".join(run.output.split())
+    assert "Data cut-off 2008-04-01" in said and "Mapping version" in said and "Open queries" in said
+    assert "preliminary adverse-event summary: preliminary: 1 adverse_events.csv row(s)" in said
+    assert "adverse_events.csv:7" in said
