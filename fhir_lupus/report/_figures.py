@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 
 from matplotlib.axes import Axes
@@ -240,8 +241,10 @@ def adverse_event_figure(summary: AdverseEventSummary) -> Figure:
     figure = Figure(figsize=(11, 3.9), dpi=DPI, layout="constrained")
     by_grade, by_relatedness, subjects = figure.subplots(1, 3)
     caveat = summary.caveat()
-    title = "Adverse events" + (f" - {caveat.upper() if summary.absent else caveat}" if caveat else "")
-    figure.suptitle(title if len(title) < 110 else title[:107] + "...", fontsize=12, fontweight="bold")
+    if caveat is not None:  # at most three lines of the figure's width
+        caveat = textwrap.fill(textwrap.shorten(caveat, 270, placeholder=" ... (see the page)"), 90)
+    title = "Adverse events" if caveat is None else f"Adverse events: NOT FINAL\n{caveat}"
+    figure.suptitle(title, fontsize=12, fontweight="bold")
     if summary.absent is not None:
         for ax in (by_grade, by_relatedness, subjects):
             ax.set_axis_off()
@@ -253,14 +256,14 @@ def adverse_event_figure(summary: AdverseEventSummary) -> Figure:
     serious_label, other_label = (c.label for c in summary.by_seriousness)
     by_grade.barh(labels, serious, color=SERIOUS_COLOUR, label=serious_label)
     by_grade.barh(labels, others, left=serious, color=NON_SERIOUS_COLOUR, label=other_label)
-    by_grade.legend(fontsize=8, frameon=False, loc="lower right")
+    by_grade.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2)
     _bars(by_grade, f"Events by grade (n={summary.events})", summary.by_grade)
     by_relatedness.barh([c.label for c in summary.by_relatedness], [c.count for c in summary.by_relatedness],
                         color=LINE_COLOUR)  # fmt: skip
     _bars(by_relatedness, "Events by relatedness", summary.by_relatedness)
     subjects.barh([c.label for c in summary.per_subject], [c.count for c in summary.per_subject], color=LINE_COLOUR)
     _bars(subjects, f"Subjects (of {summary.subjects})", summary.per_subject)
-    subjects.set_xlim(0, max(summary.subjects, 1) * 1.08)
+    subjects.set_xlim(0, max(summary.subjects, 1) * 1.12)
     return figure
 
 
@@ -273,3 +276,4 @@ def _bars(ax: Axes, title: str, counts: Sequence[Count]) -> None:
     ax.grid(True, axis="x", color="#e5e5e5", linewidth=0.6)
     for row, count in enumerate(counts):
         ax.text(count.count, row, f" {count.count}", va="center", fontsize=8)
+    ax.set_xlim(0, max([1, *(c.count for c in counts)]) * 1.12)  # room for the number at the longest bar
