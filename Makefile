@@ -8,10 +8,11 @@ OUT    ?= out
 
 .PHONY: demo test test-unit test-spark lint bench bench-all wheel clean
 
+# The report extra (matplotlib) is what `demo` draws the report with; `test` pulls it too (pyproject.toml).
 $(BIN)/fhir-lupus: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[report,test]'
 	touch $@
 
 demo: $(BIN)/fhir-lupus

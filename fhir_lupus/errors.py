@@ -15,6 +15,7 @@
      +-- RouteRefused                      the server refused a search parameter its CapabilityStatement lists
      +-- UnsupportedInteraction            the CapabilityStatement says the server cannot do what we need
      +-- SparkUnavailable                  PySpark, Pathling or a suitable Java is missing
+     +-- ExtraMissing(ImportError)         an optional part is not installed: the message names the pip extra
      +-- CheckoutMissing(RuntimeError)     what was asked for lives in a checkout, not in an installed wheel
      +-- FhirHttpError                     any failed exchange with a FHIR server (``outcome``: its OperationOutcome)
           +-- TransientHttpError           5xx / 429 / 408 / connection or timeout, still failing after retries
@@ -45,6 +46,7 @@ __all__ = [
     "BulkExportError",
     "CheckoutMissing",
     "DeidentificationError",
+    "ExtraMissing",
     "FatalHttpError",
     "FhirHttpError",
     "FhirLupusError",
@@ -175,6 +177,11 @@ class UnsupportedInteraction(FhirLupusError):
 
 class SparkUnavailable(FhirLupusError):
     """PySpark, Pathling or a suitable Java is missing: the message says what to install."""
+
+
+class ExtraMissing(FhirLupusError, ImportError):
+    """An optional part of the package is not installed (``fhir-lupus report`` needs matplotlib, the ``report``
+    extra): the message names what to install. An ImportError too, as the failed import it stands for."""
 
 
 class CheckoutMissing(FhirLupusError, RuntimeError):

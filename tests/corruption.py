@@ -3,9 +3,9 @@ names that file and line (a refusal or a query) or changes no derived value.
 
 Derived values are everything the trial's outputs compute rather than copy: SLEDAI-2K totals (and whether they
 are final), eligibility verdicts, schedule statuses (and the analytes missing or unknown at each visit), the
-report's statistics (change from baseline, responders, which are preliminary) and the mapped Observations'
-values and statuses. They are computed in process through the library's public functions, without FHIR
-validation and without figures. Used by tests/test_no_silent_change.py on an excerpt of the example, and by
+report's statistics (change from baseline, responders, the adverse-event counts, which are preliminary) and the
+mapped Observations' values and statuses. They are computed in process through the library's public functions,
+without FHIR validation and without figures. Used by tests/test_no_silent_change.py on an excerpt of the example, and by
 bench/bench_no_silent_change.py on the whole example.
 """
 
@@ -80,6 +80,17 @@ def derive(data_dir: Path) -> tuple[dict[str, Any], LoadReport]:
         for key, tallies in stats.tallies.items()
         for tally in tallies
         for c in tally.classifications
+    }
+    adverse = stats.adverse_events
+    values["adverse_events"] = {
+        (table, count.key): (count.count, adverse.final)
+        for table, counts in (
+            ("grade", adverse.by_grade),
+            ("serious", adverse.by_seriousness),
+            ("related", adverse.by_relatedness),
+            ("subjects", adverse.per_subject),
+        )
+        for count in counts
     }
     observations = {}
     for batch in iter_mapped(data, report, trusted=lambda resource: True):  # no FHIR validation: not its job here

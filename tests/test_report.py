@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from fhir_lupus.report._stats import (
 )
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, default_mappings_dir, load_pack
+
+WHEN = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)  # the generation time every figure carries: the same for both runs
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +224,8 @@ def test_values_that_cannot_be_converted_are_set_aside(two_subjects: Path):
 
 def test_the_page_embeds_every_figure_written(two_subjects: Path, tmp_path: Path):
     data, _ = load_trial(two_subjects)
-    result = write_report(TrialSource.loaded(data), tmp_path / "r.html")
-    assert result.subjects == 2 and len(result.figures) == 2 + 1 + 1  # two subjects, change, one response
+    result = write_report(TrialSource.loaded(data), tmp_path / "r.html", generated_at=WHEN)
+    assert result.subjects == 2 and len(result.figures) == 2 + 1 + 1 + 1  # two subjects, change, response, AEs
     assert all(f.parent == tmp_path / "r_figures" for f in result.figures)
     page = result.html.read_text(encoding="utf-8")
     embedded = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
@@ -230,7 +233,9 @@ def test_the_page_embeds_every_figure_written(two_subjects: Path, tmp_path: Path
     assert not re.search(r"(src|href)=\"(https?:|//)", page)  # nothing to fetch
     assert result.censored and all(f"{escape(p.reported)}</td>" in page and p.where in page for p in result.censored)
     assert "KDIGO 2024" in page and "mappings/report/report.yaml" in page
-    again = write_report(TrialSource.loaded(data), tmp_path / "again.html", figures_dir=tmp_path / "figs")
+    again = write_report(
+        TrialSource.loaded(data), tmp_path / "again.html", figures_dir=tmp_path / "figs", generated_at=WHEN
+    )
     assert [p.read_bytes() for p in again.figures] == [p.read_bytes() for p in result.figures]  # deterministic
     assert b"Software" not in result.figures[0].read_bytes()[:200]
 
@@ -240,4 +245,4 @@ def test_cli_report_prints_the_page_path(two_subjects: Path, tmp_path: Path):
     run = CliRunner().invoke(app, ["report", str(two_subjects), "-o", str(out), "--figures", str(tmp_path / "f")])
     assert run.exit_code == 0, run.output
     assert run.stdout.strip().splitlines()[-1] == str(out)
-    assert len(list((tmp_path / "f").glob("*.png"))) == 4
+    assert len(list((tmp_path / "f").glob("*.png"))) == 5

@@ -43,6 +43,7 @@ EXIT_CODES: dict[type[errors.FhirLupusError], int] = {
     errors.RouteRefused: 2,
     errors.UnsupportedInteraction: 1,
     errors.SparkUnavailable: 2,
+    errors.ExtraMissing: 2,
     errors.CheckoutMissing: 2,
     errors.FhirHttpError: 1,
     errors.TransientHttpError: 1,

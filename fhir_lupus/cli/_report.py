@@ -9,7 +9,7 @@ import typer
 
 from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, fail, load, refuse_rejects, settings_of
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.report import write_report
+from fhir_lupus.report import require_plotting, write_report
 
 __all__ = ["report"]
 
@@ -28,7 +28,15 @@ def report(
     (definitions: mappings/report/report.yaml), as one HTML page that needs no network.
 
     With rejected rows nothing is written (exit 1) unless --allow-rejects: then every statistic that a rejected
-    row or a preliminary SLEDAI-2K total could change is marked preliminary on the page."""
+    row or a preliminary SLEDAI-2K total could change is marked preliminary on the page. The page and every PNG
+    say when they were made, the data cut-off, the tool and mapping versions and the open queries.
+
+    Needs matplotlib, the package's report extra: without it, exit 2 before any data is read, with the pip
+    command that installs it."""
+    try:
+        require_plotting()
+    except FhirLupusError as exc:
+        fail(exc)
     settings = settings_of(mappings)
     trial = load(data_dir, settings, "report")
     refuse_rejects(trial.report, allow_rejects, f"the report {out}")
@@ -41,6 +49,8 @@ def report(
         f"{len(result.set_aside)} set aside; {len(result.figures)} figures in {result.figures[0].parent}",
         highlight=False,
     )
+    if result.metadata is not None:
+        console.print("; ".join(f"{label} {value}" for label, value in result.metadata.items()), highlight=False)
     for item in result.set_aside:
         console.print(f"[yellow]set aside[/yellow] {item.where}: {item.series} {item.reported}: {item.reason}")
     for line in result.preliminary:

@@ -101,12 +101,12 @@ def query_id(finding: Finding) -> str:
     return "Q-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def read_responses(data_dir: Path, report: LoadReport) -> dict[str, QueryResponse]:
+def read_responses(data_dir: Path | None, report: LoadReport) -> dict[str, QueryResponse]:
     """The latest response to each query (by responded_on, then file order); bad rows are refused into
-    ``report`` like any other file's."""
-    path = data_dir / RESPONSES
+    ``report`` like any other file's. No ``data_dir`` (a trial loaded in memory): no responses."""
     latest: dict[str, QueryResponse] = {}
-    if not path.is_file():
+    path = data_dir / RESPONSES if data_dir is not None else None
+    if path is None or not path.is_file():
         return latest
     for line, row, problem in read_rows(path, QueryResponse):
         report.read[RESPONSES] += 1
@@ -122,7 +122,7 @@ def read_responses(data_dir: Path, report: LoadReport) -> dict[str, QueryRespons
     return latest
 
 
-def track_queries(report: LoadReport, data_dir: Path) -> QueryLog:
+def track_queries(report: LoadReport, data_dir: Path | None) -> QueryLog:
     """The queries of ``report`` with the site's responses applied (module docstring)."""
     responses = read_responses(data_dir, report)
     queries = []

@@ -10,9 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_lupus.terminology import MappingPack, load_pack
+from fhir_lupus.errors import MappingError
+from fhir_lupus.terminology import MappingPack, load_adverse_event_terms, load_pack
 
 __all__ = [
+    "AdverseEventLabels",
     "Category",
     "Criterion",
     "Outcome",
@@ -86,12 +88,23 @@ class ResponseDefinition(_Frozen):
     otherwise: Outcome
 
 
+class AdverseEventLabels(_Frozen):
+    """The words the adverse-event summary prints for the keys of mappings/terminology/adverse_events.yaml."""
+
+    grades: dict[int, str]
+    severe_grade: int = Field(ge=1, le=5)
+    seriousness: dict[Literal["yes", "no"], str]
+    related: dict[str, str]  # suspect key -> label
+    not_related: str
+
+
 class ReportDefinition(_Frozen):
     version: int
     x_axis: XAxis
     series: tuple[SeriesDefinition, ...] = Field(min_length=1)
     summary_months: tuple[int, ...] = Field(min_length=1)
     responses: tuple[ResponseDefinition, ...] = ()
+    adverse_events: AdverseEventLabels
 
     @model_validator(mode="after")
     def _references_known(self) -> ReportDefinition:
@@ -109,6 +122,25 @@ class ReportDefinition(_Frozen):
         return {series.key: series for series in self.series}
 
 
+REPORT_FILE = "report/report.yaml"
+
+
 def load_report_definition(pack: MappingPack | None = None) -> ReportDefinition:
-    """Read and check mappings/report/report.yaml; MappingError names the file and key when it is wrong."""
-    return (pack or load_pack()).load(ReportDefinition, "report/report.yaml")
+    """Read and check mappings/report/report.yaml; MappingError names the file and key when it is wrong, or when
+    its adverse-event labels do not name exactly the keys of terminology/adverse_events.yaml."""
+    pack = pack or load_pack()
+    definition = pack.load(ReportDefinition, REPORT_FILE)
+    terms = load_adverse_event_terms(pack)
+    labels = definition.adverse_events
+    for name, labelled, known in (
+        ("grades", labels.grades, terms.grades),
+        ("seriousness", labels.seriousness, terms.seriousness),
+        ("related", labels.related, terms.suspects),
+    ):
+        if set(labelled) != set(known):
+            expected = ", ".join(str(key) for key in known)
+            raise MappingError(
+                f"{pack.root / REPORT_FILE}: adverse_events.{name} labels {', '.join(str(k) for k in labelled)}; "
+                f"terminology/adverse_events.yaml has {expected}: one label for each"
+            )
+    return definition

@@ -1,13 +1,16 @@
 """The report's pictures, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
 
-Every figure has a fixed size and resolution and is written without the software tag, so the same data gives
-the same PNG bytes; the page embeds exactly the bytes written to the figures directory.
+Every figure has a fixed size and resolution and is written without the software tag, so the same data (and the
+same generation time) gives the same PNG bytes; the page embeds exactly the bytes written to the figures
+directory. Each PNG carries the report's metadata (``ReportMetadata``) twice: as a footer line drawn under the
+figure, which a slide shows, and as PNG text chunks (one per item, keyed by its label), which a program reads.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 
 from matplotlib.axes import Axes
@@ -16,25 +19,35 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, MultipleLocator
 
+from fhir_lupus.report._adverse import AdverseEventSummary, Count
 from fhir_lupus.report._definitions import ReportDefinition, SeriesDefinition
+from fhir_lupus.report._meta import ReportMetadata
 from fhir_lupus.report._series import Point, SubjectSeries
 from fhir_lupus.report._stats import ChangeSummary, ResponseTally
 
-__all__ = ["DPI", "change_figure", "png_bytes", "response_figure", "subject_figure"]
+__all__ = ["DPI", "adverse_event_figure", "change_figure", "png_bytes", "response_figure", "subject_figure"]
 
 DPI = 100
 INFUSION_COLOUR = "#c0392b"
 LINE_COLOUR = "#1f4e79"
 RESPONDER_COLOURS = ("#1b7837", "#7fbf7b", "#d9f0d3")  # the definition's categories, in order
 OTHERWISE_COLOUR, NOT_EVALUABLE_COLOUR = "#bdbdbd", "#ffffff"
+SERIOUS_COLOUR, NON_SERIOUS_COLOUR = "#8e2c1f", "#e8a898"
 _CENSORED_MARKER = {"<": "v", "<=": "v", ">": "^", ">=": "^"}
 
 
-def png_bytes(figure: Figure) -> bytes:
-    """The figure as PNG, without the metadata that would change from one matplotlib build to the next."""
+def png_bytes(figure: Figure, meta: ReportMetadata | None = None) -> bytes:
+    """The figure as PNG, without the metadata that would change from one matplotlib build to the next; with
+    ``meta``: its line drawn at the foot and each of its items as a PNG text chunk."""
     buffer = io.BytesIO()
     FigureCanvasAgg(figure)
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    text: dict[str, str | None] = {"Software": None}
+    if meta is not None:
+        # the figure-wide x label is the one text the constrained layout keeps clear of everything else
+        figure.supxlabel(meta.footer(), x=0.01, ha="left", fontsize=7, color="#555555")
+        text.update(meta.items())
+        text["Creation Time"] = meta.items()[0][1]
+    figure.savefig(buffer, format="png", dpi=DPI, metadata=text)
     return buffer.getvalue()
 
 
@@ -220,3 +233,47 @@ def response_figure(tallies: Sequence[ResponseTally]) -> Figure:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     ax.set_ylim(0, max(bottoms) * 1.05 if max(bottoms) else 1)
     return figure
+
+
+def adverse_event_figure(summary: AdverseEventSummary) -> Figure:
+    """Three panels: events by grade (the serious ones darker), events by relatedness, and subjects with any,
+    a serious, a severe and a related event out of all subjects. The title says when the counts are not final."""
+    figure = Figure(figsize=(11, 3.9), dpi=DPI, layout="constrained")
+    by_grade, by_relatedness, subjects = figure.subplots(1, 3)
+    caveat = summary.caveat()
+    if caveat is not None:  # at most three lines of the figure's width
+        caveat = textwrap.fill(textwrap.shorten(caveat, 270, placeholder=" ... (see the page)"), 90)
+    title = "Adverse events" if caveat is None else f"Adverse events: NOT FINAL\n{caveat}"
+    figure.suptitle(title, fontsize=12, fontweight="bold")
+    if summary.absent is not None:
+        for ax in (by_grade, by_relatedness, subjects):
+            ax.set_axis_off()
+        by_relatedness.text(0.5, 0.5, "unknown: no rows", ha="center", va="center", color="#888888")
+        return figure
+    serious = [c.count for c in summary.serious_by_grade]
+    others = [c.count - s for c, s in zip(summary.by_grade, serious, strict=True)]
+    labels = [c.label for c in summary.by_grade]
+    serious_label, other_label = (c.label for c in summary.by_seriousness)
+    by_grade.barh(labels, serious, color=SERIOUS_COLOUR, label=serious_label)
+    by_grade.barh(labels, others, left=serious, color=NON_SERIOUS_COLOUR, label=other_label)
+    by_grade.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2)
+    _bars(by_grade, f"Events by grade (n={summary.events})", summary.by_grade)
+    by_relatedness.barh([c.label for c in summary.by_relatedness], [c.count for c in summary.by_relatedness],
+                        color=LINE_COLOUR)  # fmt: skip
+    _bars(by_relatedness, "Events by relatedness", summary.by_relatedness)
+    subjects.barh([c.label for c in summary.per_subject], [c.count for c in summary.per_subject], color=LINE_COLOUR)
+    _bars(subjects, f"Subjects (of {summary.subjects})", summary.per_subject)
+    subjects.set_xlim(0, max(summary.subjects, 1) * 1.12)
+    return figure
+
+
+def _bars(ax: Axes, title: str, counts: Sequence[Count]) -> None:
+    """Title, integer axis, top row first, and each bar's total written at its end."""
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.invert_yaxis()
+    ax.tick_params(labelsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, axis="x", color="#e5e5e5", linewidth=0.6)
+    for row, count in enumerate(counts):
+        ax.text(count.count, row, f" {count.count}", va="center", fontsize=8)
+    ax.set_xlim(0, max([1, *(c.count for c in counts)]) * 1.12)  # room for the number at the longest bar

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from fhir_lupus.report._adverse import AdverseEventSummary, Count
 from fhir_lupus.report._definitions import ReportDefinition, ResponseDefinition
+from fhir_lupus.report._meta import CUT_OFF_FIELDS, ReportMetadata
 from fhir_lupus.report._series import Point, SetAside, SubjectSeries
 from fhir_lupus.report._stats import NOT_EVALUABLE, ChangeSummary, ResponseTally
 
@@ -30,6 +32,9 @@ figure{margin:1rem 0 2rem}figure img{max-width:100%;height:auto;border:1px solid
 figcaption{font-size:.85rem;color:#555}
 .note{font-size:.88rem;color:#444}
 td.prelim{background:#fff3cd}
+.prelim-note{background:#fff3cd;padding:.4rem .8rem;border-left:3px solid #b8860b}
+dl.about{display:grid;grid-template-columns:max-content auto;gap:.1rem 1rem;font-size:.9rem;margin:.6rem 0}
+dl.about dt{font-weight:600}dl.about dd{margin:0}
 .src{font-size:.85rem;background:#f4f4f4;padding:.5rem .8rem;border-left:3px solid #1f4e79}
 nav a{margin-right:1rem}code{background:#f2f2f2;padding:0 .2rem}
 """
@@ -66,6 +71,9 @@ def render_page(
     change_fig: FigureRef,
     response_figs: dict[str, FigureRef],
     subject_figs: dict[str, FigureRef],
+    meta: ReportMetadata,
+    adverse: AdverseEventSummary,
+    adverse_fig: FigureRef,
 ) -> str:
     parts: list[str] = [
         "<!DOCTYPE html>",
@@ -73,16 +81,34 @@ def render_page(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{escape(title)}</h1><p>{escape(study_title)}</p>",
+        *_about(meta),
         '<nav><a href="#reading">How to read</a><a href="#cohort">Cohort summary</a>'
-        '<a href="#responders">Responders</a><a href="#subjects">Subjects</a><a href="#notes">Notes</a></nav>',
+        '<a href="#responders">Responders</a><a href="#adverse-events">Adverse events</a>'
+        '<a href="#subjects">Subjects</a><a href="#notes">Notes</a></nav>',
     ]
     parts += _reading(definition)
     parts += _cohort(definition, summaries, change_fig)
     parts += _responders(definition, tallies, response_figs)
+    parts += _adverse(adverse, adverse_fig)
     parts += _subjects(definition, subjects, subject_figs)
     parts += _notes(definition, subjects, set_aside)
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _about(meta: ReportMetadata) -> list[str]:
+    fields = ", ".join(f"{file} {column}" for file, column in CUT_OFF_FIELDS)
+    where = f" ({meta.cut_off.field})" if meta.cut_off else ""
+    items = "".join(
+        f"<dt>{escape(label)}</dt><dd>{escape(value)}{escape(where) if label == 'Data cut-off' else ''}</dd>"
+        for label, value in meta.items()
+    )
+    return [
+        f'<dl class="about" id="about">{items}</dl>',
+        f"<p class=note>Data cut-off: the latest of these dates in the accepted rows: {escape(fields)}. Open "
+        "queries: the data-integrity queries of this load that the site has not closed (query_responses.csv); "
+        "<code>fhir-lupus validate --queries FILE</code> lists them.</p>",
+    ]
 
 
 def _reading(definition: ReportDefinition) -> list[str]:
@@ -226,6 +252,37 @@ def _responders(
                 + "</p>"
             )
         parts.append("</details>")
+    return parts
+
+
+def _counts(title: str, counts: Sequence[Count], unit: str, mark: str) -> str:
+    rows = "".join(f'<tr><td class="l">{escape(c.label)}</td><td{mark}>{c.count}</td></tr>' for c in counts)
+    return f'<table><tr><th class="l">{escape(title)}</th><th>{escape(unit)}</th></tr>{rows}</table>'
+
+
+def _adverse(summary: AdverseEventSummary, figure: FigureRef) -> list[str]:
+    parts = [
+        '<h2 id="adverse-events">Adverse events</h2>',
+        "<p>Accepted rows of adverse_events.csv. Related: the event names a study treatment and its causality "
+        "is one that <code>mappings/terminology/adverse_events.yaml</code> (<code>related_causality</code>) counts "
+        "as related; an event related to both treatments counts under each. Labels: "
+        "<code>mappings/report/report.yaml</code>.</p>",
+    ]
+    caveat = summary.caveat()
+    if caveat is not None:
+        parts.append(f'<p class="prelim-note"><b>Not final.</b> {escape(caveat)}.</p>')
+    if summary.absent is None:
+        mark = "" if summary.final else ' class="prelim" title="preliminary: computed without some input"'
+        parts += [
+            _counts(f"By grade (all {summary.events} events)", summary.by_grade, "events", mark),
+            _counts("By seriousness", summary.by_seriousness, "events", mark),
+            _counts("By relatedness", summary.by_relatedness, "events", mark),
+            _counts(f"Subjects (of {summary.subjects})", summary.per_subject, "subjects", mark),
+        ]
+    parts.append(
+        f"<figure>{figure.img()}<figcaption>Adverse events by grade (serious ones darker) and relatedness, and "
+        "subjects with each kind of event.</figcaption></figure>"
+    )
     return parts
 
 

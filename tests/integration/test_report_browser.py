@@ -52,7 +52,7 @@ def test_report_renders_in_chromium(chromium: Path, subset: Callable[..., Path],
 
     data, _ = load_trial(subset(3))
     result = write_report(TrialSource.loaded(data), tmp_path / "report.html")
-    assert len(result.figures) == 3 + 2  # three subjects, change from baseline, renal response
+    assert len(result.figures) == 3 + 3  # three subjects, change from baseline, renal response, adverse events
 
     console_errors: list[str] = []
     failed: list[str] = []
