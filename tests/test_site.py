@@ -298,4 +298,6 @@ class TestSiteCommands:
         exported = Settings.from_mappings(target)
         assert exported.pack.root == target.resolve()
         assert exported.pack.project == Settings.default().pack.project
-        assert runner.invoke(app, ["mappings", "export", str(target)]).exit_code == 2
+        assert runner.invoke(app, ["mappings", "export", str(target)]).exit_code == 2  # not empty: refused
+        (tmp_path / "empty").mkdir()
+        assert runner.invoke(app, ["mappings", "export", str(tmp_path / "empty")]).exit_code == 0

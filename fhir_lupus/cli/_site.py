@@ -68,16 +68,17 @@ def site_check(
 @mappings_app.command("export")
 def mappings_export(
     directory: Annotated[
-        Path, typer.Argument(help="Directory to copy the mappings into (must not exist).", show_default=False)
+        Path, typer.Argument(help="Directory to copy the mappings into (new, or empty).", show_default=False)
     ],
     mappings: Mappings = None,
 ) -> None:
     """Copy the bundled mappings (or --mappings DIR) to DIRECTORY, to edit and use with --mappings DIRECTORY."""
     source = load_pack(mappings).root
-    if directory.exists():
-        fail(ValueError(f"{directory} exists; name a new directory"))
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        fail(ValueError(f"{directory} exists and is not an empty directory; name a new one"))
     try:
-        shutil.copytree(source, directory, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(source, directory, ignore=ignore, dirs_exist_ok=True)
     except OSError as exc:
         fail(ValueError(f"{directory}: cannot copy the mappings: {exc.strerror or exc}"))
     count = sum(1 for path in directory.rglob("*") if path.is_file())

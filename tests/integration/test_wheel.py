@@ -229,3 +229,21 @@ def test_the_lean_install_validates_and_names_the_extra_for_report(lean: Install
     assert done.returncode == 2, done.stderr
     assert "pip install 'fhir-lupus[report]'" in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr and list(lean.cwd.iterdir()) == []
+
+
+def test_site_init_and_the_placeholder_refusal_from_the_wheel(installed: Installed) -> None:
+    """A new site starts from `site init`; until its placeholders are replaced, a real server is refused before
+    the trial is read or any request is made (the host is `.invalid`: a request could not even resolve)."""
+    _check(installed.run("fhir-lupus", "site", "init", "conf"))
+    profile = installed.cwd / "conf" / "site.yaml"
+    assert "EDIT" in profile.read_text(encoding="utf-8")
+    checked = installed.run("fhir-lupus", "site", "check", str(profile))
+    assert checked.returncode == 1 and "placeholders" in checked.stderr, checked.stderr
+    for site in ([], ["--site", str(profile)]):
+        done = installed.run("fhir-lupus", "push", str(EXAMPLE), "--server", "https://hospital.invalid/fhir", *site)
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 2, said
+        assert "refused" in said and "identifier_systems.mrn" in said and "Traceback" not in said
+        assert "Rows" not in said  # refused before the trial was read
+    exported = _check(installed.run("fhir-lupus", "mappings", "export", "exported"))
+    assert "copied" in exported.stderr and (installed.cwd / "exported" / "site" / "example-site.yaml").is_file()
