@@ -87,10 +87,10 @@ def submit_package(
     the mapping pack whose matching rules find them on the server (default: ``Settings.default()``)."""
     package = read_package(directory)
     release = package.manifest["fhir_version"]
-    version = server_fhir_version(client)
-    if FHIR_RELEASES[version] != release:
-        raise UnsupportedInteraction(f"the package is FHIR {release}, the server speaks {FHIR_RELEASES[version]}")
-    try:
+    try:  # the first request too: an attempt that fails on it is in the trail
+        version = server_fhir_version(client)
+        if FHIR_RELEASES[version] != release:
+            raise UnsupportedInteraction(f"the package is FHIR {release}, the server speaks {FHIR_RELEASES[version]}")
         report = push_resources(
             package.resources,
             client,
