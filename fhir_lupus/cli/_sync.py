@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, cast, get_args
@@ -19,18 +20,20 @@ from fhir_lupus.cli._common import (
     Mappings,
     Quarantine,
     StrictValidation,
-    console,
+    check_trial,
     exit_on_rejects,
     fail,
-    load_checked,
     open_journal,
+    open_trial,
     report_load,
     settings_of,
 )
 from fhir_lupus.cli._connection import connection_options, open_client
 from fhir_lupus.cli._exit import stop
-from fhir_lupus.client import Connection, ExportStatus, WriteStrategy
+from fhir_lupus.cli._output import console, listed, outcome, verbose
+from fhir_lupus.client import Connection, ExportStatus, FhirClient, WriteStrategy
 from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, BulkOptions, Level, PulledLab, PullResult, pull_study
 from fhir_lupus.push import (
@@ -40,7 +43,10 @@ from fhir_lupus.push import (
     PushReport,
     dry_run_trial,
     push_trial,
+    reach_server,
+    server_fhir_version,
 )
+from fhir_lupus.settings import Settings
 
 __all__ = ["pull", "push", "render_pull", "render_push"]
 
@@ -91,47 +97,66 @@ def push(
     mappings: Mappings = None,
     strict_validation: StrictValidation = False,
 ) -> None:
-    """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled)."""
+    """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled).
+
+    The server is asked first (its CapabilityStatement), so a wrong URL, TLS or credentials fail before the trial
+    is read; every attempt but a dry run is in the audit trail, also one that fails on that first request."""
     only = _type_list(types, "--types")
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
-    # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
     settings = settings_of(mappings, strict_validation=strict_validation, connection=connection)
-    trial = load_checked(data_dir, settings, "push")
-    with trial:  # the chunks it kept on disk are removed on the way out
+    trial = open_trial(data_dir, settings, "push")  # a needed file missing or empty: exit 2, before any request
+    with trial, open_client(settings) as client, open_journal(journal) as book:  # trial: its spooled chunks go
+        _reach(client, book, settings, audited=not dry_run)
+        # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
+        check_trial(trial)
         report = trial.report
         report_load(report, quarantine, verbose_findings=False)
         exit_on_rejects(report, allow_rejects)
-        with open_client(settings) as client, open_journal(journal) as book:
-            try:
-                if dry_run:
-                    preview = dry_run_trial(
-                        trial, client, journal=book, settings=settings, only_types=only, skip_types=skip
-                    )
-                    render_dry_run(preview, show_diffs)
-                    return
-                with _progress() as bar:
-                    task = bar.add_task("pushing", total=None)
+        try:
+            if dry_run:
+                preview = dry_run_trial(
+                    trial, client, journal=book, settings=settings, only_types=only, skip_types=skip
+                )
+                render_dry_run(preview, show_diffs)
+                return
+            with _progress() as bar:
+                task = bar.add_task("pushing", total=None)
 
-                    def progress(done: int, total: int | None) -> None:
-                        bar.update(task, completed=done, total=total)
+                def progress(done: int, total: int | None) -> None:
+                    bar.update(task, completed=done, total=total)
 
-                    options = PushOptions(
-                        chunk_size=chunk_size,
-                        strategy=strategy,
-                        only_types=only,
-                        skip_types=skip,
-                        concurrency=concurrency,
-                        new_by_id=not conditional_creates,
-                        progress=progress,
-                    )
-                    source = str(data_dir.resolve())
-                    result = push_trial(trial, client, book, source=source, settings=settings, options=options)
-            except FhirLupusError as exc:
-                fail(exc)
+                options = PushOptions(
+                    chunk_size=chunk_size,
+                    strategy=strategy,
+                    only_types=only,
+                    skip_types=skip,
+                    concurrency=concurrency,
+                    new_by_id=not conditional_creates,
+                    progress=progress,
+                )
+                source = str(data_dir.resolve())
+                result = push_trial(trial, client, book, source=source, settings=settings, options=options)
+        except FhirLupusError as exc:
+            fail(exc)
     render_push(result)
     if not result.complete:
         stop("push-incomplete")
+
+
+def _reach(client: FhirClient, journal: Journal, settings: Settings, *, audited: bool) -> None:
+    """The server's FHIR version, before the trial is read (``reach_server``: a failure is audited as a failed
+    push; a dry run, which is never audited, asks the same without)."""
+    started = time.monotonic()
+    try:
+        version = reach_server(client, journal, settings=settings) if audited else server_fhir_version(client)
+    except FhirLupusError as exc:
+        fail(exc)
+    took = (time.monotonic() - started) * 1000
+    if verbose():
+        console.print(
+            f"{client.base_url} speaks FHIR {version} (CapabilityStatement in {took:.0f} ms)", highlight=False
+        )
 
 
 def _type_list(value: str | None, option: str) -> frozenset[str] | None:
@@ -155,7 +180,9 @@ def _strategy(name: str | None) -> WriteStrategy | None:
 
 
 def render_push(result: PushReport, *, limit: int = 20) -> None:
-    console.print(f"push {result.push_id} to {result.server}: {result.summary()}", highlight=False)
+    """The summary and what was not written (shown under -q too: the result and its errors), warnings and
+    routes; ``limit`` problems, all of them under -v."""
+    outcome.print(f"push {result.push_id} to {result.server}: {result.summary()}", highlight=False)
     if result.written == 0 and not result.problems:
         console.print("nothing changed since the last push: nothing was sent")
     for route in result.routes.values():
@@ -168,22 +195,22 @@ def render_push(result: PushReport, *, limit: int = 20) -> None:
     for reference in result.earlier_provenance:
         console.print(f"provenance of an earlier push: {reference}")
     for missing in result.provenance_missing:
-        console.print(f"[red]provenance missing[/red] {missing}", highlight=False)
+        outcome.print(f"[red]provenance missing[/red] {missing}", highlight=False)
     shown = [p for p in result.problems if p.kind != "skipped"]
-    for problem in shown[:limit]:
-        console.print(
+    for problem in shown[: listed(limit)]:
+        outcome.print(
             f"[red]{problem.kind}[/red] {problem.resource_type} {problem.business_key}: "
             f"{problem.reason}" + (f" (server ids: {', '.join(problem.server_ids)})" if problem.server_ids else ""),
             highlight=False,
         )
-    if len(shown) > limit:
-        console.print(f"... and {len(shown) - limit} more not written (see the summary counts)")
+    if len(shown) > len(shown[: listed(limit)]):
+        outcome.print(f"... and {len(shown) - limit} more not written (see the summary counts; -v lists them)")
 
 
 def render_dry_run(report: DryRunReport, show: int) -> None:
     counts = report.counts
     actions = ("create", "update", "unchanged", "conflict", "held-back", "skipped")
-    console.print("dry run (nothing written): " + ", ".join(f"{counts.get(action, 0)} {action}" for action in actions))
+    outcome.print("dry run (nothing written): " + ", ".join(f"{counts.get(action, 0)} {action}" for action in actions))
     for warning in report.warnings:
         console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
     for item in [i for i in report.items if i.action == "conflict"]:
@@ -305,7 +332,7 @@ def _show_poll(status: ExportStatus) -> None:
 
 def render_pull(result: PullResult, *, limit: int = 20) -> None:
     rows, unmapped = result.outputs or (None, None)
-    console.print(
+    outcome.print(
         f"pulled {len(result.rows)} new or changed lab rows of {result.subjects} subjects "
         f"({result.outside_windows} outside every visit window; {result.unchanged} fetched again unchanged); "
         f"{result.total_rows} rows in {rows}",
@@ -322,14 +349,14 @@ def render_pull(result: PullResult, *, limit: int = 20) -> None:
             "their labs are not pulled (mappings/fhir/lifecycle.yaml enrolled)",
             highlight=False,
         )
-    for removal in result.removed[:limit]:
+    for removal in result.removed[: listed(limit)]:
         console.print(
             f"[yellow]removed[/yellow] row {removal.result_id or removal.observation_id} of {removal.subject_id} "
             f"(Observation/{removal.observation_id}): {removal.reason}",
             highlight=False,
         )
-    if len(result.removed) > limit:
-        console.print(f"... and {len(result.removed) - limit} more rows removed")
+    if len(result.removed) > len(result.removed[: listed(limit)]):
+        console.print(f"... and {len(result.removed) - limit} more rows removed (-v lists them)")
     for note in result.fallbacks:
         console.print(f"[yellow]note[/yellow] {note}", highlight=False)
     if (export := result.bulk) is not None:
