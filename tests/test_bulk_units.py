@@ -484,6 +484,24 @@ def test_the_cli_pulls_through_an_export_and_asks_the_lab_filters_when_told(
     assert level.exit_code == 2 and "--bulk-level must be one of patient, group, system" in level.output
 
 
+def test_the_cli_exits_6_with_the_server_s_words_when_the_server_fails_the_export(
+    exporter: Exporter, pushed: TrialData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export the server failed (its status answers 500 with an OperationOutcome, after retries) is a server
+    failure, exit 6 (issue 22: it was 2, our own error), one message, no traceback."""
+    from typer.testing import CliRunner
+
+    from fhir_lupus.cli import app
+
+    failed = {"resourceType": "OperationOutcome", "issue": [{"severity": "fatal", "diagnostics": "export job failed"}]}
+    exporter._status = lambda request: httpx.Response(500, json=failed)  # type: ignore[method-assign]
+    monkeypatch.setattr(RetryPolicy, "backoff", lambda self, attempt: 0.0)  # the retries, without their waits
+    command = ["pull", "--server", BASE, "-o", str(tmp_path / "labs.csv"), "--journal", str(tmp_path / "j.sqlite")]
+    result = CliRunner().invoke(app, [*command, "--bulk"])
+    assert result.exit_code == 6, result.output
+    assert "export job failed" in result.output and "Traceback" not in result.output
+
+
 def test_a_study_without_enrolled_subjects_asks_no_export(
     exporter: Exporter, pushed: TrialData, tmp_path: Path
 ) -> None:

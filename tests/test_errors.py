@@ -235,16 +235,18 @@ class TestExitCodes:
         ("error", "code"),
         [
             (errors.AuthenticationRefused("refused"), 4),
-            (errors.FhirHttpError("x"), 1),
-            (errors.TransientHttpError("x"), 1),
-            (errors.TooLarge("x"), 1),
-            (errors.InvalidResponse("x"), 1),
-            (errors.UnsupportedInteraction("x"), 1),
+            # issue 22 redefined these: a server or network failure is 6, no longer 1 (or 2)
+            (errors.FhirHttpError("x"), 6),
+            (errors.TransientHttpError("x"), 6),
+            (errors.TooLarge("x"), 6),
+            (errors.InvalidResponse("x"), 6),
+            (errors.UnsupportedInteraction("x"), 6),
+            (errors.BulkExportError("x"), 6),
+            (errors.RouteRefused("Patient", "identifier", "x"), 6),
             (errors.RejectedRows(3), 1),
             (errors.FhirLupusError("x"), 2),
             (errors.MappingError("x"), 2),
             (errors.InputError("f.csv", 2, "unit", "x"), 2),
-            (errors.RouteRefused("Patient", "identifier", "x"), 2),
             (errors.CheckoutMissing("x"), 2),
             (errors.SparkUnavailable("x"), 2),
             (ValueError("--smart-alg must be RS384 or ES384"), 2),
@@ -264,7 +266,7 @@ class TestExitCodes:
         ("result", "code"),
         [
             ("rows-rejected", 1),
-            ("push-incomplete", 1),
+            ("push-incomplete", 5),  # issue 22: an incomplete write is 5, no longer 1
             ("package-invalid", 1),
             ("round-trip-different", 1),
             ("audit-tampered", 1),

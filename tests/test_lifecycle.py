@@ -446,7 +446,7 @@ def test_pull_skips_research_subjects_that_are_not_enrolled(
 
 
 def test_pull_tells_how_many_it_skipped(capsys: pytest.CaptureFixture[str]) -> None:
-    from fhir_lupus.cli._sync import render_pull
+    from fhir_lupus.cli._sync_report import render_pull
     from fhir_lupus.pull._runner import PullResult
 
     render_pull(PullResult(subjects=2, skipped_subjects={"eligible": 1, "ineligible": 2}))

@@ -211,15 +211,21 @@ CONNECTION_OPTIONS = (
 
 
 def _options(command: list[str]) -> dict[str, str]:
-    """Each connection option of ``command``'s --help, with the help text and default that follow it."""
+    """Each connection option of ``command``'s --help, with the help text and default that follow it (the lines
+    it is wrapped over joined: the help wraps to the terminal's width)."""
     result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "400", "TERM": "dumb"})
     assert result.exit_code == 0, result.output
-    lines = [" ".join(line.replace("│", " ").split()) for line in result.output.splitlines()]
+    entries: list[str] = []
+    for line in result.output.splitlines():
+        if re.match(r"\s{2}(\* )?-", line) or not entries or not line.startswith("   "):
+            entries.append(line)
+        else:
+            entries[-1] += " " + line
     found = {}
-    for line in lines:
+    for entry in (" ".join(entry.replace("│", " ").split()) for entry in entries):
         for option in CONNECTION_OPTIONS:
-            if re.match(rf"(\* )?{option}\b", line):
-                found[option] = line
+            if re.match(rf"(\* )?{option}\b", entry):
+                found[option] = entry
     return found
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fakefhir
 import pytest
 from support import example_subset
 from typer.testing import CliRunner
@@ -302,7 +303,7 @@ def test_cli_strict_validation_writes_the_same_bundle(dataset: Callable[..., Pat
 
 
 def test_cli_strict_validation_reaches_push_and_registry_package(
-    dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: Any
 ) -> None:
     seen: list[str] = []
 
@@ -321,7 +322,8 @@ def test_cli_strict_validation_reaches_push_and_registry_package(
     key.chmod(0o600)
     data_dir = dataset()
     for extra in ([], ["--strict-validation"]):
-        server = ["--server", "http://127.0.0.1:9/fhir", "--journal", str(tmp_path / "journal.sqlite")]
+        # a server that answers (the fake): push asks it first, before it reads the trial (issue 22)
+        server = ["--server", fakefhir.BASE, "--journal", str(tmp_path / "journal.sqlite")]
         CliRunner().invoke(app, ["push", str(data_dir), *server, *extra])
         package = ["registry", "package", str(data_dir), "-o", str(tmp_path / "pkg"), "--key-file", str(key)]
         CliRunner().invoke(app, [*package, *extra])

@@ -1,8 +1,9 @@
 """``fhir-lupus audit verify`` and ``fhir-lupus audit show``: the hash-chained audit trail (fhir_lupus.audit).
 
-Exit codes of ``verify``: 0 the chain is intact; 1 tampered (an entry edited, removed, replaced or
-reordered); 2 the log or journal cannot be read; 3 intact except a torn last line (an append killed
-mid-write: not tampering, but the last push or pull may be missing from the trail).
+Exit codes of ``verify`` (cli/_exit.py): 0 the chain is intact; 1 tampered (an entry edited, removed, replaced
+or reordered); 2 the log or journal cannot be read; 3 intact except a torn last line (an append killed
+mid-write: not tampering, but the last push or pull may be missing from the trail). ``show`` prints the entries
+as a table, or in full as CSV or JSON (``--format``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import typer
 from rich.table import Table
 
 from fhir_lupus.audit import default_audit_path, read_entries, verify
-from fhir_lupus.cli._common import DEFAULT_JOURNAL, JournalPath, console, fail
+from fhir_lupus.cli._common import DEFAULT_JOURNAL, JournalPath, fail
 from fhir_lupus.cli._exit import stop
+from fhir_lupus.cli._output import Format, FormatOption, console, emit_csv, emit_json, outcome, result_console
 from fhir_lupus.journal import Journal
 
 __all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verify and show the audit trail.")
+SHOWN = ("seq", "ts", "actor", "kind", "server", "outcome", "counts", "content_hash")
 
 LogArgument = Annotated[
     Path | None,
@@ -67,18 +70,18 @@ def verify_command(
     for note in report.notes:
         console.print(f"[yellow]note[/yellow] {note}", highlight=False)
     for problem in report.problems:
-        console.print(f"[red]tampered[/red] {problem}", highlight=False)
+        outcome.print(f"[red]tampered[/red] {problem}", highlight=False)
     if report.status == "tampered":
-        console.print(f"[red]{report.summary()}[/red]", highlight=False)
+        outcome.print(f"[red]{report.summary()}[/red]", highlight=False)
         stop("audit-tampered")
     if report.status == "torn":
-        console.print(
+        outcome.print(
             f"[yellow]{report.summary()}[/yellow]: an append was killed mid-write; this is not tampering, "
             "but the last push or pull may be missing from the trail (the next append acknowledges the fragment)",
             highlight=False,
         )
         stop("audit-torn")
-    console.print(report.summary(), highlight=False)
+    outcome.print(report.summary(), highlight=False)
 
 
 @app.command("show")
@@ -86,7 +89,10 @@ def show_command(
     log: LogArgument = None,
     journal: JournalPath = DEFAULT_JOURNAL,
     last: Annotated[int, typer.Option("--last", "-n", min=1, help="Show the last N entries.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the entries as JSON Lines.")] = False,
+    output_format: FormatOption = Format.table,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the entries as JSON Lines, one as the log stores it a line.")
+    ] = False,
 ) -> None:
     """The last entries of the audit log (who, when, what, where, counts); ``verify`` judges them."""
     path = _log_path(log, journal)
@@ -98,19 +104,24 @@ def show_command(
         for entry in entries:
             typer.echo(json.dumps(entry, ensure_ascii=False, sort_keys=True))
         return
+    if output_format is Format.json:
+        emit_json(entries)
+        return
+    rows = [[_cell(entry, column) for column in SHOWN] for entry in entries]
+    if output_format is Format.csv:
+        emit_csv(SHOWN, rows)
+        return
     table = Table(title=str(path), title_justify="left")
     for column in ("seq", "time (UTC)", "actor", "kind", "server", "outcome", "counts", "content hash"):
         table.add_column(column, justify="right" if column == "seq" else "left")
-    for entry in entries:
-        counts = ", ".join(f"{k} {v}" for k, v in (entry.get("counts") or {}).items() if v)
-        table.add_row(
-            str(entry.get("seq")),
-            str(entry.get("ts")),
-            str(entry.get("actor")),
-            str(entry.get("kind")),
-            str(entry.get("server")),
-            str(entry.get("outcome")),
-            counts,
-            str(entry.get("content_hash", ""))[:16],
-        )
-    console.print(table)
+    for row in rows:
+        table.add_row(*row[:-1], row[-1][:16])  # the hash's head: enough to tell entries apart (csv, json: whole)
+    result_console().print(table)
+
+
+def _cell(entry: dict[str, object], column: str) -> str:
+    """An entry's field as one cell: counts as ``name value`` pairs (those that are not 0)."""
+    value = entry.get(column)
+    if column == "counts" and isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items() if v)
+    return "" if value is None else str(value)

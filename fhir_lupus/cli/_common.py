@@ -1,19 +1,20 @@
-"""What the command groups share: the console, common options, the ``Settings`` of a command (``settings_of``,
-the one place they are made), summaries, and ``fail`` (an error printed, and the exit code cli/_exit.py gives
-it)."""
+"""What the command groups share: the consoles (cli/_output.py), common options, the ``Settings`` of a command
+(``settings_of``, the one place they are made), summaries, and ``fail`` (an error printed, and the exit code
+cli/_exit.py gives it)."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fhir_lupus.cli._exit import exit_code, stop
+from fhir_lupus.cli._output import console, outcome, verbose
 from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.journal import Journal
@@ -21,8 +22,6 @@ from fhir_lupus.model import LoadReport, write_quarantine
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import Validation
-
-console = Console(stderr=True, soft_wrap=True)  # messages stay one grep-able line each
 
 DataDir = Annotated[Path, typer.Argument(help="Trial data directory (docs/csv-layout.md).", show_default=False)]
 Quarantine = Annotated[
@@ -92,24 +91,33 @@ def open_trial(data_dir: Path, settings: Settings, command: str) -> TrialSource:
 def load(data_dir: Path, settings: Settings, command: str) -> TrialSource:
     """``open_trial``, then the whole trial loaded (``TrialSource.whole``): its report holds the screening
     queries too."""
-    trial = open_trial(data_dir, settings, command)
+    trial, started = open_trial(data_dir, settings, command), time.monotonic()
     try:
         trial.whole()
     except FhirLupusError as exc:
         fail(exc)
+    _note_read(data_dir, started)
     return trial
 
 
-def load_checked(data_dir: Path, settings: Settings, command: str) -> TrialSource:
-    """``open_trial``, then every chunk of subjects read and checked (``TrialSource.check``), as ``load`` does:
-    the report holds every reject before anything is sent, and the command replays the chunks it kept."""
-    trial = open_trial(data_dir, settings, command)
+def check_trial(trial: TrialSource) -> TrialSource:
+    """Every chunk of subjects of ``trial`` (``open_trial``'s) read and checked (``TrialSource.check``), as
+    ``load`` does: the report holds every reject before anything is sent, and the command replays the chunks it
+    kept. Push opens the trial (its files are there), asks the server, and only then reads it through this."""
+    started = time.monotonic()
     try:
         trial.check()
     except FhirLupusError as exc:
         trial.close()
         fail(exc)
+    if trial.data_dir is not None:
+        _note_read(trial.data_dir, started)
     return trial
+
+
+def _note_read(data_dir: Path, started: float) -> None:
+    if verbose():
+        console.print(f"read and checked {data_dir} in {time.monotonic() - started:.1f} s", highlight=False)
 
 
 def print_rows(report: LoadReport) -> None:
@@ -147,7 +155,7 @@ def report_load(report: LoadReport, quarantine: Path | None, *, verbose_findings
                 highlight=False,
             )
     for reject in report.rejects:
-        console.print(f"[red]rejected[/red] {reject}", highlight=False)
+        outcome.print(f"[red]rejected[/red] {reject}", highlight=False)  # an error: shown under -q too
     if quarantine is not None and report.rejects:
         for path in write_quarantine(report.rejects, quarantine):
             console.print(f"quarantined rows in {path}")
@@ -167,7 +175,7 @@ def exit_on_rejects(report: LoadReport, allow_rejects: bool, *, written: str = "
     """Exit 1 when rows were rejected, unless ``allow_rejects``; ``written``: what a publishing command did not
     write because of them."""
     if report.rejects and not allow_rejects:
-        console.print(
+        outcome.print(
             f"[red]{sum(report.rejected.values())} row(s) rejected[/red]"
             + (f": {written} not written" if written else "")
             + " (use --allow-rejects to go on)"
@@ -192,5 +200,5 @@ def refuse_rejects(report: LoadReport, allow_rejects: bool, what: str) -> None:
 
 def fail(exc: Exception) -> NoReturn:
     """Print the error; exit with the code cli/_exit.py gives its class."""
-    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # "fhir_lupus[spark]" stays as written
+    outcome.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # "fhir_lupus[spark]" stays as written
     raise typer.Exit(exit_code(exc))

@@ -10,10 +10,11 @@ import typer
 from rich.markup import escape
 
 from fhir_lupus import devserver
-from fhir_lupus.cli._common import console, fail, load, print_rows
+from fhir_lupus.cli._common import fail, load, print_rows
 from fhir_lupus.cli._connection import open_client
 from fhir_lupus.cli._exit import stop
-from fhir_lupus.cli._sync import render_push, subject_table
+from fhir_lupus.cli._output import console, outcome
+from fhir_lupus.cli._sync_report import render_push, subject_table
 from fhir_lupus.client import Connection
 from fhir_lupus.errors import ExtraMissing, FhirLupusError
 from fhir_lupus.journal import Journal
@@ -90,7 +91,7 @@ def demo(
         f"{len(pulled.unmapped)} not in the catalogue) into {out / 'labs.csv'}"
     )
     verdict = "[green]identical[/green]" if trip.exact else "[red]DIFFERENT[/red]"
-    console.print(
+    outcome.print(
         f"round trip: {trip.matched} of {len(data.labs) + len(data.treg)} lab and Treg values {verdict} "
         "after unit normalisation "
         f"({len(trip.missing)} missing, {len(trip.different)} different, {len(trip.extra)} extra)"

@@ -17,7 +17,6 @@ from fhir_lupus.cli._common import (
     Quarantine,
     SiteFile,
     StrictValidation,
-    console,
     exit_on_rejects,
     fail,
     load,
@@ -25,6 +24,7 @@ from fhir_lupus.cli._common import (
     report_load,
     settings_of,
 )
+from fhir_lupus.cli._output import PIPE_WIDTH, console, outcome
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.model import LoadReport, QueryLog, load_check_rules, track_queries, write_queries
 from fhir_lupus.pipeline import refuse_rejected, stream_trial
@@ -51,8 +51,8 @@ def validate(
         Path | None,
         typer.Option(
             "--queries",
-            help="Write every open query (implausible values, missing data, ...) as CSV for the site; answers go "
-            "in the data directory's query_responses.csv.",
+            help="Write every open query (implausible values, missing data and the like) as CSV for the site; "
+            "answers go in the data directory's query_responses.csv.",
         ),
     ] = None,
     allow_rejects: AllowRejects = False,
@@ -77,6 +77,8 @@ def validate(
         except OSError as exc:
             fail(ValueError(f"--queries {queries}: {exc.strerror or exc}"))
         console.print(f"wrote {written} open queries to {queries}", highlight=False)
+    rejected, read = sum(report.rejected.values()), sum(report.read.values())
+    outcome.print(f"{data_dir}: {read} rows read, {rejected} rejected; open queries: {len(log.open)}", highlight=False)
     exit_on_rejects(report, allow_rejects)
 
 
@@ -103,7 +105,7 @@ def _print_check_counts(report: LoadReport, log: QueryLog, settings: Settings) -
         )
     for check, counts in sorted(rows.items(), key=lambda item: (severities.get(item[0], ""), item[0])):
         table.add_row(check, severities.get(check, "reject"), *(str(n) if n else "" for n in counts))
-    (console if console.is_terminal else Console(stderr=True, width=160)).print(table)  # piped: whole lines
+    (console if console.is_terminal else Console(stderr=True, width=PIPE_WIDTH, quiet=console.quiet)).print(table)
     if log.resolved:
         console.print(f"{len(log.resolved)} answered queries are no longer raised (corrected in the data)")
 
@@ -146,5 +148,5 @@ def map_command(
     console.print(f"wrote {output}")
     report_load(report, quarantine)
     listed = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
-    console.print(f"mapped FHIR {fhir_version.value}: {sum(counts.values())} resources ({listed})")
+    outcome.print(f"mapped FHIR {fhir_version.value}: {sum(counts.values())} resources ({listed}) -> {output}")
     exit_on_rejects(report, allow_rejects)

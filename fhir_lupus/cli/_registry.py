@@ -16,7 +16,6 @@ from fhir_lupus.cli._common import (
     Quarantine,
     SiteFile,
     StrictValidation,
-    console,
     exit_on_rejects,
     fail,
     open_journal,
@@ -27,7 +26,8 @@ from fhir_lupus.cli._common import (
 from fhir_lupus.cli._connection import connection_options, open_client
 from fhir_lupus.cli._exit import stop
 from fhir_lupus.cli._mapping import FhirVersionOption
-from fhir_lupus.cli._sync import render_push
+from fhir_lupus.cli._output import console, listed, outcome
+from fhir_lupus.cli._sync_report import render_push
 from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.registry import (
@@ -42,6 +42,7 @@ from fhir_lupus.registry import (
 __all__ = ["registry_app"]
 
 registry_app = typer.Typer(
+    add_completion=False,
     no_args_is_help=True,
     help="De-identified registry packages of the enrolled subjects (mappings/registry/), and their submission.",
 )
@@ -92,7 +93,7 @@ def package_command(
         fail(exc)
     report_load(report, quarantine, verbose_findings=False)
     counts = ", ".join(f"{name} {count}" for name, count in sorted(result.counts.items()))
-    console.print(
+    outcome.print(
         f"wrote {output}: {result.manifest['resources']} resources of {result.manifest['subjects']} subjects "
         f"({counts}); key id {key.key_id}",
         highlight=False,
@@ -100,11 +101,11 @@ def package_command(
     if result.excluded:
         console.print(f"left out {result.excluded} resources of subjects who are not enrolled")
     console.print(f"link table (keep it at the site): {result.link_table}")
-    for problem in result.problems[:20]:
-        console.print(f"[red]invalid[/red] {problem['resource']}: {problem['problem']}", highlight=False)
+    for problem in result.problems[: listed(20)]:
+        outcome.print(f"[red]invalid[/red] {problem['resource']}: {problem['problem']}", highlight=False)
     exit_on_rejects(report, allow_rejects)
     if result.problems:
-        console.print(f"[red]{len(result.problems)} resource(s) do not validate[/red] (validation.json)")
+        outcome.print(f"[red]{len(result.problems)} resource(s) do not validate[/red] (validation.json)")
         stop("package-invalid")
 
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, console, fail, load, refuse_rejects, settings_of
+from fhir_lupus.cli._common import AllowRejects, DataDir, Mappings, fail, load, refuse_rejects, settings_of
+from fhir_lupus.cli._output import console
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.report import require_plotting, write_report
 

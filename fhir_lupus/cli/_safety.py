@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,13 +13,13 @@ from fhir_lupus.cli._common import (
     AllowRejects,
     DataDir,
     Mappings,
-    console,
     exit_on_rejects,
     fail,
     load,
     print_rows,
     settings_of,
 )
+from fhir_lupus.cli._output import Format, FormatOption, emit_csv, emit_json, outcome, result_console
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.study import SafetySummary, summarise_safety, write_summary_csv
 from fhir_lupus.terminology import load_adverse_event_terms
@@ -30,9 +30,16 @@ CsvOut = Annotated[Path | None, typer.Option("--csv", help="Also write the count
 
 
 def safety(
-    data_dir: DataDir, csv: CsvOut = None, allow_rejects: AllowRejects = False, mappings: Mappings = None
+    data_dir: DataDir,
+    csv: CsvOut = None,
+    output_format: FormatOption = Format.table,
+    allow_rejects: AllowRejects = False,
+    mappings: Mappings = None,
 ) -> None:
-    """Adverse events by grade, seriousness and relatedness, per subject, and the serious events."""
+    """Adverse events by grade, seriousness and relatedness, per subject, and the serious events.
+
+    The result goes to standard output: tables, or with --format csv the counts (dimension, value, events) and
+    with --format json everything, in full, for a program."""
     settings = settings_of(mappings)
     trial = load(data_dir, settings, "safety")
     data, report = trial.whole(), trial.report
@@ -44,15 +51,40 @@ def safety(
     if report.rejects:
         print_rows(report)
         for reject in report.rejects:
-            console.print(f"[red]rejected[/red] {reject}", highlight=False)
-    out = Console()
-    _render(summary, out if out.is_terminal else Console(width=160))  # a file or pipe gets whole lines
+            outcome.print(f"[red]rejected[/red] {reject}", highlight=False)
+    if output_format is Format.json:
+        emit_json(_document(summary))
+    elif output_format is Format.csv:
+        emit_csv(("dimension", "value", "events"), ([r["dimension"], r["value"], r["events"]] for r in summary.rows()))
+    else:
+        _render(summary, result_console())
     if csv is not None:
         try:
             write_summary_csv(summary, csv)
         except OSError as exc:
             fail(exc)
     exit_on_rejects(report, allow_rejects)
+
+
+def _document(summary: SafetySummary) -> dict[str, Any]:
+    """The whole summary as JSON: the counts, each subject's, and every serious event with all its fields."""
+    return {
+        "events": summary.events,
+        "by_grade": {str(grade): count for grade, count in summary.by_grade.items()},
+        "by_seriousness": summary.by_seriousness,
+        "by_relatedness": summary.by_relatedness,
+        "by_causality": summary.by_causality,
+        "per_subject": {
+            subject_id: {
+                "events": subject.events,
+                "serious": subject.serious,
+                "max_grade": subject.max_grade,
+                "related": dict(sorted(subject.related.items())),
+            }
+            for subject_id, subject in summary.per_subject.items()
+        },
+        "serious_events": [event.model_dump(mode="json") for event in summary.serious_events],
+    }
 
 
 def _render(summary: SafetySummary, out: Console) -> None:

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import Mappings, console, fail, settings_of
+from fhir_lupus.cli._common import Mappings, fail, settings_of
 from fhir_lupus.cli._exit import stop
+from fhir_lupus.cli._output import console, outcome
 from fhir_lupus.terminology import SITE_TEMPLATE, load_pack, placeholders
 
 __all__ = ["mappings_app", "site_app"]
@@ -39,7 +40,7 @@ def site_init(
         shutil.copyfile(template, target)
     except OSError as exc:
         fail(ValueError(f"{target}: cannot write the profile: {exc.strerror or exc}"))
-    console.print(f"wrote {target}", highlight=False)
+    outcome.print(f"wrote {target}", highlight=False)
     console.print(
         "next: edit every line marked EDIT (the hospital's MRN system, your canonical base, organisation and "
         f"location), run `fhir-lupus site check {target}`, then pass --site {target} to push",
@@ -57,12 +58,12 @@ def site_check(
     settings = settings_of(mappings, site=profile)
     systems = settings.pack.site_systems(derived=True)
     for name, value in systems.items():
-        console.print(f"{name}: {value}", highlight=False, markup=False)
+        outcome.print(f"{name}: {value}", highlight=False, markup=False)
     found = placeholders(settings.pack.site_systems())
     if found:
-        console.print(f"[red]placeholders[/red]: {', '.join(found)}", highlight=False)
+        outcome.print(f"[red]placeholders[/red]: {', '.join(found)}", highlight=False)
         stop("check-failed")
-    console.print(f"{profile}: no placeholder systems; organisation {settings.site.organization.name}", markup=False)
+    outcome.print(f"{profile}: no placeholder systems; organisation {settings.site.organization.name}", markup=False)
 
 
 @mappings_app.command("export")
@@ -82,5 +83,5 @@ def mappings_export(
     except OSError as exc:
         fail(ValueError(f"{directory}: cannot copy the mappings: {exc.strerror or exc}"))
     count = sum(1 for path in directory.rglob("*") if path.is_file())
-    console.print(f"copied {count} files of {source} to {directory}", highlight=False)
+    outcome.print(f"copied {count} files of {source} to {directory}", highlight=False)
     console.print(f"use them with --mappings {directory} (or FHIR_LUPUS_MAPPINGS={directory})", highlight=False)

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from fhir_lupus.cli._common import Mappings, SiteFile, console, fail, settings_of
+from fhir_lupus.cli._common import Mappings, SiteFile, fail, settings_of
+from fhir_lupus.cli._output import console, outcome
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
 from fhir_lupus.pull import PulledLab, UnmappedResult, unmapped_path, write_rows
@@ -74,7 +75,7 @@ def spark_labs_command(
     except FhirLupusError as exc:
         fail(exc)
     outside = sum(1 for r in result.rows if r.window != "in-window")
-    console.print(
+    outcome.print(
         f"{len(result.rows)} lab rows of {result.subjects} subjects ({outside} outside every visit window) -> {rows}",
         highlight=False,
     )

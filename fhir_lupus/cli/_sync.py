@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
 from pathlib import Path
 from typing import Annotated, cast, get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from fhir_lupus.bundle import DEPENDENCY_ORDER
 from fhir_lupus.cli._common import (
@@ -20,30 +19,34 @@ from fhir_lupus.cli._common import (
     Quarantine,
     SiteFile,
     StrictValidation,
-    console,
+    check_trial,
     exit_on_rejects,
     fail,
-    load_checked,
     open_journal,
+    open_trial,
     report_load,
     settings_of,
 )
 from fhir_lupus.cli._connection import connection_options, open_client
 from fhir_lupus.cli._exit import stop
-from fhir_lupus.client import Connection, ExportStatus, WriteStrategy
+from fhir_lupus.cli._output import console, verbose
+from fhir_lupus.cli._sync_report import render_dry_run, render_pull, render_push
+from fhir_lupus.client import Connection, ExportStatus, FhirClient, WriteStrategy
 from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.journal import Journal
 from fhir_lupus.model import load_study
-from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, BulkOptions, Level, PulledLab, PullResult, pull_study
+from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, BulkOptions, Level, pull_study
 from fhir_lupus.push import (
     DEFAULT_CONCURRENCY,
-    DryRunReport,
     PushOptions,
-    PushReport,
     dry_run_trial,
     push_trial,
+    reach_server,
+    server_fhir_version,
 )
+from fhir_lupus.settings import Settings
 
-__all__ = ["pull", "push", "render_pull", "render_push"]
+__all__ = ["pull", "push"]
 
 
 @connection_options
@@ -93,52 +96,71 @@ def push(
     site: SiteFile = None,
     strict_validation: StrictValidation = False,
 ) -> None:
-    """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled)."""
+    """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled).
+
+    The server is asked first (its CapabilityStatement), so a wrong URL, TLS or credentials fail before the trial
+    is read; every attempt but a dry run is in the audit trail, also one that fails on that first request."""
     only = _type_list(types, "--types")
     skip = _type_list(skip_types, "--skip-types") or frozenset()
     strategy = _strategy(write_strategy)
-    # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
     settings = settings_of(mappings, site=site, strict_validation=strict_validation, connection=connection)
-    if not dry_run:  # before any network I/O and before the trial is read: the fix is in the site profile
+    if not dry_run:  # before any I/O and before the trial is read: the fix is in the site profile
         try:
             settings.refuse_placeholders(connection.server, "push")
         except FhirLupusError as exc:
             fail(exc)
-    trial = load_checked(data_dir, settings, "push")
-    with trial:  # the chunks it kept on disk are removed on the way out
+    trial = open_trial(data_dir, settings, "push")  # a needed file missing or empty: exit 2, before any request
+    with trial, open_client(settings) as client, open_journal(journal, in_memory=dry_run) as book:
+        _reach(client, book, settings, audited=not dry_run)
+        # every chunk is read and checked here, before anything is sent; the push replays the chunks the source kept
+        check_trial(trial)
         report = trial.report
         report_load(report, quarantine, verbose_findings=False)
         exit_on_rejects(report, allow_rejects)
-        with open_client(settings) as client, open_journal(journal, in_memory=dry_run) as book:
-            try:
-                if dry_run:
-                    preview = dry_run_trial(
-                        trial, client, journal=book, settings=settings, only_types=only, skip_types=skip
-                    )
-                    render_dry_run(preview, show_diffs)
-                    return
-                with _progress() as bar:
-                    task = bar.add_task("pushing", total=None)
+        try:
+            if dry_run:
+                preview = dry_run_trial(
+                    trial, client, journal=book, settings=settings, only_types=only, skip_types=skip
+                )
+                render_dry_run(preview, show_diffs)
+                return
+            with _progress() as bar:
+                task = bar.add_task("pushing", total=None)
 
-                    def progress(done: int, total: int | None) -> None:
-                        bar.update(task, completed=done, total=total)
+                def progress(done: int, total: int | None) -> None:
+                    bar.update(task, completed=done, total=total)
 
-                    options = PushOptions(
-                        chunk_size=chunk_size,
-                        strategy=strategy,
-                        only_types=only,
-                        skip_types=skip,
-                        concurrency=concurrency,
-                        new_by_id=not conditional_creates,
-                        progress=progress,
-                    )
-                    source = str(data_dir.resolve())
-                    result = push_trial(trial, client, book, source=source, settings=settings, options=options)
-            except FhirLupusError as exc:
-                fail(exc)
+                options = PushOptions(
+                    chunk_size=chunk_size,
+                    strategy=strategy,
+                    only_types=only,
+                    skip_types=skip,
+                    concurrency=concurrency,
+                    new_by_id=not conditional_creates,
+                    progress=progress,
+                )
+                source = str(data_dir.resolve())
+                result = push_trial(trial, client, book, source=source, settings=settings, options=options)
+        except FhirLupusError as exc:
+            fail(exc)
     render_push(result)
     if not result.complete:
         stop("push-incomplete")
+
+
+def _reach(client: FhirClient, journal: Journal, settings: Settings, *, audited: bool) -> None:
+    """The server's FHIR version, before the trial is read (``reach_server``: a failure is audited as a failed
+    push; a dry run, which is never audited, asks the same without)."""
+    started = time.monotonic()
+    try:
+        version = reach_server(client, journal, settings=settings) if audited else server_fhir_version(client)
+    except FhirLupusError as exc:
+        fail(exc)
+    took = (time.monotonic() - started) * 1000
+    if verbose():
+        console.print(
+            f"{client.base_url} speaks FHIR {version} (CapabilityStatement in {took:.0f} ms)", highlight=False
+        )
 
 
 def _type_list(value: str | None, option: str) -> frozenset[str] | None:
@@ -159,52 +181,6 @@ def _strategy(name: str | None) -> WriteStrategy | None:
     if name not in ("transaction", "batch", "individual"):
         fail(ValueError("--write-strategy must be transaction, batch or individual"))
     return cast(WriteStrategy, name)
-
-
-def render_push(result: PushReport, *, limit: int = 20) -> None:
-    console.print(f"push {result.push_id} to {result.server}: {result.summary()}", highlight=False)
-    if result.written == 0 and not result.problems:
-        console.print("nothing changed since the last push: nothing was sent")
-    for route in result.routes.values():
-        if route.skipped or route.lookup != "search" or not route.conditional:
-            console.print(f"route {route.describe()}", highlight=False)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
-    if result.provenance:
-        console.print(f"provenance: {result.provenance}")
-    for reference in result.earlier_provenance:
-        console.print(f"provenance of an earlier push: {reference}")
-    for missing in result.provenance_missing:
-        console.print(f"[red]provenance missing[/red] {missing}", highlight=False)
-    shown = [p for p in result.problems if p.kind != "skipped"]
-    for problem in shown[:limit]:
-        console.print(
-            f"[red]{problem.kind}[/red] {problem.resource_type} {problem.business_key}: "
-            f"{problem.reason}" + (f" (server ids: {', '.join(problem.server_ids)})" if problem.server_ids else ""),
-            highlight=False,
-        )
-    if len(shown) > limit:
-        console.print(f"... and {len(shown) - limit} more not written (see the summary counts)")
-
-
-def render_dry_run(report: DryRunReport, show: int) -> None:
-    counts = report.counts
-    actions = ("create", "update", "unchanged", "conflict", "held-back", "skipped")
-    console.print("dry run (nothing written): " + ", ".join(f"{counts.get(action, 0)} {action}" for action in actions))
-    for warning in report.warnings:
-        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
-    for item in [i for i in report.items if i.action == "conflict"]:
-        console.print(
-            f"[red]conflict[/red] {item.resource_type} {item.business_key}: server ids {', '.join(item.server_ids)}",
-            highlight=False,
-        )
-    for item in [i for i in report.items if i.action == "held-back"][:show]:
-        console.print(f"held back {item.resource_type} {item.business_key}: {item.reason}", highlight=False)
-    for item in [i for i in report.items if i.action == "update"][:show]:
-        console.print(
-            f"update {item.resource_type}/{item.server_ids[0]} ({item.business_key}): {', '.join(item.diffs)}",
-            highlight=False,
-        )
 
 
 @connection_options
@@ -311,46 +287,6 @@ def _show_poll(status: ExportStatus) -> None:
     console.print(f"export in progress: {status.progress or 'no progress given'}{asked}", highlight=False)
 
 
-def render_pull(result: PullResult, *, limit: int = 20) -> None:
-    rows, unmapped = result.outputs or (None, None)
-    console.print(
-        f"pulled {len(result.rows)} new or changed lab rows of {result.subjects} subjects "
-        f"({result.outside_windows} outside every visit window; {result.unchanged} fetched again unchanged); "
-        f"{result.total_rows} rows in {rows}",
-        highlight=False,
-    )
-    console.print(
-        f"{len(result.unmapped)} results set aside in this pull ({result.total_unmapped} in all) -> {unmapped}",
-        highlight=False,
-    )
-    if result.skipped_subjects:
-        by_status = ", ".join(f"{status} {count}" for status, count in result.skipped_subjects.items())
-        console.print(
-            f"skipped {sum(result.skipped_subjects.values())} ResearchSubjects not enrolled ({by_status}): "
-            "their labs are not pulled (mappings/fhir/lifecycle.yaml enrolled)",
-            highlight=False,
-        )
-    for removal in result.removed[:limit]:
-        console.print(
-            f"[yellow]removed[/yellow] row {removal.result_id or removal.observation_id} of {removal.subject_id} "
-            f"(Observation/{removal.observation_id}): {removal.reason}",
-            highlight=False,
-        )
-    if len(result.removed) > limit:
-        console.print(f"... and {len(result.removed) - limit} more rows removed")
-    for note in result.fallbacks:
-        console.print(f"[yellow]note[/yellow] {note}", highlight=False)
-    if (export := result.bulk) is not None:
-        how = "resumed from the journal" if export.resumed else "kicked off"
-        console.print(
-            f"bulk export ({export.level} level, {how}): {export.polls} status request(s), {export.waited:.0f} s "
-            f"waited, {export.files} file(s) ({export.reused_files} from an interrupted run), {export.bytes:,} bytes; "
-            f"{export.others} results of other Patients left out",
-            highlight=False,
-        )
-    console.print(f"since: {result.since or 'the beginning'}; high-water mark now {result.high_water or '-'}")
-
-
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -360,17 +296,3 @@ def _progress() -> Progress:
         console=console,
         transient=True,
     )
-
-
-def subject_table(rows: Iterable[PulledLab]) -> Table:
-    table = Table(title="Pulled labs per subject", title_justify="left")
-    for column in ("subject", "rows", "visits", "outside windows"):
-        table.add_column(column, justify="left" if column == "subject" else "right")
-    subjects: dict[str, list[PulledLab]] = {}
-    for row in rows:
-        subjects.setdefault(row.subject_id, []).append(row)
-    for subject_id, items in sorted(subjects.items()):
-        visits = {row.visit_code for row in items if row.visit_code}
-        outside = sum(1 for row in items if row.window != "in-window")
-        table.add_row(subject_id, str(len(items)), str(len(visits)), str(outside))
-    return table

@@ -28,8 +28,8 @@ from fhir_lupus._scratch import open_private
 from fhir_lupus.client._bulk import NDJSON, ExportManifest, ExportRequest, ExportStatus
 from fhir_lupus.client._capability import Capabilities
 from fhir_lupus.client._classify import classify
-from fhir_lupus.client._errors import error_class, read_error_body
-from fhir_lupus.client._retry import IDEMPOTENT, RetryPolicy, RetryTransport, retry_after_seconds
+from fhir_lupus.client._errors import error_class, read_error_body, transport_failure
+from fhir_lupus.client._retry import FIRST_CONTACT, IDEMPOTENT, RetryPolicy, RetryTransport, retry_after_seconds
 from fhir_lupus.errors import FatalHttpError, FhirHttpError, InvalidResponse, PagingLoopError, TransientHttpError
 
 __all__ = ["FHIR_JSON", "FhirClient", "location_id", "location_version"]
@@ -37,6 +37,7 @@ __all__ = ["FHIR_JSON", "FhirClient", "location_id", "location_version"]
 FHIR_JSON = "application/fhir+json"
 Params = Mapping[str, str | list[str]]
 logger = get_logger(__name__)
+_NOT_A_BASE = "not a FHIR server's base URL: /metadata {}; check the server URL (--server, e.g. https://host/fhir)"
 
 
 def location_id(location: str, resource_type: str) -> str | None:
@@ -59,10 +60,8 @@ def _translated(method: str, url: str) -> Iterator[None]:
     """httpx's exceptions, raised inside the block (also while a streamed body is read), as our error tree."""
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise TransientHttpError(f"timed out ({type(exc).__name__})", method=method, url=url) from None
-    except httpx.TransportError as exc:
-        raise TransientHttpError(f"connection failed: {exc}", method=method, url=url) from None
+    except httpx.TransportError as exc:  # timeouts included
+        raise TransientHttpError(transport_failure(exc, url), method=method, url=url) from None
     except httpx.HTTPError as exc:
         raise FhirHttpError(str(exc), method=method, url=url) from None
 
@@ -138,11 +137,40 @@ class FhirClient:
         a fresh statement and 0.1 s to send its cached one.
         """
         if self._capabilities is None:
-            statement = self._send("GET", "metadata", headers={"Cache-Control": "no-cache"} if fresh else None)
-            if statement.get("resourceType") != "CapabilityStatement":
-                raise InvalidResponse("metadata is not a CapabilityStatement", url=self.base_url + "metadata")
-            self._capabilities = Capabilities.from_statement(statement)
+            self._capabilities = self._statement(fresh=fresh, first_contact=False)
         return self._capabilities
+
+    def reach(self, *, fresh: bool = True) -> Capabilities:
+        """``capabilities`` as a run's first request, asked before any data is loaded: a connection that cannot be
+        made (refused, unknown host, TLS) is not retried, so a wrong URL fails at once with what to check."""
+        if self._capabilities is None:
+            self._capabilities = self._statement(fresh=fresh, first_contact=True)
+        return self._capabilities
+
+    def _statement(self, *, fresh: bool, first_contact: bool) -> Capabilities:
+        """The statement; InvalidResponse saying to check the base URL when /metadata is missing (404) or answers
+        something else than a CapabilityStatement (an HTML page, a 200 that is not JSON)."""
+        url = self.base_url + "metadata"
+        headers = {"Cache-Control": "no-cache"} if fresh else None
+        try:
+            response = self._send_raw("GET", "metadata", headers=headers, first_contact=first_contact)
+        except FatalHttpError as exc:
+            if exc.status != 404:
+                raise
+            raise InvalidResponse(_NOT_A_BASE.format("answered 404"), status=404, method="GET", url=url) from None
+        try:
+            statement = orjson.loads(response.content)
+        except (ValueError, UnicodeDecodeError):
+            snippet = response.content[:80].decode("utf-8", "replace")
+            said = f"answered {response.headers.get('content-type', 'without a content type')}: {snippet!r}"
+            raise InvalidResponse(
+                _NOT_A_BASE.format(said), status=response.status_code, method="GET", url=url
+            ) from None
+        kind = statement.get("resourceType") if isinstance(statement, dict) else None
+        if kind != "CapabilityStatement":
+            said = f"answered {'a ' + str(kind) if kind else 'JSON that is no FHIR resource'}"
+            raise InvalidResponse(_NOT_A_BASE.format(said), status=response.status_code, method="GET", url=url)
+        return Capabilities.from_statement(statement)
 
     def get(self, path: str, params: Params | None = None) -> dict[str, Any]:
         return self._send("GET", path, params=params)
@@ -298,6 +326,7 @@ class FhirClient:
         body: dict[str, Any] | None = None,
         idempotent: bool = False,
         headers: dict[str, str] | None = None,
+        first_contact: bool = False,
     ) -> httpx.Response:
         url = self._url(path)
         content = orjson.dumps(body) if body is not None else None  # UTF-8 bytes; a push's Bundles are megabytes
@@ -310,7 +339,7 @@ class FhirClient:
                 params=params,
                 content=content,
                 headers=request_headers,
-                extensions={IDEMPOTENT: idempotent},
+                extensions={IDEMPOTENT: idempotent, FIRST_CONTACT: first_contact},
             )
         if logger.isEnabledFor(logging.DEBUG):  # the path only, query values redacted; never the bodies
             where = redact_url(str(response.url)).removeprefix(self.base_url.rstrip("/"))

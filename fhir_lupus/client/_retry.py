@@ -7,6 +7,9 @@ transport errors (connect, read, timeouts) and what ``classify`` calls transient
 only mean the server lost a lock or version race (HAPI answers 409 when its database times out on a lock),
 and the conditional write is re-evaluated. The body is not read to decide: the status alone says it.
 Delays grow exponentially with full jitter and honour Retry-After (seconds or HTTP date), capped.
+A request marked ``FIRST_CONTACT`` (``FhirClient.reach``: a run's first request) is not sent again when no
+connection could be made: nothing is under way yet, and a wrong URL should fail at once, not after the back-off.
+Each retry is logged at INFO (``fhir-lupus -v`` shows them).
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from fhir_lupus._logredact import get_logger, redact_url
 from fhir_lupus.client._classify import classify
 
-__all__ = ["IDEMPOTENT", "RetryPolicy", "RetryTransport", "retry_after_seconds", "retryable"]
+__all__ = ["FIRST_CONTACT", "IDEMPOTENT", "RetryPolicy", "RetryTransport", "retry_after_seconds", "retryable"]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 IDEMPOTENT = "fhir_lupus.idempotent"  # request extension: True when a POST may be repeated safely
+FIRST_CONTACT = "fhir_lupus.first_contact"  # request extension: True when no connection means a wrong URL
+logger = get_logger(__name__)
 
 
 def retryable(response: httpx.Response, request: httpx.Request) -> bool:
@@ -73,15 +79,17 @@ class RetryTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         safe = request.method in SAFE_METHODS or bool(request.extensions.get(IDEMPOTENT))
+        first = bool(request.extensions.get(FIRST_CONTACT))
         last = self.policy.attempts - 1
         for attempt in range(self.policy.attempts):
             try:
                 response = self._inner.handle_request(request)
             except httpx.TransportError as exc:
+                unconnected = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 # A connect error never reached the server, so even an unsafe request may go again.
-                if attempt == last or not (safe or isinstance(exc, httpx.ConnectError)):
+                if attempt == last or (first and unconnected) or not (safe or isinstance(exc, httpx.ConnectError)):
                     raise
-                self.policy.sleep(self.policy.backoff(attempt))
+                self._sleep(request, self.policy.backoff(attempt), attempt, type(exc).__name__)
                 continue
             if attempt == last or not safe or not retryable(response, request):
                 return response
@@ -89,8 +97,21 @@ class RetryTransport(httpx.BaseTransport):
             response.read()
             response.close()
             delay = min(wait, self.policy.retry_after_cap) if wait is not None else self.policy.backoff(attempt)
-            self.policy.sleep(delay)
+            self._sleep(request, delay, attempt, str(response.status_code))
         raise AssertionError("unreachable: the loop returns or raises on its last attempt")
+
+    def _sleep(self, request: httpx.Request, delay: float, attempt: int, why: str) -> None:
+        where = redact_url(str(request.url))
+        logger.info(
+            "%s %s: %s; attempt %d of %d in %.1f s",
+            request.method,
+            where,
+            why,
+            attempt + 2,
+            self.policy.attempts,
+            delay,
+        )
+        self.policy.sleep(delay)
 
     def close(self) -> None:
         self._inner.close()

@@ -70,6 +70,7 @@ def pull_study(
         append_run, audit_log, journal, "pull", server=client.base_url, mapping_version=pack.project.mapping_version
     )
     try:
+        client.reach(fresh=False)  # the first request: a wrong URL fails at once (the cached statement will do)
         pulled = pull_labs(
             client,
             journal,

@@ -20,7 +20,7 @@ from fhir_lupus.push._runner import (
     ResourceGroups,
     push_resources,
 )
-from fhir_lupus.push._trial import dry_run_trial, push_trial, server_fhir_version
+from fhir_lupus.push._trial import dry_run_trial, push_trial, reach_server, server_fhir_version
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -42,5 +42,6 @@ __all__ = [
     "plan_routes",
     "push_resources",
     "push_trial",
+    "reach_server",
     "server_fhir_version",
 ]

@@ -1,7 +1,9 @@
 """Trial-level push and dry run: a ``TrialSource`` (fhir_lupus/source.py) mapped for the server and sent, audited.
 
 The steps the CLI, the demo and the tests share: whatever the trial's size, it is mapped a chunk of subjects at a
-time, as the source hands them out, and pushed subject by subject as it maps.
+time, as the source hands them out, and pushed subject by subject as it maps. The server is asked first
+(``reach_server``, or ``push_trial``'s own first request), so every attempt, even one whose first request fails,
+is in the audit trail.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import FhirVersion
 
-__all__ = ["dry_run_trial", "push_trial", "server_fhir_version"]
+__all__ = ["dry_run_trial", "push_trial", "reach_server", "server_fhir_version"]
 
 
 def _push_counts(report: PushReport) -> dict[str, int]:
@@ -37,13 +39,39 @@ def _push_counts(report: PushReport) -> dict[str, int]:
 
 
 def server_fhir_version(client: FhirClient) -> FhirVersion:
-    """R4 or R5, from the server's CapabilityStatement.fhirVersion."""
-    version = client.capabilities().fhir_version
+    """R4 or R5, from the server's CapabilityStatement.fhirVersion (``FhirClient.reach``: it is the first request
+    of a push, a dry run and a registry submission, and a wrong URL fails at once)."""
+    version = client.reach().fhir_version
     if version.startswith("4.0"):
         return "R4"
     if version.startswith("5."):
         return "R5"
     raise UnsupportedInteraction(f"server speaks FHIR {version or '(unstated)'}; fhir_lupus writes R4 (4.0.x) or R5")
+
+
+def reach_server(
+    client: FhirClient, journal: Journal, *, settings: Settings | None = None, audit_log: AuditLog = None
+) -> FhirVersion:
+    """The server's FHIR version, asked before the trial is loaded (the CLI's push does): a wrong URL, a TLS
+    problem, refused credentials or an answer that is not FHIR fail in a moment, not after the whole trial was
+    read and checked. A failure is in the audit trail as a failed push, as ``push_trial`` records one."""
+    try:
+        return server_fhir_version(client)
+    except Exception as exc:
+        _failed(_audit(audit_log, journal, client, settings), exc, PushReport())
+        raise
+
+
+def _audit(audit_log: AuditLog, journal: Journal, client: FhirClient, settings: Settings | None) -> Callable[..., None]:
+    """``append_run`` for a push entry of this server and mapping pack: counts, digest, outcome, details to come."""
+    version = (settings or Settings.default()).pack.project.mapping_version
+    return functools.partial(append_run, audit_log, journal, "push", server=client.base_url, mapping_version=version)
+
+
+def _failed(audit: Callable[..., None], exc: Exception, pushed: PushReport) -> None:
+    """The entry of a push that stopped on ``exc``: the digest of what it had offered before it stopped."""
+    digest = digest_of(pushed.content_hashes)
+    audit(counts={"total": pushed.total}, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
 
 
 def push_trial(
@@ -72,32 +100,30 @@ def push_trial(
     its old value recorded as superseded is refused; a push that wrote records the systems it wrote under.
     """
     settings = settings or Settings.default()
-    settings.refuse_placeholders(client.base_url, "push")
-    settings.refuse_site_change(journal.site_systems(client.base_url), client.base_url)
-    version = settings.pack.project.mapping_version
-    batches = stream_trial(
-        trial,
-        fhir_version=server_fhir_version(client),
-        settings=settings,
-        trusted=_confirmed_on(journal, client.base_url),
-    )
-    audit = functools.partial(append_run, audit_log, journal, "push", server=client.base_url, mapping_version=version)
+    audit = _audit(audit_log, journal, client, settings)
     pushed = PushReport()
-    try:
+    try:  # a refusal of the site profile is audited too: the attempt was made
+        settings.refuse_placeholders(client.base_url, "push")
+        settings.refuse_site_change(journal.site_systems(client.base_url), client.base_url)
+        batches = stream_trial(  # lazy: the first request is the server's FHIR version, inside the audited block
+            trial,
+            fhir_version=server_fhir_version(client),
+            settings=settings,
+            trusted=_confirmed_on(journal, client.base_url),
+        )
         push_resources(
             ResourceGroups(batch.resources for batch in batches),
             client,
             journal,
             source=source,
-            mapping_version=version,
+            mapping_version=settings.pack.project.mapping_version,
             settings=settings,
             options=options,
             report=pushed,
         )
     except Exception as exc:
         _record_site(journal, client.base_url, pushed, settings)
-        digest = digest_of(pushed.content_hashes)
-        audit(counts={"total": pushed.total}, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
+        _failed(audit, exc, pushed)
         raise
     _record_site(journal, client.base_url, pushed, settings)
     details = {"push_id": pushed.push_id, "strategy": str(pushed.strategy or "")}

@@ -109,10 +109,10 @@ def submit_package(
     package = directory if isinstance(directory, Package) else read_package(directory)
     refuse_placeholder_package(package, client.base_url)
     release = package.manifest["fhir_version"]
-    version = server_fhir_version(client)
-    if FHIR_RELEASES[version] != release:
-        raise UnsupportedInteraction(f"the package is FHIR {release}, the server speaks {FHIR_RELEASES[version]}")
-    try:
+    try:  # the first request too: an attempt that fails on it is in the trail
+        version = server_fhir_version(client)
+        if FHIR_RELEASES[version] != release:
+            raise UnsupportedInteraction(f"the package is FHIR {release}, the server speaks {FHIR_RELEASES[version]}")
         report = push_resources(
             package.resources,
             client,

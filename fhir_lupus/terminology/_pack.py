@@ -362,7 +362,8 @@ def load_pack(root: Path | None = None) -> MappingPack:
 
 @functools.lru_cache(maxsize=8)
 def _pack_at(root: Path) -> MappingPack:
-    return _assemble(root, load_site_profile(root / EXAMPLE_PROFILE))
+    example = load_site_profile(root / EXAMPLE_PROFILE).model_copy(update={"source": None})  # named as the example
+    return _assemble(root, example)
 
 
 class _Renames:
