@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipeline", "audit"),
     ("streaming", "push", "pull", "report"),
     ("registry", "spark", "devserver"),
+    ("sdtm",),
     ("cli",),
     ("__init__", "__main__"),
 ]

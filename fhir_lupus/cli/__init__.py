@@ -30,6 +30,7 @@ from fhir_lupus.cli._report import report
 from fhir_lupus.cli._safety import safety
 from fhir_lupus.cli._schedule import schedule
 from fhir_lupus.cli._screen import screen
+from fhir_lupus.cli._sdtm import sdtm_command
 from fhir_lupus.cli._site import mappings_app, site_app
 from fhir_lupus.cli._spark import spark_labs_command
 from fhir_lupus.cli._sync import pull, push
@@ -97,6 +98,7 @@ app.command()(report)
 app.command()(schedule)
 app.command()(screen)
 app.command("spark-labs")(spark_labs_command)
+app.command("sdtm")(sdtm_command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(registry_app, name="registry", short_help="Registry packages: make one, submit one.")
 app.add_typer(site_app, name="site", short_help="The site profile: write one, check one.")

@@ -6,7 +6,7 @@ registry key; ``_package`` builds a package from a ``TrialSource`` (sorted on di
 checks one against its manifest and pushes it.
 """
 
-from fhir_lupus.registry._deidentify import DeidentificationError, Deidentified, LinkRow, deidentify
+from fhir_lupus.registry._deidentify import DeidentificationError, Deidentified, LinkRow, date_shift, deidentify
 from fhir_lupus.registry._key import KEY_ENV, RegistryConfigError, RegistryKey, load_key
 from fhir_lupus.registry._package import (
     MANIFEST,
@@ -40,6 +40,7 @@ __all__ = [
     "RegistryConfigError",
     "RegistryKey",
     "SubmitResult",
+    "date_shift",
     "default_link_table",
     "deidentify",
     "load_key",
