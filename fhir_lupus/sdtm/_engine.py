@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sdtm._spec import DomainSpec, Variable
 
 __all__ = ["Dataset", "Value", "build_dataset", "iso_8601", "study_day"]
 
 Value = str | int | float | None
+LOOKUPS = "mappings/sdtm/lookups.yaml"
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,24 @@ def study_day(dtc: str, reference: str) -> int | None:
     return days + 1 if days >= 0 else days
 
 
-def build_dataset(spec: DomainSpec, rows: Iterable[Mapping[str, Any]], starts: Mapping[str, str]) -> Dataset:
-    """The records of ``rows``: each variable from its fact or constant, transformed; ``starts``: RFSTDTC by USUBJID
-    (for study days). Sorted by the key variables, then --SEQ numbered per subject."""
+def build_dataset(
+    spec: DomainSpec,
+    rows: Iterable[Mapping[str, Any]],
+    starts: Mapping[str, str],
+    lookups: Mapping[str, Mapping[str, str]] | None = None,
+) -> Dataset:
+    """The records of ``rows``: each variable from its fact or constant, transformed, looked up in ``lookups``
+    (mappings/sdtm/lookups.yaml) when the mapping names a table; ``starts``: RFSTDTC by USUBJID (for study days).
+    Sorted by the key variables, then --SEQ numbered per subject. A value a table does not hold is an error naming
+    the table: never a value passed through as if it were a CDISC term."""
     records: list[dict[str, Value]] = []
     for row in rows:
         record: dict[str, Value] = {}
         for variable in spec.variables:
-            record[variable.name] = _value(variable, row, record, starts)
+            value = _value(variable, row, record, starts)
+            if variable.lookup and value not in (None, ""):
+                value = _looked_up(spec, variable, value, lookups or {})
+            record[variable.name] = value
         records.append(record)
     keys = [k for k in spec.keys if not _is_seq(spec, k)]
     records.sort(key=lambda r: tuple(_sortable(r.get(k)) for k in keys))
@@ -72,6 +84,17 @@ def build_dataset(spec: DomainSpec, rows: Iterable[Mapping[str, Any]], starts: M
                 counters[record.get("USUBJID")] += 1
                 record[variable.name] = counters[record.get("USUBJID")]
     return Dataset(spec, records)
+
+
+def _looked_up(spec: DomainSpec, variable: Variable, value: Value, lookups: Mapping[str, Mapping[str, str]]) -> str:
+    where = f"{spec.domain}.{variable.name}"
+    table = lookups.get(variable.lookup or "")
+    if table is None:
+        raise FhirLupusError(f"{where}: no table {variable.lookup!r} in {LOOKUPS}")
+    try:
+        return table[str(value)]
+    except KeyError:
+        raise FhirLupusError(f"{where}: {value!r} is not in table {variable.lookup!r} of {LOOKUPS}") from None
 
 
 def _is_seq(spec: DomainSpec, name: str) -> bool:

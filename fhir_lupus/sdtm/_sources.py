@@ -82,6 +82,7 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
     for visit in trial.visits:
         visits.setdefault(visit.record.subject_id, []).append(visit.record.visit_date)
     site = ctx.pack.site
+    design = ctx.pack.load(TrialDesign, "sdtm/trial.yaml")
     for located in trial.subjects:
         subject = located.record
         sid = subject.subject_id
@@ -103,16 +104,16 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
             "consent": ctx.dated(sid, consent),
             "participation_end": ctx.dated(sid, ended or last_contact),
             "death": ctx.dated(sid, died.day) if died is not None and died.exact else None,
-            "died": "Y" if died is not None else "",
+            "died": True if died is not None else None,  # DTHFL is Y or null (SDTMIG 3.4 DM)
             "site": site.location.key,
             "country": _alpha3(site.location.country, ctx),
             "age": _age(subject.birth_date, _day(consent) or subject.enrolled_on),
-            "sex": {"male": "M", "female": "F"}.get(subject.sex, "U"),
+            "sex": subject.sex,
             "arm": subject.arm,
             "armcd": _arm_code(subject.arm, ctx),
-            # SDTMIG 3.4 DM assumption 5: a subject never given study treatment is "Not Treated", NOTTRT
-            "actarm": subject.arm if exposed else "Not Treated",
-            "actarmcd": _arm_code(subject.arm, ctx) if exposed else "NOTTRT",
+            # SDTMIG 3.4 DM: a subject never given study treatment has the actual arm "Not Treated" (trial.yaml)
+            "actarm": subject.arm if exposed else design.not_treated.arm,
+            "actarmcd": _arm_code(subject.arm, ctx) if exposed else design.not_treated.armcd,
             "race": "",
         }
 
