@@ -21,7 +21,8 @@ from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.registry import RegistryKey
 from fhir_lupus.sdtm._dataset_json import write_dataset_json
 from fhir_lupus.sdtm._engine import Dataset, build_dataset
-from fhir_lupus.sdtm._sources import ROW_SOURCES, SdtmContext
+from fhir_lupus.sdtm._rows import ROW_SOURCES
+from fhir_lupus.sdtm._sources import SdtmContext
 from fhir_lupus.sdtm._spec import DomainSpec, Lookups, TrialDesign
 from fhir_lupus.sdtm._xpt import write_xpt
 from fhir_lupus.settings import Settings

@@ -8,7 +8,7 @@ USUBJID is the subject's keyed pseudonym and every date moves by the subject's k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -18,7 +18,7 @@ from fhir_lupus.registry import RegistryKey, date_shift, load_rules
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
 
-__all__ = ["ROW_SOURCES", "SdtmContext"]
+__all__ = ["Row", "SdtmContext", "dm_rows", "first_exposures"]
 
 Row = dict[str, Any]
 
@@ -65,6 +65,17 @@ def _age(birth: str | None, on: date | None) -> int | None:
         return None
     born = date.fromisoformat(birth[:10])
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def first_exposures(trial: TrialData) -> dict[str, datetime]:
+    """Each subject's first completed study treatment (RFXSTDTC), as recorded (not shifted)."""
+    firsts: dict[str, datetime] = {}
+    for done in trial.procedures:
+        procedure = done.record
+        if procedure.status == "completed":
+            current = firsts.get(procedure.subject_id)
+            firsts[procedure.subject_id] = min(current, procedure.started_at) if current else procedure.started_at
+    return firsts
 
 
 def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
@@ -126,6 +137,3 @@ def _alpha3(alpha2: str, ctx: SdtmContext) -> str:
 def _arm_code(arm: str, ctx: SdtmContext) -> str:
     arms = ctx.pack.load(TrialDesign, "sdtm/trial.yaml").arms
     return arms.get(arm, arm.upper()[:20])
-
-
-ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {"subjects": dm_rows}

@@ -1,0 +1,15 @@
+"""Every row source by the name a domain's mapping gives it (``rows:`` in mappings/sdtm/domains/<domain>.yaml)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from fhir_lupus.sdtm._sources import Row, SdtmContext, dm_rows
+from fhir_lupus.sdtm._sources_lab import lb_rows
+
+__all__ = ["ROW_SOURCES"]
+
+ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {
+    "subjects": dm_rows,
+    "labs": lb_rows,
+}
