@@ -23,7 +23,8 @@ from fhir_lupus.sdtm._dataset_json import write_dataset_json
 from fhir_lupus.sdtm._engine import Dataset, build_dataset
 from fhir_lupus.sdtm._rows import ROW_SOURCES
 from fhir_lupus.sdtm._sources import SdtmContext
-from fhir_lupus.sdtm._spec import DomainSpec, Lookups, TrialDesign
+from fhir_lupus.sdtm._spec import DomainSpec, TrialDesign
+from fhir_lupus.sdtm._terms import load_sdtm_terms
 from fhir_lupus.sdtm._xpt import write_xpt
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
@@ -53,7 +54,7 @@ def build_datasets(ctx: SdtmContext) -> list[Dataset]:
     """Every domain's dataset; DM first, whose RFSTDTC gives every other domain its study days."""
     built: list[Dataset] = []
     starts: dict[str, str] = {}
-    lookups = ctx.pack.load(Lookups, "sdtm/lookups.yaml")
+    terms = load_sdtm_terms(ctx.pack)
     for spec in domain_specs(ctx.pack):
         try:
             source = ROW_SOURCES[spec.rows]
@@ -62,7 +63,7 @@ def build_datasets(ctx: SdtmContext) -> list[Dataset]:
                 f"mappings/sdtm/domains/{spec.domain.lower()}.yaml: no row source {spec.rows!r}"
             ) from None
         rows = ({"study": ctx.study_id, **row} for row in source(ctx))
-        dataset = build_dataset(spec, rows, starts, lookups.tables)
+        dataset = build_dataset(spec, rows, starts, terms.submission_value)
         if spec.domain == "DM":
             starts = {str(r["USUBJID"]): str(r.get("RFSTDTC") or "") for r in dataset.records}
         built.append(dataset)

@@ -9,7 +9,7 @@ subject's records 1, 2, ... in the order of the dataset's key variables.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -20,7 +20,6 @@ from fhir_lupus.sdtm._spec import DomainSpec, Variable
 __all__ = ["Dataset", "Value", "build_dataset", "iso_8601", "study_day"]
 
 Value = str | int | float | None
-LOOKUPS = "mappings/sdtm/lookups.yaml"
 
 
 @dataclass(frozen=True)
@@ -60,19 +59,19 @@ def build_dataset(
     spec: DomainSpec,
     rows: Iterable[Mapping[str, Any]],
     starts: Mapping[str, str],
-    lookups: Mapping[str, Mapping[str, str]] | None = None,
+    lookup: Callable[[str, str], str] | None = None,
 ) -> Dataset:
-    """The records of ``rows``: each variable from its fact or constant, transformed, looked up in ``lookups``
-    (mappings/sdtm/lookups.yaml) when the mapping names a table; ``starts``: RFSTDTC by USUBJID (for study days).
-    Sorted by the key variables, then --SEQ numbered per subject. A value a table does not hold is an error naming
-    the table: never a value passed through as if it were a CDISC term."""
+    """The records of ``rows``: each variable from its fact or constant, transformed, and turned into its term by
+    ``lookup(codelist, value)`` when the mapping names a codelist (``SdtmTerms.submission_value``); ``starts``:
+    RFSTDTC by USUBJID (for study days). Sorted by the key variables, then --SEQ numbered per subject. A value no
+    term is mapped from is an error naming it: never a value passed through as if it were a CDISC term."""
     records: list[dict[str, Value]] = []
     for row in rows:
         record: dict[str, Value] = {}
         for variable in spec.variables:
             value = _value(variable, row, record, starts)
             if variable.lookup and value not in (None, ""):
-                value = _looked_up(spec, variable, value, lookups or {})
+                value = _looked_up(spec, variable, value, lookup)
             record[variable.name] = value
         records.append(record)
     keys = [k for k in spec.keys if not _is_seq(spec, k)]
@@ -86,15 +85,13 @@ def build_dataset(
     return Dataset(spec, records)
 
 
-def _looked_up(spec: DomainSpec, variable: Variable, value: Value, lookups: Mapping[str, Mapping[str, str]]) -> str:
-    where = f"{spec.domain}.{variable.name}"
-    table = lookups.get(variable.lookup or "")
-    if table is None:
-        raise FhirLupusError(f"{where}: no table {variable.lookup!r} in {LOOKUPS}")
+def _looked_up(spec: DomainSpec, variable: Variable, value: Value, lookup: Callable[[str, str], str] | None) -> str:
+    if lookup is None:
+        raise FhirLupusError(f"{spec.domain}.{variable.name}: codelist {variable.lookup} asked, no terms given")
     try:
-        return table[str(value)]
-    except KeyError:
-        raise FhirLupusError(f"{where}: {value!r} is not in table {variable.lookup!r} of {LOOKUPS}") from None
+        return lookup(variable.lookup or "", str(value))
+    except FhirLupusError as exc:
+        raise FhirLupusError(f"{spec.domain}.{variable.name}: {exc}") from None
 
 
 def _is_seq(spec: DomainSpec, name: str) -> bool:

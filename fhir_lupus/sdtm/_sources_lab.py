@@ -18,9 +18,12 @@ from typing import Any
 from fhir_lupus.errors import UnitError
 from fhir_lupus.mappers import interpretation
 from fhir_lupus.sdtm._sources import Row, SdtmContext, first_exposures
+from fhir_lupus.sdtm._terms import load_sdtm_terms
 from fhir_lupus.terminology import LabCatalogue, load_fhir_codes
 
 __all__ = ["lb_rows"]
+
+TREG, BLOOD = "treg_percent", "blood"  # the catalogue's analyte and specimen keys of treg.csv results
 
 
 def _text(number: Any) -> str:
@@ -32,6 +35,8 @@ def _text(number: Any) -> str:
 def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
     catalogue = LabCatalogue(ctx.pack)
     flags = load_fhir_codes(ctx.pack).interpretation
+    verdicts = {flags.high.code: "high", flags.low.code: "low", flags.normal.code: "normal"}  # NRIND's `from` keys
+    terms = load_sdtm_terms(ctx.pack)
     enrolled = {s.record.subject_id for s in ctx.trial.subjects}
     exposure = first_exposures(ctx.trial)
     visits = {visit.code: (number, visit.name) for number, visit in enumerate(ctx.trial.study.visits(), start=1)}
@@ -53,7 +58,7 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
             "ornrlo": _text(lab.ref_low) if lab.ref_low is not None else "",
             "ornrhi": _text(lab.ref_high) if lab.ref_high is not None else "",
             "specimen": lab.specimen,
-            "method": lab.method or "",
+            "method": method.value if (method := terms.lab_method(lab.analyte, lab.method)) else "",
             "visit_code": lab.visit_code,
             "visitnum": visits.get(lab.visit_code, (None, ""))[0],
             "visit": visits.get(lab.visit_code, (None, lab.visit_code))[1],
@@ -62,15 +67,54 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
         }
         row.update(_standard(catalogue, analyte.trial_unit, lab.analyte, value.number, value.comparator, resolved.ucum))
         if value.kind == "quantity" and value.number is not None:
-            row["nrind"] = interpretation(value.number, value.comparator, lab.ref_low, lab.ref_high, flags) or ""
+            verdict = interpretation(value.number, value.comparator, lab.ref_low, lab.ref_high, flags)
+            row["nrind"] = verdicts[verdict] if verdict else ""
             row.update(_standard_range(catalogue, lab.analyte, lab.ref_low, lab.ref_high, resolved.ucum))
         else:
             row["stresc"] = value.raw  # an ordinal answer or a titer, as reported
         rows.append(row)
+    rows.extend(_treg_rows(ctx, enrolled, visits))
     _flag_last_before_exposure(rows, exposure)
     for row in rows:
         row.pop("_at")
         yield row
+
+
+def _treg_rows(ctx: SdtmContext, enrolled: set[str], visits: dict[str, tuple[int, str]]) -> Iterator[Row]:
+    """treg.csv: the trial's secondary outcome, a flow-cytometry result in the trial unit (%), as the FHIR
+    Observation of mappers/_observation_treg.py carries it (no reference range, no LOINC: docs/terminology.md)."""
+    analyte = TREG
+    unit = LabCatalogue(ctx.pack).analyte(analyte).trial_unit or ""
+    method = load_sdtm_terms(ctx.pack).lab_method(analyte, None)
+    for located in ctx.trial.treg:
+        measured = located.record
+        if measured.subject_id not in enrolled:
+            continue
+        text = _text(measured.percent)
+        yield {
+            "subject_id": measured.subject_id,
+            "usubjid": ctx.usubjid(measured.subject_id),
+            "refid": measured.measurement_id,
+            "analyte": analyte,
+            "loinc": "",
+            "orres": text,
+            "orres_unit": unit,
+            "ornrlo": "",
+            "ornrhi": "",
+            "specimen": BLOOD,
+            "method": method.value if method else "",
+            "visit_code": measured.visit_code,
+            "visitnum": visits.get(measured.visit_code, (None, ""))[0],
+            "visit": visits.get(measured.visit_code, (None, measured.visit_code))[1],
+            "collected": ctx.dated(measured.subject_id, measured.measured_at),
+            "_at": measured.measured_at,
+            "stresc": text,
+            "stresn": float(measured.percent),
+            "stres_unit": unit,
+            "nrind": "",
+            "stnrlo": None,
+            "stnrhi": None,
+        }
 
 
 def _standard(

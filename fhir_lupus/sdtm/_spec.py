@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DomainSpec", "Lookups", "Transform", "TrialDesign", "Variable"]
+__all__ = ["DomainSpec", "Transform", "TrialDesign", "Variable"]
 
 Transform = Literal["iso_date", "study_day", "seq", "yes_no"]
 Origin = Literal["Collected", "Derived", "Assigned", "Protocol"]
@@ -33,7 +33,7 @@ class Variable(_Frozen):
     value: str | int | None = None  # a constant
     transform: Transform | None = None
     relative_to: str | None = None  # study_day: the date variable of the same record it counts
-    lookup: str | None = None  # a table of mappings/sdtm (``Lookups``): the fact's value -> the CDISC value
+    lookup: str | None = None  # a codelist of mappings/sdtm: the fact's value -> its term (UNIT: the UCUM table)
     codelist: str | None = None  # the codelist in mappings/sdtm (for define.xml and the project's own check)
     origin: Origin
     role: str
@@ -87,18 +87,3 @@ class TrialDesign(_Frozen):
 class ArmTerm(_Frozen):
     arm: str = Field(max_length=200)
     armcd: str = Field(max_length=20)
-
-
-class Lookups(_Frozen):
-    """mappings/sdtm/lookups.yaml: named tables from a value of ours to its SDTM value (a CDISC CT submission value,
-    or a sponsor-defined one), each with its source."""
-
-    tables: dict[str, dict[str, str]]
-    sources: dict[str, str]  # table -> where its values come from
-
-    @model_validator(mode="after")
-    def _every_table_has_a_source(self) -> Lookups:
-        missing = sorted(set(self.tables) - set(self.sources))
-        if missing:
-            raise ValueError(f"tables without a source: {', '.join(missing)}")
-        return self
