@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("source", "bundle", "journal"),
     ("pipeline", "audit"),
     ("streaming", "push", "pull", "report"),
-    ("registry", "spark", "devserver"),
+    ("registry", "spark", "sdtm", "devserver"),
     ("cli",),
     ("__init__", "__main__"),
 ]
