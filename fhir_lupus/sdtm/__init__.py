@@ -5,14 +5,33 @@ use (``_terms``) and the project's own check of their values (``_check``); docs/
 
 from fhir_lupus.sdtm._build import OutputFormat, SdtmResult, build_datasets, sdtm_trial
 from fhir_lupus.sdtm._check import ValueProblem, check_values, iso8601_problem
+from fhir_lupus.sdtm._core import (
+    CORE_CT_PACKAGE,
+    CoreExample,
+    CoreExecutionError,
+    CoreIssue,
+    CoreReport,
+    CoreSetup,
+    CoreUnavailable,
+    core_settings,
+    read_core_report,
+    run_core,
+)
 from fhir_lupus.sdtm._engine import Dataset, iso_8601, study_day
 from fhir_lupus.sdtm._sources import SdtmContext
 from fhir_lupus.sdtm._spec import DomainSpec, TrialDesign, Variable
 from fhir_lupus.sdtm._terms import CdiscUnit, Codelist, CtTerm, LabTest, SdtmTerms, load_sdtm_terms
 
 __all__ = [
+    "CORE_CT_PACKAGE",
     "CdiscUnit",
     "Codelist",
+    "CoreExample",
+    "CoreExecutionError",
+    "CoreIssue",
+    "CoreReport",
+    "CoreSetup",
+    "CoreUnavailable",
     "CtTerm",
     "Dataset",
     "DomainSpec",
@@ -26,9 +45,12 @@ __all__ = [
     "Variable",
     "build_datasets",
     "check_values",
+    "core_settings",
     "iso8601_problem",
     "iso_8601",
     "load_sdtm_terms",
+    "read_core_report",
+    "run_core",
     "sdtm_trial",
     "study_day",
 ]
