@@ -5,6 +5,7 @@ use (``_terms``) and the project's own check of their values (``_check``); docs/
 
 from fhir_lupus.sdtm._build import OutputFormat, SdtmResult, build_datasets, sdtm_trial
 from fhir_lupus.sdtm._check import ValueProblem, check_values, iso8601_problem
+from fhir_lupus.sdtm._conformance import Conformance, check_output
 from fhir_lupus.sdtm._core import (
     CORE_CT_PACKAGE,
     CoreExample,
@@ -26,6 +27,7 @@ __all__ = [
     "CORE_CT_PACKAGE",
     "CdiscUnit",
     "Codelist",
+    "Conformance",
     "CoreExample",
     "CoreExecutionError",
     "CoreIssue",
@@ -44,6 +46,7 @@ __all__ = [
     "ValueProblem",
     "Variable",
     "build_datasets",
+    "check_output",
     "check_values",
     "core_settings",
     "iso8601_problem",

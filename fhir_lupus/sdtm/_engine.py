@@ -20,6 +20,7 @@ from fhir_lupus.sdtm._spec import DomainSpec, Variable
 __all__ = ["Dataset", "Value", "build_dataset", "iso_8601", "study_day"]
 
 Value = str | int | float | None
+YES_NO = {True: "yes", False: "no"}  # the project's own words for a truth, as its CSV files write them
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ def _value(variable: Variable, row: Mapping[str, Any], record: Mapping[str, Valu
             reference = starts.get(str(record.get("USUBJID") or ""), "")
             dtc = str(record.get(variable.relative_to or "") or "")
             return study_day(dtc, reference)
-        case "yes_no":
-            return "" if raw is None else ("Y" if raw else "N")
+        case "yes_no":  # a truth as the NY codelist's source values (mappings/sdtm/terms.yaml), for `lookup: NY`
+            return "" if raw is None else YES_NO[bool(raw)]
     return _typed(variable, raw)
 
 

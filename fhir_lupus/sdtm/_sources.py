@@ -8,12 +8,13 @@ USUBJID is the subject's keyed pseudonym and every date moves by the subject's k
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from fhir_lupus.model import TrialData
+from fhir_lupus.model import TrialData, load_lifecycle_rules
 from fhir_lupus.registry import RegistryKey, date_shift, load_rules
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
@@ -35,6 +36,13 @@ class SdtmContext:
     @property
     def study_id(self) -> str:
         return self.trial.study.nct_id
+
+    @functools.cached_property
+    def enrolled(self) -> frozenset[str]:
+        """The subjects SDTM holds: those of an enrolled status (mappings/fhir/lifecycle.yaml), as `registry package`
+        keeps them; a candidate who never enrolled is in no dataset."""
+        statuses = load_lifecycle_rules(self.pack).enrolled
+        return frozenset(s.record.subject_id for s in self.trial.subjects if s.record.status in statuses)
 
     def usubjid(self, subject_id: str) -> str:
         """STUDYID-SUBJID, or with a key the pseudonym `registry package` gives the subject (the same HMAC)."""
@@ -97,6 +105,8 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
     for located in trial.subjects:
         subject = located.record
         sid = subject.subject_id
+        if sid not in ctx.enrolled:
+            continue
         timeline = trial.timelines.get(sid)
         exposed = sorted(exposures.get(sid, []))
         first = exposed[0][0] if exposed else None

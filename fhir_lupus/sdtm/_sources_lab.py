@@ -35,9 +35,9 @@ def _text(number: Any) -> str:
 def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
     catalogue = LabCatalogue(ctx.pack)
     flags = load_fhir_codes(ctx.pack).interpretation
-    verdicts = {flags.high.code: "high", flags.low.code: "low", flags.normal.code: "normal"}  # NRIND's `from` keys
+    verdicts = {ref.code: name for name, ref in flags}  # H -> high: the keys NRIND's terms are mapped from
     terms = load_sdtm_terms(ctx.pack)
-    enrolled = {s.record.subject_id for s in ctx.trial.subjects}
+    enrolled = ctx.enrolled
     exposure = first_exposures(ctx.trial)
     visits = {visit.code: (number, visit.name) for number, visit in enumerate(ctx.trial.study.visits(), start=1)}
     rows: list[Row] = []
@@ -80,7 +80,7 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
         yield row
 
 
-def _treg_rows(ctx: SdtmContext, enrolled: set[str], visits: dict[str, tuple[int, str]]) -> Iterator[Row]:
+def _treg_rows(ctx: SdtmContext, enrolled: frozenset[str], visits: dict[str, tuple[int, str]]) -> Iterator[Row]:
     """treg.csv: the trial's secondary outcome, a flow-cytometry result in the trial unit (%), as the FHIR
     Observation of mappers/_observation_treg.py carries it (no reference range, no LOINC: docs/terminology.md)."""
     analyte = TREG
