@@ -15,6 +15,7 @@ from typing import Any
 
 from fhir_lupus.model import TrialData
 from fhir_lupus.registry import RegistryKey, date_shift, load_rules
+from fhir_lupus.sdtm._sources_events import ae_rows, cm_rows, ex_rows
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
 
@@ -127,4 +128,9 @@ def _arm_code(arm: str, ctx: SdtmContext) -> str:
     return arms.get(arm, arm.upper()[:20])
 
 
-ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {"subjects": dm_rows}
+ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {
+    "subjects": dm_rows,
+    "adverse_events": ae_rows,
+    "medications": cm_rows,
+    "procedures": ex_rows,
+}
