@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from fhir_lupus.sdtm._sources import Row, SdtmContext, dm_rows
+from fhir_lupus.sdtm._sources_events import ae_rows, cm_rows, ex_rows
 from fhir_lupus.sdtm._sources_lab import lb_rows
 
 __all__ = ["ROW_SOURCES"]
@@ -12,4 +13,7 @@ __all__ = ["ROW_SOURCES"]
 ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {
     "subjects": dm_rows,
     "labs": lb_rows,
+    "adverse_events": ae_rows,
+    "medications": cm_rows,
+    "procedures": ex_rows,
 }
