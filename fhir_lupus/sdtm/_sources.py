@@ -132,9 +132,10 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
             "sex": subject.sex,
             "arm": subject.arm,
             "armcd": _arm_code(subject.arm, ctx),
-            # SDTMIG 3.4 DM: a subject never given study treatment has the actual arm "Not Treated" (trial.yaml)
-            "actarm": subject.arm if exposed else design.not_treated.arm,
-            "actarmcd": _arm_code(subject.arm, ctx) if exposed else design.not_treated.armcd,
+            # SDTMIG 3.4 DM: a subject never given study treatment has no actual arm, and ARMNRS says why
+            "actarm": subject.arm if exposed else "",
+            "actarmcd": _arm_code(subject.arm, ctx) if exposed else "",
+            "armnrs": "" if exposed else design.not_treated.armnrs,
             "race": "",
         }
 

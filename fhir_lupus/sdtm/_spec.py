@@ -85,5 +85,4 @@ class TrialDesign(_Frozen):
 
 
 class ArmTerm(_Frozen):
-    arm: str = Field(max_length=200)
-    armcd: str = Field(max_length=20)
+    armnrs: str = Field(max_length=200)  # DM ARMNRS: why a subject has no actual arm (SDTMIG 3.4)
