@@ -7,7 +7,8 @@ the interval and is undecidable (not evaluable) only when the interval lies on b
 A reading is not final when its value is preliminary (a SLEDAI-2K total whose lab descriptors could not be
 judged) or when an input row of that subject and visit was refused (``Incomplete``): such a pair is left out of
 the median and named, so a statistic with one is marked preliminary, and a responder criterion on it is not
-evaluable. Nothing computed from incomplete input is shown as final.
+evaluable, and marked ``preliminary`` (SDTM RS never writes it as a final result). Nothing computed from
+incomplete input is shown as final.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "ResponseTally",
     "classify",
     "evaluate_criterion",
+    "incomplete_input",
     "percent_change",
     "quartiles",
     "summarise_changes",
@@ -220,6 +222,27 @@ class Classification:
     category: str  # a category key, the `otherwise` key, or NOT_EVALUABLE
     label: str
     reason: str  # why not evaluable, or the criteria that decided
+    # not evaluable because an input was refused or preliminary: correcting it may decide the subject
+    preliminary: bool = False
+
+
+def incomplete_input(
+    criterion: Criterion,
+    readings: SubjectReadings,
+    month: int,
+    incomplete: Mapping[str, Incomplete] | None = None,
+    subject: str = "",
+) -> str | None:
+    """Why the criterion's input at the month (and baseline, for a change) is incomplete: a row refused, or a
+    preliminary value; None when it is complete. What the criterion waits for, not what it finds missing."""
+    by_month = readings.get(criterion.series, {})
+    refused = (incomplete or {}).get(criterion.series, Incomplete())
+    used = (month,) if criterion.measure == "value" else (month, BASELINE)
+    if any(refused.holds(subject, m) for m in used):
+        return f"{criterion.series}: an input row at month {'/'.join(map(str, used))} was refused"
+    if any(by_month.get(m) is not None and not by_month[m].final for m in used):
+        return f"{criterion.series}: a preliminary value at month {'/'.join(map(str, used))}"
+    return None
 
 
 def evaluate_criterion(
@@ -231,14 +254,11 @@ def evaluate_criterion(
 ) -> tuple[bool | None, str]:
     """Decide one criterion for one subject at one month: (True/False/None, what was compared or missing).
     Undecidable (None) when an input at the month or baseline was refused or is preliminary."""
+    held_back = incomplete_input(criterion, readings, month, incomplete, subject)
+    if held_back is not None:
+        return None, held_back
     by_month = readings.get(criterion.series, {})
     there = by_month.get(month)
-    refused = (incomplete or {}).get(criterion.series, Incomplete())
-    used = (month,) if criterion.measure == "value" else (month, BASELINE)
-    if any(refused.holds(subject, m) for m in used):
-        return None, f"{criterion.series}: an input row at month {'/'.join(map(str, used))} was refused"
-    if any(by_month.get(m) is not None and not by_month[m].final for m in used):
-        return None, f"{criterion.series}: a preliminary value at month {'/'.join(map(str, used))}"
     if there is None:
         return None, f"no {criterion.series} at month {month}"
     if criterion.measure == "value":
@@ -269,18 +289,22 @@ def classify(
     for category in response.categories:
         reasons: list[str] = []
         undecided: list[str] = []
+        held_back = False
         failed = False
         for criterion in category.all_of:
             verdict, why = evaluate_criterion(criterion, readings, month, incomplete, subject_id)
             reasons.append(why)
             if verdict is None:
                 undecided.append(why)
+                held_back |= incomplete_input(criterion, readings, month, incomplete, subject_id) is not None
             elif not verdict:
                 failed = True
         if failed:
             continue
         if undecided:
-            return Classification(subject_id, month, NOT_EVALUABLE, "Not evaluable", "; ".join(undecided))
+            return Classification(
+                subject_id, month, NOT_EVALUABLE, "Not evaluable", "; ".join(undecided), preliminary=held_back
+            )
         return Classification(subject_id, month, category.key, category.label, "; ".join(reasons))
     other = response.otherwise
     return Classification(subject_id, month, other.key, other.label, "no category met")

@@ -16,7 +16,8 @@ Every descriptor found (assessed, derived, not attributed) is kept with its evid
 A lab-based descriptor that cannot be judged (its lab row was refused, labs.csv is absent, a result has no
 reference limit or a unit its threshold cannot be compared with) while no CRF total is given leaves the total
 unknown: the score is then not ``final``, ``total`` is a lower bound and ``undecided`` says which descriptors
-could add how much, and why. The CRF total, when given, is the score whatever the labs say.
+could add how much, and why. The CRF total, when given, is the score whatever the labs say; ``computed_total``
+beside it is then still a lower bound while such a descriptor remains (``unjudged``; SDTM RS writes both totals).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class SledaiScore:
     total_from_crf: bool = False
     computed_total: int = 0
     undecided: tuple[UndecidedDescriptor, ...] = ()
+    # the lab-based descriptors no result could decide, a CRF total or not: ``undecided`` without a CRF total
+    unjudged: tuple[UndecidedDescriptor, ...] = ()
 
     @property
     def final(self) -> bool:
@@ -176,6 +179,11 @@ class SledaiScore:
     @property
     def upper_total(self) -> int:
         return self.total + sum(d.weight for d in self.undecided)
+
+    @property
+    def computed_final(self) -> bool:
+        """Whether ``computed_total`` is known; otherwise it is a lower bound, even where a CRF total is the score."""
+        return not self.unjudged
 
     @property
     def derived(self) -> tuple[str, ...]:
@@ -257,7 +265,7 @@ def score_sledai(
             scored.append(ScoredDescriptor(key, weight, "derived", evidence, counted=False, why=why))
         elif evidence:
             scored.append(ScoredDescriptor(key, weight, "derived", evidence))
-        elif descriptor.derive is not None and reported_total is None:
+        elif descriptor.derive is not None:
             causes = _undecided(descriptor.derive, unclear, refused, labs_absent)
             if causes:
                 undecided.append(UndecidedDescriptor(key, weight, causes))
@@ -268,7 +276,8 @@ def score_sledai(
         descriptors=tuple(scored),
         total_from_crf=reported_total is not None,
         computed_total=attributable,
-        undecided=tuple(undecided),
+        undecided=tuple(undecided) if reported_total is None else (),
+        unjudged=tuple(undecided),
     )
 
 

@@ -88,7 +88,7 @@ def sdtm_trial(
     rejected = sum(trial.report.rejected.values())
     if rejected and not allow_rejects:
         raise RejectedRows(rejected, "SDTM datasets not written")
-    ctx = SdtmContext(data, settings.pack, key)
+    ctx = SdtmContext(data, settings.pack, key, trial.report)
     datasets = build_datasets(ctx)
     created = created or datetime.now(UTC)
     _check_replaceable(out_dir)

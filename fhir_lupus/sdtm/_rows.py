@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from fhir_lupus.sdtm._sources import Row, SdtmContext, dm_rows
 from fhir_lupus.sdtm._sources_events import ae_rows, cm_rows, ex_rows
 from fhir_lupus.sdtm._sources_lab import lb_rows
+from fhir_lupus.sdtm._sources_rs import rs_rows
 
 __all__ = ["ROW_SOURCES"]
 
@@ -16,4 +17,5 @@ ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {
     "adverse_events": ae_rows,
     "medications": cm_rows,
     "procedures": ex_rows,
+    "responses": rs_rows,
 }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from fhir_lupus.model import TrialData, load_lifecycle_rules
+from fhir_lupus.model import LoadReport, TrialData, load_lifecycle_rules
 from fhir_lupus.registry import RegistryKey, date_shift, load_rules
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
@@ -31,6 +31,7 @@ class SdtmContext:
     trial: TrialData
     pack: MappingPack
     key: RegistryKey | None = None
+    report: LoadReport | None = None  # the load's: what it refused makes a derived value preliminary
     _shifts: dict[str, int] = field(default_factory=dict)
 
     @property
