@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fhir_lupus.cli import app
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.registry import RegistryKey, date_shift, load_rules
-from fhir_lupus.sdtm import DomainSpec, build_datasets, iso_8601, sdtm_trial, study_day
+from fhir_lupus.sdtm import DomainSpec, TrialDesign, build_datasets, iso_8601, sdtm_trial, study_day
 from fhir_lupus.sdtm._engine import build_dataset
 from fhir_lupus.sdtm._sources import SdtmContext
 from fhir_lupus.settings import Settings
@@ -198,4 +198,6 @@ class TestOutput:
         result = runner.invoke(app, ["sdtm", str(dataset()), "-o", str(tmp_path / "out"), "--format", "json"])
         assert result.exit_code == 0, result.output
         assert "wrote" in result.output and "DM 2" in result.output
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dm.json"]
+        domains = Settings.default().pack.load(TrialDesign, "sdtm/trial.yaml").domains
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{d}.json" for d in domains)
+        assert "dm" in domains

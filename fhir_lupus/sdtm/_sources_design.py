@@ -1,0 +1,171 @@
+"""The facts of the trial design datasets (TA, TE, TV), of the subject visits (SV) and of disposition (DS), one dict
+per record, from the study file, mappings/sdtm/design.yaml (``_design``) and the checked trial.
+
+SV holds one record per visits.csv row of a subject of DM; every visit there is a visit of the protocol schedule
+(the loader refuses any other), so every record is planned (SVPRESP "Y") and has its TV VISITNUM. DS holds the
+protocol milestones (informed consent, the statuses design.yaml lists), and one completion or discontinuation per
+subject whose participation ended (the subject timeline, fhir_lupus/model/_timeline.py), its NCOMPLT term from the
+coded off-study reason; a death is the disposition when it ended participation, else an OTHER EVENT after it.
+Dates move by the subject's keyed offset with a registry key; EPOCH is read from the unshifted dates. With a key,
+DSTERM of a disposition is its CDISC term, not the site's free text, where `registry package` drops that text
+(mappings/registry/deidentification.yaml drop_extensions): the privacy rule wins, DSTERM stays filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from typing import TYPE_CHECKING, Any, Literal
+
+from fhir_lupus.errors import MappingError
+from fhir_lupus.model import Subject, load_lifecycle_rules
+from fhir_lupus.registry import load_rules
+from fhir_lupus.sdtm._design import DESIGN, SdtmDesign, epochs, load_design, visit_numbers
+from fhir_lupus.sdtm._spec import TrialDesign
+
+if TYPE_CHECKING:
+    from fhir_lupus.sdtm._sources import SdtmContext
+
+__all__ = ["ds_rows", "sv_rows", "ta_rows", "te_rows", "tv_rows"]
+
+Row = dict[str, Any]
+Event = tuple[Literal["milestone", "disposition", "other"], str, str, date | None]  # DSCAT, DSDECOD, DSTERM, date
+
+
+def _arms(ctx: SdtmContext) -> list[tuple[str, str]]:
+    """(ARMCD, ARM) of each arm of the study file; ARMCD as DM gives it (mappings/sdtm/trial.yaml arms)."""
+    codes = ctx.pack.load(TrialDesign, "sdtm/trial.yaml").arms
+    return [(codes.get(arm.name, arm.name.upper()[:20]), arm.name) for arm in ctx.trial.study.arms]
+
+
+def ta_rows(ctx: SdtmContext) -> Iterator[Row]:
+    """One row per element of each arm, in the order of design.yaml ``elements`` (no branches, no transitions
+    other than going on to the next element)."""
+    design = load_design(ctx.pack)
+    for armcd, arm in _arms(ctx):
+        for order, element in enumerate(design.elements, start=1):
+            yield {
+                "armcd": armcd,
+                "arm": arm,
+                "taetord": order,
+                "etcd": element.etcd,
+                "element": element.element,
+                "tabranch": "",
+                "tatrans": "",
+                "epoch": element.epoch.value,
+            }
+
+
+def te_rows(ctx: SdtmContext) -> Iterator[Row]:
+    for element in load_design(ctx.pack).elements:
+        yield {
+            "etcd": element.etcd,
+            "element": element.element,
+            "testrl": element.testrl,
+            "teenrl": element.teenrl,
+            "tedur": element.tedur,
+        }
+
+
+def tv_rows(ctx: SdtmContext) -> Iterator[Row]:
+    """One row per planned visit of each arm (``visit_numbers``: the study file's schedule)."""
+    planned = visit_numbers(ctx)
+    for armcd, arm in _arms(ctx):
+        for visit in planned.values():
+            yield {
+                "visitnum": visit.number,
+                "visit": visit.name,
+                "visitdy": visit.study_day,
+                "armcd": armcd,
+                "arm": arm,
+                "tvstrl": visit.start_rule,
+            }
+
+
+def sv_rows(ctx: SdtmContext) -> Iterator[Row]:
+    """One row per visits.csv row of a subject of DM: the visit as TV numbers it, held on its visit_date."""
+    planned = visit_numbers(ctx)
+    subjects = {s.record.subject_id for s in ctx.trial.subjects}
+    for located in ctx.trial.visits:
+        visit = located.record
+        if visit.subject_id not in subjects:
+            continue
+        plan = planned.get(visit.visit_code)
+        if plan is None:
+            raise MappingError(f"visits.csv:{located.line}: visit {visit.visit_code} is not in the schedule")
+        day = ctx.dated(visit.subject_id, visit.visit_date)
+        yield {
+            "usubjid": ctx.usubjid(visit.subject_id),
+            "visitnum": plan.number,
+            "visit": plan.name,
+            "presp": "Y",
+            "occur": "Y",
+            "visitdy": plan.study_day,
+            "start": day,
+            "end": day,
+        }
+
+
+def ds_rows(ctx: SdtmContext) -> Iterator[Row]:
+    """Each subject's milestones, then its disposition once its participation ended."""
+    design = load_design(ctx.pack)
+    subject_epochs = epochs(ctx)
+    consents = {s.record.subject_id: s.record.consent_on for s in ctx.trial.screening}
+    milestones = design.disposition.milestones
+    for located in ctx.trial.subjects:
+        subject = located.record
+        sid = subject.subject_id
+        events: list[Event] = []
+        consent = consents.get(sid)
+        if consent is not None:
+            events.append(("milestone", design.disposition.consent.value, design.disposition.consent.value, consent))
+        reached: set[str] = set()
+        for change in ctx.trial.status_history.get(sid, ()):
+            if change.status in milestones and change.status not in reached:
+                reached.add(change.status)
+                term = milestones[change.status].value
+                events.append(("milestone", term, term, change.on))
+        events.extend(_disposition(ctx, design, subject))
+        for category, decod, term, day in events:
+            yield {
+                "usubjid": ctx.usubjid(sid),
+                "term": term,
+                "decod": decod,
+                "category": design.disposition.categories[category].value,
+                "epoch": subject_epochs.epoch(sid, day),
+                "start": ctx.dated(sid, day),
+            }
+
+
+def _disposition(ctx: SdtmContext, design: SdtmDesign, subject: Subject) -> list[Event]:
+    """The completion or discontinuation of a subject whose participation ended, and a death after it."""
+    timeline = ctx.trial.timelines.get(subject.subject_id)
+    if timeline is None or not timeline.ended:
+        return []
+    disposition = design.disposition
+    history = ctx.trial.status_history.get(subject.subject_id, ())
+    last = history[-1] if history else None
+    code = subject.off_study_reason_code or (last.reason_code if last is not None else None)
+    reason = subject.off_study_reason or (last.reason if last is not None else None) or ""
+    died, left = timeline.died, timeline.left
+    death_day = died.day if died is not None and died.exact else None
+    kept = reason if ctx.key is None or disposition.free_text not in load_rules(ctx.pack).drop_extensions else ""
+    death = _ncomplt(ctx, disposition.death)
+    if died is not None and (left is None or died.day <= left.day):
+        return [("disposition", death, kept or death, death_day)]
+    verbatim = {text.strip().casefold(): key for text, key in disposition.verbatim_reasons.items()}
+    decod = _ncomplt(ctx, code or verbatim.get(reason.strip().casefold()) or disposition.uncoded)
+    events: list[Event] = [("disposition", decod, kept or decod, left.day if left is not None else None)]
+    if died is not None:
+        events.append(("other", death, death, death_day))
+    return events
+
+
+def _ncomplt(ctx: SdtmContext, key: str) -> str:
+    """The NCOMPLT term of an off-study reason key (mappings/fhir/lifecycle.yaml off_study_reasons ``cdisc``)."""
+    reason = load_lifecycle_rules(ctx.pack).off_study_reasons.get(key)
+    if reason is None:
+        raise MappingError(
+            f"mappings/{DESIGN}: {key!r} is not a key of off_study_reasons (mappings/fhir/lifecycle.yaml)"
+        )
+    return reason.cdisc
