@@ -176,6 +176,18 @@ class TestEpochs:
         assert subject.epoch("MSC-001", date(2009, 12, 20)) == "FOLLOW-UP"
         assert subject.epoch("MSC-001", date(2009, 12, 21)) == "LONG-TERM FOLLOW-UP"
 
+    def test_se_gives_each_subject_s_elements_up_to_its_last_contact(self, dataset: Callable[..., Path]) -> None:
+        se = built(dataset())["SE"]
+        spans = [(r["USUBJID"][-7:], r["ETCD"], r["EPOCH"], r["SESTDTC"], r["SEENDTC"]) for r in se]
+        assert spans == [
+            ("MSC-001", "SCRN", "SCREENING", "2008-01-02", "2008-01-06T08:00"),  # enrolled: no screening.csv
+            ("MSC-001", "CYC", "TREATMENT", "2008-01-06T08:00", "2008-01-07T08:00"),
+            ("MSC-001", "MSC", "TREATMENT", "2008-01-07T08:00", "2008-01-07T09:00"),
+            ("MSC-001", "FU", "FOLLOW-UP", "2008-01-07T09:00", ""),  # on study: open; long-term follow-up not yet
+            ("MSC-002", "SCRN", "SCREENING", "2008-02-01", "2008-04-01"),  # withdrawn before any treatment
+        ]
+        assert [r["SESEQ"] for r in se] == [1, 2, 3, 4, 1] and [r["SESTDY"] for r in se][:2] == [-4, 1]
+
     def test_ta_lists_the_elements_and_every_epoch_used_is_one_of_ta(self, dataset: Callable[..., Path]) -> None:
         datasets = built(dataset(with_screening))
         ta, te = datasets["TA"], datasets["TE"]

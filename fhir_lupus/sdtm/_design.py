@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Element",
+    "ElementSpan",
     "Epochs",
     "PlannedVisit",
     "SdtmDesign",
@@ -269,7 +270,13 @@ class ElementSpan:
     """An element of one subject and when it started (local clock time; 00:00 for an event known to the day)."""
 
     element: Element
+    order: int  # TAETORD: the element's place in design.yaml elements
     start: datetime
+
+    @property
+    def started(self) -> date | datetime:
+        """The start as recorded: a date-time for a procedure, else a date."""
+        return self.start if self.element.start.event.startswith("procedure") else self.start.date()
 
 
 class Epochs:
@@ -327,10 +334,10 @@ def epochs(ctx: SdtmContext) -> Epochs:
     spans: dict[str, list[ElementSpan]] = {}
     for located in trial.subjects:
         sid = located.record.subject_id
-        for element in design.elements:
+        for order, element in enumerate(design.elements, start=1):
             start = _start(element.start, sid, [*first.get(sid, []), located.record.enrolled_on], procedures, after)
             if start is not None:
-                spans.setdefault(sid, []).append(ElementSpan(element, start))
+                spans.setdefault(sid, []).append(ElementSpan(element, order, start))
     return Epochs(spans)
 
 

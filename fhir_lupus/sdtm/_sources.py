@@ -15,7 +15,7 @@ from typing import Any
 
 from fhir_lupus.model import TrialData
 from fhir_lupus.registry import RegistryKey, date_shift, load_rules
-from fhir_lupus.sdtm._sources_design import ds_rows, sv_rows, ta_rows, te_rows, tv_rows
+from fhir_lupus.sdtm._sources_design import ds_rows, se_rows, sv_rows, ta_rows, te_rows, tv_rows
 from fhir_lupus.sdtm._sources_ts import ts_rows
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
@@ -135,6 +135,7 @@ ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {
     "trial_arms": ta_rows,
     "trial_elements": te_rows,
     "trial_visits": tv_rows,
+    "subject_elements": se_rows,
     "subject_visits": sv_rows,
     "disposition": ds_rows,
 }

@@ -1,5 +1,5 @@
-"""The facts of the trial design datasets (TA, TE, TV), of the subject visits (SV) and of disposition (DS), one dict
-per record, from the study file, mappings/sdtm/design.yaml (``_design``) and the checked trial.
+"""The facts of the trial design datasets (TA, TE, TV), of the subject elements and visits (SE, SV) and of
+disposition (DS), one dict per record, from the study file, mappings/sdtm/design.yaml (``_design``) and the trial.
 
 SV holds one record per visits.csv row of a subject of DM; every visit there is a visit of the protocol schedule
 (the loader refuses any other), so every record is planned (SVPRESP "Y") and has its TV VISITNUM. DS holds the
@@ -26,7 +26,7 @@ from fhir_lupus.sdtm._spec import TrialDesign
 if TYPE_CHECKING:
     from fhir_lupus.sdtm._sources import SdtmContext
 
-__all__ = ["ds_rows", "sv_rows", "ta_rows", "te_rows", "tv_rows"]
+__all__ = ["ds_rows", "se_rows", "sv_rows", "ta_rows", "te_rows", "tv_rows"]
 
 Row = dict[str, Any]
 Event = tuple[Literal["milestone", "disposition", "other"], str, str, date | None]  # DSCAT, DSDECOD, DSTERM, date
@@ -104,6 +104,31 @@ def sv_rows(ctx: SdtmContext) -> Iterator[Row]:
             "start": day,
             "end": day,
         }
+
+
+def se_rows(ctx: SdtmContext) -> Iterator[Row]:
+    """Each subject's elements as ``epochs`` finds them, up to its last contact (the last visit held, or the end of
+    participation): one ends where the next starts, the last at the end of participation (open while on study)."""
+    subject_epochs = epochs(ctx)
+    visited: dict[str, list[date]] = {}
+    for visit in ctx.trial.visits:
+        visited.setdefault(visit.record.subject_id, []).append(visit.record.visit_date)
+    for located in ctx.trial.subjects:
+        sid = located.record.subject_id
+        timeline = ctx.trial.timelines.get(sid)
+        last = timeline.end.day if timeline is not None and timeline.end is not None else None
+        contact = max([*visited.get(sid, []), *([last] if last else [])], default=None)
+        spans = [s for s in subject_epochs.spans(sid) if contact is None or s.start.date() <= contact]
+        for span, following in zip(spans, [*spans[1:], None], strict=True):
+            yield {
+                "usubjid": ctx.usubjid(sid),
+                "etcd": span.element.etcd,
+                "element": span.element.element,
+                "taetord": span.order,
+                "epoch": span.element.epoch.value,
+                "start": ctx.dated(sid, span.started),
+                "end": ctx.dated(sid, following.started if following is not None else last),
+            }
 
 
 def ds_rows(ctx: SdtmContext) -> Iterator[Row]:
