@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 DATA   ?= examples/nct00698191
 OUT    ?= out
 
-.PHONY: demo test test-unit test-spark lint bench bench-all wheel clean
+.PHONY: demo test test-unit test-spark test-sdtm .venv-core lint bench bench-all wheel clean
 
 # The report extra (matplotlib) is what `demo` draws the report with; `test` pulls it too (pyproject.toml).
 $(BIN)/fhir-lupus: pyproject.toml setup.py
@@ -33,6 +33,31 @@ test-spark: $(BIN)/fhir-lupus
 	mvn -q -B dependency:get -Dtransitive=false \
 		-Dartifact=$$($(BIN)/python -c 'from fhir_lupus.spark._session import pathling_package; print(pathling_package())')
 	FHIR_LUPUS_SPARK_TESTS=1 $(BIN)/python -m pytest -q tests/spark
+
+# CDISC CORE (README "Development", ../shared/cdisc-core/README.md) needs Python 3.12 while the project runs on
+# 3.11: its own venv, from pyenv's newest 3.12 unless CORE_PYTHON says which. The engine is pinned because the
+# rules cache in ../shared/cdisc-core matches that version; the stamp names it, so a new pin rebuilds the venv.
+CORE_VENV    := .venv-core
+CORE_ENGINE  := cdisc-rules-engine==0.17.1
+CORE_STAMP   := $(CORE_VENV)/$(subst ==,-,$(CORE_ENGINE)).installed
+PYENV_ROOT   ?= $(HOME)/.pyenv
+CORE_PYTHON  ?= $(shell ls -d $(PYENV_ROOT)/versions/3.12.*/bin/python 2>/dev/null | sort -V | tail -n 1)
+
+.venv-core: $(CORE_STAMP)
+
+$(CORE_STAMP):
+	@test -n "$(CORE_PYTHON)" || { echo "CDISC CORE needs Python 3.12: none under $(PYENV_ROOT)/versions/ (pyenv install 3.12, or make .venv-core CORE_PYTHON=/path/to/python3.12)" >&2; exit 1; }
+	@"$(CORE_PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null || { echo "CDISC CORE needs Python 3.12: CORE_PYTHON=$(CORE_PYTHON) is not one" >&2; exit 1; }
+	rm -rf $(CORE_VENV)
+	"$(CORE_PYTHON)" -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CORE_VENV)/bin/python -m pip install --quiet '$(CORE_ENGINE)'
+	touch $@
+
+# The SDTM conformance check (tests/sdtm/, which `make test` never collects): CORE's full SDTMIG 3.4 rule set on
+# small datasets, about a minute per run on 2 cores.
+test-sdtm: $(BIN)/fhir-lupus $(CORE_STAMP)
+	FHIR_LUPUS_SDTM_TESTS=1 $(BIN)/python -m pytest -q tests/sdtm
 
 lint: $(BIN)/fhir-lupus
 	$(BIN)/ruff check fhir_lupus tests examples bench

@@ -15,6 +15,7 @@
      +-- RouteRefused                      the server refused a search parameter its CapabilityStatement lists
      +-- UnsupportedInteraction            the CapabilityStatement says the server cannot do what we need
      +-- SparkUnavailable                  PySpark, Pathling or a suitable Java is missing
+     +-- CoreUnavailable                   CDISC CORE cannot run here: its folder or Python is missing, or it failed
      +-- ExtraMissing(ImportError)         an optional part is not installed: the message names the pip extra
      +-- CheckoutMissing(RuntimeError)     what was asked for lives in a checkout, not in an installed wheel
      +-- FhirHttpError                     any failed exchange with a FHIR server (``outcome``: its OperationOutcome)
@@ -45,6 +46,7 @@ __all__ = [
     "AuthenticationRefused",
     "BulkExportError",
     "CheckoutMissing",
+    "CoreUnavailable",
     "DeidentificationError",
     "ExtraMissing",
     "FatalHttpError",
@@ -177,6 +179,12 @@ class UnsupportedInteraction(FhirLupusError):
 
 class SparkUnavailable(FhirLupusError):
     """PySpark, Pathling or a suitable Java is missing: the message says what to install."""
+
+
+class CoreUnavailable(FhirLupusError):
+    """CDISC CORE, the SDTM conformance engine run as a separate Python 3.12 process, cannot run: its folder or
+    its Python is missing (the message names which, and ``make .venv-core``), or the run failed, timed out or
+    wrote no report (the message ends with the engine's last words). Never a verdict on the datasets."""
 
 
 class ExtraMissing(FhirLupusError, ImportError):

@@ -249,6 +249,7 @@ class TestExitCodes:
             (errors.InputError("f.csv", 2, "unit", "x"), 2),
             (errors.CheckoutMissing("x"), 2),
             (errors.SparkUnavailable("x"), 2),
+            (errors.CoreUnavailable("x"), 2),
             (ValueError("--smart-alg must be RS384 or ES384"), 2),
             (OSError("x"), 2),
         ],

@@ -199,5 +199,48 @@ class TestOutput:
         assert result.exit_code == 0, result.output
         assert "wrote" in result.output and "DM 2" in result.output
         domains = Settings.default().pack.load(TrialDesign, "sdtm/trial.yaml").domains
+        assert "dm" in domains  # one file per domain of mappings/sdtm/trial.yaml, nothing else
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{d}.json" for d in domains)
-        assert "dm" in domains
+
+
+class TestLaboratory:
+    def _lb(self, data_dir: Path) -> dict[str, dict[str, object]]:
+        settings = Settings.default()
+        data = TrialSource.directory(data_dir, settings=settings).whole()
+        [lb] = [d for d in build_datasets(SdtmContext(data, settings.pack)) if d.name == "LB"]
+        return {str(r["LBREFID"]): r for r in lb.records}
+
+    def test_reported_and_standard_values_units_and_verdicts(self, dataset: Callable[..., Path]) -> None:
+        lb = self._lb(dataset())
+        c3 = lb["L1"]
+        assert (c3["LBTESTCD"], c3["LBORRES"], c3["LBORRESU"], c3["LBSTRESN"], c3["LBNRIND"]) == (
+            "C3",
+            "0.45",
+            "g/L",
+            0.45,
+            "LOW",
+        )
+        platelets = lb["L9"]
+        assert platelets["LBORRESU"] == platelets["LBSTRESU"] == "10^9/L" and platelets["LBSPEC"] == "BLOOD"
+        censored = lb["L7"]  # "<10": kept in LBSTRESC with its comparator, no number, no verdict it does not prove
+        assert (censored["LBSTRESC"], censored["LBSTRESN"], censored["LBNRIND"]) == ("<10", None, "")
+        assert lb["L4"]["LBORRES"] == "1:320" and lb["L4"]["LBSTRESN"] is None
+        assert lb["L8"]["LBMETHOD"] and lb["L6"]["LBSTRESU"] == "g/day"
+
+    def test_a_unit_the_trial_does_not_use_is_standardised(self, dataset: Callable[..., Path]) -> None:
+        def in_mg_dl(rows: dict[str, list[dict[str, str]]]) -> None:
+            creatinine = next(r for r in rows["labs.csv"] if r["result_id"] == "L2")
+            creatinine.update(value="1.0", unit="mg/dL", ref_low="0.5", ref_high="1.5")
+
+        record = self._lb(dataset(in_mg_dl))["L2"]
+        assert (record["LBORRES"], record["LBORRESU"], record["LBSTRESU"]) == ("1.0", "mg/dL", "umol/L")
+        assert record["LBSTRESN"] == pytest.approx(88.4, abs=0.1) and record["LBSTNRHI"] == pytest.approx(
+            132.6, abs=0.1
+        )
+
+    def test_the_last_result_before_the_first_treatment_is_flagged(self, dataset: Callable[..., Path]) -> None:
+        lb = self._lb(dataset())
+        assert lb["L1"]["LBLOBXFL"] == "Y"  # BL, before the pretreatment
+        assert lb["L10"]["LBLOBXFL"] == ""  # M01, after it
+        flagged = [r for r in lb.values() if r["LBLOBXFL"] == "Y"]
+        assert len({(r["USUBJID"], r["LBTESTCD"], r["LBSPEC"]) for r in flagged}) == len(flagged)

@@ -76,6 +76,7 @@ EXIT_CODES: dict[type[errors.FhirLupusError], int] = {
     errors.RouteRefused: SERVER_FAILURE,
     errors.UnsupportedInteraction: SERVER_FAILURE,
     errors.SparkUnavailable: USAGE_ERROR,
+    errors.CoreUnavailable: USAGE_ERROR,
     errors.ExtraMissing: USAGE_ERROR,
     errors.CheckoutMissing: USAGE_ERROR,
     errors.FhirHttpError: SERVER_FAILURE,

@@ -8,7 +8,7 @@ from fhir_lupus.mappers._group import map_enrollment_group
 from fhir_lupus.mappers._location import map_site_location
 from fhir_lupus.mappers._medication_administration import conditioned_infusion, map_medication_administration
 from fhir_lupus.mappers._medication_statement import map_medication_statement
-from fhir_lupus.mappers._observation_lab import map_lab_observation
+from fhir_lupus.mappers._observation_lab import interpretation, map_lab_observation
 from fhir_lupus.mappers._observation_sledai import map_sledai_observation
 from fhir_lupus.mappers._observation_treg import map_treg_observation
 from fhir_lupus.mappers._organization import map_sponsor_organization
@@ -23,6 +23,7 @@ __all__ = [
     "MappingContext",
     "Resource",
     "conditioned_infusion",
+    "interpretation",
     "map_adverse_event",
     "map_encounter",
     "map_enrollment_group",

@@ -21,8 +21,10 @@ from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.registry import RegistryKey
 from fhir_lupus.sdtm._dataset_json import write_dataset_json
 from fhir_lupus.sdtm._engine import Dataset, build_dataset
-from fhir_lupus.sdtm._sources import ROW_SOURCES, SdtmContext
+from fhir_lupus.sdtm._rows import ROW_SOURCES
+from fhir_lupus.sdtm._sources import SdtmContext
 from fhir_lupus.sdtm._spec import DomainSpec, TrialDesign
+from fhir_lupus.sdtm._terms import load_sdtm_terms
 from fhir_lupus.sdtm._xpt import write_xpt
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
@@ -52,6 +54,7 @@ def build_datasets(ctx: SdtmContext) -> list[Dataset]:
     """Every domain's dataset; DM first, whose RFSTDTC gives every other domain its study days."""
     built: list[Dataset] = []
     starts: dict[str, str] = {}
+    terms = load_sdtm_terms(ctx.pack)
     for spec in domain_specs(ctx.pack):
         try:
             source = ROW_SOURCES[spec.rows]
@@ -60,7 +63,7 @@ def build_datasets(ctx: SdtmContext) -> list[Dataset]:
                 f"mappings/sdtm/domains/{spec.domain.lower()}.yaml: no row source {spec.rows!r}"
             ) from None
         rows = ({"study": ctx.study_id, **row} for row in source(ctx))
-        dataset = build_dataset(spec, rows, starts)
+        dataset = build_dataset(spec, rows, starts, terms.submission_value)
         if spec.domain == "DM":
             starts = {str(r["USUBJID"]): str(r.get("RFSTDTC") or "") for r in dataset.records}
         built.append(dataset)

@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import DAYS_PER_MONTH, StudyDefinition, evaluate_schedule
+from fhir_lupus.sdtm._sources import SdtmContext
+from fhir_lupus.sdtm._terms import load_sdtm_terms
 
 if TYPE_CHECKING:
-    from fhir_lupus.sdtm._sources import SdtmContext
     from fhir_lupus.terminology import MappingPack
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "Epochs",
     "PlannedVisit",
     "SdtmDesign",
-    "Term",
     "TsParameter",
     "TsValue",
     "epochs",
@@ -71,20 +71,6 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Term(_Frozen):
-    """A value of a CDISC codelist: its submission value and C-code, or sponsor-defined (then no code)."""
-
-    value: str
-    code: str | None = Field(default=None, pattern=r"^C\d+$")
-    sponsor_defined: bool = False
-
-    @model_validator(mode="after")
-    def _coded_or_sponsor_defined(self) -> Term:
-        if (self.code is None) != self.sponsor_defined:
-            raise ValueError(f"{self.value}: a CDISC term has its C-code, a sponsor-defined value none")
-        return self
-
-
 class ElementStart(_Frozen):
     """The event of a subject's records that starts an element (design.yaml ``elements``)."""
 
@@ -104,7 +90,7 @@ class ElementStart(_Frozen):
 class Element(_Frozen):
     etcd: str = Field(pattern=r"^[A-Z][A-Z0-9]{0,7}$")
     element: str = Field(max_length=40)
-    epoch: Term
+    epoch: str  # a term of terms.yaml EPOCH
     start: ElementStart
     testrl: str = Field(min_length=1)
     teenrl: str = ""
@@ -118,9 +104,11 @@ class VisitRules(_Frozen):
 
 
 class Disposition(_Frozen):
-    categories: dict[Literal["milestone", "disposition", "other"], Term]
-    consent: Term
-    milestones: dict[str, Term] = {}  # status_history.csv status -> PROTMLST term
+    """The DS choices; every value a term of mappings/sdtm/terms.yaml (DSCAT, PROTMLST, NCOMPLT)."""
+
+    categories: dict[Literal["milestone", "disposition", "other"], str]  # DSCAT terms
+    consent: str  # what terms.yaml PROTMLST maps the informed consent from
+    milestones: tuple[str, ...] = ()  # status_history.csv statuses written as PROTMLST milestones
     death: str  # the off_study_reasons key of a death
     verbatim_reasons: dict[str, str] = {}  # free-text reason -> off_study_reasons key
     uncoded: str  # the off_study_reasons key of any other free text
@@ -128,13 +116,12 @@ class Disposition(_Frozen):
 
 
 class TsValue(_Frozen):
-    """One TS value: TSVAL or TSVALNF, with TSVALCD and its terminology when coded."""
+    """One TS value: TSVAL or TSVALNF, with TSVALCD and its terminology (TSVCDREF) when coded."""
 
     value: str | None = Field(default=None, min_length=1, max_length=200)
     null_flavor: NullFlavor | None = None
     code: str | None = None
-    reference: str | None = None  # TSVCDREF; "CDISC": TSVCDVER is the design's ct_version
-    version: str | None = None
+    reference: str | None = None  # a key of design.yaml references
 
     @model_validator(mode="after")
     def _value_or_null_flavor(self) -> TsValue:
@@ -146,38 +133,43 @@ class TsValue(_Frozen):
 
 
 class TsParameter(_Frozen):
+    """A TS parameter (a term of terms.yaml TSPARMCD) and where its values come from: derived, given, or none."""
+
     parmcd: str = Field(pattern=r"^[A-Z][A-Z0-9]{0,7}$")
-    parm: str = Field(max_length=40)
-    sponsor_defined: bool = False
     derive: Derivation | None = None
-    translate: dict[str, TsValue] = {}
-    values: tuple[TsValue, ...] = ()
+    values: tuple[str, ...] = ()
+    null_flavor: NullFlavor | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _derived_or_given(self) -> TsParameter:
-        if (self.derive is None) == (not self.values):
-            raise ValueError(f"{self.parmcd}: give `derive` or `values`, not both")
-        if self.translate and self.derive is None:
-            raise ValueError(f"{self.parmcd}: `translate` turns a derived value into its code")
+    def _one_origin(self) -> TsParameter:
+        if [self.derive is not None, bool(self.values), self.null_flavor is not None].count(True) != 1:
+            raise ValueError(f"{self.parmcd}: give one of `derive`, `values` and `null_flavor`")
         return self
 
 
-class Reference(_Frozen):
-    name: str
-    sponsor_defined: bool = False
+class DesignCodelists(_Frozen):
+    """Which codelist of mappings/sdtm/terms.yaml each kind of design value is a term of."""
+
+    epoch: str
+    category: str  # DSCAT
+    milestone: str  # DSDECOD of a protocol milestone
+    disposition: str  # DSDECOD of a disposition event
+    parameter: str  # TSPARMCD (its paired codelist: TSPARM)
+    reference: str  # TSVCDREF
 
 
 class SdtmDesign(_Frozen):
     """mappings/sdtm/design.yaml."""
 
     ct_version: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    codelists: DesignCodelists
     anchor_study_day: dict[Anchor, int]
     visits: VisitRules
     elements: tuple[Element, ...] = Field(min_length=1)
     disposition: Disposition
     trial_summary: tuple[TsParameter, ...] = Field(min_length=1)
-    references: dict[str, Reference]
+    references: dict[str, str]  # key -> its terms.yaml DICTNAM source value (TSVCDREF)
     age_units: dict[str, str]
 
     @model_validator(mode="after")
@@ -308,13 +300,16 @@ class Epochs:
     def epoch(self, subject_id: str, value: date | datetime | None) -> str:
         """EPOCH of ``value`` (a CDISC EPOCH term), or "" before the subject's screening."""
         element = self.element_at(subject_id, value)
-        return element.epoch.value if element is not None else ""
+        return element.epoch if element is not None else ""
 
 
 def epochs(ctx: SdtmContext) -> Epochs:
     """Every subject's element starts from its records, as design.yaml ``elements`` says."""
     trial = ctx.trial
     design = load_design(ctx.pack)
+    terms = load_sdtm_terms(ctx.pack)
+    for element in design.elements:
+        terms.term(design.codelists.epoch, element.epoch)  # a value terms.yaml does not list stops the run
     first: dict[str, list[date]] = {}
     for screened in trial.screening:
         record = screened.record
@@ -334,6 +329,8 @@ def epochs(ctx: SdtmContext) -> Epochs:
     spans: dict[str, list[ElementSpan]] = {}
     for located in trial.subjects:
         sid = located.record.subject_id
+        if sid not in ctx.enrolled:
+            continue
         for order, element in enumerate(design.elements, start=1):
             start = _start(element.start, sid, [*first.get(sid, []), located.record.enrolled_on], procedures, after)
             if start is not None:

@@ -9,16 +9,18 @@ subject's records 1, 2, ... in the order of the dataset's key variables.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sdtm._spec import DomainSpec, Variable
 
 __all__ = ["Dataset", "Value", "build_dataset", "iso_8601", "study_day"]
 
 Value = str | int | float | None
+YES_NO = {True: "yes", False: "no"}  # the project's own words for a truth, as its CSV files write them
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,24 @@ def study_day(dtc: str, reference: str) -> int | None:
     return days + 1 if days >= 0 else days
 
 
-def build_dataset(spec: DomainSpec, rows: Iterable[Mapping[str, Any]], starts: Mapping[str, str]) -> Dataset:
-    """The records of ``rows``: each variable from its fact or constant, transformed; ``starts``: RFSTDTC by USUBJID
-    (for study days). Sorted by the key variables, then --SEQ numbered per subject."""
+def build_dataset(
+    spec: DomainSpec,
+    rows: Iterable[Mapping[str, Any]],
+    starts: Mapping[str, str],
+    lookup: Callable[[str, str], str] | None = None,
+) -> Dataset:
+    """The records of ``rows``: each variable from its fact or constant, transformed, and turned into its term by
+    ``lookup(codelist, value)`` when the mapping names a codelist (``SdtmTerms.submission_value``); ``starts``:
+    RFSTDTC by USUBJID (for study days). Sorted by the key variables, then --SEQ numbered per subject. A value no
+    term is mapped from is an error naming it: never a value passed through as if it were a CDISC term."""
     records: list[dict[str, Value]] = []
     for row in rows:
         record: dict[str, Value] = {}
         for variable in spec.variables:
-            record[variable.name] = _value(variable, row, record, starts)
+            value = _value(variable, row, record, starts)
+            if variable.lookup and value not in (None, ""):
+                value = _looked_up(spec, variable, value, lookup)
+            record[variable.name] = value
         records.append(record)
     keys = [k for k in spec.keys if not _is_seq(spec, k)]
     records.sort(key=lambda r: tuple(_sortable(r.get(k)) for k in keys))
@@ -72,6 +84,15 @@ def build_dataset(spec: DomainSpec, rows: Iterable[Mapping[str, Any]], starts: M
                 counters[record.get("USUBJID")] += 1
                 record[variable.name] = counters[record.get("USUBJID")]
     return Dataset(spec, records)
+
+
+def _looked_up(spec: DomainSpec, variable: Variable, value: Value, lookup: Callable[[str, str], str] | None) -> str:
+    if lookup is None:
+        raise FhirLupusError(f"{spec.domain}.{variable.name}: codelist {variable.lookup} asked, no terms given")
+    try:
+        return lookup(variable.lookup or "", str(value))
+    except FhirLupusError as exc:
+        raise FhirLupusError(f"{spec.domain}.{variable.name}: {exc}") from None
 
 
 def _is_seq(spec: DomainSpec, name: str) -> bool:
@@ -98,8 +119,8 @@ def _value(variable: Variable, row: Mapping[str, Any], record: Mapping[str, Valu
             reference = starts.get(str(record.get("USUBJID") or ""), "")
             dtc = str(record.get(variable.relative_to or "") or "")
             return study_day(dtc, reference)
-        case "yes_no":
-            return "" if raw is None else ("Y" if raw else "N")
+        case "yes_no":  # a truth as the NY codelist's source values (mappings/sdtm/terms.yaml), for `lookup: NY`
+            return "" if raw is None else YES_NO[bool(raw)]
     return _typed(variable, raw)
 
 

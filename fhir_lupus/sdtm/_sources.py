@@ -8,19 +8,18 @@ USUBJID is the subject's keyed pseudonym and every date moves by the subject's k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from fhir_lupus.model import TrialData
+from fhir_lupus.model import TrialData, load_lifecycle_rules
 from fhir_lupus.registry import RegistryKey, date_shift, load_rules
-from fhir_lupus.sdtm._sources_design import ds_rows, se_rows, sv_rows, ta_rows, te_rows, tv_rows
-from fhir_lupus.sdtm._sources_ts import ts_rows
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
 
-__all__ = ["ROW_SOURCES", "SdtmContext"]
+__all__ = ["Row", "SdtmContext", "arm_code", "dm_rows", "first_exposures"]
 
 Row = dict[str, Any]
 
@@ -37,6 +36,13 @@ class SdtmContext:
     @property
     def study_id(self) -> str:
         return self.trial.study.nct_id
+
+    @functools.cached_property
+    def enrolled(self) -> frozenset[str]:
+        """The subjects SDTM holds: those of an enrolled status (mappings/fhir/lifecycle.yaml), as `registry package`
+        keeps them; a candidate who never enrolled is in no dataset."""
+        statuses = load_lifecycle_rules(self.pack).enrolled
+        return frozenset(s.record.subject_id for s in self.trial.subjects if s.record.status in statuses)
 
     def usubjid(self, subject_id: str) -> str:
         """STUDYID-SUBJID, or with a key the pseudonym `registry package` gives the subject (the same HMAC)."""
@@ -69,6 +75,17 @@ def _age(birth: str | None, on: date | None) -> int | None:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
+def first_exposures(trial: TrialData) -> dict[str, datetime]:
+    """Each subject's first completed study treatment (RFXSTDTC), as recorded (not shifted)."""
+    firsts: dict[str, datetime] = {}
+    for done in trial.procedures:
+        procedure = done.record
+        if procedure.status == "completed":
+            current = firsts.get(procedure.subject_id)
+            firsts[procedure.subject_id] = min(current, procedure.started_at) if current else procedure.started_at
+    return firsts
+
+
 def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
     """One row per enrolled subject: reference dates from treatment (procedures.csv) and the timeline, consent and
     age from screening.csv, the site from the site profile."""
@@ -84,9 +101,12 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
     for visit in trial.visits:
         visits.setdefault(visit.record.subject_id, []).append(visit.record.visit_date)
     site = ctx.pack.site
+    design = ctx.pack.load(TrialDesign, "sdtm/trial.yaml")
     for located in trial.subjects:
         subject = located.record
         sid = subject.subject_id
+        if sid not in ctx.enrolled:
+            continue
         timeline = trial.timelines.get(sid)
         exposed = sorted(exposures.get(sid, []))
         first = exposed[0][0] if exposed else None
@@ -105,16 +125,16 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
             "consent": ctx.dated(sid, consent),
             "participation_end": ctx.dated(sid, ended or last_contact),
             "death": ctx.dated(sid, died.day) if died is not None and died.exact else None,
-            "died": "Y" if died is not None else "",
+            "died": True if died is not None else None,  # DTHFL is Y or null (SDTMIG 3.4 DM)
             "site": site.location.key,
             "country": _alpha3(site.location.country, ctx),
             "age": _age(subject.birth_date, _day(consent) or subject.enrolled_on),
-            "sex": {"male": "M", "female": "F"}.get(subject.sex, "U"),
+            "sex": subject.sex,
             "arm": subject.arm,
-            "armcd": _arm_code(subject.arm, ctx),
-            # SDTMIG 3.4 DM assumption 5: a subject never given study treatment is "Not Treated", NOTTRT
-            "actarm": subject.arm if exposed else "Not Treated",
-            "actarmcd": _arm_code(subject.arm, ctx) if exposed else "NOTTRT",
+            "armcd": arm_code(subject.arm, ctx),
+            # SDTMIG 3.4 DM: a subject never given study treatment has the actual arm "Not Treated" (trial.yaml)
+            "actarm": subject.arm if exposed else design.not_treated.arm,
+            "actarmcd": arm_code(subject.arm, ctx) if exposed else design.not_treated.armcd,
             "race": "",
         }
 
@@ -124,18 +144,6 @@ def _alpha3(alpha2: str, ctx: SdtmContext) -> str:
     return ctx.pack.load(TrialDesign, "sdtm/trial.yaml").countries.get(alpha2, alpha2)
 
 
-def _arm_code(arm: str, ctx: SdtmContext) -> str:
+def arm_code(arm: str, ctx: SdtmContext) -> str:
     arms = ctx.pack.load(TrialDesign, "sdtm/trial.yaml").arms
     return arms.get(arm, arm.upper()[:20])
-
-
-ROW_SOURCES: dict[str, Callable[[SdtmContext], Iterator[Row]]] = {
-    "subjects": dm_rows,
-    "trial_summary": ts_rows,
-    "trial_arms": ta_rows,
-    "trial_elements": te_rows,
-    "trial_visits": tv_rows,
-    "subject_elements": se_rows,
-    "subject_visits": sv_rows,
-    "disposition": ds_rows,
-}

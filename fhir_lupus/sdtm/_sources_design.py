@@ -15,16 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fhir_lupus.errors import MappingError
-from fhir_lupus.model import Subject, load_lifecycle_rules
+from fhir_lupus.model import Subject
 from fhir_lupus.registry import load_rules
-from fhir_lupus.sdtm._design import DESIGN, SdtmDesign, epochs, load_design, visit_numbers
-from fhir_lupus.sdtm._spec import TrialDesign
-
-if TYPE_CHECKING:
-    from fhir_lupus.sdtm._sources import SdtmContext
+from fhir_lupus.sdtm._design import SdtmDesign, epochs, load_design, visit_numbers
+from fhir_lupus.sdtm._sources import SdtmContext, arm_code
+from fhir_lupus.sdtm._terms import SdtmTerms, load_sdtm_terms
 
 __all__ = ["ds_rows", "se_rows", "sv_rows", "ta_rows", "te_rows", "tv_rows"]
 
@@ -34,14 +32,14 @@ Event = tuple[Literal["milestone", "disposition", "other"], str, str, date | Non
 
 def _arms(ctx: SdtmContext) -> list[tuple[str, str]]:
     """(ARMCD, ARM) of each arm of the study file; ARMCD as DM gives it (mappings/sdtm/trial.yaml arms)."""
-    codes = ctx.pack.load(TrialDesign, "sdtm/trial.yaml").arms
-    return [(codes.get(arm.name, arm.name.upper()[:20]), arm.name) for arm in ctx.trial.study.arms]
+    return [(arm_code(arm.name, ctx), arm.name) for arm in ctx.trial.study.arms]
 
 
 def ta_rows(ctx: SdtmContext) -> Iterator[Row]:
     """One row per element of each arm, in the order of design.yaml ``elements`` (no branches, no transitions
     other than going on to the next element)."""
     design = load_design(ctx.pack)
+    terms = load_sdtm_terms(ctx.pack)
     for armcd, arm in _arms(ctx):
         for order, element in enumerate(design.elements, start=1):
             yield {
@@ -52,7 +50,7 @@ def ta_rows(ctx: SdtmContext) -> Iterator[Row]:
                 "element": element.element,
                 "tabranch": "",
                 "tatrans": "",
-                "epoch": element.epoch.value,
+                "epoch": terms.term(design.codelists.epoch, element.epoch).value,
             }
 
 
@@ -85,7 +83,7 @@ def tv_rows(ctx: SdtmContext) -> Iterator[Row]:
 def sv_rows(ctx: SdtmContext) -> Iterator[Row]:
     """One row per visits.csv row of a subject of DM: the visit as TV numbers it, held on its visit_date."""
     planned = visit_numbers(ctx)
-    subjects = {s.record.subject_id for s in ctx.trial.subjects}
+    subjects = ctx.enrolled
     for located in ctx.trial.visits:
         visit = located.record
         if visit.subject_id not in subjects:
@@ -113,8 +111,7 @@ def se_rows(ctx: SdtmContext) -> Iterator[Row]:
     visited: dict[str, list[date]] = {}
     for visit in ctx.trial.visits:
         visited.setdefault(visit.record.subject_id, []).append(visit.record.visit_date)
-    for located in ctx.trial.subjects:
-        sid = located.record.subject_id
+    for sid in sorted(ctx.enrolled):
         timeline = ctx.trial.timelines.get(sid)
         last = timeline.end.day if timeline is not None and timeline.end is not None else None
         contact = max([*visited.get(sid, []), *([last] if last else [])], default=None)
@@ -125,49 +122,58 @@ def se_rows(ctx: SdtmContext) -> Iterator[Row]:
                 "etcd": span.element.etcd,
                 "element": span.element.element,
                 "taetord": span.order,
-                "epoch": span.element.epoch.value,
+                "epoch": span.element.epoch,
                 "start": ctx.dated(sid, span.started),
                 "end": ctx.dated(sid, following.started if following is not None else last),
             }
 
 
 def ds_rows(ctx: SdtmContext) -> Iterator[Row]:
-    """Each subject's milestones, then its disposition once its participation ended."""
+    """Each enrolled subject's milestones, then its disposition once its participation ended."""
     design = load_design(ctx.pack)
+    terms = load_sdtm_terms(ctx.pack)
+    codelists, disposition = design.codelists, design.disposition
     subject_epochs = epochs(ctx)
     consents = {s.record.subject_id: s.record.consent_on for s in ctx.trial.screening}
-    milestones = design.disposition.milestones
     for located in ctx.trial.subjects:
         subject = located.record
         sid = subject.subject_id
+        if sid not in ctx.enrolled:
+            continue
         events: list[Event] = []
         consent = consents.get(sid)
         if consent is not None:
-            events.append(("milestone", design.disposition.consent.value, design.disposition.consent.value, consent))
+            term = terms.term_for(codelists.milestone, disposition.consent).value
+            events.append(("milestone", term, term, consent))
         reached: set[str] = set()
         for change in ctx.trial.status_history.get(sid, ()):
-            if change.status in milestones and change.status not in reached:
+            if change.status in disposition.milestones and change.status not in reached:
                 reached.add(change.status)
-                term = milestones[change.status].value
+                term = terms.term_for(codelists.milestone, change.status).value
                 events.append(("milestone", term, term, change.on))
-        events.extend(_disposition(ctx, design, subject))
+        events.extend(_disposition(ctx, design, terms, subject))
         for category, decod, term, day in events:
             yield {
                 "usubjid": ctx.usubjid(sid),
                 "term": term,
                 "decod": decod,
-                "category": design.disposition.categories[category].value,
+                "category": terms.term(codelists.category, disposition.categories[category]).value,
                 "epoch": subject_epochs.epoch(sid, day),
                 "start": ctx.dated(sid, day),
             }
 
 
-def _disposition(ctx: SdtmContext, design: SdtmDesign, subject: Subject) -> list[Event]:
-    """The completion or discontinuation of a subject whose participation ended, and a death after it."""
+def _disposition(ctx: SdtmContext, design: SdtmDesign, terms: SdtmTerms, subject: Subject) -> list[Event]:
+    """The completion or discontinuation of a subject whose participation ended, and a death after it: the NCOMPLT
+    term terms.yaml maps the off-study reason key to (the keys of mappings/fhir/lifecycle.yaml off_study_reasons)."""
     timeline = ctx.trial.timelines.get(subject.subject_id)
     if timeline is None or not timeline.ended:
         return []
     disposition = design.disposition
+
+    def ncomplt(key: str) -> str:
+        return terms.term_for(design.codelists.disposition, key).value
+
     history = ctx.trial.status_history.get(subject.subject_id, ())
     last = history[-1] if history else None
     code = subject.off_study_reason_code or (last.reason_code if last is not None else None)
@@ -175,22 +181,12 @@ def _disposition(ctx: SdtmContext, design: SdtmDesign, subject: Subject) -> list
     died, left = timeline.died, timeline.left
     death_day = died.day if died is not None and died.exact else None
     kept = reason if ctx.key is None or disposition.free_text not in load_rules(ctx.pack).drop_extensions else ""
-    death = _ncomplt(ctx, disposition.death)
+    death = ncomplt(disposition.death)
     if died is not None and (left is None or died.day <= left.day):
         return [("disposition", death, kept or death, death_day)]
     verbatim = {text.strip().casefold(): key for text, key in disposition.verbatim_reasons.items()}
-    decod = _ncomplt(ctx, code or verbatim.get(reason.strip().casefold()) or disposition.uncoded)
+    decod = ncomplt(code or verbatim.get(reason.strip().casefold()) or disposition.uncoded)
     events: list[Event] = [("disposition", decod, kept or decod, left.day if left is not None else None)]
     if died is not None:
         events.append(("other", death, death, death_day))
     return events
-
-
-def _ncomplt(ctx: SdtmContext, key: str) -> str:
-    """The NCOMPLT term of an off-study reason key (mappings/fhir/lifecycle.yaml off_study_reasons ``cdisc``)."""
-    reason = load_lifecycle_rules(ctx.pack).off_study_reasons.get(key)
-    if reason is None:
-        raise MappingError(
-            f"mappings/{DESIGN}: {key!r} is not a key of off_study_reasons (mappings/fhir/lifecycle.yaml)"
-        )
-    return reason.cdisc

@@ -33,6 +33,7 @@ class Variable(_Frozen):
     value: str | int | None = None  # a constant
     transform: Transform | None = None
     relative_to: str | None = None  # study_day: the date variable of the same record it counts
+    lookup: str | None = None  # a codelist of mappings/sdtm: the fact's value -> its term (UNIT: the UCUM table)
     codelist: str | None = None  # the codelist in mappings/sdtm (for define.xml and the project's own check)
     origin: Origin
     role: str
@@ -80,3 +81,9 @@ class TrialDesign(_Frozen):
     countries: dict[str, str]  # ISO 3166-1 alpha-2 (the site profile) -> alpha-3 (DM COUNTRY)
     arms: dict[str, str]  # the study file's arm name -> ARMCD
     domains: tuple[str, ...]  # the domains written, in this order (mappings/sdtm/domains/<name>.yaml)
+    not_treated: ArmTerm  # the actual arm of a subject never given study treatment
+
+
+class ArmTerm(_Frozen):
+    arm: str = Field(max_length=200)
+    armcd: str = Field(max_length=20)
