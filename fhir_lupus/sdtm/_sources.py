@@ -19,7 +19,7 @@ from fhir_lupus.registry import RegistryKey, date_shift, load_rules
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
 
-__all__ = ["Row", "SdtmContext", "dm_rows", "first_exposures"]
+__all__ = ["Row", "SdtmContext", "arm_code", "dm_rows", "first_exposures"]
 
 Row = dict[str, Any]
 
@@ -132,10 +132,10 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
             "age": _age(subject.birth_date, _day(consent) or subject.enrolled_on),
             "sex": subject.sex,
             "arm": subject.arm,
-            "armcd": _arm_code(subject.arm, ctx),
+            "armcd": arm_code(subject.arm, ctx),
             # SDTMIG 3.4 DM: a subject never given study treatment has no actual arm, and ARMNRS says why
             "actarm": subject.arm if exposed else "",
-            "actarmcd": _arm_code(subject.arm, ctx) if exposed else "",
+            "actarmcd": arm_code(subject.arm, ctx) if exposed else "",
             "armnrs": "" if exposed else design.not_treated.armnrs,
             "race": "",
         }
@@ -146,6 +146,6 @@ def _alpha3(alpha2: str, ctx: SdtmContext) -> str:
     return ctx.pack.load(TrialDesign, "sdtm/trial.yaml").countries.get(alpha2, alpha2)
 
 
-def _arm_code(arm: str, ctx: SdtmContext) -> str:
+def arm_code(arm: str, ctx: SdtmContext) -> str:
     arms = ctx.pack.load(TrialDesign, "sdtm/trial.yaml").arms
     return arms.get(arm, arm.upper()[:20])

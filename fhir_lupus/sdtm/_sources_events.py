@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import TreatmentProcedure
+from fhir_lupus.sdtm._design import epochs
 from fhir_lupus.sdtm._sources import SdtmContext
 from fhir_lupus.terminology import UnitConverter, load_adverse_event_terms, load_medication_catalogue
 
@@ -91,6 +92,7 @@ def ae_rows(ctx: SdtmContext) -> Iterator[Row]:
     text is free text the registry package drops (docs/sdtm.md says why that rule wins)."""
     terms, ae_terms = load_event_terms(ctx), load_adverse_event_terms(ctx.pack)
     enrolled, treated = ctx.enrolled, _treated(ctx)
+    subject_epochs = epochs(ctx)
     for located in ctx.trial.adverse_events:
         event = located.record.event
         sid = event.subject_id
@@ -114,6 +116,7 @@ def ae_rows(ctx: SdtmContext) -> Iterator[Row]:
             if event.causality is not None
             else terms.no_suspect,
             "outcome": _term(terms.outcomes, event.outcome, "outcome"),
+            "epoch": subject_epochs.epoch(sid, event.onset_on),
             "onset": ctx.dated(sid, event.onset_on),
             "resolved": ctx.dated(sid, event.resolved_on),
             "end_relative": terms.ongoing_end if ongoing and sid in treated else "",
@@ -127,6 +130,7 @@ def cm_rows(ctx: SdtmContext) -> Iterator[Row]:
     terms, catalogue = load_event_terms(ctx), load_medication_catalogue(ctx.pack)
     units = UnitConverter(ctx.pack)
     enrolled, treated = ctx.enrolled, _treated(ctx)
+    subject_epochs = epochs(ctx)
     for located in ctx.trial.medications:
         course = located.record
         sid = course.subject_id
@@ -142,6 +146,7 @@ def cm_rows(ctx: SdtmContext) -> Iterator[Row]:
             "dose_unit": _term(terms.dose_units, unit, "dose unit") if unit else "",
             "frequency": _term(terms.frequencies, course.frequency, "frequency") if course.frequency else "",
             "route": _term(terms.routes, course.route, "route") if course.route else "",
+            "epoch": subject_epochs.epoch(sid, course.started_on),  # none for a course begun before screening
             "start": ctx.dated(sid, course.started_on),
             "end": ctx.dated(sid, course.ended_on),
             "end_relative": terms.ongoing_end if course.ended_on is None and sid in treated else "",
@@ -153,6 +158,7 @@ def ex_rows(ctx: SdtmContext) -> Iterator[Row]:
     cyclophosphamide pretreatment in mg and the MSC infusion in cells per kg, as collected."""
     terms = load_event_terms(ctx)
     enrolled = ctx.enrolled
+    subject_epochs = epochs(ctx)
     for located in ctx.trial.procedures:
         procedure = located.record
         sid = procedure.subject_id
@@ -171,6 +177,7 @@ def ex_rows(ctx: SdtmContext) -> Iterator[Row]:
             "frequency": exposure.frequency,
             "route": _term(terms.routes, procedure.route, "route"),
             "lot": _lot(ctx, procedure.donor_id),
+            "epoch": subject_epochs.epoch(sid, procedure.started_at),
             "start": ctx.dated(sid, procedure.started_at),
             "end": ctx.dated(sid, procedure.ended_at or procedure.started_at),
         }

@@ -17,6 +17,7 @@ from typing import Any
 
 from fhir_lupus.errors import UnitError
 from fhir_lupus.mappers import interpretation
+from fhir_lupus.sdtm._design import Epochs, epochs, visit_numbers
 from fhir_lupus.sdtm._sources import Row, SdtmContext, first_exposures
 from fhir_lupus.sdtm._terms import load_sdtm_terms
 from fhir_lupus.terminology import LabCatalogue, load_fhir_codes
@@ -39,7 +40,8 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
     terms = load_sdtm_terms(ctx.pack)
     enrolled = ctx.enrolled
     exposure = first_exposures(ctx.trial)
-    visits = {visit.code: (number, visit.name) for number, visit in enumerate(ctx.trial.study.visits(), start=1)}
+    visits = {code: (visit.number, visit.name) for code, visit in visit_numbers(ctx).items()}  # as TV numbers them
+    subject_epochs = epochs(ctx)
     rows: list[Row] = []
     for located in ctx.trial.labs:
         checked = located.record
@@ -62,6 +64,7 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
             "visit_code": lab.visit_code,
             "visitnum": visits.get(lab.visit_code, (None, ""))[0],
             "visit": visits.get(lab.visit_code, (None, lab.visit_code))[1],
+            "epoch": subject_epochs.epoch(lab.subject_id, lab.collected_at),
             "collected": ctx.dated(lab.subject_id, lab.collected_at),
             "_at": lab.collected_at,
         }
@@ -73,14 +76,16 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
         else:
             row["stresc"] = value.raw  # an ordinal answer or a titer, as reported
         rows.append(row)
-    rows.extend(_treg_rows(ctx, enrolled, visits))
+    rows.extend(_treg_rows(ctx, enrolled, visits, subject_epochs))
     _flag_last_before_exposure(rows, exposure)
     for row in rows:
         row.pop("_at")
         yield row
 
 
-def _treg_rows(ctx: SdtmContext, enrolled: frozenset[str], visits: dict[str, tuple[int, str]]) -> Iterator[Row]:
+def _treg_rows(
+    ctx: SdtmContext, enrolled: frozenset[str], visits: dict[str, tuple[int, str]], subject_epochs: Epochs
+) -> Iterator[Row]:
     """treg.csv: the trial's secondary outcome, a flow-cytometry result in the trial unit (%), as the FHIR
     Observation of mappers/_observation_treg.py carries it (no reference range, no LOINC: docs/terminology.md)."""
     analyte = TREG
@@ -106,6 +111,7 @@ def _treg_rows(ctx: SdtmContext, enrolled: frozenset[str], visits: dict[str, tup
             "visit_code": measured.visit_code,
             "visitnum": visits.get(measured.visit_code, (None, ""))[0],
             "visit": visits.get(measured.visit_code, (None, measured.visit_code))[1],
+            "epoch": subject_epochs.epoch(measured.subject_id, measured.measured_at),
             "collected": ctx.dated(measured.subject_id, measured.measured_at),
             "_at": measured.measured_at,
             "stresc": text,
