@@ -21,8 +21,9 @@ from fhir_lupus.report import load_report_definition, report_statistics
 from fhir_lupus.report._stats import Incomplete, Reading, classify
 from fhir_lupus.scoring import LabEvidence, load_sledai_definition, score_sledai
 from fhir_lupus.sdtm import build_datasets, check_values, load_sdtm_terms, sdtm_trial
+from fhir_lupus.sdtm._design import visit_numbers
 from fhir_lupus.sdtm._sources import SdtmContext
-from fhir_lupus.sdtm._sources_rs import ResponseTerms, visit_numbers
+from fhir_lupus.sdtm._sources_rs import ResponseTerms
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabValue, UnitConverter, load_pack
@@ -41,8 +42,14 @@ def _load(path: Path, settings: Settings | None = None) -> tuple[TrialData, Load
 def _rs(data: TrialData, report: LoadReport, settings: Settings, key: RegistryKey | None = None) -> list[Record]:
     """RS's records, each with the visit code of its VISITNUM as ``code`` (for the tests to find them)."""
     [rs] = [d for d in build_datasets(SdtmContext(data, settings.pack, key, report)) if d.name == "RS"]
-    codes = {number: code for code, (number, _) in visit_numbers(data.study).items()}
+    codes = {number: code for code, (number, _) in _numbers(data).items()}
     return [{**record, "code": codes[record["VISITNUM"]]} for record in rs.records]
+
+
+def _numbers(data: TrialData) -> dict[str, tuple[float, str]]:
+    """VISITNUM and VISIT by visit code, as the trial design (TV) numbers them."""
+    planned = visit_numbers(SdtmContext(data, Settings.default().pack))
+    return {code: (float(visit.number), visit.name) for code, visit in planned.items()}
 
 
 def _code(key: str) -> str:
@@ -195,7 +202,7 @@ class TestSledai:
 
     def test_visit_numbers_follow_the_schedule(self, dataset: Callable[..., Path]) -> None:
         data, report, settings = _load(dataset())
-        numbers = visit_numbers(data.study)
+        numbers = _numbers(data)
         assert [(code, name) for code, (_, name) in numbers.items()] == [(v.code, v.name) for v in data.study.visits()]
         assert [number for number, _ in numbers.values()] == list(range(1, len(numbers) + 1))
         records = _rs(data, report, settings)
@@ -334,7 +341,7 @@ def test_the_example_writes_rs_with_one_record_per_descriptor(tmp_path: Path) ->
     )
     expected = Counter(
         {
-            (f"NCT00698191-{a.subject_id}", visit_numbers(data.study)[a.visit_code][0]): 24 + 1 + s.score.total_from_crf
+            (f"NCT00698191-{a.subject_id}", _numbers(data)[a.visit_code][0]): 24 + 1 + s.score.total_from_crf
             for s in (located.record for located in data.sledai)
             for a in (s.assessment,)
         }

@@ -21,13 +21,14 @@ from datetime import date, datetime
 from pydantic import BaseModel, ConfigDict
 
 from fhir_lupus.errors import MappingError
-from fhir_lupus.model import ScoredAssessment, StudyDefinition
+from fhir_lupus.model import ScoredAssessment
 from fhir_lupus.report import report_statistics
 from fhir_lupus.scoring import load_sledai_definition
+from fhir_lupus.sdtm._design import Epochs, epochs, visit_numbers
 from fhir_lupus.sdtm._sources import Row, SdtmContext, first_exposures
 from fhir_lupus.sdtm._terms import load_sdtm_terms
 
-__all__ = ["ResponseTerms", "rs_rows", "visit_numbers"]
+__all__ = ["ResponseTerms", "rs_rows"]
 
 TERMS = "sdtm/responses.yaml"
 REASON_LIMIT = 200  # bytes: RSREASND is text, and XPT version 5 holds no more
@@ -60,18 +61,13 @@ class ResponseTerms(_Frozen):
     not_done: str
 
 
-def visit_numbers(study: StudyDefinition) -> dict[str, tuple[float, str]]:
-    """VISITNUM and VISIT by visit code: the visit's place in the study file's schedule (BL 1, M01 2, ...) and its
-    name there, as LB numbers them. One function, so that the trial design's own (TV) can take its place."""
-    return {visit.code: (float(number), visit.name) for number, visit in enumerate(study.visits(), start=1)}
-
-
 def rs_rows(ctx: SdtmContext) -> Iterator[Row]:
     """The SLEDAI-2K records of every accepted assessment, then the renal responses of the subjects in DM."""
     terms = ctx.pack.load(ResponseTerms, TERMS)
-    visits = visit_numbers(ctx.trial.study)
-    yield from _sledai_rows(ctx, terms, visits)
-    yield from _renal_rows(ctx, terms, visits)
+    visits = {code: (float(v.number), v.name) for code, v in visit_numbers(ctx).items()}  # as TV numbers them
+    subject_epochs = epochs(ctx)
+    yield from _sledai_rows(ctx, terms, visits, subject_epochs)
+    yield from _renal_rows(ctx, terms, visits, subject_epochs)
 
 
 def _visit(visits: dict[str, tuple[float, str]], code: str) -> Row:
@@ -80,7 +76,9 @@ def _visit(visits: dict[str, tuple[float, str]], code: str) -> Row:
     return {"visitnum": number, "visit": name}
 
 
-def _sledai_rows(ctx: SdtmContext, terms: ResponseTerms, visits: dict[str, tuple[float, str]]) -> Iterator[Row]:
+def _sledai_rows(
+    ctx: SdtmContext, terms: ResponseTerms, visits: dict[str, tuple[float, str]], subject_epochs: Epochs
+) -> Iterator[Row]:
     sledai = terms.sledai
     definition = load_sledai_definition(ctx.pack)
     rows: list[Row] = []
@@ -95,6 +93,7 @@ def _sledai_rows(ctx: SdtmContext, terms: ResponseTerms, visits: dict[str, tuple
             "category": SLEDAI,
             **_visit(visits, assessment.visit_code),
             "dtc": ctx.dated(sid, assessment.assessed_on),
+            "epoch": subject_epochs.epoch(sid, assessment.assessed_on),
         }
         for descriptor in definition.descriptors:
             rows.append({**common, **_descriptor(scored, descriptor.key, descriptor.weight, terms)})
@@ -142,7 +141,9 @@ def _descriptor(scored: ScoredAssessment, key: str, weight: int, terms: Response
     return {**_result(0), "test": key, "evaluator": terms.sledai.evaluator}
 
 
-def _renal_rows(ctx: SdtmContext, terms: ResponseTerms, visits: dict[str, tuple[float, str]]) -> Iterator[Row]:
+def _renal_rows(
+    ctx: SdtmContext, terms: ResponseTerms, visits: dict[str, tuple[float, str]], subject_epochs: Epochs
+) -> Iterator[Row]:
     """The report's classification of every subject in DM at each evaluation month of the renal response."""
     renal = terms.renal
     stats = report_statistics(ctx.trial, pack=ctx.pack, report=ctx.report)
@@ -152,7 +153,7 @@ def _renal_rows(ctx: SdtmContext, terms: ResponseTerms, visits: dict[str, tuple[
     results = load_sdtm_terms(ctx.pack)
     by_month = {visit.month: visit.code for visit in ctx.trial.study.visits()}
     held = {(v.record.subject_id, v.record.visit_code): v.record.visit_date for v in ctx.trial.visits}
-    enrolled = {s.record.subject_id for s in ctx.trial.subjects}
+    enrolled = ctx.enrolled
     for tally in tallies:
         stresc = {key: results.submission_value(renal.results, key) for key, _ in tally.categories()}
         code = by_month.get(tally.month, "")
@@ -167,6 +168,7 @@ def _renal_rows(ctx: SdtmContext, terms: ResponseTerms, visits: dict[str, tuple[
                 "test": renal.response,
                 **_visit(visits, code),
                 "dtc": ctx.dated(sid, visit_day),
+                "epoch": subject_epochs.epoch(sid, visit_day),
                 "derived": True,
             }
             if found.preliminary:
