@@ -3,8 +3,9 @@
 The trial is loaded whole (SDTM datasets are one file per domain, sorted by subject: a trial of this size fits in
 memory, the FHIR paths stream), each domain of mappings/sdtm/trial.yaml built from its row source and mapping
 (``_engine``), and the files written into a private directory beside the output, which then replaces the output in
-one rename: a run that fails leaves the previous output as it was. Rows refused by the loader stop it (nothing
-written) unless ``allow_rejects``; then the reviewer's guide names them.
+one rename: a run that fails leaves the previous output as it was. Beside the datasets: define.xml (``_define``)
+and reviewers-guide.md (``_guide``). Rows refused by the loader stop it (nothing written) unless
+``allow_rejects``; then the reviewer's guide names them.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Literal
 from fhir_lupus._scratch import discard, publish, scratch_dir
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.registry import RegistryKey
+from fhir_lupus.sdtm._codelists import terminology
 from fhir_lupus.sdtm._dataset_json import write_dataset_json
+from fhir_lupus.sdtm._define import DefineStudy, write_define
 from fhir_lupus.sdtm._engine import Dataset, build_dataset
+from fhir_lupus.sdtm._guide import GuideFacts, write_guide
 from fhir_lupus.sdtm._rows import ROW_SOURCES
 from fhir_lupus.sdtm._sources import SdtmContext
 from fhir_lupus.sdtm._spec import DomainSpec, TrialDesign
@@ -34,6 +38,8 @@ __all__ = ["OutputFormat", "SdtmResult", "build_datasets", "sdtm_trial"]
 
 OutputFormat = Literal["xpt", "json", "both"]
 OUTPUTS = {".json", ".xpt", ".xml", ".md"}  # what an output directory may hold to be replaced
+DEFINE = "define.xml"
+GUIDE = "reviewers-guide.md"
 
 
 @dataclass
@@ -96,6 +102,7 @@ def sdtm_trial(
     staging = scratch_dir(out_dir.parent, out_dir.name)
     try:
         files = list(_write(datasets, staging, output, ctx, created))
+        files += _describe(datasets, staging, output, ctx, created, rejected)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         publish(staging, out_dir)
@@ -116,6 +123,28 @@ def _write(
             )
         if output in ("xpt", "both"):
             yield write_xpt(dataset, directory / f"{name}.xpt")
+
+
+def _describe(
+    datasets: list[Dataset], directory: Path, output: OutputFormat, ctx: SdtmContext, created: datetime, rejected: int
+) -> list[Path]:
+    """reviewers-guide.md and define.xml, whose dataset leaf is the XPT file when one is written (the format FDA
+    takes), else the Dataset-JSON file."""
+    terms = terminology(ctx.pack)
+    suffixes = {"xpt": [".xpt"], "json": [".json"], "both": [".xpt", ".json"]}[output]
+    files = {d.name: [f"{d.name.lower()}{suffix}" for suffix in suffixes] for d in datasets}
+    study = ctx.trial.study
+    facts = GuideFacts(study, created, files, keyed=ctx.key is not None, rejected=rejected)
+    guide = write_guide(datasets, directory / GUIDE, facts, terms, ctx.pack)
+    described = DefineStudy(
+        ctx.study_id,
+        study.title,
+        ctx.pack.site.organization.name,
+        created,
+        {name: names[0] for name, names in files.items()},
+        guide=GUIDE,
+    )
+    return [guide, write_define(datasets, directory / DEFINE, described, terms)]
 
 
 def _check_replaceable(out_dir: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DomainSpec", "Transform", "TrialDesign", "Variable"]
+__all__ = ["DomainSpec", "Transform", "TrialDesign", "ValueList", "Variable"]
 
 Transform = Literal["iso_date", "study_day", "seq", "yes_no"]
 Origin = Literal["Collected", "Derived", "Assigned", "Protocol"]
@@ -50,6 +50,15 @@ class Variable(_Frozen):
         return self
 
 
+class ValueList(_Frozen):
+    """Value-level metadata in define.xml: ``variable`` described once for each value of ``by`` (LBORRESU by
+    LBTESTCD: each test its own unit and type), the value named by ``label`` (LBTEST) where given."""
+
+    variable: str
+    by: str
+    label: str | None = None
+
+
 class DomainSpec(_Frozen):
     """A dataset: its name, label, class, structure, key variables, the row source it is built from."""
 
@@ -60,6 +69,7 @@ class DomainSpec(_Frozen):
     keys: tuple[str, ...] = Field(min_length=1)
     rows: str  # the name of a row source in fhir_lupus/sdtm/_sources.py
     variables: tuple[Variable, ...] = Field(min_length=1)
+    value_lists: tuple[ValueList, ...] = ()  # per-test metadata for define.xml (``_define``)
 
     @model_validator(mode="after")
     def _keys_are_variables(self) -> DomainSpec:
@@ -72,6 +82,10 @@ class DomainSpec(_Frozen):
         for variable in self.variables:
             if variable.relative_to and variable.relative_to not in names:
                 raise ValueError(f"{variable.name}: relative_to {variable.relative_to} is not a variable")
+        for value_list in self.value_lists:
+            named = [value_list.variable, value_list.by, *([value_list.label] if value_list.label else [])]
+            if unknown := [name for name in named if name not in names]:
+                raise ValueError(f"{self.domain}: value list of {value_list.variable}: {unknown} are not variables")
         return self
 
 
