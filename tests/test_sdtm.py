@@ -199,8 +199,9 @@ class TestOutput:
         assert result.exit_code == 0, result.output
         assert "wrote" in result.output and "DM 2" in result.output
         domains = Settings.default().pack.load(TrialDesign, "sdtm/trial.yaml").domains
-        assert "dm" in domains  # one file per domain of mappings/sdtm/trial.yaml, nothing else
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{d}.json" for d in domains)
+        assert "dm" in domains  # one file per domain of mappings/sdtm/trial.yaml, define.xml and the guide
+        written = sorted([*(f"{d}.json" for d in domains), "define.xml", "reviewers-guide.md"])
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == written
 
 
 class TestLaboratory:

@@ -24,6 +24,7 @@ from fhir_lupus.sdtm import Dataset, DomainSpec, sdtm_trial
 from fhir_lupus.sdtm._codelists import NO_TERMINOLOGY, CtCodelist, StaticTerminology, Terminology, terminology
 from fhir_lupus.sdtm._define import DefineStudy, _dtc_type, define_xml
 from fhir_lupus.sdtm._guide import GuideFacts, reviewers_guide
+from fhir_lupus.sdtm._spec import Lookups
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import MappingPack
@@ -251,6 +252,16 @@ class TestCodelists:
         assert sex.get(f"{DEF}StandardOID") is not None
         assert [a.get("Name") for a in sex.findall(f"{ODM}Alias")] == ["C66731"]
 
+    def test_the_ct_package_is_the_standard_core_reads_back(self) -> None:
+        standards = {s.get("Type"): s for s in _define(self._things()).iter(f"{DEF}Standard")}
+        ct = standards["CT"]
+        assert f"{str(ct.get('PublishingSet')).lower()}ct-{ct.get('Version')}" == TERMS.package
+        assert all(
+            c.get(f"{DEF}StandardOID") in (None, ct.get("OID")) for c in _define(self._things()).iter(f"{ODM}CodeList")
+        )
+        with pytest.raises(FhirLupusError, match="CT package 'latest'"):
+            _define(self._things(), terms=StaticTerminology("latest", TERMS.codelists))
+
     def test_sponsor_defined_values_are_marked_and_get_no_code(self) -> None:
         codelists = _by_oid(_define(self._things()), f"{ODM}CodeList")
         route = {i.get("CodedValue"): i for i in _terms(codelists["CL.ROUTE"])}
@@ -351,6 +362,17 @@ class TestValueLists:
         units = {r.get("ItemOID"): r.get("Mandatory") for r in lists["VL.LB.LBORRESU"].iter(f"{ODM}ItemRef")}
         assert units == {"IT.LB.LBORRESU.ALB": "Yes", "IT.LB.LBORRESU.C3": "No"}
 
+    def test_lb_describes_the_units_of_each_test(self, pack: MappingPack) -> None:
+        lb = pack.load(DomainSpec, "sdtm/domains/lb.yaml")
+        rows = [
+            {"LBTESTCD": "ALB", "LBTEST": "Albumin", "LBORRESU": "g/dL", "LBSTRESU": "g/L"},
+            {"LBTESTCD": "WBC", "LBTEST": "Leukocytes", "LBORRESU": "10^9/L", "LBSTRESU": "10^9/L"},
+        ]
+        lists = _by_oid(_define(_dataset(lb, *rows), terms=NO_TERMINOLOGY), f"{DEF}ValueListDef")
+        for variable in ("LBORRESU", "LBSTRESU"):
+            refs = [r.get("ItemOID") for r in lists[f"VL.LB.{variable}"].iter(f"{ODM}ItemRef")]
+            assert refs == [f"IT.LB.{variable}.ALB", f"IT.LB.{variable}.WBC"]
+
     def test_a_value_list_names_variables_of_its_domain(self) -> None:
         with pytest.raises(ValueError, match="not variables"):
             _spec("LB", _variable("LBORRES"), value_lists=[{"variable": "LBORRES", "by": "LBTESTCD"}])
@@ -413,6 +435,13 @@ class TestGuide:
         assert "| XX.USUBJID | STUDYID-SUBJID |" in guide
         assert "| XX.XXSEQ | 1, 2, ... over each subject's records in the order of STUDYID, USUBJID, XXSEQ |" in guide
         assert "| VS |" in guide and "no vital signs" in guide  # mappings/sdtm/reviewers-guide.yaml
+
+    def test_the_tables_that_translate_values(self, pack: MappingPack, study: StudyDefinition) -> None:
+        spec = _spec("XX", _variable("SEX", lookup="sex"))
+        guide = self._guide(pack, study, _dataset(spec, {"SEX": "F"}))
+        source = pack.load(Lookups, "sdtm/lookups.yaml").sources["sex"]
+        assert f"| XX.SEX | sex | {source} |" in guide
+        assert "mappings/sdtm/lookups.yaml" not in self._guide(pack, study, _dataset(_spec("XX")))
 
     def test_day_one_and_de_identification(self, pack: MappingPack, study: StudyDefinition) -> None:
         plain = self._guide(pack, study, _dataset(_spec("XX")))

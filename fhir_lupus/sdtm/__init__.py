@@ -1,7 +1,8 @@
 """SDTM: the trial as CDISC SDTMIG 3.4 datasets (Dataset-JSON 1.1, XPT v5), built from the checked trial by the
 mappings of mappings/sdtm/ (``_spec`` their contract, ``_engine`` the generic step, ``_sources*`` the facts of each
 domain's rows, ``_build`` the run that writes them whole or not at all), with the CDISC controlled terminology they
-use (``_terms``) and the project's own check of their values (``_check``); docs/sdtm.md."""
+use (``_terms``), the project's own check of their values (``_check``), and what describes them: define.xml
+(``_define``) and reviewers-guide.md (``_guide``); docs/sdtm.md."""
 
 from fhir_lupus.sdtm._build import OutputFormat, SdtmResult, build_datasets, sdtm_trial
 from fhir_lupus.sdtm._check import ValueProblem, check_values, iso8601_problem
@@ -20,7 +21,7 @@ from fhir_lupus.sdtm._core import (
 )
 from fhir_lupus.sdtm._engine import Dataset, iso_8601, study_day
 from fhir_lupus.sdtm._sources import SdtmContext
-from fhir_lupus.sdtm._spec import DomainSpec, TrialDesign, Variable
+from fhir_lupus.sdtm._spec import DomainSpec, TrialDesign, ValueList, Variable
 from fhir_lupus.sdtm._terms import CdiscUnit, Codelist, CtTerm, LabTest, SdtmTerms, load_sdtm_terms
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "SdtmResult",
     "SdtmTerms",
     "TrialDesign",
+    "ValueList",
     "ValueProblem",
     "Variable",
     "build_datasets",

@@ -15,6 +15,7 @@ another (LBORRESU for each LBTESTCD), with the where-clause that selects it.
 from __future__ import annotations
 
 import functools
+import re
 import xml.dom.minidom
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,10 +96,10 @@ def define_xml(datasets: Sequence[Dataset], study: DefineStudy, terms: Terminolo
         define.Standard(OID=STD_IG, Name=IG_STANDARD[0], Type="IG", Version=IG_STANDARD[1], Status="Final")
     )
     if terms.package:
-        version = terms.package.rsplit("-", 3)[-3:]
+        publishing_set, version = _ct_package(terms.package)
         mdv.Standards.Standard.append(
             define.Standard(
-                OID=STD_CT, Name="CDISC/NCI", Type="CT", PublishingSet="SDTM", Version="-".join(version), Status="Final"
+                OID=STD_CT, Name="CDISC/NCI", Type="CT", PublishingSet=publishing_set, Version=version, Status="Final"
             )
         )
     if study.guide:
@@ -125,6 +126,15 @@ def define_xml(datasets: Sequence[Dataset], study: DefineStudy, terms: Terminolo
     text = xml.dom.minidom.parseString(odm.to_xml_string()).toprettyxml(indent="  ", encoding="UTF-8").decode()
     _check_schema(text)
     return text
+
+
+def _ct_package(package: str) -> tuple[str, str]:
+    """``sdtmct-2015-12-18`` as Define-XML's publishing set and version (SDTM, 2015-12-18): CORE reads the package
+    back from them (``<set>ct-<version>``) and checks against it."""
+    found = re.fullmatch(r"([a-z]+)ct-(\d{4}-\d{2}-\d{2})", package)
+    if found is None:
+        raise FhirLupusError(f"CT package {package!r}: expected the CDISC form <set>ct-<yyyy-mm-dd>")
+    return found[1].upper(), found[2]
 
 
 def _odmlib() -> ModuleType:

@@ -24,11 +24,13 @@ from fhir_lupus.registry import load_rules
 from fhir_lupus.sdtm._codelists import Terminology, used_codelists
 from fhir_lupus.sdtm._define import method_text
 from fhir_lupus.sdtm._engine import Dataset
+from fhir_lupus.sdtm._spec import Lookups
 from fhir_lupus.terminology import MappingPack
 
 __all__ = ["GuideFacts", "GuideText", "reviewers_guide", "write_guide"]
 
 GUIDE_FILE = "sdtm/reviewers-guide.yaml"
+LOOKUPS_FILE = "sdtm/lookups.yaml"
 
 
 class _Frozen(BaseModel):
@@ -92,7 +94,7 @@ def reviewers_guide(datasets: Sequence[Dataset], facts: GuideFacts, terms: Termi
         spec = dataset.spec
         files = ", ".join(facts.files.get(dataset.name, []))
         lines.append(_row(spec.domain, spec.label, spec.class_, str(len(dataset.records)), files))
-    lines += ["", *_terms_section(datasets, terms), "", *_derived_section(datasets)]
+    lines += ["", *_terms_section(datasets, terms), *_tables_section(datasets, pack), "", *_derived_section(datasets)]
     lines += ["", "## Domains not written", ""]
     if text.not_written:
         lines += ["| domain | why |", "|---|---|"]
@@ -154,6 +156,24 @@ def _terms_section(datasets: Sequence[Dataset], terms: Terminology) -> list[str]
     if not sponsor and not unchecked:
         lines.append("None: every coded value is a CDISC CT term (define.xml gives each its NCI code).")
     return lines
+
+
+def _tables_section(datasets: Sequence[Dataset], pack: MappingPack) -> list[str]:
+    """The variables whose values a table of mappings/sdtm/lookups.yaml translates, with the table's source."""
+    looked_up = [(d.name, v) for d in datasets for v in d.spec.variables if v.lookup]
+    if not looked_up:
+        return []
+    sources = pack.load(Lookups, LOOKUPS_FILE).sources
+    return [
+        "",
+        "## Value tables",
+        "",
+        f"Values translated from the trial's own by a table of mappings/{LOOKUPS_FILE}:",
+        "",
+        "| variable | table | source |",
+        "|---|---|---|",
+        *(_row(f"{name}.{v.name}", str(v.lookup), sources.get(str(v.lookup), "")) for name, v in looked_up),
+    ]
 
 
 def _derived_section(datasets: Sequence[Dataset]) -> list[str]:
