@@ -267,9 +267,9 @@ class TestRunCore:
         assert result == CoreReport.from_json(json.loads(REPORT.read_text(encoding="utf-8")), out / "core-report.json")
         run = seen(out)
         assert run["cwd"] == str(fake.engine) and run["pythonpath"] is None
-        assert run["argv"] == [
+        assert run["argv"] == [  # no -ct beside define.xml: CORE takes the CT package from its def:Standards
             "validate",
-            *("-ca", str(fake.cache), "-s", "sdtmig", "-v", "3-4", "-ct", "sdtmct-2015-12-18"),
+            *("-ca", str(fake.cache), "-s", "sdtmig", "-v", "3-4"),
             *("-dp", str(datasets[0]), "-dp", str(datasets[1]), "-dxp", str(define)),
             *("-of", "JSON", "-o", str(out / "core-report"), "-ps", "1", "-p", "disabled"),
         ]
@@ -281,6 +281,7 @@ class TestRunCore:
         run_core(fake, [Path("data/dm.json")], Path("out"))
         assert seen(tmp_path / "out")["argv"][9:11] == ["-dp", str(datasets[0])]
         assert "-dxp" not in seen(tmp_path / "out")["argv"]
+        assert seen(tmp_path / "out")["argv"][7:9] == ["-ct", "sdtmct-2015-12-18"]  # without define.xml: named
 
     def test_a_failed_run_says_what_the_engine_said_and_no_old_report_survives(
         self, fake: CoreSetup, datasets: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

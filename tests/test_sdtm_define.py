@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import EXAMPLE, REPO
 
 from fhir_lupus.errors import ExtraMissing, FhirLupusError
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.registry import RegistryKey
-from fhir_lupus.sdtm import Dataset, DomainSpec, sdtm_trial
+from fhir_lupus.sdtm import Dataset, DomainSpec, TrialDesign, load_sdtm_terms, sdtm_trial
 from fhir_lupus.sdtm._codelists import NO_TERMINOLOGY, CtCodelist, StaticTerminology, Terminology, terminology
+from fhir_lupus.sdtm._conformance import EXPLAINED, Explanations
 from fhir_lupus.sdtm._define import DefineStudy, _dtc_type, define_xml
 from fhir_lupus.sdtm._guide import GuideFacts, reviewers_guide
-from fhir_lupus.sdtm._spec import Lookups
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import MappingPack
@@ -33,8 +34,7 @@ ODM = "{http://www.cdisc.org/ns/odm/v1.3}"
 DEF = "{http://www.cdisc.org/ns/def/v2.1}"
 XLINK = "{http://www.w3.org/1999/xlink}"
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nct00698191"
-CT_PACKAGE = Path(__file__).resolve().parents[2] / "shared" / "cdisc-core" / "cache" / "sdtmct-2015-12-18.pkl"
+CT_PACKAGE = REPO.parent / "shared" / "cdisc-core" / "cache" / "sdtmct-2015-12-18.pkl"
 
 # CDISC CT 2015-12-18 codes of the few terms these tests use (SEX C66731, ROUTE C66729 extensible)
 TERMS = StaticTerminology(
@@ -157,7 +157,8 @@ class TestDefineOfTheOutput:
                 assert item.findtext(f"{ODM}Description/{ODM}TranslatedText") == column["label"]
                 if item.get("DataType") == "text":
                     assert int(item.get("Length") or 0) == column["length"]
-        all_refs = Counter(ref.get("ItemOID") for group in groups.values() for ref in group.iter(f"{ODM}ItemRef"))
+        lists = [*groups.values(), *root.iter(f"{DEF}ValueListDef")]  # datasets, and value lists (per test)
+        all_refs = Counter(ref.get("ItemOID") for listed in lists for ref in listed.iter(f"{ODM}ItemRef"))
         assert set(all_refs) == set(items) and set(all_refs.values()) == {1}  # none missing, none twice
 
     def test_every_reference_resolves(self, written: Path) -> None:
@@ -294,11 +295,23 @@ class TestCodelists:
         assert not [a for a in root.iter(f"{ODM}Alias")]
         assert not [s for s in root.iter(f"{DEF}Standard") if s.get("Type") == "CT"]
 
+    def test_every_variable_the_terms_control_names_its_codelist(self) -> None:
+        """A variable mappings/sdtm's terms assign to a codelist names it in its mapping, or define.xml would give
+        it no CodeListRef (and the check of its values would not reach define.xml)."""
+        pack = Settings.default().pack
+        controlled = load_sdtm_terms(pack).variable_codelists()
+        design = pack.load(TrialDesign, "sdtm/trial.yaml")
+        unnamed = [
+            (spec.domain, v.name, controlled[v.name])
+            for spec in (pack.load(DomainSpec, f"sdtm/domains/{d}.yaml") for d in design.domains)
+            for v in spec.variables
+            if v.name in controlled and v.codelist not in controlled[v.name]
+        ]
+        assert unnamed == []
+
     @pytest.mark.skipif(not CT_PACKAGE.is_file(), reason="the CT package of ../shared/cdisc-core is not here")
     def test_the_codes_of_the_example_are_those_of_the_ct_package(self, tmp_path: Path) -> None:
-        terms = terminology(Settings.default().pack)
-        if not terms.package:
-            pytest.skip("no terminology in mappings/sdtm yet")
+        assert terminology(Settings.default().pack).package == CT_PACKAGE.stem
         with CT_PACKAGE.open("rb") as handle:
             package = pickle.load(handle)  # the CORE cache's own file, trusted like the engine that reads it
         codes = {
@@ -436,12 +449,13 @@ class TestGuide:
         assert "| XX.XXSEQ | 1, 2, ... over each subject's records in the order of STUDYID, USUBJID, XXSEQ |" in guide
         assert "| VS |" in guide and "no vital signs" in guide  # mappings/sdtm/reviewers-guide.yaml
 
-    def test_the_tables_that_translate_values(self, pack: MappingPack, study: StudyDefinition) -> None:
-        spec = _spec("XX", _variable("SEX", lookup="sex"))
-        guide = self._guide(pack, study, _dataset(spec, {"SEX": "F"}))
-        source = pack.load(Lookups, "sdtm/lookups.yaml").sources["sex"]
-        assert f"| XX.SEX | sex | {source} |" in guide
-        assert "mappings/sdtm/lookups.yaml" not in self._guide(pack, study, _dataset(_spec("XX")))
+    def test_the_core_issues_left_with_their_reasons(self, pack: MappingPack, study: StudyDefinition) -> None:
+        explained = pack.load(Explanations, EXPLAINED).issues
+        lb = next(e for e in explained if e.dataset == "LB")
+        guide = self._guide(pack, study, _dataset(_spec("LB")))
+        assert f"| {lb.rule} | LB | {' '.join(lb.why.split())} |" in guide
+        other = {e.dataset for e in explained} - {"LB", "*"}
+        assert other and not any(f"| {name} |" in guide for name in other)  # only the datasets written
 
     def test_day_one_and_de_identification(self, pack: MappingPack, study: StudyDefinition) -> None:
         plain = self._guide(pack, study, _dataset(_spec("XX")))

@@ -2,22 +2,23 @@
 mappings/sdtm/domains/*.yaml), the values the datasets actually hold, each a CDISC CT term with its NCI code or a
 sponsor-defined value, as the terminology says, never guessed.
 
-The terms live in mappings/sdtm/terms.yaml (CDISC CT of the package the CORE cache holds, and the values the
-project defines itself); define.xml reads them only through ``Terminology``, two questions (which package, which
-codelist), so the file's layout can change without touching define.xml. Without a terminology (``NO_TERMINOLOGY``)
-the values are written without NCI codes and the guide says they were not checked; with one, a value its codelist
-does not list stops the run: define.xml never calls a value a CT term, or sponsor-defined, without being told so.
+The terms live in mappings/sdtm/terms.yaml, lab_terms.yaml and units.yaml (CDISC CT of the package the CORE cache
+holds, and the values the project defines itself, read by ``_terms``); define.xml asks them only two questions
+through ``Terminology`` (which package, which codelist), so the files' layout can change without touching
+define.xml. A value its codelist does not list stops the run: define.xml never calls a value a CT term, or
+sponsor-defined, without being told so. Without a terminology (``NO_TERMINOLOGY``, a test's choice) the values are
+written without NCI codes and the guide says they were not checked.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.sdtm._engine import Dataset
+from fhir_lupus.sdtm._terms import SdtmTerms, load_sdtm_terms
 from fhir_lupus.terminology import MappingPack
 
 __all__ = [
@@ -77,23 +78,15 @@ NO_TERMINOLOGY = StaticTerminology("")
 
 
 def terminology(pack: MappingPack) -> Terminology:
-    """The terminology of ``pack``: mappings/sdtm/terms.yaml (with lab_terms.yaml, units.yaml) as
-    fhir_lupus/sdtm/_terms.py reads it; none where that reader is not part of the package (define.xml then writes
-    the values without NCI codes and the guide says they were not checked)."""
-    try:  # imported by name: the reader and this module were written side by side (issue 23)
-        reader = importlib.import_module("fhir_lupus.sdtm._terms")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fhir_lupus.sdtm._terms":
-            raise
-        return NO_TERMINOLOGY
-    return terms_view(reader.load_sdtm_terms(pack))
+    """The terminology of ``pack``: mappings/sdtm/terms.yaml, lab_terms.yaml and units.yaml as ``_terms`` reads them."""
+    return terms_view(load_sdtm_terms(pack))
 
 
-def terms_view(terms: Any) -> StaticTerminology:
-    """``SdtmTerms`` (fhir_lupus/sdtm/_terms.py: ``package``, and ``codelists`` by key, each with its NCI ``code``,
-    ``name``, ``extensible`` flag and ``terms``) as define.xml asks for it."""
+def terms_view(terms: SdtmTerms) -> StaticTerminology:
+    """``SdtmTerms`` as define.xml asks for it: each codelist with its NCI code and the NCI code (or, sponsor-defined,
+    the reason) of each term."""
     return StaticTerminology(
-        str(terms.package),
+        terms.package,
         {
             key: CtCodelist(
                 name=key,

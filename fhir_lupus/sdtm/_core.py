@@ -120,7 +120,8 @@ def _command(setup: CoreSetup, datasets: list[Path], output: Path, define: Path 
     process (``-ps 1``): as fast as two on two cores and far lighter; no progress bar in captured output."""
     standard, version = CORE_STANDARD
     command = [str(setup.python), "core.py", "validate", "-ca", str(setup.cache), "-s", standard, "-v", version]
-    command += ["-ct", CORE_CT_PACKAGE]
+    if define is None:  # beside a Define-XML 2.1 file the engine refuses -ct: it reads the package from def:Standards
+        command += ["-ct", CORE_CT_PACKAGE]
     for dataset in datasets:
         command += ["-dp", str(dataset.absolute())]
     if define is not None:

@@ -22,15 +22,14 @@ from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import StudyDefinition
 from fhir_lupus.registry import load_rules
 from fhir_lupus.sdtm._codelists import Terminology, used_codelists
+from fhir_lupus.sdtm._conformance import EXPLAINED, Explanations
 from fhir_lupus.sdtm._define import method_text
 from fhir_lupus.sdtm._engine import Dataset
-from fhir_lupus.sdtm._spec import Lookups
 from fhir_lupus.terminology import MappingPack
 
 __all__ = ["GuideFacts", "GuideText", "reviewers_guide", "write_guide"]
 
 GUIDE_FILE = "sdtm/reviewers-guide.yaml"
-LOOKUPS_FILE = "sdtm/lookups.yaml"
 
 
 class _Frozen(BaseModel):
@@ -94,7 +93,7 @@ def reviewers_guide(datasets: Sequence[Dataset], facts: GuideFacts, terms: Termi
         spec = dataset.spec
         files = ", ".join(facts.files.get(dataset.name, []))
         lines.append(_row(spec.domain, spec.label, spec.class_, str(len(dataset.records)), files))
-    lines += ["", *_terms_section(datasets, terms), *_tables_section(datasets, pack), "", *_derived_section(datasets)]
+    lines += ["", *_terms_section(datasets, terms), "", *_derived_section(datasets)]
     lines += ["", "## Domains not written", ""]
     if text.not_written:
         lines += ["| domain | why |", "|---|---|"]
@@ -123,6 +122,7 @@ def reviewers_guide(datasets: Sequence[Dataset], facts: GuideFacts, terms: Termi
         "datasets and define.xml, and writes its report beside them (core-report). Read its rule outcomes "
         "(issues, skipped, execution errors) and check that it lists every dataset above with its record count.",
         "",
+        *_explained_section(written, pack),
     ]
     return "\n".join(lines)
 
@@ -158,22 +158,18 @@ def _terms_section(datasets: Sequence[Dataset], terms: Terminology) -> list[str]
     return lines
 
 
-def _tables_section(datasets: Sequence[Dataset], pack: MappingPack) -> list[str]:
-    """The variables whose values a table of mappings/sdtm/lookups.yaml translates, with the table's source."""
-    looked_up = [(d.name, v) for d in datasets for v in d.spec.variables if v.lookup]
-    if not looked_up:
-        return []
-    sources = pack.load(Lookups, LOOKUPS_FILE).sources
-    return [
-        "",
-        "## Value tables",
-        "",
-        f"Values translated from the trial's own by a table of mappings/{LOOKUPS_FILE}:",
-        "",
-        "| variable | table | source |",
-        "|---|---|---|",
-        *(_row(f"{name}.{v.name}", str(v.lookup), sources.get(str(v.lookup), "")) for name, v in looked_up),
-    ]
+def _explained_section(written: set[str], pack: MappingPack) -> list[str]:
+    """The issues CORE reports that the project knowingly leaves (mappings/sdtm/explained.yaml), for the datasets
+    written: the check fails on any other."""
+    explanations = pack.load(Explanations, EXPLAINED)
+    issues = [e for e in explanations.issues if e.dataset in written or e.dataset == "*"]
+    lines = ["### Issues CORE reports that are left, and why", ""]
+    if not issues and not explanations.not_executed:
+        return [*lines, "None: any issue CORE reports is one to fix.", ""]
+    lines += ["| rule | dataset | why |", "|---|---|---|"]
+    lines += [_row(e.rule, e.dataset, e.why) for e in issues]
+    lines += [_row(e.rule, e.dataset, f"not executed: {e.why}") for e in explanations.not_executed]
+    return [*lines, ""]
 
 
 def _derived_section(datasets: Sequence[Dataset]) -> list[str]:
