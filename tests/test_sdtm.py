@@ -4,7 +4,7 @@ de-identification as `registry package` does it, and the output written whole or
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -245,3 +245,22 @@ class TestLaboratory:
         assert lb["L10"]["LBLOBXFL"] == ""  # M01, after it
         flagged = [r for r in lb.values() if r["LBLOBXFL"] == "Y"]
         assert len({(r["USUBJID"], r["LBTESTCD"], r["LBSPEC"]) for r in flagged}) == len(flagged)
+
+
+def test_a_value_that_fails_the_projects_own_check_is_never_written(
+    dataset: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What CORE does not check (here a date that is not ISO 8601) stops the run before anything is written."""
+    from fhir_lupus.sdtm import _rows
+
+    plain = _rows.ROW_SOURCES["subjects"]
+
+    def spoiled(ctx: SdtmContext) -> Iterator[dict[str, object]]:
+        for row in plain(ctx):
+            yield {**row, "consent": "2008/01/02"}
+
+    monkeypatch.setitem(_rows.ROW_SOURCES, "subjects", spoiled)
+    out = tmp_path / "sdtm"
+    with pytest.raises(FhirLupusError, match=r"RFICDTC='2008/01/02'"):
+        sdtm_trial(TrialSource.directory(dataset()), out, output="json")
+    assert not out.exists()

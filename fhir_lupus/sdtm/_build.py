@@ -20,6 +20,7 @@ from typing import Literal
 from fhir_lupus._scratch import discard, publish, scratch_dir
 from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.registry import RegistryKey
+from fhir_lupus.sdtm._check import check_values
 from fhir_lupus.sdtm._codelists import terminology
 from fhir_lupus.sdtm._dataset_json import write_dataset_json
 from fhir_lupus.sdtm._define import DefineStudy, write_define
@@ -96,6 +97,7 @@ def sdtm_trial(
         raise RejectedRows(rejected, "SDTM datasets not written")
     ctx = SdtmContext(data, settings.pack, key, trial.report)
     datasets = build_datasets(ctx)
+    _refuse_wrong_values(datasets, ctx)
     created = created or datetime.now(UTC)
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,18 @@ def _describe(
         guide=GUIDE,
     )
     return [guide, write_define(datasets, directory / DEFINE, described, terms)]
+
+
+def _refuse_wrong_values(datasets: Iterable[Dataset], ctx: SdtmContext) -> None:
+    """The project's own check of what CORE does not check (a value outside its codelist, a unit that is not a
+    CDISC UNIT term, a date that is not ISO 8601: ``check_values``), before anything is written: a dataset that
+    fails it is a bug of a mapping, never published."""
+    terms = load_sdtm_terms(ctx.pack)
+    problems = [problem for d in datasets for problem in check_values(d.name, d.records, terms=terms)]
+    if problems:
+        shown = "; ".join(str(problem) for problem in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise FhirLupusError(f"SDTM datasets not written: {len(problems)} value(s) fail mappings/sdtm: {shown}{more}")
 
 
 def _check_replaceable(out_dir: Path) -> None:
