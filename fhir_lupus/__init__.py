@@ -32,6 +32,7 @@ from fhir_lupus.pipeline import MapResult, map_trial
 from fhir_lupus.pull import BulkOptions, PullResult, pull_study
 from fhir_lupus.push import DryRunReport, PushOptions, PushReport, dry_run_trial, push_trial
 from fhir_lupus.registry import PackageResult, RegistryKey, SubmitResult, load_key, package_trial, submit_package
+from fhir_lupus.sdtm import SdtmResult, check_output, core_settings, sdtm_trial
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import check_invariants, validate_resource
@@ -61,6 +62,7 @@ __all__ = [
     "Resource",
     "ResourceInvalidError",
     "RetryPolicy",
+    "SdtmResult",
     "Settings",
     "SmartBackendAuth",
     "StudyDefinition",
@@ -70,6 +72,8 @@ __all__ = [
     "TrialSource",
     "UnitError",
     "check_invariants",
+    "check_output",
+    "core_settings",
     "dry_run_trial",
     "dumps",
     "load_key",
@@ -79,6 +83,7 @@ __all__ = [
     "package_trial",
     "pull_study",
     "push_trial",
+    "sdtm_trial",
     "submit_package",
     "transaction_bundle",
     "validate_resource",
