@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import DAYS_PER_MONTH, StudyDefinition, evaluate_schedule
-from fhir_lupus.sdtm._sources import SdtmContext
+from fhir_lupus.sdtm._sources import SdtmContext, given_treatments
 from fhir_lupus.sdtm._terms import load_sdtm_terms
 
 if TYPE_CHECKING:
@@ -317,10 +317,8 @@ def epochs(ctx: SdtmContext) -> Epochs:
     for sid, history in trial.status_history.items():
         first.setdefault(sid, []).extend(change.on for change in history[:1])
     procedures: dict[tuple[str, str], tuple[datetime, datetime]] = {}
-    for done in sorted(trial.procedures, key=lambda p: p.record.started_at):
-        p = done.record
-        if p.status == "completed":
-            procedures.setdefault((p.subject_id, p.kind), (p.started_at, p.ended_at or p.started_at))
+    for p in given_treatments(trial):
+        procedures.setdefault((p.subject_id, p.kind), (p.started_at, p.ended_at or p.started_at))
     closing = {e.start.visit for e in design.elements if e.start.visit}
     unknown = closing - {visit.code for visit in trial.study.visits()}
     if unknown:

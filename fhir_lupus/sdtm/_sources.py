@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from fhir_lupus.model import LoadReport, TrialData, load_lifecycle_rules
+from fhir_lupus.model import LoadReport, TreatmentProcedure, TrialData, load_lifecycle_rules
 from fhir_lupus.registry import RegistryKey, date_shift, load_rules
 from fhir_lupus.sdtm._spec import TrialDesign
 from fhir_lupus.terminology import MappingPack
 
-__all__ = ["Row", "SdtmContext", "arm_code", "dm_rows", "first_exposures"]
+__all__ = ["GIVEN", "Row", "SdtmContext", "arm_code", "dm_rows", "first_exposures", "given_treatments"]
 
 Row = dict[str, Any]
 
@@ -76,14 +76,20 @@ def _age(birth: str | None, on: date | None) -> int | None:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
+GIVEN = "completed"  # the only procedures.csv status that is an exposure: what EX holds, what RFXSTDTC counts
+
+
+def given_treatments(trial: TrialData) -> list[TreatmentProcedure]:
+    """The study treatments actually given (procedures.csv, status completed), in the order they started: the
+    one rule DM's reference dates, EX, the epochs and the last-before-exposure flags all read."""
+    return sorted((p.record for p in trial.procedures if p.record.status == GIVEN), key=lambda p: p.started_at)
+
+
 def first_exposures(trial: TrialData) -> dict[str, datetime]:
     """Each subject's first completed study treatment (RFXSTDTC), as recorded (not shifted)."""
     firsts: dict[str, datetime] = {}
-    for done in trial.procedures:
-        procedure = done.record
-        if procedure.status == "completed":
-            current = firsts.get(procedure.subject_id)
-            firsts[procedure.subject_id] = min(current, procedure.started_at) if current else procedure.started_at
+    for procedure in given_treatments(trial):
+        firsts.setdefault(procedure.subject_id, procedure.started_at)
     return firsts
 
 
@@ -93,11 +99,9 @@ def dm_rows(ctx: SdtmContext) -> Iterator[Row]:
     trial = ctx.trial
     screening = {s.record.subject_id: s.record for s in trial.screening}
     exposures: dict[str, list[tuple[datetime, datetime]]] = {}
-    for done in trial.procedures:
-        procedure = done.record
-        if procedure.status == "completed":
-            end = procedure.ended_at or procedure.started_at
-            exposures.setdefault(procedure.subject_id, []).append((procedure.started_at, end))
+    for procedure in given_treatments(trial):
+        end = procedure.ended_at or procedure.started_at
+        exposures.setdefault(procedure.subject_id, []).append((procedure.started_at, end))
     visits: dict[str, list[date]] = {}
     for visit in trial.visits:
         visits.setdefault(visit.record.subject_id, []).append(visit.record.visit_date)

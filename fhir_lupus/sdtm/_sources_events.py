@@ -18,14 +18,13 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from fhir_lupus.errors import MappingError
 from fhir_lupus.model import TreatmentProcedure
 from fhir_lupus.sdtm._design import epochs
-from fhir_lupus.sdtm._sources import SdtmContext
+from fhir_lupus.sdtm._sources import SdtmContext, given_treatments
 from fhir_lupus.terminology import UnitConverter, load_adverse_event_terms, load_medication_catalogue
 
 __all__ = ["EventTerms", "Exposure", "ae_rows", "cm_rows", "ex_rows"]
 
 Row = dict[str, Any]
 EVENTS = "sdtm/events.yaml"
-_GIVEN = "completed"  # the only procedures.csv status that is an exposure (EX holds what was given)
 
 
 class _Frozen(BaseModel):
@@ -77,7 +76,7 @@ def _term(table: Mapping[str, str], key: str, what: str) -> str:
 
 def _treated(ctx: SdtmContext) -> set[str]:
     """Subjects given a study treatment: the ones with DM RFENDTC, the end of the reference period."""
-    return {p.record.subject_id for p in ctx.trial.procedures if p.record.status == _GIVEN}
+    return {p.subject_id for p in given_treatments(ctx.trial)}
 
 
 def _base(ctx: SdtmContext, subject_id: str) -> Row:
@@ -159,10 +158,9 @@ def ex_rows(ctx: SdtmContext) -> Iterator[Row]:
     terms = load_event_terms(ctx)
     enrolled = ctx.enrolled
     subject_epochs = epochs(ctx)
-    for located in ctx.trial.procedures:
-        procedure = located.record
+    for procedure in given_treatments(ctx.trial):
         sid = procedure.subject_id
-        if sid not in enrolled or procedure.status != _GIVEN:
+        if sid not in enrolled:
             continue
         try:
             exposure = terms.exposures[procedure.kind]

@@ -76,7 +76,7 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
         else:
             row["stresc"] = value.raw  # an ordinal answer or a titer, as reported
         rows.append(row)
-    rows.extend(_treg_rows(ctx, enrolled, visits, subject_epochs))
+    rows.extend(_treg_rows(ctx, catalogue, visits, subject_epochs))
     _flag_last_before_exposure(rows, exposure)
     for row in rows:
         row.pop("_at")
@@ -84,16 +84,16 @@ def lb_rows(ctx: SdtmContext) -> Iterator[Row]:
 
 
 def _treg_rows(
-    ctx: SdtmContext, enrolled: frozenset[str], visits: dict[str, tuple[int, str]], subject_epochs: Epochs
+    ctx: SdtmContext, catalogue: LabCatalogue, visits: dict[str, tuple[int, str]], subject_epochs: Epochs
 ) -> Iterator[Row]:
     """treg.csv: the trial's secondary outcome, a flow-cytometry result in the trial unit (%), as the FHIR
     Observation of mappers/_observation_treg.py carries it (no reference range, no LOINC: docs/terminology.md)."""
     analyte = TREG
-    unit = LabCatalogue(ctx.pack).analyte(analyte).trial_unit or ""
+    unit = catalogue.analyte(analyte).trial_unit or ""
     method = load_sdtm_terms(ctx.pack).lab_method(analyte, None)
     for located in ctx.trial.treg:
         measured = located.record
-        if measured.subject_id not in enrolled:
+        if measured.subject_id not in ctx.enrolled:
             continue
         text = _text(measured.percent)
         yield {
