@@ -32,6 +32,7 @@ from fhir_lupus.signals import (
     write_signals,
 )
 from fhir_lupus.source import TrialSource
+from fhir_lupus.validation import validate_resource
 from tests.fakefhir import BASE, FakeFhir
 
 SETTINGS = Settings.default()
@@ -270,6 +271,7 @@ def test_the_resource_is_a_detected_issue_implicating_both_values() -> None:
         {"reference": f"Observation/{signal.compared_observation_id}"},
     ]
     assert resource["identifier"][0]["value"] == signal.key and resource["reference"].startswith("https://")
+    validate_resource(resource, "R4", validation="strict", pack=SETTINGS.pack)  # HAPI's $validate: no error either
 
 
 @pytest.fixture

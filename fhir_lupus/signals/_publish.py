@@ -3,7 +3,8 @@
 Idempotent by search-then-write on the signal's business identifier: a DetectedIssue found with the same content
 is left alone, one found with other content (a definition's wording changed) is updated in place, and a new one
 is created with ``If-None-Exist`` on that identifier, so a retried create cannot make a twin. A second publish of
-the same signals therefore writes nothing. Before any request, the site profile is checked as push checks it: a
+the same signals therefore writes nothing. Each resource is validated (R4 model and invariants) before it is
+sent, as push validates its own. Before any request, the site profile is checked as push checks it: a
 server not on loopback is refused while our identifier systems are the example profile's placeholders (the
 refusal is audited too: the attempt was made).
 """
@@ -22,6 +23,7 @@ from fhir_lupus.settings import Settings
 from fhir_lupus.signals._definitions import load_flare_definitions
 from fhir_lupus.signals._evaluate import Signal
 from fhir_lupus.signals._output import signal_resource
+from fhir_lupus.validation import validate_resource
 
 __all__ = ["AUDIT_KIND", "PublishReport", "publish_signals"]
 
@@ -83,6 +85,7 @@ def publish_signals(
         definitions = load_flare_definitions(pack)
         for signal in signals:
             resource = signal_resource(signal, pack, definitions, study=study)
+            validate_resource(resource, "R4", validation=settings.validation, pack=pack)  # as push checks its own
             hashes.append(content_hash(resource))
             _write(client, resource, signal.key, report)
     except Exception as exc:
