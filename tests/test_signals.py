@@ -348,3 +348,31 @@ def test_the_command_prints_writes_and_publishes(fake: FakeFhir, tmp_path: Path)
 def test_the_command_needs_an_input() -> None:
     result = CliRunner().invoke(app, ["signals"])
     assert result.exit_code == 2 and "--table" in result.output
+
+
+# -- the report: a marker on the timeline -----------------------------------------------------------------------
+
+
+def test_the_report_marks_each_signal_on_its_subjects_timeline(tmp_path: Path) -> None:
+    from support import example_subset
+
+    from fhir_lupus.model import load_trial
+    from fhir_lupus.report import load_report_definition, write_report
+    from fhir_lupus.report._figures import subject_figure
+    from fhir_lupus.report._series import SignalMarker, collect_series
+    from fhir_lupus.terminology import LabCatalogue
+
+    data, _ = load_trial(example_subset(tmp_path / "data", 2, first=1))
+    result = write_report(TrialSource.loaded(data), tmp_path / "r.html")
+    expected = flare_signals(trial=TrialSource.loaded(data), settings=SETTINGS)
+    assert expected and list(result.signals) == expected
+
+    definition = load_report_definition()
+    subjects, _ = collect_series(data, definition, LabCatalogue(SETTINGS.pack))
+    c4_panel = next(i for i, s in enumerate(definition.series) if s.analyte == "c4")
+    figure = subject_figure(subjects[0], definition, [SignalMarker(2.0, "c4"), SignalMarker(3.0, "platelets")])
+    stars = [i for i, ax in enumerate(figure.axes) for line in ax.lines if line.get_marker() == "*"]
+    assert stars == [0, c4_panel]  # platelets have no panel: the first one takes it
+    assert not [
+        line for ax in subject_figure(subjects[0], definition).axes for line in ax.lines if line.get_marker() == "*"
+    ]
