@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
-KINDS = frozenset({"push", "pull", "registry-submit"})
+KINDS = frozenset({"push", "pull", "registry-submit", "signals-publish"})
 ACTOR_ENV = "FHIR_LUPUS_ACTOR"
 AUDIT_SUFFIX = ".audit.jsonl"
 # next to the CLI's default journal (fhir_lupus/cli/_common.py DEFAULT_JOURNAL, fhir-lupus-journal.sqlite)

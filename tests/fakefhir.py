@@ -380,7 +380,9 @@ def _instant(text: str) -> datetime:
 
 def _references(node: Any) -> list[str]:
     if isinstance(node, dict):
-        own = [node["reference"]] if isinstance(node.get("reference"), str) and "/" in node["reference"] else []
+        target = node.get("reference")
+        # an absolute URL is outside the server (DetectedIssue.reference is a uri of that name, no Reference)
+        own = [target] if isinstance(target, str) and "/" in target and "://" not in target else []
         return own + [r for value in node.values() for r in _references(value)]
     if isinstance(node, list):
         return [r for item in node for r in _references(item)]

@@ -31,6 +31,7 @@ from fhir_lupus.cli._safety import safety
 from fhir_lupus.cli._schedule import schedule
 from fhir_lupus.cli._screen import screen
 from fhir_lupus.cli._sdtm import sdtm_command
+from fhir_lupus.cli._signals import signals
 from fhir_lupus.cli._site import mappings_app, site_app
 from fhir_lupus.cli._spark import spark_labs_command
 from fhir_lupus.cli._sync import pull, push
@@ -97,6 +98,7 @@ app.command()(safety)
 app.command()(report)
 app.command()(schedule)
 app.command()(screen)
+app.command()(signals)
 app.command("spark-labs")(spark_labs_command)
 app.command("sdtm")(sdtm_command)
 app.add_typer(audit_app, name="audit")

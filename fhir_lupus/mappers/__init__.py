@@ -3,6 +3,7 @@
 from fhir_lupus.mappers._adverse_event import map_adverse_event
 from fhir_lupus.mappers._codesystem import map_project_codesystem
 from fhir_lupus.mappers._context import MappingContext, Resource
+from fhir_lupus.mappers._detected_issue import IssueFacts, implicated_result, map_detected_issue
 from fhir_lupus.mappers._encounter import map_encounter
 from fhir_lupus.mappers._group import map_enrollment_group
 from fhir_lupus.mappers._location import map_site_location
@@ -20,11 +21,14 @@ from fhir_lupus.mappers._research_subject import map_research_subject
 from fhir_lupus.mappers._schedule import map_schedule_of_activities
 
 __all__ = [
+    "IssueFacts",
     "MappingContext",
     "Resource",
     "conditioned_infusion",
+    "implicated_result",
     "interpretation",
     "map_adverse_event",
+    "map_detected_issue",
     "map_encounter",
     "map_enrollment_group",
     "map_lab_observation",

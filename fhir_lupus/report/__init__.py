@@ -14,8 +14,9 @@ says clearly (ExtraMissing) when it is not installed.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -26,9 +27,17 @@ from fhir_lupus.model import Finding, LoadReport, TrialData, track_queries
 from fhir_lupus.report._adverse import AdverseEventSummary, summarise_adverse_events
 from fhir_lupus.report._definitions import ReportDefinition, load_report_definition
 from fhir_lupus.report._meta import CUT_OFF_FIELDS, DataCutOff, ReportMetadata, data_cut_off
-from fhir_lupus.report._series import Point, SetAside, SubjectSeries, collect_series, incomplete_inputs
+from fhir_lupus.report._series import (
+    Point,
+    SetAside,
+    SignalMarker,
+    SubjectSeries,
+    collect_series,
+    incomplete_inputs,
+)
 from fhir_lupus.report._stats import ChangeSummary, ResponseTally, summarise_changes, tally_responses
 from fhir_lupus.settings import Settings
+from fhir_lupus.signals import Signal, flare_signals
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, MappingPack, load_adverse_event_terms, load_pack
 
@@ -67,6 +76,7 @@ class ReportResult:
     preliminary: tuple[str, ...] = ()  # each statistic computed from incomplete input, as the page marks it
     metadata: ReportMetadata | None = None  # generation time, data cut-off, versions, open queries
     adverse_events: AdverseEventSummary | None = None
+    signals: tuple[Signal, ...] = ()  # the flare signals drawn on the subjects' timelines (fhir_lupus.signals)
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,16 @@ def report_statistics(
     if caveat is not None:
         preliminary += (f"adverse-event summary: {caveat}",)
     return ReportStatistics(definition, subjects, set_aside, summaries, tallies, preliminary, adverse)
+
+
+def _markers(subject: SubjectSeries, signals: Sequence[Signal], days_per_month: float) -> list[SignalMarker]:
+    """The subject's flare signals as timeline markers (months from the subject's anchor)."""
+    assert subject.anchor is not None
+    return [
+        SignalMarker((date.fromisoformat(s.date[:10]) - subject.anchor).days / days_per_month, s.analyte)
+        for s in signals
+        if s.subject_id == subject.subject_id
+    ]
 
 
 def require_plotting() -> ModuleType:
@@ -197,11 +217,13 @@ def write_report(
     adverse_ref = FigureRef("cohort-adverse-events.png", adverse_png, "Adverse events by grade and relatedness")
     rendered.append((adverse_ref.name, adverse_png, adverse_ref.alt))
     subject_refs: dict[str, FigureRef] = {}
+    signals = flare_signals(trial=trial, settings=settings)
     for subject in subjects:
         if subject.anchor is None:
             continue  # no time axis: named in the notes
         name = f"subject-{subject.subject_id}.png"
-        png = draw.png_bytes(draw.subject_figure(subject, definition), meta)
+        markers = _markers(subject, signals, definition.x_axis.days_per_month)
+        png = draw.png_bytes(draw.subject_figure(subject, definition, markers), meta)
         rendered.append((name, png, f"{subject.subject_id} timelines"))
         subject_refs[subject.subject_id] = FigureRef(name, png, f"{subject.subject_id} timelines")
 
@@ -245,4 +267,5 @@ def write_report(
         preliminary=preliminary,
         metadata=meta,
         adverse_events=stats.adverse_events,
+        signals=tuple(signals),
     )

@@ -22,13 +22,21 @@ from matplotlib.ticker import MaxNLocator, MultipleLocator
 from fhir_lupus.report._adverse import AdverseEventSummary, Count
 from fhir_lupus.report._definitions import ReportDefinition, SeriesDefinition
 from fhir_lupus.report._meta import ReportMetadata
-from fhir_lupus.report._series import Point, SubjectSeries
+from fhir_lupus.report._series import Point, SignalMarker, SubjectSeries
 from fhir_lupus.report._stats import ChangeSummary, ResponseTally
 
-__all__ = ["DPI", "adverse_event_figure", "change_figure", "png_bytes", "response_figure", "subject_figure"]
+__all__ = [
+    "DPI",
+    "adverse_event_figure",
+    "change_figure",
+    "png_bytes",
+    "response_figure",
+    "subject_figure",
+]
 
 DPI = 100
 INFUSION_COLOUR = "#c0392b"
+SIGNAL_COLOUR = "#e67e22"
 LINE_COLOUR = "#1f4e79"
 RESPONDER_COLOURS = ("#1b7837", "#7fbf7b", "#d9f0d3")  # the definition's categories, in order
 OTHERWISE_COLOUR, NOT_EVALUABLE_COLOUR = "#bdbdbd", "#ffffff"
@@ -56,13 +64,16 @@ def _grid(count: int) -> tuple[int, int]:
     return math.ceil(count / cols), cols
 
 
-def subject_figure(subject: SubjectSeries, definition: ReportDefinition) -> Figure:
+def subject_figure(
+    subject: SubjectSeries, definition: ReportDefinition, markers: Sequence[SignalMarker] = ()
+) -> Figure:
     """One panel per series over months around the infusion; the infusion is a vertical line, censored values
-    are open triangles at their limit pointing the way the true value lies."""
+    are open triangles at their limit pointing the way the true value lies. Each flare signal (``markers``) is a
+    star at the top of the panel of its analyte, or of the first panel when no panel draws that analyte."""
     rows, cols = _grid(len(definition.series))
     figure = Figure(figsize=(11, 2.6 * rows + 0.9), dpi=DPI, layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False, sharex=True)
-    xs = [p.x for points in subject.points.values() for p in points]
+    xs = [p.x for points in subject.points.values() for p in points] + [m.x for m in markers]
     infusion_x = None
     if subject.infusion is not None and subject.anchor is not None:
         infusion_x = (subject.infusion - subject.anchor).days / definition.x_axis.days_per_month
@@ -72,6 +83,7 @@ def subject_figure(subject: SubjectSeries, definition: ReportDefinition) -> Figu
     for index, series in enumerate(definition.series):
         ax: Axes = axes[index // cols][index % cols]
         _timeline(ax, series, subject.points.get(series.key, []), infusion_x)
+        _signals(ax, [m.x for m in markers if _panel_of(m, definition) == index])
         ax.set_xlim(low - pad, high + pad)
         if index // cols == rows - 1 or index + cols >= len(definition.series):
             ax.set_xlabel(_axis_label(subject, definition))
@@ -86,6 +98,10 @@ def subject_figure(subject: SubjectSeries, definition: ReportDefinition) -> Figu
     handles = [Line2D([], [], color=LINE_COLOUR, marker="o", markersize=4, linewidth=1.0, label="measured value")]
     if infusion_x is not None:
         handles.append(Line2D([], [], color=INFUSION_COLOUR, linestyle="--", linewidth=1.2, label="MSC infusion"))
+    if markers:
+        handles.append(
+            Line2D([], [], linestyle="none", marker="*", markersize=10, color=SIGNAL_COLOUR, label="flare signal")
+        )
     comparators = sorted({p.reading.comparator for ps in subject.points.values() for p in ps if p.reading.comparator})
     for comparator in comparators:
         handles.append(
@@ -102,6 +118,17 @@ def subject_figure(subject: SubjectSeries, definition: ReportDefinition) -> Figu
         )
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
     return figure
+
+
+def _panel_of(marker: SignalMarker, definition: ReportDefinition) -> int:
+    panels = [index for index, series in enumerate(definition.series) if series.analyte == marker.analyte]
+    return panels[0] if panels else 0
+
+
+def _signals(ax: Axes, xs: Sequence[float]) -> None:
+    if xs:
+        top = ax.get_xaxis_transform()  # x in data, y in axes fraction: the top edge whatever the values
+        ax.plot(xs, [0.94] * len(xs), transform=top, linestyle="none", marker="*", markersize=10, color=SIGNAL_COLOUR)
 
 
 def _axis_label(subject: SubjectSeries, definition: ReportDefinition) -> str:

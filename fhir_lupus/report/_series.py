@@ -21,7 +21,15 @@ from fhir_lupus.report._definitions import ReportDefinition, SeriesDefinition
 from fhir_lupus.report._stats import Incomplete, Reading
 from fhir_lupus.terminology import LabCatalogue
 
-__all__ = ["Point", "SetAside", "SubjectSeries", "collect_series", "incomplete_inputs"]
+__all__ = ["Point", "SetAside", "SignalMarker", "SubjectSeries", "collect_series", "incomplete_inputs"]
+
+
+@dataclass(frozen=True)
+class SignalMarker:
+    """A flare signal on a subject's timeline (fhir_lupus.signals): where, and the lab it was raised on."""
+
+    x: float  # months from the subject's anchor, as the points
+    analyte: str
 
 
 @dataclass(frozen=True)

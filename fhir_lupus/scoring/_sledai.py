@@ -34,10 +34,12 @@ from fhir_lupus.errors import UnitError
 from fhir_lupus.terminology import LabValue, MappingPack, UnitConverter, load_pack, proves_above, proves_below
 
 __all__ = [
+    "Condition",
     "LabEvidence",
     "ScoredDescriptor",
     "SledaiDefinition",
     "SledaiScore",
+    "Threshold",
     "UndecidedDescriptor",
     "UnjudgedLab",
     "load_sledai_definition",

@@ -1,0 +1,165 @@
+"""What flare definitions are tested on: each subject's final, unquestioned lab values, one ``Point`` each.
+
+Two inputs give points. A pulled table (the CSV ``fhir-lupus pull -o`` writes, ``read_pulled``): a row counts
+when its status is one of the statuses pull makes rows of (mappings/fhir/pull.yaml ``rows``: results a clinician
+may act on), so a preliminary result, should one be in a table, never does. A trial data directory, read through
+the model (``TrialSource``): only accepted rows come back, and a row the checks query is set aside too; its result
+ids are set aside in the table as well, where the same result was pushed and pulled back. The same result in both
+is taken once, from the table (which knows the server's Observation id). The trial also says when each subject's
+first MSC infusion was (the start of "post-treatment").
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from fhir_lupus.errors import InputError, UnitError
+from fhir_lupus.model import CheckedLab, LoadReport
+from fhir_lupus.pull import PulledLab, PullRules
+from fhir_lupus.source import TrialSource
+from fhir_lupus.terminology import LabValue, MappingPack, UnitConverter, parse_lab_value
+
+__all__ = ["Point", "Points", "gather_points", "read_pulled"]
+
+LABS = "labs.csv"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One final lab value of a subject, read (number, comparator, titer) and with its UCUM unit."""
+
+    subject_id: str
+    visit_code: str
+    analyte: str
+    value: LabValue
+    unit: str  # as written in the row
+    ucum: str | None  # None: a unit UCUM cannot read (the point can then prove nothing that needs a unit)
+    ref_low: Decimal | None
+    ref_high: Decimal | None
+    collected_at: datetime
+    result_id: str
+    observation_id: str = ""
+
+
+@dataclass
+class Points:
+    """Every subject's points in time order, per analyte, and when each subject's treatment began (if known)."""
+
+    by_subject: dict[str, dict[str, list[Point]]] = field(default_factory=dict)
+    treated_from: dict[str, date] = field(default_factory=dict)
+
+    def add(self, point: Point) -> None:
+        self.by_subject.setdefault(point.subject_id, {}).setdefault(point.analyte, []).append(point)
+
+    def sort(self) -> None:
+        for analytes in self.by_subject.values():
+            for series in analytes.values():
+                series.sort(key=lambda p: (p.collected_at, p.result_id))
+
+
+def read_pulled(path: Path) -> list[PulledLab]:
+    """The rows of a pulled table (CSV, the columns of ``PulledLab``); InputError names the file when a column is
+    missing."""
+    names = [f.name for f in fields(PulledLab)]
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [n for n in names if n not in (reader.fieldnames or ()) and n not in ("status", "version_id")]
+            if missing:
+                raise InputError(str(path), 1, None, f"not a pulled lab table: no column {', '.join(missing)}")
+            return [PulledLab(**{n: row.get(n) or "" for n in names}) for row in reader]
+    except OSError as exc:
+        raise InputError(str(path), 0, None, f"cannot read: {exc.strerror or exc}") from None
+
+
+def gather_points(rows: Iterable[PulledLab], trial: TrialSource | None, pack: MappingPack) -> Points:
+    """The points of ``rows`` and of ``trial`` (either may be empty), as the module docstring says."""
+    units = UnitConverter(pack)
+    points = Points()
+    set_aside: set[str] = set()
+    seen: set[str] = set()
+    trial_points: list[Point] = []
+    if trial is not None:
+        for data in trial.chunks():
+            trial_points += [_trial_point(located.record, units) for located in data.labs]
+            points.treated_from.update(
+                {s: t.infusion_on for s, t in data.timelines.items() if t.infusion_on is not None}
+            )
+        set_aside = _refused_or_queried(trial.report)
+    final = set(pack.load(PullRules, "fhir/pull.yaml").rows)
+    for row in rows:
+        if row.status not in final or row.result_id in set_aside:
+            continue
+        point = _table_point(row, units, pack)
+        if point is not None:
+            points.add(point)
+            seen.add(point.result_id)
+    for point in trial_points:
+        if point.result_id not in set_aside and point.result_id not in seen:
+            points.add(point)
+    points.sort()
+    return points
+
+
+def _refused_or_queried(report: LoadReport) -> set[str]:
+    """The result ids of lab rows the checks refused or queried."""
+    refused = {reject.row.get("result_id", "").strip() for reject in report.rejects if reject.file.endswith(LABS)}
+    queried = {f.record for f in report.queries if f.file.endswith(LABS) and f.record}
+    return refused | queried
+
+
+def _ucum(units: UnitConverter, unit: str | None) -> str | None:
+    try:
+        return units.to_ucum(unit) if unit else None
+    except UnitError:
+        return None
+
+
+def _trial_point(checked: CheckedLab, units: UnitConverter) -> Point:
+    lab, value = checked.lab, checked.value
+    return Point(
+        subject_id=lab.subject_id,
+        visit_code=lab.visit_code,
+        analyte=lab.analyte,
+        value=value,
+        unit=lab.unit or "",
+        ucum=_ucum(units, lab.unit),
+        ref_low=lab.ref_low,
+        ref_high=lab.ref_high,
+        collected_at=lab.collected_at,
+        result_id=lab.result_id,
+    )
+
+
+def _table_point(row: PulledLab, units: UnitConverter, pack: MappingPack) -> Point | None:
+    """The row as a point; None when its value or date cannot be read (pull wrote it, so this is a hand edit)."""
+    try:
+        value = parse_lab_value(row.value, pack.ordinals)
+        collected = datetime.fromisoformat(row.collected_at)
+    except ValueError:
+        return None
+    return Point(
+        subject_id=row.subject_id,
+        visit_code=row.visit_code,
+        analyte=row.analyte,
+        value=value,
+        unit=row.unit,
+        ucum=_ucum(units, row.unit),
+        ref_low=_decimal(row.ref_low),
+        ref_high=_decimal(row.ref_high),
+        collected_at=collected,
+        result_id=row.result_id,
+        observation_id=row.observation_id,
+    )
+
+
+def _decimal(text: str) -> Decimal | None:
+    try:
+        return Decimal(text) if text.strip() else None
+    except InvalidOperation:
+        return None
