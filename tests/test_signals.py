@@ -235,6 +235,77 @@ class TestTrialData:
         assert ids(flare_signals(pulled, trial=trial, settings=SETTINGS), LOW_C) == []
 
 
+def _with_sledai(
+    descriptors: str, total: str, *, c3: str | None = None
+) -> Callable[[dict[str, list[dict[str, str]]]], None]:
+    """A month-2 assessment of MSC-001 after totals of 2 (baseline, its CRF total) and 0 (month 1); ``c3``: a
+    month-2 C3 row too."""
+
+    def edit(rows: dict[str, list[dict[str, str]]]) -> None:
+        rows["sledai.csv"][0]["reported_total"] = "2"  # the base rows' 13 -> 0 is itself a queried jump
+        rows["visits.csv"].append(dict(subject_id="MSC-001", visit_code="M02", visit_date="2008-03-05"))
+        base = rows["sledai.csv"][1]
+        rows["sledai.csv"].append(
+            {
+                **base,
+                "visit_code": "M02",
+                "assessed_on": "2008-03-05",
+                "descriptors": descriptors,
+                "reported_total": total,
+            }
+        )
+        if c3 is not None:
+            row = {**rows["labs.csv"][9], "result_id": "L20", "visit_code": "M02", "value": c3}
+            rows["labs.csv"].append({**row, "collected_at": "2008-03-05T08:00:00+08:00"})
+
+    return edit
+
+
+SFI = "selena-sfi-sledai-rise"
+SFI_SEVERE = "selena-sfi-sledai-above-12"
+
+
+class TestSledaiTotals:
+    def test_a_rise_of_three_points_from_the_previous_total_raises_one(self, dataset: Callable[..., Path]) -> None:
+        trial = TrialSource.directory(dataset(_with_sledai("arthritis", "4")), settings=SETTINGS)
+        found = [s for s in flare_signals(trial=trial, settings=SETTINGS) if s.definition_id.startswith("selena")]
+        assert [(s.definition_id, s.result_id, s.value, s.compared_value) for s in found] == [
+            (SFI, "MSC-001/M02", "4", "0")
+        ]
+        assert found[0].result_system == "sledai" and "Petri" in found[0].source
+
+    def test_a_rise_of_two_points_raises_nothing(self, dataset: Callable[..., Path]) -> None:
+        trial = TrialSource.directory(dataset(_with_sledai("rash", "2")), settings=SETTINGS)
+        assert ids(flare_signals(trial=trial, settings=SETTINGS), SFI) == []
+
+    def test_a_total_the_checks_query_never_counts(self, dataset: Callable[..., Path]) -> None:
+        # 0 -> 14 moves more than checks.yaml sledai_jump.max_change: queried, so neither definition may fire
+        trial = TrialSource.directory(
+            dataset(_with_sledai("arthritis;nephritis;rash;alopecia", "14")), settings=SETTINGS
+        )
+        found = flare_signals(trial=trial, settings=SETTINGS)
+        assert ids(found, SFI) == [] and ids(found, SFI_SEVERE) == []
+
+    def test_a_total_that_is_only_a_lower_bound_is_never_compared(self, dataset: Callable[..., Path]) -> None:
+        # no CRF total and a refused C3 in the window: low complement is undecided, the total (6) a lower bound
+        trial = TrialSource.directory(dataset(_with_sledai("arthritis;rash", "", c3="-0.1")), settings=SETTINGS)
+        assert ids(flare_signals(trial=trial, settings=SETTINGS), SFI) == []
+        # the same assessment with its C3 readable is final and does rise
+        trial = TrialSource.directory(dataset(_with_sledai("arthritis;rash", "", c3="1.0")), settings=SETTINGS)
+        assert ids(flare_signals(trial=trial, settings=SETTINGS), SFI) == ["MSC-001/M02"]
+
+    def test_the_signal_implicates_the_assessment_observation_by_its_identifier(
+        self, dataset: Callable[..., Path]
+    ) -> None:
+        trial = TrialSource.directory(dataset(_with_sledai("arthritis", "4")), settings=SETTINGS)
+        signal = next(s for s in flare_signals(trial=trial, settings=SETTINGS) if s.definition_id == SFI)
+        pack = SETTINGS.pack
+        resource = signal_resource(signal, pack, load_flare_definitions(pack), study="NCT00698191")
+        implicated = resource["implicated"] if isinstance(resource, dict) else resource.model_dump()["implicated"]
+        systems = {ref["identifier"]["system"] for ref in implicated}
+        assert systems == {pack.identifier_system("sledai", study="NCT00698191")}
+
+
 # -- output, publishing, the command ----------------------------------------------------------------------------
 
 

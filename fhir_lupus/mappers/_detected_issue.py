@@ -34,11 +34,14 @@ class IssueFacts:
     implicated: Sequence[dict[str, Any]]
 
 
-def implicated_result(pack: MappingPack, *, study: str, result_id: str, observation_id: str) -> dict[str, Any]:
-    """A reference to a lab result: literal when the server's Observation id is known, else by its identifier."""
+def implicated_result(
+    pack: MappingPack, *, study: str, result_id: str, observation_id: str, system: str = "lab_result"
+) -> dict[str, Any]:
+    """A reference to a result's Observation: literal when the server's id is known, else by its identifier
+    (``system``: project.yaml's identifier system of the result, a lab result or a SLEDAI-2K assessment)."""
     if observation_id:
         return {"reference": f"Observation/{observation_id}"}
-    return {"identifier": {"system": pack.identifier_system("lab_result", study=study), "value": result_id}}
+    return {"identifier": {"system": pack.identifier_system(system, study=study), "value": result_id}}
 
 
 def map_detected_issue(

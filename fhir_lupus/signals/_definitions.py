@@ -3,7 +3,9 @@
 A ``descriptor_change`` definition names a SLEDAI-2K descriptor and nothing else: its thresholds are the
 descriptor's ``derive`` rule in mappings/scoring/sledai2k.yaml, so the two never disagree. A ``rise_from_nadir``
 definition carries the guideline's numbers in the guideline's unit; the loader checks that each analyte it reads
-is in the lab catalogue and that the descriptor it names exists and is lab-based.
+is in the lab catalogue and that the descriptor it names exists and is lab-based. A ``score_rise`` definition
+tests SLEDAI-2K totals against the subject's previous assessment (``rise_by`` points or more, or a total that
+goes ``above`` a level the previous one was not above).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class Band(_Frozen):
 class FlareDefinition(_Frozen):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
-    kind: Literal["descriptor_change", "rise_from_nadir"]
+    kind: Literal["descriptor_change", "rise_from_nadir", "score_rise"]
     source: Source
     choices: tuple[str, ...] = ()
     descriptor: str | None = None  # descriptor_change
@@ -77,9 +79,21 @@ class FlareDefinition(_Frozen):
     unit: str | None = None
     read_as: dict[str, str] = Field(default_factory=dict)
     bands: tuple[Band, ...] = ()
+    score: str | None = None  # score_rise: what the total is called in a signal (its "analyte")
+    rise_by: int | None = Field(default=None, gt=0)  # score_rise: points above the previous total
+    above: int | None = Field(default=None, ge=0)  # score_rise: a total above this, the previous one not
 
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> FlareDefinition:
+        scored = self.score is not None or self.rise_by is not None or self.above is not None
+        if self.kind == "score_rise":
+            if not self.score or (self.rise_by is None) == (self.above is None):
+                raise ValueError("a score_rise names its score and exactly one of rise_by, above")
+            if self.descriptor is not None or self.analytes or self.bands or self.unit:
+                raise ValueError("a score_rise names no descriptor, analytes, unit or bands")
+            return self
+        if scored:
+            raise ValueError("score, rise_by and above belong to a score_rise")
         if self.kind == "descriptor_change":
             if self.descriptor is None or self.analytes or self.bands or self.unit:
                 raise ValueError("a descriptor_change names a descriptor and no analytes, unit or bands")

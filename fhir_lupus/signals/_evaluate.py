@@ -10,6 +10,10 @@ A ``rise_from_nadir`` signal: the value, converted into the guideline's unit, re
 subject's post-treatment nadir asks (the lowest earlier final value collected from the first MSC infusion on, or
 after the first collection day when the infusion is not known). A ``<`` value never proves a rise; a ``<X`` nadir
 is taken at X (the rise it proves is a lower bound); a ``>X`` nadir proves no rise.
+
+A ``score_rise`` signal: a final SLEDAI-2K total at least ``rise_by`` points above the subject's previous final
+total, or above ``above`` where the previous one was not (SELENA-SLEDAI Flare Index). A total that is only a
+lower bound (a descriptor undecided) is never compared: it could prove a rise it does not have.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from fhir_lupus.pull import PulledLab
 from fhir_lupus.scoring import Condition, SledaiDefinition, Threshold, load_sledai_definition
 from fhir_lupus.settings import Settings
 from fhir_lupus.signals._definitions import Band, FlareDefinition, load_flare_definitions
-from fhir_lupus.signals._inputs import Point, gather_points
+from fhir_lupus.signals._inputs import Point, ScorePoint, gather_points
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import MappingPack, UnitConverter, proves_above, proves_below
 
 __all__ = ["Signal", "flare_signals"]
 
 State = Literal["present", "absent", "unknown"]
+SCORE_SYSTEM = "sledai"  # project.yaml's identifier system of SLEDAI-2K assessments (their Observations)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class Signal:
     threshold: str  # what the value crossed, as a reader checks it
     source: str  # the citation
     source_url: str
+    # the project identifier system (project.yaml) the result ids belong to: a lab result, or an assessment
+    result_system: str = "lab_result"
 
     @property
     def key(self) -> str:
@@ -81,8 +88,14 @@ def flare_signals(
     points = gather_points(labs, trial, pack)
     judge = _Judge(pack, sledai)
     signals: list[Signal] = []
+    for definition in definitions.definitions:
+        if definition.kind == "score_rise":
+            for totals in points.scores.values():
+                signals += _score_rises(definition, totals)
     for subject, analytes in points.by_subject.items():
         for definition in definitions.definitions:
+            if definition.kind == "score_rise":
+                continue
             if definition.kind == "descriptor_change":
                 signals += judge.descriptor_changes(definition, analytes)
             else:
@@ -212,6 +225,43 @@ class _Judge:
             )
         except UnitError:
             return None
+
+
+def _score_rises(definition: FlareDefinition, totals: Sequence[ScorePoint]) -> list[Signal]:
+    """Each final total that rose from the previous final total as ``definition`` asks."""
+    found = []
+    for previous, current in itertools.pairwise(totals):
+        if definition.rise_by is not None and current.total - previous.total >= definition.rise_by:
+            why = f"+{current.total - previous.total} points (>= {definition.rise_by} above the previous total)"
+        elif definition.above is not None and current.total > definition.above >= previous.total:
+            why = f"> {definition.above} points (the previous total was not)"
+        else:
+            continue
+        found.append(
+            Signal(
+                subject_id=current.subject_id,
+                visit_code=current.visit_code,
+                date=current.assessed_on.isoformat(),
+                definition_id=definition.id,
+                title=definition.title,
+                analyte=definition.score or "",
+                value=str(current.total),
+                unit="",
+                result_id=current.key,
+                observation_id="",
+                compared="previous",
+                compared_value=str(previous.total),
+                compared_unit="",
+                compared_date=previous.assessed_on.isoformat(),
+                compared_result_id=previous.key,
+                compared_observation_id="",
+                threshold=why,
+                source=" ".join(definition.source.citation.split()),
+                source_url=definition.source.url,
+                result_system=SCORE_SYSTEM,
+            )
+        )
+    return found
 
 
 def _band_text(band: Band, nadir: float, unit: str) -> str:

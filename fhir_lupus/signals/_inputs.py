@@ -6,7 +6,8 @@ may act on), so a preliminary result, should one be in a table, never does. A tr
 the model (``TrialSource``): only accepted rows come back, and a row the checks query is set aside too; its result
 ids are set aside in the table as well, where the same result was pushed and pulled back. The same result in both
 is taken once, from the table (which knows the server's Observation id). The trial also says when each subject's
-first MSC infusion was (the start of "post-treatment").
+first MSC infusion was (the start of "post-treatment"), and gives its SLEDAI-2K assessments: a total counts when
+it is final (no descriptor left undecided, fhir_lupus/scoring) and the checks neither refused nor queried its row.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from fhir_lupus.errors import InputError, UnitError
-from fhir_lupus.model import CheckedLab, LoadReport
+from fhir_lupus.model import CheckedLab, LoadReport, Located, ScoredAssessment
 from fhir_lupus.pull import PulledLab, PullRules
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabValue, MappingPack, UnitConverter, parse_lab_value
 
-__all__ = ["Point", "Points", "gather_points", "read_pulled"]
+__all__ = ["Point", "Points", "ScorePoint", "gather_points", "read_pulled"]
 
 LABS = "labs.csv"
+SLEDAI = "sledai.csv"
 
 
 @dataclass(frozen=True)
@@ -46,17 +48,33 @@ class Point:
     observation_id: str = ""
 
 
+@dataclass(frozen=True)
+class ScorePoint:
+    """One final SLEDAI-2K total of a subject; ``key`` is the assessment's business key (subject/visit), the
+    value of its Observation's identifier."""
+
+    subject_id: str
+    visit_code: str
+    assessed_on: date
+    total: int
+    key: str
+
+
 @dataclass
 class Points:
-    """Every subject's points in time order, per analyte, and when each subject's treatment began (if known)."""
+    """Every subject's points in time order, per analyte, and when each subject's treatment began (if known);
+    ``scores``: each subject's final SLEDAI-2K totals in time order."""
 
     by_subject: dict[str, dict[str, list[Point]]] = field(default_factory=dict)
     treated_from: dict[str, date] = field(default_factory=dict)
+    scores: dict[str, list[ScorePoint]] = field(default_factory=dict)
 
     def add(self, point: Point) -> None:
         self.by_subject.setdefault(point.subject_id, {}).setdefault(point.analyte, []).append(point)
 
     def sort(self) -> None:
+        for totals in self.scores.values():
+            totals.sort(key=lambda p: (p.assessed_on, p.key))
         for analytes in self.by_subject.values():
             for series in analytes.values():
                 series.sort(key=lambda p: (p.collected_at, p.result_id))
@@ -84,13 +102,16 @@ def gather_points(rows: Iterable[PulledLab], trial: TrialSource | None, pack: Ma
     set_aside: set[str] = set()
     seen: set[str] = set()
     trial_points: list[Point] = []
+    scored: list[Located[ScoredAssessment]] = []
     if trial is not None:
         for data in trial.chunks():
             trial_points += [_trial_point(located.record, units) for located in data.labs]
             points.treated_from.update(
                 {s: t.infusion_on for s, t in data.timelines.items() if t.infusion_on is not None}
             )
+            scored += data.sledai
         set_aside = _refused_or_queried(trial.report)
+        _add_scores(points, scored, trial.report)
     final = set(pack.load(PullRules, "fhir/pull.yaml").rows)
     for row in rows:
         if row.status not in final or row.result_id in set_aside:
@@ -104,6 +125,18 @@ def gather_points(rows: Iterable[PulledLab], trial: TrialSource | None, pack: Ma
             points.add(point)
     points.sort()
     return points
+
+
+def _add_scores(points: Points, scored: Iterable[Located[ScoredAssessment]], report: LoadReport) -> None:
+    """The final totals of assessments whose rows no check queried (a refused row never comes back at all)."""
+    queried = {(f.file, f.line) for f in report.queries if f.file.endswith(SLEDAI)}
+    for row in scored:
+        assessment, score = row.record.assessment, row.record.score
+        if not score.final or (row.file, row.line) in queried:
+            continue
+        key = f"{assessment.subject_id}/{assessment.visit_code}"
+        point = ScorePoint(assessment.subject_id, assessment.visit_code, assessment.assessed_on, score.total, key)
+        points.scores.setdefault(assessment.subject_id, []).append(point)
 
 
 def _refused_or_queried(report: LoadReport) -> set[str]:

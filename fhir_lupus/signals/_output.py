@@ -40,9 +40,19 @@ def describe(signal: Signal) -> str:
 def signal_resource(signal: Signal, pack: MappingPack, definitions: FlareDefinitions, *, study: str) -> Resource:
     """The DetectedIssue a signal is published as (fhir_lupus/mappers/_detected_issue.py)."""
     implicated = [
-        implicated_result(pack, study=study, result_id=signal.result_id, observation_id=signal.observation_id),
         implicated_result(
-            pack, study=study, result_id=signal.compared_result_id, observation_id=signal.compared_observation_id
+            pack,
+            study=study,
+            result_id=signal.result_id,
+            observation_id=signal.observation_id,
+            system=signal.result_system,
+        ),
+        implicated_result(
+            pack,
+            study=study,
+            result_id=signal.compared_result_id,
+            observation_id=signal.compared_observation_id,
+            system=signal.result_system,
         ),
     ]
     facts = IssueFacts(
