@@ -7,6 +7,7 @@ previous value raises none, a pending result and a refused or queried row never 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -310,10 +311,20 @@ class TestSledaiTotals:
 
 
 def _on_server(fake: FakeFhir, signals: list[Signal]) -> None:
-    """The Observations the signals implicate, as the server the table was pulled from holds them."""
+    """The Observations the signals implicate, as the server the table was pulled from holds them (each
+    subject's Patient id is ``p-<subject>``)."""
     for signal in signals:
         for rid in (signal.observation_id, signal.compared_observation_id):
-            fake.store.setdefault("Observation", {})[rid] = {"resourceType": "Observation", "id": rid}
+            subject = {"reference": f"Patient/p-{signal.subject_id}"}
+            fake.store.setdefault("Patient", {})[f"p-{signal.subject_id}"] = {
+                "resourceType": "Patient",
+                "id": f"p-{signal.subject_id}",
+            }
+            fake.store.setdefault("Observation", {})[rid] = {
+                "resourceType": "Observation",
+                "id": rid,
+                "subject": subject,
+            }
 
 
 def _signals() -> list[Signal]:
@@ -366,11 +377,38 @@ def test_publish_is_idempotent_and_audited(fake: FakeFhir, journal: Journal, tmp
     assert (second.written, len(second.unchanged)) == (0, 2)
     assert fake.count("POST") + fake.count("PUT") == writes  # the second publish wrote nothing
     assert len(fake.all("DetectedIssue")) == 2
+    # each names the server's Patient of its subject, read from the Observation that raised it
+    assert sorted(d["patient"]["reference"] for d in fake.all("DetectedIssue")) == [
+        "Patient/p-MSC-001",
+        "Patient/p-MSC-002",
+    ]
+    assert first.unresolved == []
     entries = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
     assert [(e["kind"], e["outcome"], e["counts"]["created"]) for e in entries] == [
         ("signals-publish", "complete", 2),
         ("signals-publish", "complete", 0),
     ]
+
+
+def test_without_an_observation_the_patient_comes_from_the_research_subject(fake: FakeFhir, journal: Journal) -> None:
+    found = [dataclasses.replace(s, observation_id="", compared_observation_id="") for s in _signals()]
+    system = SETTINGS.pack.identifier_system("subject", study="NCT00698191")
+    fake.store["ResearchSubject"] = {
+        "rs1": {
+            "resourceType": "ResearchSubject",
+            "id": "rs1",
+            "identifier": [{"system": system, "value": "MSC-001"}],
+            "individual": {"reference": "Patient/p1"},
+        }
+    }
+    fake.store["Patient"] = {"p1": {"resourceType": "Patient", "id": "p1"}}
+    with FhirClient(BASE) as client:
+        report = publish_signals(
+            client, found, settings=SETTINGS, study="NCT00698191", journal=journal, audit_log=False
+        )
+    patients = {d["patient"]["display"]: d["patient"].get("reference") for d in fake.all("DetectedIssue")}
+    assert patients == {"MSC-001": "Patient/p1", "MSC-002": None}  # MSC-002: named in words only
+    assert report.unresolved == ["MSC-002"]
 
 
 def test_a_changed_signal_is_updated_in_place(fake: FakeFhir, journal: Journal) -> None:

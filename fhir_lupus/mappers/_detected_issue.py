@@ -32,6 +32,7 @@ class IssueFacts:
     detail: str
     reference: str  # the source's URL
     implicated: Sequence[dict[str, Any]]
+    patient: str | None = None  # "Patient/<server id>" when the server's Patient is known
 
 
 def implicated_result(
@@ -60,10 +61,11 @@ def map_detected_issue(
             "text": facts.display,
         },
         "severity": severity,
-        "patient": {
-            "identifier": {"system": pack.identifier_system("subject", study=study), "value": facts.subject_id},
-            "display": facts.subject_id,
-        },
+        # the subject's study id is a ResearchSubject identifier, not a Patient's: without the server's Patient
+        # the reference names the subject in words only
+        "patient": {"reference": facts.patient, "display": facts.subject_id}
+        if facts.patient
+        else {"display": facts.subject_id},
         "identifiedDateTime": facts.identified,
         "implicated": list(facts.implicated),
         "detail": facts.detail,

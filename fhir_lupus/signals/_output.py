@@ -37,8 +37,11 @@ def describe(signal: Signal) -> str:
     )
 
 
-def signal_resource(signal: Signal, pack: MappingPack, definitions: FlareDefinitions, *, study: str) -> Resource:
-    """The DetectedIssue a signal is published as (fhir_lupus/mappers/_detected_issue.py)."""
+def signal_resource(
+    signal: Signal, pack: MappingPack, definitions: FlareDefinitions, *, study: str, patient: str | None = None
+) -> Resource:
+    """The DetectedIssue a signal is published as (fhir_lupus/mappers/_detected_issue.py); ``patient``: the
+    server's "Patient/<id>" of the subject, when known (publishing looks it up)."""
     implicated = [
         implicated_result(
             pack,
@@ -64,6 +67,7 @@ def signal_resource(signal: Signal, pack: MappingPack, definitions: FlareDefinit
         detail=f"{describe(signal)}. Source: {signal.source}",
         reference=signal.source_url,
         implicated=implicated,
+        patient=patient,
     )
     fixed = definitions.detected_issue
     return map_detected_issue(

@@ -3,7 +3,10 @@
 Idempotent by search-then-write on the signal's business identifier: a DetectedIssue found with the same content
 is left alone, one found with other content (a definition's wording changed) is updated in place, and a new one
 is created with ``If-None-Exist`` on that identifier, so a retried create cannot make a twin. A second publish of
-the same signals therefore writes nothing. Each resource is validated (R4 model and invariants) before it is
+the same signals therefore writes nothing. The DetectedIssue's patient is the server's Patient of the subject: the
+subject of the Observation that raised the signal, else the ``individual`` of the subject's ResearchSubject
+(found by its study identifier); a subject neither names is published with its study id in words only and
+listed in ``PublishReport.unresolved``. Each resource is validated (R4 model and invariants) before it is
 sent, as push validates its own. Before any request, the site profile is checked as push checks it: a
 server not on loopback is refused while our identifier systems are the example profile's placeholders (the
 refusal is audited too: the attempt was made).
@@ -38,6 +41,7 @@ class PublishReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)  # subjects whose Patient the server did not name
 
     @property
     def total(self) -> int:
@@ -83,8 +87,12 @@ def publish_signals(
     try:
         settings.refuse_placeholders(client.base_url, "signals publish")
         definitions = load_flare_definitions(pack)
+        patients = _Patients(client, pack.identifier_system("subject", study=study))
         for signal in signals:
-            resource = signal_resource(signal, pack, definitions, study=study)
+            patient = patients.of(signal)
+            if patient is None and signal.subject_id not in report.unresolved:
+                report.unresolved.append(signal.subject_id)
+            resource = signal_resource(signal, pack, definitions, study=study, patient=patient)
             validate_resource(resource, "R4", validation=settings.validation, pack=pack)  # as push checks its own
             hashes.append(content_hash(resource))
             _write(client, resource, signal.key, report)
@@ -93,6 +101,34 @@ def publish_signals(
         raise
     audit("complete")
     return report
+
+
+class _Patients:
+    """The server's Patient of each subject, looked up once a subject (see the module docstring)."""
+
+    def __init__(self, client: FhirClient, subject_system: str) -> None:
+        self.client = client
+        self.subject_system = subject_system
+        self.known: dict[str, str | None] = {}
+
+    def of(self, signal: Signal) -> str | None:
+        if signal.subject_id not in self.known:
+            self.known[signal.subject_id] = self._observation_subject(signal) or self._research_subject(signal)
+        return self.known[signal.subject_id]
+
+    def _observation_subject(self, signal: Signal) -> str | None:
+        if not signal.observation_id:
+            return None
+        reference = (self.client.read("Observation", signal.observation_id).get("subject") or {}).get("reference")
+        return reference if isinstance(reference, str) and reference.startswith("Patient/") else None
+
+    def _research_subject(self, signal: Signal) -> str | None:
+        query = {"identifier": f"{self.subject_system}|{signal.subject_id}"}
+        for found in self.client.search("ResearchSubject", query):
+            reference = (found.get("individual") or {}).get("reference")
+            if isinstance(reference, str) and reference.startswith("Patient/"):
+                return reference
+        return None
 
 
 def _write(client: FhirClient, resource: dict[str, Any], key: str, report: PublishReport) -> None:
