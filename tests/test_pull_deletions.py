@@ -1,7 +1,7 @@
 """Deletions in an incremental pull (issue 24): the history, its fallbacks, and a pull for a few patients.
 
 Against the fake server (tests/fakefhir.py, respx): with ``history`` it offers ``Observation/_history`` as HAPI
-does; without it, as Medplum, the pull lists ids. The integration tests (tests/integration/test_pull_deletions.py)
+does; without it, as Medplum, the pull lists ids. The integration tests (tests/integration/test_deleted_on_server.py)
 delete a pulled lab on real HAPI and Medplum servers.
 """
 
