@@ -1,7 +1,8 @@
 """A small in-memory FHIR server behind respx, for push tests that must run in milliseconds.
 
 It implements just what push uses — CapabilityStatement, token/uri searches by OR-list, read, PUT by id,
-conditional PUT / POST, and transaction or batch Bundles with urn:uuid references — and can be told to
+conditional PUT / POST, and transaction or batch Bundles with urn:uuid references — and what pull's removals
+read (DELETE, ``_elements=id``, the type-level history of Observation when ``history``), and can be told to
 behave like the servers we meet: Bundle size caps (Medplum's 50 updates and 8 entries with a conditional
 one), a search parameter it lacks or refuses, no update-as-create, a wrong transaction answer, a failing
 write. The integration tests confirm the same behaviour on real HAPI FHIR and Medplum servers.
@@ -101,6 +102,11 @@ class FakeFhir:
     fail_types: set[str] = field(default_factory=set)  # creates of these types answer 500
     max_count: int | None = None  # a cap on _count: larger searches answer in pages with next links
     refuse_not: bool = False  # the :not modifier answers 400, as on a server that does not know it
+    history: bool = False  # offers Observation/_history (history-type), as HAPI does; Medplum does not
+    history_page: int = 50  # history entries a page, next links for the rest
+    refuse_last_updated: bool = False  # _lastUpdated answers 400, as on a server that lists it but cannot
+    log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (lastUpdated, history entry), oldest first
+    tombstones: dict[str, int] = field(default_factory=dict)  # Type/id deleted -> the version of its deletion
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _clock: int = 0  # lastUpdated advances one microsecond per write
     _lock: threading.Lock = field(default_factory=threading.Lock)  # one request at a time, as a database would
@@ -147,6 +153,13 @@ class FakeFhir:
             return 200, self._bundle(body), {}
         parts = path.split("/")
         resource_type = parts[0]
+        if parts[1:] == ["_history"] and method == "GET":
+            if not self.history:
+                raise Refusal(404, f"{path} is not supported")
+            return 200, self._history(resource_type, query), {}
+        if method == "DELETE" and len(parts) == 2:
+            self._delete(resource_type, parts[1])
+            return 200, outcome("deleted"), {}
         if method == "GET" and len(parts) == 1:
             return 200, self._searchset(resource_type, query), {}
         if method == "GET" and len(parts) == 2:
@@ -172,7 +185,11 @@ class FakeFhir:
             params = self.params_of(name)
             entry: dict[str, Any] = {
                 "type": name,
-                "interaction": [{"code": c} for c in ("read", "update", "create", "search-type")],
+                "interaction": [
+                    {"code": c}
+                    for c in ("read", "update", "create", "search-type", "delete")
+                    + (("history-type",) if self.history and name == "Observation" else ())
+                ],
                 "conditionalCreate": self.conditional,
                 "conditionalUpdate": self.conditional,
                 "searchParam": [{"name": p, "type": "token"} for p in params],
@@ -195,6 +212,9 @@ class FakeFhir:
         params = dict(parse_qsl(query))
         count = params.pop("_count", None)
         offset = int(params.pop("_offset", "0"))
+        elements = params.pop("_elements", None)
+        if self.refuse_last_updated and "_lastUpdated" in params:
+            raise Refusal(400, f"_lastUpdated is not supported for {resource_type}")
         matches = self.all(resource_type)
         for name, value in params.items():
             base, _, modifier = name.partition(":")
@@ -218,8 +238,32 @@ class FakeFhir:
             "resourceType": "Bundle",
             "type": "searchset",
             "link": links,
-            "entry": [{"resource": copy.deepcopy(m), "search": {"mode": "match"}} for m in matches],
+            "entry": [{"resource": _subset(m, elements), "search": {"mode": "match"}} for m in matches],
         }
+
+    def _history(self, resource_type: str, query: str) -> dict[str, Any]:
+        """The type's history since ``_since``, newest first, ``history_page`` entries a page."""
+        params = dict(parse_qsl(query))
+        offset = int(params.pop("_offset", "0"))
+        since = _instant(params["_since"]) if "_since" in params else None
+        found = [
+            entry
+            for stamp, entry in reversed(self.log)
+            if entry["request"]["url"].startswith(f"{resource_type}/") and (since is None or _instant(stamp) >= since)
+        ]
+        links = []
+        if offset + self.history_page < len(found):
+            rest = urlencode({**params, "_offset": str(offset + self.history_page)})
+            links.append({"relation": "next", "url": f"{BASE}/{resource_type}/_history?{rest}"})
+        page = found[offset : offset + self.history_page]
+        return {"resourceType": "Bundle", "type": "history", "link": links, "entry": copy.deepcopy(page)}
+
+    def _delete(self, resource_type: str, resource_id: str) -> None:
+        gone = self.store.get(resource_type, {}).pop(resource_id, None)
+        if gone is not None:
+            version = self.tombstones[f"{resource_type}/{resource_id}"] = int(gone["meta"]["versionId"]) + 1
+            request = {"method": "DELETE", "url": f"{resource_type}/{resource_id}/_history/{version}"}
+            self.log.append((self._tick(), {"request": request, "response": {"status": "204 No Content"}}))
 
     def _check_param(self, resource_type: str, name: str) -> None:
         listed = self.params_of(resource_type)
@@ -257,12 +301,18 @@ class FakeFhir:
         resource_type = resource["resourceType"]
         resource["id"] = resource_id or resource.get("id") or f"s{next(self._ids)}"
         previous = self.store.get(resource_type, {}).get(resource["id"])
-        version = int(previous["meta"]["versionId"]) + 1 if previous else 1
-        self._clock += 1
-        stamp = f"2026-11-30T00:00:00.{self._clock:06d}+00:00"
+        key = f"{resource_type}/{resource['id']}"
+        was = int(previous["meta"]["versionId"]) if previous else self.tombstones.pop(key, 0)  # a deleted id goes on
+        version, stamp = was + 1, self._tick()
         resource["meta"] = {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": stamp}
         self.store.setdefault(resource_type, {})[resource["id"]] = resource
+        request = {"method": "PUT" if previous else "POST", "url": f"{key}/_history/{version}"}
+        self.log.append((stamp, {"resource": copy.deepcopy(resource), "request": request}))
         return copy.deepcopy(resource)
+
+    def _tick(self) -> str:
+        self._clock += 1
+        return f"2026-11-30T00:00:00.{self._clock:06d}+00:00"
 
     def _write(self, request: dict[str, Any], body: dict[str, Any], urns: dict[str, str]) -> tuple[int, dict[str, Any]]:
         body = _resolve(copy.deepcopy(body), urns)
@@ -376,6 +426,14 @@ def served(server: FakeFhir) -> Iterator[str]:
 def _instant(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00")) if "T" in text else datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _subset(resource: dict[str, Any], elements: str | None) -> dict[str, Any]:
+    """The resource as ``_elements`` asks (the elements named, plus resourceType, id and meta, as HAPI sends)."""
+    if elements is None:
+        return copy.deepcopy(resource)
+    kept = {"resourceType", "id", "meta", *elements.split(",")}
+    return {key: copy.deepcopy(value) for key, value in resource.items() if key in kept}
 
 
 def _references(node: Any) -> list[str]:

@@ -60,6 +60,7 @@ class Exporter:
     errors: list[str] = field(default_factory=list)  # OperationOutcome diagnostics in the manifest's error
     broken_line: bool = False  # an Observation file whose second line is not JSON
     auth_seen: list[str | None] = field(default_factory=list)
+    removed: list[str] | None = None  # Observation ids in the manifest's ``deleted`` part (None: no such part)
     _polls: int = 0
     _files: dict[str, bytes] = field(default_factory=dict)
 
@@ -117,13 +118,20 @@ class Exporter:
             }
             self._files[f"{base}/errors"] = orjson.dumps(outcome) + b"\n"
             error.append({"type": "OperationOutcome", "url": f"{base}/errors"})
-        return {
+        manifest = {
             "transactionTime": "2026-11-30T00:00:01Z",
             "request": f"{BASE}/Patient/$export",
             "requiresAccessToken": self.requires_token,
             "output": output,
             "error": error,
         }
+        if self.removed is not None:  # Bulk Data 2.0: Bundles whose entries carry the DELETE of each resource
+            entries = [{"request": {"method": "DELETE", "url": f"Observation/{rid}"}} for rid in self.removed]
+            bundles = [{"resourceType": "Bundle", "type": "transaction", "entry": entries[:1]}]
+            bundles += [{"resourceType": "Bundle", "type": "transaction", "entry": entries[1:]}]
+            self._files[f"{base}/deleted"] = b"\n".join(orjson.dumps(b) for b in bundles) + b"\n"
+            manifest["deleted"] = [{"type": "Bundle", "url": f"{base}/deleted"}]
+        return manifest
 
     def _file(self, request: httpx.Request) -> httpx.Response:
         url = str(request.url)
@@ -346,6 +354,24 @@ def test_an_incremental_bulk_pull_asks_since_and_finds_day_0_by_search(
     assert named["_since"] and named["_type"] == "Observation"  # day 0 is not exported: it would be only changes
     assert "_typeFilter" not in named  # the labs are selected here unless lab_filters asks the server
     assert any(path.startswith("Encounter?identifier=") for _, path in exporter.fake.requests)
+
+
+def test_an_incremental_bulk_pull_removes_what_the_manifest_says_was_deleted(
+    exporter: Exporter, pushed: TrialData, tmp_path: Path
+) -> None:
+    with client() as fhir, Journal(tmp_path / "bulk.sqlite") as journal:
+        full = pull_study(fhir, journal, pushed.study, since=None, bulk=options(tmp_path))
+        gone, other = sorted(full.rows, key=lambda r: r.observation_id)[:2]
+        exporter.fake.store["Observation"].pop(gone.observation_id)
+        exporter.removed = [gone.observation_id, "not-ours"]
+        exporter.fake.requests.clear()
+        again = pull_study(fhir, journal, pushed.study, bulk=options(tmp_path), output=tmp_path / "labs.csv")
+    assert [(r.observation_id, r.reason) for r in again.removed] == [(gone.observation_id, "deleted on the server")]
+    assert again.total_rows == full.total_rows - 1 and gone.observation_id not in table(tmp_path / "labs.csv")
+    assert other.observation_id in table(tmp_path / "labs.csv")
+    # the manifest said it: neither the history nor a listing was asked
+    assert not any("_history" in path or "_elements" in path for _, path in exporter.fake.requests)
+    assert again.fallbacks == []
 
 
 def test_a_result_after_the_end_of_participation_is_no_visits_on_every_pass(

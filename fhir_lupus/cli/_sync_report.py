@@ -81,6 +81,11 @@ def render_pull(result: PullResult, *, limit: int = 20) -> None:
             "their labs are not pulled (mappings/fhir/lifecycle.yaml enrolled)",
             highlight=False,
         )
+    if result.ignored_patients:
+        console.print(
+            f"ignored {result.ignored_patients} Patient id(s) asked for that are no enrolled subject of the study",
+            highlight=False,
+        )
     for removal in result.removed[: listed(limit)]:
         console.print(
             f"[yellow]removed[/yellow] row {removal.result_id or removal.observation_id} of {removal.subject_id} "

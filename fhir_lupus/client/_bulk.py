@@ -74,6 +74,9 @@ class ExportManifest:
     requires_access_token: bool
     output: tuple[ExportFile, ...]
     error: tuple[ExportFile, ...]
+    # Bundles of the resources deleted since ``_since`` (Bulk Data 2.0 ``deleted``); None when the manifest has no
+    # such key, which a server may also mean as "none", so a reader cannot tell absence from an empty list
+    deleted: tuple[ExportFile, ...] | None = None
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], *, url: str) -> ExportManifest:
@@ -96,6 +99,7 @@ class ExportManifest:
             requires_access_token=bool(document.get("requiresAccessToken", True)),
             output=files("output"),
             error=files("error"),
+            deleted=files("deleted") if isinstance(document.get("deleted"), list) else None,
         )
 
 

@@ -5,8 +5,9 @@ The path of a pull (docs/architecture.md): ``_study`` is the study-level entry (
 runs a pass over it: the search pass (``_search_pass``, its group searches cut by the pure ``_planner``, every
 request a ``_search.Search``) or the bulk pass (``_bulk_pass``, the export job of ``_bulk``). Each Observation
 is read into a fact (``_fact``), selected (``_selection``) and made a row or set aside (``_reverse``; ``_visits``
-places it in the schedule); ``_store`` stages, merges and writes the rows and moves the mark on its own
-connection. ``_local`` gives the same rows from NDJSON files at hand, and ``fhir_lupus.spark`` on Spark.
+places it in the schedule); ``_deletions`` finds what an incremental pull must remove (deleted on the server
+since, or missing from a listing of ids); ``_store`` stages, merges, removes and writes the rows and moves the
+mark on its own connection. ``_local`` gives the same rows from NDJSON files at hand, and ``fhir_lupus.spark`` on Spark.
 """
 
 from fhir_lupus.pull._bulk import BulkOptions, BulkSummary, Level

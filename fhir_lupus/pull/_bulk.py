@@ -127,16 +127,20 @@ class BulkRun:
         self.key = hashlib.sha256(request.describe().encode()).hexdigest()[:20]
         base = options.work_dir or journal.path.with_name(journal.path.name + ".bulk")
         self.work_dir = base / self.key
+        self.deleted_files: list[tuple[Path, ExportFile]] | None = None
 
     # -- the job --------------------------------------------------------------------------------------------
 
     def files(self) -> list[tuple[Path, ExportFile]]:
-        """Run the export to its end and download its files of Observations, Encounters and Procedures."""
+        """Run the export to its end and download its files of Observations, Encounters and Procedures, and
+        those of its ``deleted`` part (``deleted_files``: None when the manifest has none)."""
         manifest = self._manifest()
-        wanted = {"Observation", "Encounter", "Procedure"}
-        files = self._download([f for f in manifest.output if f.type in wanted], manifest.requires_access_token)
+        wanted = [f for f in manifest.output if f.type in {"Observation", "Encounter", "Procedure"}]
+        deleted = manifest.deleted or ()
+        files = self._download([*wanted, *deleted], manifest.requires_access_token)
+        self.deleted_files = files[len(wanted) :] if manifest.deleted is not None else None
         self._server_errors(manifest)
-        return files
+        return files[: len(wanted)]
 
     def finish(self) -> None:
         """After the rows are merged: delete the job on the server (best effort) and in the journal, drop files."""

@@ -11,7 +11,8 @@ a page per thousand subjects). What is large goes through one export job (``_bul
   server already has (``actual: true``, e.g. a hospital's cohort of the trial: ``--group ID``); at the **system**
   level for a registry server that holds nothing else.
 - An incremental pull asks ``_since``; the export then brings only what changed, so day 0 of a subject with new
-  results is searched as the search pass does.
+  results is searched as the search pass does, and what was deleted is read from the manifest's ``deleted``
+  part (``deleted``; ``_deletions.deleted_ids``).
 Every result then goes through the pull's one ``Subjects`` (selection, reverse mapping, status rules and visit
 assignment), as on the search pass and the NDJSON path, so the two give the same lab table.
 """
@@ -25,6 +26,7 @@ from typing import Any
 from fhir_lupus.client import ExportFile, ExportRequest, FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull._bulk import BulkOptions, BulkRun, BulkSummary
+from fhir_lupus.pull._deletions import deleted_ids
 from fhir_lupus.pull._local import read_ndjson
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._state import PassState
@@ -59,6 +61,9 @@ class BulkPass:
         self.state = state
         # an incremental export brings only what changed: day 0 stays a search, as on the search pass
         self._by_search = OnServer(subjects, client, caps, state) if since is not None else None
+        # the Observation ids the manifest's ``deleted`` part names (and this export did not bring again); None
+        # when the manifest has no such part: the pull then asks the history, as the search pass does
+        self.deleted: set[str] | None = None
 
     @property
     def summary(self) -> BulkSummary:
@@ -72,7 +77,13 @@ class BulkPass:
         day_zero: DayZeroRecords = self._by_search or AtHand(
             self.subjects, _resources(files, "Procedure"), _resources(files, "Encounter")
         )
-        yield from self.subjects.labs(_resources(files, "Observation"), day_zero)
+        brought: set[str] = set()
+        for record in self.subjects.labs(_resources(files, "Observation"), day_zero):
+            brought.add(record.observation_id)
+            yield record
+        if self.run.deleted_files is not None:
+            bundles = (r for path, f in self.run.deleted_files for r in read_ndjson(path, source=f.url))
+            self.deleted = deleted_ids(entry for bundle in bundles for entry in bundle.get("entry", [])) - brought
         self.run.summary.others = self.subjects.others
         if self.subjects.high_water:
             self.state.mark(self.subjects.high_water)

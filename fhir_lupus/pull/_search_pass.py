@@ -33,7 +33,7 @@ from fhir_lupus.pull._state import PassState
 from fhir_lupus.pull._subjects import OnServer, Subject, SubjectRow, Subjects
 from fhir_lupus.terminology import warm_up_units
 
-__all__ = ["DEFAULT_WORKERS", "fetch_labs", "refusal"]
+__all__ = ["DEFAULT_WORKERS", "fetch_labs", "patient_param", "refusal"]
 
 # Subjects fetched at once (each subject's labs in order; the store sorts the output, so the result does not
 # depend on it). 1 = one after the other, by one thread that reads ahead of the caller. By bench/bench_pull.py
@@ -47,6 +47,10 @@ T = TypeVar("T")
 _NO_NEGATION = (
     "Observation?category:not is refused by the server: labs with a catalogue code are searched again by code "
     "and those already fetched are dropped"
+)
+_NO_LAST_UPDATED = (
+    "Observation?_lastUpdated is refused by the server: the subjects' labs are searched whole, and what the table "
+    "holds of them and the server no longer lists is removed"
 )
 _Found = tuple[Subject, dict[str, Any]]  # an Observation a search brought, and the subject it belongs to
 _Job = tuple[SubjectRow, dict[str, Any]]  # an enrolled subject and its ResearchSubject, before its day 0
@@ -212,7 +216,7 @@ class _Plan:
         self.client = client
         self.caps = caps
         self.base = _patient_search(caps)
-        self.param = _patient_param(caps)
+        self.param = patient_param(caps)
         self.since = since
         self.code_list = code_list
         self.category = category
@@ -228,6 +232,23 @@ class _Plan:
         return filters
 
     def by_category(self, member: Subject, state: PassState) -> Iterator[_Found]:
+        """The subject's results with the lab category; a refused ``_lastUpdated`` (400) turns ``since`` off for
+        the rest of the pass, and the subject is asked again without it (``PassState.unfiltered``)."""
+        since, brought = self.since, 0
+        try:
+            for observation in self._fresh(self._category_search(member), state):
+                brought += 1
+                yield member, observation
+        except FhirHttpError as exc:
+            if brought or not since or classify(exc.status, exc.outcome) not in ("refused", "unsupported"):
+                raise
+            self.since = None  # every search of the pass from now on, those of other workers included
+            state.unfiltered = True
+            state.note_once(_NO_LAST_UPDATED)
+            for observation in self._fresh(self._category_search(member), state):
+                yield member, observation
+
+    def _category_search(self, member: Subject) -> Search:
         filters = self.filters(member.patient_ref, member.floor)
         if self.split:  # the token first: a server that filters in the order asked (Medplum) gets the cheap test first
             search = self.base.where(self.caps, category=self.category, **filters)
@@ -235,8 +256,7 @@ class _Plan:
             search = self.base.where(self.caps, **filters).where_any(
                 self.caps, code=self.code_list, category=self.category
             )
-        for observation in self._fresh(search.with_params(_count=PAGE), state):
-            yield member, observation
+        return search.with_params(_count=PAGE)
 
     def rest(self, members: list[Subject], state: PassState) -> Iterator[_Found]:
         """Results with a catalogue code and without the lab category, for a group of subjects."""
@@ -359,7 +379,8 @@ def _patient_search(caps: Capabilities) -> Search:
     return Search("Observation")
 
 
-def _patient_param(caps: Capabilities) -> str:
+def patient_param(caps: Capabilities) -> str:
+    """The Observation search parameter that names a subject's Patient on this server."""
     for name in ("patient", "subject"):
         if caps.searches("Observation", name):
             return name

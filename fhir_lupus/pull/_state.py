@@ -22,6 +22,8 @@ class PassState:
     high_water: str | None = None  # the latest meta.lastUpdated fetched
     fallbacks: list[str] = field(default_factory=list)  # what the server could not do, for the report
     refetched: int = 0  # Observations a search brought again in this pull (0 unless a server ignores :not)
+    # the server refused _lastUpdated: the subjects' labs were fetched whole, so the stage lists all they have
+    unfiltered: bool = False
 
     def mark(self, updated: str) -> None:
         if self.high_water is None or moment(updated) > moment(self.high_water):
@@ -47,6 +49,7 @@ class PassState:
         for note in other.fallbacks:
             self.note_once(note)
         self.refetched += other.refetched
+        self.unfiltered = self.unfiltered or other.unfiltered
 
 
 def moment(value: str) -> datetime:

@@ -35,7 +35,18 @@ from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._search import parse_instant
 from fhir_lupus.pull._spool import Spool, flat, record_text
 
-__all__ = ["MergeResult", "PullStore", "Removal", "newer_record", "table_order", "unmapped_path", "write_rows"]
+__all__ = [
+    "DELETED",
+    "GONE",
+    "MergeResult",
+    "Prune",
+    "PullStore",
+    "Removal",
+    "newer_record",
+    "table_order",
+    "unmapped_path",
+    "write_rows",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pull_store (
@@ -55,6 +66,7 @@ CREATE INDEX IF NOT EXISTS pull_stage_order ON pull_stage (server, study, sort_k
 """
 Record = PulledLab | UnmappedResult
 MERGE_BATCH = 1000  # staged records read at once by the merge: memory stays flat however large the pull
+ID_BATCH = 500  # ids in one ``IN (...)`` of the prune (SQLite allows 32,766 variables; small keeps it quick)
 BUSY_SECONDS = 30.0  # how long a write waits for the journal's (a pull writes its bulk job between stages)
 
 
@@ -66,6 +78,27 @@ class Removal:
     result_id: str
     subject_id: str
     reason: str
+
+
+# Why a row left the store: the server said it was deleted (history, an export's ``deleted`` part), or a listing
+# of its subject's results (a full pull, a reconciliation of ids) no longer holds it.
+DELETED = "deleted on the server"
+GONE = "no longer on the server"
+
+
+@dataclass(frozen=True)
+class Prune:
+    """What the merge removes besides replacing older versions: results the server no longer has.
+
+    ``deleted``: ids the server says were deleted since the search start. ``listed``: every id the server holds
+    for the subjects in scope (what was just fetched counts as listed), so an entry of theirs outside it is
+    gone; None when no listing was made. ``subjects``: the subject ids in scope (None: all); an entry of any
+    other subject is never touched, so a pull restricted to a few subjects cannot remove another's rows.
+    """
+
+    deleted: frozenset[str] = frozenset()
+    listed: frozenset[str] | None = None
+    subjects: frozenset[str] | None = None
 
 
 @dataclass
@@ -186,8 +219,9 @@ class PullStore:
             ],
         )
 
-    def merge(self, *, replace_all: bool) -> MergeResult:
-        """Fold the stage into the store (inside the caller's transaction); ``replace_all``: drop the rest."""
+    def merge(self, *, replace_all: bool, prune: Prune | None = None) -> MergeResult:
+        """Fold the stage into the store (inside the caller's transaction); ``replace_all``: drop the rest (what a
+        ``Prune`` listing nothing beyond the stage does); ``prune``: drop what the server no longer has."""
         result = MergeResult()
         key = (self.server, self.study)
         for batch in self._staged():
@@ -220,23 +254,8 @@ class PullStore:
                     earlier, reason = orjson.loads(old[3]), orjson.loads(record)["reason"]
                     result.removed.append(Removal(observation_id, earlier["result_id"], earlier["subject_id"], reason))
             self._db.executemany("INSERT OR REPLACE INTO pull_store VALUES (?, ?, ?, ?, ?, ?, ?, ?)", winners)
-        if replace_all:
-            gone = self._db.execute(
-                "SELECT observation_id, kind, record FROM pull_store WHERE server = ? AND study = ? "
-                "AND observation_id NOT IN (SELECT observation_id FROM pull_stage WHERE server = ? AND study = ?)",
-                (*key, *key),
-            ).fetchall()
-            for observation_id, kind, record in gone:
-                if kind == "row":
-                    earlier = orjson.loads(record)
-                    result.removed.append(
-                        Removal(observation_id, earlier["result_id"], earlier["subject_id"], "no longer on the server")
-                    )
-            self._db.execute(
-                "DELETE FROM pull_store WHERE server = ? AND study = ? "
-                "AND observation_id NOT IN (SELECT observation_id FROM pull_stage WHERE server = ? AND study = ?)",
-                (*key, *key),
-            )
+        if replace_all or prune is not None:
+            self._prune(prune or Prune(listed=frozenset()), result)
         self.clear_stage()
         counts = dict(
             self._db.execute(
@@ -245,6 +264,46 @@ class PullStore:
         )
         result.total_rows, result.total_unmapped = counts.get("row", 0), counts.get("unmapped", 0)
         return result
+
+    def _prune(self, prune: Prune, result: MergeResult) -> None:
+        """Delete the entries ``prune`` says are gone from the server (after the stage is merged, before it is
+        cleared); each row among them is reported as a ``Removal``, set-aside results are dropped quietly."""
+        doomed: set[str] = set()
+        for observation_id, kind, record in self._pruned(prune):
+            earlier = orjson.loads(record)
+            if observation_id in doomed or (prune.subjects is not None and earlier["subject_id"] not in prune.subjects):
+                continue
+            if observation_id in prune.deleted:
+                reason = DELETED
+            elif prune.listed is not None and observation_id not in prune.listed:
+                reason = GONE
+            else:
+                continue
+            doomed.add(observation_id)
+            if kind == "row":
+                result.removed.append(Removal(observation_id, earlier["result_id"], earlier["subject_id"], reason))
+        self._db.executemany(
+            "DELETE FROM pull_store WHERE server = ? AND study = ? AND observation_id = ?",
+            [(self.server, self.study, observation_id) for observation_id in doomed],
+        )
+
+    def _pruned(self, prune: Prune) -> Iterator[tuple[str, str, str]]:
+        """The entries ``prune`` may remove, read lazily: those deleted, and (with a listing) all not just fetched."""
+        key = (self.server, self.study)
+        deleted = sorted(prune.deleted)
+        for start in range(0, len(deleted), ID_BATCH):
+            ids = deleted[start : start + ID_BATCH]
+            yield from self._db.execute(
+                "SELECT observation_id, kind, record FROM pull_store WHERE server = ? AND study = ? "
+                f"AND observation_id IN ({','.join('?' * len(ids))})",
+                (*key, *ids),
+            )
+        if prune.listed is not None:  # the stage is listed too: what was just fetched is on the server
+            yield from self._db.execute(
+                "SELECT observation_id, kind, record FROM pull_store WHERE server = ? AND study = ? "
+                "AND observation_id NOT IN (SELECT observation_id FROM pull_stage WHERE server = ? AND study = ?)",
+                (*key, *key),
+            )
 
     def _staged(self) -> Iterator[list[tuple[str, str, str, str, str, str]]]:
         """The stage in output order, a bounded batch at a time (the merge writes between batches)."""

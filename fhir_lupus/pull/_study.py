@@ -7,6 +7,7 @@ import functools
 import hashlib
 import itertools
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,7 @@ def pull_study(
     audit_log: AuditLog = None,
     workers: int = DEFAULT_WORKERS,
     bulk: BulkOptions | None = None,
+    patients: Collection[str] | None = None,
 ) -> PullResult:
     """Pull the study's labs into the journal's store and ``output``; the mark moves only after both.
 
@@ -57,7 +59,11 @@ def pull_study(
     pulls everything and makes the output mirror the server; an ISO date-time pulls what changed since then.
     Every pull, also a failed one, appends an entry to the audit log (``audit_log``, as for ``push_trial``):
     counts, and ``digest_of`` the hashes of the rows new in this pull. ``workers``: subjects fetched at once.
-    ``settings``: the mapping pack rows are made with (default: ``Settings.default()``).
+    ``settings``: the mapping pack rows are made with (default: ``Settings.default()``). ``patients``: the
+    server's Patient ids (no ``Patient/``) to pull for, None for every enrolled subject; only their rows are
+    touched and the mark stays (the others' changes since are still asked by the next pull of everyone); ids of
+    no enrolled subject are ignored and counted (``PullResult.ignored_patients``). An incremental pull also
+    removes what was deleted on the server since the search start (``_deletions``).
     """
     pack = (settings or Settings.default()).pack
     mark = journal.high_water(client.base_url, study.nct_id)
@@ -84,6 +90,7 @@ def pull_study(
             mark_from=mark,
             workers=workers,
             bulk=bulk,
+            patients=patients,
         )
     except Exception as exc:
         outcome = f"failed: {type(exc).__name__}"
@@ -99,6 +106,8 @@ def pull_study(
         "total_rows": pulled.total_rows,
     }
     details = {"study": study.nct_id, "since": search_since or "", "high_water": pulled.high_water or ""}
+    if patients is not None:
+        details["patients"] = f"{len(patients)} asked, {pulled.ignored_patients} ignored"
     if pulled.bulk is not None:
         export = pulled.bulk
         details["bulk_export"] = f"{export.level} level, {export.files} file(s), resumed: {export.resumed}"

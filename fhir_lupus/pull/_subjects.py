@@ -15,7 +15,7 @@ subject (``OnServer``) or an index of the files at hand (``AtHand``).
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Protocol
@@ -91,7 +91,11 @@ class Subjects:
         *,
         window_days: int | None = None,
         lookback_days: int | None = None,
+        patients: Collection[str] | None = None,
     ) -> None:
+        """``patients``: the server's Patient ids (without ``Patient/``) to pull for, None for every enrolled subject;
+        the others are left out of the pull as if they were not in the study (``ignored`` counts the ids given
+        that are no enrolled subject)."""
         pack = catalogue.pack  # the mappings of the catalogue are the pull's: its rules and lifecycle too
         self.study = study
         self.catalogue = catalogue
@@ -122,10 +126,20 @@ class Subjects:
         self.skipped: Counter[str] = Counter()  # ResearchSubjects not enrolled, by status
         self.others = 0  # results at hand of Patients who are no enrolled subject (counted, not the trial's)
         self.high_water: str | None = None  # the latest meta.lastUpdated of a result taken by ``labs``
+        self.only = frozenset(f"Patient/{p}" for p in patients) if patients is not None else None
         self._resolved: dict[str, Subject] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def ignored(self) -> int:
+        """Patient ids given (``patients``) that are no enrolled subject of the study (unknown, or not enrolled)."""
+        return len(self.only - self.rows.keys()) if self.only is not None else 0
+
+    def subject_ids(self) -> frozenset[str]:
+        """The subject ids of the enrolled subjects taken so far: the scope a pull may reconcile."""
+        return frozenset(row.subject_id for row, _ in self.rows.values())
 
     # -- the study and who is enrolled in it -----------------------------------------------------------------
 
@@ -179,7 +193,7 @@ class Subjects:
                 if location_id(study_ref, "ResearchStudy") != study_id:
                     continue
             row = subject_row(research_subject, subject_systems=self.subject_systems, state_system=self.state_system)
-            if row is None:
+            if row is None or (self.only is not None and row.patient_ref not in self.only):
                 continue
             if row.status not in self.enrolled:
                 self.skipped[row.status or "no status"] += 1
