@@ -94,6 +94,11 @@ def signals(
             f"published to {client.base_url}: {len(report.created)} created, {len(report.updated)} updated, "
             f"{len(report.unchanged)} unchanged"
         )
+        if report.unresolved:
+            outcome.print(
+                f"no Patient on the server for {', '.join(report.unresolved)}: named by study id in words only "
+                "(push the trial, or pull the table from this server, to link them)"
+            )
     if trial is not None:
         if trial.report.rejects:
             print_rows(trial.report)
