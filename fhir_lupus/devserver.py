@@ -1,6 +1,7 @@
 """Start and stop the real servers kept in servers/ on loopback: HAPI FHIR JPA and Medplum's engine (FHIR), and
 oidc-provider (an OAuth authorization server for the SMART Backend Services tests; it answers discovery, not
-``/fhir/metadata``, and its URL is its issuer).
+``/fhir/metadata``, and its URL is its issuer). ``hapi-subscriptions`` is the same HAPI jar with HAPI's REST-hook
+subscriptions switched on, a server of its own because matching every write would slow every other test.
 
 Used by ``fhir-lupus demo``, the integration tests and ``scripts/fhir-server``. Each server directory has a
 ``run.sh PORT`` that builds what it needs and runs the server in the foreground; here it is started in its
@@ -23,10 +24,23 @@ from pathlib import Path
 from fhir_lupus.client import FhirClient, RetryPolicy, serves
 from fhir_lupus.errors import CheckoutMissing, FhirLupusError
 
-__all__ = ["SERVERS", "CheckoutMissing", "ServerHandle", "checkout_missing", "repo_root", "start", "stop"]
+__all__ = [
+    "SERVERS",
+    "VARIANTS",
+    "CheckoutMissing",
+    "ServerHandle",
+    "checkout_missing",
+    "launch",
+    "repo_root",
+    "start",
+    "stop",
+]
 
-SERVERS = {"hapi": 18080, "medplum": 18103, "oidc": 18090}  # name -> default loopback port
+SERVERS = {"hapi": 18080, "hapi-subscriptions": 18081, "medplum": 18103, "oidc": 18090}  # name -> default port
 AUTH_SERVERS = frozenset({"oidc"})  # not FHIR servers: base URL without /fhir, ready when discovery answers
+# Servers that run another server's directory with settings of their own: name -> (directory, environment).
+# The subscriptions server holds only what its tests write, so a small heap keeps its JVM lean.
+VARIANTS = {"hapi-subscriptions": ("hapi", {"HAPI_SUBSCRIPTIONS": "rest-hook", "HAPI_HEAP": "512m"})}
 
 
 def repo_root() -> Path:
@@ -53,21 +67,29 @@ class ServerHandle:
     log: Path
 
 
+def launch(name: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run server ``name`` on ``port`` (a variant runs its base's run.sh)."""
+    directory, settings = VARIANTS.get(name, (name, {}))
+    missing = checkout_missing(f"servers/{directory}/run.sh")
+    if missing is not None:
+        raise missing
+    script = repo_root() / "servers" / directory / "run.sh"
+    return ["bash", str(script), str(port)], {**os.environ, **settings}
+
+
 def start(name: str, port: int | None = None, *, timeout: float = 900.0, state_dir: Path | None = None) -> ServerHandle:
     """Start a server and wait for its CapabilityStatement; RuntimeError with the log's tail on failure."""
     if name not in SERVERS:
         raise ValueError(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
     port = port or SERVERS[name]
-    missing = checkout_missing(f"servers/{name}/run.sh")
-    if missing is not None:
-        raise missing
+    command, environment = launch(name, port)
     state = state_dir or repo_root() / ".fhir-servers"
     state.mkdir(parents=True, exist_ok=True)
     log = state / f"{name}.log"
-    script = repo_root() / "servers" / name / "run.sh"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            ["bash", str(script), str(port)],
+            command,
+            env=environment,
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -131,7 +153,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """scripts/fhir-server: start NAME [--port N] | stop NAME | url NAME."""
+    """scripts/fhir-server: start NAME [--port N] | stop NAME | url NAME (NAME: hapi, hapi-subscriptions, ...)."""
     parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
     parser.add_argument("action", choices=["start", "stop", "url"])
     parser.add_argument("name", choices=sorted(SERVERS))

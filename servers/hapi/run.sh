@@ -19,6 +19,8 @@
 #   HAPI_JAVA_OPTS   extra JVM options, appended
 #   HAPI_MVN_FLAGS   extra Maven flags for the build, e.g. "-o" to build offline
 #   HAPI_CDS=0       do not use a class data sharing archive (see below)
+#   HAPI_SUBSCRIPTIONS=rest-hook
+#                    turn on HAPI's REST-hook subscriptions (default off; see README.md)
 #   JAVA_HOME        Java to use (17 or newer); default: java on PATH
 #
 # Class data sharing (CDS): the first run after a build records the classes it loaded and
@@ -38,6 +40,12 @@ fi
 
 JAR=target/hapi-test-server.jar
 JSA=target/hapi-test-server.jsa
+# The switched server loads other classes, and may run at the same time as a plain one from the same jar:
+# each keeps its own archive, so two JVMs never write one file at exit.
+case "${HAPI_SUBSCRIPTIONS:-off}" in
+	off | "") ;;
+	*) JSA=target/hapi-test-server-subscriptions.jsa ;;
+esac
 if [ -n "${JAVA_HOME:-}" ]; then JAVA="$JAVA_HOME/bin/java"; else JAVA=java; fi
 
 # --- build when needed (serialised, so two starts at once build only once) ---
@@ -55,7 +63,7 @@ if needs_build; then
 		rm -f "$JAR"
 		# shellcheck disable=SC2086
 		nice mvn -q -B ${HAPI_MVN_FLAGS:-} package -DskipTests >&2
-		rm -f "$JSA" "$JSA.new" "$JSA.failed"
+		rm -f target/*.jsa target/*.jsa.new target/*.jsa.failed
 	fi
 	flock -u 9
 	exec 9>&-

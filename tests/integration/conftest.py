@@ -57,6 +57,20 @@ def oidc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         devserver.stop(handle)
 
 
+@pytest.fixture(scope="session")
+def hapi_subscriptions_url() -> str:
+    """HAPI with REST-hook subscriptions on (``scripts/fhir-server start hapi-subscriptions``), from
+    FHIR_LUPUS_HAPI_SUBSCRIPTIONS_URL. Never started here: a third JVM beside HAPI and Medplum is too much for a
+    developer's test run on 2 cores, so the tests that need it skip unless .ci/run (or you) started it."""
+    configured = os.environ.get("FHIR_LUPUS_HAPI_SUBSCRIPTIONS_URL")
+    if not configured:
+        pytest.skip(
+            "FHIR_LUPUS_HAPI_SUBSCRIPTIONS_URL is unset: run `scripts/fhir-server start hapi-subscriptions` and set "
+            "it to the URL printed (.ci/run does both)"
+        )
+    return configured.rstrip("/")
+
+
 @pytest.fixture
 def client(server_url: str) -> Iterator[FhirClient]:
     with FhirClient(server_url, timeout=120) as fhir:

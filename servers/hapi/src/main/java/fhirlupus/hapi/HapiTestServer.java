@@ -14,10 +14,14 @@ import ca.uhn.fhir.jpa.config.HapiJpaConfig;
 import ca.uhn.fhir.jpa.config.r4.JpaR4Config;
 import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
+import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
 import ca.uhn.fhir.jpa.subscription.channel.config.SubscriptionChannelConfig;
+import ca.uhn.fhir.jpa.subscription.match.config.SubscriptionProcessorConfig;
+import ca.uhn.fhir.jpa.subscription.match.deliver.email.IEmailSender;
+import ca.uhn.fhir.jpa.subscription.submit.config.SubscriptionSubmitterConfig;
 import ca.uhn.fhir.rest.api.EncodingEnum;
 import ca.uhn.fhir.rest.server.RestfulServer;
 import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
@@ -34,6 +38,9 @@ import org.slf4j.LoggerFactory;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.context.annotation.AnnotationConfigApplicationContext;
 import org.springframework.context.annotation.Bean;
+import org.springframework.context.annotation.Condition;
+import org.springframework.context.annotation.ConditionContext;
+import org.springframework.context.annotation.Conditional;
 import org.springframework.context.annotation.Configuration;
 import org.springframework.context.annotation.Import;
 import org.springframework.context.annotation.Primary;
@@ -42,6 +49,7 @@ import org.springframework.core.env.Environment;
 import org.springframework.core.env.StandardEnvironment;
 import org.springframework.core.io.ClassPathResource;
 import org.springframework.core.io.support.ResourcePropertySource;
+import org.springframework.core.type.AnnotatedTypeMetadata;
 import org.springframework.orm.jpa.JpaTransactionManager;
 import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 
@@ -60,10 +68,15 @@ import javax.sql.DataSource;
  *
  * <p>Settings come from {@code application.properties} (in the jar), overridable by
  * {@code -Dkey=value}, {@code --key=value} arguments, or {@code HAPI_PORT} for the port.
+ *
+ * <p>{@code hapi.subscriptions=rest-hook} (or the environment variable {@code HAPI_SUBSCRIPTIONS=rest-hook})
+ * adds HAPI's own subscription modules: see {@link RestHookSubscriptions}. Off by default.
  */
 public final class HapiTestServer {
 
 	private static final Logger ourLog = LoggerFactory.getLogger(HapiTestServer.class);
+	static final String SUBSCRIPTIONS_PROPERTY = "hapi.subscriptions";
+	static final String SUBSCRIPTIONS_REST_HOOK = "rest-hook";
 
 	private HapiTestServer() {}
 
@@ -86,6 +99,7 @@ public final class HapiTestServer {
 		StandardEnvironment bootEnv = new StandardEnvironment();
 		bootEnv.getPropertySources()
 				.addLast(new ResourcePropertySource(new ClassPathResource("application.properties")));
+		boolean subscriptions = subscriptionsOn(bootEnv);
 		String host = bootEnv.getProperty("server.address", "127.0.0.1");
 		int port = bootEnv.getProperty("server.port", Integer.class, 18080);
 		String fhirPath = bootEnv.getProperty("hapi.fhir.path", "/fhir");
@@ -126,12 +140,30 @@ public final class HapiTestServer {
 
 		jetty.start();
 		ourLog.info(
-				"HAPI FHIR test server ready at http://{}:{}{} in {} ms",
+				"HAPI FHIR test server ready at http://{}:{}{} in {} ms (subscriptions: {})",
 				host,
 				connector.getLocalPort(),
 				fhirPath,
-				Duration.ofNanos(System.nanoTime() - start).toMillis());
+				Duration.ofNanos(System.nanoTime() - start).toMillis(),
+				subscriptions ? SUBSCRIPTIONS_REST_HOOK : "off");
 		jetty.join();
+	}
+
+	/**
+	 * Whether {@code hapi.subscriptions} asks for REST-hook subscriptions. Spring reads the property from system
+	 * properties ({@code -D}, {@code --hapi.subscriptions=}), then the environment ({@code HAPI_SUBSCRIPTIONS}),
+	 * then application.properties. An unknown value stops the start: a typo must not silently leave it off.
+	 */
+	static boolean subscriptionsOn(Environment theEnv) {
+		String value = theEnv.getProperty(SUBSCRIPTIONS_PROPERTY, "").trim();
+		if (value.isEmpty() || value.equals("off")) {
+			return false;
+		}
+		if (value.equals(SUBSCRIPTIONS_REST_HOOK)) {
+			return true;
+		}
+		throw new IllegalArgumentException(
+				SUBSCRIPTIONS_PROPERTY + " must be off or " + SUBSCRIPTIONS_REST_HOOK + ", got: " + value);
 	}
 
 	/** {@code --port N}, {@code --port=N} and {@code --some.key=value} become system properties. */
@@ -202,9 +234,11 @@ public final class HapiTestServer {
 		// (started when a SearchParameter is written), the terminology delete jobs (started when a
 		// CodeSystem with concepts is updated or deleted), delete-expunge, bulk export and import.
 		Batch2JobsConfig.class,
-		// In-process message broker; Batch2 sends its work notifications through it.
+		// In-process message broker; Batch2 sends its work notifications through it (and, when switched on,
+		// the subscription modules their matching and delivery queues).
 		SubscriptionChannelConfig.class,
-		ThreadPoolFactoryConfig.class
+		ThreadPoolFactoryConfig.class,
+		RestHookSubscriptions.class
 	})
 	public static class AppConfig {
 
@@ -293,6 +327,49 @@ public final class HapiTestServer {
 				impl.setScheduledJobFrequencyMillis(millis);
 			}
 			return millis;
+		}
+	}
+
+	/**
+	 * HAPI's REST-hook subscriptions, only with {@code hapi.subscriptions=rest-hook}: the same configuration classes
+	 * hapi-fhir-jpaserver-starter imports (submitter: validates Subscriptions and queues every write for matching;
+	 * processor: activates Subscriptions, matches in memory, delivers over HTTP). Off, none of them is in the context,
+	 * so no write is matched and every other test and benchmark runs as before.
+	 */
+	@Configuration
+	@Conditional(RestHookSwitch.class)
+	@Import({SubscriptionSubmitterConfig.class, SubscriptionProcessorConfig.class})
+	public static class RestHookSubscriptions {
+
+		@Bean
+		public SubscriptionSettings subscriptionSettings(Environment theEnv) {
+			SubscriptionSettings s = new SubscriptionSettings();
+			s.addSupportedSubscriptionType(org.hl7.fhir.dstu2.model.Subscription.SubscriptionChannelType.RESTHOOK);
+			// Criteria are evaluated against the written resource, without a database search per write.
+			s.setEnableInMemorySubscriptionMatching(true);
+			// A new or changed Subscription goes to the activating queue at once instead of waiting for the
+			// next submission pass (HAPI applies this to Subscription resources only).
+			s.setSubscriptionChangeQueuedImmediately(true);
+			// Every other write is stored as a pending message that a scheduled pass submits for matching:
+			// HAPI's default of every 5 s would delay each notification by up to 5 s.
+			s.setSubscriptionIntervalInMs(theEnv.getProperty("hapi.subscriptions.submit-interval-ms", Long.class, 1000L));
+			return s;
+		}
+
+		/** The processor wires an e-mail sender even when e-mail is not a supported channel: one that refuses. */
+		@Bean
+		public IEmailSender emailSender() {
+			return theDetails -> {
+				throw new UnsupportedOperationException("e-mail subscriptions are not supported by this test server");
+			};
+		}
+	}
+
+	/** Spring condition of {@link RestHookSubscriptions}. */
+	public static class RestHookSwitch implements Condition {
+		@Override
+		public boolean matches(ConditionContext theContext, AnnotatedTypeMetadata theMetadata) {
+			return subscriptionsOn(theContext.getEnvironment());
 		}
 	}
 }
