@@ -36,7 +36,7 @@ __all__ = [
     "stop",
 ]
 
-SERVERS = {"hapi": 18080, "hapi-subscriptions": 18081, "medplum": 18103, "oidc": 18090}  # name -> default port
+SERVERS = {"hapi": 18080, "hapi-subscriptions": 18083, "medplum": 18103, "oidc": 18090}  # name -> default port
 AUTH_SERVERS = frozenset({"oidc"})  # not FHIR servers: base URL without /fhir, ready when discovery answers
 # Servers that run another server's directory with settings of their own: name -> (directory, environment).
 # The subscriptions server holds only what its tests write, so a small heap keeps its JVM lean.

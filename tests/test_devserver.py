@@ -43,10 +43,10 @@ def test_hapi_subscriptions_runs_hapis_run_sh_with_the_switch_on_and_a_small_hea
 ) -> None:
     monkeypatch.setenv("HAPI_PORT", "1")  # ignored: the port is run.sh's argument
     handle = devserver.start("hapi-subscriptions", state_dir=tmp_path)
-    assert handle.url == "http://127.0.0.1:18081/fhir"
+    assert handle.url == "http://127.0.0.1:18083/fhir"
     [call] = started
     script = devserver.repo_root() / "servers" / "hapi" / "run.sh"
-    assert call["command"] == ["bash", str(script), "18081"]
+    assert call["command"] == ["bash", str(script), "18083"]
     assert call["env"]["HAPI_SUBSCRIPTIONS"] == "rest-hook"
     assert call["env"]["HAPI_HEAP"] == "512m"
     assert call["env"]["HAPI_PORT"] == "1"  # the rest of the caller's environment is passed on
@@ -69,7 +69,7 @@ def test_plain_hapi_gets_no_switch(
 def test_a_variant_outside_a_checkout_names_its_base_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FHIR_LUPUS_ROOT", str(tmp_path))
     with pytest.raises(devserver.CheckoutMissing, match=r"servers/hapi/run\.sh not found"):
-        devserver.launch("hapi-subscriptions", 18081)
+        devserver.launch("hapi-subscriptions", 18083)
 
 
 def test_fhir_server_url_knows_hapi_subscriptions(
@@ -78,7 +78,7 @@ def test_fhir_server_url_knows_hapi_subscriptions(
     monkeypatch.setenv("FHIR_LUPUS_ROOT", str(tmp_path))
     assert devserver.main(["url", "hapi-subscriptions"]) == 1  # not running: no state file
     (tmp_path / ".fhir-servers").mkdir()
-    url = "http://127.0.0.1:18081/fhir"
+    url = "http://127.0.0.1:18083/fhir"
     (tmp_path / ".fhir-servers" / "hapi-subscriptions.json").write_text(json.dumps({"url": url, "pid": 1, "log": ""}))
     assert devserver.main(["url", "hapi-subscriptions"]) == 0
     assert capsys.readouterr().out.strip() == url
