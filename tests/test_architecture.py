@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("source", "bundle", "journal"),
     ("pipeline", "audit"),
     ("streaming", "push", "pull", "report"),
+    ("watch",),
     ("registry", "spark", "devserver"),
     ("sdtm",),
     ("cli",),
