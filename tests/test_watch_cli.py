@@ -1,0 +1,164 @@
+"""``fhir-lupus watch`` through typer's CliRunner: the fake server of tests/subscriptionfake.py (respx), the real
+endpoint on loopback, the pull injected where the command connects it (``pull_callable``), ended by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from subscriptionfake import BASE, SubscriptionServer
+from typer.testing import CliRunner
+
+from fhir_lupus.audit import read_entries
+from fhir_lupus.cli import _watch, app
+from fhir_lupus.pull import PullResult
+from fhir_lupus.watch import SECRET_HEADER
+
+runner = CliRunner()
+SECRET = "cli-secret-abcdefghijklmnopqrstuvwxyz"
+WAIT = 10.0  # a bound for a hung test, never a timing claim
+
+
+@pytest.fixture
+def server() -> Iterator[SubscriptionServer]:
+    fake = SubscriptionServer()
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1", port=9).mock(side_effect=fake)
+        mock.route(host="127.0.0.1").pass_through()
+        yield fake
+
+
+class Pulls:
+    """What the command's pull was asked, as ``pull_callable`` would hand it over."""
+
+    def __init__(self) -> None:
+        self.calls: list[frozenset[str] | None] = []
+        self.changed = threading.Condition()
+
+    def factory(self, *_args: Any, **_kwargs: Any) -> Any:
+        def pull(patients: frozenset[str] | None) -> PullResult:
+            with self.changed:
+                self.calls.append(patients)
+                self.changed.notify_all()
+            return PullResult(subjects=1 if patients else 3, total_rows=7)
+
+        return pull
+
+    def wait_for(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.calls) >= count, timeout=WAIT), self.calls
+
+
+def _args(tmp_path: Path, *extra: str) -> list[str]:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    journal = str(tmp_path / "journal.sqlite")
+    out = str(tmp_path / "labs.csv")
+    return ["watch", str(data), "--server", BASE, "-o", out, "--journal", journal, "--listen", "127.0.0.1:0", *extra]
+
+
+def _terminate_after(action: Any) -> threading.Thread:
+    """Run ``action`` in a thread, then SIGTERM this process (the command's handler turns it into a clean stop)."""
+
+    def run() -> None:
+        try:
+            action()
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_notification_pulls_its_subject_and_sigterm_removes_the_subscription(
+    server: SubscriptionServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_watch.SECRET_ENV, SECRET)
+    pulls = Pulls()
+    monkeypatch.setattr(_watch, "pull_callable", pulls.factory)
+    seen: dict[str, int] = {}
+
+    def notify() -> None:
+        pulls.wait_for(1)
+        for _ in range(int(WAIT / 0.01)):
+            active = [r for r in server.store.values() if r.get("status") == "active"]
+            if active:
+                break
+            threading.Event().wait(0.01)
+        endpoint = active[0]["channel"]["endpoint"]
+        body = {"resourceType": "Observation", "subject": {"reference": "Patient/p3"}}
+        seen["without"] = httpx.put(f"{endpoint}/Observation/o9", json=body).status_code
+        seen["with"] = httpx.put(f"{endpoint}/Observation/o9", json=body, headers={SECRET_HEADER: SECRET}).status_code
+        pulls.wait_for(2)
+
+    helper = _terminate_after(notify)
+    result = runner.invoke(app, _args(tmp_path))
+    helper.join(timeout=WAIT)
+    assert result.exit_code == 0, result.output
+    assert seen == {"without": 401, "with": 200}
+    assert pulls.calls[:2] == [None, frozenset({"p3"})]
+    assert server.store == {}
+    assert "pull of everyone" in result.output and "pull of 1 subject(s)" in result.output
+    assert "watch ended: 2 pulls" in result.output
+    assert SECRET not in result.output and f"{SECRET[:4]}..." in result.output
+    audit = tmp_path / "journal.audit.jsonl"
+    assert [e["outcome"] for e in read_entries(audit)] == ["registered", "removed"]
+    assert SECRET not in audit.read_text(encoding="utf-8")
+
+
+def test_keep_leaves_the_subscription(
+    server: SubscriptionServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pulls = Pulls()
+    monkeypatch.setattr(_watch, "pull_callable", pulls.factory)
+
+    def registered() -> None:
+        pulls.wait_for(1)
+        for _ in range(int(WAIT / 0.01)):
+            if any(r.get("status") == "active" for r in server.store.values()):
+                return
+            threading.Event().wait(0.01)
+
+    helper = _terminate_after(registered)
+    result = runner.invoke(app, _args(tmp_path, "--keep"))
+    helper.join(timeout=WAIT)
+    assert result.exit_code == 0, result.output
+    assert len(server.store) == 1
+    assert [e["outcome"] for e in read_entries(tmp_path / "journal.audit.jsonl")] == ["registered"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"), [(["--payload", "some"], "--payload"), (["--listen", "nowhere"], "HOST:PORT")]
+)
+def test_bad_options_exit_2_before_any_request(
+    server: SubscriptionServer, tmp_path: Path, extra: list[str], said: str
+) -> None:
+    args = _args(tmp_path)
+    args = args[: args.index("--listen")] + extra
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and said in result.output
+    assert server.requests == []
+
+
+def test_the_commands_pull_is_the_incremental_pull_of_the_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[dict[str, Any]] = []
+
+    def pull_study(*args: Any, **kwargs: Any) -> PullResult:
+        asked.append({"args": args, **kwargs})
+        return PullResult()
+
+    monkeypatch.setattr(_watch, "pull_study", pull_study)
+    settings = object()
+    pull = _watch.pull_callable("client", "journal", "study", output=Path("labs.csv"), settings=settings)  # type: ignore[arg-type]
+    pull(None)
+    assert asked == [
+        {"args": ("client", "journal", "study"), "since": "auto", "output": Path("labs.csv"), "settings": settings}
+    ]
