@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from fhir_lupus.audit import read_entries
 from fhir_lupus.cli import _watch, app
+from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.pull import PullResult
 from fhir_lupus.watch import SECRET_HEADER
 
@@ -133,6 +134,22 @@ def test_keep_leaves_the_subscription(
     assert result.exit_code == 0, result.output
     assert len(server.store) == 1
     assert [e["outcome"] for e in read_entries(tmp_path / "journal.audit.jsonl")] == ["registered"]
+
+
+def test_a_pull_no_retry_can_fix_ends_watch_with_its_exit_code(
+    server: SubscriptionServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def factory(*_args: Any, **_kwargs: Any) -> Any:
+        def pull(_patients: frozenset[str] | None) -> PullResult:
+            raise FhirLupusError("0 ResearchStudy resources on the server carry NCT00698191; expected 1")
+
+        return pull
+
+    monkeypatch.setattr(_watch, "pull_callable", factory)
+    result = runner.invoke(app, _args(tmp_path, "--activation-timeout", "0"))
+    assert result.exit_code == 2
+    assert "0 ResearchStudy resources" in result.output
+    assert server.store == {}  # removed on the way out
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import threading
 
-from fhir_lupus.errors import TransientHttpError
+from fhir_lupus.errors import FhirLupusError, TransientHttpError
 from fhir_lupus.watch import Pending, Work, Worker, WorkQueue
+
+
+def _until_ended(worker: Worker[None]) -> None:
+    """Wait (bounded) for the worker to end on its own, then close its queue."""
+    for _ in range(1000):
+        if not worker.alive:
+            break
+        threading.Event().wait(0.005)
+    worker.join()
 
 
 class TestPending:
@@ -106,6 +115,19 @@ class TestWorker:
         worker.join()
         assert seen[0] is None and worker.notifications >= 1
 
+    def test_a_failure_no_retry_can_fix_ends_the_worker_and_is_kept(self) -> None:
+        queue = WorkQueue()
+        reported: list[object] = []
+
+        def pull(_patients: frozenset[str] | None) -> None:
+            raise FhirLupusError("0 ResearchStudy resources on the server carry NCT00698191")
+
+        worker: Worker[None] = Worker(queue, pull, on_error=lambda work, exc: reported.append(exc))
+        queue.all()
+        worker.start()
+        _until_ended(worker)
+        assert isinstance(worker.crashed, FhirLupusError) and reported == []
+
     def test_another_error_ends_the_worker_and_is_kept(self) -> None:
         queue = WorkQueue()
 
@@ -115,5 +137,5 @@ class TestWorker:
         worker: Worker[None] = Worker(queue, pull)
         queue.all()
         worker.start()
-        worker.join()
+        _until_ended(worker)
         assert isinstance(worker.crashed, RuntimeError)

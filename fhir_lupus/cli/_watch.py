@@ -34,7 +34,7 @@ from fhir_lupus.cli._connection import connection_options, open_client
 from fhir_lupus.cli._output import console, outcome
 from fhir_lupus.cli._sync_report import render_pull
 from fhir_lupus.client import Connection, FhirClient
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import FhirLupusError, TransientHttpError
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import StudyDefinition, load_study
 from fhir_lupus.pull import PullResult, pull_study
@@ -194,7 +194,7 @@ def _show_pull(work: Work, result: PullResult) -> None:
     render_pull(result)
 
 
-def _show_error(work: Work, exc: FhirLupusError) -> None:
+def _show_error(work: Work, exc: TransientHttpError) -> None:
     whom = "everyone" if work.patients is None else ", ".join(sorted(work.patients))
     outcome.print(f"[red]pull of {whom} failed:[/red] {escape(str(exc))} (the next notification or poll tries again)")
 

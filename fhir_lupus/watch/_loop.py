@@ -8,7 +8,8 @@ pulls of a subject overlap and each reads the journal's mark the previous one mo
 What is pulled when: at start, everyone (what happened while watch was down); on each notification, as the
 coalescer (``_coalesce``) gathers them; every ``poll`` seconds after the last pull of everyone, everyone again (a
 lost notification is caught there; on a server that does not deliver, this is the whole mechanism). A pull that
-fails (the server down for a while) is reported and the next one tries again; any other error ends the watch.
+fails transiently (the server down for a while, after the client's retries) is reported and the next one tries
+again; any other error (refused credentials, a study the server does not hold, a bug) ends the watch, cleanly.
 On ``stop`` the endpoint closes, the running pull ends, and the Subscription is removed unless ``keep``.
 """
 
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 from fhir_lupus.audit import AuditLog
 from fhir_lupus.client import Capabilities, FhirClient
-from fhir_lupus.errors import FhirLupusError
+from fhir_lupus.errors import TransientHttpError
 from fhir_lupus.journal import Journal
 from fhir_lupus.settings import Settings
 from fhir_lupus.watch._coalesce import Work, WorkQueue
@@ -86,7 +87,7 @@ class Worker(Generic[R]):
         *,
         signals: Callable[[R], object] | None = None,
         on_pull: Callable[[Work, R], None] | None = None,
-        on_error: Callable[[Work, FhirLupusError], None] | None = None,
+        on_error: Callable[[Work, TransientHttpError], None] | None = None,
         poll: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -125,7 +126,7 @@ class Worker(Generic[R]):
             self.crashed = exc
 
     def run_once(self, work: Work) -> None:
-        """One pull and its signals; a library error is reported (the next pull tries again), others raise."""
+        """One pull and its signals; a transient failure is reported (the next pull tries again), others raise."""
         if work.patients is None:
             self._last_everyone = self._clock()
         self.notifications += work.notifications
@@ -133,7 +134,7 @@ class Worker(Generic[R]):
             result = self._pull(work.patients)
             if self._signals is not None:
                 self._signals(result)
-        except FhirLupusError as exc:
+        except TransientHttpError as exc:
             self.failed += 1
             if self._on_error is not None:
                 self._on_error(work, exc)
@@ -153,7 +154,7 @@ def watch(
     stop: threading.Event,
     signals: Callable[[R], object] | None = None,
     on_pull: Callable[[Work, R], None] | None = None,
-    on_error: Callable[[Work, FhirLupusError], None] | None = None,
+    on_error: Callable[[Work, TransientHttpError], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     audit_log: AuditLog = None,
 ) -> WatchReport:
