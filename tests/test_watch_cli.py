@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,21 @@ def test_a_pull_no_retry_can_fix_ends_watch_with_its_exit_code(
     assert result.exit_code == 2
     assert "0 ResearchStudy resources" in result.output
     assert server.store == {}  # removed on the way out
+
+
+def test_an_address_in_use_exits_2_saying_so(
+    server: SubscriptionServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_watch, "pull_callable", Pulls().factory)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = _args(tmp_path)
+        result = runner.invoke(app, [*args[: args.index("--listen")], "--listen", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2
+    assert f"127.0.0.1:{port}" in result.output and "unexpected" not in result.output
+    assert server.store == {}
 
 
 @pytest.mark.parametrize(

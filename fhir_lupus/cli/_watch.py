@@ -181,6 +181,8 @@ def watch_command(
             )
         except FhirLupusError as exc:
             fail(exc)
+        except OSError as exc:  # the endpoint's address in use or not ours, the table not writable
+            fail(OSError(f"{exc.strerror or exc} ({listen if exc.filename is None else exc.filename})"))
     outcome.print(
         f"watch ended: {report.pulls} pulls ({report.failed_pulls} failed) answered {report.notifications} "
         f"notifications and polls; endpoint {report.endpoint}",
