@@ -36,6 +36,7 @@ from fhir_lupus.sdtm import SdtmResult, check_output, core_settings, sdtm_trial
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import check_invariants, validate_resource
+from fhir_lupus.watch import WatchOptions, WatchReport, watch
 
 __all__ = [
     "BasicAuth",
@@ -71,6 +72,8 @@ __all__ = [
     "TrialData",
     "TrialSource",
     "UnitError",
+    "WatchOptions",
+    "WatchReport",
     "check_invariants",
     "check_output",
     "core_settings",
@@ -87,5 +90,6 @@ __all__ = [
     "submit_package",
     "transaction_bundle",
     "validate_resource",
+    "watch",
     "write_quarantine",
 ]

@@ -1,4 +1,4 @@
-"""The audit trail: a hash-chained JSON Lines log of every push, pull and registry submission.
+"""The audit trail: a hash-chained JSON Lines log of every push, pull, registry submission and watch Subscription.
 
 (Over 400 lines: the entry format, its append and its verify are one contract, read and changed together.)
 
@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
-KINDS = frozenset({"push", "pull", "registry-submit", "signals-publish"})
+KINDS = frozenset({"push", "pull", "registry-submit", "signals-publish", "subscription"})
 ACTOR_ENV = "FHIR_LUPUS_ACTOR"
 AUDIT_SUFFIX = ".audit.jsonl"
 # next to the CLI's default journal (fhir_lupus/cli/_common.py DEFAULT_JOURNAL, fhir-lupus-journal.sqlite)
@@ -173,7 +173,7 @@ def append_event(
     mapping_version: str | None = None,
     actor: str | None = None,
 ) -> AuditEntry:
-    """Append one entry (``kind``: push, pull or registry-submit) to the log; None means DEFAULT_AUDIT_PATH.
+    """Append one entry (``kind``: one of KINDS) to the log; None means DEFAULT_AUDIT_PATH.
 
     ``server`` is stored without credentials or query; ``content_hash`` is the SHA-256 the caller computed
     over what was sent or received; ``details`` holds further short strings (never personal data).

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipeline", "audit"),
     ("streaming", "push", "pull"),
     ("signals",),
-    ("report",),
+    ("report", "watch"),
     ("registry", "spark", "devserver"),
     ("sdtm",),
     ("cli",),

@@ -35,6 +35,7 @@ from fhir_lupus.cli._signals import signals
 from fhir_lupus.cli._site import mappings_app, site_app
 from fhir_lupus.cli._spark import spark_labs_command
 from fhir_lupus.cli._sync import pull, push
+from fhir_lupus.cli._watch import watch_command
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.settings import Settings
 
@@ -101,6 +102,7 @@ app.command()(screen)
 app.command()(signals)
 app.command("spark-labs")(spark_labs_command)
 app.command("sdtm")(sdtm_command)
+app.command("watch")(watch_command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(registry_app, name="registry", short_help="Registry packages: make one, submit one.")
 app.add_typer(site_app, name="site", short_help="The site profile: write one, check one.")

@@ -1,0 +1,166 @@
+"""``fhir-lupus watch`` on Medplum as we run it: it lists Subscription but never activates one nor delivers, so
+watch says it relies on polling, and a lab written on the server while watch runs reaches the table through
+``--poll``; the Subscription is gone after SIGTERM. (HAPI's delivery is tested where its subscription switch is.)
+
+No timed assertion: the test waits generously for each state, the pick-up time is a bench figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from fhir_lupus import load_trial
+from fhir_lupus.client import FhirClient
+from fhir_lupus.journal import Journal
+from fhir_lupus.push import push_trial
+from fhir_lupus.settings import Settings
+from fhir_lupus.source import TrialSource
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+HOSPITAL = "urn:oid:1.2.156.112604.1.2.1"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+GENEROUS = 180.0
+
+
+def _result_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with path.open(encoding="utf-8", newline="") as handle:
+        return {row["result_id"] for row in csv.DictReader(handle)}
+
+
+def _until(condition: Callable[[], bool], what: str, watch: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + GENEROUS
+    while not condition():
+        if watch.poll() is not None:
+            raise AssertionError(f"watch ended ({watch.returncode}) before {what}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {GENEROUS:.0f} s:\n{log.read_text()}")
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("server_url", ["medplum"], indirect=True)
+def test_watch_polls_medplum_picks_up_a_new_lab_and_removes_its_subscription(
+    client: FhirClient,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    data_dir = subset(1)
+    data, report = load_trial(data_dir, pack=isolated_settings.pack)
+    journal_path = tmp_path / "journal.sqlite"
+    with Journal(journal_path) as journal:
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
+        patient = next(e.server_id for e in journal.entries(client.base_url).values() if e.resource_type == "Patient")
+    table, log = tmp_path / "labs.csv", tmp_path / "watch.log"
+    args = [sys.executable, "-m", "fhir_lupus.cli", "watch", str(data_dir), "--server", client.base_url]
+    args += ["-o", str(table), "--journal", str(journal_path), "--mappings", str(isolated_mappings)]
+    args += ["--listen", "127.0.0.1:0", "--poll", "2", "--activation-timeout", "3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log.open("wb") as sink:
+        watch = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        ours = len(data.labs) + len(data.treg)
+        _until(lambda: len(_result_ids(table)) >= ours, "first pull", watch, log)
+        _until(lambda: "relying on the periodic pull" in log.read_text(), "polling note", watch, log)
+        baseline = next(v.record.visit_date for v in data.visits if v.record.visit_code == "BL")
+        when = data.study.due_date(baseline, 3) + timedelta(days=1)
+        client.create(
+            {
+                "resourceType": "Observation",
+                "identifier": [{"system": HOSPITAL, "value": "WATCH-1"}],
+                "status": "final",
+                "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}],
+                "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
+                "subject": {"reference": f"Patient/{patient}"},
+                "effectiveDateTime": f"{when.isoformat()}T09:30:00+08:00",
+                "valueQuantity": {"value": 1.2, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"},
+            }
+        )
+        _until(lambda: f"{HOSPITAL}|WATCH-1" in _result_ids(table), "new lab in the table", watch, log)
+    finally:
+        watch.send_signal(signal.SIGTERM)
+        code = watch.wait(timeout=GENEROUS)
+    assert code == 0, log.read_text()
+    tag = isolated_settings.pack.identifier_system("watch", study=data.study.nct_id)
+    left = [r for r in client.search("Subscription") if r.get("meta")]
+    assert not [r for r in left if any(t.get("system") == tag for t in r["meta"].get("tag", []))]
+    assert "Subscription/" in log.read_text() and "removed" in log.read_text()
+
+
+def _tagged(client: FhirClient, tag: str) -> list[dict[str, object]]:
+    found = client.search("Subscription")  # the isolated tag system is this test's alone
+    return [r for r in found if any(t.get("system") == tag for t in (r.get("meta") or {}).get("tag", []))]
+
+
+def test_watch_on_hapi_is_notified_of_a_new_lab_and_of_its_deletion(
+    hapi_subscriptions_url: str,
+    isolated_mappings: Path,
+    isolated_settings: Settings,
+    subset: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """HAPI with its REST-hook subscriptions on (servers/hapi, hapi.subscriptions=rest-hook): watch registers,
+    HAPI activates the Subscription, a hospital-written lab reaches the table through a notification of its
+    subject (``--poll`` is far beyond the wait, so only a notification can bring it), its deletion is notified
+    too and removes the row, and the Subscription is gone after SIGTERM."""
+    data_dir = subset(1)
+    data, report = load_trial(data_dir, pack=isolated_settings.pack)
+    journal_path = tmp_path / "journal.sqlite"
+    with FhirClient(hapi_subscriptions_url, timeout=120) as client:
+        with Journal(journal_path) as journal:
+            push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
+            entries = journal.entries(client.base_url).values()
+            patient = next(e.server_id for e in entries if e.resource_type == "Patient")
+        table, log = tmp_path / "labs.csv", tmp_path / "watch.log"
+        args = [sys.executable, "-m", "fhir_lupus.cli", "watch", str(data_dir), "--server", client.base_url]
+        args += ["-o", str(table), "--journal", str(journal_path), "--mappings", str(isolated_mappings)]
+        args += ["--listen", "127.0.0.1:0", "--poll", "3600", "--signals", str(tmp_path / "signals.csv")]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        tag = isolated_settings.pack.identifier_system("watch", study=data.study.nct_id)
+        with log.open("wb") as sink:
+            watch = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        try:
+            ours = len(data.labs) + len(data.treg)
+            _until(lambda: len(_result_ids(table)) >= ours, "first pull", watch, log)
+            _until(lambda: any(r.get("status") == "active" for r in _tagged(client, tag)), "active", watch, log)
+            baseline = next(v.record.visit_date for v in data.visits if v.record.visit_code == "BL")
+            when = data.study.due_date(baseline, 3) + timedelta(days=1)
+            lab = client.create(
+                {
+                    "resourceType": "Observation",
+                    "identifier": [{"system": HOSPITAL, "value": "WATCH-HAPI-1"}],
+                    "status": "final",
+                    "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}],
+                    "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
+                    "subject": {"reference": f"Patient/{patient}"},
+                    "effectiveDateTime": f"{when.isoformat()}T09:30:00+08:00",
+                    "valueQuantity": {"value": 1.2, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"},
+                }
+            )
+            key = f"{HOSPITAL}|WATCH-HAPI-1"
+            _until(lambda: key in _result_ids(table), "new lab in the table", watch, log)
+            assert "pull of 1 subject(s)" in log.read_text()  # the notification named its subject
+            client.delete("Observation", lab["id"])
+            _until(lambda: key not in _result_ids(table), "deleted lab removed from the table", watch, log)
+            assert "removed" in log.read_text()
+        finally:
+            watch.send_signal(signal.SIGTERM)
+            code = watch.wait(timeout=GENEROUS)
+        assert code == 0, log.read_text()
+        assert _tagged(client, tag) == []  # the Subscription is gone
+        assert (tmp_path / "signals.csv").exists()
