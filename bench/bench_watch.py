@@ -94,10 +94,10 @@ def table_ids(path: Path) -> list[str]:
 
 
 def start_watch(work: Path, server: str, mappings: Path, poll: float) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FHIR_LUPUS_WATCH_SECRET": secrets.token_hex(16), "FHIR_LUPUS_MAPPINGS": str(mappings)}
+    env = {**os.environ, "FHIR_LUPUS_WATCH_SECRET": secrets.token_hex(16)}
     command = [sys.executable, "-m", "fhir_lupus.cli", "watch", str(EXAMPLE), "--server", server]
     command += ["-o", str(work / "labs.csv"), "--signals", str(work / "signals.csv"), "--poll", str(poll)]
-    command += ["--journal", str(work / "journal.sqlite"), "--audit-log", str(work / "audit.jsonl")]
+    command += ["--journal", str(work / "journal.sqlite"), "--mappings", str(mappings)]
     log = (work / "watch.log").open("ab")
     return subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
 

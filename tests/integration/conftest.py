@@ -58,17 +58,19 @@ def oidc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def hapi_subscriptions_url() -> str:
-    """HAPI with REST-hook subscriptions on (``scripts/fhir-server start hapi-subscriptions``), from
-    FHIR_LUPUS_HAPI_SUBSCRIPTIONS_URL. Never started here: a third JVM beside HAPI and Medplum is too much for a
-    developer's test run on 2 cores, so the tests that need it skip unless .ci/run (or you) started it."""
+def hapi_subscriptions_url() -> Iterator[str]:
+    """HAPI with REST-hook subscriptions on (``scripts/fhir-server start hapi-subscriptions``, the same jar as
+    ``hapi``): FHIR_LUPUS_HAPI_SUBSCRIPTIONS_URL when set (.ci/run), else started here for the session, as the
+    other servers are (about 20 s and 600 MB more; only the few tests that need delivery ask for it)."""
     configured = os.environ.get("FHIR_LUPUS_HAPI_SUBSCRIPTIONS_URL")
-    if not configured:
-        pytest.skip(
-            "FHIR_LUPUS_HAPI_SUBSCRIPTIONS_URL is unset: run `scripts/fhir-server start hapi-subscriptions` and set "
-            "it to the URL printed (.ci/run does both)"
-        )
-    return configured.rstrip("/")
+    if configured:
+        yield configured.rstrip("/")
+        return
+    handle = devserver.start("hapi-subscriptions", timeout=1800)
+    try:
+        yield handle.url
+    finally:
+        devserver.stop(handle)
 
 
 @pytest.fixture
