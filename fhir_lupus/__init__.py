@@ -34,6 +34,7 @@ from fhir_lupus.push import DryRunReport, PushOptions, PushReport, dry_run_trial
 from fhir_lupus.registry import PackageResult, RegistryKey, SubmitResult, load_key, package_trial, submit_package
 from fhir_lupus.sdtm import SdtmResult, check_output, core_settings, sdtm_trial
 from fhir_lupus.settings import Settings
+from fhir_lupus.signals import PublishReport, Signal, flare_signals, publish_signals, write_signals
 from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import check_invariants, validate_resource
 from fhir_lupus.watch import WatchOptions, WatchReport, watch
@@ -55,6 +56,7 @@ __all__ = [
     "MappingError",
     "Outcome",
     "PackageResult",
+    "PublishReport",
     "PullResult",
     "PushOptions",
     "PushReport",
@@ -65,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "SdtmResult",
     "Settings",
+    "Signal",
     "SmartBackendAuth",
     "StudyDefinition",
     "SubmitResult",
@@ -79,11 +82,13 @@ __all__ = [
     "core_settings",
     "dry_run_trial",
     "dumps",
+    "flare_signals",
     "load_key",
     "load_study",
     "load_trial",
     "map_trial",
     "package_trial",
+    "publish_signals",
     "pull_study",
     "push_trial",
     "sdtm_trial",
@@ -92,4 +97,5 @@ __all__ = [
     "validate_resource",
     "watch",
     "write_quarantine",
+    "write_signals",
 ]
