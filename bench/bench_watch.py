@@ -1,14 +1,13 @@
 """Benchmark: how soon ``fhir-lupus watch`` picks up a new lab written on HAPI, and that a restart loses nothing.
 
     scripts/fhir-server start hapi-subscriptions        # HAPI with REST-hook subscriptions on (18083)
-    .venv/bin/python bench/bench_watch.py [--server URL] [--subjects 3] [--gap 1.0] [--poll 30]
+    .venv/bin/python bench/bench_watch.py [--server URL] [--subjects 3] [--gap 1.0] [--poll 120] [--settle 310]
 
 The example trial is pushed under identifier systems of its own (a copy of mappings/ with a unique canonical
 base, as bench_sync.py does), then ``fhir-lupus watch`` runs beside this script as a user runs it (a
-subprocess, REST-hook Subscription with the Observation as payload, ``--poll`` as the net). For ``--subjects``
-subjects still in follow-up (ResearchSubject status ``on-study`` or ``on-study-intervention``... whatever
-mappings/fhir/lifecycle.yaml calls enrolled, the last subjects by their last visit), the script writes a month of
-new results as the hospital's lab system would (its own identifier system, the LOINC code and UCUM unit of
+subprocess, REST-hook Subscription with the Observation as payload, ``--poll`` as the net). Once the push is
+``--settle`` seconds old (out of the incremental pull's overlap window: the steady state), for the ``--subjects``
+subjects still in follow-up the longest (the last by their last visit), the script writes a month of new results as the hospital's lab system would (its own identifier system, the LOINC code and UCUM unit of
 mappings/terminology/labs.yaml, a reference range), one result every ``--gap`` seconds, and for each one records
 when its row appears in watch's table: the pick-up time. Then watch is killed (SIGKILL: no clean-up at all),
 another month is written while it is down, and watch is started again: its first pull must bring every one of
@@ -16,7 +15,7 @@ them. Last, the table is checked for duplicate observation ids, and the signals 
 ``flare_signals`` over the final table (the same definitions, run here).
 
 Prints one JSON object: pick-up times (median, max), rows caught up after the restart, signals, duplicates.
-Nothing here is a test: the numbers go to docs/benchmarks.md by hand.
+Nothing here is a test: the numbers go to bench/README.md by hand.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from typing import Any
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
+from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS
 from fhir_lupus.push import push_trial
 from fhir_lupus.settings import Settings
 from fhir_lupus.signals import flare_signals, read_pulled
@@ -69,7 +69,11 @@ def hospital_lab(
 ) -> dict[str, Any]:
     """A result as the hospital's lab system writes it: its identifier, LOINC code and UCUM unit."""
     pack = load_pack()
-    code = pack.labs.analytes[analyte].codes[0].code
+    code = next(  # the code made for what this lab reports: its unit (a creatinine in mg/dL is not 14682-9)
+        c.code
+        for c in pack.labs.analytes[analyte].codes
+        if c.when.unit_like in (None, unit) and c.when.value_kind == "quantity"
+    )
     quantity = {"system": "http://unitsofmeasure.org", "code": unit, "unit": unit}
     return {
         "resourceType": "Observation",
@@ -114,6 +118,18 @@ def wait_for(path: Path, wanted: set[str], timeout: float) -> dict[str, float]:
     return seen
 
 
+def quiet(log: Path, seconds: float) -> None:
+    """Wait until watch has started no pull for ``seconds``: HAPI matches writes against a Subscription from a
+    backlog, so the push just made arrives as a flood of notifications once ours is active (coalesced into a
+    few pulls); the pick-up time is measured after it."""
+    last, size = time.monotonic(), -1
+    while time.monotonic() - last < seconds:
+        text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        if text.count("pull of") != size or "active" not in text:
+            last, size = time.monotonic(), text.count("pull of")
+        time.sleep(0.5)
+
+
 def follow_up_patients(client: FhirClient, settings: Settings, count: int) -> list[tuple[str, str, date]]:
     """(subject id, Patient reference, last visit) of the ``count`` subjects whose last visit is latest (the
     Patient read from the server: the ResearchSubject's individual)."""
@@ -135,7 +151,13 @@ def main() -> None:
     parser.add_argument("--server", default="http://127.0.0.1:18083/fhir")
     parser.add_argument("--subjects", type=int, default=3)
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between two new results")
-    parser.add_argument("--poll", type=float, default=30.0, help="watch's --poll")
+    parser.add_argument("--poll", type=float, default=120.0, help="watch's --poll")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=DEFAULT_OVERLAP_SECONDS + 10,
+        help="seconds after the push before the first new result (0: measure inside the overlap window)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-watch-") as scratch:
         work = Path(scratch)
@@ -147,6 +169,7 @@ def main() -> None:
             started = time.monotonic()
             push_trial(TrialSource.loaded(data, report), client, journal, source="bench", settings=settings)
             push_seconds = time.monotonic() - started
+            pushed_at = time.monotonic()
             chosen = follow_up_patients(client, settings, args.subjects)
         missing = [s for s, ref, _ in chosen if not ref]
         if missing:
@@ -156,7 +179,12 @@ def main() -> None:
         end = time.monotonic() + 300
         while not table.exists() and time.monotonic() < end:
             time.sleep(0.2)
-        time.sleep(3)  # the Subscription is registered while the catch-up pull runs
+        quiet(work / "watch.log", 15)
+        # steady state: an incremental pull asks again for the last DEFAULT_OVERLAP_SECONDS before its mark (and
+        # reads the deletions of that span), so until the push is that old every pull re-reads all of it
+        settle = pushed_at + args.settle - time.monotonic()
+        if settle > 0:
+            time.sleep(settle)
         pickups: list[float] = []
         for month in (1, 2):
             if month == 2:
@@ -182,7 +210,8 @@ def main() -> None:
         watcher.wait(timeout=60)
         ids = table_ids(table)
         rows = read_pulled(table)
-        expected = {s.key for s in flare_signals(rows, settings=settings)}
+        trial = TrialSource.loaded(*load_trial(EXAMPLE, pack=settings.pack))  # watch reads the trial too
+        expected = {s.key for s in flare_signals(rows, trial=trial, settings=settings)}
         with (work / "signals.csv").open(encoding="utf-8", newline="") as handle:
             written_signals = {
                 f"{r['definition_id']}/{r['subject_id']}/{r['result_id']}" for r in csv.DictReader(handle)
@@ -194,6 +223,9 @@ def main() -> None:
             "new_results": len(pickups),
             "pickup_median_s": round(statistics.median(pickups), 2) if pickups else None,
             "pickup_max_s": round(max(pickups), 2) if pickups else None,
+            "pickups_s": [round(p, 2) for p in pickups],
+            "settle_s": args.settle,
+            "poll_s": args.poll,
             "caught_up_after_restart": f"{len(caught)}/{len(written)}",
             "catch_up_seconds": round(catch_up_seconds, 1),
             "duplicate_rows": len(ids) - len(set(ids)),

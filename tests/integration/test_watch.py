@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fhir_lupus import load_trial
+from fhir_lupus import TrialData, load_trial
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.push import push_trial
@@ -52,6 +54,78 @@ def _until(condition: Callable[[], bool], what: str, watch: subprocess.Popen[byt
         time.sleep(0.5)
 
 
+@dataclass
+class Watched:
+    """One subject pushed under this test's systems, and ``fhir-lupus watch`` running on it as a subprocess."""
+
+    data: TrialData
+    patient: str
+    table: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def until(self, condition: Callable[[], bool], what: str) -> None:
+        _until(condition, what, self.process, self.log)
+
+    def hospital_creatinine(self, client: FhirClient, value: str) -> dict[str, Any]:
+        """A creatinine the hospital's lab system writes for the subject, three months after baseline."""
+        baseline = next(v.record.visit_date for v in self.data.visits if v.record.visit_code == "BL")
+        when = self.data.study.due_date(baseline, 3) + timedelta(days=1)
+        return client.create(
+            {
+                "resourceType": "Observation",
+                "identifier": [{"system": HOSPITAL, "value": value}],
+                "status": "final",
+                "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}],
+                "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
+                "subject": {"reference": f"Patient/{self.patient}"},
+                "effectiveDateTime": f"{when.isoformat()}T09:30:00+08:00",
+                "valueQuantity": {"value": 1.2, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"},
+            }
+        )
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=GENEROUS)
+
+
+def _watch(
+    client: FhirClient, mappings: Path, settings: Settings, subset: Callable[..., Path], tmp_path: Path, *extra: str
+) -> Watched:
+    """Push one subject, start watch on it (``extra``: more options) and wait for its first pull."""
+    data_dir = subset(1)
+    data, report = load_trial(data_dir, pack=settings.pack)
+    journal_path = tmp_path / "journal.sqlite"
+    with Journal(journal_path) as journal:
+        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=settings)
+        patient = next(e.server_id for e in journal.entries(client.base_url).values() if e.resource_type == "Patient")
+    table, log = tmp_path / "labs.csv", tmp_path / "watch.log"
+    args = [sys.executable, "-m", "fhir_lupus.cli", "watch", str(data_dir), "--server", client.base_url]
+    args += ["-o", str(table), "--journal", str(journal_path), "--mappings", str(mappings)]
+    args += ["--listen", "127.0.0.1:0", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    watched = Watched(data, str(patient), table, log, process)
+    try:
+        ours = len(data.labs) + len(data.treg)
+        watched.until(lambda: len(_result_ids(table)) >= ours, "first pull")
+    except BaseException:
+        watched.stop()
+        raise
+    return watched
+
+
+def _tagged(client: FhirClient, settings: Settings, data: TrialData) -> list[dict[str, Any]]:
+    """The Subscriptions on the server with this test's watch tag (its system is this test's alone)."""
+    tag = settings.pack.identifier_system("watch", study=data.study.nct_id)
+    return [
+        r
+        for r in client.search("Subscription")
+        if any(t.get("system") == tag for t in (r.get("meta") or {}).get("tag", []))
+    ]
+
+
 @pytest.mark.parametrize("server_url", ["medplum"], indirect=True)
 def test_watch_polls_medplum_picks_up_a_new_lab_and_removes_its_subscription(
     client: FhirClient,
@@ -60,51 +134,17 @@ def test_watch_polls_medplum_picks_up_a_new_lab_and_removes_its_subscription(
     subset: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    data_dir = subset(1)
-    data, report = load_trial(data_dir, pack=isolated_settings.pack)
-    journal_path = tmp_path / "journal.sqlite"
-    with Journal(journal_path) as journal:
-        push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
-        patient = next(e.server_id for e in journal.entries(client.base_url).values() if e.resource_type == "Patient")
-    table, log = tmp_path / "labs.csv", tmp_path / "watch.log"
-    args = [sys.executable, "-m", "fhir_lupus.cli", "watch", str(data_dir), "--server", client.base_url]
-    args += ["-o", str(table), "--journal", str(journal_path), "--mappings", str(isolated_mappings)]
-    args += ["--listen", "127.0.0.1:0", "--poll", "2", "--activation-timeout", "3"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log.open("wb") as sink:
-        watch = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    options = ("--poll", "2", "--activation-timeout", "3")
+    watched = _watch(client, isolated_mappings, isolated_settings, subset, tmp_path, *options)
     try:
-        ours = len(data.labs) + len(data.treg)
-        _until(lambda: len(_result_ids(table)) >= ours, "first pull", watch, log)
-        _until(lambda: "relying on the periodic pull" in log.read_text(), "polling note", watch, log)
-        baseline = next(v.record.visit_date for v in data.visits if v.record.visit_code == "BL")
-        when = data.study.due_date(baseline, 3) + timedelta(days=1)
-        client.create(
-            {
-                "resourceType": "Observation",
-                "identifier": [{"system": HOSPITAL, "value": "WATCH-1"}],
-                "status": "final",
-                "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}],
-                "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
-                "subject": {"reference": f"Patient/{patient}"},
-                "effectiveDateTime": f"{when.isoformat()}T09:30:00+08:00",
-                "valueQuantity": {"value": 1.2, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"},
-            }
-        )
-        _until(lambda: f"{HOSPITAL}|WATCH-1" in _result_ids(table), "new lab in the table", watch, log)
+        watched.until(lambda: "relying on the periodic pull" in watched.log.read_text(), "polling note")
+        watched.hospital_creatinine(client, "WATCH-1")
+        watched.until(lambda: f"{HOSPITAL}|WATCH-1" in _result_ids(watched.table), "new lab in the table")
     finally:
-        watch.send_signal(signal.SIGTERM)
-        code = watch.wait(timeout=GENEROUS)
-    assert code == 0, log.read_text()
-    tag = isolated_settings.pack.identifier_system("watch", study=data.study.nct_id)
-    left = [r for r in client.search("Subscription") if r.get("meta")]
-    assert not [r for r in left if any(t.get("system") == tag for t in r["meta"].get("tag", []))]
-    assert "Subscription/" in log.read_text() and "removed" in log.read_text()
-
-
-def _tagged(client: FhirClient, tag: str) -> list[dict[str, object]]:
-    found = client.search("Subscription")  # the isolated tag system is this test's alone
-    return [r for r in found if any(t.get("system") == tag for t in (r.get("meta") or {}).get("tag", []))]
+        code = watched.stop()
+    assert code == 0, watched.log.read_text()
+    assert _tagged(client, isolated_settings, watched.data) == []
+    assert "Subscription/" in watched.log.read_text() and "removed" in watched.log.read_text()
 
 
 def test_watch_on_hapi_is_notified_of_a_new_lab_and_of_its_deletion(
@@ -118,49 +158,21 @@ def test_watch_on_hapi_is_notified_of_a_new_lab_and_of_its_deletion(
     HAPI activates the Subscription, a hospital-written lab reaches the table through a notification of its
     subject (``--poll`` is far beyond the wait, so only a notification can bring it), its deletion is notified
     too and removes the row, and the Subscription is gone after SIGTERM."""
-    data_dir = subset(1)
-    data, report = load_trial(data_dir, pack=isolated_settings.pack)
-    journal_path = tmp_path / "journal.sqlite"
     with FhirClient(hapi_subscriptions_url, timeout=120) as client:
-        with Journal(journal_path) as journal:
-            push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
-            entries = journal.entries(client.base_url).values()
-            patient = next(e.server_id for e in entries if e.resource_type == "Patient")
-        table, log = tmp_path / "labs.csv", tmp_path / "watch.log"
-        args = [sys.executable, "-m", "fhir_lupus.cli", "watch", str(data_dir), "--server", client.base_url]
-        args += ["-o", str(table), "--journal", str(journal_path), "--mappings", str(isolated_mappings)]
-        args += ["--listen", "127.0.0.1:0", "--poll", "3600", "--signals", str(tmp_path / "signals.csv")]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        tag = isolated_settings.pack.identifier_system("watch", study=data.study.nct_id)
-        with log.open("wb") as sink:
-            watch = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        options = ("--poll", "3600", "--signals", str(tmp_path / "signals.csv"))
+        watched = _watch(client, isolated_mappings, isolated_settings, subset, tmp_path, *options)
         try:
-            ours = len(data.labs) + len(data.treg)
-            _until(lambda: len(_result_ids(table)) >= ours, "first pull", watch, log)
-            _until(lambda: any(r.get("status") == "active" for r in _tagged(client, tag)), "active", watch, log)
-            baseline = next(v.record.visit_date for v in data.visits if v.record.visit_code == "BL")
-            when = data.study.due_date(baseline, 3) + timedelta(days=1)
-            lab = client.create(
-                {
-                    "resourceType": "Observation",
-                    "identifier": [{"system": HOSPITAL, "value": "WATCH-HAPI-1"}],
-                    "status": "final",
-                    "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}],
-                    "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
-                    "subject": {"reference": f"Patient/{patient}"},
-                    "effectiveDateTime": f"{when.isoformat()}T09:30:00+08:00",
-                    "valueQuantity": {"value": 1.2, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"},
-                }
-            )
+            active = lambda: any(r.get("status") == "active" for r in _tagged(client, isolated_settings, watched.data))  # noqa: E731
+            watched.until(active, "an active Subscription")
+            lab = watched.hospital_creatinine(client, "WATCH-HAPI-1")
             key = f"{HOSPITAL}|WATCH-HAPI-1"
-            _until(lambda: key in _result_ids(table), "new lab in the table", watch, log)
-            assert "pull of 1 subject(s)" in log.read_text()  # the notification named its subject
+            watched.until(lambda: key in _result_ids(watched.table), "new lab in the table")
+            assert "pull of 1 subject(s)" in watched.log.read_text()  # the notification named its subject
             client.delete("Observation", lab["id"])
-            _until(lambda: key not in _result_ids(table), "deleted lab removed from the table", watch, log)
-            assert "removed" in log.read_text()
+            watched.until(lambda: key not in _result_ids(watched.table), "deleted lab removed from the table")
+            assert "removed" in watched.log.read_text()
         finally:
-            watch.send_signal(signal.SIGTERM)
-            code = watch.wait(timeout=GENEROUS)
-        assert code == 0, log.read_text()
-        assert _tagged(client, tag) == []  # the Subscription is gone
+            code = watched.stop()
+        assert code == 0, watched.log.read_text()
+        assert _tagged(client, isolated_settings, watched.data) == []  # the Subscription is gone
         assert (tmp_path / "signals.csv").exists()
