@@ -7,7 +7,8 @@ The example trial is pushed under identifier systems of its own (a copy of mappi
 base, as bench_sync.py does), then ``fhir-lupus watch`` runs beside this script as a user runs it (a
 subprocess, REST-hook Subscription with the Observation as payload, ``--poll`` as the net). Once the push is
 ``--settle`` seconds old (out of the incremental pull's overlap window: the steady state), for the ``--subjects``
-subjects still in follow-up the longest (the last by their last visit), the script writes a month of new results as the hospital's lab system would (its own identifier system, the LOINC code and UCUM unit of
+subjects still in follow-up the longest (the last by their last visit), the script writes a month of new results
+as the hospital's lab system would (its own identifier system, the LOINC code and UCUM unit of
 mappings/terminology/labs.yaml, a reference range), one result every ``--gap`` seconds, and for each one records
 when its row appears in watch's table: the pick-up time. Then watch is killed (SIGKILL: no clean-up at all),
 another month is written while it is down, and watch is started again: its first pull must bring every one of

@@ -19,8 +19,10 @@ from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
-from fhir_lupus.pull import PullResult, pull_study
+from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, PullResult, pull_study
 from fhir_lupus.pull._deletions import deleted_ids
+from fhir_lupus.pull._runner import mark_minus
+from fhir_lupus.pull._state import moment
 from fhir_lupus.push import push_trial
 from fhir_lupus.source import TrialSource
 
@@ -198,6 +200,35 @@ def test_a_pull_for_some_patients_touches_only_them_and_keeps_the_mark(
     assert [r.observation_id for r in everyone.rows] == [new["id"]]
     assert [(r.observation_id, r.subject_id) for r in everyone.removed] == [(two["id"], "MSC-002")]
     assert everyone.total_rows == 11 and everyone.high_water != mark
+
+
+def test_a_pull_for_some_patients_starts_from_their_own_mark_never_skipping_a_change(
+    fake: FakeFhir, pushed: TrialData, tmp_path: Path
+) -> None:
+    fake.history = True
+    one, two = lab_of(fake, "MSC-001"), lab_of(fake, "MSC-002")
+    patient_one, patient_two = (o["subject"]["reference"].split("/")[1] for o in (one, two))
+    fake._clock += 50_000  # 50 ms on: the search start is written in milliseconds
+    with client() as fhir:
+        fhir.put(f"Observation/{one['id']}", {**one, "status": "amended"})
+    first = pull(pushed, tmp_path, patients=[patient_one])  # from the study's mark, as before
+    with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
+        study_mark = journal.high_water(fhir.base_url, pushed.study.nct_id)
+        own = journal.patient_marks(fhir.base_url, pushed.study.nct_id, [patient_one, patient_two])
+    assert [r.observation_id for r in first.rows] == [one["id"]]
+    assert set(own) == {patient_one} and moment(own[patient_one]) > moment(study_mark)  # what it saw
+    # the next pull for that patient starts from its own mark (later), and still finds its next change
+    changed = fake.store["Observation"][one["id"]]
+    with client() as fhir:
+        fhir.put(f"Observation/{one['id']}", {**changed, "status": "corrected"})
+    second = pull(pushed, tmp_path, patients=[patient_one])
+    assert second.since == mark_minus(own[patient_one], DEFAULT_OVERLAP_SECONDS) != first.since
+    assert [r.observation_id for r in second.rows] == [one["id"]]
+    # with a patient that has no mark of its own in the group, the group starts from the study's mark
+    both = pull(pushed, tmp_path, patients=[patient_one, patient_two])
+    assert both.since == first.since
+    with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
+        assert journal.high_water(fhir.base_url, pushed.study.nct_id) == study_mark  # only everyone moves it
 
 
 def test_a_first_pull_for_some_patients_replaces_only_their_rows(

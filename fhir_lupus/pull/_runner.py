@@ -114,6 +114,8 @@ def pull_labs(
             outputs = store.write(output) if output else ()
             if high_water and high_water != mark_from:
                 store.set_high_water(high_water)
+            if patients is not None and state.high_water:  # theirs only: see _study.pull_study
+                store.set_patient_marks(patients, state.high_water)
     if run is not None:  # the rows are safe in the store: the server may drop the export's files
         run.finish()
     return PullResult(

@@ -30,7 +30,7 @@ import orjson
 
 from fhir_lupus._scratch import create_private, discard, publish, scratch_file
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.journal import record_high_water
+from fhir_lupus.journal import record_high_water, record_patient_marks
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._search import parse_instant
 from fhir_lupus.pull._spool import Spool, flat, record_text
@@ -185,6 +185,14 @@ class PullStore:
     def set_high_water(self, mark: str) -> None:
         """Move the study's mark (read by ``Journal.high_water``), inside the transaction of the merge."""
         record_high_water(self._db, self.server, self.study, mark)
+
+    def set_patient_marks(self, patients: Iterable[str], mark: str) -> None:
+        """Move the marks of ``patients`` (a pull for a few of them), inside the transaction of the merge; a mark
+        never moves back."""
+        utc = parse_instant(mark)
+        if utc is not None:
+            text = utc.astimezone(UTC).isoformat(timespec="microseconds")
+            record_patient_marks(self._db, self.server, self.study, patients, text)
 
     def clear_stage(self) -> None:
         self._db.execute("DELETE FROM pull_stage WHERE server = ? AND study = ?", (self.server, self.study))

@@ -18,6 +18,7 @@ from fhir_lupus.model import StudyDefinition
 from fhir_lupus.pull._bulk import BulkOptions
 from fhir_lupus.pull._runner import PullResult, mark_minus, pull_labs
 from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
+from fhir_lupus.pull._state import moment
 from fhir_lupus.settings import Settings
 from fhir_lupus.terminology import LabCatalogue
 
@@ -34,6 +35,21 @@ def _row_hash(row: object) -> str:
         # a pulled row is flat (strings only): its __dict__ is what asdict gives, without asdict's deep copy
         fields = dict(vars(row)) if hasattr(row, "__dict__") else dataclasses.asdict(row)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False).encode()).hexdigest()
+
+
+def _patients_mark(
+    journal: Journal, server: str, study: str, patients: Collection[str] | None, mark: str | None
+) -> str | None:
+    """Where an incremental pull starts. For everyone: the study's mark. For a few ``patients`` (a notification of
+    ``watch``): the earliest of their own marks, each the later of the study's and what a pull for that patient
+    alone saw last; without it a pull for one patient after a quiet spell would ask again for all that changed
+    since the last pull of everyone (a push of thousands of resources, say) and read its deletions, at every
+    notification until the next poll. Each patient's own mark is what a pull covering that patient saw, so no
+    change of theirs since is skipped; the study's mark still moves only with a pull of everyone."""
+    if patients is None or mark is None or not patients:
+        return mark
+    own = journal.patient_marks(server, study, patients)
+    return min((max(mark, own.get(p, mark), key=moment) for p in patients), key=moment)
 
 
 def pull_study(
@@ -68,7 +84,8 @@ def pull_study(
     pack = (settings or Settings.default()).pack
     mark = journal.high_water(client.base_url, study.nct_id)
     if since == "auto":
-        search_since = mark_minus(mark, overlap_seconds) if mark else None
+        start = _patients_mark(journal, client.base_url, study.nct_id, patients, mark)
+        search_since = mark_minus(start, overlap_seconds) if start else None
         replace_all = mark is None
     else:
         search_since, replace_all = since, since is None
