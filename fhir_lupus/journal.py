@@ -76,13 +76,6 @@ CREATE TABLE IF NOT EXISTS pull_mark (
     high_water TEXT NOT NULL,
     PRIMARY KEY (server, study)
 );
-CREATE TABLE IF NOT EXISTS pull_patient_mark (
-    server     TEXT NOT NULL,
-    study      TEXT NOT NULL,
-    patient    TEXT NOT NULL,
-    high_water TEXT NOT NULL,
-    PRIMARY KEY (server, study, patient)
-);
 CREATE TABLE IF NOT EXISTS bulk_export (
     server     TEXT NOT NULL,
     study      TEXT NOT NULL,
@@ -165,16 +158,6 @@ def record_high_water(db: sqlite3.Connection, server: str, study: str, mark: str
         "INSERT INTO pull_mark VALUES (?, ?, ?) "
         "ON CONFLICT (server, study) DO UPDATE SET high_water = excluded.high_water",
         (server, study, mark),
-    )
-
-
-def record_patient_marks(db: sqlite3.Connection, server: str, study: str, patients: Iterable[str], mark: str) -> None:
-    """Move the marks of a pull for a few patients (``fhir-lupus watch``), on ``db`` as ``record_high_water``
-    does. ``mark`` is UTC text of one fixed form, so SQLite's ``max`` of two is the later: a mark never moves back."""
-    db.executemany(
-        "INSERT INTO pull_patient_mark VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (server, study, patient) DO UPDATE SET high_water = max(high_water, excluded.high_water)",
-        [(server, study, patient, mark) for patient in patients],
     )
 
 
@@ -403,23 +386,6 @@ class Journal:
     @_serialized
     def set_high_water(self, server: str, study: str, mark: str) -> None:
         record_high_water(self._db, server, study, mark)
-
-    @_serialized
-    def patient_marks(self, server: str, study: str, patients: Iterable[str]) -> dict[str, str]:
-        """The marks pulls for a few patients left (``record_patient_marks``), of those of ``patients`` that
-        have one."""
-        wanted = list(patients)
-        found: dict[str, str] = {}
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start : start + _IN_CHUNK]
-            found.update(
-                self._db.execute(
-                    "SELECT patient, high_water FROM pull_patient_mark WHERE server = ? AND study = ? "
-                    f"AND patient IN ({','.join('?' * len(chunk))})",
-                    (server, study, *chunk),
-                ).fetchall()
-            )
-        return found
 
     # -- bulk export in progress (pull --bulk) ----------------------------------------------------------------
 

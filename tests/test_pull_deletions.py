@@ -19,7 +19,7 @@ from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient, RetryPolicy
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import TrialData
-from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, PullResult, pull_study
+from fhir_lupus.pull import DEFAULT_OVERLAP_SECONDS, PullResult, PullStore, pull_study
 from fhir_lupus.pull._deletions import deleted_ids
 from fhir_lupus.pull._runner import mark_minus
 from fhir_lupus.pull._state import moment
@@ -214,7 +214,8 @@ def test_a_pull_for_some_patients_starts_from_their_own_mark_never_skipping_a_ch
     first = pull(pushed, tmp_path, patients=[patient_one])  # from the study's mark, as before
     with client() as fhir, Journal(tmp_path / "j.sqlite") as journal:
         study_mark = journal.high_water(fhir.base_url, pushed.study.nct_id)
-        own = journal.patient_marks(fhir.base_url, pushed.study.nct_id, [patient_one, patient_two])
+        with PullStore(journal.path, fhir.base_url, pushed.study.nct_id) as store:
+            own = store.patient_marks([patient_one, patient_two])
     assert [r.observation_id for r in first.rows] == [one["id"]]
     assert set(own) == {patient_one} and moment(own[patient_one]) > moment(study_mark)  # what it saw
     # the next pull for that patient starts from its own mark (later), and still finds its next change

@@ -1,4 +1,6 @@
 """The pulled rows of a study, kept in the journal's SQLite file on a connection of the store's own.
+(Over 400 lines: the tables, the merge that moves rows and marks together, and the writers of its output are one
+transaction's parts.)
 
 A pull first stages what it fetched (``pull_stage``); then, in one SQLite transaction, it merges the stage
 into the store (``pull_store``: the newer version of an observation wins, by ``meta.lastUpdated`` then
@@ -30,7 +32,7 @@ import orjson
 
 from fhir_lupus._scratch import create_private, discard, publish, scratch_file
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.journal import record_high_water, record_patient_marks
+from fhir_lupus.journal import record_high_water
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
 from fhir_lupus.pull._search import parse_instant
 from fhir_lupus.pull._spool import Spool, flat, record_text
@@ -63,6 +65,10 @@ CREATE TABLE IF NOT EXISTS pull_stage (
     PRIMARY KEY (server, study, observation_id)
 );
 CREATE INDEX IF NOT EXISTS pull_stage_order ON pull_stage (server, study, sort_key, observation_id);
+CREATE TABLE IF NOT EXISTS pull_patient_mark (
+    server TEXT NOT NULL, study TEXT NOT NULL, patient TEXT NOT NULL, high_water TEXT NOT NULL,
+    PRIMARY KEY (server, study, patient)
+);
 """
 Record = PulledLab | UnmappedResult
 MERGE_BATCH = 1000  # staged records read at once by the merge: memory stays flat however large the pull
@@ -187,12 +193,33 @@ class PullStore:
         record_high_water(self._db, self.server, self.study, mark)
 
     def set_patient_marks(self, patients: Iterable[str], mark: str) -> None:
-        """Move the marks of ``patients`` (a pull for a few of them), inside the transaction of the merge; a mark
-        never moves back."""
+        """Move the marks of ``patients`` (a pull for a few of them, ``fhir-lupus watch``), inside the transaction
+        of the merge. Kept as UTC text of one fixed form, so SQLite's ``max`` of two is the later: a mark never
+        moves back."""
         utc = parse_instant(mark)
-        if utc is not None:
-            text = utc.astimezone(UTC).isoformat(timespec="microseconds")
-            record_patient_marks(self._db, self.server, self.study, patients, text)
+        if utc is None:
+            return
+        text = utc.astimezone(UTC).isoformat(timespec="microseconds")
+        self._db.executemany(
+            "INSERT INTO pull_patient_mark VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (server, study, patient) DO UPDATE SET high_water = max(high_water, excluded.high_water)",
+            [(self.server, self.study, patient, text) for patient in patients],
+        )
+
+    def patient_marks(self, patients: Iterable[str]) -> dict[str, str]:
+        """The marks of those of ``patients`` that a pull for a few patients left (``set_patient_marks``)."""
+        wanted = list(patients)
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), MERGE_BATCH):
+            chunk = wanted[start : start + MERGE_BATCH]
+            found.update(
+                self._db.execute(
+                    "SELECT patient, high_water FROM pull_patient_mark WHERE server = ? AND study = ? "
+                    f"AND patient IN ({','.join('?' * len(chunk))})",
+                    (self.server, self.study, *chunk),
+                ).fetchall()
+            )
+        return found
 
     def clear_stage(self) -> None:
         self._db.execute("DELETE FROM pull_stage WHERE server = ? AND study = ?", (self.server, self.study))

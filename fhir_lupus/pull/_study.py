@@ -19,6 +19,7 @@ from fhir_lupus.pull._bulk import BulkOptions
 from fhir_lupus.pull._runner import PullResult, mark_minus, pull_labs
 from fhir_lupus.pull._search_pass import DEFAULT_WORKERS
 from fhir_lupus.pull._state import moment
+from fhir_lupus.pull._store import PullStore
 from fhir_lupus.settings import Settings
 from fhir_lupus.terminology import LabCatalogue
 
@@ -48,7 +49,8 @@ def _patients_mark(
     change of theirs since is skipped; the study's mark still moves only with a pull of everyone."""
     if patients is None or mark is None or not patients:
         return mark
-    own = journal.patient_marks(server, study, patients)
+    with PullStore(journal.path, server, study) as store:
+        own = store.patient_marks(patients)
     return min((max(mark, own.get(p, mark), key=moment) for p in patients), key=moment)
 
 
