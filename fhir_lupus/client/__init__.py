@@ -5,6 +5,7 @@ from fhir_lupus.client._bulk import NDJSON, ExportFile, ExportManifest, ExportRe
 from fhir_lupus.client._capability import Capabilities, WriteStrategy
 from fhir_lupus.client._classify import Verdict, classify
 from fhir_lupus.client._client import FHIR_JSON, FhirClient, location_id, location_version
+from fhir_lupus.client._clock import ServerClock
 from fhir_lupus.client._connection import Connection
 from fhir_lupus.client._errors import error_class, outcome_text, read_error_body, server_message
 from fhir_lupus.client._probe import serves
@@ -46,6 +47,7 @@ __all__ = [
     "PreconditionFailed",
     "RetryPolicy",
     "RetryTransport",
+    "ServerClock",
     "SmartBackendAuth",
     "TooLarge",
     "TransientHttpError",

@@ -28,6 +28,7 @@ from fhir_lupus._scratch import open_private
 from fhir_lupus.client._bulk import NDJSON, ExportManifest, ExportRequest, ExportStatus
 from fhir_lupus.client._capability import Capabilities
 from fhir_lupus.client._classify import classify
+from fhir_lupus.client._clock import ServerClock
 from fhir_lupus.client._errors import error_class, read_error_body, transport_failure
 from fhir_lupus.client._retry import FIRST_CONTACT, IDEMPOTENT, RetryPolicy, RetryTransport, retry_after_seconds
 from fhir_lupus.errors import FatalHttpError, FhirHttpError, InvalidResponse, PagingLoopError, TransientHttpError
@@ -100,6 +101,7 @@ class FhirClient:
         self._timeout = timeout
         self._retry = retry
         self._foreign: httpx.Client | None = None  # bulk files kept off the server (requiresAccessToken false)
+        self._clocks: list[ServerClock] = []  # open server_clock() blocks
         if transport is None:
             transport = httpx.HTTPTransport(
                 verify=tls,
@@ -345,8 +347,20 @@ class FhirClient:
             where = redact_url(str(response.url)).removeprefix(self.base_url.rstrip("/"))
             took = (time.monotonic() - started) * 1000
             logger.debug("%s %s -> %s (%.0f ms)", method, where or "/", response.status_code, took)
+        for clock in self._clocks:
+            clock.saw(response.headers.get("Date"))
         _raise_for_status(response, method)
         return response
+
+    @contextlib.contextmanager
+    def server_clock(self) -> Iterator[ServerClock]:
+        """A ``ServerClock`` that sees the ``Date`` of every answer while the block runs (the pull's mark)."""
+        clock = ServerClock()
+        self._clocks.append(clock)
+        try:
+            yield clock
+        finally:
+            self._clocks.remove(clock)
 
     def _url(self, path: str) -> str:
         if urlsplit(path).scheme:

@@ -4,7 +4,8 @@
 and hands it to a pass: the search pass (``_search_pass``) or, for ``--bulk``, the bulk pass (``_bulk_pass``).
 What the pass yields is staged in the store (``_store``) a batch at a time; then, in one transaction of the
 store, the stage is merged into the rows pulled before, the output is written from the store and only then the
-high-water mark moves. Incremental pulls ask ``_lastUpdated=ge`` the mark minus an overlap (``mark_minus``), so
+high-water mark moves (the latest ``meta.lastUpdated`` fetched, or the server's clock when the pull began if
+later: ``client.ServerClock``). Incremental pulls ask ``_lastUpdated=ge`` the mark minus an overlap (``mark_minus``), so
 a write committed late, or at the same instant as the mark, is fetched again and de-duplicated by id and
 version rather than missed; what was deleted since is found by ``_deletions`` and removed in the same
 transaction (``_store.Prune``). A pull for a few ``patients`` (``fhir-lupus watch``) touches only their rows and
@@ -91,7 +92,7 @@ def pull_labs(
     subjects = Subjects(study, catalogue, window_days=window_days, lookback_days=lookback_days, patients=patients)
     state = PassState()
     run: BulkPass | None = None
-    with PullStore(journal.path, server, study.nct_id) as store:
+    with PullStore(journal.path, server, study.nct_id) as store, client.server_clock() as clock:
         store.clear_stage()
         if bulk is not None:
             run = BulkPass(client, journal, subjects, bulk, since=since, state=state)
@@ -107,6 +108,8 @@ def pull_labs(
             state=state,
             deleted=run.deleted if run is not None else None,
         )
+        if clock.earliest is not None:  # the server's time before any search ran: the mark moves on when quiet
+            state.mark(clock.earliest.astimezone(UTC).isoformat())
         marks = [m for m in (state.high_water, mark_from) if m]
         high_water = max(marks, key=moment) if marks and patients is None else mark_from
         with store.transaction():
