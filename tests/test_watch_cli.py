@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from conftest import base_rows, write_dataset
 from subscriptionfake import BASE, SubscriptionServer
 from typer.testing import CliRunner
 
@@ -23,6 +22,7 @@ from fhir_lupus.cli import _watch, app
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.pull import PullResult
 from fhir_lupus.watch import SECRET_HEADER
+from tests.conftest import base_rows, write_dataset
 
 runner = CliRunner()
 SECRET = "cli-secret-abcdefghijklmnopqrstuvwxyz"
@@ -202,13 +202,12 @@ def test_the_commands_pull_is_the_incremental_pull_of_the_study(monkeypatch: pyt
 def test_after_each_pull_the_signals_of_the_whole_table_are_written_and_only_new_ones_printed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_signals import SETTINGS, lab
-
     from fhir_lupus.journal import Journal
     from fhir_lupus.model import load_study
     from fhir_lupus.pull import PullStore
     from fhir_lupus.source import TrialSource
     from fhir_lupus.terminology import load_pack
+    from tests.test_signals import SETTINGS, lab
 
     study = load_study("NCT00698191", load_pack())
     journal = Journal(tmp_path / "journal.sqlite")
