@@ -173,8 +173,9 @@ class TestRiseFromNadir:
         assert flare_signals([*rows, lab("creatinine", "100", "umol/L", 3)], settings=SETTINGS) == []
 
     def test_proteinuric_relapse_bands(self) -> None:
-        # 24-h protein read as g/g: nadir 0.3 g -> 300 mg/g < 500: a rise to >= 1000 mg/g
-        base = [lab("urine_protein_24h", "3.0", "g/24h", 1), lab("urine_protein_24h", "0.3", "g/24h", 2)]
+        # 24-h protein read as g/g: nadir 0.3 g -> 300 mg/g < 500: a rise to >= 1000 mg/g (from 2.5 g, not a
+        # ten-fold fall, which the delta check would query)
+        base = [lab("urine_protein_24h", "2.5", "g/24h", 1), lab("urine_protein_24h", "0.3", "g/24h", 2)]
         assert ids(flare_signals([*base, lab("urine_protein_24h", "0.9", "g/24h", 3)], settings=SETTINGS), PROT) == []
         met = lab("urine_protein_24h", "1.0", "g/24h", 3)
         assert ids(flare_signals([*base, met], settings=SETTINGS), PROT) == [met.result_id]

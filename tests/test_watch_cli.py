@@ -232,6 +232,7 @@ def test_after_each_pull_the_signals_of_the_whole_table_are_written_and_only_new
         csv=csv_out,
         publish=False,
         settings=SETTINGS,  # type: ignore[arg-type]
+        table="labs.csv",
     )
     pulled(lab("c3", "0.95", "g/L", 1, low="0.9"), lab("c3", "0.85", "g/L", 2, low="0.9"))
     first = after_pull(PullResult())

@@ -25,7 +25,7 @@ from fhir_lupus.cli._connection import open_client
 from fhir_lupus.cli._output import outcome, result_console
 from fhir_lupus.client import Connection
 from fhir_lupus.errors import FhirLupusError
-from fhir_lupus.signals import describe, flare_signals, publish_signals, read_pulled, write_signals
+from fhir_lupus.signals import NotCounted, describe, flare_signals, publish_signals, read_pulled, write_signals
 
 __all__ = ["signals"]
 
@@ -72,7 +72,8 @@ def signals(
     trial = open_trial(data_dir, settings, "signals") if data_dir is not None else None
     try:
         rows = read_pulled(table) if table is not None else []
-        found = flare_signals(rows, trial=trial, settings=settings)
+        not_counted: list[NotCounted] = []
+        found = flare_signals(rows, trial=trial, settings=settings, table=str(table), not_counted=not_counted)
         if output is not None:
             write_signals(found, output)
     except (FhirLupusError, OSError) as exc:
@@ -80,7 +81,15 @@ def signals(
     console = result_console()
     for signal in found:
         console.print(describe(signal), highlight=False, markup=False)
-    outcome.print(f"{len(found)} signal(s)" + (f", written to {output}" if output is not None else ""))
+    for item in not_counted:
+        console.print(f"not counted: {item}", highlight=False, markup=False)
+    provisional = sum(1 for signal in found if signal.provisional)
+    outcome.print(
+        f"{len(found)} signal(s)"
+        + (f" ({provisional} provisional)" if provisional else "")
+        + (f", written to {output}" if output is not None else "")
+        + (f"; {len(not_counted)} pulled row(s) not counted: the checks refused or queried them" if not_counted else "")
+    )
     if publish:
         client = open_client(settings)
         try:

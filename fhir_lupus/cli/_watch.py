@@ -40,7 +40,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.model import StudyDefinition, load_study, load_trial
 from fhir_lupus.pull import PullResult, PullStore, pull_study
 from fhir_lupus.settings import Settings
-from fhir_lupus.signals import describe, flare_signals, publish_signals, write_signals
+from fhir_lupus.signals import NotCounted, describe, flare_signals, publish_signals, write_signals
 from fhir_lupus.source import TrialSource
 from fhir_lupus.watch import ACTIVATION_TIMEOUT, WatchOptions, Work, parse_listen, watch
 
@@ -72,20 +72,28 @@ def signals_callable(
     csv: Path | None,
     publish: bool,
     settings: Settings,
+    table: str,
 ) -> Callable[[PullResult], object]:
     """What runs after each pull: the flare signals of the whole pulled table (the store's rows, whatever the
     table's format) and the trial, written to ``csv`` each time; each signal not seen before in this run is
     printed and, with ``publish``, written to the server (idempotent there too, so a restart re-publishes
-    nothing)."""
-    seen: set[str] = set()
+    nothing). A pulled row the checks refuse or query is printed once, named by ``table`` (the output) and line."""
+    seen: set[tuple[str, str]] = set()
+    told: set[tuple[str, str]] = set()
 
     def run(_result: PullResult) -> object:
+        not_counted: list[NotCounted] = []
         with PullStore(journal.path, client.base_url, study.nct_id) as store:
-            found = flare_signals(store.rows(), trial=trial, settings=settings)
+            found = flare_signals(store.rows(), trial=trial, settings=settings, table=table, not_counted=not_counted)
+        for item in not_counted:
+            if (item.result_id, item.reason) not in told:
+                told.add((item.result_id, item.reason))
+                outcome.print(f"[yellow]not counted by signals[/yellow] {escape(str(item))}", highlight=False)
         if csv is not None:
             write_signals(found, csv)
-        new = [flare for flare in found if flare.key not in seen]
-        seen.update(flare.key for flare in new)
+        # a provisional signal that becomes final is new again: its DetectedIssue's status changes
+        new = [flare for flare in found if (flare.key, flare.provisional) not in seen]
+        seen.update((flare.key, flare.provisional) for flare in new)
         for flare in new:
             outcome.print(f"[magenta]flare signal[/magenta] {escape(describe(flare))}", highlight=False)
         if publish and new:
@@ -192,7 +200,7 @@ def watch_command(
             pull = pull_callable(client, book, definition, output=output, settings=settings)
             trial = TrialSource.loaded(*load_trial(data_dir, pack=settings.pack))  # read once: watch reads labs
             signals = signals_callable(
-                trial, client, book, definition, csv=signals_csv, publish=publish, settings=settings
+                trial, client, book, definition, csv=signals_csv, publish=publish, settings=settings, table=str(output)
             )
             report = watch(
                 client,

@@ -20,6 +20,7 @@ from fhir_lupus.model._lifecycle import load_lifecycle_rules
 from fhir_lupus.model._loader import CHUNK_ROWS, chunk_plan, load_trial, load_trial_chunks, read_study_id
 from fhir_lupus.model._queries import QueryLog, track_queries, write_queries
 from fhir_lupus.model._records import Finding, LoadReport, Located, Reject, write_quarantine
+from fhir_lupus.model._result_checks import ResultToCheck, check_results
 from fhir_lupus.model._schedule import SubjectSchedule, evaluate_schedule
 from fhir_lupus.model._scoring import CheckedLab, ScoredAssessment
 from fhir_lupus.model._study import (
@@ -32,6 +33,7 @@ from fhir_lupus.model._study import (
     load_study,
     nearest_month,
 )
+from fhir_lupus.model._timeline import SubjectTimeline
 from fhir_lupus.model._trial import TrialData
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "QueryLog",
     "RegimenRule",
     "Reject",
+    "ResultToCheck",
     "ScoredAssessment",
     "ScreeningRecord",
     "SledaiAssessment",
@@ -63,11 +66,13 @@ __all__ = [
     "StudyDefinition",
     "Subject",
     "SubjectSchedule",
+    "SubjectTimeline",
     "TreatmentProcedure",
     "TregMeasurement",
     "TrialData",
     "Visit",
     "add_calendar_months",
+    "check_results",
     "chunk_plan",
     "evaluate_schedule",
     "finding",

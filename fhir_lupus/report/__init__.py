@@ -143,7 +143,9 @@ def _markers(subject: SubjectSeries, signals: Sequence[Signal], days_per_month: 
     """The subject's flare signals as timeline markers (months from the subject's anchor)."""
     assert subject.anchor is not None
     return [
-        SignalMarker((date.fromisoformat(s.date[:10]) - subject.anchor).days / days_per_month, s.analyte)
+        SignalMarker(
+            (date.fromisoformat(s.date[:10]) - subject.anchor).days / days_per_month, s.analyte, bool(s.provisional)
+        )
         for s in signals
         if s.subject_id == subject.subject_id
     ]

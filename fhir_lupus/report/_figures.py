@@ -12,6 +12,7 @@ import io
 import math
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -83,7 +84,7 @@ def subject_figure(
     for index, series in enumerate(definition.series):
         ax: Axes = axes[index // cols][index % cols]
         _timeline(ax, series, subject.points.get(series.key, []), infusion_x)
-        _signals(ax, [m.x for m in markers if _panel_of(m, definition) == index])
+        _signals(ax, [m for m in markers if _panel_of(m, definition) == index])
         ax.set_xlim(low - pad, high + pad)
         if index // cols == rows - 1 or index + cols >= len(definition.series):
             ax.set_xlabel(_axis_label(subject, definition))
@@ -98,10 +99,9 @@ def subject_figure(
     handles = [Line2D([], [], color=LINE_COLOUR, marker="o", markersize=4, linewidth=1.0, label="measured value")]
     if infusion_x is not None:
         handles.append(Line2D([], [], color=INFUSION_COLOUR, linestyle="--", linewidth=1.2, label="MSC infusion"))
-    if markers:
-        handles.append(
-            Line2D([], [], linestyle="none", marker="*", markersize=10, color=SIGNAL_COLOUR, label="flare signal")
-        )
+    for provisional in sorted({m.provisional for m in markers}):
+        label = "flare signal (provisional)" if provisional else "flare signal"
+        handles.append(Line2D([], [], label=label, **_star(provisional)))
     comparators = sorted({p.reading.comparator for ps in subject.points.values() for p in ps if p.reading.comparator})
     for comparator in comparators:
         handles.append(
@@ -125,10 +125,17 @@ def _panel_of(marker: SignalMarker, definition: ReportDefinition) -> int:
     return panels[0] if panels else 0
 
 
-def _signals(ax: Axes, xs: Sequence[float]) -> None:
-    if xs:
-        top = ax.get_xaxis_transform()  # x in data, y in axes fraction: the top edge whatever the values
-        ax.plot(xs, [0.94] * len(xs), transform=top, linestyle="none", marker="*", markersize=10, color=SIGNAL_COLOUR)
+def _signals(ax: Axes, markers: Sequence[SignalMarker]) -> None:
+    top = ax.get_xaxis_transform()  # x in data, y in axes fraction: the top edge whatever the values
+    for provisional in sorted({m.provisional for m in markers}):
+        xs = [m.x for m in markers if m.provisional == provisional]
+        ax.plot(xs, [0.94] * len(xs), transform=top, **_star(provisional))
+
+
+def _star(provisional: bool) -> dict[str, Any]:
+    """A flare signal's marker: a filled star, or an open one while it is provisional."""
+    face = "white" if provisional else SIGNAL_COLOUR
+    return dict(linestyle="none", marker="*", markersize=10, color=SIGNAL_COLOUR, markerfacecolor=face)
 
 
 def _axis_label(subject: SubjectSeries, definition: ReportDefinition) -> str:

@@ -30,6 +30,7 @@ class SignalMarker:
 
     x: float  # months from the subject's anchor, as the points
     analyte: str
+    provisional: bool = False  # judged on a series the checks took a row from: drawn open, never as final
 
 
 @dataclass(frozen=True)

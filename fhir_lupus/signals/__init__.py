@@ -10,7 +10,7 @@ DetectedIssue; ``_publish`` sends them to a server, idempotently and audited. ``
 
 from fhir_lupus.signals._definitions import FlareDefinition, FlareDefinitions, load_flare_definitions
 from fhir_lupus.signals._evaluate import Signal, flare_signals
-from fhir_lupus.signals._inputs import read_pulled
+from fhir_lupus.signals._inputs import NotCounted, read_pulled
 from fhir_lupus.signals._output import COLUMNS, describe, signal_resource, write_signals
 from fhir_lupus.signals._publish import AUDIT_KIND, PublishReport, publish_signals
 
@@ -19,6 +19,7 @@ __all__ = [
     "COLUMNS",
     "FlareDefinition",
     "FlareDefinitions",
+    "NotCounted",
     "PublishReport",
     "Signal",
     "describe",

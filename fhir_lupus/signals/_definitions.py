@@ -108,6 +108,7 @@ class FlareDefinition(_Frozen):
 
 class DetectedIssueFields(_Frozen):
     status: Literal["final", "amended", "corrected", "preliminary"]
+    provisional_status: Literal["preliminary"]  # a signal judged on a series with a doubtful row
     severity: Literal["high", "moderate", "low"]
 
 

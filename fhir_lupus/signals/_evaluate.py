@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from typing import Literal
@@ -30,7 +30,7 @@ from fhir_lupus.pull import PulledLab
 from fhir_lupus.scoring import Condition, SledaiDefinition, Threshold, load_sledai_definition
 from fhir_lupus.settings import Settings
 from fhir_lupus.signals._definitions import Band, FlareDefinition, load_flare_definitions
-from fhir_lupus.signals._inputs import Point, ScorePoint, gather_points
+from fhir_lupus.signals._inputs import PULLED_TABLE, Doubt, NotCounted, Point, ScorePoint, gather_points
 from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import MappingPack, UnitConverter, proves_above, proves_below
 
@@ -67,6 +67,8 @@ class Signal:
     source_url: str
     # the project identifier system (project.yaml) the result ids belong to: a lab result, or an assessment
     result_system: str = "lab_result"
+    # why the signal is not final (a doubtful row in its series: see ``flare_signals``); empty when it is
+    provisional: str = ""
 
     @property
     def key(self) -> str:
@@ -79,13 +81,22 @@ def flare_signals(
     *,
     trial: TrialSource | None = None,
     settings: Settings | None = None,
+    table: str = PULLED_TABLE,
+    not_counted: list[NotCounted] | None = None,
 ) -> list[Signal]:
     """The signals of every definition over the pulled rows ``labs`` and the trial's own labs (either may be
-    empty), in a deterministic order (subject, date, definition, result)."""
+    empty), in a deterministic order (subject, date, definition, result).
+
+    The pulled rows go through the trial's value and date checks first (fhir_lupus/signals/_inputs.py): a row
+    they refuse or query raises nothing, and is added to ``not_counted`` (when given), named by ``table`` and line,
+    so that the caller can say which hospital results were not counted and why. A signal whose series holds such
+    a row (or a trial row refused or queried) on or before its date is ``provisional``, never final."""
     pack = (settings or Settings.default()).pack
     definitions = load_flare_definitions(pack)
     sledai = load_sledai_definition(pack)
-    points = gather_points(labs, trial, pack)
+    points = gather_points(labs, trial, pack, table=table)
+    if not_counted is not None:
+        not_counted += points.not_counted
     judge = _Judge(pack, sledai)
     signals: list[Signal] = []
     for definition in definitions.definitions:
@@ -102,7 +113,26 @@ def flare_signals(
                 start = points.treated_from.get(subject)
                 for analyte in definition.analytes:
                     signals += judge.rises(definition, analytes.get(analyte, ()), start)
+    signals = [_provisional(signal, points.doubts) for signal in signals]
     return sorted(signals, key=lambda s: (s.subject_id, s.date, s.definition_id, s.result_id))
+
+
+def _provisional(signal: Signal, doubts: Sequence[Doubt]) -> Signal:
+    """The signal, provisional when a refused or queried row of its series (same subject, same analyte, or any
+    SLEDAI-2K assessment for a total) is dated on or before it, or has no readable date: the series it was judged
+    on may be missing a value, so it cannot be published as final (``provisional_status`` in flares.yaml)."""
+    analyte = None if signal.result_system == SCORE_SYSTEM else signal.analyte
+    day = signal.date[:10]
+    found = [
+        doubt.where
+        for doubt in doubts
+        if doubt.subject_id == signal.subject_id
+        and doubt.analyte == analyte
+        and (doubt.day is None or doubt.day.isoformat() <= day)
+    ]
+    if not found:
+        return signal
+    return replace(signal, provisional=f"not counted, dated on or before it: {', '.join(sorted(set(found)))}")
 
 
 class _Judge:

@@ -34,6 +34,7 @@ def describe(signal: Signal) -> str:
         f"{signal.subject_id} {signal.visit_code} {signal.date[:10]}: {signal.title}: {signal.analyte} "
         f"{signal.value} {signal.unit} {signal.threshold}; {signal.compared} {signal.compared_value} "
         f"{signal.compared_unit} on {signal.compared_date[:10]} [{signal.definition_id}]"
+        + (f" (provisional: {signal.provisional})" if signal.provisional else "")
     )
 
 
@@ -71,5 +72,10 @@ def signal_resource(
     )
     fixed = definitions.detected_issue
     return map_detected_issue(
-        facts, pack, study=study, system=definitions.system, status=fixed.status, severity=fixed.severity
+        facts,
+        pack,
+        study=study,
+        system=definitions.system,
+        status=fixed.provisional_status if signal.provisional else fixed.status,
+        severity=fixed.severity,
     )
