@@ -3,7 +3,8 @@
     python tests/pausing.py MODULE:QUALNAME CALLS MARKER CHUNK_ROWS ARGS...
 
 runs ``fhir-lupus ARGS...`` (its real entry point, ``fhir_lupus.cli.main``) with MODULE.QUALNAME wrapped: when its
-CALLS-th call returns, the run writes MARKER and sleeps until a signal ends it, its temporary files on disk.
+CALLS-th call returns, the run writes MARKER and sleeps until a signal ends it, its temporary files on disk, or
+until the test removes MARKER (``watch`` stops at its next chance on SIGTERM: the pause must end first).
 CHUNK_ROWS (rows a chunk of subjects holds at most) makes a small trial several chunks, which a checked source
 keeps on disk. tests/test_no_data_left.py uses it: waiting for a marker instead of sleeping keeps it exact.
 """
@@ -32,8 +33,8 @@ def pause_after(target: str, calls: int, marker: Path) -> None:
         seen += 1
         if seen == calls:
             marker.write_text("paused", encoding="utf-8")
-            while True:
-                time.sleep(60)  # a signal's handler raises here
+            while marker.exists():  # removed by the test: the run goes on (a command that stops when it can)
+                time.sleep(0.05)  # a signal's handler raises here
         return result
 
     setattr(owner, name, paused)

@@ -50,6 +50,11 @@ def leftovers(*roots: Path) -> list[Path]:
 class Child:
     process: subprocess.Popen[bytes]
     log: Path
+    marker: Path
+
+    def release(self) -> None:
+        """Let the paused run go on (tests/pausing.py)."""
+        self.marker.unlink()
 
     def stop(self, signum: int) -> int:
         self.process.send_signal(signum)
@@ -100,7 +105,7 @@ class Places:
                 process.kill()
                 pytest.fail(f"the run never paused (exit {process.wait()}):\n{log.read_text(errors='replace')}")
             time.sleep(0.02)
-        return Child(process, log)
+        return Child(process, log, marker)
 
 
 @pytest.fixture
@@ -232,3 +237,33 @@ def test_quarantine_files_are_private(dataset: Callable[..., Path], tmp_path: Pa
     assert result.exit_code == 1, result.output
     written = list((tmp_path / "quarantine").iterdir())
     assert [path.name for path in written] == ["labs.csv.rejected.csv"] and mode(written[0]) == 0o600
+
+
+def test_watch_killed_then_terminated(places: Places, server_url: str) -> None:
+    """watch's pulled table is written through a private scratch file: killed mid-write, the scratch stays until
+    the next run in the folder sweeps it; stopped by SIGTERM, watch leaves only its outputs (no half table)."""
+    pushed = runner.invoke(app, ["push", str(places.data), "--server", server_url, "--journal", str(places.cwd / "p")])
+    assert pushed.exit_code == 0, pushed.output
+    table, journal = places.out / "labs.csv", places.out / "journal.sqlite"
+    watch: list[str | Path] = ["watch", places.data, "--server", server_url, "-o", table, "--journal", journal]
+    watch += ["--poll", "3600"]
+    watch += ["--listen", "127.0.0.1:0", "--activation-timeout", "0", "--signals", places.out / "signals.csv"]
+    pause = "fhir_lupus.pull._store:flat"  # the 3rd row of the table written to its scratch file
+    killed = places.start(pause, 3, *watch)
+    scratch = only_scratch(places.out)
+    assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert leftovers(places.out) == [scratch] and not table.exists()
+
+    stopped = places.start(pause, 3, *watch)
+    assert not scratch.exists()  # the next run's first write in the folder swept it
+    only_scratch(places.out)
+    stopped.process.send_signal(signal.SIGTERM)  # watch ends once its pull is over: the pull goes on
+    stopped.release()
+    assert stopped.process.wait(WAIT) == 0, stopped.log.read_text(errors="replace")
+    assert leftovers(places.out, places.cwd, places.tmp) == []
+    kept = {path.name for path in files_under(places.out)}
+    assert kept <= {table.name, "labs.unmapped.csv", journal.name, "journal.audit.jsonl", "signals.csv"}
+    again = places.out / "again.csv"  # the whole table, never part of it: as a pull of everything writes it
+    pulled = runner.invoke(app, ["pull", "--server", server_url, "-o", str(again), "--journal", str(places.cwd / "j")])
+    assert pulled.exit_code == 0, pulled.output
+    assert table.read_bytes() == again.read_bytes()
