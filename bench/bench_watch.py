@@ -35,7 +35,6 @@ import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
@@ -45,13 +44,11 @@ from fhir_lupus.push import push_trial
 from fhir_lupus.settings import Settings
 from fhir_lupus.signals import flare_signals, read_pulled
 from fhir_lupus.source import TrialSource
-from fhir_lupus.terminology import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from support import EXAMPLE, isolated_mappings_copy  # noqa: E402
+from support import EXAMPLE, hospital_lab, isolated_mappings_copy  # noqa: E402
 
-HOSPITAL_LIS = "urn:oid:1.2.156.112604.1.2.1"  # the hospital lab system's identifier system in the tests too
 # A month of results: analyte, value, unit, reference range; values chosen so that some definitions may fire
 # (a low C3, fewer platelets, more protein), against whatever the subject had before.
 MONTH = (
@@ -62,31 +59,6 @@ MONTH = (
     ("creatinine", 1.9, "mg/dL", (0.5, 1.1)),
     ("urine_protein_24h", 1.4, "g/(24.h)", (0, 0.15)),
 )
-LAB_CATEGORY = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
-
-
-def hospital_lab(
-    patient: str, analyte: str, value: float, unit: str, ref: tuple[float, float], day: date
-) -> dict[str, Any]:
-    """A result as the hospital's lab system writes it: its identifier, LOINC code and UCUM unit."""
-    pack = load_pack()
-    code = next(  # the code made for what this lab reports: its unit (a creatinine in mg/dL is not 14682-9)
-        c.code
-        for c in pack.labs.analytes[analyte].codes
-        if c.when.unit_like in (None, unit) and c.when.value_kind == "quantity"
-    )
-    quantity = {"system": "http://unitsofmeasure.org", "code": unit, "unit": unit}
-    return {
-        "resourceType": "Observation",
-        "identifier": [{"system": HOSPITAL_LIS, "value": f"BENCH-{uuid.uuid4().hex[:10]}"}],
-        "status": "final",
-        "category": [{"coding": [LAB_CATEGORY]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-        "subject": {"reference": patient},
-        "effectiveDateTime": f"{day.isoformat()}T09:30:00+08:00",
-        "valueQuantity": {**quantity, "value": value},
-        "referenceRange": [{"low": {**quantity, "value": ref[0]}, "high": {**quantity, "value": ref[1]}}],
-    }
 
 
 def table_ids(path: Path) -> list[str]:
@@ -195,7 +167,7 @@ def main() -> None:
             for _subject, patient, last in chosen:
                 for analyte, value, unit, ref in MONTH:
                     day = last + timedelta(days=30 * month)
-                    created = client.create(hospital_lab(patient, analyte, value, unit, ref, day))
+                    created = client.create(hospital_lab(patient, analyte, value, unit, day, ref=ref, label="BENCH"))
                     written[created["id"]] = time.monotonic()
                     if month == 1:
                         seen = wait_for(table, {created["id"]}, 60)

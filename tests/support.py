@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import csv
 import shutil
+import uuid
+from datetime import date
 from pathlib import Path
+from typing import Any
+
+from fhir_lupus.terminology import load_pack
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "nct00698191"
+HOSPITAL_LIS = "urn:oid:1.2.156.112604.1.2.1"  # a hospital lab system's own identifier system (not ours)
 FAULT_RESULTS: list[str] = []  # one line per fault-injection case, printed at the end of the test run
 
 
@@ -60,3 +66,39 @@ def isolated_mappings_copy(target: Path, tag: str) -> Path:
         if isolated != text:
             path.write_text(isolated, encoding="utf-8")
     return target
+
+
+def hospital_lab(
+    patient: str,
+    analyte: str,
+    value: float,
+    unit: str,
+    day: date,
+    *,
+    ref: tuple[float, float] | None = None,
+    label: str = "HOSP",
+) -> dict[str, Any]:
+    """An Observation as a hospital's lab system writes it for ``patient`` ("Patient/<id>"): its own identifier
+    (``label`` and a random part), the LOINC code the catalogue gives for what it reports (a creatinine in mg/dL
+    is not the one in umol/L), a UCUM unit, collected at 09:30 (+08:00) on ``day``. No Provenance of ours points
+    at it, so a server lets it be deleted as a withdrawn result would be."""
+    pack = load_pack()
+    code = next(
+        c.code
+        for c in pack.labs.analytes[analyte].codes
+        if c.when.unit_like in (None, unit) and c.when.value_kind == "quantity"
+    )
+    quantity = {"system": pack.system_uri("ucum"), "code": unit, "unit": unit}
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "identifier": [{"system": HOSPITAL_LIS, "value": f"{label}-{uuid.uuid4().hex[:10]}"}],
+        "status": "final",
+        "category": [{"coding": [{"system": pack.system_uri("observation-category"), "code": "laboratory"}]}],
+        "code": {"coding": [{"system": pack.system_uri("loinc"), "code": code}]},
+        "subject": {"reference": patient},
+        "effectiveDateTime": f"{day.isoformat()}T09:30:00+08:00",
+        "valueQuantity": {**quantity, "value": value},
+    }
+    if ref is not None:
+        resource["referenceRange"] = [{"low": {**quantity, "value": ref[0]}, "high": {**quantity, "value": ref[1]}}]
+    return resource

@@ -9,12 +9,11 @@ undone by a new write, the refusals and a pull for a few patients.
 from __future__ import annotations
 
 import csv
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support import hospital_lab
 
 from fhir_lupus import load_trial
 from fhir_lupus.client import FhirClient
@@ -25,22 +24,6 @@ from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
-LAB_CATEGORY = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
-
-
-def hospital_creatinine(patient: str, day: str) -> dict[str, Any]:
-    """A creatinine result as the hospital's lab system writes it (no Provenance of ours points at it, so the
-    server lets it be deleted, as a withdrawn result would be)."""
-    return {
-        "resourceType": "Observation",
-        "identifier": [{"system": "urn:oid:1.2.156.112604.1.2.1", "value": f"DEL-{uuid.uuid4().hex[:8]}"}],
-        "status": "final",
-        "category": [{"coding": [LAB_CATEGORY]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
-        "subject": {"reference": patient},
-        "effectiveDateTime": f"{day}T09:30:00+08:00",
-        "valueQuantity": {"value": 1.2, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"},
-    }
 
 
 def test_a_lab_deleted_on_the_server_is_removed_by_the_next_incremental_pull(
@@ -52,7 +35,8 @@ def test_a_lab_deleted_on_the_server_is_removed_by_the_next_incremental_pull(
         push_trial(TrialSource.loaded(data, report), client, journal, source="test", settings=isolated_settings)
         patient = next(e for e in journal.entries(client.base_url).values() if e.resource_type == "Patient")
         baseline = next(v.record.visit_date for v in data.visits if v.record.visit_code == "BL")
-        lab = client.create(hospital_creatinine(f"Patient/{patient.server_id}", baseline.isoformat()))
+        written = hospital_lab(f"Patient/{patient.server_id}", "creatinine", 1.2, "mg/dL", baseline, label="DEL")
+        lab = client.create(written)
         first = pull_study(client, journal, data.study, since=None, output=output, settings=isolated_settings)
         gone = next(row for row in first.rows if row.observation_id == lab["id"])
         client.delete("Observation", gone.observation_id)

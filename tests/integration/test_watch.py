@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import hospital_lab
 
 from fhir_lupus import TrialData, load_trial
 from fhir_lupus.client import FhirClient
@@ -30,11 +31,13 @@ from fhir_lupus.source import TrialSource
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-UCUM = "http://unitsofmeasure.org"
-LOINC = "http://loinc.org"
-HOSPITAL = "urn:oid:1.2.156.112604.1.2.1"
-CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 GENEROUS = 180.0
+
+
+def _key(observation: dict[str, Any]) -> str:
+    """The result id pull gives a hospital-written lab: its identifier, system|value."""
+    identifier = observation["identifier"][0]
+    return f"{identifier['system']}|{identifier['value']}"
 
 
 def _result_ids(path: Path) -> set[str]:
@@ -67,22 +70,11 @@ class Watched:
     def until(self, condition: Callable[[], bool], what: str) -> None:
         _until(condition, what, self.process, self.log)
 
-    def hospital_creatinine(self, client: FhirClient, value: str) -> dict[str, Any]:
+    def hospital_creatinine(self, client: FhirClient, label: str) -> dict[str, Any]:
         """A creatinine the hospital's lab system writes for the subject, three months after baseline."""
         baseline = next(v.record.visit_date for v in self.data.visits if v.record.visit_code == "BL")
         when = self.data.study.due_date(baseline, 3) + timedelta(days=1)
-        return client.create(
-            {
-                "resourceType": "Observation",
-                "identifier": [{"system": HOSPITAL, "value": value}],
-                "status": "final",
-                "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}],
-                "code": {"coding": [{"system": LOINC, "code": "2160-0"}]},
-                "subject": {"reference": f"Patient/{self.patient}"},
-                "effectiveDateTime": f"{when.isoformat()}T09:30:00+08:00",
-                "valueQuantity": {"value": 1.2, "unit": "mg/dL", "system": UCUM, "code": "mg/dL"},
-            }
-        )
+        return client.create(hospital_lab(f"Patient/{self.patient}", "creatinine", 1.2, "mg/dL", when, label=label))
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -138,8 +130,8 @@ def test_watch_polls_medplum_picks_up_a_new_lab_and_removes_its_subscription(
     watched = _watch(client, isolated_mappings, isolated_settings, subset, tmp_path, *options)
     try:
         watched.until(lambda: "relying on the periodic pull" in watched.log.read_text(), "polling note")
-        watched.hospital_creatinine(client, "WATCH-1")
-        watched.until(lambda: f"{HOSPITAL}|WATCH-1" in _result_ids(watched.table), "new lab in the table")
+        key = _key(watched.hospital_creatinine(client, "WATCH"))
+        watched.until(lambda: key in _result_ids(watched.table), "new lab in the table")
     finally:
         code = watched.stop()
     assert code == 0, watched.log.read_text()
@@ -164,8 +156,8 @@ def test_watch_on_hapi_is_notified_of_a_new_lab_and_of_its_deletion(
         try:
             active = lambda: any(r.get("status") == "active" for r in _tagged(client, isolated_settings, watched.data))  # noqa: E731
             watched.until(active, "an active Subscription")
-            lab = watched.hospital_creatinine(client, "WATCH-HAPI-1")
-            key = f"{HOSPITAL}|WATCH-HAPI-1"
+            lab = watched.hospital_creatinine(client, "WATCH-HAPI")
+            key = _key(lab)
             watched.until(lambda: key in _result_ids(watched.table), "new lab in the table")
             assert "pull of 1 subject(s)" in watched.log.read_text()  # the notification named its subject
             client.delete("Observation", lab["id"])
