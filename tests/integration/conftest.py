@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import FAULT_RESULTS, example_subset, isolated_mappings_copy
+from support import FAULT_RESULT, example_subset, isolated_mappings_copy
 
 from fhir_lupus import devserver
 from fhir_lupus.client import FhirClient
@@ -23,6 +23,16 @@ from fhir_lupus.settings import Settings
 from fhir_lupus.terminology import load_pack
 
 SERVER_NAMES = ("hapi", "medplum")
+SERVERS_GROUP = "servers"  # pytest-xdist: every integration test in one worker, in collection order
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (make test) the integration tests stay together in one worker: the
+    session fixtures start or reach the servers once, and the tests do not load the servers two at a time (the
+    unit tests run in the other worker meanwhile)."""
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.xdist_group(SERVERS_GROUP))
 
 
 @pytest.fixture(scope="session", params=SERVER_NAMES)
@@ -107,8 +117,8 @@ def subset(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FAULT_RESULTS:
-        terminalreporter.section("fault injection: resources lost, duplicated, journal disagreeing with the server")
-        for line in FAULT_RESULTS:
-            terminalreporter.write_line(line)
+@pytest.fixture
+def fault_result(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """Record one line of the fault-injection summary (tests/conftest.py prints them at the end of the run: the
+    line travels with the test's report, so it reaches the summary from a pytest-xdist worker too)."""
+    return lambda line: record_property(FAULT_RESULT, line)

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy, Request
-from support import FAULT_RESULTS
 
 from fhir_lupus import load_trial
 from fhir_lupus.bundle import business_key, identifiers
@@ -37,7 +36,7 @@ from fhir_lupus.source import TrialSource
 from fhir_lupus.terminology import LabCatalogue, load_pack
 
 pytestmark = pytest.mark.integration
-TIMEOUT = 8.0  # the client's per-request timeout behind the proxy
+TIMEOUT = 5.0  # the client's per-request timeout behind the proxy (a transaction of 50 takes HAPI under 1 s)
 
 
 def nth_transaction(n: int) -> Callable[[Request], bool]:
@@ -70,7 +69,7 @@ Where = Callable[[Request], bool]
 FAULTS: dict[str, Callable[[FaultProxy, Where], Any]] = {
     "503 twice": lambda proxy, where: proxy.respond(503, body=b"maintenance", where=where, times=2),
     "429 Retry-After 1": lambda proxy, where: proxy.respond(429, {"Retry-After": "1"}, where=where),
-    "answer slower than the timeout": lambda proxy, where: proxy.delay(TIMEOUT + 3, where=where),
+    "answer slower than the timeout": lambda proxy, where: proxy.delay(TIMEOUT + 1, where=where),
     "reset after the server committed": lambda proxy, where: proxy.reset_after_forward(where=where),
 }
 
@@ -128,6 +127,7 @@ def test_push_and_pull_through_a_fault(
     isolated_settings: Settings,
     subset: Callable[..., Path],
     tmp_path: Path,
+    fault_result: Callable[[str], None],
 ) -> None:
     data, report = load_trial(subset(1), pack=isolated_settings.pack)
     resources = map_trial(TrialSource.loaded(data, report), settings=isolated_settings).resources
@@ -151,7 +151,7 @@ def test_push_and_pull_through_a_fault(
         assert again.written == 0 and again.unchanged == len(resources)
         lost, duplicated, disagreeing = census(client, resources, journal)
         state = dry_run_trial(TrialSource.loaded(data, report), client, settings=isolated_settings)
-        FAULT_RESULTS.append(
+        fault_result(
             f"{client.base_url} push, {fault}: fired {rule.fired}x; {len(resources)} resources: "
             f"lost {lost}, duplicated {duplicated}, journal disagreeing {disagreeing}"
         )
@@ -163,7 +163,7 @@ def test_push_and_pull_through_a_fault(
         pull_rule = FAULTS[fault](proxy, nth_lab_search(2))
         pulled = pull_study(faulty, journal, data.study, since=None, settings=isolated_settings)
         trip = compare_round_trip(data, pulled.rows, LabCatalogue(load_pack(isolated_mappings)))
-        FAULT_RESULTS.append(
+        fault_result(
             f"{client.base_url} pull, {fault} on a lab search: fired {pull_rule.fired}x; {len(pulled.rows)} rows: "
             f"missing {len(trip.missing)}, different {len(trip.different)}, extra {len(trip.extra)}"
         )
@@ -177,6 +177,7 @@ def test_push_killed_with_sigkill_midway_resumes_without_loss_or_duplicates(
     isolated_settings: Settings,
     subset: Callable[..., Path],
     tmp_path: Path,
+    fault_result: Callable[[str], None],
 ) -> None:
     data_dir = subset(1, first=1)
     journal_path = tmp_path / "journal.sqlite"
@@ -216,7 +217,7 @@ def test_push_killed_with_sigkill_midway_resumes_without_loss_or_duplicates(
         assert resumed.complete and resumed.written + resumed.unchanged == len(resources)
         assert resumed.earlier_provenance  # the killed push's writes get their Provenance
         lost, duplicated, disagreeing = census(client, resources, journal)
-    FAULT_RESULTS.append(
+    fault_result(
         f"{client.base_url} push killed (SIGKILL) after {partial} journaled, resumed: {len(resources)} resources: "
         f"lost {lost}, duplicated {duplicated}, journal disagreeing {disagreeing}"
     )
