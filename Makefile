@@ -18,13 +18,13 @@ $(BIN)/fhir-lupus: pyproject.toml setup.py
 demo: $(BIN)/fhir-lupus
 	$(BIN)/fhir-lupus demo --out $(OUT)/demo
 
-# Two pytest-xdist workers: one runs the integration tests in order (one group: they share the servers, which
-# two workers would fight over for the machine's cores), the other the unit tests beside them. TEST_WORKERS=0
-# runs everything in this process.
+# Two pytest-xdist workers: one runs the integration tests in order (one unit of work, tests/conftest.py: they
+# share the servers, which two workers would fight over for the machine's cores), the other the unit tests beside
+# them. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 
 test: $(BIN)/fhir-lupus
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-unit: $(BIN)/fhir-lupus
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not integration"

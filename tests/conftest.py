@@ -19,6 +19,22 @@ from fhir_lupus.terminology import LabCatalogue, MappingPack, UnitConverter, loa
 
 LAB = "Drum Tower Hospital Central Laboratory"
 _fault_results: list[str] = []  # tests/integration/test_faults.py's lines, printed at the end of the run
+INTEGRATION = "tests/integration/"
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook (the test extra installs it; make test runs -n 2)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The integration tests as one unit of work, run in order by one worker, the unit tests shared out one by
+    one: the integration tests share the servers, which two workers would fight over for the machine's cores,
+    and their session fixtures start or reach the servers once. (pytest-xdist's ``loadgroup`` would say the
+    same with marks, but it renames the tests' ids to do it, which pytest 9.2 no longer lets a plugin do.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServersTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return INTEGRATION if nodeid.startswith(INTEGRATION) else nodeid
+
+    return ServersTogether(config, log)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -23,16 +23,6 @@ from fhir_lupus.settings import Settings
 from fhir_lupus.terminology import load_pack
 
 SERVER_NAMES = ("hapi", "medplum")
-SERVERS_GROUP = "servers"  # pytest-xdist: every integration test in one worker, in collection order
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (make test) the integration tests stay together in one worker: the
-    session fixtures start or reach the servers once, and the tests do not load the servers two at a time (the
-    unit tests run in the other worker meanwhile)."""
-    for item in items:
-        if item.get_closest_marker("integration") is not None:
-            item.add_marker(pytest.mark.xdist_group(SERVERS_GROUP))
 
 
 @pytest.fixture(scope="session", params=SERVER_NAMES)
