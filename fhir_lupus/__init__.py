@@ -12,9 +12,9 @@ whose modules are private.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fhir_lupus._exports import lazy_exports
 from fhir_lupus._version import __version__ as __version__
 
 if TYPE_CHECKING:
@@ -85,21 +85,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "fhir_lupus.validation": ("check_invariants", "validate_resource"),
     "fhir_lupus.watch": ("WatchOptions", "WatchReport", "watch"),
 }
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOME_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fhir_lupus' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once: later uses are a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
 
 __all__ = [
     "BasicAuth",

@@ -26,7 +26,7 @@ from fhir_lupus.pull._store import PullStore
 
 # what a help or a pull never needs: plotting, the report, SDTM, Spark, the registry, the mappers and mapping
 # pipeline, push, FHIR models (R4B and R5 alike: validation.py imports them when it validates), SMART's JWT
-# signing, pyarrow
+# signing and key reading, UCUM (a pull of results in the catalogue's units needs none), pyarrow
 NEVER = (
     "matplotlib",
     "fhir_lupus.report",
@@ -41,6 +41,8 @@ NEVER = (
     "fhir_lupus.devserver",
     "fhir.resources",
     "jwt",
+    "cryptography",
+    "ucumvert",
     "pyarrow",
 )
 # a root --help needs none of the library either: only the listing and the exit-code table
