@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,6 @@ from support import REPO
 
 from fhir_lupus.cli import COMMANDS, app
 from fhir_lupus.cli._lazy import LazyCommands
-from fhir_lupus.pull._store import PullStore
 
 # what a help or a pull never needs: plotting, the report, SDTM, Spark, the registry, the mappers and mapping
 # pipeline, push, FHIR models (R4B and R5 alike: validation.py imports them when it validates), SMART's JWT
@@ -129,13 +127,3 @@ def test_an_unknown_command_is_still_refused_with_a_suggestion() -> None:
     result = CliRunner().invoke(app, ["pul"])
     assert result.exit_code == 2
     assert "pull" in result.output
-
-
-def test_a_stage_does_not_leave_the_store_without_full_sync(tmp_path: Path) -> None:
-    """A stage commits under synchronous=NORMAL (its loss is refetched); the merge after it must be FULL again."""
-    with PullStore(tmp_path / "j.sqlite", "http://x/fhir", "NCT1") as store:
-        store.stage([])
-        (level,) = store._db.execute("PRAGMA synchronous").fetchone()
-    assert level == 2  # FULL
-    with sqlite3.connect(tmp_path / "j.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM pull_stage").fetchone() == (0,)
