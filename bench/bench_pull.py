@@ -20,6 +20,14 @@ Medians are printed with the rate (labs per second) and the ratio of pull's rate
 lab Observation of theirs is copied ``scale - 1`` more times for the same patients (plain creates in batch
 Bundles of 250, another identifier value each), and one ``pull_study`` in a child process reports its peak RSS.
 
+``--cli`` measures what a user waits for (issue 25, item 4): per server, 20 subjects pushed as above, then
+``--repeat`` rounds, each a new process per run, in an order that rotates every round: ``fhir-lupus pull --server
+URL --since all -o ...`` (``python -m fhir_lupus.cli``, a fresh journal each run: start-up, imports, the pack,
+every search, reverse mapping, the store, the files), fhirpy's loop above in a child process (start-up and
+fhirpy's import included) and in this one; with ``--base-tree DIR`` (an unpacked older tree, e.g. ``git archive
+main | tar -x -C DIR``) also that tree's CLI. Printed: each run's wall time, medians, ratios (fhirpy's time over
+the CLI's: above 1, the CLI is faster) and the load average before and after.
+
 From Python (bench/run_all.py): ``run(servers, subjects, repeat, workers)`` returns one row per server, size
 and worker count; ``run_memory(url, copies)`` returns the memory measurement. ``main`` prints both.
 """
@@ -27,6 +35,7 @@ and worker count; ``run_memory(url, copies)`` returns the memory measurement. ``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -236,6 +245,101 @@ def measure_child(url: str, nct_id: str, mappings: Path, scratch: Path, workers:
     return {"seconds": measured["seconds"], "labs": measured["results"], "peak_mib": measured["peak_mib"]}
 
 
+def cli_pull(url: str, mappings: Path, scratch: Path, tree: Path = ROOT) -> tuple[float, int]:
+    """One ``fhir-lupus pull --since all`` of ``tree``'s code in a new process with a fresh journal; (wall seconds,
+    lines of the table and the unmapped file, headers excluded)."""
+    run = scratch / f"cli-{uuid.uuid4().hex[:8]}"
+    run.mkdir()
+    output = run / "labs.csv"
+    command = [sys.executable, "-m", "fhir_lupus.cli", "pull", "--server", url, "--since", "all", "-o", str(output)]
+    command += ["--journal", str(run / "journal.sqlite"), "--mappings", str(mappings), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env, cwd=scratch, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    lines = sum(len(path.read_text(encoding="utf-8").splitlines()) - 1 for path in (output, run / "labs.unmapped.csv"))
+    return seconds, lines
+
+
+def fhirpy_child(url: str, refs: list[str], category: str) -> tuple[float, int]:
+    """fhirpy's loop (``run_fhirpy``) in a new process: the wall time includes its start-up and imports."""
+    started = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, __file__, "--fhirpy-child", url, category, ",".join(refs)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    return seconds, int(json.loads(child.stdout.strip().splitlines()[-1])["results"])
+
+
+def run_cli(
+    servers: dict[str, str], repeat: int, base_tree: Path | None = None, on_run: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """The CLI's pull against fhirpy's loop (in a child and in process) on each server, 20 subjects, rotating.
+
+    One row per server: server, labs, load_before, load_after, runs (variant -> wall seconds of every round),
+    medians, and ratio_child / ratio_in_process (fhirpy's median over the CLI's: above 1, the CLI is faster);
+    ``ratio_base`` (the base tree's CLI over this one's) with ``base_tree``.
+    """
+    rows: list[dict[str, Any]] = []
+    for name, url in servers.items():
+        with tempfile.TemporaryDirectory() as scratch_dir:
+            scratch = Path(scratch_dir)
+            _nct_id, mappings, refs, category = push_subjects(url, 20, scratch)
+            variants: dict[str, Callable[[], tuple[float, int]]] = {
+                "cli": functools.partial(cli_pull, url, mappings, scratch),
+                "fhirpy_child": functools.partial(fhirpy_child, url, refs, category),
+                "fhirpy_in_process": functools.partial(run_fhirpy, url, refs, category),
+            }
+            if base_tree is not None:
+                variants["cli_base"] = functools.partial(cli_pull, url, mappings, scratch, base_tree)
+            load_before = os.getloadavg()[0]
+            runs: dict[str, list[float]] = {variant: [] for variant in variants}
+            found: dict[str, int] = {}
+            order = list(variants)
+            for round_ in range(repeat):
+                for variant in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                    seconds, found[variant] = variants[variant]()
+                    runs[variant].append(seconds)
+                    if on_run is not None:
+                        on_run(f"{name} round {round_ + 1} {variant}: {seconds:.2f} s ({found[variant]} results)")
+            medians = {variant: statistics.median(times) for variant, times in runs.items()}
+            row = {
+                "server": name,
+                "labs": found["cli"],
+                "fhirpy_labs": found["fhirpy_in_process"],
+                "load_before": load_before,
+                "load_after": os.getloadavg()[0],
+                "runs": runs,
+                "medians": medians,
+                "ratio_child": medians["fhirpy_child"] / medians["cli"],
+                "ratio_in_process": medians["fhirpy_in_process"] / medians["cli"],
+            }
+            if base_tree is not None:
+                row["ratio_base"] = medians["cli_base"] / medians["cli"]
+            rows.append(row)
+    return rows
+
+
+def print_cli_row(row: dict[str, Any]) -> None:
+    for variant, times in row["runs"].items():
+        print(
+            f"{row['server']:8s} {variant:18s} median {row['medians'][variant]:5.2f} s "
+            f"({', '.join(f'{t:.2f}' for t in times)})",
+            flush=True,
+        )
+    ratios = "  ".join(
+        f"{key} {row[key]:.2f}" for key in ("ratio_child", "ratio_in_process", "ratio_base") if key in row
+    )
+    print(
+        f"{row['server']:8s} {row['labs']} rows, fhirpy {row['fhirpy_labs']} Observations  {ratios}  "
+        f"load {row['load_before']:.2f} -> {row['load_after']:.2f}",
+        flush=True,
+    )
+
+
 def print_row(row: dict[str, Any]) -> None:
     print(
         f"{row['server']:8s} {row['subjects']:3d} subjects  pull w{row['workers']} "
@@ -251,6 +355,10 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_pull(*sys.argv[2:7])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--fhirpy-child":
+        _seconds, found = run_fhirpy(sys.argv[2], sys.argv[4].split(","), sys.argv[3])
+        print(json.dumps({"results": found}))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("servers", nargs="+", help="name=URL")
     parser.add_argument("--subjects", default="5,20")
@@ -258,10 +366,17 @@ def main() -> None:
     parser.add_argument(
         "--workers", default=str(DEFAULT_WORKERS), help="pull variants: subjects fetched at once, e.g. 1,3"
     )
+    parser.add_argument("--cli", action="store_true", help="the CLI end to end against fhirpy (20 subjects) only")
+    parser.add_argument("--base-tree", type=Path, help="--cli: also this unpacked tree's CLI")
     parser.add_argument("--scale", type=int, default=0, help="also copy the labs to SCALE times and measure RSS")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {machine()}", flush=True)
     servers = dict(server.partition("=")[::2] for server in args.servers)
+    if args.cli:
+        for row in run_cli(servers, args.repeat, args.base_tree, on_run=print):
+            print_cli_row(row)
+        print(f"done {time.strftime('%H:%M:%S')}  {machine()}")
+        return
     subjects = [int(n) for n in args.subjects.split(",") if n]
     worker_counts = [int(w) for w in args.workers.split(",")]
     if subjects and args.repeat > 0:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fhir_lupus"
 
 # bottom first; a unit imports only from layers below its own
 LAYERS: list[tuple[str, ...]] = [
-    ("_resource", "_version", "_scratch", "_logredact", "_fastinvariants"),
+    ("_resource", "_version", "_scratch", "_logredact", "_fastinvariants", "_exports"),
     ("errors",),
     ("terminology", "client"),
     ("scoring", "validation"),

@@ -267,6 +267,16 @@ class TestPullStore:
         with store.transaction():
             return store.merge(replace_all=replace_all)
 
+    def test_a_stage_commits_without_waiting_for_the_disk_and_the_merge_with(self, tmp_path: Path) -> None:
+        """A stage is committed under synchronous=NORMAL (lost in a crash, it is fetched again); the connection is
+        back at FULL afterwards, so the merge's commit, which moves the mark, syncs the log with every stage."""
+        with Journal(tmp_path / "j.sqlite") as journal, PullStore(journal.path, "http://s/fhir/", "NCT1") as store:
+            store.stage([self.record("a", "1", "2026-01-01T00:00:00Z")])
+            assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+            assert store._db.execute("SELECT COUNT(*) FROM pull_stage").fetchone() == (1,)
+            with store.transaction():
+                assert store.merge(replace_all=False).total_rows == 1
+
     def test_newer_versions_win_same_versions_are_unchanged_and_withdrawals_remove_rows(self, tmp_path: Path) -> None:
         with Journal(tmp_path / "j.sqlite") as journal, PullStore(journal.path, "http://s/fhir/", "NCT1") as store:
             first = self.merge(

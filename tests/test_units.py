@@ -93,3 +93,36 @@ class TestAnnotations:
 
     def test_annotation_stays_in_the_display(self, units: UnitConverter) -> None:
         assert "{1.73_m2}" in units.display("mL/min/{1.73_m2}")
+
+
+def test_the_catalogues_own_units_are_decided_without_building_ucum() -> None:
+    """A pull whose results carry the catalogue's units (the example's) never builds the UCUM registry, about a
+    second of CPU (issue 25): equal units are commensurable and convert to themselves without UCUM. Run in a
+    fresh interpreter: this one's registry may be built by another test."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    probe = (
+        "import json, sys\n"
+        "from fhir_lupus.settings import Settings\n"
+        "from fhir_lupus.terminology import UnitConverter\n"
+        "pack = Settings.default().pack\n"
+        "units = UnitConverter(pack)\n"
+        "seen = sorted({c.when.unit_like for a in pack.labs.analytes.values() for c in a.codes if c.when.unit_like})\n"
+        "decided = [units.commensurable(u, u) and units.convert(2.5, u, u) == 2.5 for u in seen]\n"
+        "print(json.dumps({'units': len(seen), 'all': all(decided), 'ucum': 'ucumvert' in sys.modules}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["units"] >= 5 and found["all"]
+    assert found["ucum"] is False

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -20,8 +20,10 @@ from fhir_lupus.errors import FhirLupusError, RejectedRows
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, write_quarantine
 from fhir_lupus.settings import Settings
-from fhir_lupus.source import TrialSource
 from fhir_lupus.validation import Validation
+
+if TYPE_CHECKING:  # imported where a trial is read: pull and audit read none
+    from fhir_lupus.source import TrialSource
 
 DataDir = Annotated[Path, typer.Argument(help="Trial data directory (docs/csv-layout.md).", show_default=False)]
 Quarantine = Annotated[
@@ -82,6 +84,8 @@ def settings_of(
 def open_trial(data_dir: Path, settings: Settings, command: str) -> TrialSource:
     """The data directory as a ``TrialSource``, once ``command``'s files are found there (mappings/checks/
     inputs.yaml); the source loads, checks and screens when the command asks."""
+    from fhir_lupus.source import TrialSource
+
     try:
         return TrialSource.directory(data_dir, command=command, settings=settings)
     except FhirLupusError as exc:

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from fhir_lupus.cli._output import console, listed, outcome
 from fhir_lupus.pull import PulledLab, PullResult
-from fhir_lupus.push import DryRunReport, PushReport
+
+if TYPE_CHECKING:  # named in annotations only: a pull does not import push
+    from fhir_lupus.push import DryRunReport, PushReport
 
 __all__ = ["render_dry_run", "render_pull", "render_push", "subject_table"]
 

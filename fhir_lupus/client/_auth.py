@@ -22,7 +22,6 @@ from collections.abc import Callable, Generator
 from typing import Any, Literal
 
 import httpx
-import jwt
 
 from fhir_lupus._logredact import register_secret
 from fhir_lupus.client._classify import classify
@@ -101,6 +100,8 @@ class SmartBackendAuth(httpx.Auth):
             "jti": str(uuid.uuid4()),
         }
         headers = {"typ": "JWT", **({"kid": self.key_id} if self.key_id else {})}
+        import jwt  # here, not at the top: PyJWT and cryptography cost 35-70 ms to import, and only SMART needs them
+
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
 
     def _token_request(self) -> httpx.Request:

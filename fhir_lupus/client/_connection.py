@@ -14,9 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
 from fhir_lupus.client._auth import BasicAuth, BearerAuth, SmartBackendAuth
 from fhir_lupus.client._client import FhirClient
 
@@ -78,6 +75,9 @@ class Connection:
 def _read_key(path: Path, algorithm: str) -> bytes:
     """The PEM bytes of ``--smart-key``, once they are known to hold a private key that ``algorithm`` can sign
     with: RS384 an RSA key, ES384 an EC key on P-384."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # here: only SMART needs cryptography (issue 25)
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         pem = path.read_bytes()
     except PermissionError:
@@ -107,6 +107,8 @@ def _read_key(path: Path, algorithm: str) -> bytes:
 
 
 def _kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return f"an EC key on {key.curve.name}"
     return "an RSA key" if isinstance(key, rsa.RSAPrivateKey) else f"a {type(key).__name__.lstrip('_')}"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fhir_lupus.model import CheckedLab, TrialData
 from fhir_lupus.pull._reverse import PulledLab, format_number
 from fhir_lupus.terminology import LabCatalogue
+
+if TYPE_CHECKING:  # annotations only: a pull does not import the trial loader
+    from fhir_lupus.model import CheckedLab, TrialData
 
 __all__ = ["RoundTrip", "compare_round_trip", "expected_row"]
 

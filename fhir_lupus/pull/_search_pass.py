@@ -31,7 +31,6 @@ from fhir_lupus.pull._search import PAGE, Search, matches
 from fhir_lupus.pull._selection import patient_of, reaches
 from fhir_lupus.pull._state import PassState
 from fhir_lupus.pull._subjects import OnServer, Subject, SubjectRow, Subjects
-from fhir_lupus.terminology import warm_up_units
 
 __all__ = ["DEFAULT_WORKERS", "fetch_labs", "patient_param", "refusal"]
 
@@ -75,7 +74,6 @@ def fetch_labs(
     fetched at once (through the one client, its retries and auth).
     """
     state = state or PassState()
-    warm_up_units()  # the UCUM registry (about 1 s of CPU) is built while the first requests wait on the server
     # the server's cached statement will do (HAPI builds a fresh one in 0.3 s): a parameter it gained since is
     # filtered here, one it lost answers 400 and the pull fails with the server's message
     caps = client.capabilities(fresh=False)

@@ -228,13 +228,19 @@ class PullStore:
         """Keep fetched records until the merge (a later fetch of the same observation replaces it).
 
         One transaction per call: the connection commits each statement on its own otherwise, and with
-        ``synchronous=FULL`` every staged row cost a sync to disk (4 s for 1,330 rows here).
+        ``synchronous=FULL`` every staged row cost a sync to disk (4 s for 1,330 rows here). Nor does a stage's
+        commit wait for the disk (``synchronous=NORMAL`` for it): a stage lost in a crash is fetched again by the
+        next pull, and the merge's commit, under FULL, syncs the write-ahead log with every stage before it.
         """
         if self._db.in_transaction:  # inside the caller's transaction: it commits
             self._insert_stage(records)
             return
-        with self.transaction():
-            self._insert_stage(records)
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self.transaction():
+                self._insert_stage(records)
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def _insert_stage(self, records: Iterable[Record]) -> None:
         self._db.executemany(

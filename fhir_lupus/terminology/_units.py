@@ -43,7 +43,11 @@ def _registry() -> Any:
 
 
 def warm_up() -> None:
-    """Build the registry in a thread of its own, unless built: pull starts it while its first requests wait."""
+    """Build the registry in a thread of its own, unless built: a bulk pull starts it while the export is made.
+
+    A search pull does not: results in the catalogue's own units (the usual case) are decided without UCUM
+    (``commensurable``, ``convert``), and building it cost a pull through the CLI about a second of CPU that
+    held the interpreter's lock while the searches' answers waited to be read (issue 25)."""
     if _REGISTRY is None:
         threading.Thread(target=_registry, name="ucum-registry", daemon=True).start()
 
@@ -83,7 +87,9 @@ class UnitConverter:
         """
         known = self._commensurable.get((ucum_a, ucum_b))
         if known is None:
-            if self.is_arbitrary(ucum_a) or self.is_arbitrary(ucum_b):
+            if ucum_a == ucum_b:  # the usual case, without UCUM (``ucum_b``, the catalogue's, parses: test_catalogue)
+                known = True
+            elif self.is_arbitrary(ucum_a) or self.is_arbitrary(ucum_b):
                 known = ucum_a == ucum_b
             elif unit_annotations(ucum_a) != unit_annotations(ucum_b):
                 known = False

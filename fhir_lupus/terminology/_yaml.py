@@ -13,13 +13,16 @@ from fhir_lupus.errors import MappingError
 __all__ = ["parse_model", "read_yaml"]
 
 M = TypeVar("M", bound=BaseModel)
+# libyaml's parser under the safe constructor: the same documents, about 10x quicker than the pure-Python one
+# (the pack's files took 0.3 s of every command's start); the pure one where PyYAML was built without libyaml
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_yaml(path: Path) -> Any:
     """Read one YAML file, turning a parse error into a MappingError naming the file."""
     try:
         with path.open(encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+            return yaml.load(handle, Loader=_LOADER)
     except FileNotFoundError:
         raise MappingError(f"{path}: mapping file missing") from None
     except yaml.YAMLError as exc:
