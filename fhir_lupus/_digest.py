@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import operator
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -30,7 +31,7 @@ from fhir_lupus._scratch import discard, open_private, scratch_dir
 __all__ = ["BUFFER", "EMPTY_DIGEST", "FAN_IN", "DigestBuilder", "digest_of"]
 
 BUFFER = 50_000  # hashes held in memory before a sorted run goes to disk (64-character hex: about 5 MB)
-FAN_IN = 16  # runs of one size merged into one: files open at once, and their read buffers (64 KiB each)
+FAN_IN = 64  # runs of one size merged into one: the files a merge opens, and their read buffers (64 KiB each)
 _READ_BUFFER = 1 << 16
 _CHUNK = 4096  # hashes joined per write or hash update: one call for many, not one per hash
 
@@ -49,8 +50,11 @@ def _chunks(items: Iterable[bytes]) -> Iterator[list[bytes]]:
         yield chunk
 
 
+_WITHOUT_NEWLINE = operator.itemgetter(slice(None, -1))  # every line of a run ends with exactly one newline
+
+
 def _lines(handle: Iterable[bytes]) -> Iterator[bytes]:
-    return (line[:-1] for line in handle)  # every line of a run ends with exactly one newline
+    return map(_WITHOUT_NEWLINE, handle)
 
 
 class DigestBuilder:
@@ -77,16 +81,18 @@ class DigestBuilder:
         return self._count
 
     def add(self, item: str) -> None:
-        if "\n" in item:
-            raise ValueError("a hash of the digest may not hold a newline")
-        self._buffer.append(item.encode())
-        self._count += 1
-        if len(self._buffer) >= self._limit:
-            self._spill()
+        self.extend((item,))
 
     def extend(self, items: Iterable[str]) -> None:
-        for item in items:
-            self.add(item)
+        """Add ``items``, a buffer's room at a time (one list comprehension each, not a call per hash)."""
+        iterator = iter(items)
+        while encoded := [item.encode() for item in itertools.islice(iterator, self._limit - len(self._buffer))]:
+            if any(b"\n" in item for item in encoded):
+                raise ValueError("a hash of the digest may not hold a newline")
+            self._buffer += encoded
+            self._count += len(encoded)
+            if len(self._buffer) >= self._limit:
+                self._spill()
 
     def hexdigest(self) -> str:
         """``digest_of`` of every hash added so far."""

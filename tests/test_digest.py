@@ -7,7 +7,7 @@ import hashlib
 import random
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,13 +137,14 @@ class TestPushAuditDigest:
     def added(self, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         """Every hash the push adds to its digest, seen on the way; runs spilled every 5 hashes."""
         seen: list[str] = []
-        real = DigestBuilder.add
+        real = DigestBuilder.extend
 
-        def spy(builder: DigestBuilder, item: str) -> None:
-            seen.append(item)
-            real(builder, item)
+        def spy(builder: DigestBuilder, items: Iterable[str]) -> None:
+            listed = list(items)
+            seen.extend(listed)
+            real(builder, listed)
 
-        monkeypatch.setattr(DigestBuilder, "add", spy)
+        monkeypatch.setattr(DigestBuilder, "extend", spy)
         monkeypatch.setattr("fhir_lupus._digest.BUFFER", 5)
         return seen
 
