@@ -108,6 +108,7 @@ with FhirClient(url) as client, Journal(journal_path) as journal:
     digest = getattr(report, "content_digest", None) or digest_of(report.content_hashes)
 print(report.summary())
 print("digest", digest)
+print("tree", Path(sys.modules["fhir_lupus"].__file__).parent.parent)
 """
 
 
@@ -145,6 +146,7 @@ def push_once(tree: Path, size: int, per_subject: int, work: Path, provenance: s
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(tree)},
+            cwd=work,  # not a checkout: python -c puts the working directory first on sys.path, before PYTHONPATH
         )
         wall = time.perf_counter() - started
     text = log.read_text(errors="replace")
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="comma list of resource counts")
     parser.add_argument("--per-subject", type=int, default=1000, help="resources of one subject (a window)")
     parser.add_argument("--old", type=Path, help="a checkout of the tree to compare with")
+    parser.add_argument("--trees", default="this,old", help="comma list of this, old: the trees measured")
     parser.add_argument(
         "--provenance", choices=("on", "off"), default="off", help="off: the push's Provenance is not made or sent"
     )
@@ -167,6 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     trees = [("this tree", REPO)] + ([("old", args.old.resolve())] if args.old else [])
+    trees = [(name, tree) for name, tree in trees if name.split()[0] in args.trees.split(",")]
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {platform.platform()} {os.cpu_count()} CPUs")
     print(f"# Provenance {args.provenance}, {args.per_subject} resources a subject")
     print("| resources | tree | peak RSS | wall time | load (1 min) | digest |")
