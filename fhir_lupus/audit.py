@@ -36,7 +36,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +48,7 @@ try:  # POSIX; elsewhere appends are not locked against a concurrent process
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+from fhir_lupus._digest import EMPTY_DIGEST, DigestBuilder, digest_of
 from fhir_lupus._version import __version__
 
 if TYPE_CHECKING:
@@ -55,10 +56,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_AUDIT_PATH",
+    "EMPTY_DIGEST",
     "GENESIS",
     "KINDS",
     "AuditEntry",
     "AuditLog",
+    "DigestBuilder",
     "Problem",
     "VerifyReport",
     "append_event",
@@ -384,11 +387,6 @@ def _check_chain(report: VerifyReport, parsed: list[tuple[int, AuditEntry]]) -> 
 # where a push or a pull appends their audit entry: None = next to the journal
 # (fhir_lupus.audit.default_audit_path), a path = there, False = nowhere (tests that need no trail)
 AuditLog = Path | None | Literal[False]
-
-
-def digest_of(hashes: Iterable[str]) -> str:
-    """SHA-256 over the sorted per-item hashes, one per line: the same content gives the same digest."""
-    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
 
 
 def append_run(

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fhir_lupus"
 # bottom first; a unit imports only from layers below its own
 LAYERS: list[tuple[str, ...]] = [
     ("_resource", "_version", "_scratch", "_logredact", "_fastinvariants", "_exports"),
-    ("errors",),
+    ("errors", "_digest"),
     ("terminology", "client"),
     ("scoring", "validation"),
     ("settings",),

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fhir_lupus._resource import Resource
+from fhir_lupus.audit import EMPTY_DIGEST, DigestBuilder
 from fhir_lupus.bundle import DEPENDENCY_ORDER, dependency_sorted
 from fhir_lupus.client import Capabilities, FhirClient, FhirHttpError, WriteStrategy
 from fhir_lupus.journal import Journal
@@ -68,7 +69,9 @@ class PushReport(ApplyCounts):
     provenance: str | None = None
     provenance_missing: list[str] = field(default_factory=list)
     earlier_provenance: list[str] = field(default_factory=list)
-    content_hashes: list[str] = field(default_factory=list)  # one per resource offered, as the plans computed them
+    # digest_of the content hashes of the resources offered (as the plans computed them), built as the push goes
+    # (audit.DigestBuilder: flat memory); set when the push ends or stops, the audit entry's content_hash
+    content_digest: str = EMPTY_DIGEST
 
     @property
     def written(self) -> int:
@@ -197,6 +200,7 @@ def push_resources(
 
     journal.start_push(report.push_id, server, source)
     status = "failed"
+    offered = DigestBuilder()
     try:
         advance(0)
         for window in _windows(resources.groups, options.batch_size):
@@ -205,7 +209,7 @@ def push_resources(
             plan = planner.plan(window, lanes.held)
             _record_settled(plan, journal, server, report.push_id)
             _count_plan(plan, report)
-            report.content_hashes.extend(item.digest for item in plan.items)
+            offered.extend(item.digest for item in plan.items)
             advance(sum(1 for item in plan.items if item.action not in ("create", "update")))
             applier = Applier(
                 client,
@@ -221,7 +225,12 @@ def push_resources(
             lanes.start(window, plan, applier)
         lanes.finish()
         status = "completed"
+        report.content_digest = offered.hexdigest()
+    except Exception:
+        report.content_digest = offered.hexdigest()  # a failed push's audit entry names what it had offered
+        raise
     finally:
+        offered.close()
         lanes.close()
         report.routes = {name: route for name, route in planner.routes.items() if name in planner.seen_types}
         report.bundle_sizes = {kind: limits.size(kind) for kind in ("conditional", "direct")}

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 
 from fhir_lupus._resource import Resource
-from fhir_lupus.audit import AuditLog, append_run, digest_of
+from fhir_lupus.audit import AuditLog, append_run
 from fhir_lupus.bundle import business_key
 from fhir_lupus.client import FhirClient, UnsupportedInteraction
 from fhir_lupus.journal import Journal
@@ -70,7 +70,7 @@ def _audit(audit_log: AuditLog, journal: Journal, client: FhirClient, settings: 
 
 def _failed(audit: Callable[..., None], exc: Exception, pushed: PushReport) -> None:
     """The entry of a push that stopped on ``exc``: the digest of what it had offered before it stopped."""
-    digest = digest_of(pushed.content_hashes)
+    digest = pushed.content_digest
     audit(counts={"total": pushed.total}, digest=digest, outcome=f"failed: {type(exc).__name__}", details={})
 
 
@@ -131,7 +131,7 @@ def push_trial(
         details["provenance"] = pushed.provenance
     outcome = "complete" if pushed.complete else "incomplete"
     # the plans hashed every resource offered once already: the digest is made of those hashes
-    audit(counts=_push_counts(pushed), digest=digest_of(pushed.content_hashes), outcome=outcome, details=details)
+    audit(counts=_push_counts(pushed), digest=pushed.content_digest, outcome=outcome, details=details)
     return pushed
 
 
