@@ -120,6 +120,15 @@ def map_command(
     mappings: Mappings = None,
     site: SiteFile = None,
     strict_validation: StrictValidation = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes that validate the mapped resources (default: one per CPU; 1: all in this process). "
+            "The output is the same for every value.",
+        ),
+    ] = None,
 ) -> None:
     """Map a data directory to FHIR: a transaction Bundle, or one NDJSON file per resource type.
 
@@ -132,7 +141,7 @@ def map_command(
         # (fhir_lupus/streaming.py): memory holds one chunk's entities and one subject's resources, not the trial's;
         # the writers put the output in place only once every batch is in, and a refusal at the end leaves it as it was
         batches = refuse_rejected(
-            stream_trial(trial, fhir_version=fhir_version.value, settings=trial.settings),
+            stream_trial(trial, fhir_version=fhir_version.value, settings=trial.settings, workers=workers),
             report,
             allow_rejects=allow_rejects,
         )
