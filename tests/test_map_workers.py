@@ -7,6 +7,7 @@ file, line and reason, taking with it the same references.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -158,6 +159,14 @@ def test_the_cli_option_gives_the_same_bundle(dataset: Callable[..., Path], tmp_
     assert outputs[0] == outputs[1] == outputs[2]
     refused = runner.invoke(app, ["map", str(data_dir), "-o", str(tmp_path / "x.json"), "--workers", "0"])
     assert refused.exit_code == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_the_map_command_leaves_the_collector_as_it_found_it(dataset: Callable[..., Path], tmp_path: Path) -> None:
+    """The command freezes what it holds for the collector while it runs (fewer full collections), not after."""
+    assert gc.get_freeze_count() == 0
+    result = runner.invoke(app, ["map", str(dataset()), "-o", str(tmp_path / "bundle.json")])
+    assert result.exit_code == 0, result.output
+    assert gc.get_freeze_count() == 0
 
 
 WORKERS_OF_A_KILLED_PARENT = """
