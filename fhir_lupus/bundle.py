@@ -142,15 +142,31 @@ def conditional_query(resource: Resource, parameter: str | None = None) -> str:
     return f"{parameter}=" + quote(business_key(resource), safe=":/|")
 
 
+_CONTAINERS = (dict, list)  # a tuple: ``dict | list`` in a hot loop builds a union object per test
+
+
 def references(node: Any) -> set[str]:
     """Every non-local ``reference`` string inside a resource (``#contained`` ones are left out)."""
+    found: set[str] = set()
+    _collect_references(node, found)
+    return found
+
+
+def _collect_references(node: Any, found: set[str]) -> None:
+    """``references`` into one set, descending only into containers (most values are strings): the bundle
+    writer asks this of every resource, and a set per element was a third of writing the bundle."""
     if isinstance(node, dict):
         own = node.get("reference")
-        found = {own} if isinstance(own, str) and not own.startswith("#") else set()
-        return found.union(*(references(value) for value in node.values()))
-    if isinstance(node, list):
-        return set().union(*(references(item) for item in node))
-    return set()
+        if isinstance(own, str) and not own.startswith("#"):
+            found.add(own)
+        children: Iterable[Any] = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return
+    for child in children:
+        if isinstance(child, _CONTAINERS):
+            _collect_references(child, found)
 
 
 def dependency_sorted(resources: Iterable[Resource]) -> list[Resource]:
@@ -290,9 +306,13 @@ def _rewrite(node: Any, targets: Mapping[str, ReferenceTarget], owner: Resource,
                 key: (target if key == "reference" else _rewrite(item, targets, owner, strict))
                 for key, item in node.items()
             }
-        return {key: _rewrite(item, targets, owner, strict) for key, item in node.items()}
+        # a leaf (a string, a number) is kept as it is without a call: most values are leaves
+        return {
+            key: _rewrite(item, targets, owner, strict) if isinstance(item, _CONTAINERS) else item
+            for key, item in node.items()
+        }
     if isinstance(node, list):
-        return [_rewrite(item, targets, owner, strict) for item in node]
+        return [_rewrite(item, targets, owner, strict) if isinstance(item, _CONTAINERS) else item for item in node]
     return node
 
 

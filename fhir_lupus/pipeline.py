@@ -8,16 +8,20 @@ come from mappings/ and must validate, or the run stops with a MappingError.
 each other and to the study level); ``stream_trial`` maps a ``TrialSource`` (fhir_lupus/source.py) chunk by
 chunk, and ``map_trial`` collects what it yields in one list. Streaming keeps memory flat for trials many times
 the example (issue 12); fhir_lupus/streaming.py, push and the registry package write what they stream.
+Validation runs in process or, with ``workers``, in worker processes (fhir_lupus/_workers.py), same output.
+(Over 400 lines: the stages of a subject's map and the index of its records are one order, changed together.)
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TypeVar
 
+from fhir_lupus._workers import ValidationPool, map_validated, validation_pool
 from fhir_lupus.errors import FhirLupusError, MappingError, RejectedRows
 from fhir_lupus.mappers import (
     MappingContext,
@@ -121,16 +125,16 @@ def map_trial(
     *,
     fhir_version: FhirVersion = "R4",
     settings: Settings | None = None,
+    workers: int | None = 1,
 ) -> MapResult:
     """Map every accepted record; refused ones are added to the trial's report. Output order is deterministic.
 
     All of it in one list, in stage order and, within a stage, in source-file order. For a trial too large to
     hold, use ``stream_trial``, which yields the same resources subject by subject. ``settings``: the mapping pack
-    and the validation path (default: ``Settings.default()``).
+    and the validation path (default: ``Settings.default()``); ``workers``: as for ``stream_trial``.
     """
-    items = [
-        item for batch in stream_trial(trial, fhir_version=fhir_version, settings=settings) for item in batch.items
-    ]
+    batches = stream_trial(trial, fhir_version=fhir_version, settings=settings, workers=workers)
+    items = [item for batch in batches for item in batch.items]
     items.sort(key=lambda item: (item.stage, item.line))  # stable: a Patient stays before its ResearchSubject
     return MapResult(resources=[item.resource for item in items], fhir_version=fhir_version)
 
@@ -142,6 +146,7 @@ def iter_mapped(
     fhir_version: FhirVersion = "R4",
     settings: Settings | None = None,
     trusted: Callable[[Resource], bool] | None = None,
+    workers: int | None = 1,
 ) -> Iterator[MappedBatch]:
     """Map the trial one subject at a time, so a caller can write (or send) each batch and let it go.
 
@@ -154,8 +159,25 @@ def iter_mapped(
     ``trusted``: resources it accepts are not validated again. Push passes "the journal holds exactly this
     content as confirmed on the server", which was validated before it was sent: a second push with nothing
     changed then costs the map and the hashing, not the validation (most of the map's time).
+
+    ``workers``: processes that validate the subjects' resources (fhir_lupus/_workers.py) while this one maps the
+    next subjects; 1 validates here, None starts one per CPU. The batches, their order and the refusals are the
+    same for every value.
     """
     settings = settings or Settings.default()
+    with validation_pool(workers, settings.pack, fhir_version, settings.validation) as pool:
+        yield from _iter_mapped(data, report, fhir_version, settings, trusted, pool)
+
+
+def _iter_mapped(
+    data: TrialData,
+    report: LoadReport,
+    fhir_version: FhirVersion,
+    settings: Settings,
+    trusted: Callable[[Resource], bool] | None,
+    pool: ValidationPool | None,
+) -> Iterator[MappedBatch]:
+    """``iter_mapped`` with the run's pool (None: validation in process), which lives across a trial's chunks."""
     ctx = make_context(data, settings.pack)
     validation = settings.validation  # "fast" or "strict": fhir_lupus.validation
 
@@ -186,53 +208,69 @@ def iter_mapped(
 
     enrolled = {row.record.subject_id for row in data.subjects}
     per_subject = _SubjectRows(data, enrolled)
-    for row in data.subjects:
-        subject_id = row.record.subject_id
-        rows = per_subject.pop(subject_id)
-        mapped = _map_record(
-            row,
-            report,
-            lambda s: [
-                finish(map_patient(s, ctx)),
-                finish(
-                    map_research_subject(
-                        s, ctx, data.status_history.get(s.subject_id, ()), end=_end_of(data, s.subject_id)
-                    )
-                ),
-            ],
-        )
-        if mapped is None:
-            rows.reject_all(report, subject_id)
-            continue
-        batch = _SubjectBatch(row.record, study_refs, [MappedResource(1, row.line, r) for r in mapped])
-        batch.map(rows.visits, 2, lambda v, s: map_encounter(v, s, ctx), report, finish)
-        batch.map(rows.procedures, 3, lambda p, s: map_procedure(p, s, ctx), report, finish)
-        batch.map(rows.labs, 4, lambda c, s: map_lab_observation(c, s, ctx), report, finish)
-        batch.map(rows.sledai, 5, lambda a, s: map_sledai_observation(a, s, ctx), report, finish)
-        batch.map(rows.treg, 6, lambda t, s: map_treg_observation(t, s, ctx), report, finish)
-        # Prior regimens of enrolled subjects (a candidate who did not enrol stays in the screening log, off the
-        # server), and the cyclophosphamide pretreatment also as a MedicationAdministration, part of its infusion.
-        batch.map(rows.medications, 7, lambda m, s: map_medication_statement(m, s, ctx), report, finish)
-
-        def administration(
-            pretreatment: Any, subject: Subject, batch: _SubjectBatch = batch, rows: _Rows = rows
-        ) -> Resource:
-            infusion = conditioned_infusion(pretreatment, [p.record for p in rows.procedures])
-            procedure = (
-                f"Procedure/{ctx.resource_id('Procedure', ctx.nct_id, infusion.procedure_id)}" if infusion else ""
-            )
-            if procedure not in batch.refs:
-                infusion = None  # none, or its Procedure was refused: no reference to a resource that is not sent
-            return map_medication_administration(pretreatment, infusion, subject, ctx)
-
-        def adverse_event(event: Any, subject: Subject, batch: _SubjectBatch = batch) -> Resource:
-            return map_adverse_event(event, subject, ctx, mapped=batch.refs)
-
-        batch.map(rows.pretreatments, 8, administration, report, finish)
-        # adverse events last: they refer to the treatments (Procedure, MedicationAdministration) mapped above
-        batch.map(rows.adverse_events, 9, adverse_event, report, finish)
-        yield MappedBatch(subject_id, tuple(batch.items))
+    jobs = (
+        functools.partial(_map_subject, row, per_subject.pop(row.record.subject_id), data, ctx, study_refs)
+        for row in data.subjects
+    )
+    if pool is None:
+        for job in jobs:
+            batch = job(report, finish)
+            if batch is not None:
+                yield batch
+    else:  # mapped here, validated by the workers (fhir_lupus/_workers.py: the same batches and refusals)
+        convert: Callable[[Resource], Resource] = (lambda r: to_r5(r, ctx)) if fhir_version == "R5" else (lambda r: r)
+        yield from map_validated(jobs, report, finish, convert, trusted, pool)
     per_subject.reject_orphans(report)
+
+
+def _map_subject(
+    row: Located[Subject],
+    rows: _Rows,
+    data: TrialData,
+    ctx: MappingContext,
+    study_refs: frozenset[str],
+    report: LoadReport,
+    finish: Callable[[Resource], Resource],
+) -> MappedBatch | None:
+    """One subject's batch (None when its Patient or ResearchSubject does not map: then all its rows are refused)."""
+    subject_id = row.record.subject_id
+    mapped = _map_record(
+        row,
+        report,
+        lambda s: [
+            finish(map_patient(s, ctx)),
+            finish(
+                map_research_subject(s, ctx, data.status_history.get(s.subject_id, ()), end=_end_of(data, s.subject_id))
+            ),
+        ],
+    )
+    if mapped is None:
+        rows.reject_all(report, subject_id)
+        return None
+    batch = _SubjectBatch(row.record, study_refs, [MappedResource(1, row.line, r) for r in mapped])
+    batch.map(rows.visits, 2, lambda v, s: map_encounter(v, s, ctx), report, finish)
+    batch.map(rows.procedures, 3, lambda p, s: map_procedure(p, s, ctx), report, finish)
+    batch.map(rows.labs, 4, lambda c, s: map_lab_observation(c, s, ctx), report, finish)
+    batch.map(rows.sledai, 5, lambda a, s: map_sledai_observation(a, s, ctx), report, finish)
+    batch.map(rows.treg, 6, lambda t, s: map_treg_observation(t, s, ctx), report, finish)
+    # Prior regimens of enrolled subjects (a candidate who did not enrol stays in the screening log, off the
+    # server), and the cyclophosphamide pretreatment also as a MedicationAdministration, part of its infusion.
+    batch.map(rows.medications, 7, lambda m, s: map_medication_statement(m, s, ctx), report, finish)
+
+    def administration(pretreatment: Any, subject: Subject) -> Resource:
+        infusion = conditioned_infusion(pretreatment, [p.record for p in rows.procedures])
+        procedure = f"Procedure/{ctx.resource_id('Procedure', ctx.nct_id, infusion.procedure_id)}" if infusion else ""
+        if procedure not in batch.refs:
+            infusion = None  # none, or its Procedure was refused: no reference to a resource that is not sent
+        return map_medication_administration(pretreatment, infusion, subject, ctx)
+
+    def adverse_event(event: Any, subject: Subject) -> Resource:
+        return map_adverse_event(event, subject, ctx, mapped=batch.refs)
+
+    batch.map(rows.pretreatments, 8, administration, report, finish)
+    # adverse events last: they refer to the treatments (Procedure, MedicationAdministration) mapped above
+    batch.map(rows.adverse_events, 9, adverse_event, report, finish)
+    return MappedBatch(subject_id, tuple(batch.items))
 
 
 def refuse_rejected(
@@ -256,32 +294,29 @@ def stream_trial(
     settings: Settings | None = None,
     on_chunk: Callable[[TrialData], None] | None = None,
     trusted: Callable[[Resource], bool] | None = None,
+    workers: int | None = 1,
 ) -> Iterator[MappedBatch]:
     """Map a trial a chunk of subjects at a time (``TrialSource.chunks``), in flat memory.
 
     Yields what ``iter_mapped`` yields for the whole trial: the study-level batch once, then one batch per
     subject; refused rows of the loader and of the map go to the trial's report. ``on_chunk`` sees each chunk's
     entities before they are mapped. A trial of one chunk is mapped exactly as ``iter_mapped`` maps it.
-    ``trusted``: as for ``iter_mapped``.
+    ``trusted``, ``workers``: as for ``iter_mapped`` (the workers start before the first chunk loads and serve
+    every chunk).
     """
     settings = settings or Settings.default()
     study_sent = False
-    for data in trial.chunks():
-        if on_chunk is not None:
-            on_chunk(data)
-        batches = iter_mapped(
-            data,
-            trial.report,
-            fhir_version=fhir_version,
-            settings=settings,
-            trusted=trusted,
-        )
-        study = next(batches)  # mapped again for each chunk (a few dozen resources): the subjects refer to them
-        if not study_sent:
-            yield study
-            study_sent = True
-        yield from batches
-        del data, batches  # let this chunk go before the next one loads
+    with validation_pool(workers, settings.pack, fhir_version, settings.validation) as pool:
+        for data in trial.chunks():
+            if on_chunk is not None:
+                on_chunk(data)
+            batches = _iter_mapped(data, trial.report, fhir_version, settings, trusted, pool)
+            study = next(batches)  # mapped again for each chunk (a few dozen resources): the subjects refer to them
+            if not study_sent:
+                yield study
+                study_sent = True
+            yield from batches
+            del data, batches  # let this chunk go before the next one loads
 
 
 _Mapper = Callable[[Any, Subject], Resource]

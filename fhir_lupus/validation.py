@@ -148,6 +148,7 @@ def _empty_elements(node: Any, path: str = "") -> list[str]:
 
 @functools.lru_cache(maxsize=64)
 def _model(version: FhirVersion, resource_type: str) -> Any:
+    _look_up_contained_models_once()
     if version == "R4":
         from fhir.resources.R4B import get_fhir_model_class as r4b_model
 
@@ -155,6 +156,21 @@ def _model(version: FhirVersion, resource_type: str) -> Any:
     from fhir.resources import get_fhir_model_class as r5_model
 
     return r5_model(resource_type)
+
+
+@functools.cache
+def _look_up_contained_models_once() -> None:
+    """Make fhir_core find the model of a contained resource once per type, not once per resource.
+
+    fhir_core validates each element of ``contained`` (every lab's Specimen) by resolving the model class from its
+    dotted path with pydantic's ``import_string`` on every call: an import machinery round trip per resource,
+    about a tenth of ``model_validate`` for the example. The answer for a path never changes in a process (the
+    module is imported once), so the look-up fhir_core makes is kept per path; the models, and so the verdicts
+    and the error texts, are the same objects as before. Done at the first model look-up, once per process.
+    """
+    import fhir_core.types as fhir_types
+
+    fhir_types.import_string = functools.cache(fhir_types.import_string)  # type: ignore[attr-defined]
 
 
 def validate_resource(

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("settings",),
     ("model",),
     ("study", "mappers"),
-    ("source", "bundle", "journal"),
+    ("source", "bundle", "journal", "_workers"),
     ("pipeline", "audit"),
     ("streaming", "push", "pull"),
     ("signals",),

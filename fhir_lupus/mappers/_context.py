@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from fhir_lupus._resource import Resource
-from fhir_lupus.model import StudyDefinition
+from fhir_lupus.model import ProtocolVisit, StudyDefinition
 from fhir_lupus.scoring import SledaiDefinition
 from fhir_lupus.terminology import CodeRef, FhirCodes, MappingPack, SiteProfile, UnitConverter, load_fhir_codes
 
@@ -65,6 +65,21 @@ class MappingContext:
 
     def resource_id(self, resource_type: str, *key: str) -> str:
         return _uuid5("|".join((resource_type, *key)))
+
+    def protocol_visit(self, code: str) -> ProtocolVisit:
+        """``study.visit(code)`` (KeyError when the schedule has no such visit), without expanding the schedule
+        again for every Encounter: it is expanded once per context."""
+        try:
+            return self._protocol_visits[code]
+        except KeyError:
+            raise KeyError(code) from None
+
+    @functools.cached_property
+    def _protocol_visits(self) -> dict[str, ProtocolVisit]:
+        visits: dict[str, ProtocolVisit] = {}
+        for visit in self.study.visits():
+            visits.setdefault(visit.code, visit)  # the first of a code, as ``study.visit`` finds it
+        return visits
 
     def reference(self, resource_type: str, *key: str, display: str | None = None) -> dict[str, str]:
         ref = {"reference": f"{resource_type}/{self.resource_id(resource_type, *key)}"}

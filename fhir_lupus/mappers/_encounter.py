@@ -10,7 +10,7 @@ __all__ = ["map_encounter"]
 
 
 def map_encounter(visit: Visit, subject: Subject, ctx: MappingContext) -> Resource:
-    protocol_visit = ctx.study.visit(visit.visit_code)
+    protocol_visit = ctx.protocol_visit(visit.visit_code)
     visit_type = ctx.project_concept("protocol-visit")
     visit_type["text"] = f"{protocol_visit.name} ({protocol_visit.code})"
     return {
