@@ -126,22 +126,23 @@ class Worker(Generic[R]):
             self.crashed = exc
 
     def run_once(self, work: Work) -> None:
-        """One pull and its signals; a transient failure is reported (the next pull tries again), others raise."""
+        """One pull, shown as soon as it is done, then its signals (which read the whole table: the pull's report
+        does not wait for them); a transient failure of either is reported (the next pull tries again), others
+        raise."""
         if work.patients is None:
             self._last_everyone = self._clock()
         self.notifications += work.notifications
         try:
             result = self._pull(work.patients)
+            self.pulls += 1
+            if self._on_pull is not None:
+                self._on_pull(work, result)
             if self._signals is not None:
                 self._signals(result)
         except TransientHttpError as exc:
             self.failed += 1
             if self._on_error is not None:
                 self._on_error(work, exc)
-            return
-        self.pulls += 1
-        if self._on_pull is not None:
-            self._on_pull(work, result)
 
 
 def watch(

@@ -159,7 +159,8 @@ def test_watch_on_hapi_is_notified_of_a_new_lab_and_of_its_deletion(
             lab = watched.hospital_creatinine(client, "WATCH-HAPI")
             key = _key(lab)
             watched.until(lambda: key in _result_ids(watched.table), "new lab in the table")
-            assert "pull of 1 subject(s)" in watched.log.read_text()  # the notification named its subject
+            # the notification named its subject (the pull's line follows its table by a moment)
+            watched.until(lambda: "pull of 1 subject(s)" in watched.log.read_text(), "the pull of that subject")
             client.delete("Observation", lab["id"])
             watched.until(lambda: key not in _result_ids(watched.table), "deleted lab removed from the table")
             assert "removed" in watched.log.read_text()
