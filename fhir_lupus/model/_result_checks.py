@@ -11,10 +11,9 @@ and returns the refusals and queries in a ``LoadReport`` that names each row whe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from fhir_lupus.model._check_rules import load_check_rules, load_lab_limits
 from fhir_lupus.model._edit_checks import Flags, LabChecks
@@ -25,37 +24,45 @@ from fhir_lupus.terminology import LabValue, MappingPack, UnitConverter
 __all__ = ["ResultToCheck", "check_results"]
 
 
-@dataclass(frozen=True)
-class ResultToCheck:
-    """One lab result, read, with where it was read (``where``: file, line and the raw cells a report shows)."""
+class ResultToCheck(Protocol):
+    """What the checks read of a lab result, read already (a signals ``Point`` is one); ``ucum`` None: a unit
+    UCUM cannot read, whose value is then compared with no limit."""
 
-    where: Located[Any]
-    subject_id: str
-    analyte: str
-    value: LabValue
-    ucum: str | None  # None: a unit UCUM cannot read; its value is then not compared with any limit
-    ref_low: Decimal | None
-    ref_high: Decimal | None
-    collected_at: datetime
+    @property
+    def subject_id(self) -> str: ...
+    @property
+    def analyte(self) -> str: ...
+    @property
+    def value(self) -> LabValue: ...
+    @property
+    def ucum(self) -> str | None: ...
+    @property
+    def ref_low(self) -> Decimal | None: ...
+    @property
+    def ref_high(self) -> Decimal | None: ...
+    @property
+    def collected_at(self) -> datetime: ...
 
 
 def check_results(
-    results: Iterable[ResultToCheck],
+    results: Iterable[Located[Any]],
     pack: MappingPack,
     *,
     timelines: Mapping[str, SubjectTimeline] | None = None,
     today: date | None = None,
+    units: UnitConverter | None = None,
 ) -> LoadReport:
-    """The rows the checks refuse (``rejects``) or query (``queries``), severities as mappings/checks/ says.
-    ``timelines``: the subjects' participation (a result after its end is refused); without them only the
-    future is ruled out."""
+    """The rows the checks refuse (``rejects``) or query (``queries``), severities as mappings/checks/ says. Each
+    of ``results`` is a ``ResultToCheck`` with where it was read (file, line and the raw cells a report shows).
+    ``timelines``: the subjects' participation (a result after its end is refused); without them only the future
+    is ruled out. ``units``: the caller's converter, whose conversion factors are then computed once."""
     report = LoadReport()
     flags = Flags(load_check_rules(pack), report)
     dates = DateChecks(timelines or {}, flags, today or date.today())
     molar_masses = {key: analyte.molar_mass for key, analyte in pack.labs.analytes.items()}
-    values = LabChecks(load_lab_limits(pack), UnitConverter(pack), flags, molar_masses)
-    for result in results:
-        row = result.where
+    values = LabChecks(load_lab_limits(pack), units or UnitConverter(pack), flags, molar_masses)
+    for row in results:
+        result: ResultToCheck = row.record
         report.read[row.file] += 1
         if dates.dated(row, result.subject_id, result.collected_at.date(), "collected_at", f"{result.analyte} result"):
             continue

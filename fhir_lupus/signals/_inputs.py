@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -30,7 +30,6 @@ from fhir_lupus.model import (
     CheckedLab,
     LoadReport,
     Located,
-    ResultToCheck,
     ScoredAssessment,
     SubjectTimeline,
     check_results,
@@ -169,23 +168,22 @@ def gather_points(
         _add_scores(points, scored, trial.report)
         points.doubts = _trial_doubts(trial.report, trial_points, scored)
     final = set(pack.load(PullRules, "fhir/pull.yaml").rows)
-    candidates = []
+    candidates: list[Located[Point]] = []
     for line, row in enumerate(rows, start=2):
         if row.status not in final or row.result_id in set_aside:
             continue
         point = _table_point(row, units, pack)
         if point is not None:
-            candidates.append((Located(point, table, line, _cells(row)), point))
-    checks = check_results((_to_check(where) for where, _ in candidates), pack, timelines=timelines)
-    points.not_counted = _not_counted(checks, {(where.file, where.line): where.record for where, _ in candidates})
+            candidates.append(Located(point, table, line, asdict(row)))
+    checks = check_results(candidates, pack, timelines=timelines, units=units)
+    points.not_counted = _not_counted(checks, {(where.file, where.line): where.record for where in candidates})
     doubted = {(item.table, item.line) for item in points.not_counted}
-    points.doubts += [
-        Doubt(p.subject_id, p.analyte, p.collected_at.date(), f"{w.file}:{w.line}")
-        for w, p in candidates
-        if (w.file, w.line) in doubted
-    ]
-    for where, point in candidates:
-        if (where.file, where.line) not in doubted:
+    for where in candidates:
+        point = where.record
+        if (where.file, where.line) in doubted:
+            place = f"{where.file}:{where.line}"
+            points.doubts.append(Doubt(point.subject_id, point.analyte, point.collected_at.date(), place))
+        else:
             points.add(point)
             seen.add(point.result_id)
     for point in trial_points:
@@ -204,24 +202,6 @@ def _not_counted(checks: LoadReport, at: dict[tuple[str, int], Point]) -> list[N
     items = [item(r.file, r.line, "refused", r.column, r.reason, r.check) for r in checks.rejects]
     items += [item(q.file, q.line or 0, "queried", q.column, q.message, q.kind) for q in checks.queries]
     return sorted(items, key=lambda found: (found.table, found.line, found.verdict))
-
-
-def _cells(row: PulledLab) -> dict[str, str]:
-    return {f.name: getattr(row, f.name) for f in fields(row)}
-
-
-def _to_check(where: Located[Point]) -> ResultToCheck:
-    point = where.record
-    return ResultToCheck(
-        where=where,
-        subject_id=point.subject_id,
-        analyte=point.analyte,
-        value=point.value,
-        ucum=point.ucum,
-        ref_low=point.ref_low,
-        ref_high=point.ref_high,
-        collected_at=point.collected_at,
-    )
 
 
 def _add_scores(points: Points, scored: Iterable[Located[ScoredAssessment]], report: LoadReport) -> None:
