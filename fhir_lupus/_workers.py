@@ -127,7 +127,9 @@ def map_validated(
     valid; the resources ``trusted`` does not accept go to a worker, ``pool.depth`` jobs ahead. When the worker
     says all are valid, the batch and its refusals are what ``finish`` would have made; when one is not, the job
     runs again with ``finish`` and ``report``: a refused resource changes what later ones refer to, and the
-    refusal must read as without workers. A job is run again only after its first run, in order.
+    refusal must read as without workers. A job is run again only after its first run, in order. While the
+    oldest job's answer is not in, the next jobs run here with ``finish`` (validated in this process, their
+    refusals kept aside until their turn), so this process validates its share instead of waiting.
     """
 
     def ahead(job: Job[B]) -> tuple[Job[B], B | None, LoadReport, Future[bool]]:
@@ -141,13 +143,25 @@ def map_validated(
 
         return job, job(aside, collect), aside, pool.submit(unchecked)
 
+    def here(job: Job[B]) -> tuple[Job[B], B | None, LoadReport, Future[bool]]:
+        aside, settled = LoadReport(), Future[bool]()
+        settled.set_result(True)  # validated by ``finish`` as it was mapped: nothing left to ask
+        return job, job(aside, finish), aside, settled
+
     pending = iter(jobs)
     flight = deque(ahead(job) for job in islice(pending, pool.depth))
     while flight:
         job, batch, aside, verdict = flight.popleft()
         following = next(pending, None)
         if following is not None:
-            flight.append(ahead(following))
+            flight.append(ahead(following))  # the workers' queue first: they never wait for this process
+        # While the workers are still at it, this process maps and validates the next jobs itself instead of
+        # waiting: on two cores the mappers alone leave most of one idle, and validation is the bulk of the work.
+        while not verdict.done() and len(flight) < 2 * pool.depth:
+            following = next(pending, None)
+            if following is None:
+                break
+            flight.append(here(following))
         if verdict.result():
             report.rejects.extend(aside.rejects)
             report.findings.extend(aside.findings)
