@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "nct00698191"
@@ -56,6 +58,48 @@ def timed_map(tree: Path, data_dir: Path, output: Path, extra: list[str]) -> tup
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, parent
 
 
+def run(
+    baseline: Path,
+    rounds: int = 3,
+    data_dir: Path = EXAMPLE,
+    fmt: str = "bundle",
+    on_round: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Medians of every variant (wall, CPU, parent CPU), the load before each round and after, and whether the
+    outputs are byte-identical; ``on_round`` gets one line per round."""
+    runs = {"baseline": (baseline.resolve(), []), "workers": (ROOT, []), "workers 1": (ROOT, ["--workers", "1"])}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
+    loads: list[float] = []
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        names = list(runs)
+        for number in range(rounds):
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            loads.append(os.getloadavg()[0])
+            order = names[number % len(names) :] + names[: number % len(names)]
+            for name in order:
+                tree, extra = runs[name]
+                output = scratch / f"{name.replace(' ', '-')}.out"
+                times[name].append(timed_map(tree, data_dir, output, [*extra, "--format", fmt]))
+            on_round(
+                f"round {number + 1} (load {load}): "
+                + ", ".join(
+                    f"{name} {times[name][-1][0]:.2f} s wall, {times[name][-1][1]:.2f} s CPU "
+                    f"({times[name][-1][2]:.2f} s in the parent)"
+                    for name in order
+                )
+            )
+        outputs = {name: _read(scratch / f"{name.replace(' ', '-')}.out") for name in runs}
+    return {
+        "wall": {name: statistics.median(run[0] for run in values) for name, values in times.items()},
+        "cpu": {name: statistics.median(run[1] for run in values) for name, values in times.items()},
+        "parent": {name: statistics.median(run[2] for run in values) for name, values in times.items()},
+        "runs": {name: [run[0] for run in values] for name, values in times.items()},
+        "loads": [*loads, os.getloadavg()[0]],
+        "same_bytes": outputs["baseline"] == outputs["workers"] == outputs["workers 1"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout of the tree to compare with")
@@ -63,39 +107,15 @@ def main() -> None:
     parser.add_argument("--format", choices=["bundle", "ndjson"], default="bundle")
     parser.add_argument("data_dir", nargs="?", type=Path, default=EXAMPLE)
     args = parser.parse_args()
-    runs = {"baseline": (args.baseline.resolve(), []), "workers": (ROOT, []), "workers 1": (ROOT, ["--workers", "1"])}
-    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
-    with tempfile.TemporaryDirectory() as scratch_dir:
-        scratch = Path(scratch_dir)
-        names = list(runs)
-        for number in range(args.rounds):
-            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-            order = names[number % len(names) :] + names[: number % len(names)]
-            for name in order:
-                tree, extra = runs[name]
-                output = scratch / f"{name.replace(' ', '-')}.out"
-                times[name].append(timed_map(tree, args.data_dir, output, [*extra, "--format", args.format]))
-            print(
-                f"round {number + 1} (load {load}): "
-                + ", ".join(
-                    f"{name} {times[name][-1][0]:.2f} s wall, {times[name][-1][1]:.2f} s CPU "
-                    f"({times[name][-1][2]:.2f} s in the parent)"
-                    for name in order
-                ),
-                flush=True,
-            )
-        outputs = {name: _read(scratch / f"{name.replace(' ', '-')}.out") for name in runs}
-    median = {name: statistics.median(run[0] for run in values) for name, values in times.items()}
-    cpu = {name: statistics.median(run[1] for run in values) for name, values in times.items()}
-    parent = {name: statistics.median(run[2] for run in values) for name, values in times.items()}
-    print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    result = run(args.baseline, args.rounds, args.data_dir, args.format, on_round=lambda line: print(line, flush=True))
+    median, cpu, parent = result["wall"], result["cpu"], result["parent"]
+    print(f"load after: {result['loads'][-1]:.2f}")
     print("| | median wall | median CPU | of which the parent | wall ratio to baseline |")
     print("|---|---|---|---|---|")
-    for name in runs:
+    for name in median:
         ratio = median["baseline"] / median[name]
         print(f"| {name} | {median[name]:.2f} s | {cpu[name]:.2f} s | {parent[name]:.2f} s | {ratio:.2f} |")
-    same = outputs["baseline"] == outputs["workers"] == outputs["workers 1"]
-    print(f"outputs byte-identical: {same}")
+    print(f"outputs byte-identical: {result['same_bytes']}")
 
 
 def _read(path: Path) -> dict[str, bytes]:
