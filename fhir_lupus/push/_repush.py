@@ -1,0 +1,122 @@
+"""A push that maps only what changed: subjects whose inputs are as they were when the server confirmed them.
+
+``push_trial`` asks ``Repush.prepare`` before it maps. It computes every subject's input digest (``_inputs``);
+a subject whose digest equals the one the journal stored (``_settled``) is not mapped nor validated: its
+resources are offered as the journal holds them (``SettledGroup``: unchanged, their confirmed hashes in the audit
+digest). That trust rests on one look per type at what changed on the server since the last complete push
+(``_since``): a subject with a resource changed there is mapped, and that resource looked up and compared as
+always (updated, reported as a conflict, a final version kept). Nothing is skipped when the look is impossible
+(no ``_lastUpdated``), for a trial with refused rows, a source without a data directory, a push of chosen types,
+or before a complete push left its mark. After the push, each subject mapped whose resources are all confirmed
+gets its digest stored, and a complete push stores its start as the next look's mark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+
+from fhir_lupus._resource import Resource
+from fhir_lupus.bundle import business_key
+from fhir_lupus.client import FhirClient, ServerClock
+from fhir_lupus.journal import Journal
+from fhir_lupus.pipeline import MappedBatch
+from fhir_lupus.push._inputs import input_digests, unchanged_subjects
+from fhir_lupus.push._plan import content_hash
+from fhir_lupus.push._runner import PushOptions, PushReport
+from fhir_lupus.push._settled import SettledGroup, SettledStore
+from fhir_lupus.push._since import changed_since, mark_of
+from fhir_lupus.settings import Settings
+from fhir_lupus.source import TrialSource
+
+__all__ = ["Repush"]
+
+Key = tuple[str, str]
+
+
+class Repush:
+    """One push's use of the digests and the mark (module docstring); ``Repush.off()`` when it cannot use them."""
+
+    def __init__(
+        self,
+        store: SettledStore | None = None,
+        digests: dict[str, str] | None = None,
+        unchanged: frozenset[str] = frozenset(),
+        recheck: frozenset[Key] = frozenset(),
+    ) -> None:
+        self.store, self.digests = store, digests or {}
+        self.unchanged, self.recheck = unchanged, recheck
+        self.mapped: set[str] = set()
+        self.local_start = datetime.now(UTC)
+
+    @classmethod
+    def off(cls) -> Repush:
+        return cls()
+
+    @classmethod
+    def prepare(
+        cls,
+        trial: TrialSource,
+        client: FhirClient,
+        journal: Journal,
+        *,
+        settings: Settings,
+        options: PushOptions | None,
+        fhir_version: str,
+        report: PushReport,
+    ) -> Repush:
+        """What this push may leave unmapped, and what it must look up again (module docstring)."""
+        chosen = options is not None and (options.only_types is not None or options.skip_types)
+        if trial.data_dir is None or chosen:
+            return cls.off()
+        trial.check()  # a refused row anywhere may come from another subject's rows: then everything is mapped
+        if trial.report.rejects:
+            return cls.off()
+        store = SettledStore(journal, client.base_url)
+        digests = input_digests(trial.data_dir, settings, fhir_version)
+        unchanged = unchanged_subjects(digests, store.digests())
+        mark = store.mark()
+        if not unchanged or mark is None:
+            return cls(store, digests)
+        changed = changed_since(client, journal, store, mark)
+        if changed is None:
+            report.warnings.append(
+                "the server did not say what changed since the last push (a _lastUpdated search per type): every "
+                "subject is mapped and planned"
+            )
+            return cls(store, digests)
+        if changed:
+            report.warnings.append(
+                f"{len(changed)} resource(s) of ours changed on the server since the last complete push (edited "
+                "there, or another resource carries the key): looked up and compared again"
+            )
+        return cls(store, digests, unchanged - store.subjects_of(changed), frozenset(changed))
+
+    def skip(self, subject: str) -> bool:
+        return subject in self.unchanged
+
+    def groups(self, batches: Iterable[MappedBatch]) -> Iterator[Sequence[Resource] | SettledGroup]:
+        """The mapped batches as push groups, the unchanged subjects after the study's (so the counts show them
+        early); each mapped subject's resources remembered before they are sent."""
+        for batch in batches:
+            if batch.subject_id is None:
+                yield batch.resources
+                if self.store is not None:
+                    yield from (self.store.settled(subject) for subject in sorted(self.unchanged))
+                continue
+            if self.store is not None:
+                self.mapped.add(batch.subject_id)
+                self.store.remember(
+                    batch.subject_id,
+                    ((r["resourceType"], business_key(r), content_hash(r)) for r in batch.resources),
+                )
+            yield batch.resources
+
+    def finish(self, report: PushReport, clock: ServerClock, *, succeeded: bool) -> None:
+        """The digests of the subjects mapped and now all confirmed; the mark, when the push is complete (its
+        start and end as the ``clock`` saw the server's answers)."""
+        if self.store is None:
+            return
+        self.store.confirm({s: self.digests[s] for s in self.mapped if s in self.digests})
+        if succeeded and report.complete:
+            self.store.set_mark(mark_of(report.push_id, clock.earliest, clock.latest, self.local_start))
