@@ -61,8 +61,11 @@ def cli_push(tree: Path, url: str, data: Path, mappings: Path, journal: Path) ->
     return time.perf_counter() - started
 
 
-def one_round(url: str, subjects: int, scratch: Path, base_tree: Path | None, flip: bool) -> dict[str, float]:
-    """First push, then the second (ours and, with ``base_tree``, the base tree's, in ``flip``-ped order)."""
+def one_round(
+    url: str, subjects: int, scratch: Path, base_tree: Path | None, flip: bool
+) -> tuple[dict[str, float], list[str]]:
+    """First push, then the second (ours and, with ``base_tree``, the base tree's, in ``flip``-ped order); the
+    seconds, and the arguments of our push (for ``profile``)."""
     mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
     data = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
     ours, base = scratch / "ours" / "journal.sqlite", scratch / "base" / "journal.sqlite"
@@ -74,11 +77,26 @@ def one_round(url: str, subjects: int, scratch: Path, base_tree: Path | None, fl
     seconds = [("second", ROOT, ours)] + ([("second_base", base_tree, base)] if base_tree is not None else [])
     for name, tree, journal in reversed(seconds) if flip else seconds:
         times[name] = cli_push(tree, url, data, mappings, journal)
-    return times
+    return times, [str(data), "--server", url, "--journal", str(ours), "--mappings", str(mappings)]
 
 
-def run(sizes: list[int], repeat: int, port: int, base_tree: Path | None) -> list[dict[str, Any]]:
-    """Rows per size: every round's seconds, medians, second / first, the load average before and after."""
+def profile(arguments: list[str], target: Path) -> None:
+    """One more second push under ``-X importtime`` (target/importtime.txt) and one under cProfile
+    (target/second-push.prof): where the time of a push with nothing to do goes."""
+    target.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = ["-m", "fhir_lupus.cli", "push", *arguments]
+    with (target / "importtime.txt").open("w") as sink:
+        subprocess.run([sys.executable, "-X", "importtime", *command], check=True, env=env, stderr=sink)
+    prof = ["-m", "cProfile", "-o", str(target / "second-push.prof")]
+    subprocess.run([sys.executable, *prof, *command], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def run(
+    sizes: list[int], repeat: int, port: int, base_tree: Path | None, profile_to: Path | None = None
+) -> list[dict[str, Any]]:
+    """Rows per size: every round's seconds, medians, second / first, the load average before and after; with
+    ``profile_to``, the largest size's last round is profiled (``profile``) before the server stops."""
     runs: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch_dir, fresh_hapi(port, Path(scratch_dir) / "state") as url:
@@ -86,8 +104,11 @@ def run(sizes: list[int], repeat: int, port: int, base_tree: Path | None) -> lis
             for size in sizes:
                 scratch = Path(scratch_dir) / f"{size}-{number}"
                 scratch.mkdir()
-                runs[size].append(one_round(url, size, scratch, base_tree, flip=number % 2 == 1))
-                print(f"{size} subjects, round {number + 1}: {runs[size][-1]}", file=sys.stderr)
+                times, arguments = one_round(url, size, scratch, base_tree, flip=number % 2 == 1)
+                runs[size].append(times)
+                print(f"{size} subjects, round {number + 1}: {times}", file=sys.stderr)
+        if profile_to is not None:
+            profile(arguments, profile_to)
     rows = []
     for size, rounds in runs.items():
         medians = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
@@ -106,9 +127,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--port", type=int, default=18082)
     parser.add_argument("--base-tree", type=Path, help="another checkout whose CLI also makes the second push")
+    parser.add_argument("--profile", type=Path, help="profile one more second push of the last size into this dir")
     args = parser.parse_args()
     sizes = [int(part) for part in args.subjects.split(",")]
-    for row in run(sizes, args.repeat, args.port, args.base_tree):
+    for row in run(sizes, args.repeat, args.port, args.base_tree, args.profile):
         print(json.dumps(row))
         medians = row["medians"]
         base = f", base tree's second {medians['second_base']:.2f} s" if "second_base" in medians else ""

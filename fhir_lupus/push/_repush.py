@@ -8,7 +8,8 @@ digest). That trust rests on one look per type at what changed on the server sin
 always (updated, reported as a conflict, a final version kept). Nothing is skipped when the look is impossible
 (no ``_lastUpdated``), for a trial with refused rows, a source without a data directory, a push of chosen types,
 or before a complete push left its mark. After the push, each subject mapped whose resources are all confirmed
-gets its digest stored, and a complete push stores its start as the next look's mark.
+gets its digest stored (none when the map refused a record: the next push maps and refuses it again), and a
+complete push stores its start and end as the next look's mark.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import business_key
 from fhir_lupus.client import FhirClient, ServerClock
 from fhir_lupus.journal import Journal
+from fhir_lupus.model import LoadReport
 from fhir_lupus.pipeline import MappedBatch
 from fhir_lupus.push._inputs import input_digests, unchanged_subjects
 from fhir_lupus.push._plan import content_hash
@@ -43,8 +45,9 @@ class Repush:
         digests: dict[str, str] | None = None,
         unchanged: frozenset[str] = frozenset(),
         recheck: frozenset[Key] = frozenset(),
+        load: LoadReport | None = None,
     ) -> None:
-        self.store, self.digests = store, digests or {}
+        self.store, self.digests, self.load = store, digests or {}, load
         self.unchanged, self.recheck = unchanged, recheck
         self.mapped: set[str] = set()
         self.local_start = datetime.now(UTC)
@@ -77,20 +80,20 @@ class Repush:
         unchanged = unchanged_subjects(digests, store.digests())
         mark = store.mark()
         if not unchanged or mark is None:
-            return cls(store, digests)
+            return cls(store, digests, load=trial.report)
         changed = changed_since(client, journal, store, mark)
         if changed is None:
             report.warnings.append(
                 "the server did not say what changed since the last push (a _lastUpdated search per type): every "
                 "subject is mapped and planned"
             )
-            return cls(store, digests)
+            return cls(store, digests, load=trial.report)
         if changed:
             report.warnings.append(
                 f"{len(changed)} resource(s) of ours changed on the server since the last complete push (edited "
                 "there, or another resource carries the key): looked up and compared again"
             )
-        return cls(store, digests, unchanged - store.subjects_of(changed), frozenset(changed))
+        return cls(store, digests, unchanged - store.subjects_of(changed), frozenset(changed), trial.report)
 
     def skip(self, subject: str) -> bool:
         return subject in self.unchanged
@@ -116,6 +119,8 @@ class Repush:
         """The digests of the subjects mapped and now all confirmed; the mark, when the push is complete (its
         start and end as the ``clock`` saw the server's answers)."""
         if self.store is None:
+            return
+        if self.load is not None and self.load.rejects:  # refused by the map: it must be refused again next time
             return
         self.store.confirm({s: self.digests[s] for s in self.mapped if s in self.digests})
         if succeeded and report.complete:
