@@ -6,15 +6,15 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakefhir import BASE, FakeFhir
+from fakefhir import FakeFhir
+from support import spy_on_subject_maps
 
-from fhir_lupus import pipeline
-from fhir_lupus.client import FhirClient, RetryPolicy
+from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.push import PushReport, push_trial
 from fhir_lupus.push import _inputs as inputs
@@ -27,29 +27,8 @@ Rows = dict[str, list[dict[str, str]]]
 
 
 @pytest.fixture
-def client() -> Iterator[FhirClient]:
-    with FhirClient(BASE, retry=RetryPolicy(attempts=2, sleep=lambda _: None)) as fhir:
-        yield fhir
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    with Journal(tmp_path / "journal.sqlite") as book:
-        yield book
-
-
-@pytest.fixture
 def mapped(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The subjects the pipeline maps, in order (each call of its per-subject map)."""
-    calls: list[str] = []
-    real = pipeline._map_subject
-
-    def spy(row: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(row.record.subject_id)
-        return real(row, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_map_subject", spy)
-    return calls
+    return spy_on_subject_maps(monkeypatch)
 
 
 def push(data: Path, client: FhirClient, journal: Journal) -> PushReport:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support import spy_on_subject_maps
 
-from fhir_lupus import pipeline
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.push import PushReport, push_trial
@@ -34,14 +33,7 @@ def test_an_edit_on_the_server_between_two_unchanged_pushes_is_found_and_written
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    mapped: list[str] = []
-    real = pipeline._map_subject
-
-    def spy(row: Any, *args: Any, **kwargs: Any) -> Any:
-        mapped.append(row.record.subject_id)
-        return real(row, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_map_subject", spy)
+    mapped = spy_on_subject_maps(monkeypatch)
     data = subset(2)
     with Journal(tmp_path / "journal.sqlite") as journal:
         first = _push(data, client, journal, isolated_settings)
