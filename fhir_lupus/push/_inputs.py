@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -90,10 +91,10 @@ def input_digests(data_dir: Path, settings: Settings, fhir_version: str) -> dict
         column = header.index(SUBJECT_COLUMN) if SUBJECT_COLUMN in header else None
         for number, row in enumerate(rows):
             subject = row[column] if column is not None and len(row) > column else None
-            if subject in own:
-                _feed(own[subject], path.name, str(len(row)), *row)
+            if subject in own:  # one JSON array a line: unambiguous, and one hash update per row
+                own[subject].update(json.dumps([path.name, *row]).encode() + b"\n")
             else:  # rows are numbered here: the shared part must change when rows move between its parts
-                _feed(shared, path.name, str(number), str(len(row)), *row)
+                shared.update(json.dumps([path.name, number, *row]).encode() + b"\n")
     common = shared.hexdigest()
     return {subject: _combined(common, digest.hexdigest()) for subject, digest in own.items()}
 
