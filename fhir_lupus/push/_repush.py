@@ -18,13 +18,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from fhir_lupus._resource import Resource
-from fhir_lupus.bundle import business_key
+from fhir_lupus.bundle import local_ref
 from fhir_lupus.client import FhirClient, ServerClock
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport
 from fhir_lupus.pipeline import MappedBatch
 from fhir_lupus.push._inputs import input_digests, unchanged_subjects
-from fhir_lupus.push._plan import content_hash
+from fhir_lupus.push._plan import Plan
 from fhir_lupus.push._runner import PushOptions, PushReport
 from fhir_lupus.push._settled import SettledGroup, SettledStore
 from fhir_lupus.push._since import changed_since, mark_of
@@ -49,7 +49,8 @@ class Repush:
     ) -> None:
         self.store, self.digests, self.load = store, digests or {}, load
         self.unchanged, self.recheck = unchanged, recheck
-        self.mapped: set[str] = set()
+        self.mapped: set[str] = set()  # the subjects whose resources were remembered by this push
+        self.pending: dict[str, str] = {}  # local ref -> subject, for the resources mapped and not yet planned
         self.local_start = datetime.now(UTC)
 
     @classmethod
@@ -100,7 +101,7 @@ class Repush:
 
     def groups(self, batches: Iterable[MappedBatch]) -> Iterator[Sequence[Resource] | SettledGroup]:
         """The mapped batches as push groups, the unchanged subjects after the study's (so the counts show them
-        early); each mapped subject's resources remembered before they are sent."""
+        early); which subject each mapped resource is of, until its plan is made (``planned``)."""
         for batch in batches:
             if batch.subject_id is None:
                 yield batch.resources
@@ -108,12 +109,21 @@ class Repush:
                     yield from (self.store.settled(subject) for subject in sorted(self.unchanged))
                 continue
             if self.store is not None:
-                self.mapped.add(batch.subject_id)
-                self.store.remember(
-                    batch.subject_id,
-                    ((r["resourceType"], business_key(r), content_hash(r)) for r in batch.resources),
-                )
+                self.pending.update((local_ref(r), batch.subject_id) for r in batch.resources)
             yield batch.resources
+
+    def planned(self, plan: Plan) -> None:
+        """Each mapped subject's resources of a window's plan remembered (with the content hash the plan
+        computed), before anything of the window is sent; a window holds whole subjects."""
+        if self.store is None:
+            return
+        by_subject: dict[str, list[tuple[str, str, str]]] = {}
+        for item in plan.items:
+            subject = self.pending.pop(item.local_ref, None)
+            if subject is not None:
+                by_subject.setdefault(subject, []).append((item.resource_type, item.key, item.digest))
+        self.store.remember(by_subject)
+        self.mapped.update(by_subject)  # only these: a subject's digest is stored with what was remembered of it
 
     def finish(self, report: PushReport, clock: ServerClock, *, succeeded: bool) -> None:
         """The digests of the subjects mapped and now all confirmed; the mark, when the push is complete (its

@@ -155,6 +155,7 @@ def push_resources(
     options: PushOptions | None = None,
     report: PushReport | None = None,
     recheck: frozenset[tuple[str, str]] = frozenset(),
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> PushReport:
     """Plan and apply window by window (see the module docstring), as ``options`` say (``PushOptions``).
 
@@ -165,7 +166,8 @@ def push_resources(
     ``report``: filled as the push goes, so that a caller still has the counts when the push raises.
     ``settings``: the mapping pack whose matching, finality and Provenance rules apply (default:
     ``Settings.default()``). ``recheck``: (type, business key) pairs looked up even where the journal settles
-    them (changed on the server since the last push, ``push_trial``).
+    them (changed on the server since the last push, ``push_trial``); ``on_plan`` sees each window's plan before
+    the window is written (``push_trial`` remembers which subject each resource is of).
     """
     pack = (settings or Settings.default()).pack
     options = options or PushOptions()
@@ -220,6 +222,8 @@ def push_resources(
             report.total += len(window)
             lanes.wait_for(window)
             plan = planner.plan(window, lanes.held)
+            if on_plan is not None:
+                on_plan(plan)
             _record_settled(plan, journal, server, report.push_id)
             _count_plan(plan, report)
             offered.extend(item.digest for item in plan.items)

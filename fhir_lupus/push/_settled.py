@@ -2,7 +2,7 @@
 
 Three tables beside the journal's own (fhir_lupus/journal.py), per server:
 - ``subject_resource``: which subject each resource of ours was mapped from, with the content hash it had;
-  written as a push maps the subject, before anything is sent;
+  written when a push has planned the subject's window, before anything of it is sent;
 - ``subject_input``: the subject's input digest (``_inputs``), stored once every resource of the subject is
   confirmed on the server with that very content (a write the server answered, or a look-up that found it
   equal); a subject with anything held back, refused or unsent has none, and is mapped again next time;
@@ -105,17 +105,21 @@ class SettledStore:
             ).fetchone()
             return int(row[0])
 
-    def remember(self, subject: str, resources: Iterable[tuple[str, str, str]]) -> None:
-        """The subject's resources as mapped now, (type, business key, content hash); its digest is forgotten
-        until ``confirm`` finds them all on the server."""
+    def remember(self, subjects: Mapping[str, Sequence[tuple[str, str, str]]]) -> None:
+        """Each subject's resources as mapped now, (type, business key, content hash), in one transaction; their
+        digests are forgotten until ``confirm`` finds them all on the server."""
+        if not subjects:
+            return
         with self.journal.transaction() as db:
-            db.execute("DELETE FROM subject_input WHERE server = ? AND subject = ?", (self.server, subject))
-            db.execute("DELETE FROM subject_resource WHERE server = ? AND subject = ?", (self.server, subject))
-            db.executemany(
-                "INSERT INTO subject_resource VALUES (?, ?, ?, ?, ?) ON CONFLICT (server, resource_type, business_key)"
-                " DO UPDATE SET subject = excluded.subject, content_hash = excluded.content_hash",
-                [(self.server, subject, kind, key, digest) for kind, key, digest in resources],
-            )
+            for subject, resources in subjects.items():
+                db.execute("DELETE FROM subject_input WHERE server = ? AND subject = ?", (self.server, subject))
+                db.execute("DELETE FROM subject_resource WHERE server = ? AND subject = ?", (self.server, subject))
+                db.executemany(
+                    "INSERT INTO subject_resource VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (server, resource_type, business_key) "
+                    "DO UPDATE SET subject = excluded.subject, content_hash = excluded.content_hash",
+                    [(self.server, subject, kind, key, digest) for kind, key, digest in resources],
+                )
 
     def confirm(self, digests: Mapping[str, str]) -> list[str]:
         """Store the digest of each subject whose every resource the journal holds as confirmed with the content

@@ -133,6 +133,7 @@ def push_trial(
                 options=options,
                 report=pushed,
                 recheck=repush.recheck,
+                on_plan=repush.planned,
             )
         except Exception as exc:
             repush.finish(pushed, clock, succeeded=False)
