@@ -176,8 +176,10 @@ def _iter_mapped(
     settings: Settings,
     trusted: Callable[[Resource], bool] | None,
     pool: ValidationPool | None,
+    skip: Callable[[str], bool] | None = None,
 ) -> Iterator[MappedBatch]:
-    """``iter_mapped`` with the run's pool (None: validation in process), which lives across a trial's chunks."""
+    """``iter_mapped`` with the run's pool (None: validation in process), which lives across a trial's chunks;
+    ``skip``: as for ``stream_trial``."""
     ctx = make_context(data, settings.pack)
     validation = settings.validation  # "fast" or "strict": fhir_lupus.validation
 
@@ -209,8 +211,8 @@ def _iter_mapped(
     enrolled = {row.record.subject_id for row in data.subjects}
     per_subject = _SubjectRows(data, enrolled)
     jobs = (
-        functools.partial(_map_subject, row, per_subject.pop(row.record.subject_id), data, ctx, study_refs)
-        for row in data.subjects
+        functools.partial(_map_subject, row, rows, data, ctx, study_refs)
+        for row, rows in per_subject.each(data.subjects, skip)
     )
     if pool is None:
         for job in jobs:
@@ -295,6 +297,7 @@ def stream_trial(
     on_chunk: Callable[[TrialData], None] | None = None,
     trusted: Callable[[Resource], bool] | None = None,
     workers: int | None = 1,
+    skip: Callable[[str], bool] | None = None,
 ) -> Iterator[MappedBatch]:
     """Map a trial a chunk of subjects at a time (``TrialSource.chunks``), in flat memory.
 
@@ -302,7 +305,8 @@ def stream_trial(
     subject; refused rows of the loader and of the map go to the trial's report. ``on_chunk`` sees each chunk's
     entities before they are mapped. A trial of one chunk is mapped exactly as ``iter_mapped`` maps it.
     ``trusted``, ``workers``: as for ``iter_mapped`` (the workers start before the first chunk loads and serve
-    every chunk).
+    every chunk). ``skip``: subjects (by id) not mapped at all, no batch yielded (push: their inputs did not change
+    since their resources were confirmed on the server); the study-level batch is always mapped.
     """
     settings = settings or Settings.default()
     study_sent = False
@@ -310,7 +314,7 @@ def stream_trial(
         for data in trial.chunks():
             if on_chunk is not None:
                 on_chunk(data)
-            batches = _iter_mapped(data, trial.report, fhir_version, settings, trusted, pool)
+            batches = _iter_mapped(data, trial.report, fhir_version, settings, trusted, pool, skip)
             study = next(batches)  # mapped again for each chunk (a few dozen resources): the subjects refer to them
             if not study_sent:
                 yield study
@@ -400,8 +404,14 @@ class _SubjectRows:
             for row in rows:
                 getattr(self._by_subject.setdefault(subject_of(row.record), _Rows()), name).append(row)
 
-    def pop(self, subject_id: str) -> _Rows:
-        return self._by_subject.pop(subject_id, None) or _Rows()
+    def each(
+        self, subjects: list[Located[Subject]], skip: Callable[[str], bool] | None
+    ) -> Iterator[tuple[Located[Subject], _Rows]]:
+        """Each subject with its rows, those ``skip`` names left out (their rows taken too: not orphans)."""
+        for row in subjects:
+            rows = self._by_subject.pop(row.record.subject_id, None) or _Rows()
+            if skip is None or not skip(row.record.subject_id):
+                yield row, rows
 
     def reject_orphans(self, report: LoadReport) -> None:
         """Records whose subject is not in the trial at all (a hand-made TrialData; the loader refuses them)."""

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import respx
-from fakefhir import FakeFhir
+from fakefhir import BASE, FakeFhir
 from support import FAULT_RESULT
 
+from fhir_lupus.client import FhirClient, RetryPolicy
+from fhir_lupus.journal import Journal
 from fhir_lupus.mappers._context import MappingContext
 from fhir_lupus.model import StudyDefinition, load_study
 from fhir_lupus.scoring import load_sledai_definition
@@ -229,6 +231,20 @@ def fake() -> Iterator[FakeFhir]:
     with respx.mock(assert_all_called=False) as mock:
         mock.route(host="127.0.0.1", port=9).mock(side_effect=server)
         yield server
+
+
+@pytest.fixture
+def client() -> Iterator[FhirClient]:
+    """A client of the ``fake`` server's base, whose retries do not sleep (a module may define its own)."""
+    with FhirClient(BASE, retry=RetryPolicy(attempts=2, sleep=lambda _: None)) as fhir:
+        yield fhir
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    """A fresh push/pull journal in the test's directory."""
+    with Journal(tmp_path / "journal.sqlite") as book:
+        yield book
 
 
 @pytest.fixture(scope="session")

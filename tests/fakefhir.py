@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -105,6 +106,7 @@ class FakeFhir:
     history: bool = False  # offers Observation/_history (history-type), as HAPI does; Medplum does not
     history_page: int = 50  # history entries a page, next links for the rest
     refuse_last_updated: bool = False  # _lastUpdated answers 400, as on a server that lists it but cannot
+    dates: bool = False  # answers carry a Date header: the second of the fake's own clock, as a server's does
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (lastUpdated, history entry), oldest first
     tombstones: dict[str, int] = field(default_factory=dict)  # Type/id deleted -> the version of its deletion
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -142,6 +144,8 @@ class FakeFhir:
             return httpx.Response(exc.status, json=outcome(exc.text))
         finally:
             self.in_flight -= 1
+        if self.dates:
+            headers = {**headers, "Date": format_datetime(_instant(self._now()), usegmt=True)}
         return httpx.Response(status, json=document, headers=headers)
 
     def _route(
@@ -213,6 +217,7 @@ class FakeFhir:
         count = params.pop("_count", None)
         offset = int(params.pop("_offset", "0"))
         elements = params.pop("_elements", None)
+        summary = params.pop("_summary", None)
         if self.refuse_last_updated and "_lastUpdated" in params:
             raise Refusal(400, f"_lastUpdated is not supported for {resource_type}")
         matches = self.all(resource_type)
@@ -221,12 +226,19 @@ class FakeFhir:
             self._check_param(resource_type, base)
             if modifier and (modifier != "not" or self.refuse_not):
                 raise Refusal(400, f"Unknown modifier :{modifier} for {resource_type}?{base}")
-            if name in ("date", "_lastUpdated"):  # only the ge prefix, which is all pull asks
-                assert value.startswith("ge"), value
-                matches = [m for m in matches if _instant(self._when(m, name)) >= _instant(value[2:])]
+            if name in ("date", "_lastUpdated"):  # the ge prefix pull asks, the gt prefix push asks
+                assert value[:2] in ("ge", "gt"), value
+                since, strict = _instant(value[2:]), value.startswith("gt")
+                matches = [
+                    m
+                    for m in matches
+                    if (when := _instant(self._when(m, name))) > since or (when == since and not strict)
+                ]
                 continue
             wanted = {v.replace("\\,", ",") for v in re.split(r"(?<!\\),", value)}
             matches = [m for m in matches if bool(wanted & set(self._keys(m, base))) != (modifier == "not")]
+        if summary == "count":
+            return {"resourceType": "Bundle", "type": "searchset", "total": len(matches)}
         links = []
         if self.max_count is not None:
             size = min(int(count or self.max_count), self.max_count)
@@ -312,6 +324,9 @@ class FakeFhir:
 
     def _tick(self) -> str:
         self._clock += 1
+        return self._now()
+
+    def _now(self) -> str:
         return f"2026-11-30T00:00:00.{self._clock:06d}+00:00"
 
     def _write(self, request: dict[str, Any], body: dict[str, Any], urns: dict[str, str]) -> tuple[int, dict[str, Any]]:

@@ -102,3 +102,19 @@ def hospital_lab(
     if ref is not None:
         resource["referenceRange"] = [{"low": {**quantity, "value": ref[0]}, "high": {**quantity, "value": ref[1]}}]
     return resource
+
+
+def spy_on_subject_maps(monkeypatch: Any) -> list[str]:
+    """The subjects the pipeline maps from now on, in order (each call of its per-subject map): what a push of
+    unchanged inputs must leave out (push/_repush.py). ``monkeypatch``: the test's, which undoes the spy."""
+    from fhir_lupus import pipeline
+
+    calls: list[str] = []
+    real = pipeline._map_subject
+
+    def spy(row: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(row.record.subject_id)
+        return real(row, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_map_subject", spy)
+    return calls

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +15,13 @@ from typer.testing import CliRunner
 from fhir_lupus import source as trial_source
 from fhir_lupus.bundle import key_id
 from fhir_lupus.cli import app
-from fhir_lupus.client import FhirClient, FhirHttpError, InvalidResponse, RetryPolicy
+from fhir_lupus.client import FhirClient, FhirHttpError, InvalidResponse
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import _reading as reading
 from fhir_lupus.push import PushOptions, ResourceGroups, dry_run, push_resources
 from fhir_lupus.source import TrialSource
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def client() -> Iterator[FhirClient]:
-    with FhirClient(BASE, retry=RetryPolicy(attempts=2, sleep=lambda _: None)) as fhir:
-        yield fhir
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    with Journal(tmp_path / "journal.sqlite") as book:
-        yield book
 
 
 def push(resources: list[dict[str, Any]], client: FhirClient, journal: Journal, **options: Any) -> Any:

@@ -17,12 +17,14 @@ __all__ = ["ServerClock"]
 
 
 class ServerClock:
-    """The earliest ``Date`` among the answers seen while it was open (``FhirClient.server_clock``); the search
-    workers of a pull share it, so it takes a lock."""
+    """The earliest ``Date`` among the answers seen while it was open (``FhirClient.server_clock``), and the latest
+    (a push's end: every write it made is dated before its last answer); the search workers of a pull share it,
+    so it takes a lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.earliest: datetime | None = None
+        self.latest: datetime | None = None
 
     def saw(self, header: str | None) -> None:
         """One answer's ``Date`` header; one a server wrote wrong (or none) is left out."""
@@ -37,3 +39,5 @@ class ServerClock:
         with self._lock:
             if self.earliest is None or when < self.earliest:
                 self.earliest = when
+            if self.latest is None or when > self.latest:
+                self.latest = when

@@ -169,17 +169,20 @@ def needs_lookup(
     *,
     verify: bool,
     finality: FinalityRules | None = None,
+    recheck: frozenset[Key] = frozenset(),
 ) -> list[Resource]:
-    """The resources a look-up must settle: those the journal cannot (every routed one when verifying), and every
-    preliminary one (``finality``, default mappings/fhir/push.yaml), whose server copy may have become final."""
+    """The resources a look-up must settle: those the journal cannot (every routed one when verifying), every
+    preliminary one (``finality``, default mappings/fhir/push.yaml), whose server copy may have become final, and
+    those ``recheck`` names (changed on the server since the last push: the journal's word no longer holds)."""
     finality = load_finality_rules() if finality is None else finality
     wanted = []
     for resource in resources:
         route = routes[resource["resourceType"]]
         if route.skipped:
             continue
-        entry = known.get((resource["resourceType"], business_key(resource)))
-        if verify or not (entry and entry.server_id) or finality.preliminary(resource):
+        key = (resource["resourceType"], business_key(resource))
+        entry = known.get(key)
+        if verify or not (entry and entry.server_id) or finality.preliminary(resource) or key in recheck:
             wanted.append(resource)
     return wanted
 

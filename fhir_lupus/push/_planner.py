@@ -43,8 +43,12 @@ class Planner:
         verify: bool = False,
         warn: Callable[[str], None] = lambda _: None,
         new_by_id: bool = True,
+        recheck: frozenset[Key] = frozenset(),
     ) -> None:
+        """``recheck``: keys the journal settles but the server changed since the last push (``_since``): they are
+        looked up and compared, like a key the journal does not know."""
         self.client = client
+        self.recheck = recheck
         self.journal = journal
         self.capabilities = client.capabilities()
         self._rules = load_matching_rules(pack)
@@ -112,7 +116,9 @@ class Planner:
         refs = self.journal.server_refs(server, outside) if self.journal else {}
         refs.update({ref: self._seen[ref] for ref in outside if ref in self._seen})
         while True:
-            wanted = needs_lookup(batch, self.routes, known, verify=self.verify, finality=self._finality)
+            wanted = needs_lookup(
+                batch, self.routes, known, verify=self.verify, finality=self._finality, recheck=self.recheck
+            )
             try:
                 found = look_up(self.client, wanted, self.routes, known=known, old_systems=self._old_systems)
                 break

@@ -34,6 +34,7 @@ from fhir_lupus.push._plan import Plan
 from fhir_lupus.push._planner import Planner
 from fhir_lupus.push._provenance import load_provenance_template, provenance_resource, write_provenance
 from fhir_lupus.push._routes import TypeRoute
+from fhir_lupus.push._settled import SettledGroup
 from fhir_lupus.settings import Settings
 from fhir_lupus.terminology import MappingPack
 
@@ -128,9 +129,11 @@ class PushOptions:
 class ResourceGroups:
     """Resources that come in groups, each referring only to itself and to earlier groups: the study-level
     resources, then one group per subject, as ``iter_mapped`` yields them (``push_trial``). Consumed lazily, so a
-    trial streamed from disk is never held whole. ``total``, when known, is passed to ``progress``."""
+    trial streamed from disk is never held whole. ``total``, when known, is passed to ``progress``. A
+    ``SettledGroup`` is a subject ``push_trial`` did not map (its inputs unchanged, nothing changed on the
+    server): counted as unchanged, its journal hashes in the audit digest, nothing planned or sent."""
 
-    groups: Iterable[Sequence[Resource]]
+    groups: Iterable[Sequence[Resource] | SettledGroup]
     total: int | None = None
 
     @classmethod
@@ -151,6 +154,8 @@ def push_resources(
     settings: Settings | None = None,
     options: PushOptions | None = None,
     report: PushReport | None = None,
+    recheck: frozenset[tuple[str, str]] = frozenset(),
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> PushReport:
     """Plan and apply window by window (see the module docstring), as ``options`` say (``PushOptions``).
 
@@ -160,7 +165,9 @@ def push_resources(
     once every window it refers to is written, so the study's resources go first and subjects then in parallel.
     ``report``: filled as the push goes, so that a caller still has the counts when the push raises.
     ``settings``: the mapping pack whose matching, finality and Provenance rules apply (default:
-    ``Settings.default()``).
+    ``Settings.default()``). ``recheck``: (type, business key) pairs looked up even where the journal settles
+    them (changed on the server since the last push, ``push_trial``); ``on_plan`` sees each window's plan before
+    the window is written (``push_trial`` remembers which subject each resource is of).
     """
     pack = (settings or Settings.default()).pack
     options = options or PushOptions()
@@ -183,6 +190,7 @@ def push_resources(
         pack=pack,
         warn=report.warnings.append,
         new_by_id=options.new_by_id,
+        recheck=recheck,
     )
     capabilities = planner.capabilities
     report.strategy = options.strategy or capabilities.write_strategy()
@@ -201,12 +209,21 @@ def push_resources(
     journal.start_push(report.push_id, server, source)
     status = "failed"
     offered = DigestBuilder()
+
+    def settled(group: SettledGroup) -> None:
+        report.total += len(group.hashes)
+        report.unchanged += len(group.hashes)
+        offered.extend(group.hashes)
+        advance(len(group.hashes))
+
     try:
         advance(0)
-        for window in _windows(resources.groups, options.batch_size):
+        for window in _windows(_mapped(resources.groups, settled), options.batch_size):
             report.total += len(window)
             lanes.wait_for(window)
             plan = planner.plan(window, lanes.held)
+            if on_plan is not None:
+                on_plan(plan)
             _record_settled(plan, journal, server, report.push_id)
             _count_plan(plan, report)
             offered.extend(item.digest for item in plan.items)
@@ -240,6 +257,17 @@ def push_resources(
     if not report.complete:
         journal.finish_push(report.push_id, "completed-with-problems", report.summary())
     return report
+
+
+def _mapped(
+    groups: Iterable[Sequence[Resource] | SettledGroup], settled: Callable[[SettledGroup], None]
+) -> Iterator[Sequence[Resource]]:
+    """The groups to plan; each settled one is handed to ``settled`` as it comes (so the counts keep pace)."""
+    for group in groups:
+        if isinstance(group, SettledGroup):
+            settled(group)
+        else:
+            yield group
 
 
 def _windows(groups: Iterable[Sequence[Resource]], size: int) -> Iterator[list[Resource]]:

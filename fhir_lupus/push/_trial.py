@@ -19,6 +19,7 @@ from fhir_lupus.journal import Journal
 from fhir_lupus.pipeline import map_trial, stream_trial
 from fhir_lupus.push._dryrun import DryRunReport, dry_run
 from fhir_lupus.push._plan import content_hash
+from fhir_lupus.push._repush import Repush
 from fhir_lupus.push._runner import PushOptions, PushReport, ResourceGroups, push_resources
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
@@ -98,33 +99,48 @@ def push_trial(
     Before anything is sent, the site profile is checked (SiteProfileError): a server not on loopback is refused
     while its systems are example placeholders, and a system changed since the last push to this server without
     its old value recorded as superseded is refused; a push that wrote records the systems it wrote under.
+
+    A subject whose inputs did not change since its resources were all confirmed on this server, and none of
+    whose resources changed there since the last complete push, is not mapped: its resources are unchanged as
+    the journal holds them (push/_repush.py).
     """
     settings = settings or Settings.default()
     audit = _audit(audit_log, journal, client, settings)
     pushed = PushReport()
-    try:  # a refusal of the site profile is audited too: the attempt was made
-        settings.refuse_placeholders(client.base_url, "push")
-        settings.refuse_site_change(journal.site_systems(client.base_url), client.base_url)
-        batches = stream_trial(  # lazy: the first request is the server's FHIR version, inside the audited block
-            trial,
-            fhir_version=server_fhir_version(client),
-            settings=settings,
-            trusted=_confirmed_on(journal, client.base_url),
-        )
-        push_resources(
-            ResourceGroups(batch.resources for batch in batches),
-            client,
-            journal,
-            source=source,
-            mapping_version=settings.pack.project.mapping_version,
-            settings=settings,
-            options=options,
-            report=pushed,
-        )
-    except Exception as exc:
-        _record_site(journal, client.base_url, pushed, settings)
-        _failed(audit, exc, pushed)
-        raise
+    repush = Repush.off()
+    with client.server_clock() as clock:  # the push's start on the server's clock: the next push's look
+        try:  # a refusal of the site profile is audited too: the attempt was made
+            settings.refuse_placeholders(client.base_url, "push")
+            settings.refuse_site_change(journal.site_systems(client.base_url), client.base_url)
+            fhir_version = server_fhir_version(client)  # the first request, inside the audited block
+            repush = Repush.prepare(
+                trial, client, journal, settings=settings, options=options, fhir_version=fhir_version, report=pushed
+            )
+            batches = stream_trial(
+                trial,
+                fhir_version=fhir_version,
+                settings=settings,
+                trusted=_confirmed_on(journal, client.base_url),
+                skip=repush.skip,
+            )
+            push_resources(
+                ResourceGroups(repush.groups(batches)),
+                client,
+                journal,
+                source=source,
+                mapping_version=settings.pack.project.mapping_version,
+                settings=settings,
+                options=options,
+                report=pushed,
+                recheck=repush.recheck,
+                on_plan=repush.planned,
+            )
+        except Exception as exc:
+            repush.finish(pushed, clock, succeeded=False)
+            _record_site(journal, client.base_url, pushed, settings)
+            _failed(audit, exc, pushed)
+            raise
+        repush.finish(pushed, clock, succeeded=True)
     _record_site(journal, client.base_url, pushed, settings)
     details = {"push_id": pushed.push_id, "strategy": str(pushed.strategy or "")}
     if pushed.provenance:
