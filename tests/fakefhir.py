@@ -105,6 +105,7 @@ class FakeFhir:
     history: bool = False  # offers Observation/_history (history-type), as HAPI does; Medplum does not
     history_page: int = 50  # history entries a page, next links for the rest
     refuse_last_updated: bool = False  # _lastUpdated answers 400, as on a server that lists it but cannot
+    summary_count: bool = True  # _summary=count answers the total alone; False: ignored (no total), as some do
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (lastUpdated, history entry), oldest first
     tombstones: dict[str, int] = field(default_factory=dict)  # Type/id deleted -> the version of its deletion
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -213,6 +214,7 @@ class FakeFhir:
         count = params.pop("_count", None)
         offset = int(params.pop("_offset", "0"))
         elements = params.pop("_elements", None)
+        summary = params.pop("_summary", None)
         if self.refuse_last_updated and "_lastUpdated" in params:
             raise Refusal(400, f"_lastUpdated is not supported for {resource_type}")
         matches = self.all(resource_type)
@@ -226,7 +228,9 @@ class FakeFhir:
                 matches = [m for m in matches if _instant(self._when(m, name)) >= _instant(value[2:])]
                 continue
             wanted = {v.replace("\\,", ",") for v in re.split(r"(?<!\\),", value)}
-            matches = [m for m in matches if bool(wanted & set(self._keys(m, base))) != (modifier == "not")]
+            matches = [m for m in matches if _token_hit(wanted, self._keys(m, base)) != (modifier == "not")]
+        if summary == "count" and self.summary_count:
+            return {"resourceType": "Bundle", "type": "searchset", "total": len(matches)}
         links = []
         if self.max_count is not None:
             size = min(int(count or self.max_count), self.max_count)
@@ -421,6 +425,11 @@ def served(server: FakeFhir) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _token_hit(wanted: set[str], keys: list[str]) -> bool:
+    """A token search's match: a key asked for, or ``system|`` (any value of that system)."""
+    return bool(wanted & set(keys)) or any(k.startswith(w) for w in wanted if w.endswith("|") for k in keys)
 
 
 def _instant(text: str) -> datetime:
