@@ -9,8 +9,9 @@ free; the servers of the test suite are not touched):
 1. map: ``fhir-lupus map`` of the example end to end, this tree against the tree before the performance work
    (``git archive`` of ``--baseline``), interleaved; and ``bench_map.py``: map + validate against
    ``model_validate`` alone on the same resources;
-2. push: ``bench_push.py`` (a fresh HAPI JPA per writer: fhir_lupus, fhirpy's per-resource loop, one
-   transaction POST per chunk), the second push with nothing changed, the client's share;
+2. push: ``bench_push.py`` (a fresh HAPI JPA per writer: fhir_lupus, the server's own limit, fhirpy's
+   per-resource loop, one transaction POST per chunk), the second push with nothing changed, the client's share;
+   then ours against the limit on a Medplum started for the step;
 3. pull: ``bench_pull.py`` against fhirpy ``fetch_all`` on HAPI and Medplum, and the x10 pull's peak memory;
 4. scale: ``bench_memory.py``, peak RSS and time of ``fhir-lupus map`` at x1, x10, x100 and 1M Observations.
 Results are medians; every ratio is this tree's rate over the other's. The page's last section is
@@ -231,6 +232,12 @@ def page(results: dict[str, Any]) -> str:
                 verdict(row["idle_share"] < 0.10),
             ),
         ]
+    for row in [*push_rows, *results.get("push_medplum", [])]:
+        if "limit_s" in row:
+            share = row["limit_s"] / row["push_s"]
+            where = row.get("server", "HAPI (fresh)").split(" ")[0]
+            name = f"push {where} {row['subjects']} subjects: 0.9x the server's limit"
+            targets.append((name, f"{share:.2f}x", verdict(share >= 0.9)))
     for row in pull_rows:
         targets.append(
             (
@@ -283,6 +290,12 @@ def page(results: dict[str, Any]) -> str:
         + ".",
         "",
         bench_push.table(push_rows),
+        "",
+        "Against the server's own limit (`bench_push.py`'s limit writer: the client already knows everything, plain "
+        "`PUT Type/id` in transactions, the study first, then three subjects' groups at a time; each measurement in "
+        "a new process; Medplum: the one started for the step, every round under systems and ids of its own):",
+        "",
+        bench_push.limit_table([row for row in [*push_rows, *results.get("push_medplum", [])] if "limit_s" in row]),
         "",
         "## 3. Pull against fhirpy `fetch_all`",
         "",
@@ -361,6 +374,15 @@ def main() -> None:
         log("push")
         results["loads"]["push"] = load()
         results["push"] = bench_push.run(sizes["push_subjects"], sizes["push_repeat"])
+        with tempfile.TemporaryDirectory() as state_dir:
+            log("push on medplum (18104)")
+            handle = start("medplum", 18104, state_dir=Path(state_dir))
+            try:
+                results["push_medplum"] = bench_push.run(
+                    sizes["push_subjects"], sizes["push_repeat"], writers=("ours", "limit"), medplum=handle.url
+                )
+            finally:
+                stop(handle)
     if "pull" in steps:
         with tempfile.TemporaryDirectory() as state_dir, servers(Path(state_dir)) as urls:
             log("pull")
