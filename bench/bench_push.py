@@ -1,7 +1,8 @@
-"""Benchmark: push into a fresh HAPI JPA against fhirpy's per-resource loop and one transaction POST per chunk.
+"""Benchmark: push into a fresh HAPI JPA against the server's own limit, fhirpy's loop and a transaction per chunk.
 
     .venv/bin/pip install -e '.[bench]'     # fhirpy
-    .venv/bin/python bench/bench_push.py --subjects 5,20 --repeat 3 [--port 18081]
+    .venv/bin/python bench/bench_push.py --subjects 5,20 --repeat 3 [--port 18081] [--writers ours,limit]
+    .venv/bin/python bench/bench_push.py --medplum http://127.0.0.1:18103/fhir --subjects 5,20   # ours, limit
 
 Every measurement gets a HAPI FHIR JPA server of its own, started for it on ``--port`` (servers/hapi, as its
 makers ship it, H2 in memory) and stopped after, so each writer starts from the same empty server. The same
@@ -11,7 +12,15 @@ subjects, mapped once, are written by:
 - ``fhirpy``: fhirpy 2.3.1 ``SyncFHIRClient``, one ``resource.save()`` per resource in dependency order (PUT to
   the mapper's id; not idempotent against a server that holds the data under other ids);
 - ``transaction``: one plain transaction POST per chunk of 500 conditional entries (``transaction_bundle``, what
-  a script with our bundle writer would do), references to earlier chunks by the ids the server answered.
+  a script with our bundle writer would do), references to earlier chunks by the ids the server answered;
+- ``limit``: what the server costs for exactly these resources when the client already knows everything (issue
+  25): each entry a plain ``PUT Type/id`` (the mapper's ids, made unique to the run, references rewritten to
+  them, all before the clock starts), transactions of 500, the study's group first and then each subject's
+  group, three groups at a time in threads (our own concurrency), no look-up, no mapping, no validation.
+With ``--medplum URL`` only ours and the limit run, alternating, against that running Medplum (never
+restarted): every round under identifier systems and ids of its own, so each push is a first push. Medplum
+takes at most 50 ``PUT`` entries in a transaction (servers/medplum/README.md), so the limit's transactions
+are of 50 there; our push learns its own sizes from Medplum's refusals, as it would on any server.
 For fhir_lupus, the client's share is measured two ways: the wall time during which no request was in flight
 (the push waited for its own work), and its process CPU time against the wall time (on this machine the server
 runs on the same two cores). Results go to bench/README.md and docs/benchmarks.md (bench/run_all.py).
@@ -21,27 +30,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from fhir_lupus import load_trial
-from fhir_lupus.bundle import dependency_sorted, local_ref, transaction_bundle
+from fhir_lupus.bundle import dependency_sorted, local_ref, rewrite_references, transaction_bundle
 from fhir_lupus.client import FhirClient
 from fhir_lupus.devserver import start, stop
 from fhir_lupus.journal import Journal
 from fhir_lupus.model import LoadReport, TrialData
-from fhir_lupus.pipeline import map_trial
+from fhir_lupus.pipeline import stream_trial
 from fhir_lupus.push import PushOptions, push_trial
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
@@ -52,6 +66,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import EXAMPLE, example_subset, isolated_mappings_copy  # noqa: E402
 
 CHUNK = 500
+MEDPLUM_PUTS = 50  # Medplum's cap on update (PUT) entries in one transaction (servers/medplum/README.md)
+Groups = list[list[dict[str, Any]]]
 
 
 @dataclass
@@ -105,13 +121,67 @@ def fresh_hapi(port: int, state: Path) -> Iterator[str]:
         stop(handle)
 
 
-def prepare(subjects: int, scratch: Path) -> tuple[TrialData, LoadReport, Path, list[dict[str, Any]]]:
+def load(subjects: int, scratch: Path) -> tuple[TrialData, LoadReport, Path]:
+    """The example's first ``subjects`` loaded under identifier systems of their own (a first push anywhere)."""
     mappings = isolated_mappings_copy(scratch / "mappings", f"b/{uuid.uuid4().hex[:12]}")
     data_dir = EXAMPLE if subjects >= 20 else example_subset(scratch / "data", subjects)
-    settings = Settings.from_mappings(mappings)
-    data, report = load_trial(data_dir, pack=settings.pack)
-    resources = dependency_sorted(map_trial(TrialSource.loaded(data), settings=settings).resources)
-    return data, report, mappings, resources
+    data, report = load_trial(data_dir, pack=Settings.from_mappings(mappings).pack)
+    return data, report, mappings
+
+
+def mapped_groups(data: TrialData, mappings: Path) -> Groups:
+    """The groups push_trial sends: the study's resources, then one group per subject, in dependency order."""
+    batches = stream_trial(TrialSource.loaded(data), settings=Settings.from_mappings(mappings))
+    return [dependency_sorted(batch.resources) for batch in batches]
+
+
+def own_ids(groups: Groups) -> Groups:
+    """The groups with every id made unique to this call and every reference rewritten to it: a server that
+    holds an earlier run's resources (the shared Medplum) sees only new ones, as a first push does."""
+    run = uuid.uuid4()
+    targets = {local_ref(r): f"{r['resourceType']}/{uuid.uuid5(run, local_ref(r))}" for g in groups for r in g}
+    return [
+        [{**rewrite_references(r, targets), "id": targets[local_ref(r)].split("/")[1]} for r in group]
+        for group in groups
+    ]
+
+
+def limit_bundles(group: Sequence[dict[str, Any]], chunk: int) -> list[bytes]:
+    """One group as transaction bodies of ``chunk`` plain ``PUT Type/id`` entries, in the group's order (every
+    reference is to a resource of an earlier transaction or of the same one: HAPI and Medplum resolve both)."""
+    return [
+        orjson.dumps(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {"resource": r, "request": {"method": "PUT", "url": local_ref(r)}}
+                    for r in group[begin : begin + chunk]
+                ],
+            }
+        )
+        for begin in range(0, len(group), chunk)
+    ]
+
+
+def run_limit(url: str, groups: Groups, chunk: int = CHUNK, concurrency: int = 3) -> float:
+    """The limit writer (module docstring): its bodies are built before the clock starts; seconds to write."""
+    bodies = [limit_bundles(group, chunk) for group in own_ids(groups)]
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(timeout=600, headers=headers, limits=limits) as client:
+
+        def write(group: list[bytes]) -> None:
+            for body in group:
+                response = client.post(url, content=body)
+                if response.status_code >= 300:
+                    raise RuntimeError(f"the limit's transaction was refused: {response.status_code} {response.text}")
+
+        started = time.perf_counter()
+        write(bodies[0])  # the study's resources: every subject refers to them
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(write, bodies[1:]))
+        return time.perf_counter() - started
 
 
 def run_fhir_lupus(
@@ -178,48 +248,104 @@ def run_transactions(url: str, resources: list[dict[str, Any]], mappings: Path) 
         return time.perf_counter() - started
 
 
-def run(subjects: list[int], repeat: int, port: int = 18081, concurrency: int = 3) -> list[dict[str, Any]]:
-    """One row per size: medians of ``repeat`` rounds, each writer on a server of its own."""
+WRITERS = ("ours", "limit", "fhirpy", "transaction")
+
+
+def measure(writer: str, url: str, size: int, scratch: Path, concurrency: int, chunk: int) -> dict[str, float]:
+    """One writer's first push in this process (``--child``): the subjects loaded (and, for the others than ours,
+    mapped) before the clock starts; ours maps and validates as it pushes, as the CLI does."""
+    data, report, mappings = load(size, scratch)
+    if writer == "ours":
+        return run_fhir_lupus(url, data, report, mappings, scratch / "journal.sqlite", concurrency)
+    groups = mapped_groups(data, mappings)
+    if writer == "limit":
+        return {"seconds": run_limit(url, groups, chunk, concurrency)}
+    resources = dependency_sorted(r for group in groups for r in group)
+    if writer == "fhirpy":
+        return {"seconds": run_fhirpy(url, resources)}
+    return {"seconds": run_transactions(url, resources, mappings)}
+
+
+def in_child(writer: str, url: str, size: int, scratch: Path, concurrency: int, chunk: int) -> dict[str, float]:
+    """``measure`` in a new process: no round inherits a warm interpreter from the one before."""
+    scratch.mkdir(parents=True)
+    argv = [sys.executable, __file__, "--child", writer, url, str(size), str(scratch)]
+    argv += ["--concurrency", str(concurrency), "--chunk", str(chunk)]
+    child = subprocess.run(argv, capture_output=True, text=True)
+    if child.returncode:
+        raise RuntimeError(f"{writer} failed:\n{child.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(
+    subjects: list[int],
+    repeat: int,
+    port: int = 18081,
+    concurrency: int = 3,
+    writers: Sequence[str] = WRITERS,
+    medplum: str | None = None,
+) -> list[dict[str, Any]]:
+    """One row per size: medians of ``repeat`` rounds, the writers alternating, each on a HAPI started for it
+    (or all on the running Medplum ``medplum``, each round under systems and ids of its own)."""
+    chunk = MEDPLUM_PUTS if medplum else CHUNK
     rows = []
     for size in subjects:
         timings: dict[str, list[float]] = {}
+        loads: list[str] = []
         with tempfile.TemporaryDirectory() as scratch_dir:
             scratch = Path(scratch_dir)
-            data, report, mappings, resources = prepare(size, scratch)
             for round_number in range(repeat):
-                with fresh_hapi(port, scratch) as url:
-                    ours = run_fhir_lupus(url, data, report, mappings, scratch / f"j{round_number}.sqlite", concurrency)
-                for name, value in ours.items():
-                    timings.setdefault(name, []).append(value)
-                with fresh_hapi(port, scratch) as url:
-                    timings.setdefault("fhirpy", []).append(run_fhirpy(url, resources))
-                with fresh_hapi(port, scratch) as url:
-                    timings.setdefault("transaction", []).append(run_transactions(url, resources, mappings))
+                loads.append(load_average())
+                for writer in writers:
+                    place = scratch / f"{writer}-{round_number}"
+                    with contextlib.nullcontext(medplum) if medplum else fresh_hapi(port, scratch) as url:
+                        result = in_child(writer, url, size, place, concurrency, chunk)
+                    for name, value in result.items():
+                        timings.setdefault(writer if name == "seconds" else name, []).append(value)
                 print(
-                    f"  {size} subjects, round {round_number + 1}: "
-                    + ", ".join(f"{name} {values[-1]:.1f}" for name, values in timings.items()),
+                    f"  {size} subjects, round {round_number + 1} (load {loads[-1]}): "
+                    + ", ".join(f"{name} {values[-1]:.1f}" for name, values in timings.items() if name != "resources"),
                     flush=True,
                 )
         median = {name: statistics.median(values) for name, values in timings.items()}
-        count = len(resources)
-        rows.append(
-            {
-                "subjects": size,
-                "resources": count,
-                "push_s": median["seconds"],
-                "push_rate": count / median["seconds"],
-                "again_s": median["again"],
-                "idle_share": median["idle"] / median["seconds"],
-                "cpu_share": median["cpu"] / median["seconds"],
-                "fhirpy_s": median["fhirpy"],
-                "fhirpy_rate": count / median["fhirpy"],
-                "transaction_s": median["transaction"],
-                "transaction_rate": count / median["transaction"],
-                "repeat": repeat,
-                "concurrency": concurrency,
-            }
-        )
+        row: dict[str, Any] = {
+            "server": "Medplum" if medplum else "HAPI (fresh)",
+            "subjects": size,
+            "repeat": repeat,
+            "concurrency": concurrency,
+            "limit_chunk": chunk,
+            "loads": loads,
+            "runs": timings,
+        }
+        names = ["push" if writer == "ours" else writer for writer in writers]  # the keys run_all.py reads
+        row |= {f"{name}_s": median[writer] for name, writer in zip(names, writers, strict=True)}
+        if "ours" in writers:
+            count = row["resources"] = int(median["resources"])
+            row |= {"again_s": median["again"], "idle_share": median["idle"] / median["ours"]}
+            row["cpu_share"] = median["cpu"] / median["ours"]
+            row |= {f"{name}_rate": count / row[f"{name}_s"] for name in names}
+        rows.append(row)
     return rows
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def limit_table(rows: list[dict[str, Any]]) -> str:
+    """Ours against the server's limit (issue 25): medians, the ratio of the rates, the load at each round."""
+    lines = [
+        "| server | subjects | resources | `push_trial` (ours) | the limit | ours / limit | load average per round |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['server']} | {row['subjects']} | {row['resources']:,} | {row['push_s']:.1f} s "
+            f"| {row['limit_s']:.1f} s ({row['limit_chunk']} a transaction) | **{row['limit_s'] / row['push_s']:.2f}** "
+            f"| {'; '.join(row['loads'])} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -245,9 +371,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--port", type=int, default=18081, help="where the bench's own HAPI servers listen")
     parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--writers", help=f"comma list of {', '.join(WRITERS)} (default: all; ours,limit on Medplum)")
+    parser.add_argument("--medplum", help="a running Medplum's base URL: ours and the limit there, not on HAPI")
+    parser.add_argument("--child", nargs=4, metavar=("WRITER", "URL", "SUBJECTS", "SCRATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, default=CHUNK, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rows = run([int(n) for n in args.subjects.split(",")], args.repeat, args.port, args.concurrency)
-    print(table(rows))
+    if args.child:
+        writer, url, size, scratch = args.child
+        print(json.dumps(measure(writer, url, int(size), Path(scratch), args.concurrency, args.chunk)))
+        return
+    writers = args.writers.split(",") if args.writers else ["ours", "limit"] if args.medplum else list(WRITERS)
+    subjects = [int(n) for n in args.subjects.split(",")]
+    rows = run(subjects, args.repeat, args.port, args.concurrency, writers, args.medplum)
+    print(json.dumps(rows))
+    if {"ours", "limit"} <= set(writers):
+        print(limit_table(rows))
+    if set(WRITERS) <= set(writers):
+        print(table(rows))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ free; the servers of the test suite are not touched), with the load average besi
    (bench_map_cli.py); and bench_map.py: map + validate with workers against ``model_validate`` alone;
 2. push: bench_push.py, each writer on a HAPI JPA started empty for it: ``fhir-lupus push`` against the
    server's own limit (plain PUTs of known ids, transactions of 500, three subjects at a time), fhirpy's loop,
-   and the second push with nothing changed;
-3. pull: ``fhir-lupus pull`` end to end against fhirpy's loop (in process and in a child) on HAPI and Medplum;
-4. push memory: bench_push_memory.py, a push's peak RSS as it grows, against the fake server;
-5. scale: bench_memory.py, peak RSS and time of ``fhir-lupus map --format ndjson`` at x1 to 1M Observations.
+   one transaction POST per chunk (``--push-writers``); then ours against the limit on a Medplum started for it;
+3. repush: bench_repush.py, the second push with nothing changed through the CLI against the first;
+4. pull: ``fhir-lupus pull`` end to end against fhirpy's loop (in process and in a child) on HAPI and Medplum;
+5. push memory: bench_push_memory.py, a push's peak RSS as it grows, against the fake server;
+6. scale: bench_memory.py, peak RSS and time of ``fhir-lupus map --format ndjson`` at x1 to 1M Observations.
 Results are medians; every ratio is this tree's rate over the other's. The page is made by benchpage.py; its
 last section is bench/analysis.md, written by hand: what the profiles say about each target not met.
 """
@@ -46,11 +47,12 @@ import bench_memory  # noqa: E402
 import bench_pull  # noqa: E402
 import bench_push  # noqa: E402
 import bench_push_memory  # noqa: E402
+import bench_repush  # noqa: E402
 from benchpage import page  # noqa: E402
 
 from fhir_lupus.devserver import start, stop  # noqa: E402
 
-STEPS = ("map", "push", "pull", "push-memory", "scale")
+STEPS = ("map", "push", "repush", "pull", "push-memory", "scale")
 
 EXAMPLE = ROOT / "examples" / "nct00698191"
 BASELINE = "73469ba"  # main when the work on issue 25 began: "today" in its targets
@@ -188,6 +190,11 @@ def main() -> None:
         default=",".join(STEPS),
         help="comma list of " + ", ".join(STEPS) + "; the others are kept from the last run's JSON next to --out",
     )
+    parser.add_argument(
+        "--push-writers",
+        default=",".join(bench_push.WRITERS),
+        help="the push step's writers on HAPI (ours,limit,fhirpy,transaction); every one needs a HAPI per round",
+    )
     parser.add_argument("--scale-cases", help="with --steps scale: only these cases (x1,x10,x100,1M), the rest kept")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -208,7 +215,21 @@ def main() -> None:
     if "push" in steps:
         log("push")
         results["loads"]["push"] = load()
-        results["push"] = bench_push.run(sizes["push_subjects"], sizes["push_repeat"])
+        writers = args.push_writers.split(",")
+        results["push"] = bench_push.run(sizes["push_subjects"], sizes["push_repeat"], writers=writers)
+        with tempfile.TemporaryDirectory() as state_dir:
+            log("push on medplum (18104)")
+            handle = start("medplum", 18104, state_dir=Path(state_dir))
+            try:
+                results["push_medplum"] = bench_push.run(
+                    sizes["push_subjects"], sizes["push_repeat"], writers=("ours", "limit"), medplum=handle.url
+                )
+            finally:
+                stop(handle)
+    if "repush" in steps:
+        log("repush")
+        results["loads"]["repush"] = load()
+        results["repush"] = bench_repush.run(sizes["push_subjects"], sizes["push_repeat"], 18082, None)
     if "pull" in steps:
         with tempfile.TemporaryDirectory() as state_dir, servers(Path(state_dir)) as urls:
             log("pull")

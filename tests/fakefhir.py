@@ -107,6 +107,7 @@ class FakeFhir:
     history_page: int = 50  # history entries a page, next links for the rest
     refuse_last_updated: bool = False  # _lastUpdated answers 400, as on a server that lists it but cannot
     dates: bool = False  # answers carry a Date header: the second of the fake's own clock, as a server's does
+    summary_count: bool = True  # _summary=count answers the total alone; False: ignored (no total), as some do
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (lastUpdated, history entry), oldest first
     tombstones: dict[str, int] = field(default_factory=dict)  # Type/id deleted -> the version of its deletion
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -236,8 +237,8 @@ class FakeFhir:
                 ]
                 continue
             wanted = {v.replace("\\,", ",") for v in re.split(r"(?<!\\),", value)}
-            matches = [m for m in matches if bool(wanted & set(self._keys(m, base))) != (modifier == "not")]
-        if summary == "count":
+            matches = [m for m in matches if _token_hit(wanted, self._keys(m, base)) != (modifier == "not")]
+        if summary == "count" and self.summary_count:
             return {"resourceType": "Bundle", "type": "searchset", "total": len(matches)}
         links = []
         if self.max_count is not None:
@@ -436,6 +437,11 @@ def served(server: FakeFhir) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _token_hit(wanted: set[str], keys: list[str]) -> bool:
+    """A token search's match: a key asked for, or ``system|`` (any value of that system)."""
+    return bool(wanted & set(keys)) or any(k.startswith(w) for w in wanted if w.endswith("|") for k in keys)
 
 
 def _instant(text: str) -> datetime:

@@ -3,10 +3,11 @@
 (Over 400 lines: a chunk's write, the reading of its answer and the fall-backs on a refusal are one state
 machine; split, each half would need the other's state.)
 
-Chunks follow the plan's order (referenced resources first). Inside a transaction, references between its
-entries are ``urn:uuid``; to resources written before, the server's ids. A chunk is as large as the server
-has shown it accepts for its kind (``conditional`` when it holds any conditional entry, ``direct`` when every
-entry is addressed by id), never more than the user's ``--chunk-size``. When the server answers:
+Chunks follow the plan's order (referenced resources first). Inside a transaction, a reference to an entry PUT
+to an id we chose is ``Type/id``, to a conditional one its ``urn:uuid``; to earlier ones, the server's ids. A
+chunk is as large as the server has shown it accepts for its kind (``conditional`` when it holds any conditional
+entry, ``direct`` when every entry is addressed by id), never more than the user's ``--chunk-size``. When the
+server answers:
 - too large (TooLarge): the limit for that kind is halved, remembered in the journal, and the same entries
   go again in smaller chunks (all entries are idempotent, so nothing is written twice);
 - several matches (412, or Medplum's 400 saying so): the chunk's keys are looked up again, the twins are
@@ -268,9 +269,14 @@ class Applier:
     # -- writing ---------------------------------------------------------------------------------------------
 
     def _targets(self, chunk: list[PlanItem]) -> dict[str, ReferenceTarget]:
+        """How each reference is written: the server id known so far; inside the chunk, ``Type/id`` for an entry
+        PUT to an id chosen here (the server need not resolve a placeholder), else the entry's ``urn:uuid``."""
         targets: dict[str, ReferenceTarget] = {**self._logical, **self._refs}
         for item in chunk:
-            targets.setdefault(item.local_ref, f"urn:uuid:{item.resource['id']}")
+            by_id = item.write == "create-by-id" and item.server_id
+            targets.setdefault(
+                item.local_ref, f"{item.resource_type}/{item.server_id}" if by_id else f"urn:uuid:{item.resource['id']}"
+            )
         return targets
 
     def _entry(self, item: PlanItem, targets: Mapping[str, ReferenceTarget]) -> dict[str, Any]:

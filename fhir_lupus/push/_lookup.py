@@ -5,6 +5,8 @@ back to the keys it carries; a key nothing carries is asked again by the resourc
 superseded system (the route's ``superseded_use``), and what they find is matched to the key; ``read``
 routes read the id the journal knows, else our deterministic id. A parameter the server refuses despite its
 CapabilityStatement raises RouteRefused, so that the caller can compute the routes again without it.
+``unclaimed`` asks once whether a type holds any identifier of a system at all (``system|``, ``_summary=count``):
+on a first push it holds none, and the look-ups of every key of that system would all come back empty.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import Any
 
 from fhir_lupus._resource import Resource
 from fhir_lupus.bundle import business_key, identifiers, superseded_keys
-from fhir_lupus.client import FatalHttpError, FhirClient, UnknownSearchParameter, classify
+from fhir_lupus.client import FatalHttpError, FhirClient, InvalidResponse, UnknownSearchParameter, classify
 from fhir_lupus.errors import RouteRefused
 from fhir_lupus.journal import JournalEntry
 from fhir_lupus.push._plan import Match
 from fhir_lupus.push._routes import TypeRoute
 
-__all__ = ["RouteRefused", "keys_of", "look_up", "old_keys"]
+__all__ = ["RouteRefused", "keys_of", "look_up", "old_keys", "unclaimed"]
 
 Key = tuple[str, str]
 
@@ -59,6 +61,22 @@ def look_up(
         elif route.lookup == "read":
             found.update(_read(client, resource_type, group, known or {}))
     return found
+
+
+def unclaimed(client: FhirClient, resource_type: str, system: str) -> bool:
+    """True when the server holds no ``resource_type`` with an identifier of ``system``: one count-only search
+    (``identifier=system|``, the FHIR token search for any value of a system) instead of a look-up per few dozen
+    keys. False whenever the answer is not a plain count of 0: a system the query cannot carry unescaped, a
+    parameter or ``_summary`` the server refuses (4xx), an answer without ``total``. A server that cannot be
+    reached raises, as a look-up would."""
+    if not system or any(char in system for char in "|,$\\"):
+        return False
+    try:
+        page = next(client.search_pages(resource_type, {"identifier": f"{system}|", "_summary": "count"}))
+    except (FatalHttpError, InvalidResponse):
+        return False
+    total = page.get("total")
+    return isinstance(total, int) and not isinstance(total, bool) and total == 0
 
 
 def _search(

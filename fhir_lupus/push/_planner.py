@@ -3,6 +3,12 @@
 The routes (``_routes``) come from the server's CapabilityStatement and change when the server refuses a search
 parameter or a PUT to a new id; the journal answers what it knows, the server is asked the rest (``_lookup``),
 and ``_plan`` decides each resource. What one batch held back or would create is carried to the next.
+
+A type and identifier system the server held nothing of when the push first met them (``unclaimed``: one count)
+needs no look-up for the rest of the push: every key of that system not yet written is new, and only this push
+writes under it (a second writer of the same trial PUTs to the same key-derived ids, or writes conditionally).
+Resources that also had keys under a superseded system are still looked up by those. A push stopped half way
+finds what it wrote on the next run: the count is then no longer 0.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fhir_lupus._resource import Resource
-from fhir_lupus.bundle import business_key, load_matching_rules, local_ref, references
+from fhir_lupus.bundle import business_key, identifiers, load_matching_rules, local_ref, references
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal, JournalEntry
-from fhir_lupus.push._lookup import RouteRefused, look_up, old_keys
-from fhir_lupus.push._plan import Plan, load_finality_rules, needs_lookup, plan_batch
+from fhir_lupus.push._lookup import RouteRefused, look_up, old_keys, unclaimed
+from fhir_lupus.push._plan import Match, Plan, load_finality_rules, needs_lookup, plan_batch
 from fhir_lupus.push._routes import CREATE_BY_ID, TypeRoute, plan_routes
 from fhir_lupus.terminology import MappingPack, load_pack
 
@@ -66,6 +72,7 @@ class Planner:
         self.logical: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, str] = {}  # dry run: server ids found in earlier batches
         self._creates: set[str] = set()  # dry run: what earlier batches would create
+        self._unclaimed: dict[Key, bool] = {}  # (type, identifier system) -> the server held none when first met
 
     def _routes(self) -> dict[str, TypeRoute]:
         return plan_routes(
@@ -105,6 +112,22 @@ class Planner:
             return {}
         return {wanted[old]: entry for old, entry in self.journal.lookup(self.client.base_url, wanted).items()}
 
+    def _new_for_certain(self, wanted: list[Resource]) -> dict[Key, list[Match]]:
+        """The keys among ``wanted`` that no look-up could find (module docstring): searched by identifier, of
+        a system the server held none of when this push first met it, and without keys under older systems."""
+        absent: dict[Key, list[Match]] = {}
+        for resource in wanted:
+            kind = str(resource["resourceType"])
+            route = self.routes[kind]
+            if route.lookup != "search" or route.search_param != "identifier":
+                continue
+            system = str(identifiers(resource)[0].get("system") or "")
+            if (kind, system) not in self._unclaimed:
+                self._unclaimed[(kind, system)] = unclaimed(self.client, kind, system)
+            if self._unclaimed[(kind, system)] and not old_keys(resource, route, self._old_systems):
+                absent[(kind, business_key(resource))] = []
+        return absent
+
     def plan(self, batch: list[Resource], held_back: Iterable[str] = ()) -> Plan:
         server = self.client.base_url
         self.seen_types.update(r["resourceType"] for r in batch)
@@ -119,8 +142,11 @@ class Planner:
             wanted = needs_lookup(
                 batch, self.routes, known, verify=self.verify, finality=self._finality, recheck=self.recheck
             )
+            absent = self._new_for_certain(wanted)
+            wanted = [r for r in wanted if (r["resourceType"], business_key(r)) not in absent]
             try:
                 found = look_up(self.client, wanted, self.routes, known=known, old_systems=self._old_systems)
+                found.update(absent)
                 break
             except RouteRefused as exc:
                 self._refused |= {(exc.resource_type, exc.parameter)}
