@@ -271,6 +271,12 @@ class Journal:
         return str(row[0]) if row else None
 
     @_serialized
+    def holds_confirmed(self, server: str) -> bool:
+        """Whether any resource is confirmed on ``server``: a first push need not ask about each one."""
+        query = "SELECT 1 FROM resource WHERE server = ? AND server_id IS NOT NULL LIMIT 1"
+        return self._db.execute(query, (server,)).fetchone() is not None
+
+    @_serialized
     def server_refs(self, server: str, local_refs: Iterable[str]) -> dict[str, str]:
         """``Type/local-id`` -> ``Type/server-id`` for the resources the server is known to hold."""
         found: dict[str, str] = {}

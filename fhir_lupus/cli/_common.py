@@ -50,6 +50,15 @@ StrictValidation = Annotated[
         help="Evaluate every FHIRPath invariant with fhirpathpy (the reference path, slower); same verdicts.",
     ),
 ]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Processes that validate the mapped resources (default: one per CPU; 1: all in this process). "
+        "The output is the same for every value.",
+    ),
+]
 JournalPath = Annotated[Path, typer.Option("--journal", help="SQLite journal of pushes and pulls.")]
 DEFAULT_JOURNAL = Path("fhir-lupus-journal.sqlite")
 PRELIMINARY_CHECK = "sledai-undecided"  # the query that says a published total is preliminary (checks.yaml)

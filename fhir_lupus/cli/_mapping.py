@@ -18,6 +18,7 @@ from fhir_lupus.cli._common import (
     Quarantine,
     SiteFile,
     StrictValidation,
+    Workers,
     exit_on_rejects,
     fail,
     load,
@@ -134,15 +135,7 @@ def map_command(
     mappings: Mappings = None,
     site: SiteFile = None,
     strict_validation: StrictValidation = False,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            min=1,
-            help="Processes that validate the mapped resources (default: one per CPU; 1: all in this process). "
-            "The output is the same for every value.",
-        ),
-    ] = None,
+    workers: Workers = None,
 ) -> None:
     """Map a data directory to FHIR: a transaction Bundle, or one NDJSON file per resource type.
 

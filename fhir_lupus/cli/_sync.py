@@ -18,6 +18,7 @@ from fhir_lupus.cli._common import (
     Quarantine,
     SiteFile,
     StrictValidation,
+    Workers,
     check_trial,
     exit_on_rejects,
     fail,
@@ -92,6 +93,7 @@ def push(
     mappings: Mappings = None,
     site: SiteFile = None,
     strict_validation: StrictValidation = False,
+    workers: Workers = None,
 ) -> None:
     """Map DATA_DIR and send what changed since the last push to SERVER (planned from the server, journaled).
 
@@ -135,6 +137,7 @@ def push(
                     concurrency=concurrency,
                     new_by_id=not conditional_creates,
                     progress=progress,
+                    workers=workers,
                 )
                 source = str(data_dir.resolve())
                 result = push_trial(trial, client, book, source=source, settings=settings, options=options)

@@ -113,6 +113,8 @@ class PushOptions:
     ``skip_types`` choose the types written. ``batch_size``: resources planned at a time (whole groups).
     ``concurrency``: windows written at the same time. ``new_by_id``: new resources by PUT to a key-derived id
     where the server allows it (``routes.py``); False keeps them conditional. ``progress`` gets (done, total).
+    ``workers``: processes that validate a trial's mapped resources while it is pushed (``push_trial``; None: one
+    per CPU, 1: in the pushing process): what is sent and refused is the same for every value.
     """
 
     chunk_size: int = 500
@@ -123,6 +125,7 @@ class PushOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     new_by_id: bool = True
     progress: Progress | None = None
+    workers: int | None = 1
 
 
 @dataclass(frozen=True)

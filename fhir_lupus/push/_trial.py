@@ -122,6 +122,7 @@ def push_trial(
                 settings=settings,
                 trusted=_confirmed_on(journal, client.base_url),
                 skip=repush.skip,
+                workers=(options or PushOptions()).workers,
             )
             push_resources(
                 ResourceGroups(repush.groups(batches)),
@@ -157,8 +158,12 @@ def _record_site(journal: Journal, server: str, pushed: PushReport, settings: Se
         journal.set_site_systems(server, settings.pack.site_systems(derived=True))
 
 
-def _confirmed_on(journal: Journal, server: str) -> Callable[[Resource], bool]:
-    """True for a resource whose exact content the journal holds as confirmed on ``server``."""
+def _confirmed_on(journal: Journal, server: str) -> Callable[[Resource], bool] | None:
+    """True for a resource whose exact content the journal holds as confirmed on ``server``; None when the journal
+    holds nothing confirmed there (a first push): no question per resource, under the journal's lock, while the
+    push's own threads record what the server confirmed (issue 25: 2.8 s of waiting at 20 subjects)."""
+    if not journal.holds_confirmed(server):
+        return None
 
     def confirmed(resource: Resource) -> bool:
         kind = str(resource["resourceType"])
