@@ -197,7 +197,7 @@ def run_fhir_lupus(
             source="bench",
             settings=settings,
             audit_log=False,
-            options=PushOptions(concurrency=concurrency),
+            options=PushOptions(concurrency=concurrency, workers=None),  # as the CLI: one validation worker per CPU
         )
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         idle = wall - requests.busy()
