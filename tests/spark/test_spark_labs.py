@@ -201,9 +201,9 @@ def test_a_missing_folder_is_a_clear_error(spark: Any, study: StudyDefinition, c
 def test_results_pathlings_parser_would_refuse_are_set_aside_and_bad_lines_rejected(
     spark: Any, example_ndjson: Path, study: StudyDefinition, catalogue: LabCatalogue, tmp_path: Path
 ) -> None:
-    """A comparator outside FHIR's codes, a malformed date, a number as text: pull's reading sets each aside
-    with pull's reason, as the local path does; a line that is not JSON and a result whose code is no object
-    go to the rejects with file, line and reason; the run goes on and writes every other row."""
+    """A comparator outside FHIR's codes and a number as text are read from the JSON, as the local path reads
+    them; a line that is not JSON, a result whose code is no object and one whose date no rule can read (the
+    local path stops on each) go to the rejects with file, line and reason; the run goes on."""
     folder = tmp_path / "ndjson"
     folder.mkdir()
     for name in ("ResearchStudy", "ResearchSubject", "Encounter", "Procedure"):
@@ -212,27 +212,30 @@ def test_results_pathlings_parser_would_refuse_are_set_aside_and_bad_lines_rejec
     base = next(o for o in observations if "valueQuantity" in o and o.get("referenceRange"))
     odd = [
         {**base, "id": "about", "valueQuantity": {**base["valueQuantity"], "comparator": "about"}},
-        {**base, "id": "bad-date", "effectiveDateTime": "28/03/2008"},
         {**base, "id": "text-number", "valueQuantity": {**base["valueQuantity"], "value": "1.0"}},
     ]
     good = [json.dumps(o) for o in observations[:200]]
     (folder / "Observation.ndjson").write_text("\n".join([*good, *(json.dumps(o) for o in odd)]) + "\n")
     result, local, _ = both(folder, study, catalogue, spark, tmp_path / "out" / "labs.csv")
-    assert_same_table(result, local, tmp_path)  # the same table as the local path, with the odd three
-    assert {"about", "bad-date", "text-number"} <= {r.observation_id for r in local}
+    assert_same_table(result, local, tmp_path)  # the same table as the local path, with the odd two
+    assert {"about", "text-number"} <= {r.observation_id for r in local}
 
+    bad_date = json.dumps({**base, "id": "bad-date", "effectiveDateTime": "28/03/2008"})
     broken = [*good[:100], '{"resourceType": "Observation", "id": "cut', *good[100:], json.dumps({**base, "code": "x"})]
+    broken.append(bad_date)
     (folder / "Observation.ndjson").write_text("\n".join(broken) + "\n")
     result = spark_labs(folder, study, catalogue, tmp_path / "broken" / "labs.csv", spark=spark)
-    assert result.rows + result.unmapped > 0 and result.rejected == 2
+    assert result.rows + result.unmapped > 0 and result.rejected == 3
     with result.rejects_output.open(encoding="utf-8", newline="") as handle:
         rejects = list(csv.DictReader(handle))
     where = str(folder / "Observation.ndjson")
     assert [(r["file"], r["line"], r["observation_id"]) for r in rejects] == [
         (where, "101", ""),
         (where, "202", base["id"]),
+        (where, "203", "bad-date"),
     ]
     assert rejects[0]["reason"].startswith("not JSON") and "unreadable Observation" in rejects[1]["reason"]
+    assert rejects[2]["reason"].startswith("unreadable Observation (ValueError")
 
 
 def test_the_command_writes_parquet_buckets_and_names_the_rejects(
