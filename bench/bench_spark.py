@@ -56,7 +56,7 @@ LOCAL = (
 
 
 def run(code: str, args: list[str], cwd: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB of the Python process, stdout) of ``python -c code args`` in this tree."""
+    """(wall seconds, peak RSS MiB of the Python process, its output) of ``python -c code args`` in this tree."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     child = subprocess.run(
@@ -66,7 +66,7 @@ def run(code: str, args: list[str], cwd: Path) -> tuple[float, float, str]:
     if child.returncode != 0:
         raise SystemExit(f"{args[:2]} failed ({child.returncode}):\n{child.stdout}\n{child.stderr[-3000:]}")
     found = re.findall(r"vmhwm-kib (\d+)", child.stderr)
-    return wall, int(found[-1]) / 1024 if found else float("nan"), child.stdout
+    return wall, int(found[-1]) / 1024 if found else float("nan"), child.stdout + child.stderr
 
 
 def rows_of(stdout: str) -> int:
