@@ -122,6 +122,15 @@ def test_the_parquet_output_is_the_local_table_bucketed_by_subject_each_file_in_
     assert result.rows == sum(1 for r in local if isinstance(r, PulledLab)) > 8000
 
 
+def context_folder(example_ndjson: Path, tmp_path: Path) -> Path:
+    """A folder with the example's study, subjects, encounters and procedures, for Observations of a test's own."""
+    folder = tmp_path / "ndjson"
+    folder.mkdir()
+    for name in ("ResearchStudy", "ResearchSubject", "Encounter", "Procedure"):
+        shutil.copy(example_ndjson / f"{name}.ndjson", folder)
+    return folder
+
+
 def _literal(resource: dict[str, Any], placeholder: str, literal: str) -> str:
     return json.dumps(resource).replace(f'"{placeholder}"', literal)
 
@@ -129,10 +138,7 @@ def _literal(resource: dict[str, Any], placeholder: str, literal: str) -> str:
 def test_awkward_results_give_the_local_table(
     spark: Any, example_ndjson: Path, study: StudyDefinition, catalogue: LabCatalogue, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "ndjson"
-    folder.mkdir()
-    for name in ("ResearchStudy", "ResearchSubject", "Encounter", "Procedure"):
-        shutil.copy(example_ndjson / f"{name}.ndjson", folder)
+    folder = context_folder(example_ndjson, tmp_path)
     observations = list(read_ndjson(example_ndjson / "Observation.ndjson"))
     base = next(o for o in observations if "valueQuantity" in o and o.get("referenceRange"))
     quantity, ranges = base["valueQuantity"], base["referenceRange"]
@@ -204,10 +210,7 @@ def test_results_pathlings_parser_would_refuse_are_set_aside_and_bad_lines_rejec
     """A comparator outside FHIR's codes and a number as text are read from the JSON, as the local path reads
     them; a line that is not JSON, a result whose code is no object and one whose date no rule can read (the
     local path stops on each) go to the rejects with file, line and reason; the run goes on."""
-    folder = tmp_path / "ndjson"
-    folder.mkdir()
-    for name in ("ResearchStudy", "ResearchSubject", "Encounter", "Procedure"):
-        shutil.copy(example_ndjson / f"{name}.ndjson", folder)
+    folder = context_folder(example_ndjson, tmp_path)
     observations = list(read_ndjson(example_ndjson / "Observation.ndjson"))
     base = next(o for o in observations if "valueQuantity" in o and o.get("referenceRange"))
     odd = [
@@ -245,10 +248,7 @@ def test_the_command_writes_parquet_buckets_and_names_the_rejects(
 
     from fhir_lupus.cli import app
 
-    folder = tmp_path / "ndjson"
-    folder.mkdir()
-    for name in ("ResearchStudy", "ResearchSubject", "Encounter", "Procedure"):
-        shutil.copy(example_ndjson / f"{name}.ndjson", folder)
+    folder = context_folder(example_ndjson, tmp_path)
     lines = (example_ndjson / "Observation.ndjson").read_text(encoding="utf-8").splitlines()[:300]
     (folder / "Observation.ndjson").write_text("\n".join([*lines, "not json"]) + "\n", encoding="utf-8")
     output = tmp_path / "out" / "labs"
