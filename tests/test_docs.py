@@ -46,6 +46,7 @@ OTHER_TOOLS = {
     "git": "git's options",
     "curl": "curl's options",
     "chmod": "chmod's modes",
+    "spark-submit": "Spark's launcher (docs/spark.md, a cluster's run)",
 }
 # Repository paths the docs may name although a checkout does not hold them, and why.
 NOT_IN_A_CHECKOUT = {"fhir_lupus/_mappings": "setup.py copies mappings/ there when it builds the wheel"}

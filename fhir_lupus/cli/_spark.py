@@ -12,7 +12,7 @@ from fhir_lupus.cli._common import Mappings, SiteFile, fail, settings_of
 from fhir_lupus.cli._output import console, outcome
 from fhir_lupus.errors import FhirLupusError
 from fhir_lupus.model import load_study
-from fhir_lupus.pull import PulledLab, UnmappedResult, unmapped_path, write_rows
+from fhir_lupus.spark import BUCKETS
 from fhir_lupus.terminology import LabCatalogue
 
 __all__ = ["spark_labs_command"]
@@ -23,7 +23,14 @@ def spark_labs_command(
         Path,
         typer.Argument(help="NDJSON files: a bulk export, or `fhir-lupus map --format ndjson`.", show_default=False),
     ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Lab rows (.csv, or .parquet with pyarrow).")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Lab rows: a Parquet directory partitioned by subject bucket, or one sorted .csv (small outputs).",
+        ),
+    ],
     study: Annotated[str, typer.Option("--study", help="NCT id of a study in mappings/studies/.")] = "NCT00698191",
     master: Annotated[str, typer.Option("--master", help="Spark master: local[*], local[N], or a cluster URL.")] = (
         "local[*]"
@@ -45,15 +52,19 @@ def spark_labs_command(
             "--lookback-days", min=0, help="Results up to N days before day 0 (default: mappings/fhir/pull.yaml)."
         ),
     ] = None,
+    buckets: Annotated[
+        int, typer.Option("--buckets", min=1, help="Subject buckets of a Parquet output (one directory each).")
+    ] = BUCKETS,
     mappings: Mappings = None,
     site: SiteFile = None,
 ) -> None:
     """The study's lab table from NDJSON files, computed on Spark: the rows `pull` would write.
 
     A SQL-on-FHIR view (mappings/views/lab_observation.json) flattens the Observations; pull's rules then
-    normalise units and assign visit windows on the executors. Results that are not rows go to OUTPUT's
-    .unmapped file. Exit 2 when the input, the mappings, or the spark extra (pip install 'fhir_lupus[spark]')
-    with a Java 21 is missing.
+    normalise units and assign visit windows on the executors; Spark writes the outputs (no row passes through
+    this process). Results that are not rows go to OUTPUT's .unmapped output, lines no rule can read (not
+    JSON, not a resource) to its .rejects output with file, line and reason. Exit 2 when the input, the
+    mappings, or the spark extra (pip install 'fhir_lupus[spark]') with a Java 21 is missing.
     """
     from fhir_lupus.spark import spark_labs
 
@@ -65,21 +76,23 @@ def spark_labs_command(
             ndjson_dir,
             definition,
             LabCatalogue(pack),
+            output,
             master=master,
             pathling_jar=pathling_jar,
             window_days=window_days,
             lookback_days=lookback_days,
+            buckets=buckets,
         )
-        rows = write_rows(result.rows, output, PulledLab)
-        unmapped = write_rows(result.unmapped, unmapped_path(output), UnmappedResult)
     except FhirLupusError as exc:
         fail(exc)
-    outside = sum(1 for r in result.rows if r.window != "in-window")
     outcome.print(
-        f"{len(result.rows)} lab rows of {result.subjects} subjects ({outside} outside every visit window) -> {rows}",
+        f"{result.rows} lab rows of {result.subjects} subjects ({result.outside} outside every visit window) "
+        f"-> {result.output}",
         highlight=False,
     )
-    console.print(f"{len(result.unmapped)} results set aside -> {unmapped}", highlight=False)
+    console.print(f"{result.unmapped} results set aside -> {result.unmapped_output}", highlight=False)
+    if result.rejected:
+        console.print(f"{result.rejected} lines no rule can read -> {result.rejects_output}", highlight=False)
     if result.skipped_subjects:
         by_status = ", ".join(f"{status} {count}" for status, count in result.skipped_subjects.items())
         console.print(f"skipped ResearchSubjects not enrolled: {by_status}", highlight=False)

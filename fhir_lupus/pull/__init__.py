@@ -18,7 +18,7 @@ from fhir_lupus.pull._roundtrip import compare_round_trip
 from fhir_lupus.pull._runner import PullResult, pull_labs
 from fhir_lupus.pull._search_pass import fetch_labs
 from fhir_lupus.pull._selection import LabSelection, lab_category, patient_of
-from fhir_lupus.pull._store import PullStore, Removal, newer_record, table_order, unmapped_path, write_rows
+from fhir_lupus.pull._store import PullStore, Removal, newer_record, table_key, table_order, unmapped_path, write_rows
 from fhir_lupus.pull._study import DEFAULT_OVERLAP_SECONDS, pull_study
 from fhir_lupus.pull._subjects import Subject, Subjects
 
@@ -51,6 +51,7 @@ __all__ = [
     "pull_labs",
     "pull_study",
     "split_ndjson",
+    "table_key",
     "table_order",
     "unmapped_path",
     "write_rows",

@@ -53,6 +53,7 @@ class PullRules(BaseModel):
     withdrawn: frozenset[str]
     result_identifiers: tuple[str, ...]
     lookback_days_before_anchor: int | None = Field(ge=0)
+    quantity_comparators: frozenset[str] = frozenset()  # the FHIR parser's codes; read by the Spark path's screen
 
 
 def load_pull_rules(pack: MappingPack | None = None) -> PullRules:

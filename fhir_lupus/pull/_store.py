@@ -45,6 +45,7 @@ __all__ = [
     "PullStore",
     "Removal",
     "newer_record",
+    "table_key",
     "table_order",
     "unmapped_path",
     "write_rows",
@@ -134,6 +135,12 @@ def table_order(records: Iterable[Record]) -> list[Record]:
     """``records`` in the order of the pull's output files (the store's sort key, then the observation id):
     for a table made elsewhere (the Spark path) that must equal the pull's."""
     return sorted(records, key=lambda r: (_sort_key(r), r.observation_id))
+
+
+def table_key(record: Record) -> str:
+    """The store's sort key of ``record``: a table sorted by it, then by the observation id, is in the pull's
+    order; the Spark path sorts by this text with Spark's own sort (string order is code-point order there too)."""
+    return _sort_key(record)
 
 
 def newer_record(record: Record, kept: Record) -> bool:

@@ -136,9 +136,19 @@ def local_session(master: str = "local[*]", *, pathling_jar: Path | None = None,
     else:
         builder = builder.config("spark.jars.packages", pathling_package())
     if master.startswith("local"):
+        # one machine: shuffles in a few partitions per core, not Spark's 200 (a cluster keeps its own setting)
+        builder = builder.config("spark.sql.shuffle.partitions", str(2 * _local_cores(master)))
         # PySpark starts its workers with PYSPARK_PYTHON (default: the first python3 on PATH, which need not have
         # fhir_lupus and its dependencies); a local master's workers are this interpreter
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _local_cores(master: str) -> int:
+    """The cores of a local master: ``local`` 1, ``local[N]`` N, ``local[*]`` this machine's."""
+    found = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", master.strip())
+    if found is None or found.group(1) in (None, "*"):
+        return 1 if found is not None and found.group(1) is None else os.cpu_count() or 1
+    return int(found.group(1))

@@ -9,8 +9,10 @@ resources, fetched by search and written as NDJSON with the server's own JSON (`
 
 from __future__ import annotations
 
+import csv
 import os
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,6 @@ from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
 from fhir_lupus.pull import pull_study
 from fhir_lupus.pull._reverse import PulledLab, UnmappedResult
-from fhir_lupus.pull._store import unmapped_path, write_rows
 from fhir_lupus.push import push_trial
 from fhir_lupus.settings import Settings
 from fhir_lupus.source import TrialSource
@@ -93,15 +94,23 @@ def test_spark_writes_the_table_pull_writes(spark: Any, tmp_path: Path) -> None:
         for kind, resources in found.items():
             (export / f"{kind}.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in resources))
 
-    result = spark_labs(export, data.study, LabCatalogue(pack), spark=spark)
-    rows = write_rows(result.rows, tmp_path / "spark" / "labs.csv", PulledLab)
-    unmapped = write_rows(result.unmapped, unmapped_path(rows), UnmappedResult)
+    result = spark_labs(export, data.study, LabCatalogue(pack), tmp_path / "spark" / "labs.csv", spark=spark)
     pull_rows, pull_unmapped = pulled.outputs
-    assert rows.read_bytes() == pull_rows.read_bytes()
-    assert unmapped.read_bytes() == pull_unmapped.read_bytes()
-    assert len(result.rows) == pulled.total_rows and len(result.unmapped) == pulled.total_unmapped
-    reported = {r.result_id: r.reported_value for r in result.rows}
+    assert result.output.read_bytes() == pull_rows.read_bytes()
+    assert result.unmapped_output.read_bytes() == pull_unmapped.read_bytes()
+    assert result.rows == pulled.total_rows and result.unmapped == pulled.total_unmapped
+    with result.output.open(encoding="utf-8", newline="") as handle:
+        rows = [PulledLab(**row) for row in csv.DictReader(handle)]
+    with result.unmapped_output.open(encoding="utf-8", newline="") as handle:
+        unmapped = [UnmappedResult(**row) for row in csv.DictReader(handle)]
+    reported = {r.result_id: r.reported_value for r in rows}
     assert reported[f"{HOSPITAL}|ACC-1"] == "<1.0" and reported[f"{HOSPITAL}|ACC-4"] == "2"
-    aside = {u.result_id: (u.reason, u.value) for u in result.unmapped}
+    aside = {u.result_id: (u.reason, u.value) for u in unmapped}
     assert aside[f"{HOSPITAL}|ACC-3"] == ("unit umol/L fits no catalogue code for 2160-0", "88 umol/L")
-    assert all(r.last_updated and r.version_id for r in result.rows)  # the server's meta, as it wrote it
+    assert all(r.last_updated and r.version_id for r in rows)  # the server's meta, as it wrote it
+
+    parquet = spark_labs(export, data.study, LabCatalogue(pack), tmp_path / "spark" / "labs", spark=spark)
+    written = [
+        PulledLab(**r.asDict()) for r in spark.read.parquet(str(parquet.output)).drop("subject_bucket").collect()
+    ]
+    assert Counter(written) == Counter(rows) and len(written) == pulled.total_rows  # the Parquet rows: pull's too
