@@ -66,7 +66,7 @@ def _map(results: dict[str, Any], targets: list[tuple[str, str, str]], sections:
         ("map: map + validate (workers) at 1.0x `model_validate` alone", f"{pooled:.2f}x", verdict(pooled >= 1.0)),
     ]
     sections += [
-        "## 1. Map and validate (items 3)",
+        "## 1. Map and validate (item 3)",
         "",
         f"`bench/bench_map_cli.py`: `fhir-lupus map` of the example ({parts['resources']:.0f} resources) end to end, "
         f"a child process each, rotating, {len(cli['runs']['workers'])} rounds; baseline = commit {r['baseline']} "

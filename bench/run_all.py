@@ -207,6 +207,8 @@ def main() -> None:
     if set(steps) != set(STEPS):
         command += f" --steps {','.join(steps) or '(none: the page only)'}"
         command += f" --scale-cases {args.scale_cases}" if args.scale_cases and "scale" in steps else ""
+    if "push" in steps and args.push_writers != ",".join(bench_push.WRITERS):
+        command += f" --push-writers {args.push_writers}"
     history = results.setdefault("history", [])
     if "map" in steps:
         log("map")
