@@ -177,6 +177,8 @@ def test_a_published_directory_keeps_no_lock_and_gets_the_usual_modes(tmp_path: 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
 def test_sigint_and_sighup_are_a_normal_exit_too(tmp_path: Path, signum: int) -> None:
     before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    # the CLI's start: Python's own SIGINT handler (a test run earlier in this worker may have left another)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     exit_on_termination()
     try:
 

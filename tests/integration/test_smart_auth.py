@@ -179,7 +179,8 @@ def test_cli_push_and_pull_with_rs384_discovering_the_token_endpoint(
     pulled = runner.invoke(app, ["pull", "--study", "NCT00698191", "-o", str(tmp_path / "labs.csv"), *common])
     assert pulled.exit_code == 0 and "of 1 subjects" in pulled.output, pulled.output
     assert gated.gateway.refused == [] and gated.gateway.passed > 3
-    assert len(gated.gateway.tokens) == 2  # one per command that talked to the server (the 2nd push sent nothing)
+    # one per command: the 2nd push sends nothing but asks the server what changed since the 1st (issue 25, item 2)
+    assert len(gated.gateway.tokens) == 3
     assert who.pem.decode() not in first.output + pulled.output
 
 
