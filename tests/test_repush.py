@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fakefhir import FakeFhir
-from support import spy_on_subject_maps
+from support import example_subset, spy_on_subject_maps
 
 from fhir_lupus.client import FhirClient
 from fhir_lupus.journal import Journal
@@ -116,6 +116,29 @@ class TestRepush:
         mapped.clear()
         third = push(dataset(lambda rows: set_lab(rows, "L11", "0.06")), client, journal)
         assert mapped == [] and third.written == 0
+
+    def test_a_push_with_a_refused_row_forgets_the_digests_it_made_stale(
+        self, fake: FakeFhir, client: FhirClient, journal: Journal, tmp_path: Path, mapped: list[str]
+    ) -> None:
+        """A refused row (pushed with it set aside) changes what its subject's resources say on the server; once
+        the row is mended, the input is as at the first push again, and the subject must be mapped and written
+        back, not trusted to the digest the first push stored."""
+        data = example_subset(tmp_path / "good", 1)  # MSC-001: its baseline C3 feeds a SLEDAI-2K descriptor
+        first = push(data, client, journal)
+        bad = Path(shutil.copytree(data, tmp_path / "bad"))
+        labs = (bad / "labs.csv").read_text(encoding="utf-8")
+        (bad / "labs.csv").write_text(
+            labs.replace("L-MSC-001-BL-C3,MSC-001,BL,c3,0.53,", "L-MSC-001-BL-C3,MSC-001,BL,c3,-0.85,")
+        )
+        with TrialSource.directory(bad) as trial:
+            trial.check()
+            assert trial.report.rejects  # the impossible value is refused: a row set aside
+            spoiled = push_trial(trial, client, journal, source="test")
+        assert spoiled.written >= 1, spoiled.summary()  # the SLEDAI-2K total, preliminary now, changed on the server
+        mapped.clear()
+        mended = push(data, client, journal)
+        assert "MSC-001" in mapped and mended.updated == spoiled.written and mended.complete, mended.summary()
+        assert mended.content_digest == first.content_digest
 
     def test_an_edit_on_the_server_is_looked_up_and_written_back(
         self, fake: FakeFhir, client: FhirClient, journal: Journal, dataset: Callable[..., Path], mapped: list[str]

@@ -74,9 +74,9 @@ class Repush:
         if trial.data_dir is None or chosen:
             return cls.off()
         trial.check()  # a refused row anywhere may come from another subject's rows: then everything is mapped
-        if trial.report.rejects:
-            return cls.off()
         store = SettledStore(journal, client.base_url)
+        if trial.report.rejects:  # mapped whole; each subject mapped forgets its digest (``planned``), none stored
+            return cls(store, load=trial.report)
         digests = input_digests(trial.data_dir, settings, fhir_version)
         unchanged = unchanged_subjects(digests, store.digests())
         mark = store.mark()
